@@ -1,0 +1,158 @@
+package dedupe
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Entry is one acknowledged webhook payload, from the moment it is admitted
+// until it is delivered or deleted as a dead letter.
+type Entry struct {
+	// ID is assigned by the store on Admit and never changes afterwards.
+	ID string `json:"id"`
+	// Key is the dedupe key the payload was admitted under.
+	Key string `json:"key"`
+	// Body is the request body exactly as received.
+	Body []byte `json:"-"`
+	// Request holds what the delivery needs from the original request.
+	Request RequestMeta `json:"request"`
+	// Received is when the payload was acknowledged.
+	Received time.Time `json:"received"`
+	// Queued is when the payload last entered the queue: Received, or the
+	// time of a replay. give_up_after counts from here.
+	Queued time.Time `json:"queued"`
+	// Attempts is how many delivery attempts have been made so far.
+	Attempts int `json:"attempts"`
+	// LastStatus is the upstream's status code of the last attempt, or 0
+	// when the last attempt got no response at all.
+	LastStatus int `json:"last_status,omitempty"`
+	// LastError says why the last attempt failed, for people.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// RequestMeta is the part of the incoming request that is forwarded with
+// the body. Auth query parameters are removed before it is stored, so no
+// secret is ever written to a store.
+type RequestMeta struct {
+	// RawQuery is the incoming query string minus the auth parameters.
+	RawQuery string `json:"raw_query,omitempty"`
+	// ContentType is the incoming Content-Type header.
+	ContentType string `json:"content_type,omitempty"`
+	// UserAgent is the incoming User-Agent header.
+	UserAgent string `json:"user_agent,omitempty"`
+	// ForwardedFor is the X-Forwarded-For value to send upstream: any
+	// incoming chain plus the client's address.
+	ForwardedFor string `json:"forwarded_for,omitempty"`
+}
+
+// Admission is the result of a successful Admit.
+type Admission int
+
+const (
+	// Accepted means the payload is stored and its key is now marked seen.
+	Accepted Admission = iota + 1
+	// Duplicate means the key was seen within the window; nothing was stored.
+	Duplicate
+)
+
+func (a Admission) String() string {
+	switch a {
+	case Accepted:
+		return "accepted"
+	case Duplicate:
+		return "duplicate"
+	}
+	return "unknown"
+}
+
+var (
+	// ErrBacklogFull is returned by Admit when the queue already holds
+	// MaxBacklog payloads. The sender should retry later.
+	ErrBacklogFull = errors.New("backlog full")
+	// ErrNotFound is returned for an unknown dead letter id.
+	ErrNotFound = errors.New("not found")
+	// ErrClosed is returned by a store after Close.
+	ErrClosed = errors.New("store closed")
+)
+
+// Options are the relay settings a store enforces.
+type Options struct {
+	// Window is how long a key stays seen after it was admitted.
+	Window time.Duration
+	// MaxBacklog bounds how many payloads may be queued (admitted, not yet
+	// delivered nor dead). Zero means no bound.
+	MaxBacklog int
+	// Now is the store's clock; nil means time.Now. Tests inject their own.
+	Now func() time.Time
+}
+
+// Clock returns o.Now, or time.Now when it is unset.
+func (o Options) Clock() func() time.Time {
+	if o.Now != nil {
+		return o.Now
+	}
+	return time.Now
+}
+
+// Stats is a snapshot of what a store holds.
+type Stats struct {
+	// Backlog counts queued payloads, claimed ones included.
+	Backlog int `json:"backlog"`
+	// Dead counts dead letters.
+	Dead int `json:"dead"`
+	// OldestQueued is the Queued time of the oldest queued payload, zero
+	// when the backlog is empty.
+	OldestQueued time.Time `json:"oldest_queued,omitzero"`
+}
+
+// Store holds the dedupe markers, the delivery queue and the dead letters of
+// one relay. Every implementation has the same semantics; the suite in
+// dedupe/storetest checks them. All methods are safe for concurrent use.
+//
+// Delivery protocol: a worker Claims entries; a claimed entry is not handed
+// out again while its claim is alive. The worker then ends the claim with
+// exactly one of Ack (delivered), Bury (dead letter) or Release (give it back
+// to the queue, e.g. at shutdown). While it retries it calls Attempted to
+// record progress and Extend to keep the claim alive. A claim held by a
+// process that died is handed out again (after a visibility timeout in
+// shared stores; at the next start in embedded ones).
+type Store interface {
+	// Admit atomically either finds e.Key seen within the window (Duplicate)
+	// or stores e and marks e.Key seen, both or neither. It fills e.ID.
+	// ErrBacklogFull when the queue is full; any other error means the
+	// store could not be reached and nothing was stored.
+	Admit(ctx context.Context, e *Entry) (Admission, error)
+
+	// Claim hands out up to max queued entries that nobody holds, oldest
+	// first. It does not block waiting for entries.
+	Claim(ctx context.Context, max int) ([]*Entry, error)
+	// Extend keeps the claims on ids alive.
+	Extend(ctx context.Context, ids []string) error
+	// Attempted records e's Attempts, LastStatus and LastError; e stays claimed.
+	Attempted(ctx context.Context, e *Entry) error
+	// Ack removes a delivered entry from the queue.
+	Ack(ctx context.Context, id string) error
+	// Bury moves a claimed entry to the dead letters, keeping its Attempts,
+	// LastStatus and LastError.
+	Bury(ctx context.Context, e *Entry) error
+	// Release gives claimed entries back to the queue unchanged.
+	Release(ctx context.Context, ids []string) error
+
+	// Dead lists dead letters in id order, starting after the id in after
+	// (empty: from the start), at most limit of them, without bodies.
+	Dead(ctx context.Context, after string, limit int) ([]*Entry, error)
+	// DeadEntry returns one dead letter with its body, or ErrNotFound.
+	DeadEntry(ctx context.Context, id string) (*Entry, error)
+	// DeleteDead removes one dead letter, or returns ErrNotFound.
+	DeleteDead(ctx context.Context, id string) error
+	// Replay puts dead letters back in the queue with Attempts reset and
+	// Queued set to now: the ones in ids, or all of them when ids is nil.
+	// It returns how many went back. Unknown ids are skipped.
+	Replay(ctx context.Context, ids []string) (int, error)
+
+	// Stats reports what the store holds.
+	Stats(ctx context.Context) (Stats, error)
+	// Close releases the store's resources. Claimed entries stay queued.
+	Close() error
+}

@@ -9,7 +9,8 @@ import (
 // Entry is one acknowledged webhook payload, from the moment it is admitted
 // until it is delivered or deleted as a dead letter.
 type Entry struct {
-	// ID is assigned by the store on Admit and never changes afterwards.
+	// ID is assigned by the store on Admit and never changes afterwards,
+	// not even through a replay. IDs sort (as strings) in admission order.
 	ID string `json:"id"`
 	// Key is the dedupe key the payload was admitted under.
 	Key string `json:"key"`
@@ -119,9 +120,10 @@ type Stats struct {
 // shared stores; at the next start in embedded ones).
 type Store interface {
 	// Admit atomically either finds e.Key seen within the window (Duplicate)
-	// or stores e and marks e.Key seen, both or neither. It fills e.ID.
+	// or stores e and marks e.Key seen, both or neither.
 	// ErrBacklogFull when the queue is full; any other error means the
-	// store could not be reached and nothing was stored.
+	// store could not be reached and nothing was stored. On Accepted the
+	// store sets e.ID, and e.Received and e.Queued to its clock's now.
 	Admit(ctx context.Context, e *Entry) (Admission, error)
 
 	// Claim hands out up to max queued entries that nobody holds, oldest
@@ -147,12 +149,15 @@ type Store interface {
 	// DeleteDead removes one dead letter, or returns ErrNotFound.
 	DeleteDead(ctx context.Context, id string) error
 	// Replay puts dead letters back in the queue with Attempts reset and
-	// Queued set to now: the ones in ids, or all of them when ids is nil.
-	// It returns how many went back. Unknown ids are skipped.
+	// Queued set to now: the ones in ids, or all of them when ids is nil
+	// (an empty, non-nil ids replays nothing). It returns how many went
+	// back. Unknown ids are skipped. MaxBacklog does not apply: a replay is
+	// an operator's decision.
 	Replay(ctx context.Context, ids []string) (int, error)
 
 	// Stats reports what the store holds.
 	Stats(ctx context.Context) (Stats, error)
 	// Close releases the store's resources. Claimed entries stay queued.
+	// The store never keeps a reference to a caller's Entry or Body.
 	Close() error
 }

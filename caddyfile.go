@@ -1,0 +1,229 @@
+package webhookrelay
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("webhook_relay", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("webhook_relay", httpcaddyfile.Before, "respond")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	r := new(Relay)
+	err := r.UnmarshalCaddyfile(h.Dispenser)
+	return r, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	webhook_relay [<matcher>] [<upstream>] {
+//		upstream      <url>
+//		name          <name>
+//		auth_query    <param> <secret...>
+//		key           <source...>
+//		window        <duration>
+//		store         memory | bolt [<path>] | redis <url> [{ ... }]
+//		max_body      <size>
+//		max_backlog   <n>
+//		timeout       <duration>
+//		concurrency   <n>
+//		backoff       <initial> <max>
+//		give_up_after <duration>
+//		header_up     <field> <value>
+//	}
+//
+// auth_query and header_up may be repeated; every other subdirective may
+// appear once.
+func (h *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		h.Upstream = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+
+	seen := make(map[string]bool)
+	for d.NextBlock(0) {
+		sub := d.Val()
+		if seen[sub] && sub != "auth_query" && sub != "header_up" {
+			return d.Errf("subdirective '%s' given twice", sub)
+		}
+		seen[sub] = true
+
+		switch sub {
+		case "upstream":
+			if h.Upstream != "" {
+				return d.Err("upstream given twice (inline and in the block)")
+			}
+			if !d.AllArgs(&h.Upstream) {
+				return d.ArgErr()
+			}
+
+		case "name":
+			if !d.AllArgs(&h.Name) {
+				return d.ArgErr()
+			}
+
+		case "auth_query":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			param := d.Val()
+			secrets := d.RemainingArgs()
+			if len(secrets) == 0 {
+				return d.Errf("auth_query %s: give at least one secret, e.g. {env.WEBHOOK_TOKEN}", param)
+			}
+			if _, dup := h.AuthQuery[param]; dup {
+				return d.Errf("auth_query %s given twice; list all its secrets on one line", param)
+			}
+			if h.AuthQuery == nil {
+				h.AuthQuery = make(map[string][]string)
+			}
+			h.AuthQuery[param] = secrets
+
+		case "key":
+			h.Key = d.RemainingArgs()
+			if len(h.Key) == 0 {
+				return d.ArgErr()
+			}
+
+		case "window":
+			dur, err := parseDuration(d)
+			if err != nil {
+				return err
+			}
+			h.Window = caddy.Duration(dur)
+
+		case "store":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			modID := "webhook_relay.stores." + name
+			if _, err := caddy.GetModule(modID); err != nil {
+				return d.Errf("unknown store '%s': use memory, bolt or redis", name)
+			}
+			unm, err := caddyfile.UnmarshalModule(d, modID)
+			if err != nil {
+				return err
+			}
+			h.StoreRaw = caddyconfig.JSONModuleObject(unm, "type", name, nil)
+
+		case "max_body":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			size, err := humanize.ParseBytes(s)
+			if err != nil || size == 0 {
+				return d.Errf("max_body: bad size '%s', want e.g. 32MiB", s)
+			}
+			h.MaxBody = int64(size)
+
+		case "max_backlog":
+			n, err := parsePositiveInt(d)
+			if err != nil {
+				return err
+			}
+			h.MaxBacklog = n
+
+		case "timeout":
+			dur, err := parseDuration(d)
+			if err != nil {
+				return err
+			}
+			h.Timeout = caddy.Duration(dur)
+
+		case "concurrency":
+			n, err := parsePositiveInt(d)
+			if err != nil {
+				return err
+			}
+			h.Concurrency = n
+
+		case "backoff":
+			initial, err := durationArg(d, sub)
+			if err != nil {
+				return err
+			}
+			maximum, err := durationArg(d, sub)
+			if err != nil {
+				return err
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.BackoffInitial, h.BackoffMax = caddy.Duration(initial), caddy.Duration(maximum)
+
+		case "give_up_after":
+			dur, err := parseDuration(d)
+			if err != nil {
+				return err
+			}
+			h.GiveUpAfter = caddy.Duration(dur)
+
+		case "header_up":
+			var field, value string
+			if !d.AllArgs(&field, &value) {
+				return d.ArgErr()
+			}
+			if h.HeaderUp == nil {
+				h.HeaderUp = make(http.Header)
+			}
+			h.HeaderUp.Add(field, value)
+
+		default:
+			return d.Errf("unrecognized webhook_relay subdirective '%s'", sub)
+		}
+	}
+	return nil
+}
+
+// parseDuration reads the subdirective's only argument as a positive duration.
+func parseDuration(d *caddyfile.Dispenser) (time.Duration, error) {
+	sub := d.Val()
+	dur, err := durationArg(d, sub)
+	if err == nil && d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	return dur, err
+}
+
+// durationArg reads the next argument as a positive duration.
+func durationArg(d *caddyfile.Dispenser, sub string) (time.Duration, error) {
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(d.Val())
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("%s: bad duration '%s', want e.g. 30s, 5m or 24h", sub, d.Val())
+	}
+	return dur, nil
+}
+
+func parsePositiveInt(d *caddyfile.Dispenser) (int, error) {
+	sub := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return 0, d.Errf("%s: want a positive whole number, got '%s'", sub, s)
+	}
+	return n, nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Relay)(nil)

@@ -1,0 +1,348 @@
+package dedupe
+
+import (
+	"bytes"
+	"container/list"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Memory is a Store that keeps everything in the process's memory. It is
+// meant for tests and development: queued payloads and dead letters die
+// with the process, so its 200s promise nothing across a restart.
+type Memory struct {
+	mu     sync.Mutex
+	now    func() time.Time
+	window time.Duration
+	max    int
+	closed bool
+	lastID uint64
+
+	// seen maps a key to when its marker expires; expiring lists the same
+	// markers in the order they expire so Admit can sweep them cheaply.
+	seen     map[string]time.Time
+	expiring []marker
+
+	// queue holds *queued values in the order they entered the queue;
+	// claimed entries stay in place so Release needs no reordering.
+	queue  *list.List
+	queued map[string]*list.Element
+
+	dead    map[string]*Entry
+	deadIDs []string // sorted, which is id order
+}
+
+type marker struct {
+	key     string
+	expires time.Time
+}
+
+type queued struct {
+	e       Entry
+	claimed bool
+}
+
+// NewMemory returns an empty in-memory store that enforces opts.
+func NewMemory(opts Options) *Memory {
+	return &Memory{
+		now:    opts.Clock(),
+		window: opts.Window,
+		max:    opts.MaxBacklog,
+		seen:   make(map[string]time.Time),
+		queue:  list.New(),
+		queued: make(map[string]*list.Element),
+		dead:   make(map[string]*Entry),
+	}
+}
+
+// usable must be called with m.mu held.
+func (m *Memory) usable(ctx context.Context) error {
+	if m.closed {
+		return ErrClosed
+	}
+	return ctx.Err()
+}
+
+// Admit implements Store. The body is copied, so the caller may reuse its
+// buffer afterwards, as it could with a store that writes to disk.
+func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return 0, err
+	}
+
+	now := m.now()
+	m.sweep(now)
+	if expires, ok := m.seen[e.Key]; ok && now.Before(expires) {
+		return Duplicate, nil
+	}
+	// a full backlog must not mark the key seen: the sender retries later
+	// and that retry has to be accepted
+	if m.max > 0 && m.queue.Len() >= m.max {
+		return 0, ErrBacklogFull
+	}
+
+	m.lastID++
+	// fixed width, so string order is admission order and Dead can page by id
+	e.ID = fmt.Sprintf("%020d", m.lastID)
+	e.Received, e.Queued = now, now
+	q := &queued{e: *e}
+	q.e.Body = bytes.Clone(e.Body)
+	m.queued[e.ID] = m.queue.PushBack(q)
+
+	expires := now.Add(m.window)
+	m.seen[e.Key] = expires
+	m.expiring = append(m.expiring, marker{key: e.Key, expires: expires})
+	return Accepted, nil
+}
+
+// sweep forgets expired markers. The window is fixed, so markers expire in
+// the order they were set and each one is looked at once: this stays O(1)
+// per Admit, amortised, and bounds memory by the admits of one window.
+func (m *Memory) sweep(now time.Time) {
+	n := 0
+	for n < len(m.expiring) && !now.Before(m.expiring[n].expires) {
+		mk := m.expiring[n]
+		// the key may have been admitted again since; that marker is newer
+		if m.seen[mk.key].Equal(mk.expires) {
+			delete(m.seen, mk.key)
+		}
+		n++
+	}
+	if n > 0 {
+		clear(m.expiring[:n]) // let the keys be collected
+		m.expiring = m.expiring[n:]
+	}
+}
+
+// Claim implements Store. Claims last until Ack, Bury or Release: nothing
+// else can take them over within one process.
+func (m *Memory) Claim(ctx context.Context, max int) ([]*Entry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return nil, err
+	}
+	var out []*Entry
+	for el := m.queue.Front(); el != nil && len(out) < max; el = el.Next() {
+		q := el.Value.(*queued)
+		if q.claimed {
+			continue
+		}
+		q.claimed = true
+		e := q.e
+		out = append(out, &e)
+	}
+	return out, nil
+}
+
+// Extend implements Store. In-process claims never time out, so there is
+// nothing to extend; it only reports ids that are not queued.
+func (m *Memory) Extend(ctx context.Context, ids []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if _, ok := m.queued[id]; !ok {
+			return fmt.Errorf("extending %s: %w", id, ErrNotFound)
+		}
+	}
+	return nil
+}
+
+// Attempted implements Store.
+func (m *Memory) Attempted(ctx context.Context, e *Entry) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return err
+	}
+	el, ok := m.queued[e.ID]
+	if !ok {
+		return fmt.Errorf("recording attempt on %s: %w", e.ID, ErrNotFound)
+	}
+	q := el.Value.(*queued)
+	q.e.Attempts, q.e.LastStatus, q.e.LastError = e.Attempts, e.LastStatus, e.LastError
+	return nil
+}
+
+// Ack implements Store. Acking an id that is no longer queued is not an
+// error: the entry is gone either way, which is what the caller wants.
+func (m *Memory) Ack(ctx context.Context, id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return err
+	}
+	if el, ok := m.queued[id]; ok {
+		m.queue.Remove(el)
+		delete(m.queued, id)
+	}
+	return nil
+}
+
+// Bury implements Store. It buries the stored entry, not e, so a caller
+// holding a stale copy cannot change the body or key of a dead letter.
+func (m *Memory) Bury(ctx context.Context, e *Entry) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return err
+	}
+	el, ok := m.queued[e.ID]
+	if !ok {
+		return fmt.Errorf("burying %s: %w", e.ID, ErrNotFound)
+	}
+	m.queue.Remove(el)
+	delete(m.queued, e.ID)
+
+	d := el.Value.(*queued).e
+	d.Attempts, d.LastStatus, d.LastError = e.Attempts, e.LastStatus, e.LastError
+	m.dead[d.ID] = &d
+	i, _ := slices.BinarySearch(m.deadIDs, d.ID)
+	m.deadIDs = slices.Insert(m.deadIDs, i, d.ID)
+	return nil
+}
+
+// Release implements Store. Ids that are not queued are skipped.
+func (m *Memory) Release(ctx context.Context, ids []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if el, ok := m.queued[id]; ok {
+			el.Value.(*queued).claimed = false
+		}
+	}
+	return nil
+}
+
+// Dead implements Store.
+func (m *Memory) Dead(ctx context.Context, after string, limit int) ([]*Entry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return nil, err
+	}
+	i, found := slices.BinarySearch(m.deadIDs, after)
+	if found {
+		i++
+	}
+	page := m.deadIDs[i:]
+	if limit < len(page) {
+		page = page[:max(limit, 0)]
+	}
+	out := make([]*Entry, 0, len(page))
+	for _, id := range page {
+		e := *m.dead[id]
+		e.Body = nil // listings stay small; DeadEntry has the body
+		out = append(out, &e)
+	}
+	return out, nil
+}
+
+// DeadEntry implements Store.
+func (m *Memory) DeadEntry(ctx context.Context, id string) (*Entry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return nil, err
+	}
+	d, ok := m.dead[id]
+	if !ok {
+		return nil, fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
+	}
+	e := *d
+	return &e, nil
+}
+
+// DeleteDead implements Store.
+func (m *Memory) DeleteDead(ctx context.Context, id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return err
+	}
+	if _, ok := m.dead[id]; !ok {
+		return fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
+	}
+	delete(m.dead, id)
+	i, _ := slices.BinarySearch(m.deadIDs, id)
+	m.deadIDs = slices.Delete(m.deadIDs, i, i+1)
+	return nil
+}
+
+// Replay implements Store. It ignores MaxBacklog: replaying is an
+// operator's decision, and refusing it would leave the letters dead.
+// Replayed entries join the back of the queue.
+func (m *Memory) Replay(ctx context.Context, ids []string) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return 0, err
+	}
+	if ids == nil {
+		ids = m.deadIDs
+	}
+	now := m.now()
+	n := 0
+	for _, id := range ids {
+		d, ok := m.dead[id]
+		if !ok {
+			continue
+		}
+		delete(m.dead, id)
+		d.Attempts, d.LastStatus, d.LastError = 0, 0, ""
+		d.Queued = now
+		m.queued[id] = m.queue.PushBack(&queued{e: *d})
+		n++
+	}
+	if n > 0 {
+		// one pass, not one per id: replaying everything stays linear
+		m.deadIDs = slices.DeleteFunc(m.deadIDs, func(id string) bool {
+			_, ok := m.dead[id]
+			return !ok
+		})
+	}
+	return n, nil
+}
+
+// Stats implements Store. OldestQueued is taken from the front of the
+// queue, which is where entries are claimed from.
+func (m *Memory) Stats(ctx context.Context) (Stats, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return Stats{}, err
+	}
+	s := Stats{Backlog: m.queue.Len(), Dead: len(m.dead)}
+	if front := m.queue.Front(); front != nil {
+		s.OldestQueued = front.Value.(*queued).e.Queued
+	}
+	return s, nil
+}
+
+// Close implements Store. Everything the store held is dropped.
+func (m *Memory) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	m.closed = true
+	m.seen, m.expiring = nil, nil
+	m.queue, m.queued = nil, nil
+	m.dead, m.deadIDs = nil, nil
+	return nil
+}
+
+// Interface guard
+var _ Store = (*Memory)(nil)

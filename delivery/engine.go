@@ -1,0 +1,376 @@
+// Package delivery forwards stored webhook payloads to the upstream in the
+// background, retrying with backoff until the upstream answers 2xx, and
+// moving what never gets through to the dead letters.
+package delivery
+
+import (
+	"container/heap"
+	"context"
+	"net/http"
+	"net/url"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/internal/faultlog"
+)
+
+// Settings are the delivery settings of one relay. A config reload may
+// replace them while the engine runs; the queue stays.
+type Settings struct {
+	// Upstream is where payloads go; its own query is kept and the
+	// payload's query is appended.
+	Upstream *url.URL
+	// Timeout bounds one attempt.
+	Timeout time.Duration
+	// Concurrency bounds attempts running at once.
+	Concurrency int
+	// Backoff is the retry schedule.
+	Backoff Backoff
+	// GiveUpAfter is how long after it was queued a payload that still
+	// fails is moved to the dead letters.
+	GiveUpAfter time.Duration
+	// HeaderUp are extra headers on every forwarded request.
+	HeaderUp http.Header
+}
+
+// Result names used for observers and metrics.
+const (
+	ResultSuccess = "success"
+	ResultRetry   = "retry"
+	ResultDead    = "dead"
+)
+
+// Config sets up an Engine.
+type Config struct {
+	Store    dedupe.Store
+	Settings *Settings
+	Logger   *zap.Logger
+	// Observe, if set, is called after every attempt with its result and
+	// how long the upstream took.
+	Observe func(result string, took time.Duration)
+	// PollInterval is how often the engine looks for payloads it was not
+	// woken for (queued by another process, or released). Default 1s.
+	PollInterval time.Duration
+	// LeaseRefresh is how often held claims are extended. Default 10s.
+	LeaseRefresh time.Duration
+	// Transport overrides the HTTP transport (tests).
+	Transport http.RoundTripper
+	// Now and Jitter override the clock and the jitter source (tests).
+	Now    func() time.Time
+	Jitter func() float64
+}
+
+// Engine delivers the queue of one store. It claims a bounded number of
+// entries, attempts each when it is due with at most Concurrency attempts at
+// once, and reschedules failures with backoff, so one failing payload holds
+// one place and never blocks the others.
+type Engine struct {
+	cfg      Config
+	settings atomic.Pointer[Settings]
+	client   *http.Client
+	wake     chan struct{}
+	results  chan result
+	inFlight atomic.Int64
+	claimErr faultlog.Tracker
+
+	ctx       context.Context // ends the claim loop
+	stop      context.CancelFunc
+	attemptCx context.Context // ends running attempts, after the grace
+	abort     context.CancelFunc
+	done      chan struct{}
+}
+
+// storeTimeout bounds one bookkeeping call to the store.
+const storeTimeout = 10 * time.Second
+
+// Start starts delivering.
+func Start(cfg Config) *Engine {
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = time.Second
+	}
+	if cfg.LeaseRefresh <= 0 {
+		cfg.LeaseRefresh = 10 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Jitter == nil {
+		cfg.Jitter = randomJitter
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	transport := cfg.Transport
+	if transport == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = 256
+		transport = t
+	}
+	e := &Engine{
+		cfg: cfg,
+		client: &http.Client{
+			Transport: transport,
+			// A redirect is reported as what it is, not followed: the
+			// upstream URL is the operator's to fix.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		wake:    make(chan struct{}, 1),
+		results: make(chan result),
+		done:    make(chan struct{}),
+	}
+	e.settings.Store(cfg.Settings)
+	e.ctx, e.stop = context.WithCancel(context.Background())
+	e.attemptCx, e.abort = context.WithCancel(context.Background())
+	go e.run()
+	return e
+}
+
+// SetSettings replaces the delivery settings; entries already queued go to
+// the new upstream.
+func (e *Engine) SetSettings(s *Settings) { e.settings.Store(s) }
+
+// Wake tells the engine that something was queued. It never blocks.
+func (e *Engine) Wake() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// InFlight reports how many attempts are running now.
+func (e *Engine) InFlight() int { return int(e.inFlight.Load()) }
+
+// Stop stops claiming, lets running attempts finish for up to grace, then
+// cancels them, and gives every entry it still holds back to the store.
+// Nothing is lost: what was not delivered stays queued.
+func (e *Engine) Stop(grace time.Duration) {
+	e.stop()
+	t := time.AfterFunc(grace, e.abort)
+	<-e.done
+	t.Stop()
+	e.abort()
+}
+
+// held is an entry the engine has claimed.
+type held struct {
+	entry *dedupe.Entry
+	due   time.Time
+	// acked means the upstream took it and only the store's Ack is left.
+	acked bool
+}
+
+// result is what a finished attempt reports to the loop.
+type result struct {
+	h    *held
+	done bool      // the entry left the queue (delivered or buried)
+	next time.Time // when to try again, unless done
+}
+
+func (e *Engine) run() {
+	defer close(e.done)
+	log := e.cfg.Logger
+	holding := make(map[string]*held)
+	var due dueQueue
+	running := 0
+	lookForMore := true
+
+	timer := time.NewTimer(time.Hour)
+	poll := time.NewTicker(e.cfg.PollInterval)
+	lease := time.NewTicker(e.cfg.LeaseRefresh)
+	defer timer.Stop()
+	defer poll.Stop()
+	defer lease.Stop()
+
+	finish := func(r result) {
+		running--
+		e.inFlight.Add(-1)
+		if r.done {
+			delete(holding, r.h.entry.ID)
+			lookForMore = true
+			return
+		}
+		r.h.due = r.next
+		heap.Push(&due, r.h)
+	}
+
+	for {
+		s := e.settings.Load()
+		limit := 4 * s.Concurrency
+		if lookForMore && len(holding) < limit {
+			want := limit - len(holding)
+			ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
+			entries, err := e.cfg.Store.Claim(ctx, want)
+			cancel()
+			lookForMore = false
+			if err != nil {
+				if e.ctx.Err() == nil {
+					e.claimErr.Fail(log, "cannot read the queue from the store; retrying", err)
+				}
+			} else {
+				e.claimErr.Ok(log, "store reachable again; delivering")
+				now := e.cfg.Now()
+				for _, ent := range entries {
+					h := &held{entry: ent, due: now}
+					holding[ent.ID] = h
+					heap.Push(&due, h)
+				}
+				// A full batch suggests more is waiting.
+				lookForMore = len(entries) == want
+			}
+		}
+
+		now := e.cfg.Now()
+		for running < s.Concurrency && due.Len() > 0 && !due[0].due.After(now) {
+			h := heap.Pop(&due).(*held)
+			running++
+			e.inFlight.Add(1)
+			go e.deliver(s, h)
+		}
+
+		var fire <-chan time.Time
+		if due.Len() > 0 && running < s.Concurrency {
+			timer.Reset(due[0].due.Sub(now))
+			fire = timer.C
+		}
+		select {
+		case <-e.ctx.Done():
+			e.drain(running, holding, finish)
+			return
+		case <-e.wake:
+			lookForMore = true
+		case <-poll.C:
+			lookForMore = true
+		case <-lease.C:
+			if len(holding) > 0 {
+				ids := make([]string, 0, len(holding))
+				for id := range holding {
+					ids = append(ids, id)
+				}
+				ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
+				if err := e.cfg.Store.Extend(ctx, ids); err != nil && e.ctx.Err() == nil {
+					log.Warn("cannot extend claims on queued payloads", zap.Int("count", len(ids)), zap.Error(err))
+				}
+				cancel()
+			}
+		case r := <-e.results:
+			finish(r)
+		case <-fire:
+		}
+	}
+}
+
+// drain waits for running attempts (Stop's grace bounds them) and releases
+// everything still held.
+func (e *Engine) drain(running int, holding map[string]*held, finish func(result)) {
+	for range running {
+		finish(<-e.results)
+	}
+	if len(holding) == 0 {
+		return
+	}
+	ids := make([]string, 0, len(holding))
+	for id := range holding {
+		ids = append(ids, id)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	if err := e.cfg.Store.Release(ctx, ids); err != nil {
+		e.cfg.Logger.Warn("cannot release queued payloads at shutdown; they are delivered after their claims expire",
+			zap.Int("count", len(ids)), zap.Error(err))
+	}
+}
+
+// deliver makes one attempt for h and does the store's bookkeeping, then
+// reports to the loop.
+func (e *Engine) deliver(s *Settings, h *held) {
+	ent := h.entry
+	log := e.cfg.Logger
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	retryIn := func() time.Time {
+		return e.cfg.Now().Add(s.Backoff.Delay(max(ent.Attempts, 1), e.cfg.Jitter()))
+	}
+
+	if h.acked {
+		if err := e.cfg.Store.Ack(ctx, ent.ID); err != nil {
+			e.results <- result{h: h, next: retryIn()}
+			return
+		}
+		e.results <- result{h: h, done: true}
+		return
+	}
+
+	ent.Attempts++
+	start := e.cfg.Now()
+	o := attempt(e.attemptCx, e.client, s, ent, ent.Attempts, start)
+	took := e.cfg.Now().Sub(start)
+	ent.LastStatus, ent.LastError = o.status, o.reason
+
+	if o.verdict == retry && e.cfg.Now().Sub(ent.Queued) >= s.GiveUpAfter {
+		o.verdict = dead
+		ent.LastError = "gave up after " + s.GiveUpAfter.String() + "; last attempt: " + o.reason
+	}
+
+	switch o.verdict {
+	case delivered:
+		e.observe(ResultSuccess, took)
+		if err := e.cfg.Store.Ack(ctx, ent.ID); err != nil {
+			log.Error("payload delivered but the store could not remove it; it may be delivered again",
+				zap.String("id", ent.ID), zap.Error(err))
+			h.acked = true
+			e.results <- result{h: h, next: retryIn()}
+			return
+		}
+		e.results <- result{h: h, done: true}
+
+	case dead:
+		e.observe(ResultDead, took)
+		if err := e.cfg.Store.Bury(ctx, ent); err != nil {
+			log.Error("cannot move payload to the dead letters; it stays queued", zap.String("id", ent.ID), zap.Error(err))
+			e.results <- result{h: h, next: retryIn()}
+			return
+		}
+		log.Warn("payload moved to the dead letters",
+			zap.String("id", ent.ID), zap.Int("attempts", ent.Attempts),
+			zap.Int("status", ent.LastStatus), zap.String("reason", ent.LastError))
+		e.results <- result{h: h, done: true}
+
+	default:
+		e.observe(ResultRetry, took)
+		next := retryIn()
+		if wait := start.Add(o.retryAfter); wait.After(next) {
+			next = wait
+		}
+		if err := e.cfg.Store.Attempted(ctx, ent); err != nil {
+			log.Warn("cannot record a failed attempt", zap.String("id", ent.ID), zap.Error(err))
+		}
+		log.Debug("delivery failed; will retry",
+			zap.String("id", ent.ID), zap.Int("attempt", ent.Attempts),
+			zap.String("reason", o.reason), zap.Time("next", next))
+		e.results <- result{h: h, next: next}
+	}
+}
+
+func (e *Engine) observe(result string, took time.Duration) {
+	if e.cfg.Observe != nil {
+		e.cfg.Observe(result, took)
+	}
+}
+
+// dueQueue orders held entries by when they are due.
+type dueQueue []*held
+
+func (q dueQueue) Len() int           { return len(q) }
+func (q dueQueue) Less(i, j int) bool { return q[i].due.Before(q[j].due) }
+func (q dueQueue) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
+func (q *dueQueue) Push(x any)        { *q = append(*q, x.(*held)) }
+func (q *dueQueue) Pop() any {
+	old := *q
+	h := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	return h
+}

@@ -1,0 +1,286 @@
+package delivery
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+)
+
+// upstream is a real HTTP server on loopback that answers from a script
+// and records what it got.
+type upstream struct {
+	*httptest.Server
+	mu       sync.Mutex
+	answer   func(r *http.Request, body []byte) int
+	received chan received
+}
+
+type received struct {
+	header http.Header
+	query  string
+	body   []byte
+	status int
+}
+
+func newUpstream(t *testing.T, answer func(r *http.Request, body []byte) int) *upstream {
+	u := &upstream{answer: answer, received: make(chan received, 1000)}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		u.mu.Lock()
+		status := u.answer(r, body)
+		u.mu.Unlock()
+		u.received <- received{header: r.Header.Clone(), query: r.URL.RawQuery, body: body, status: status}
+		w.WriteHeader(status)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *upstream) next(t *testing.T) received {
+	t.Helper()
+	select {
+	case r := <-u.received:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("upstream got nothing within 10s")
+		return received{}
+	}
+}
+
+func settingsFor(t *testing.T, rawURL string) *Settings {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Settings{
+		Upstream:    u,
+		Timeout:     2 * time.Second,
+		Concurrency: 4,
+		Backoff:     Backoff{Initial: time.Millisecond, Max: 5 * time.Millisecond},
+		GiveUpAfter: time.Hour,
+		HeaderUp:    http.Header{"X-Extra": {"yes"}},
+	}
+}
+
+func startEngine(t *testing.T, store dedupe.Store, s *Settings) *Engine {
+	e := Start(Config{Store: store, Settings: s, PollInterval: 20 * time.Millisecond})
+	t.Cleanup(func() { e.Stop(time.Second) })
+	return e
+}
+
+func admit(t *testing.T, store dedupe.Store, key string, body string) *dedupe.Entry {
+	t.Helper()
+	e := &dedupe.Entry{
+		Key:  key,
+		Body: []byte(body),
+		Request: dedupe.RequestMeta{
+			RawQuery: "a=1&b=%20x", ContentType: "application/json",
+			UserAgent: "sender/1.0", ForwardedFor: "10.0.0.1, 127.0.0.1",
+		},
+	}
+	if a, err := store.Admit(context.Background(), e); err != nil || a != dedupe.Accepted {
+		t.Fatalf("admit %s: %v %v", key, a, err)
+	}
+	return e
+}
+
+func waitStats(t *testing.T, store dedupe.Store, ok func(dedupe.Stats) bool) dedupe.Stats {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := store.Stats(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("store never reached the wanted state; last: %+v", st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestForwardedRequestShape(t *testing.T) {
+	up := newUpstream(t, func(*http.Request, []byte) int { return 200 })
+	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	s := settingsFor(t, up.URL+"/hook?fixed=1")
+	startEngine(t, store, s)
+	admit(t, store, "rw:task/img", `{"taskUUID":"t"}`)
+
+	got := up.next(t)
+	if string(got.body) != `{"taskUUID":"t"}` {
+		t.Errorf("body %q", got.body)
+	}
+	if got.query != "fixed=1&a=1&b=%20x" {
+		t.Errorf("query %q, want the upstream's own then the incoming one", got.query)
+	}
+	for field, want := range map[string]string{
+		"Content-Type":    "application/json",
+		"User-Agent":      "sender/1.0",
+		"X-Forwarded-For": "10.0.0.1, 127.0.0.1",
+		"Idempotency-Key": "rw:task/img",
+		AttemptHeader:     "1",
+		"X-Extra":         "yes",
+	} {
+		if v := got.header.Get(field); v != want {
+			t.Errorf("%s: %q, want %q", field, v, want)
+		}
+	}
+	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 0 })
+}
+
+func TestRetriesUntilSuccess(t *testing.T) {
+	answers := []int{503, 500, 429, 408, 200}
+	n := 0
+	up := newUpstream(t, func(*http.Request, []byte) int { n++; return answers[n-1] })
+	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	startEngine(t, store, settingsFor(t, up.URL))
+	admit(t, store, "k", `{}`)
+
+	for i, want := range answers {
+		got := up.next(t)
+		if a := got.header.Get(AttemptHeader); a != fmt.Sprint(i+1) {
+			t.Errorf("attempt header %q, want %d", a, i+1)
+		}
+		if got.header.Get("Idempotency-Key") != "k" {
+			t.Errorf("attempt %d: Idempotency-Key %q", i+1, got.header.Get("Idempotency-Key"))
+		}
+		if got.status != want {
+			t.Fatalf("script out of step: %d", got.status)
+		}
+	}
+	st := waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 0 })
+	if st.Dead != 0 {
+		t.Errorf("dead letters: %d", st.Dead)
+	}
+}
+
+func TestPermanentFailureIsDeadAtOnce(t *testing.T) {
+	up := newUpstream(t, func(_ *http.Request, body []byte) int {
+		if string(body) == `"bad"` {
+			return 422
+		}
+		return 200
+	})
+	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	startEngine(t, store, settingsFor(t, up.URL))
+	bad := admit(t, store, "bad", `"bad"`)
+
+	waitStats(t, store, func(st dedupe.Stats) bool { return st.Dead == 1 && st.Backlog == 0 })
+	dead, err := store.DeadEntry(context.Background(), bad.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dead.Attempts != 1 || dead.LastStatus != 422 || dead.LastError == "" {
+		t.Errorf("dead letter: attempts %d, status %d, reason %q", dead.Attempts, dead.LastStatus, dead.LastError)
+	}
+	// A later payload goes through and the 422 one is not tried again.
+	admit(t, store, "good", `"good"`)
+	for got := up.next(t); string(got.body) != `"good"`; got = up.next(t) {
+		if string(got.body) == `"bad"` && got.header.Get(AttemptHeader) != "1" {
+			t.Fatal("a dead-lettered payload was retried")
+		}
+	}
+}
+
+func TestGivesUpAfterDeadline(t *testing.T) {
+	up := newUpstream(t, func(*http.Request, []byte) int { return 503 })
+	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	s := settingsFor(t, up.URL)
+	s.GiveUpAfter = 30 * time.Millisecond
+	startEngine(t, store, s)
+	e := admit(t, store, "k", `{}`)
+
+	waitStats(t, store, func(st dedupe.Stats) bool { return st.Dead == 1 })
+	dead, err := store.DeadEntry(context.Background(), e.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dead.LastStatus != 503 || dead.Attempts < 2 {
+		t.Errorf("dead letter: attempts %d, status %d, reason %q", dead.Attempts, dead.LastStatus, dead.LastError)
+	}
+}
+
+func TestOneFailingPayloadDoesNotBlockOthers(t *testing.T) {
+	up := newUpstream(t, func(_ *http.Request, body []byte) int {
+		if string(body) == `"stuck"` {
+			return 503
+		}
+		return 200
+	})
+	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	s := settingsFor(t, up.URL)
+	s.Concurrency = 1
+	startEngine(t, store, s)
+	admit(t, store, "stuck", `"stuck"`)
+	for i := range 20 {
+		admit(t, store, fmt.Sprint("ok", i), fmt.Sprintf(`"ok%d"`, i))
+	}
+	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 1 })
+}
+
+func TestTimeoutIsRetried(t *testing.T) {
+	release := make(chan struct{})
+	first := true
+	var mu sync.Mutex
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hang := first
+		first = false
+		mu.Unlock()
+		if hang {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+	}))
+	defer up.Close()
+	defer close(release)
+	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	s := settingsFor(t, up.URL)
+	s.Timeout = 50 * time.Millisecond
+	startEngine(t, store, s)
+	admit(t, store, "k", `{}`)
+	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 0 && st.Dead == 0 })
+}
+
+func TestSettingsSwapSendsBacklogToNewUpstream(t *testing.T) {
+	down := newUpstream(t, func(*http.Request, []byte) int { return 503 })
+	up := newUpstream(t, func(*http.Request, []byte) int { return 200 })
+	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	e := startEngine(t, store, settingsFor(t, down.URL))
+	for i := range 10 {
+		admit(t, store, fmt.Sprint(i), "{}")
+	}
+	down.next(t)
+	e.SetSettings(settingsFor(t, up.URL))
+	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 0 })
+}
+
+func TestStopReleasesHeldEntries(t *testing.T) {
+	up := newUpstream(t, func(*http.Request, []byte) int { return 503 })
+	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	s := settingsFor(t, up.URL)
+	s.Backoff = Backoff{Initial: time.Hour, Max: time.Hour}
+	e := Start(Config{Store: store, Settings: s})
+	admit(t, store, "k", "{}")
+	up.next(t)
+	e.Stop(time.Second)
+
+	// Released: a new claimant gets it at once.
+	got, err := store.Claim(context.Background(), 10)
+	if err != nil || len(got) != 1 || got[0].Attempts != 1 {
+		t.Fatalf("after Stop: claimed %v (err %v), want the entry with 1 attempt recorded", got, err)
+	}
+}

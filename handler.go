@@ -1,0 +1,225 @@
+package webhookrelay
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+)
+
+// Outcomes of the ack path, as set in {http.webhook_relay.outcome}.
+const (
+	OutcomeAccepted         = "accepted"
+	OutcomeDuplicate        = "duplicate"
+	OutcomeUnauthorized     = "unauthorized"
+	OutcomeTooLarge         = "too_large"
+	OutcomeBadRequest       = "bad_request"
+	OutcomeUnavailable      = "unavailable"
+	OutcomeMethodNotAllowed = "method_not_allowed"
+)
+
+// admitTimeout bounds the store's admit step; past it the sender gets a 503
+// and retries.
+const admitTimeout = 10 * time.Second
+
+// retryAfterSeconds is what a 503 asks the sender to wait.
+const retryAfterSeconds = "5"
+
+var (
+	respAccepted  = []byte(`{"status":"accepted"}` + "\n")
+	respDuplicate = []byte(`{"status":"duplicate"}` + "\n")
+)
+
+// ServeHTTP is the ack path: check, read, key, admit, answer. It never calls
+// next, and nothing it starts touches the request after it returns.
+func (h *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	outcome, key, err := h.ack(w, r)
+	if repl != nil {
+		repl.Set("http.webhook_relay.outcome", outcome)
+		repl.Set("http.webhook_relay.key", key)
+	}
+	return err
+}
+
+func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string, err error) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return OutcomeMethodNotAllowed, "", caddyhttp.Error(http.StatusMethodNotAllowed,
+			fmt.Errorf("webhooks are delivered with POST, not %s", r.Method))
+	}
+
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil && len(h.auth) > 0 {
+		return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized,
+			errors.New("malformed query string; the auth parameters cannot be read"))
+	}
+	if !h.authorized(query) {
+		return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized,
+			fmt.Errorf("missing or wrong auth query parameter (%s)", h.authParamNames()))
+	}
+
+	if r.ContentLength > h.MaxBody {
+		return OutcomeTooLarge, "", tooLarge(h.MaxBody)
+	}
+	body, err := readBody(r, h.MaxBody)
+	if err != nil {
+		if errors.Is(err, errTooLarge) {
+			return OutcomeTooLarge, "", tooLarge(h.MaxBody)
+		}
+		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
+			fmt.Errorf("reading the request body: %v", err))
+	}
+
+	key, err = h.keyer.Key(r.Header, query, body)
+	if err != nil {
+		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
+			errors.New("the body is not valid JSON; this relay's key reads JSON"))
+	}
+
+	entry := &dedupe.Entry{
+		Key:  key,
+		Body: body,
+		Request: dedupe.RequestMeta{
+			RawQuery:     stripParams(r.URL.RawQuery, h.auth),
+			ContentType:  r.Header.Get("Content-Type"),
+			UserAgent:    r.Header.Get("User-Agent"),
+			ForwardedFor: forwardedFor(r),
+		},
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), admitTimeout)
+	defer cancel()
+	admission, err := h.relay.store.Admit(ctx, entry)
+	if err != nil {
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		if errors.Is(err, dedupe.ErrBacklogFull) {
+			return OutcomeUnavailable, key, caddyhttp.Error(http.StatusServiceUnavailable,
+				fmt.Errorf("relay %s: backlog full (%d payloads waiting for the upstream); retry later", h.Name, h.MaxBacklog))
+		}
+		h.relay.storeErr.Fail(h.logger, "cannot store webhooks; answering 503", err, zap.String("relay", h.Name))
+		return OutcomeUnavailable, key, caddyhttp.Error(http.StatusServiceUnavailable,
+			fmt.Errorf("relay %s: store unavailable; retry later", h.Name))
+	}
+	h.relay.storeErr.Ok(h.logger, "store reachable again; accepting webhooks")
+
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	if admission == dedupe.Duplicate {
+		_, _ = w.Write(respDuplicate)
+		return OutcomeDuplicate, key, nil
+	}
+	h.relay.engine.Wake()
+	_, _ = w.Write(respAccepted)
+	return OutcomeAccepted, key, nil
+}
+
+// authorized reports whether every auth parameter is present exactly once
+// and matches one of its secrets. All secrets are compared, so the time
+// taken does not depend on which one matched.
+func (h *Relay) authorized(query url.Values) bool {
+	ok := 1
+	for _, p := range h.auth {
+		values := query[p.name]
+		if len(values) != 1 {
+			ok = 0
+			continue
+		}
+		got := sha256.Sum256([]byte(values[0]))
+		match := 0
+		for i := range p.digests {
+			match |= subtle.ConstantTimeCompare(got[:], p.digests[i][:])
+		}
+		ok &= match
+	}
+	return ok == 1
+}
+
+func (h *Relay) authParamNames() string {
+	names := make([]string, len(h.auth))
+	for i, p := range h.auth {
+		names[i] = p.name
+	}
+	return strings.Join(names, ", ")
+}
+
+var errTooLarge = errors.New("body too large")
+
+func tooLarge(limit int64) error {
+	return caddyhttp.Error(http.StatusRequestEntityTooLarge,
+		fmt.Errorf("body larger than max_body (%d bytes)", limit))
+}
+
+// readBody reads the whole body, at most limit bytes.
+func readBody(r *http.Request, limit int64) ([]byte, error) {
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength))
+	}
+	n, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > limit {
+		return nil, errTooLarge
+	}
+	return buf.Bytes(), nil
+}
+
+// stripParams removes the auth parameters from a raw query, keeping the
+// order and encoding of everything else, so that no secret is stored or
+// forwarded.
+func stripParams(rawQuery string, auth []authParam) string {
+	if rawQuery == "" || len(auth) == 0 {
+		return rawQuery
+	}
+	var kept []string
+	for part := range strings.SplitSeq(rawQuery, "&") {
+		if part == "" {
+			continue
+		}
+		name, _, _ := strings.Cut(part, "=")
+		if unescaped, err := url.QueryUnescape(name); err == nil {
+			name = unescaped
+		}
+		if isAuthParam(name, auth) {
+			continue
+		}
+		kept = append(kept, part)
+	}
+	return strings.Join(kept, "&")
+}
+
+func isAuthParam(name string, auth []authParam) bool {
+	for _, p := range auth {
+		if p.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// forwardedFor is the incoming X-Forwarded-For chain plus the client.
+func forwardedFor(r *http.Request) string {
+	client, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		client = r.RemoteAddr
+	}
+	if prior := r.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+		return strings.Join(prior, ", ") + ", " + client
+	}
+	return client
+}

@@ -1,0 +1,337 @@
+// Package webhookrelay is a Caddy HTTP handler that takes over the receiving
+// end of webhooks: it checks the auth parameters in the query string, drops
+// duplicate deliveries, stores each payload durably and answers 200 at once,
+// then forwards the payload to the upstream in the background until the
+// upstream takes it.
+//
+// A 200 from the relay is a promise: the sender will not retry, so the
+// payload is stored before the 200 and reaches the upstream at least once.
+package webhookrelay
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/delivery"
+)
+
+func init() {
+	caddy.RegisterModule(Relay{})
+}
+
+// Defaults of the optional settings.
+const (
+	DefaultName           = "default"
+	DefaultWindow         = 24 * time.Hour
+	DefaultMaxBody        = 32 << 20
+	DefaultMaxBacklog     = 100000
+	DefaultTimeout        = 30 * time.Second
+	DefaultConcurrency    = 16
+	DefaultBackoffInitial = 250 * time.Millisecond
+	DefaultBackoffMax     = 30 * time.Second
+	DefaultGiveUpAfter    = 72 * time.Hour
+)
+
+// Relay receives webhooks, acknowledges them once they are stored and
+// forwards them to Upstream in the background. It never calls the next
+// handler.
+type Relay struct {
+	// Upstream is the URL payloads are forwarded to (http or https),
+	// e.g. "http://localhost:3000/hooks/runware". Its own query parameters
+	// are kept; the incoming ones, minus the auth parameters, are added.
+	// Placeholders such as {env.UPSTREAM} are resolved at provision time.
+	// Required.
+	Upstream string `json:"upstream,omitempty"`
+
+	// Name identifies this relay's queue and dedupe state in the store,
+	// the admin API and the metrics. The name, not the upstream, owns the
+	// queue: changing the upstream in a reload sends the waiting backlog
+	// to the new upstream. Letters, digits, '.', '_' and '-'; default
+	// "default". Two different relays in one config need distinct names.
+	Name string `json:"name,omitempty"`
+
+	// AuthQuery maps query parameter names to the secrets they may carry.
+	// A request passes only if every listed parameter is present once and
+	// equals one of its secrets (listing several allows rotation).
+	// Secrets are written as placeholders, e.g. "{env.WEBHOOK_TOKEN}", and
+	// one that resolves to empty is a configuration error.
+	AuthQuery map[string][]string `json:"auth_query,omitempty"`
+
+	// Key lists where the dedupe key comes from, combined in order:
+	// "runware" (default), "json.<dot.path>", "header.<Name>",
+	// "query.<name>", "body" (SHA-256 of the body). When no source yields
+	// a value the key is the body hash.
+	Key []string `json:"key,omitempty"`
+
+	// Window is how long a key stays seen, so that a re-delivery is
+	// answered "duplicate". Default 24h.
+	Window caddy.Duration `json:"window,omitempty"`
+
+	// StoreRaw is where markers, queue and dead letters are kept: a module
+	// in the webhook_relay.stores namespace ("memory" for now).
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=webhook_relay.stores inline_key=type"`
+
+	// MaxBody is the largest body accepted, in bytes; larger ones get 413.
+	// Default 32 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	// MaxBacklog bounds the payloads queued but not yet delivered; beyond
+	// it requests get 503 with Retry-After. Default 100000.
+	MaxBacklog int `json:"max_backlog,omitempty"`
+
+	// Timeout bounds one delivery attempt. Default 30s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Concurrency bounds the delivery attempts running at once for this
+	// relay. Default 16.
+	Concurrency int `json:"concurrency,omitempty"`
+
+	// BackoffInitial is the wait after the first failed attempt; it doubles
+	// with each failure up to BackoffMax, +-20% jitter. A Retry-After from
+	// the upstream is honoured when longer. Default 250ms.
+	BackoffInitial caddy.Duration `json:"backoff_initial,omitempty"`
+
+	// BackoffMax caps the wait between attempts. Default 30s.
+	BackoffMax caddy.Duration `json:"backoff_max,omitempty"`
+
+	// GiveUpAfter is how long a payload keeps being retried before it is
+	// moved to the dead letters. Default 72h.
+	GiveUpAfter caddy.Duration `json:"give_up_after,omitempty"`
+
+	// HeaderUp are extra headers set on every forwarded request. Values
+	// may use placeholders such as {env.UPSTREAM_TOKEN}.
+	HeaderUp http.Header `json:"header_up,omitempty"`
+
+	keyer      *dedupe.Keyer
+	auth       []authParam
+	settings   *delivery.Settings
+	relay      *relay
+	poolKey    string
+	configCtx  caddy.Context
+	nameTaken  bool
+	logger     *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Relay) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.webhook_relay",
+		New: func() caddy.Module { return new(Relay) },
+	}
+}
+
+var validName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// Provision resolves placeholders, checks the settings and attaches to the
+// relay's store and delivery workers, which outlive config reloads.
+func (h *Relay) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.configCtx = ctx
+	h.applyDefaults()
+	if err := h.checkSettings(); err != nil {
+		return err
+	}
+	repl := caddy.NewReplacer()
+
+	upstream, err := resolveUpstream(repl, h.Upstream)
+	if err != nil {
+		return err
+	}
+	if h.auth, err = compileAuth(repl, h.AuthQuery); err != nil {
+		return err
+	}
+	if len(h.auth) == 0 {
+		h.logger.Warn("no auth_query configured: anyone who finds this URL can queue payloads", zap.String("relay", h.Name))
+	}
+	if h.keyer, err = dedupe.NewKeyer(h.Key); err != nil {
+		return fmt.Errorf("key: %v", err)
+	}
+	headerUp := make(http.Header, len(h.HeaderUp))
+	for field, values := range h.HeaderUp {
+		for _, v := range values {
+			headerUp.Add(field, repl.ReplaceKnown(v, ""))
+		}
+	}
+	h.settings = &delivery.Settings{
+		Upstream:    upstream,
+		Timeout:     time.Duration(h.Timeout),
+		Concurrency: h.Concurrency,
+		Backoff:     delivery.Backoff{Initial: time.Duration(h.BackoffInitial), Max: time.Duration(h.BackoffMax)},
+		GiveUpAfter: time.Duration(h.GiveUpAfter),
+		HeaderUp:    headerUp,
+	}
+
+	store, err := h.loadStore(ctx)
+	if err != nil {
+		return err
+	}
+	if err := claimName(ctx, h); err != nil {
+		return err
+	}
+	h.nameTaken = true
+	opts := dedupe.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog}
+	h.poolKey = "webhook_relay:" + h.Name + ":" + store.StoreIdentity(h.Name)
+	h.relay, err = acquireRelay(h.poolKey, h.Name, store, opts, h.settings, ctx.Logger())
+	if err != nil {
+		h.poolKey = ""
+		return err
+	}
+	h.relay.attach(h)
+	return nil
+}
+
+func (h *Relay) applyDefaults() {
+	if h.Name == "" {
+		h.Name = DefaultName
+	}
+	if h.Window == 0 {
+		h.Window = caddy.Duration(DefaultWindow)
+	}
+	if h.MaxBody == 0 {
+		h.MaxBody = DefaultMaxBody
+	}
+	if h.MaxBacklog == 0 {
+		h.MaxBacklog = DefaultMaxBacklog
+	}
+	if h.Timeout == 0 {
+		h.Timeout = caddy.Duration(DefaultTimeout)
+	}
+	if h.Concurrency == 0 {
+		h.Concurrency = DefaultConcurrency
+	}
+	if h.BackoffInitial == 0 {
+		h.BackoffInitial = caddy.Duration(DefaultBackoffInitial)
+	}
+	if h.BackoffMax == 0 {
+		h.BackoffMax = caddy.Duration(DefaultBackoffMax)
+	}
+	if h.GiveUpAfter == 0 {
+		h.GiveUpAfter = caddy.Duration(DefaultGiveUpAfter)
+	}
+}
+
+// checkSettings rejects values that cannot work, before anything is opened.
+func (h *Relay) checkSettings() error {
+	switch {
+	case h.Upstream == "":
+		return fmt.Errorf("upstream is required: the URL payloads are forwarded to")
+	case !validName.MatchString(h.Name):
+		return fmt.Errorf("name %q: use 1 to 64 letters, digits, '.', '_' or '-'", h.Name)
+	case h.Window < 0, h.Timeout < 0, h.BackoffInitial < 0, h.BackoffMax < 0, h.GiveUpAfter < 0:
+		return fmt.Errorf("window, timeout, backoff and give_up_after must be positive durations")
+	case h.MaxBody < 0:
+		return fmt.Errorf("max_body must be positive")
+	case h.MaxBacklog < 0:
+		return fmt.Errorf("max_backlog must be positive")
+	case h.Concurrency < 0:
+		return fmt.Errorf("concurrency must be positive")
+	case h.BackoffInitial > h.BackoffMax:
+		return fmt.Errorf("backoff: initial %s is longer than max %s",
+			time.Duration(h.BackoffInitial), time.Duration(h.BackoffMax))
+	}
+	return nil
+}
+
+// resolveUpstream resolves placeholders in the upstream and checks it is an
+// absolute http(s) URL.
+func resolveUpstream(repl *caddy.Replacer, raw string) (*url.URL, error) {
+	s, err := repl.ReplaceOrErr(raw, true, true)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: %v", raw, err)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: %v", raw, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("upstream %q: want an absolute http:// or https:// URL, e.g. http://localhost:3000/hooks", raw)
+	}
+	return u, nil
+}
+
+// authParam is one auth query parameter with the SHA-256 digests of its
+// secrets: comparing fixed-size digests keeps the compare constant time
+// whatever the lengths.
+type authParam struct {
+	name    string
+	digests [][sha256.Size]byte
+}
+
+var purePlaceholder = regexp.MustCompile(`^\{[^{}]+\}$`)
+
+func compileAuth(repl *caddy.Replacer, cfg map[string][]string) ([]authParam, error) {
+	params := make([]authParam, 0, len(cfg))
+	for name, secrets := range cfg {
+		if name == "" {
+			return nil, fmt.Errorf("auth_query: empty parameter name")
+		}
+		if len(secrets) == 0 {
+			return nil, fmt.Errorf("auth_query %s: no secret given", name)
+		}
+		p := authParam{name: name}
+		for i, raw := range secrets {
+			secret, err := repl.ReplaceOrErr(raw, false, true)
+			if err != nil || secret == "" {
+				// Name the placeholder, never a literal value: it may be
+				// the secret itself.
+				what := fmt.Sprintf("secret #%d", i+1)
+				if purePlaceholder.MatchString(raw) {
+					what += " " + raw
+				}
+				return nil, fmt.Errorf("auth_query %s: %s resolves to empty; set it (an empty secret would let anyone in)", name, what)
+			}
+			p.digests = append(p.digests, sha256.Sum256([]byte(secret)))
+		}
+		params = append(params, p)
+	}
+	return params, nil
+}
+
+// loadStore loads the configured store module; without one it uses memory
+// and says loudly what that means.
+func (h *Relay) loadStore(ctx caddy.Context) (StoreModule, error) {
+	if h.StoreRaw == nil {
+		h.logger.Warn("no store configured: using the memory store; payloads acknowledged but not yet delivered are lost on restart",
+			zap.String("relay", h.Name))
+		return MemoryStore{}, nil
+	}
+	mod, err := ctx.LoadModule(h, "StoreRaw")
+	if err != nil {
+		return nil, fmt.Errorf("loading store: %v", err)
+	}
+	return mod.(StoreModule), nil
+}
+
+// Cleanup detaches from the relay; the last config to let go of it stops its
+// workers and closes its store.
+func (h *Relay) Cleanup() error {
+	if h.nameTaken {
+		releaseName(h.configCtx, h)
+	}
+	if h.relay != nil {
+		h.relay.detach(h)
+	}
+	if h.poolKey != "" {
+		if _, err := relayPool.Delete(h.poolKey); err != nil {
+			return fmt.Errorf("closing relay %s: %v", h.Name, err)
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Relay)(nil)
+	_ caddy.CleanerUpper          = (*Relay)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Relay)(nil)
+)

@@ -1,0 +1,136 @@
+package webhookrelay
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/delivery"
+	"github.com/hookrelay/caddy-webhook-relay/internal/faultlog"
+)
+
+// relayPool holds each relay's open store and delivery engine across config
+// reloads: Caddy provisions the new config before it cleans up the old one,
+// so the reference count never drops to zero in a reload.
+var relayPool = caddy.NewUsagePool()
+
+// shutdownGrace bounds how long running deliveries may finish when a relay
+// stops; whatever is left stays queued in the store.
+const shutdownGrace = 5 * time.Second
+
+// relay is the part of a webhook_relay that outlives a config: the store and
+// the delivery engine working on its queue.
+type relay struct {
+	name          string
+	storeIdentity string
+	store         dedupe.Store
+	engine        *delivery.Engine
+	storeErr      faultlog.Tracker // admit failures, logged once per outage
+
+	mu       sync.Mutex
+	handlers []*Relay // configs using this relay, newest last
+}
+
+func acquireRelay(key, name string, mod StoreModule, opts dedupe.Options, settings *delivery.Settings, logger *zap.Logger) (*relay, error) {
+	val, _, err := relayPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		store, err := mod.OpenStore(name, opts, logger)
+		if err != nil {
+			return nil, err
+		}
+		r := &relay{name: name, storeIdentity: mod.StoreIdentity(name), store: store}
+		r.engine = delivery.Start(delivery.Config{
+			Store:    store,
+			Settings: settings,
+			Logger:   logger.With(zap.String("relay", name)),
+		})
+		return r, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("relay %s: opening store: %v", name, err)
+	}
+	return val.(*relay), nil
+}
+
+// attach makes h's settings the ones deliveries use.
+func (r *relay) attach(h *Relay) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.handlers = append(r.handlers, h)
+	r.engine.SetSettings(h.settings)
+}
+
+// detach forgets h; the newest remaining config's settings apply again, so a
+// config that failed to load does not leave its settings behind.
+func (r *relay) detach(h *Relay) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, other := range r.handlers {
+		if other == h {
+			r.handlers = append(r.handlers[:i], r.handlers[i+1:]...)
+			break
+		}
+	}
+	if n := len(r.handlers); n > 0 {
+		r.engine.SetSettings(r.handlers[n-1].settings)
+	}
+}
+
+// Destruct stops the deliveries and closes the store, when the last config
+// using this relay is gone.
+func (r *relay) Destruct() error {
+	r.engine.Stop(shutdownGrace)
+	return r.store.Close()
+}
+
+// namesInUse tracks the relay names of each config being loaded, keyed by
+// the config's context, so that two different relays cannot share a name.
+var (
+	namesMu    sync.Mutex
+	namesInUse = make(map[context.Context]map[string]*Relay)
+)
+
+// claimName registers h's name in its config. The same relay listed twice
+// (one site block serving several addresses becomes one handler per server)
+// has identical settings and may share the name; a different relay may not.
+func claimName(ctx caddy.Context, h *Relay) error {
+	namesMu.Lock()
+	defer namesMu.Unlock()
+	names := namesInUse[ctx.Context]
+	if names == nil {
+		names = make(map[string]*Relay)
+		namesInUse[ctx.Context] = names
+	}
+	if other, ok := names[h.Name]; ok && !sameConfig(other, h) {
+		return fmt.Errorf("two webhook_relay handlers with different settings are both named %q "+
+			"(an unnamed one is named %q): give each its own name", h.Name, DefaultName)
+	} else if !ok {
+		names[h.Name] = h
+	}
+	return nil
+}
+
+func releaseName(ctx caddy.Context, h *Relay) {
+	namesMu.Lock()
+	defer namesMu.Unlock()
+	names := namesInUse[ctx.Context]
+	if names[h.Name] == h {
+		delete(names, h.Name)
+	}
+	if len(names) == 0 {
+		delete(namesInUse, ctx.Context)
+	}
+}
+
+// sameConfig compares the user-facing settings of two handlers.
+func sameConfig(a, b *Relay) bool {
+	ja, errA := json.Marshal(a)
+	jb, errB := json.Marshal(b)
+	return errA == nil && errB == nil && bytes.Equal(ja, jb)
+}

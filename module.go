@@ -112,14 +112,14 @@ type Relay struct {
 	// may use placeholders such as {env.UPSTREAM_TOKEN}.
 	HeaderUp http.Header `json:"header_up,omitempty"`
 
-	keyer      *dedupe.Keyer
-	auth       []authParam
-	settings   *delivery.Settings
-	relay      *relay
-	poolKey    string
-	configCtx  caddy.Context
-	nameTaken  bool
-	logger     *zap.Logger
+	keyer     *dedupe.Keyer
+	auth      []authParam
+	settings  *delivery.Settings
+	relay     *relay
+	poolKey   string
+	configCtx caddy.Context
+	nameTaken bool
+	logger    *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.

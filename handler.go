@@ -47,8 +47,10 @@ var (
 // ServeHTTP is the ack path: check, read, key, admit, answer. It never calls
 // next, and nothing it starts touches the request after it returns.
 func (h *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	start := time.Now()
 	outcome, key, err := h.ack(w, r)
+	h.metrics.request(outcome, time.Since(start))
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl != nil {
 		repl.Set("http.webhook_relay.outcome", outcome)
 		repl.Set("http.webhook_relay.key", key)

@@ -119,6 +119,7 @@ type Relay struct {
 	poolKey   string
 	configCtx caddy.Context
 	nameTaken bool
+	metrics   *relayMetrics
 	logger    *zap.Logger
 }
 
@@ -170,6 +171,11 @@ func (h *Relay) Provision(ctx caddy.Context) error {
 		GiveUpAfter: time.Duration(h.GiveUpAfter),
 		HeaderUp:    headerUp,
 	}
+
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
+	h.metrics = newRelayMetrics(h.Name)
 
 	store, err := h.loadStore(ctx)
 	if err != nil {

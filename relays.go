@@ -49,6 +49,7 @@ func acquireRelay(key, name string, mod StoreModule, opts dedupe.Options, settin
 			Store:    store,
 			Settings: settings,
 			Logger:   logger.With(zap.String("relay", name)),
+			Observe:  deliveryObserver(name),
 		})
 		return r, nil
 	})
@@ -80,6 +81,16 @@ func (r *relay) detach(h *Relay) {
 	if n := len(r.handlers); n > 0 {
 		r.engine.SetSettings(r.handlers[n-1].settings)
 	}
+}
+
+// upstreamHost is the host deliveries go to under the newest config.
+func (r *relay) upstreamHost() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n := len(r.handlers); n > 0 {
+		return r.handlers[n-1].settings.Upstream.Host
+	}
+	return ""
 }
 
 // Destruct stops the deliveries and closes the store, when the last config

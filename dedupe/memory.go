@@ -243,6 +243,7 @@ func (m *Memory) Dead(ctx context.Context, after string, limit int) ([]*Entry, e
 	out := make([]*Entry, 0, len(page))
 	for _, id := range page {
 		e := *m.dead[id]
+		e.BodySize = len(e.Body)
 		e.Body = nil // listings stay small; DeadEntry has the body
 		out = append(out, &e)
 	}

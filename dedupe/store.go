@@ -16,6 +16,8 @@ type Entry struct {
 	Key string `json:"key"`
 	// Body is the request body exactly as received.
 	Body []byte `json:"-"`
+	// BodySize is len(Body); Dead listings, which leave Body out, set it.
+	BodySize int `json:"body_size,omitempty"`
 	// Request holds what the delivery needs from the original request.
 	Request RequestMeta `json:"request"`
 	// Received is when the payload was acknowledged.
@@ -142,7 +144,8 @@ type Store interface {
 	Release(ctx context.Context, ids []string) error
 
 	// Dead lists dead letters in id order, starting after the id in after
-	// (empty: from the start), at most limit of them, without bodies.
+	// (empty: from the start), at most limit of them, without bodies but
+	// with BodySize set.
 	Dead(ctx context.Context, after string, limit int) ([]*Entry, error)
 	// DeadEntry returns one dead letter with its body, or ErrNotFound.
 	DeadEntry(ctx context.Context, id string) (*Entry, error)

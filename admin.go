@@ -1,0 +1,265 @@
+package webhookrelay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// adminAPI shows every relay's queue and manages its dead letters through
+// Caddy's admin endpoint:
+//
+//	GET    /webhook_relay/                        every relay
+//	GET    /webhook_relay/<name>/dead             dead letters, paged (?after=<id>&limit=<n>)
+//	GET    /webhook_relay/<name>/dead/<id>        one dead letter with its body
+//	POST   /webhook_relay/<name>/dead/replay      replay all, or {"ids":[...]}
+//	DELETE /webhook_relay/<name>/dead/<id>        delete one dead letter
+type adminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.webhook_relay",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Routes implements caddy.AdminRouter.
+func (a adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/webhook_relay/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+// relayStatus is one relay in the overview.
+type relayStatus struct {
+	Name         string           `json:"name"`
+	Store        string           `json:"store"`
+	UpstreamHost string           `json:"upstream_host"`
+	Backlog      int              `json:"backlog"`
+	InFlight     int              `json:"in_flight"`
+	DeadLetters  int              `json:"dead_letters"`
+	OldestQueued *time.Time       `json:"oldest_queued,omitempty"`
+	Requests     map[string]int64 `json:"requests"`
+	Deliveries   map[string]int64 `json:"deliveries"`
+	Error        string           `json:"error,omitempty"`
+}
+
+// deadLetter is a dead letter as the API shows it.
+type deadLetter struct {
+	ID         string    `json:"id"`
+	Key        string    `json:"key"`
+	Received   time.Time `json:"received"`
+	Attempts   int       `json:"attempts"`
+	LastStatus int       `json:"last_status"`
+	LastError  string    `json:"last_error"`
+	BodySize   int       `json:"body_size"`
+	// Body is set for a single dead letter: the body as text when it is
+	// UTF-8, otherwise BodyBase64 holds it.
+	Body       *string `json:"body,omitempty"`
+	BodyBase64 []byte  `json:"body_base64,omitempty"`
+}
+
+func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	path := strings.Trim(strings.TrimPrefix(r.URL.Path, "/webhook_relay/"), "/")
+	if path == "" {
+		if r.Method != http.MethodGet {
+			return apiError(http.StatusMethodNotAllowed, "use GET")
+		}
+		return writeJSON(w, http.StatusOK, overview(r.Context()))
+	}
+
+	parts := strings.Split(path, "/")
+	rl := findRelay(parts[0])
+	if rl == nil {
+		return apiError(http.StatusNotFound, fmt.Sprintf("no relay named %q is running", parts[0]))
+	}
+	switch {
+	case len(parts) == 2 && parts[1] == "dead" && r.Method == http.MethodGet:
+		return listDead(w, r, rl)
+	case len(parts) == 3 && parts[1] == "dead" && parts[2] == "replay" && r.Method == http.MethodPost:
+		return replayDead(w, r, rl)
+	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodGet:
+		return getDead(w, r, rl, parts[2])
+	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodDelete:
+		if err := rl.store.DeleteDead(r.Context(), parts[2]); err != nil {
+			return storeError(err, parts[2])
+		}
+		return writeJSON(w, http.StatusOK, map[string]string{"deleted": parts[2]})
+	}
+	return apiError(http.StatusNotFound, "unknown route; see the README's admin API section")
+}
+
+func overview(ctx context.Context) []relayStatus {
+	out := []relayStatus{}
+	for _, rl := range openRelays() {
+		s := relayStatus{
+			Name:         rl.name,
+			Store:        rl.storeIdentity,
+			UpstreamHost: rl.upstreamHost(),
+			InFlight:     rl.engine.InFlight(),
+			Requests:     counterValues(metrics.requests, rl.name, "outcome"),
+			Deliveries:   counterValues(metrics.deliveries, rl.name, "result"),
+		}
+		if st, err := rl.store.Stats(ctx); err != nil {
+			s.Error = "store unavailable: " + err.Error()
+		} else {
+			s.Backlog, s.DeadLetters = st.Backlog, st.Dead
+			if !st.OldestQueued.IsZero() {
+				s.OldestQueued = &st.OldestQueued
+			}
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func listDead(w http.ResponseWriter, r *http.Request, rl *relay) error {
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return apiError(http.StatusBadRequest, "limit: want a whole number from 1 to 1000")
+		}
+		limit = n
+	}
+	entries, err := rl.store.Dead(r.Context(), r.URL.Query().Get("after"), limit)
+	if err != nil {
+		return storeError(err, "")
+	}
+	page := struct {
+		Entries []deadLetter `json:"entries"`
+		Next    string       `json:"next,omitempty"`
+	}{Entries: []deadLetter{}}
+	for _, e := range entries {
+		page.Entries = append(page.Entries, viewDead(e, false))
+	}
+	if len(entries) == limit {
+		page.Next = entries[len(entries)-1].ID
+	}
+	return writeJSON(w, http.StatusOK, page)
+}
+
+func getDead(w http.ResponseWriter, r *http.Request, rl *relay, id string) error {
+	e, err := rl.store.DeadEntry(r.Context(), id)
+	if err != nil {
+		return storeError(err, id)
+	}
+	return writeJSON(w, http.StatusOK, viewDead(e, true))
+}
+
+func replayDead(w http.ResponseWriter, r *http.Request, rl *relay) error {
+	var req struct {
+		IDs []string `json:"ids"`
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		return apiError(http.StatusBadRequest, "reading the request: "+err.Error())
+	}
+	if len(strings.TrimSpace(string(body))) > 0 {
+		if err := json.Unmarshal(body, &req); err != nil {
+			return apiError(http.StatusBadRequest, `want no body (replay all) or {"ids":["<id>", ...]}`)
+		}
+		if req.IDs == nil {
+			req.IDs = []string{} // {"ids":null} or {} replays nothing, never everything
+		}
+	}
+	n, err := rl.store.Replay(r.Context(), req.IDs)
+	if err != nil {
+		return storeError(err, "")
+	}
+	rl.engine.Wake()
+	return writeJSON(w, http.StatusOK, map[string]int{"replayed": n})
+}
+
+func viewDead(e *dedupe.Entry, withBody bool) deadLetter {
+	d := deadLetter{
+		ID: e.ID, Key: e.Key, Received: e.Received, Attempts: e.Attempts,
+		LastStatus: e.LastStatus, LastError: e.LastError, BodySize: max(e.BodySize, len(e.Body)),
+	}
+	if withBody {
+		if utf8.Valid(e.Body) {
+			s := string(e.Body)
+			d.Body = &s
+		} else {
+			d.BodyBase64 = e.Body
+		}
+	}
+	return d
+}
+
+func findRelay(name string) *relay {
+	for _, rl := range openRelays() {
+		if rl.name == name {
+			return rl
+		}
+	}
+	return nil
+}
+
+// counterValues reads one relay's counters of a vector, keyed by the other
+// label.
+func counterValues(vec *prometheus.CounterVec, relayName, label string) map[string]int64 {
+	out := make(map[string]int64)
+	ch := make(chan prometheus.Metric, 16)
+	go func() {
+		vec.Collect(ch)
+		close(ch)
+	}()
+	for m := range ch {
+		var d dto.Metric
+		if m.Write(&d) != nil {
+			continue
+		}
+		var relayLabel, key string
+		for _, l := range d.GetLabel() {
+			switch l.GetName() {
+			case "relay":
+				relayLabel = l.GetValue()
+			case label:
+				key = l.GetValue()
+			}
+		}
+		if relayLabel == relayName {
+			out[key] = int64(d.GetCounter().GetValue())
+		}
+	}
+	return out
+}
+
+func storeError(err error, id string) error {
+	if errors.Is(err, dedupe.ErrNotFound) {
+		return apiError(http.StatusNotFound, fmt.Sprintf("no dead letter with id %q", id))
+	}
+	return apiError(http.StatusServiceUnavailable, "store unavailable: "+err.Error())
+}
+
+func apiError(status int, msg string) error {
+	return caddy.APIError{HTTPStatus: status, Err: errors.New(msg)}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+// Interface guard
+var _ caddy.AdminRouter = (*adminAPI)(nil)

@@ -1,0 +1,170 @@
+package webhookrelay
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hookrelay/caddy-webhook-relay/delivery"
+)
+
+// metrics are package-level: Caddy gives every config its own registry, and
+// the same collectors are registered in each, so counts survive reloads.
+var metrics = struct {
+	once       sync.Once
+	requests   *prometheus.CounterVec
+	deliveries *prometheus.CounterVec
+	ackSeconds *prometheus.HistogramVec
+	delSeconds *prometheus.HistogramVec
+	state      *stateCollector
+}{}
+
+const metricsNamespace, metricsSubsystem = "caddy", "webhook_relay"
+
+func initMetrics() {
+	metrics.once.Do(func() {
+		metrics.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "requests_total",
+			Help: "Webhook requests received, by outcome of the ack path.",
+		}, []string{"relay", "outcome"})
+		metrics.deliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "deliveries_total",
+			Help: "Delivery attempts to the upstream, by result (success, retry, dead).",
+		}, []string{"relay", "result"})
+		metrics.ackSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name:    "ack_duration_seconds",
+			Help:    "Time from the start of the ack path to the answer, for answered requests.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"relay"})
+		metrics.delSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name:    "delivery_duration_seconds",
+			Help:    "Time the upstream took to answer one delivery attempt.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"relay"})
+		metrics.state = &stateCollector{
+			backlog: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_backlog",
+				"Payloads acknowledged and not yet delivered.", []string{"relay"}, nil),
+			oldest: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_oldest_queued_age_seconds",
+				"Age of the oldest payload waiting for delivery; 0 when none waits.", []string{"relay"}, nil),
+			dead: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_dead_letters",
+				"Payloads that gave up and wait to be replayed or deleted.", []string{"relay"}, nil),
+			inFlight: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_in_flight",
+				"Delivery attempts running now.", []string{"relay"}, nil),
+		}
+	})
+}
+
+// registerMetrics puts the collectors in a config's registry; registering
+// them again in the same registry is expected and harmless.
+func registerMetrics(registry *prometheus.Registry) error {
+	initMetrics()
+	if registry == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{
+		metrics.requests, metrics.deliveries, metrics.ackSeconds, metrics.delSeconds, metrics.state,
+	} {
+		if err := registry.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// relayMetrics holds one relay's series, looked up once instead of per request.
+type relayMetrics struct {
+	outcomes   map[string]prometheus.Counter
+	ackSeconds prometheus.Observer
+}
+
+func newRelayMetrics(name string) *relayMetrics {
+	initMetrics()
+	m := &relayMetrics{
+		outcomes:   make(map[string]prometheus.Counter),
+		ackSeconds: metrics.ackSeconds.WithLabelValues(name),
+	}
+	for _, o := range []string{OutcomeAccepted, OutcomeDuplicate, OutcomeUnauthorized, OutcomeTooLarge,
+		OutcomeBadRequest, OutcomeUnavailable, OutcomeMethodNotAllowed} {
+		m.outcomes[o] = metrics.requests.WithLabelValues(name, o)
+	}
+	return m
+}
+
+func (m *relayMetrics) request(outcome string, took time.Duration) {
+	m.outcomes[outcome].Inc()
+	m.ackSeconds.Observe(took.Seconds())
+}
+
+// deliveryObserver feeds the engine's attempt results into the metrics.
+func deliveryObserver(name string) func(result string, took time.Duration) {
+	initMetrics()
+	counters := map[string]prometheus.Counter{}
+	for _, r := range []string{delivery.ResultSuccess, delivery.ResultRetry, delivery.ResultDead} {
+		counters[r] = metrics.deliveries.WithLabelValues(name, r)
+	}
+	seconds := metrics.delSeconds.WithLabelValues(name)
+	return func(result string, took time.Duration) {
+		counters[result].Inc()
+		seconds.Observe(took.Seconds())
+	}
+}
+
+// stateCollector reads backlog, oldest age and dead letters from each open
+// store when metrics are scraped, so the numbers are never stale and span
+// every process sharing a store.
+type stateCollector struct {
+	backlog, oldest, dead, inFlight *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.backlog
+	ch <- c.oldest
+	ch <- c.dead
+	ch <- c.inFlight
+}
+
+// Collect implements prometheus.Collector.
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	seen := make(map[string]bool)
+	for _, r := range openRelays() {
+		if seen[r.name] {
+			continue // during a store change two generations share a name
+		}
+		seen[r.name] = true
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		st, err := r.store.Stats(ctx)
+		cancel()
+		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(r.engine.InFlight()), r.name)
+		if err != nil {
+			continue
+		}
+		age := 0.0
+		if !st.OldestQueued.IsZero() {
+			age = max(time.Since(st.OldestQueued).Seconds(), 0)
+		}
+		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(st.Backlog), r.name)
+		ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age, r.name)
+		ch <- prometheus.MustNewConstMetric(c.dead, prometheus.GaugeValue, float64(st.Dead), r.name)
+	}
+}
+
+// openRelays lists the relays open in this process.
+func openRelays() []*relay {
+	var out []*relay
+	relayPool.Range(func(_, v any) bool {
+		out = append(out, v.(*relay))
+		return true
+	})
+	return out
+}

@@ -1,0 +1,154 @@
+package webhookrelay
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func TestStripParamsKeepsOrderAndEncoding(t *testing.T) {
+	auth := []authParam{{name: "token"}, {name: "sig"}}
+	for in, want := range map[string]string{
+		"":                               "",
+		"token=s":                        "",
+		"a=1&token=s&b=%20x":             "a=1&b=%20x",
+		"tok%65n=s&a=1":                  "a=1", // an encoded name is still the auth param
+		"sig=1&sig=2&z=&token=s&token=t": "z=",
+		"a=1&&b=2":                       "a=1&b=2",
+		"tokenx=1&xtoken=2":              "tokenx=1&xtoken=2",
+	} {
+		if got := stripParams(in, auth); got != want {
+			t.Errorf("stripParams(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestAuthorized(t *testing.T) {
+	repl := caddy.NewReplacer()
+	t.Setenv("RELAY_TEST_NEW", "new-secret")
+	auth, err := compileAuth(repl, map[string][]string{
+		"token": {"{env.RELAY_TEST_NEW}", "old-secret"},
+		"team":  {"a"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Relay{auth: auth}
+	for query, want := range map[string]bool{
+		"token=new-secret&team=a":                  true,
+		"token=old-secret&team=a":                  true,
+		"token=new-secret":                         false,
+		"team=a":                                   false,
+		"token=wrong&team=a":                       false,
+		"token=new-secret&token=new-secret&team=a": false,
+		"token=new-secret%00&team=a":               false,
+		"token=NEW-SECRET&team=a":                  false,
+		"":                                         false,
+	} {
+		q, _ := url.ParseQuery(query)
+		if got := h.authorized(q); got != want {
+			t.Errorf("authorized(%q) = %v, want %v", query, got, want)
+		}
+	}
+}
+
+func TestEmptySecretIsAConfigError(t *testing.T) {
+	repl := caddy.NewReplacer()
+	_, err := compileAuth(repl, map[string][]string{"token": {"{env.RELAY_TEST_SURELY_UNSET}"}})
+	if err == nil || !strings.Contains(err.Error(), "{env.RELAY_TEST_SURELY_UNSET}") {
+		t.Fatalf("want an error naming the placeholder, got %v", err)
+	}
+	_, err = compileAuth(repl, map[string][]string{"token": {"literal-secret", ""}})
+	if err == nil || strings.Contains(err.Error(), "literal-secret") {
+		t.Fatalf("want an error that does not print secrets, got %v", err)
+	}
+}
+
+func TestForwardedFor(t *testing.T) {
+	r := httptest.NewRequest(http.MethodPost, "/", nil)
+	r.RemoteAddr = "192.0.2.7:5555"
+	if got := forwardedFor(r); got != "192.0.2.7" {
+		t.Errorf("got %q", got)
+	}
+	r.Header.Add("X-Forwarded-For", "198.51.100.1")
+	r.Header.Add("X-Forwarded-For", "198.51.100.2")
+	if got := forwardedFor(r); got != "198.51.100.1, 198.51.100.2, 192.0.2.7" {
+		t.Errorf("got %q", got)
+	}
+}
+
+// provisioned returns a relay on the memory store whose upstream answers 200.
+func provisioned(tb testing.TB, name string) *Relay {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	tb.Cleanup(cancel)
+	upstream := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	tb.Cleanup(upstream.Close)
+	h := &Relay{
+		Name:      name,
+		Upstream:  upstream.URL,
+		AuthQuery: map[string][]string{"token": {"s3cret"}},
+		StoreRaw:  []byte(`{"type":"memory"}`),
+	}
+	if err := h.Provision(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = h.Cleanup() })
+	return h
+}
+
+func serve(h *Relay, target string, body []byte) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodPost, target, bytes.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	repl := caddy.NewReplacer()
+	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, nil); err != nil {
+		w.Code = -1
+	}
+	return w
+}
+
+func TestServeHTTPSetsPlaceholders(t *testing.T) {
+	h := provisioned(t, "placeholders")
+	body := []byte(`{"taskUUID":"t1","imageUUID":"i1"}`)
+	r := httptest.NewRequest(http.MethodPost, "/?token=s3cret", bytes.NewReader(body))
+	repl := caddy.NewReplacer()
+	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := repl.GetString("http.webhook_relay.outcome"); got != OutcomeAccepted {
+		t.Errorf("outcome placeholder %q", got)
+	}
+	if got, _ := repl.GetString("http.webhook_relay.key"); got == "" {
+		t.Error("key placeholder empty")
+	}
+}
+
+var benchBody = []byte(`{"data":[{"taskType":"imageInference","taskUUID":"9c3f4d2a-6b1e-4f7a-8d0c-2e5b7a9f1c34",` +
+	`"imageUUID":"%s","imageURL":"https://im.runware.ai/image/ws/2/ii/5e1c0b7d-3a8f-4c2e-9b6d-1f0a7e4c8d21.jpg",` +
+	`"seed":1234567890,"NSFWContent":false,"cost":0.0013}]}`)
+
+// BenchmarkServeHTTP measures the whole ack path (auth, read, key, admit,
+// answer) on the memory store, with unique keys.
+func BenchmarkServeHTTP(b *testing.B) {
+	h := provisioned(b, "bench")
+	var n atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			body := fmt.Appendf(nil, string(benchBody), fmt.Sprintf("img-%d", n.Add(1)))
+			if w := serve(h, "/hook?token=s3cret&a=1", body); w.Code != http.StatusOK {
+				b.Fatalf("status %d", w.Code)
+			}
+		}
+	})
+}

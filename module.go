@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -273,7 +274,13 @@ type authParam struct {
 	digests [][sha256.Size]byte
 }
 
-var purePlaceholder = regexp.MustCompile(`^\{[^{}]+\}$`)
+var placeholder = regexp.MustCompile(`\{[^{}]+\}`)
+
+// placeholderNames lists the placeholders in a configured secret, and never
+// the literal text around them, which may be part of the secret.
+func placeholderNames(raw string) string {
+	return strings.Join(placeholder.FindAllString(raw, -1), ", ")
+}
 
 func compileAuth(repl *caddy.Replacer, cfg map[string][]string) ([]authParam, error) {
 	params := make([]authParam, 0, len(cfg))
@@ -286,15 +293,17 @@ func compileAuth(repl *caddy.Replacer, cfg map[string][]string) ([]authParam, er
 		}
 		p := authParam{name: name}
 		for i, raw := range secrets {
-			secret, err := repl.ReplaceOrErr(raw, false, true)
+			// Any placeholder resolving to empty is an error, not only a
+			// wholly empty secret: "whk_{env.UNSET}" would be guessable.
+			secret, err := repl.ReplaceOrErr(raw, true, true)
 			if err != nil || secret == "" {
 				// Name the placeholder, never a literal value: it may be
 				// the secret itself.
 				what := fmt.Sprintf("secret #%d", i+1)
-				if purePlaceholder.MatchString(raw) {
-					what += " " + raw
+				if names := placeholderNames(raw); names != "" {
+					what += " (placeholders " + names + ")"
 				}
-				return nil, fmt.Errorf("auth_query %s: %s resolves to empty; set it (an empty secret would let anyone in)", name, what)
+				return nil, fmt.Errorf("auth_query %s: %s resolves to empty or has an empty placeholder; set it (an empty secret would let anyone in)", name, what)
 			}
 			p.digests = append(p.digests, sha256.Sum256([]byte(secret)))
 		}

@@ -1,0 +1,193 @@
+package caddytest
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	caddytester "github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/hookrelay/caddy-webhook-relay"
+)
+
+// relayPort is where the test Caddy serves the relays. The admin endpoint
+// is the harness's, localhost:2999.
+const relayPort = 9480
+
+// waitTimeout bounds every wait for something the relay does in the
+// background. It is generous: the tests wait on events, never on it.
+const waitTimeout = 10 * time.Second
+
+// globalOptions is what every config loaded into the shared Caddy starts
+// with.
+var globalOptions = fmt.Sprintf(`{
+	skip_install_trust
+	admin localhost:2999
+	http_port %d
+	https_port %d
+	grace_period 1s
+}
+`, relayPort, relayPort+1)
+
+// site wraps handler directives in the one site the tests use, with a 404
+// for everything no relay matches.
+func site(directives string) string {
+	return globalOptions + fmt.Sprintf(`
+:%d {
+%s
+	respond 404
+}
+`, relayPort, directives)
+}
+
+// startCaddy loads cfg (a Caddyfile) into the shared Caddy, starting it on
+// first use, and fails the test if the config does not become active.
+func startCaddy(t *testing.T, cfg string) *caddytester.Tester {
+	t.Helper()
+	tester := caddytester.NewTester(t)
+	tester.InitServer(cfg, "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	return tester
+}
+
+// reload loads cfg into the running Caddy with the same harness.
+func reload(t *testing.T, tester *caddytester.Tester, cfg string) {
+	t.Helper()
+	tester.InitServer(cfg, "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+var nameChars = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+
+// relayName is a relay name of the test's own. Relays outlive configs in
+// the process (their queue and dedupe state are kept by name), so every
+// test names its relays apart from every other test's.
+func relayName(t *testing.T, suffix ...string) string {
+	name := nameChars.ReplaceAllString(strings.Join(append([]string{t.Name()}, suffix...), "-"), "-")
+	if len(name) > 64 {
+		name = name[len(name)-64:]
+	}
+	return name
+}
+
+// relayURL is the address of a relay path on the test Caddy, with query
+// (already encoded) when not empty.
+func relayURL(path, query string) string {
+	u := fmt.Sprintf("http://127.0.0.1:%d%s", relayPort, path)
+	if query != "" {
+		u += "?" + query
+	}
+	return u
+}
+
+// client sends the webhooks. No keep-alive: a config reload closes idle
+// connections, and every request here should say something about the
+// relay, not about a connection the old server just closed.
+var client = &http.Client{
+	Timeout:   waitTimeout,
+	Transport: &http.Transport{DisableKeepAlives: true},
+}
+
+// answer is the relay's response to one request.
+type answer struct {
+	status int
+	header http.Header
+	body   string
+}
+
+// send makes one request to the relay and reads the whole answer. header
+// holds "Name: value" pairs.
+func send(method, url string, body io.Reader, header ...string) (answer, error) {
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		return answer{}, err
+	}
+	for _, h := range header {
+		name, value, _ := strings.Cut(h, ":")
+		req.Header.Set(strings.TrimSpace(name), strings.TrimSpace(value))
+	}
+	if req.Header.Get("Content-Type") == "" && body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return answer{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return answer{}, err
+	}
+	return answer{status: resp.StatusCode, header: resp.Header, body: string(b)}, nil
+}
+
+// post sends body to the relay and fails the test if no answer comes.
+func post(t *testing.T, url string, body []byte, header ...string) answer {
+	t.Helper()
+	a, err := send(http.MethodPost, url, bytes.NewReader(body), header...)
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	return a
+}
+
+// mustAccept posts body and fails the test unless the relay accepts it.
+func mustAccept(t *testing.T, url string, body []byte, header ...string) {
+	t.Helper()
+	expectStatus(t, post(t, url, body, header...), http.StatusOK, "accepted")
+}
+
+// expectStatus checks the status and, for 200s, the JSON status field.
+func expectStatus(t *testing.T, a answer, status int, jsonStatus string) {
+	t.Helper()
+	if a.status != status {
+		t.Fatalf("status %d, want %d (body %q)", a.status, status, a.body)
+	}
+	if jsonStatus == "" {
+		return
+	}
+	if want := fmt.Sprintf(`{"status":%q}`, jsonStatus); strings.TrimSpace(a.body) != want {
+		t.Fatalf("body %q, want %s", a.body, want)
+	}
+	if ct := a.header.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("Content-Type %q, want application/json", ct)
+	}
+}
+
+var payloadSeq atomic.Int64
+
+// payload returns a Runware-shaped image result no other payload of the
+// test run shares: its key is its own.
+func payload(t *testing.T, extra ...string) []byte {
+	n := payloadSeq.Add(1)
+	fields := []string{
+		`"taskType":"imageInference"`,
+		fmt.Sprintf(`"taskUUID":"task-%s-%d"`, nameChars.ReplaceAllString(t.Name(), "-"), n),
+		fmt.Sprintf(`"imageUUID":"image-%d"`, n),
+		`"cost":0.0013`,
+	}
+	return []byte("{" + strings.Join(append(fields, extra...), ",") + "}")
+}
+
+// testdata reads a file under testdata/.
+func testdata(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -1,0 +1,346 @@
+package webhookrelay
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+)
+
+func init() {
+	caddy.RegisterModule(RedisStore{})
+}
+
+// Defaults of the redis store.
+const (
+	DefaultRedisKeyPrefix = "webhook_relay:"
+	DefaultRedisTimeout   = 2 * time.Second
+)
+
+// consumerName is this process's name in every relay's consumer group:
+// host name and pid, the same for every config this process loads.
+var consumerName = dedupe.DefaultConsumer()
+
+// RedisStore keeps a relay's markers, queue and dead letters in Redis, so
+// several Caddy instances can share them: each key is accepted once across
+// all instances, each instance delivers a share of the queue, and the
+// entries of an instance that dies are taken over by the others after
+// VisibilityTimeout. It is as durable as the Redis behind it: run Redis with
+// appendonly yes and maxmemory-policy noeviction.
+//
+// A single server, Sentinel or Cluster, through go-redis's UniversalClient:
+// one address is a single server; with SentinelMaster the addresses are
+// sentinels; several addresses without it are Cluster nodes.
+type RedisStore struct {
+	// URL of the server: redis://[[user]:password@]host:port[/db] or
+	// rediss:// for TLS. Placeholders such as {env.REDIS_URL} are resolved
+	// when the store opens. Its user, password and db apply unless
+	// Username, Password or DB are set.
+	URL string `json:"url,omitempty"`
+
+	// Addresses are more host:port addresses besides the URL's: sentinels
+	// with SentinelMaster, Cluster nodes without it.
+	Addresses []string `json:"addresses,omitempty"`
+
+	// SentinelMaster is the master's name known to the sentinels; setting
+	// it makes the addresses sentinels.
+	SentinelMaster string `json:"sentinel_master,omitempty"`
+
+	// Username for Redis ACLs.
+	Username string `json:"username,omitempty"`
+
+	// Password, written as a placeholder such as {env.REDIS_PASSWORD}; it
+	// is resolved when the store opens and never logged.
+	Password string `json:"password,omitempty"`
+
+	// DB is the database number (not with Cluster). Default 0, or the URL's.
+	DB int `json:"db,omitempty"`
+
+	// KeyPrefix starts every key; a relay's keys are all under the hash
+	// tag {<key_prefix><relay name>}. Default "webhook_relay:".
+	KeyPrefix string `json:"key_prefix,omitempty"`
+
+	// PoolSize is the connection pool size per node. Default: go-redis's,
+	// 10 per CPU.
+	PoolSize int `json:"pool_size,omitempty"`
+
+	// DialTimeout, ReadTimeout and WriteTimeout bound talking to Redis, so
+	// that an unreachable Redis turns into a quick 503. Default 2s each.
+	DialTimeout  caddy.Duration `json:"dial_timeout,omitempty"`
+	ReadTimeout  caddy.Duration `json:"read_timeout,omitempty"`
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	// VisibilityTimeout is how long a payload claimed by an instance that
+	// went quiet (crashed, partitioned) stays with it before another
+	// instance takes it over. Live instances renew their claims every 10s,
+	// so keep it well above that. Default 60s.
+	VisibilityTimeout caddy.Duration `json:"visibility_timeout,omitempty"`
+
+	// DurableAck makes the relay wait, before it answers 200, until Redis
+	// has fsynced the payload to its append-only file (WAITAOF; needs
+	// Redis >= 7.2 with appendonly yes, and no Cluster). Without it a 200
+	// means the payload is in Redis's memory and, with appendfsync
+	// everysec, on disk within a second.
+	DurableAck bool `json:"durable_ack,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (RedisStore) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "webhook_relay.stores.redis",
+		New: func() caddy.Module { return new(RedisStore) },
+	}
+}
+
+// Provision checks the settings; nothing is opened until OpenStore.
+func (r *RedisStore) Provision(caddy.Context) error {
+	if r.URL == "" && len(r.Addresses) == 0 {
+		return fmt.Errorf("redis store: url or addresses required, e.g. redis://localhost:6379/0")
+	}
+	if r.KeyPrefix == "" {
+		r.KeyPrefix = DefaultRedisKeyPrefix
+	}
+	switch {
+	case strings.ContainsAny(r.KeyPrefix, "{}"):
+		return fmt.Errorf("redis store: key_prefix %q must not contain '{' or '}': the relay's hash tag is built from it", r.KeyPrefix)
+	case r.DB < 0, r.PoolSize < 0:
+		return fmt.Errorf("redis store: db and pool_size must not be negative")
+	case r.DialTimeout < 0, r.ReadTimeout < 0, r.WriteTimeout < 0, r.VisibilityTimeout < 0:
+		return fmt.Errorf("redis store: timeouts must be positive durations")
+	case r.VisibilityTimeout != 0 && time.Duration(r.VisibilityTimeout) < 20*time.Second:
+		return fmt.Errorf("redis store: visibility_timeout %s is too short: live instances renew claims every 10s; use at least 20s",
+			time.Duration(r.VisibilityTimeout))
+	}
+	return nil
+}
+
+// StoreIdentity implements StoreModule. It names the servers, database and
+// prefix, never credentials.
+func (r RedisStore) StoreIdentity(relayName string) string {
+	addrs := append([]string{redactURL(r.URL)}, r.Addresses...)
+	return "redis:" + strings.Join(addrs, ",") + "|master=" + r.SentinelMaster +
+		"|user=" + r.Username + "|db=" + strconv.Itoa(r.DB) + "|" + r.prefix() + relayName
+}
+
+func (r RedisStore) prefix() string {
+	if r.KeyPrefix == "" {
+		return DefaultRedisKeyPrefix
+	}
+	return r.KeyPrefix
+}
+
+// redactURL drops the user information of a URL, placeholders included,
+// without parsing it (placeholders do not parse).
+func redactURL(raw string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return raw
+	}
+	authority, path, _ := strings.Cut(rest, "/")
+	if i := strings.LastIndex(authority, "@"); i >= 0 {
+		authority = authority[i+1:]
+	}
+	if path != "" {
+		return scheme + "://" + authority + "/" + path
+	}
+	return scheme + "://" + authority
+}
+
+// clientOptions resolves placeholders and builds the go-redis options.
+func (r RedisStore) clientOptions() (*redis.UniversalOptions, error) {
+	repl := caddy.NewReplacer()
+	opts := &redis.UniversalOptions{
+		MasterName:   repl.ReplaceKnown(r.SentinelMaster, ""),
+		PoolSize:     r.PoolSize,
+		DialTimeout:  redisTimeout(r.DialTimeout, DefaultRedisTimeout),
+		ReadTimeout:  redisTimeout(r.ReadTimeout, DefaultRedisTimeout),
+		WriteTimeout: redisTimeout(r.WriteTimeout, DefaultRedisTimeout),
+		// one retry: a dead Redis must turn into a 503 quickly
+		MaxRetries: 1,
+	}
+	if r.URL != "" {
+		raw := repl.ReplaceKnown(r.URL, "")
+		u, err := redis.ParseURL(raw)
+		if err != nil {
+			// the message may quote the URL, password included
+			return nil, fmt.Errorf("redis store: url %s: not a redis:// or rediss:// URL", redactURL(r.URL))
+		}
+		opts.Addrs = append(opts.Addrs, u.Addr)
+		opts.Username, opts.Password, opts.DB, opts.TLSConfig = u.Username, u.Password, u.DB, u.TLSConfig
+	}
+	for _, a := range r.Addresses {
+		opts.Addrs = append(opts.Addrs, repl.ReplaceKnown(a, ""))
+	}
+	if r.Username != "" {
+		opts.Username = repl.ReplaceKnown(r.Username, "")
+	}
+	if r.Password != "" {
+		pw, err := repl.ReplaceOrErr(r.Password, false, true)
+		if err != nil || pw == "" {
+			return nil, fmt.Errorf("redis store: password resolves to empty; set the variable it names or remove it")
+		}
+		opts.Password = pw
+	}
+	if r.DB != 0 {
+		opts.DB = r.DB
+	}
+	return opts, nil
+}
+
+func redisTimeout(d caddy.Duration, def time.Duration) time.Duration {
+	if d > 0 {
+		return time.Duration(d)
+	}
+	return def
+}
+
+// OpenStore implements StoreModule.
+func (r RedisStore) OpenStore(relayName string, opts dedupe.Options, logger *zap.Logger) (dedupe.Store, error) {
+	copts, err := r.clientOptions()
+	if err != nil {
+		return nil, err
+	}
+	if r.DurableAck && copts.MasterName == "" && len(copts.Addrs) > 1 {
+		return nil, fmt.Errorf("redis store: durable_ack is not supported with Cluster: WAITAOF must follow the write on its connection")
+	}
+	client := redis.NewUniversalClient(copts)
+	timeout := max(copts.DialTimeout+copts.ReadTimeout, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	s, err := dedupe.NewRedis(ctx, client, dedupe.RedisConfig{
+		Prefix:            r.prefix() + relayName,
+		Consumer:          consumerName,
+		VisibilityTimeout: time.Duration(r.VisibilityTimeout),
+		DurableAck:        r.DurableAck,
+		Logger:            logger.With(zap.String("relay", relayName), zap.String("store", r.StoreIdentity(relayName))),
+	}, opts)
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// UnmarshalCaddyfile sets up the store from Caddyfile tokens:
+//
+//	store redis <url> {
+//		username           <name>
+//		password           <password>
+//		db                 <n>
+//		sentinel_master    <name>
+//		addresses          <host:port...>
+//		key_prefix         <prefix>
+//		pool_size          <n>
+//		dial_timeout       <duration>
+//		read_timeout       <duration>
+//		write_timeout      <duration>
+//		visibility_timeout <duration>
+//		durable_ack
+//	}
+func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the store name
+	if !d.NextArg() {
+		return d.Errf("store redis: missing URL, e.g. redis://localhost:6379/0")
+	}
+	r.URL = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := make(map[string]bool)
+	for d.NextBlock(0) {
+		name := d.Val()
+		if seen[name] {
+			return d.Errf("store redis: %s given twice", name)
+		}
+		seen[name] = true
+		var err error
+		switch name {
+		case "username":
+			err = redisStringArg(d, &r.Username)
+		case "password":
+			err = redisStringArg(d, &r.Password)
+		case "sentinel_master":
+			err = redisStringArg(d, &r.SentinelMaster)
+		case "key_prefix":
+			err = redisStringArg(d, &r.KeyPrefix)
+		case "addresses":
+			r.Addresses = d.RemainingArgs()
+			if len(r.Addresses) == 0 {
+				return d.ArgErr()
+			}
+		case "db":
+			err = redisIntArg(d, &r.DB, 0)
+		case "pool_size":
+			err = redisIntArg(d, &r.PoolSize, 1)
+		case "dial_timeout":
+			err = redisDurationArg(d, &r.DialTimeout)
+		case "read_timeout":
+			err = redisDurationArg(d, &r.ReadTimeout)
+		case "write_timeout":
+			err = redisDurationArg(d, &r.WriteTimeout)
+		case "visibility_timeout":
+			err = redisDurationArg(d, &r.VisibilityTimeout)
+		case "durable_ack":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			r.DurableAck = true
+		default:
+			return d.Errf("store redis: unrecognized subdirective '%s'", name)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func redisStringArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.AllArgs(dst) {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+func redisIntArg(d *caddyfile.Dispenser, dst *int, least int) error {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < least {
+		return d.Errf("store redis: %s: want a whole number >= %d, got '%s'", name, least, s)
+	}
+	*dst = n
+	return nil
+}
+
+func redisDurationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil || dur <= 0 {
+		return d.Errf("store redis: %s: want a positive duration such as 2s, got '%s'", name, s)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// Interface guards
+var (
+	_ StoreModule           = (*RedisStore)(nil)
+	_ caddy.Provisioner     = (*RedisStore)(nil)
+	_ caddyfile.Unmarshaler = (*RedisStore)(nil)
+)

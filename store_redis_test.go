@@ -1,0 +1,168 @@
+package webhookrelay
+
+import (
+	"context"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+)
+
+func TestRedisStoreCaddyfile(t *testing.T) {
+	in := `redis rediss://cache.internal:6380/2 {
+		username           relay
+		password           {env.REDIS_PASSWORD}
+		db                 3
+		sentinel_master    mymaster
+		addresses          s1:26379 s2:26379
+		key_prefix         hooks:
+		pool_size          20
+		dial_timeout       1s
+		read_timeout       3s
+		write_timeout      4s
+		visibility_timeout 90s
+		durable_ack
+	}`
+	var got RedisStore
+	if err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
+		t.Fatal(err)
+	}
+	want := RedisStore{
+		URL:               "rediss://cache.internal:6380/2",
+		Username:          "relay",
+		Password:          "{env.REDIS_PASSWORD}",
+		DB:                3,
+		SentinelMaster:    "mymaster",
+		Addresses:         []string{"s1:26379", "s2:26379"},
+		KeyPrefix:         "hooks:",
+		PoolSize:          20,
+		DialTimeout:       caddy.Duration(time.Second),
+		ReadTimeout:       caddy.Duration(3 * time.Second),
+		WriteTimeout:      caddy.Duration(4 * time.Second),
+		VisibilityTimeout: caddy.Duration(90 * time.Second),
+		DurableAck:        true,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+
+	var bare RedisStore
+	if err := bare.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`redis redis://localhost:6379`)); err != nil {
+		t.Fatal(err)
+	}
+	if bare.URL != "redis://localhost:6379" {
+		t.Errorf("URL = %q", bare.URL)
+	}
+}
+
+func TestRedisStoreCaddyfileErrors(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+	}{
+		{"no url", `redis`, "missing URL"},
+		{"two urls", `redis redis://a redis://b`, "wrong argument count"},
+		{"unknown", "redis redis://a {\n nope 1\n}", "unrecognized subdirective 'nope'"},
+		{"repeated", "redis redis://a {\n db 1\n db 2\n}", "db given twice"},
+		{"username no arg", "redis redis://a {\n username\n}", "wrong argument count"},
+		{"password two args", "redis redis://a {\n password a b\n}", "wrong argument count"},
+		{"sentinel no arg", "redis redis://a {\n sentinel_master\n}", "wrong argument count"},
+		{"key_prefix no arg", "redis redis://a {\n key_prefix\n}", "wrong argument count"},
+		{"addresses none", "redis redis://a {\n addresses\n}", "wrong argument count"},
+		{"db not a number", "redis redis://a {\n db one\n}", "db: want a whole number"},
+		{"db negative", "redis redis://a {\n db -1\n}", "db: want a whole number"},
+		{"pool_size zero", "redis redis://a {\n pool_size 0\n}", "pool_size: want a whole number >= 1"},
+		{"dial_timeout bad", "redis redis://a {\n dial_timeout soon\n}", "dial_timeout: want a positive duration"},
+		{"read_timeout missing", "redis redis://a {\n read_timeout\n}", "wrong argument count"},
+		{"write_timeout zero", "redis redis://a {\n write_timeout 0s\n}", "write_timeout: want a positive duration"},
+		{"visibility two args", "redis redis://a {\n visibility_timeout 1m 2m\n}", "wrong argument count"},
+		{"durable_ack arg", "redis redis://a {\n durable_ack yes\n}", "wrong argument count"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var s RedisStore
+			err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestRedisStoreProvisionErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		s    RedisStore
+		want string
+	}{
+		{"nothing to connect to", RedisStore{}, "url or addresses required"},
+		{"brace in prefix", RedisStore{URL: "redis://a", KeyPrefix: "a{b"}, "must not contain"},
+		{"short visibility", RedisStore{URL: "redis://a", VisibilityTimeout: caddy.Duration(time.Second)}, "too short"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.s.Provision(caddy.Context{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestRedisStoreIdentityHasNoSecrets(t *testing.T) {
+	s := RedisStore{URL: "redis://user:hunter2@cache:6379/1", Password: "{env.PW}", KeyPrefix: "p:"}
+	id := s.StoreIdentity("default")
+	if strings.Contains(id, "hunter2") || strings.Contains(id, "PW") {
+		t.Errorf("identity %q carries the password", id)
+	}
+	if !strings.Contains(id, "cache:6379/1") || !strings.Contains(id, "p:default") {
+		t.Errorf("identity %q does not name the server and keys", id)
+	}
+	if a, b := s.StoreIdentity("a"), s.StoreIdentity("b"); a == b {
+		t.Errorf("two relays share the identity %q", a)
+	}
+}
+
+func TestRedisStoreOpen(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	t.Setenv("WEBHOOK_RELAY_TEST_REDIS", srv.URL())
+	s := RedisStore{URL: "{env.WEBHOOK_RELAY_TEST_REDIS}", KeyPrefix: "open-test:"}
+	if err := s.Provision(caddy.Context{}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.OpenStore("default", dedupe.Options{Window: time.Hour}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	e := &dedupe.Entry{Key: "k", Body: []byte("{}")}
+	if got, err := st.Admit(context.Background(), e); err != nil || got != dedupe.Accepted {
+		t.Fatalf("Admit = %v, %v", got, err)
+	}
+
+	// durable_ack on a Redis without WAITAOF or without AOF: a clear error at open
+	s.DurableAck = true
+	if st2, err := s.OpenStore("other", dedupe.Options{Window: time.Hour}, zap.NewNop()); err == nil {
+		st2.Close()
+		t.Fatal("durable_ack opened on a Redis without appendonly")
+	} else if !strings.Contains(err.Error(), "durable_ack") {
+		t.Errorf("error = %v, want it to name durable_ack", err)
+	}
+
+	// an unreachable Redis fails the open quickly
+	down := RedisStore{URL: "redis://127.0.0.1:1/0", DialTimeout: caddy.Duration(200 * time.Millisecond)}
+	start := time.Now()
+	if st3, err := down.OpenStore("x", dedupe.Options{Window: time.Hour}, zap.NewNop()); err == nil {
+		st3.Close()
+		t.Fatal("opened a store on a closed port")
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("open on a closed port took %s", took)
+	}
+}

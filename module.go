@@ -79,7 +79,9 @@ type Relay struct {
 	Window caddy.Duration `json:"window,omitempty"`
 
 	// StoreRaw is where markers, queue and dead letters are kept: a module
-	// in the webhook_relay.stores namespace ("memory" for now).
+	// in the webhook_relay.stores namespace: "bolt" (the default, a file
+	// under Caddy's data directory), "redis" (several instances sharing one
+	// Redis) or "memory" (tests only: nothing survives a restart).
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=webhook_relay.stores inline_key=type"`
 
 	// MaxBody is the largest body accepted, in bytes; larger ones get 413.
@@ -312,13 +314,11 @@ func compileAuth(repl *caddy.Replacer, cfg map[string][]string) ([]authParam, er
 	return params, nil
 }
 
-// loadStore loads the configured store module; without one it uses memory
-// and says loudly what that means.
+// loadStore loads the configured store module; without one it is the
+// durable default, a bbolt file under Caddy's data directory.
 func (h *Relay) loadStore(ctx caddy.Context) (StoreModule, error) {
 	if h.StoreRaw == nil {
-		h.logger.Warn("no store configured: using the memory store; payloads acknowledged but not yet delivered are lost on restart",
-			zap.String("relay", h.Name))
-		return MemoryStore{}, nil
+		return &BoltStore{}, nil
 	}
 	mod, err := ctx.LoadModule(h, "StoreRaw")
 	if err != nil {

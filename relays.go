@@ -59,11 +59,16 @@ func acquireRelay(key, name string, mod StoreModule, opts dedupe.Options, settin
 	return val.(*relay), nil
 }
 
-// attach makes h's settings the ones deliveries use.
+// attach makes h's settings the ones the store and the deliveries use.
 func (r *relay) attach(h *Relay) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.handlers = append(r.handlers, h)
+	r.apply(h)
+}
+
+func (r *relay) apply(h *Relay) {
+	r.store.SetLimits(time.Duration(h.Window), h.MaxBacklog)
 	r.engine.SetSettings(h.settings)
 }
 
@@ -79,7 +84,7 @@ func (r *relay) detach(h *Relay) {
 		}
 	}
 	if n := len(r.handlers); n > 0 {
-		r.engine.SetSettings(r.handlers[n-1].settings)
+		r.apply(r.handlers[n-1])
 	}
 }
 

@@ -14,10 +14,9 @@ import (
 // meant for tests and development: queued payloads and dead letters die
 // with the process, so its 200s promise nothing across a restart.
 type Memory struct {
-	mu     sync.Mutex
-	now    func() time.Time
-	window time.Duration
-	max    int
+	mu  sync.Mutex
+	now func() time.Time
+	limits
 	closed bool
 	lastID uint64
 
@@ -47,15 +46,15 @@ type queued struct {
 
 // NewMemory returns an empty in-memory store that enforces opts.
 func NewMemory(opts Options) *Memory {
-	return &Memory{
+	m := &Memory{
 		now:    opts.Clock(),
-		window: opts.Window,
-		max:    opts.MaxBacklog,
 		seen:   make(map[string]time.Time),
 		queue:  list.New(),
 		queued: make(map[string]*list.Element),
 		dead:   make(map[string]*Entry),
 	}
+	m.SetLimits(opts.Window, opts.MaxBacklog)
+	return m
 }
 
 // usable must be called with m.mu held.
@@ -82,7 +81,7 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	}
 	// a full backlog must not mark the key seen: the sender retries later
 	// and that retry has to be accepted
-	if m.max > 0 && m.queue.Len() >= m.max {
+	if max := m.maxBacklog(); max > 0 && m.queue.Len() >= max {
 		return 0, ErrBacklogFull
 	}
 
@@ -94,7 +93,7 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	q.e.Body = bytes.Clone(e.Body)
 	m.queued[e.ID] = m.queue.PushBack(q)
 
-	expires := now.Add(m.window)
+	expires := now.Add(m.windowLen())
 	m.seen[e.Key] = expires
 	m.expiring = append(m.expiring, marker{key: e.Key, expires: expires})
 	return Accepted, nil

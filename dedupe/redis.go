@@ -31,10 +31,9 @@ import (
 // It is as durable as the Redis it points at: run Redis with AOF
 // (appendfsync everysec or always) and maxmemory-policy noeviction.
 type Redis struct {
-	client   redis.UniversalClient
-	now      func() time.Time
-	window   time.Duration
-	max      int
+	client redis.UniversalClient
+	now    func() time.Time
+	limits
 	consumer string
 	idle     time.Duration
 	durable  time.Duration // WAITAOF timeout; 0: do not wait
@@ -114,8 +113,6 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 	r := &Redis{
 		client:     client,
 		now:        opts.Clock(),
-		window:     opts.Window,
-		max:        opts.MaxBacklog,
 		consumer:   cfg.Consumer,
 		idle:       cfg.VisibilityTimeout,
 		stream:     tag + ":q",
@@ -125,6 +122,7 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 		deadPrefix: tag + ":dead:",
 		seenPrefix: tag + ":seen:",
 	}
+	r.SetLimits(opts.Window, opts.MaxBacklog)
 	if cfg.DurableAck {
 		r.durable = cfg.DurableAckTimeout
 	}
@@ -241,9 +239,10 @@ func (r *Redis) Admit(ctx context.Context, e *Entry) (Admission, error) {
 		return 0, err
 	}
 	now := r.now()
-	ttl := r.window.Milliseconds() + 1000 // never shorter than the window
+	window := r.windowLen()
+	ttl := window.Milliseconds() + 1000 // never shorter than the window
 	keys := []string{r.stream, r.seenPrefix + e.Key}
-	args := []any{stamp(now), stamp(now.Add(r.window)), ttl, r.max,
+	args := []any{stamp(now), stamp(now.Add(window)), ttl, r.maxBacklog(),
 		e.Key, e.Body, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor}
 
 	var res []any
@@ -645,14 +644,16 @@ func (r *Redis) Dead(ctx context.Context, after string, limit int) ([]*Entry, er
 	}
 	pipe := r.client.Pipeline()
 	cmds := make([]*redis.SliceCmd, len(ids))
+	sizes := make([]*redis.IntCmd, len(ids))
 	for i, id := range ids {
 		cmds[i] = pipe.HMGet(ctx, r.deadPrefix+id, deadFields...)
+		sizes[i] = pipe.HStrLen(ctx, r.deadPrefix+id, "b")
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("redis store: listing dead letters: %w", err)
 	}
 	out := make([]*Entry, 0, len(ids))
-	for _, cmd := range cmds {
+	for j, cmd := range cmds {
 		vals := cmd.Val()
 		f := make(map[string]string, len(deadFields))
 		for i, name := range deadFields {
@@ -667,6 +668,7 @@ func (r *Redis) Dead(ctx context.Context, after string, limit int) ([]*Entry, er
 		if err != nil {
 			return nil, err
 		}
+		e.BodySize = int(sizes[j].Val())
 		out = append(out, e)
 	}
 	return out, nil

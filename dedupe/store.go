@@ -158,6 +158,10 @@ type Store interface {
 	// an operator's decision.
 	Replay(ctx context.Context, ids []string) (int, error)
 
+	// SetLimits applies a new window and backlog bound to later admits
+	// (a config reload changed them).
+	SetLimits(window time.Duration, maxBacklog int)
+
 	// Stats reports what the store holds.
 	Stats(ctx context.Context) (Stats, error)
 	// Close releases the store's resources. Claimed entries stay queued.

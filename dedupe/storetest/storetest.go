@@ -86,6 +86,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"EntriesAreCopies", testEntriesAreCopies},
 		{"ConcurrentSameKey", testConcurrentSameKey},
 		{"ConcurrentBacklogBound", testConcurrentBacklogBound},
+		{"SetLimits", testSetLimits},
 		{"Closed", testClosed},
 	}
 	for _, tc := range tests {
@@ -369,6 +370,24 @@ func testBacklogFull(t *testing.T, newStore Factory) {
 	f.accept("c")
 }
 
+// testSetLimits: a reload changes window and backlog bound of an open store.
+func testSetLimits(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 1)
+	f.accept("a")
+	f.wantFull("b")
+	f.s.SetLimits(window, 3)
+	f.accept("b")
+	f.accept("c")
+	f.wantFull("d")
+
+	// A shorter window applies to keys admitted from now on.
+	f.s.SetLimits(time.Minute, 0)
+	f.accept("short")
+	f.clock.Advance(time.Minute + time.Nanosecond)
+	f.accept("short")
+	f.wantAdmit("a", dedupe.Duplicate) // admitted under the hour-long window
+}
+
 func testAckMakesRoom(t *testing.T, newStore Factory) {
 	f := setup(t, newStore, 1)
 	a := f.accept("a")
@@ -566,6 +585,10 @@ func testBury(t *testing.T, newStore Factory) {
 		t.Fatalf("Dead listed %v, want [%s]", ids(listed), b.ID)
 	}
 	sameEntry(t, listed[0], b, false)
+	if listed[0].Body != nil || listed[0].BodySize != len(b.Body) {
+		t.Errorf("Dead listing: Body %q, BodySize %d; want no body and BodySize %d",
+			listed[0].Body, listed[0].BodySize, len(b.Body))
+	}
 	d := f.deadEntry(b.ID)
 	sameEntry(t, d, b, true)
 	for _, got := range []*dedupe.Entry{listed[0], d} {

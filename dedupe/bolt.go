@@ -1,0 +1,999 @@
+package dedupe
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// Bolt is a Store kept in one bbolt file, for a single Caddy instance with
+// no extra service. Every Admit is committed (fsync) before it returns, so
+// an accepted payload survives a crash, kill -9 or a power cut, but not the
+// loss of the disk. Admits that arrive together share one commit.
+//
+// Only one process can hold the file at a time; a second one fails at Open.
+// Claims live in the process: after a restart nothing is claimed and every
+// queued payload is handed out again.
+type Bolt struct {
+	db   *bolt.DB
+	path string
+	now  func() time.Time
+	limits
+
+	closed   atomic.Bool
+	closeMu  sync.Mutex
+	commits  chan *boltCommit
+	done     chan struct{} // closed by Close: stops the committer and the sweeper
+	bgDone   sync.WaitGroup
+	sweepMax int // markers deleted per sweep transaction
+
+	// counts: backlog is queued entries, admitted ones reserved before
+	// their commit so the bound is never overshot; dead is dead letters.
+	countMu sync.Mutex
+	backlog int
+	dead    int
+
+	// claims holds the ids of claimed entries.
+	claimMu sync.Mutex
+	claims  map[string]struct{}
+}
+
+// Bucket names. The queue is ordered by queue key: an entry's own ID when it
+// was admitted, a fresh sequence number when it was replayed (requeued maps
+// its ID to that key), so the queue's first key is always its oldest entry.
+var (
+	boltMeta     = []byte("meta")
+	boltQueue    = []byte("queue")    // queue key -> entry (no body)
+	boltRequeued = []byte("requeued") // id -> queue key, for replayed entries
+	boltBodies   = []byte("bodies")   // id -> body, queued or dead
+	boltSeen     = []byte("seen")     // marker key -> expiry
+	boltExpiry   = []byte("expiry")   // expiry + marker key -> nothing
+	boltDead     = []byte("dead")     // id -> entry (no body)
+
+	boltFormatKey = []byte("format")
+	boltFormat    = []byte("webhook_relay/bolt/1")
+)
+
+// BoltOpenTimeout is how long OpenBolt waits for another process to let go
+// of the file before it gives up.
+const BoltOpenTimeout = time.Second
+
+const (
+	boltMaxBatch    = 1000 // calls sharing one commit
+	boltSweepBatch  = 1000 // markers deleted per sweep transaction
+	boltMaxRawKey   = 512  // longer dedupe keys are stored as their SHA-256
+	boltIDWidth     = 20   // digits of an id: uint64 fits, and ids sort as strings
+	boltEntryFormat = 1
+)
+
+// OpenBolt opens the bbolt file at path, creating it (and its directory,
+// mode 0700) if it does not exist. An existing file is never recreated or
+// truncated: one that is damaged, is not a webhook_relay store, or is held
+// by another process is an error naming the path.
+func OpenBolt(path string, opts Options) (*Bolt, error) {
+	if path == "" {
+		return nil, errors.New("bolt store: no file path given")
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("bolt store %s: creating its directory: %w", path, err)
+	}
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("bolt store %s: not a regular file (%s); give the path of the store file itself", path, fi.Mode().Type())
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("bolt store %s: %w", path, err)
+	}
+
+	fi, statErr := os.Stat(path)
+	existed := statErr == nil && fi.Size() > 0
+	db, err := openBoltFile(path, existed)
+	if err != nil {
+		return nil, err
+	}
+	b := &Bolt{
+		db:       db,
+		path:     path,
+		now:      opts.Clock(),
+		commits:  make(chan *boltCommit),
+		done:     make(chan struct{}),
+		sweepMax: boltSweepBatch,
+		claims:   make(map[string]struct{}),
+	}
+	b.SetLimits(opts.Window, opts.MaxBacklog)
+	if err := b.init(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	b.bgDone.Add(2)
+	go b.committer()
+	go b.sweeper()
+	return b, nil
+}
+
+// openBoltFile opens the file with a lock timeout and turns bbolt's errors
+// (and panics, which a damaged file can cause) into ones a person can act on.
+func openBoltFile(path string, existed bool) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("bolt store %s: the file is damaged (%v); it was left as it is: "+
+				"restore it from a backup, or move it aside to start with an empty store", path, r)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: BoltOpenTimeout})
+	switch {
+	case err == nil:
+		return db, nil
+	case errors.Is(err, bolterrors.ErrTimeout):
+		return nil, fmt.Errorf("bolt store %s: another process holds this file (gave up after %s); "+
+			"only one Caddy instance can use a bolt store: stop the other one, or give this one its own path",
+			path, BoltOpenTimeout)
+	case errors.Is(err, fs.ErrPermission):
+		return nil, fmt.Errorf("bolt store %s: cannot open: %w; Caddy's user needs to read and write it", path, err)
+	case existed, errors.Is(err, bolterrors.ErrInvalid), errors.Is(err, bolterrors.ErrChecksum),
+		errors.Is(err, bolterrors.ErrVersionMismatch), errors.Is(err, bolterrors.ErrInvalidMapping):
+		return nil, fmt.Errorf("bolt store %s: not a readable bbolt file (%v); it was left as it is: "+
+			"restore it from a backup, or move it aside to start with an empty store", path, err)
+	default:
+		return nil, fmt.Errorf("bolt store %s: cannot open: %w", path, err)
+	}
+}
+
+// init creates the buckets of a new file, checks an existing one is a
+// webhook_relay store, and counts what it holds.
+func (b *Bolt) init() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("bolt store %s: the file is damaged (%v); it was left as it is: "+
+				"restore it from a backup, or move it aside to start with an empty store", b.path, r)
+		}
+	}()
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(boltMeta); meta != nil {
+			if f := meta.Get(boltFormatKey); !bytes.Equal(f, boltFormat) {
+				return fmt.Errorf("unknown format %q, want %q (written by a newer version?); it was left as it is", f, boltFormat)
+			}
+		} else {
+			// a bbolt file with buckets but no meta belongs to someone else
+			if err := tx.ForEach(func([]byte, *bolt.Bucket) error { return errBoltForeign }); err != nil {
+				return errors.New("a bbolt file that is not a webhook_relay store; " +
+					"it was left as it is: give the relay a path of its own")
+			}
+			meta, err := tx.CreateBucket(boltMeta)
+			if err != nil {
+				return err
+			}
+			if err := meta.Put(boltFormatKey, boltFormat); err != nil {
+				return err
+			}
+		}
+		for _, name := range [][]byte{boltQueue, boltRequeued, boltBodies, boltSeen, boltExpiry, boltDead} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("bucket %s: %w", name, err)
+			}
+		}
+		b.backlog = boltCountKeys(tx.Bucket(boltQueue))
+		b.dead = boltCountKeys(tx.Bucket(boltDead))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("bolt store %s: %w", b.path, err)
+	}
+	return nil
+}
+
+var errBoltForeign = errors.New("foreign bucket")
+
+func boltCountKeys(bk *bolt.Bucket) int {
+	n := 0
+	c := bk.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		n++
+	}
+	return n
+}
+
+// Path returns the file the store lives in.
+func (b *Bolt) Path() string { return b.path }
+
+func (b *Bolt) usable(ctx context.Context) error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	return ctx.Err()
+}
+
+// storeErr maps bbolt's "closed" onto ErrClosed (Close may have run between
+// the check in usable and the transaction) and names the file otherwise.
+func (b *Bolt) storeErr(err error) error {
+	if err == nil || errors.Is(err, ErrClosed) {
+		return err
+	}
+	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) || b.closed.Load() {
+		return ErrClosed
+	}
+	return fmt.Errorf("bolt store %s: %w", b.path, err)
+}
+
+// Group commit. Writes go through one committer goroutine that runs every
+// call waiting at that moment in one transaction and one fsync: an idle
+// store commits a lone call at once, a busy one batches whatever arrived
+// during the previous commit. Like bbolt's DB.Batch, a call's function may
+// run more than once (when another call in its transaction fails, the
+// others are run again without it), so it must set its results afresh on
+// every run; the results of the run that committed are the ones that count.
+
+type boltCommit struct {
+	fn   func(*bolt.Tx) error
+	done chan error
+}
+
+// write runs fn in a transaction shared with other concurrent writes, and
+// returns once it is committed to disk.
+func (b *Bolt) write(fn func(*bolt.Tx) error) error {
+	c := &boltCommit{fn: fn, done: make(chan error, 1)}
+	select {
+	case b.commits <- c:
+	case <-b.done:
+		return ErrClosed
+	}
+	return b.storeErr(<-c.done)
+}
+
+func (b *Bolt) committer() {
+	defer b.bgDone.Done()
+	calls := make([]*boltCommit, 0, boltMaxBatch)
+	for {
+		select {
+		case c := <-b.commits:
+			calls = append(calls[:0], c)
+		case <-b.done:
+			return
+		}
+		// everyone already waiting joins this commit
+	gather:
+		for len(calls) < boltMaxBatch {
+			select {
+			case c := <-b.commits:
+				calls = append(calls, c)
+			default:
+				break gather
+			}
+		}
+		b.commitGroup(calls)
+		clear(calls)
+	}
+}
+
+func (b *Bolt) commitGroup(calls []*boltCommit) {
+	for len(calls) > 0 {
+		failed := -1
+		err := b.db.Update(func(tx *bolt.Tx) error {
+			for i, c := range calls {
+				if err := boltSafeCall(c.fn, tx); err != nil {
+					failed = i
+					return err
+				}
+			}
+			return nil
+		})
+		if failed < 0 {
+			for _, c := range calls {
+				c.done <- err
+			}
+			return
+		}
+		// the failing call gets its own transaction; the rest run again
+		c := calls[failed]
+		c.done <- b.db.Update(func(tx *bolt.Tx) error { return boltSafeCall(c.fn, tx) })
+		calls = append(calls[:failed:failed], calls[failed+1:]...)
+	}
+}
+
+func boltSafeCall(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic in transaction: %v", r)
+		}
+	}()
+	return fn(tx)
+}
+
+// reserve counts one more queued entry unless the backlog is full.
+func (b *Bolt) reserve() bool {
+	b.countMu.Lock()
+	defer b.countMu.Unlock()
+	if max := b.maxBacklog(); max > 0 && b.backlog >= max {
+		return false
+	}
+	b.backlog++
+	return true
+}
+
+func (b *Bolt) count(backlog, dead int) {
+	b.countMu.Lock()
+	defer b.countMu.Unlock()
+	b.backlog += backlog
+	b.dead += dead
+}
+
+// Admit implements Store. The seen check, the backlog check, the payload and
+// the marker are one transaction, committed to disk before Admit returns.
+// The backlog is checked against a count kept in memory: an accepted entry
+// reserves its place before its commit, so concurrent admits never overshoot
+// MaxBacklog.
+func (b *Bolt) Admit(ctx context.Context, e *Entry) (Admission, error) {
+	if err := b.usable(ctx); err != nil {
+		return 0, err
+	}
+	now := b.now()
+	nowNS := now.UnixNano()
+	expires := now.Add(b.windowLen()).UnixNano()
+	mk := boltMarkerKey(e.Key)
+	meta := Entry{Key: e.Key, Request: e.Request, Received: now, Queued: now}
+	body := e.Body
+
+	var (
+		outcome  Admission
+		full     bool
+		id       string
+		reserved bool
+	)
+	err := b.write(func(tx *bolt.Tx) error {
+		outcome, full, id = 0, false, ""
+		seen := tx.Bucket(boltSeen)
+		if v := seen.Get(mk); len(v) == 8 && nowNS < int64(binary.BigEndian.Uint64(v)) {
+			if reserved { // decided otherwise in an earlier run
+				b.count(-1, 0)
+				reserved = false
+			}
+			outcome = Duplicate
+			return nil
+		}
+		if !reserved {
+			if !b.reserve() {
+				// full is decided here, in the transaction that would
+				// have stored it; the key is not marked
+				full = true
+				return nil
+			}
+			reserved = true
+		}
+		queue := tx.Bucket(boltQueue)
+		seq, err := queue.NextSequence()
+		if err != nil {
+			return err
+		}
+		id = boltID(seq)
+		m := meta
+		m.ID = id
+		if err := queue.Put([]byte(id), boltEncode(&m)); err != nil {
+			return err
+		}
+		if err := tx.Bucket(boltBodies).Put([]byte(id), body); err != nil {
+			return err
+		}
+		// the payload is written before the marker; in one transaction
+		// the order does not matter, but it reads as the rule it is
+		exp := binary.BigEndian.AppendUint64(nil, uint64(expires))
+		if err := seen.Put(mk, exp); err != nil {
+			return err
+		}
+		if err := tx.Bucket(boltExpiry).Put(append(exp, mk...), nil); err != nil {
+			return err
+		}
+		outcome = Accepted
+		return nil
+	})
+	if err != nil || outcome != Accepted {
+		if reserved {
+			b.count(-1, 0)
+		}
+	}
+	switch {
+	case err != nil:
+		return 0, err
+	case full:
+		return 0, ErrBacklogFull
+	case outcome == Accepted:
+		e.ID, e.Received, e.Queued = id, now, now
+	}
+	return outcome, nil
+}
+
+// boltMarkerKey is the seen bucket's key for a dedupe key: the key itself, or
+// its SHA-256 when it is long (bbolt keys are bounded). The first byte keeps
+// the two kinds apart and makes an empty key a valid bbolt key.
+func boltMarkerKey(key string) []byte {
+	if len(key) <= boltMaxRawKey {
+		return append([]byte{0}, key...)
+	}
+	sum := sha256.Sum256([]byte(key))
+	return append([]byte{1}, sum[:]...)
+}
+
+func boltID(seq uint64) string {
+	s := strconv.FormatUint(seq, 10)
+	return string(bytes.Repeat([]byte{'0'}, boltIDWidth-len(s))) + s
+}
+
+// boltQueueKey finds where entry id sits in the queue, or nil when it is not
+// queued.
+func boltQueueKey(tx *bolt.Tx, id string) []byte {
+	qk := []byte(id)
+	if k := tx.Bucket(boltRequeued).Get(qk); k != nil {
+		qk = bytes.Clone(k)
+	}
+	v := tx.Bucket(boltQueue).Get(qk)
+	if v == nil || boltEntryID(v) != id {
+		return nil
+	}
+	return qk
+}
+
+// Claim implements Store. Claims live in this process until Ack, Bury or
+// Release; after a restart nothing is claimed.
+func (b *Bolt) Claim(ctx context.Context, max int) ([]*Entry, error) {
+	if err := b.usable(ctx); err != nil {
+		return nil, err
+	}
+	b.claimMu.Lock()
+	defer b.claimMu.Unlock()
+	var out []*Entry
+	err := b.db.View(func(tx *bolt.Tx) error {
+		bodies := tx.Bucket(boltBodies)
+		c := tx.Bucket(boltQueue).Cursor()
+		for k, v := c.First(); k != nil && len(out) < max; k, v = c.Next() {
+			if _, held := b.claims[boltEntryID(v)]; held {
+				continue
+			}
+			e, err := boltDecode(v)
+			if err != nil {
+				return fmt.Errorf("queued entry %s: %w", k, err)
+			}
+			e.Body = bytes.Clone(bodies.Get([]byte(e.ID)))
+			if e.Body == nil {
+				e.Body = []byte{}
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, b.storeErr(err)
+	}
+	for _, e := range out {
+		b.claims[e.ID] = struct{}{}
+	}
+	return out, nil
+}
+
+// Extend implements Store. In-process claims never time out, so there is
+// nothing to extend; it only reports ids that are not queued.
+func (b *Bolt) Extend(ctx context.Context, ids []string) error {
+	if err := b.usable(ctx); err != nil {
+		return err
+	}
+	var missing string
+	err := b.db.View(func(tx *bolt.Tx) error {
+		for _, id := range ids {
+			if boltQueueKey(tx, id) == nil {
+				missing = id
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return b.storeErr(err)
+	}
+	if missing != "" {
+		return fmt.Errorf("extending %s: %w", missing, ErrNotFound)
+	}
+	return nil
+}
+
+// Attempted implements Store.
+func (b *Bolt) Attempted(ctx context.Context, e *Entry) error {
+	if err := b.usable(ctx); err != nil {
+		return err
+	}
+	id, attempts, status, reason := e.ID, e.Attempts, e.LastStatus, e.LastError
+	var found bool
+	err := b.write(func(tx *bolt.Tx) error {
+		found = false
+		qk := boltQueueKey(tx, id)
+		if qk == nil {
+			return nil
+		}
+		queue := tx.Bucket(boltQueue)
+		stored, err := boltDecode(queue.Get(qk))
+		if err != nil {
+			return err
+		}
+		stored.Attempts, stored.LastStatus, stored.LastError = attempts, status, reason
+		found = true
+		return queue.Put(qk, boltEncode(stored))
+	})
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("recording attempt on %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// Ack implements Store. The payload is deleted; its marker stays until the
+// window ends. Acking an id that is no longer queued is not an error.
+func (b *Bolt) Ack(ctx context.Context, id string) error {
+	if err := b.usable(ctx); err != nil {
+		return err
+	}
+	var found bool
+	err := b.write(func(tx *bolt.Tx) error {
+		found = false
+		qk := boltQueueKey(tx, id)
+		if qk == nil {
+			return nil
+		}
+		found = true
+		return boltDelete(tx, qk, id, boltBodies)
+	})
+	if err != nil {
+		return err
+	}
+	b.unclaim(id)
+	if found {
+		b.count(-1, 0)
+	}
+	return nil
+}
+
+// boltDelete takes entry id (at queue key qk) out of the queue, and out of
+// the other buckets named.
+func boltDelete(tx *bolt.Tx, qk []byte, id string, others ...[]byte) error {
+	if err := tx.Bucket(boltQueue).Delete(qk); err != nil {
+		return err
+	}
+	others = append(others, boltRequeued)
+	for _, name := range others {
+		if err := tx.Bucket(name).Delete([]byte(id)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Bolt) unclaim(ids ...string) {
+	b.claimMu.Lock()
+	defer b.claimMu.Unlock()
+	for _, id := range ids {
+		delete(b.claims, id)
+	}
+}
+
+// Bury implements Store. It buries the stored entry, not e, so a caller
+// holding a stale copy cannot change the body or key of a dead letter. The
+// body stays where it is.
+func (b *Bolt) Bury(ctx context.Context, e *Entry) error {
+	if err := b.usable(ctx); err != nil {
+		return err
+	}
+	id, attempts, status, reason := e.ID, e.Attempts, e.LastStatus, e.LastError
+	var found bool
+	err := b.write(func(tx *bolt.Tx) error {
+		found = false
+		qk := boltQueueKey(tx, id)
+		if qk == nil {
+			return nil
+		}
+		d, err := boltDecode(tx.Bucket(boltQueue).Get(qk))
+		if err != nil {
+			return err
+		}
+		d.Attempts, d.LastStatus, d.LastError = attempts, status, reason
+		if err := tx.Bucket(boltDead).Put([]byte(id), boltEncode(d)); err != nil {
+			return err
+		}
+		found = true
+		return boltDelete(tx, qk, id)
+	})
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("burying %s: %w", id, ErrNotFound)
+	}
+	b.unclaim(id)
+	b.count(-1, +1)
+	return nil
+}
+
+// Release implements Store. Ids that are not claimed are skipped.
+func (b *Bolt) Release(ctx context.Context, ids []string) error {
+	if err := b.usable(ctx); err != nil {
+		return err
+	}
+	b.unclaim(ids...)
+	return nil
+}
+
+// Dead implements Store.
+func (b *Bolt) Dead(ctx context.Context, after string, limit int) ([]*Entry, error) {
+	if err := b.usable(ctx); err != nil {
+		return nil, err
+	}
+	out := []*Entry{}
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(boltDead).Cursor()
+		k, v := c.First()
+		if after != "" {
+			k, v = c.Seek([]byte(after))
+			if k != nil && string(k) == after {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil && len(out) < limit; k, v = c.Next() {
+			e, err := boltDecode(v)
+			if err != nil {
+				return fmt.Errorf("dead letter %s: %w", k, err)
+			}
+			e.BodySize = len(tx.Bucket(boltBodies).Get(k))
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, b.storeErr(err)
+	}
+	return out, nil
+}
+
+// DeadEntry implements Store.
+func (b *Bolt) DeadEntry(ctx context.Context, id string) (*Entry, error) {
+	if err := b.usable(ctx); err != nil {
+		return nil, err
+	}
+	var e *Entry
+	err := b.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(boltDead).Get([]byte(id))
+		if v == nil {
+			return nil
+		}
+		var err error
+		if e, err = boltDecode(v); err != nil {
+			return fmt.Errorf("dead letter %s: %w", id, err)
+		}
+		e.Body = bytes.Clone(tx.Bucket(boltBodies).Get([]byte(id)))
+		if e.Body == nil {
+			e.Body = []byte{}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, b.storeErr(err)
+	}
+	if e == nil {
+		return nil, fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
+	}
+	return e, nil
+}
+
+// DeleteDead implements Store. The body goes with it.
+func (b *Bolt) DeleteDead(ctx context.Context, id string) error {
+	if err := b.usable(ctx); err != nil {
+		return err
+	}
+	var found bool
+	err := b.write(func(tx *bolt.Tx) error {
+		found = false
+		dead := tx.Bucket(boltDead)
+		if dead.Get([]byte(id)) == nil {
+			return nil
+		}
+		found = true
+		if err := dead.Delete([]byte(id)); err != nil {
+			return err
+		}
+		return tx.Bucket(boltBodies).Delete([]byte(id))
+	})
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
+	}
+	b.count(0, -1)
+	return nil
+}
+
+// Replay implements Store. It ignores MaxBacklog: replaying is an
+// operator's decision. Replayed entries join the back of the queue under a
+// new queue key and keep their ID.
+func (b *Bolt) Replay(ctx context.Context, ids []string) (int, error) {
+	if err := b.usable(ctx); err != nil {
+		return 0, err
+	}
+	now := b.now()
+	var (
+		n       int
+		counted bool
+	)
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		n = 0
+		dead := tx.Bucket(boltDead)
+		queue := tx.Bucket(boltQueue)
+		requeued := tx.Bucket(boltRequeued)
+		if ids == nil {
+			c := dead.Cursor()
+			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+				ids = append(ids, string(k))
+			}
+		}
+		for _, id := range ids {
+			v := dead.Get([]byte(id))
+			if v == nil {
+				continue
+			}
+			e, err := boltDecode(v)
+			if err != nil {
+				return fmt.Errorf("dead letter %s: %w", id, err)
+			}
+			e.Attempts, e.LastStatus, e.LastError = 0, 0, ""
+			e.Queued = now
+			seq, err := queue.NextSequence()
+			if err != nil {
+				return err
+			}
+			qk := []byte(boltID(seq))
+			if err := queue.Put(qk, boltEncode(e)); err != nil {
+				return err
+			}
+			if err := requeued.Put([]byte(id), qk); err != nil {
+				return err
+			}
+			if err := dead.Delete([]byte(id)); err != nil {
+				return err
+			}
+			n++
+		}
+		// counted before the commit: the backlog count may run ahead of
+		// the file for a moment, never behind it
+		b.count(n, -n)
+		counted = true
+		return nil
+	})
+	if err != nil {
+		if counted {
+			b.count(-n, n)
+		}
+		return 0, b.storeErr(err)
+	}
+	return n, nil
+}
+
+// Stats implements Store. The counts are kept in memory; OldestQueued is
+// the Queued time of the queue's first entry.
+func (b *Bolt) Stats(ctx context.Context) (Stats, error) {
+	if err := b.usable(ctx); err != nil {
+		return Stats{}, err
+	}
+	var s Stats
+	err := b.db.View(func(tx *bolt.Tx) error {
+		_, v := tx.Bucket(boltQueue).Cursor().First()
+		if v == nil {
+			return nil
+		}
+		e, err := boltDecode(v)
+		if err != nil {
+			return err
+		}
+		s.OldestQueued = e.Queued
+		return nil
+	})
+	if err != nil {
+		return Stats{}, b.storeErr(err)
+	}
+	b.countMu.Lock()
+	s.Backlog, s.Dead = b.backlog, b.dead
+	b.countMu.Unlock()
+	return s, nil
+}
+
+// Close implements Store. It stops the sweep and closes the file; queued
+// entries, claimed ones included, stay in it.
+func (b *Bolt) Close() error {
+	b.closeMu.Lock()
+	defer b.closeMu.Unlock()
+	if b.closed.Swap(true) {
+		return ErrClosed
+	}
+	close(b.done)
+	b.bgDone.Wait()
+	if err := b.db.Close(); err != nil {
+		return fmt.Errorf("bolt store %s: closing: %w", b.path, err)
+	}
+	return nil
+}
+
+// sweeper deletes expired markers now and then, so that the file does not
+// grow without bound under a steady stream of new keys.
+func (b *Bolt) sweeper() {
+	defer b.bgDone.Done()
+	every := min(max(b.windowLen()/4, time.Second), time.Minute)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.done:
+			return
+		case <-t.C:
+			_, _ = b.sweep()
+		}
+	}
+}
+
+// Sweep deletes the seen markers that expired by the store's clock, at most
+// a thousand per transaction, and reports how many it deleted. The store
+// sweeps by itself in the background (every window/4, at least every
+// minute); calling it is only needed to sweep at a chosen moment, as tests
+// do with a fake clock.
+func (b *Bolt) Sweep(ctx context.Context) (int, error) {
+	if err := b.usable(ctx); err != nil {
+		return 0, err
+	}
+	return b.sweep()
+}
+
+// sweep is Sweep without the checks.
+func (b *Bolt) sweep() (int, error) {
+	total := 0
+	for {
+		select {
+		case <-b.done:
+			return total, ErrClosed
+		default:
+		}
+		now := uint64(b.now().UnixNano())
+		n := 0
+		err := b.db.Update(func(tx *bolt.Tx) error {
+			n = 0
+			expiry := tx.Bucket(boltExpiry)
+			seen := tx.Bucket(boltSeen)
+			var expired [][]byte
+			c := expiry.Cursor()
+			for k, _ := c.First(); k != nil && len(expired) < b.sweepMax; k, _ = c.Next() {
+				if len(k) < 8 || binary.BigEndian.Uint64(k[:8]) > now {
+					break
+				}
+				expired = append(expired, bytes.Clone(k))
+			}
+			for _, k := range expired {
+				if err := expiry.Delete(k); err != nil {
+					return err
+				}
+				// the key may have been admitted again since: that
+				// marker is newer and stays
+				mk := k[8:]
+				if bytes.Equal(seen.Get(mk), k[:8]) {
+					if err := seen.Delete(mk); err != nil {
+						return err
+					}
+				}
+			}
+			n = len(expired)
+			return nil
+		})
+		total += n
+		if err != nil {
+			return total, b.storeErr(err)
+		}
+		if n < b.sweepMax {
+			return total, nil
+		}
+	}
+}
+
+// Entry encoding: a format byte, then ID, Key and the request fields as
+// length-prefixed strings, Received and Queued as Unix nanoseconds,
+// Attempts, LastStatus and LastError. Bodies are kept raw in their own
+// bucket, so recording an attempt or burying never rewrites them.
+
+func boltEncode(e *Entry) []byte {
+	n := 1 + 10*8 + len(e.ID) + len(e.Key) + len(e.Request.RawQuery) + len(e.Request.ContentType) +
+		len(e.Request.UserAgent) + len(e.Request.ForwardedFor) + len(e.LastError)
+	buf := make([]byte, 0, n)
+	buf = append(buf, boltEntryFormat)
+	for _, s := range []string{e.ID, e.Key, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor} {
+		buf = binary.AppendUvarint(buf, uint64(len(s)))
+		buf = append(buf, s...)
+	}
+	buf = binary.AppendVarint(buf, e.Received.UnixNano())
+	buf = binary.AppendVarint(buf, e.Queued.UnixNano())
+	buf = binary.AppendVarint(buf, int64(e.Attempts))
+	buf = binary.AppendVarint(buf, int64(e.LastStatus))
+	buf = binary.AppendUvarint(buf, uint64(len(e.LastError)))
+	buf = append(buf, e.LastError...)
+	return buf
+}
+
+var errBoltEntry = errors.New("malformed entry")
+
+// boltEntryID reads only the ID of an encoded entry, "" if it is malformed.
+func boltEntryID(v []byte) string {
+	if len(v) < 2 || v[0] != boltEntryFormat {
+		return ""
+	}
+	n, w := binary.Uvarint(v[1:])
+	if w <= 0 || uint64(len(v)-1-w) < n {
+		return ""
+	}
+	return string(v[1+w : 1+w+int(n)])
+}
+
+func boltDecode(v []byte) (*Entry, error) {
+	if len(v) < 1 || v[0] != boltEntryFormat {
+		return nil, errBoltEntry
+	}
+	d := boltDecoder{buf: v[1:]}
+	e := &Entry{
+		ID:  d.str(),
+		Key: d.str(),
+		Request: RequestMeta{
+			RawQuery:     d.str(),
+			ContentType:  d.str(),
+			UserAgent:    d.str(),
+			ForwardedFor: d.str(),
+		},
+	}
+	e.Received = time.Unix(0, d.varint())
+	e.Queued = time.Unix(0, d.varint())
+	e.Attempts = int(d.varint())
+	e.LastStatus = int(d.varint())
+	e.LastError = d.str()
+	if d.bad {
+		return nil, errBoltEntry
+	}
+	return e, nil
+}
+
+type boltDecoder struct {
+	buf []byte
+	bad bool
+}
+
+func (d *boltDecoder) str() string {
+	n, w := binary.Uvarint(d.buf)
+	if w <= 0 || uint64(len(d.buf)-w) < n {
+		d.bad = true
+		return ""
+	}
+	s := string(d.buf[w : w+int(n)])
+	d.buf = d.buf[w+int(n):]
+	return s
+}
+
+func (d *boltDecoder) varint() int64 {
+	v, w := binary.Varint(d.buf)
+	if w <= 0 {
+		d.bad = true
+		return 0
+	}
+	d.buf = d.buf[w:]
+	return v
+}
+
+// Interface guard
+var _ Store = (*Bolt)(nil)

@@ -1,0 +1,424 @@
+package dedupe_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/dedupe/storetest"
+)
+
+func openBolt(t testing.TB, path string, opts dedupe.Options) *dedupe.Bolt {
+	t.Helper()
+	s, err := dedupe.OpenBolt(path, opts)
+	if err != nil {
+		t.Fatalf("OpenBolt: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestBolt(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, opts dedupe.Options) dedupe.Store {
+		return openBolt(t, filepath.Join(t.TempDir(), "relay.db"), opts)
+	})
+}
+
+func TestBoltCreatesDirectory(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data", "webhook_relay", "default.db")
+	openBolt(t, path, dedupe.Options{Window: time.Hour})
+	fi, err := os.Stat(filepath.Dir(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o700 {
+		t.Errorf("directory mode %v, want 0700", perm)
+	}
+}
+
+// What a 200 promised is still there after the store is closed and opened
+// again: queued payloads (claims forgotten), dead letters, markers.
+func TestBoltReopen(t *testing.T) {
+	ctx := t.Context()
+	clock := storetest.NewClock()
+	opts := dedupe.Options{Window: time.Hour, MaxBacklog: 10, Now: clock.Now}
+	path := filepath.Join(t.TempDir(), "relay.db")
+	s := openBolt(t, path, opts)
+
+	admit := func(s dedupe.Store, key string) *dedupe.Entry {
+		t.Helper()
+		e := &dedupe.Entry{Key: key, Body: []byte(`{"k":"` + key + `"}`), Request: dedupe.RequestMeta{ContentType: "application/json"}}
+		if got, err := s.Admit(ctx, e); err != nil || got != dedupe.Accepted {
+			t.Fatalf("Admit(%s) = %v, %v", key, got, err)
+		}
+		return e
+	}
+	a, b, c := admit(s, "a"), admit(s, "b"), admit(s, "c")
+	claimed, err := s.Claim(ctx, 3)
+	if err != nil || len(claimed) != 3 {
+		t.Fatalf("Claim = %d, %v", len(claimed), err)
+	}
+	if err := s.Ack(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	claimed[1].Attempts, claimed[1].LastStatus, claimed[1].LastError = 4, 422, "unknown task"
+	if err := s.Bury(ctx, claimed[1]); err != nil {
+		t.Fatal(err)
+	}
+	// c stays claimed when the store closes
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	clock.Advance(time.Minute)
+	s = openBolt(t, path, opts)
+	st, err := s.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Backlog != 1 || st.Dead != 1 || !st.OldestQueued.Equal(c.Queued) {
+		t.Fatalf("Stats after reopen = %+v, want backlog 1, dead 1, oldest %v", st, c.Queued)
+	}
+	got, err := s.Claim(ctx, 10)
+	if err != nil || len(got) != 1 || got[0].ID != c.ID || !bytes.Equal(got[0].Body, c.Body) ||
+		got[0].Request != c.Request || !got[0].Received.Equal(c.Received) {
+		t.Fatalf("Claim after reopen = %+v, %v; want %s with its body", got, err, c.ID)
+	}
+	d, err := s.DeadEntry(ctx, b.ID)
+	if err != nil || !bytes.Equal(d.Body, b.Body) || d.Attempts != 4 || d.LastStatus != 422 || d.LastError != "unknown task" {
+		t.Fatalf("DeadEntry(%s) after reopen = %+v, %v", b.ID, d, err)
+	}
+	for _, k := range []string{"a", "b", "c"} {
+		if got, err := s.Admit(ctx, &dedupe.Entry{Key: k}); err != nil || got != dedupe.Duplicate {
+			t.Errorf("Admit(%s) after reopen = %v, %v; want duplicate", k, got, err)
+		}
+	}
+	e := admit(s, "d")
+	if e.ID <= c.ID {
+		t.Errorf("id %s after reopen does not sort after %s", e.ID, c.ID)
+	}
+	// the counts survive too: the bound still holds
+	for i := range 8 {
+		admit(s, "fill"+strconv.Itoa(i))
+	}
+	if _, err := s.Admit(ctx, &dedupe.Entry{Key: "over"}); !errors.Is(err, dedupe.ErrBacklogFull) {
+		t.Errorf("Admit past the bound after reopen = %v, want ErrBacklogFull", err)
+	}
+}
+
+// Under a steady stream of unique keys that are delivered, the file stops
+// growing: delivered payloads are deleted, expired markers swept, and bbolt
+// reuses the pages they held.
+func TestBoltSweepBoundsFileSize(t *testing.T) {
+	ctx := t.Context()
+	clock := storetest.NewClock()
+	const window = 10 * time.Minute
+	path := filepath.Join(t.TempDir(), "relay.db")
+	s := openBolt(t, path, dedupe.Options{Window: window, Now: clock.Now})
+	body := bytes.Repeat([]byte("x"), 300)
+
+	const rounds, perRound = 40, 500
+	sizes := make([]int64, rounds)
+	swept := 0
+	for r := range rounds {
+		// concurrently, as a relay under load does: commits are shared
+		inParallel(perRound, func(i int) {
+			e := &dedupe.Entry{Key: fmt.Sprintf("task-%d-%d", r, i), Body: body}
+			if got, err := s.Admit(ctx, e); err != nil || got != dedupe.Accepted {
+				t.Errorf("Admit = %v, %v", got, err)
+			}
+		})
+		es, err := s.Claim(ctx, perRound)
+		if err != nil || len(es) != perRound {
+			t.Fatalf("Claim = %d entries, %v; want %d", len(es), err, perRound)
+		}
+		inParallel(len(es), func(i int) {
+			if err := s.Ack(ctx, es[i].ID); err != nil {
+				t.Errorf("Ack: %v", err)
+			}
+		})
+		if t.Failed() {
+			t.FailNow()
+		}
+		// each round is a minute: markers live for ten rounds
+		clock.Advance(time.Minute)
+		n, err := s.Sweep(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		swept += n
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes[r] = fi.Size()
+	}
+	t.Logf("file size per round: %v; %d markers swept", sizes, swept)
+	if want := (rounds - 10) * perRound; swept < want {
+		t.Errorf("swept %d markers, want at least %d", swept, want)
+	}
+	// ten rounds of markers are alive at any time; after twice that the
+	// file must have stopped growing
+	if last, levelled := sizes[rounds-1], sizes[2*10]; last > levelled {
+		t.Errorf("file grew from %d to %d bytes between rounds 20 and %d: not levelling off", levelled, last, rounds)
+	}
+	// and what expired is forgotten: the key is accepted again
+	if got, err := s.Admit(ctx, &dedupe.Entry{Key: "task-0-0"}); err != nil || got != dedupe.Accepted {
+		t.Errorf("Admit of a swept key = %v, %v; want accepted", got, err)
+	}
+}
+
+// inParallel runs fn(0..n-1) on up to 64 goroutines and waits for them.
+func inParallel(n int, fn func(i int)) {
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for range min(n, 64) {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				fn(i)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// A re-admitted key keeps its new marker when the sweep meets the old one.
+func TestBoltSweepKeepsNewerMarker(t *testing.T) {
+	ctx := t.Context()
+	clock := storetest.NewClock()
+	s := openBolt(t, filepath.Join(t.TempDir(), "relay.db"), dedupe.Options{Window: time.Hour, Now: clock.Now})
+	if got, err := s.Admit(ctx, &dedupe.Entry{Key: "k"}); err != nil || got != dedupe.Accepted {
+		t.Fatal(got, err)
+	}
+	clock.Advance(time.Hour) // expired, not yet swept
+	if got, err := s.Admit(ctx, &dedupe.Entry{Key: "k"}); err != nil || got != dedupe.Accepted {
+		t.Fatal(got, err)
+	}
+	if n, err := s.Sweep(ctx); err != nil || n != 1 {
+		t.Fatalf("Sweep = %d, %v; want the old marker gone", n, err)
+	}
+	if got, err := s.Admit(ctx, &dedupe.Entry{Key: "k"}); err != nil || got != dedupe.Duplicate {
+		t.Fatalf("Admit after sweeping the old marker = %v, %v; want duplicate", got, err)
+	}
+}
+
+// A file that is not a readable bbolt database is an error naming it, and
+// nothing is written to it.
+func TestBoltCorruptFile(t *testing.T) {
+	for _, size := range []int{100, 4096, 64 << 10} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "relay.db")
+			garbage := make([]byte, size)
+			for i := range garbage {
+				garbage[i] = byte(i*31 + i>>7 + 1)
+			}
+			if err := os.WriteFile(path, garbage, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s, err := dedupe.OpenBolt(path, dedupe.Options{Window: time.Hour})
+			if err == nil {
+				_ = s.Close()
+				t.Fatal("OpenBolt opened a file of garbage")
+			}
+			if !strings.Contains(err.Error(), path) {
+				t.Errorf("error %q does not name the file", err)
+			}
+			t.Logf("error: %v", err)
+			after, rerr := os.ReadFile(path)
+			if rerr != nil || !bytes.Equal(after, garbage) {
+				t.Errorf("the file was changed (%d bytes, was %d; %v)", len(after), size, rerr)
+			}
+		})
+	}
+}
+
+// A bbolt file of some other program is refused, not adopted.
+func TestBoltForeignFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "other.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucket([]byte("users"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	s, err := dedupe.OpenBolt(path, dedupe.Options{Window: time.Hour})
+	if err == nil {
+		_ = s.Close()
+		t.Fatal("OpenBolt adopted another program's bbolt file")
+	}
+	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "not a webhook_relay store") {
+		t.Errorf("error %q does not name the file and say what is wrong", err)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Error("the file was changed")
+	}
+}
+
+// A file held by another opener (flock is per open file, so a second Open
+// in the same process is refused as another process would be) fails fast
+// with an error naming the file.
+func TestBoltLocked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "relay.db")
+	openBolt(t, path, dedupe.Options{Window: time.Hour})
+
+	start := time.Now()
+	s, err := dedupe.OpenBolt(path, dedupe.Options{Window: time.Hour})
+	took := time.Since(start)
+	if err == nil {
+		_ = s.Close()
+		t.Fatal("a second OpenBolt on the same file succeeded")
+	}
+	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "another process holds") {
+		t.Errorf("error %q does not name the file and say another process holds it", err)
+	}
+	if took > dedupe.BoltOpenTimeout+2*time.Second {
+		t.Errorf("the second OpenBolt took %s to fail, want about %s", took, dedupe.BoltOpenTimeout)
+	}
+}
+
+func TestBoltPathIsDirectory(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := dedupe.OpenBolt(dir, dedupe.Options{}); err == nil || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("OpenBolt(directory) = %v, want an error naming it", err)
+	}
+}
+
+func TestBoltIDsSortAsStrings(t *testing.T) {
+	s := openBolt(t, filepath.Join(t.TempDir(), "relay.db"), dedupe.Options{Window: time.Hour})
+	prev := ""
+	for i := range 150 { // past the 100s: a number width changes
+		e := &dedupe.Entry{Key: "k" + strconv.Itoa(i)}
+		if _, err := s.Admit(t.Context(), e); err != nil {
+			t.Fatal(err)
+		}
+		if e.ID <= prev {
+			t.Fatalf("id %q after %q does not sort after it", e.ID, prev)
+		}
+		prev = e.ID
+	}
+}
+
+// Keys longer than bbolt allows for a key are stored by their hash.
+func TestBoltLongKey(t *testing.T) {
+	s := openBolt(t, filepath.Join(t.TempDir(), "relay.db"), dedupe.Options{Window: time.Hour})
+	long := strings.Repeat("k", 64<<10)
+	for _, want := range []dedupe.Admission{dedupe.Accepted, dedupe.Duplicate} {
+		if got, err := s.Admit(t.Context(), &dedupe.Entry{Key: long}); err != nil || got != want {
+			t.Fatalf("Admit(64 KiB key) = %v, %v; want %v", got, err, want)
+		}
+	}
+	if got, err := s.Admit(t.Context(), &dedupe.Entry{Key: long + "x"}); err != nil || got != dedupe.Accepted {
+		t.Fatalf("Admit(other long key) = %v, %v; want accepted", got, err)
+	}
+}
+
+func BenchmarkBoltAdmit(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B) dedupe.Store {
+		return openBolt(b, filepath.Join(b.TempDir(), "relay.db"), dedupe.Options{Window: 24 * time.Hour})
+	})
+}
+
+// BenchmarkAdmit compares the stores side by side at 1, 16 and 64
+// concurrent admits and reports the admit (ack) latency p99 with the
+// throughput. RunParallel starts parallelism×GOMAXPROCS goroutines: run
+// with -cpu 1 for exactly that many, e.g.
+//
+//	go test -run '^$' -bench BenchmarkAdmit -cpu 1 ./dedupe/
+func BenchmarkAdmit(b *testing.B) {
+	stores := []struct {
+		name string
+		open func(b *testing.B) dedupe.Store
+	}{
+		{"memory", func(b *testing.B) dedupe.Store {
+			s := dedupe.NewMemory(dedupe.Options{Window: 24 * time.Hour})
+			b.Cleanup(func() { _ = s.Close() })
+			return s
+		}},
+		{"bolt", func(b *testing.B) dedupe.Store {
+			return openBolt(b, filepath.Join(b.TempDir(), "relay.db"), dedupe.Options{Window: 24 * time.Hour})
+		}},
+	}
+	for _, st := range stores {
+		for _, conc := range []int{1, 16, 64} {
+			b.Run(fmt.Sprintf("%s/concurrency=%d", st.name, conc), func(b *testing.B) {
+				b.SetParallelism(conc)
+				var h latencies
+				storetest.Bench(b, func(b *testing.B) dedupe.Store {
+					return timedStore{Store: st.open(b), h: &h}
+				})
+				b.ReportMetric(float64(h.quantile(0.99).Microseconds()), "p99-µs")
+			})
+		}
+	}
+}
+
+// timedStore records how long each Admit takes.
+type timedStore struct {
+	dedupe.Store
+	h *latencies
+}
+
+func (s timedStore) Admit(ctx context.Context, e *dedupe.Entry) (dedupe.Admission, error) {
+	start := time.Now()
+	a, err := s.Store.Admit(ctx, e)
+	s.h.add(time.Since(start))
+	return a, err
+}
+
+// latencies is a lock-free histogram with four buckets per power of two
+// (about 19% resolution), cheap enough not to disturb what it measures.
+type latencies struct{ n [64 * 4]atomic.Int64 }
+
+func (h *latencies) add(d time.Duration) {
+	h.n[bucketOf(uint64(max(d, 1)))].Add(1)
+}
+
+func bucketOf(ns uint64) int {
+	exp := bits.Len64(ns) - 1
+	if exp < 2 {
+		return int(ns)
+	}
+	return exp*4 + int(ns>>(exp-2)&3)
+}
+
+// quantile returns the upper bound of the bucket holding the q quantile.
+func (h *latencies) quantile(q float64) time.Duration {
+	var total int64
+	for i := range h.n {
+		total += h.n[i].Load()
+	}
+	want := int64(q * float64(total))
+	var seen int64
+	for i := range h.n {
+		seen += h.n[i].Load()
+		if seen > want || (seen == total && total > 0) {
+			exp, sub := i/4, i%4
+			if exp < 2 {
+				return time.Duration(i + 1)
+			}
+			return time.Duration((uint64(4+sub+1) << (exp - 2)))
+		}
+	}
+	return 0
+}

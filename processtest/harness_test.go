@@ -1,0 +1,426 @@
+// Package processtest runs the built Caddy binary (cmd/caddy, with
+// webhook_relay in it) as a separate process, to test what only a real
+// process shows: kill -9, graceful stop, a second process on the same files,
+// `caddy validate` next to a running instance.
+//
+// The harness, in this file, is meant to be reused (e.g. for tests with
+// several instances on one Redis):
+//
+//   - TestMain builds the binary once per `go test` run (caddyBinary).
+//   - NewInstance gives one Caddy "installation": its own HOME and XDG
+//     directories (so caddy.AppDataDir() is private to it), its own free
+//     HTTP and admin ports. Instances that should share data (a restart, a
+//     second process on the same files) share an Instance, or its Home.
+//   - Instance.Start writes the Caddyfile (global options for the admin
+//     port, no HTTPS, grace_period added by the harness) and runs
+//     `caddy run`, waiting until both the admin endpoint and the HTTP port
+//     answer. Process.Kill is SIGKILL, Process.Stop is SIGTERM and waits.
+//     Each process's stderr goes to a file that is printed if the test fails.
+//   - NewUpstream is a recording upstream on 127.0.0.1 that can be stopped
+//     and started again on the same port, answers a chosen status after a
+//     chosen delay, and counts deliveries by Idempotency-Key.
+//
+// Nothing here sleeps for correctness: waits poll with deadlines (Eventually).
+package processtest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// caddyBinary is the path of the Caddy built by TestMain.
+var caddyBinary string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "processtest-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "processtest:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	caddyBinary = filepath.Join(dir, "caddy")
+	// the module root is the parent of this package's directory
+	build := exec.Command("go", "build", "-o", caddyBinary, "./cmd/caddy")
+	build.Dir = ".."
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "processtest: building caddy:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Eventually polls cond every 20ms until it is true or timeout passes, then
+// fails the test with the message.
+func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: "+format, append([]any{timeout}, args...)...)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Instance is one Caddy installation: a private home and data directory
+// and a pair of ports. Start it, stop or kill it, start it again: the data
+// directory stays.
+type Instance struct {
+	t         testing.TB
+	Home      string // HOME; XDG_DATA_HOME is Home/data, XDG_CONFIG_HOME Home/config
+	HTTPPort  int
+	AdminPort int
+	// GracePeriod is Caddy's grace_period global option: how long the HTTP
+	// servers wait for running requests at shutdown. Default 2s.
+	GracePeriod time.Duration
+
+	runs atomic.Int32
+}
+
+// NewInstance makes an instance with fresh directories and free ports.
+func NewInstance(t testing.TB) *Instance {
+	return &Instance{
+		t:           t,
+		Home:        t.TempDir(),
+		HTTPPort:    FreePort(t),
+		AdminPort:   FreePort(t),
+		GracePeriod: 2 * time.Second,
+	}
+}
+
+// DataDir is what caddy.AppDataDir() is in this instance's processes.
+func (in *Instance) DataDir() string { return filepath.Join(in.Home, "data", "caddy") }
+
+// URL is the instance's HTTP address plus path.
+func (in *Instance) URL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", in.HTTPPort, path)
+}
+
+// Env is the environment Caddy runs with: the host's, with HOME and the XDG
+// directories moved into the instance.
+func (in *Instance) Env() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		switch strings.SplitN(kv, "=", 2)[0] {
+		case "HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env,
+		"HOME="+in.Home,
+		"XDG_DATA_HOME="+filepath.Join(in.Home, "data"),
+		"XDG_CONFIG_HOME="+filepath.Join(in.Home, "config"),
+		"XDG_CACHE_HOME="+filepath.Join(in.Home, "cache"),
+	)
+}
+
+// WriteCaddyfile writes the global options the harness needs followed by
+// sites, and returns the file's path. Sites use {http_port} for the
+// instance's HTTP port.
+func (in *Instance) WriteCaddyfile(sites string) string {
+	in.t.Helper()
+	n := in.runs.Add(1)
+	cfg := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period %s\n}\n\n%s\n",
+		in.AdminPort, in.GracePeriod, strings.ReplaceAll(sites, "{http_port}", fmt.Sprint(in.HTTPPort)))
+	path := filepath.Join(in.Home, fmt.Sprintf("Caddyfile.%d", n))
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		in.t.Fatal(err)
+	}
+	return path
+}
+
+// Process is one running `caddy run`.
+type Process struct {
+	t      testing.TB
+	in     *Instance
+	cmd    *exec.Cmd
+	Stderr string // file holding the process's stderr (Caddy's log)
+
+	exited  chan struct{}
+	waitErr error
+}
+
+// Start runs `caddy run` with sites (see WriteCaddyfile) and waits until it
+// answers on its admin and HTTP ports. The process is killed when the test
+// ends, and its log printed if the test failed.
+func (in *Instance) Start(sites string) *Process {
+	in.t.Helper()
+	p := in.Spawn("run", "--config", in.WriteCaddyfile(sites), "--adapter", "caddyfile")
+	p.WaitReady(30 * time.Second)
+	return p
+}
+
+// Spawn runs the caddy binary with args in the instance's environment and
+// returns at once.
+func (in *Instance) Spawn(args ...string) *Process {
+	in.t.Helper()
+	t := in.t
+	stderrPath := filepath.Join(in.Home, fmt.Sprintf("caddy-%d-%s.log", in.runs.Add(1), args[0]))
+	f, err := os.Create(stderrPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(caddyBinary, args...)
+	cmd.Env = in.Env()
+	cmd.Dir = in.Home
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		t.Fatalf("starting caddy %s: %v", strings.Join(args, " "), err)
+	}
+	p := &Process{t: t, in: in, cmd: cmd, Stderr: stderrPath, exited: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		f.Close()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() {
+			t.Logf("caddy %s, pid %d, log %s:\n%s", strings.Join(args, " "), cmd.Process.Pid, stderrPath, p.Log())
+		}
+	})
+	return p
+}
+
+// Log returns what the process wrote to stderr and stdout so far.
+func (p *Process) Log() string {
+	b, _ := os.ReadFile(p.Stderr)
+	return string(b)
+}
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// Wait waits up to timeout for the process to exit and returns its exit
+// error (nil for status 0); it fails the test on timeout.
+func (p *Process) Wait(timeout time.Duration) error {
+	p.t.Helper()
+	select {
+	case <-p.exited:
+		return p.waitErr
+	case <-time.After(timeout):
+		p.t.Fatalf("caddy (pid %d) still running after %s", p.cmd.Process.Pid, timeout)
+		return nil
+	}
+}
+
+// WaitReady waits until the admin endpoint answers /config/ and the HTTP
+// port accepts connections, failing early if the process exits.
+func (p *Process) WaitReady(timeout time.Duration) {
+	p.t.Helper()
+	admin := fmt.Sprintf("http://127.0.0.1:%d/config/", p.in.AdminPort)
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", p.in.HTTPPort)
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(timeout)
+	for {
+		if p.Exited() {
+			p.t.Fatalf("caddy exited before it was ready (%v):\n%s", p.waitErr, p.Log())
+		}
+		if resp, err := client.Get(admin); err == nil {
+			resp.Body.Close()
+			if c, err := net.DialTimeout("tcp", httpAddr, time.Second); err == nil && resp.StatusCode == http.StatusOK {
+				c.Close()
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("caddy not ready after %s:\n%s", timeout, p.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Kill sends SIGKILL (kill -9) and waits for the process to be gone.
+func (p *Process) Kill() {
+	if p.Exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// Stop sends SIGTERM (a graceful stop), waits up to timeout for the exit
+// and returns how long it took.
+func (p *Process) Stop(timeout time.Duration) time.Duration {
+	p.t.Helper()
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !p.Exited() {
+		p.t.Fatalf("SIGTERM: %v", err)
+	}
+	if err := p.Wait(timeout); err != nil {
+		p.t.Logf("caddy exited after SIGTERM with %v", err)
+	}
+	return time.Since(start)
+}
+
+// Post sends body to url and returns the status and response body.
+func Post(t testing.TB, url, body string) (int, string) {
+	t.Helper()
+	resp, err := httpClient.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(bytes.TrimSpace(b))
+}
+
+var httpClient = &http.Client{Timeout: 15 * time.Second}
+
+// Upstream is a recording webhook receiver on 127.0.0.1 that can be stopped
+// and started again on the same port.
+type Upstream struct {
+	t    testing.TB
+	Port int
+
+	status atomic.Int32 // status to answer
+	delay  atomic.Int64 // how long to take before answering
+
+	mu        sync.Mutex
+	srv       *http.Server
+	delivered map[string]int // Idempotency-Key -> 2xx answers written
+	attempts  int
+	inFlight  int
+}
+
+// NewUpstream makes an upstream on a free port (port 0) or the given one,
+// not yet started. It answers 200 at once until told otherwise.
+func NewUpstream(t testing.TB, port int) *Upstream {
+	if port == 0 {
+		port = FreePort(t)
+	}
+	u := &Upstream{t: t, Port: port, delivered: make(map[string]int)}
+	u.status.Store(http.StatusOK)
+	t.Cleanup(u.Stop)
+	return u
+}
+
+// URL is the upstream's address plus path.
+func (u *Upstream) URL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", u.Port, path)
+}
+
+// Answer sets the status the upstream answers with.
+func (u *Upstream) Answer(status int) { u.status.Store(int32(status)) }
+
+// Delay makes every answer take d.
+func (u *Upstream) Delay(d time.Duration) { u.delay.Store(int64(d)) }
+
+// Start listens on the upstream's port (again).
+func (u *Upstream) Start() {
+	u.t.Helper()
+	var ln net.Listener
+	var err error
+	// the port may linger for a moment after Stop
+	Eventually(u.t, 5*time.Second, func() bool {
+		ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", u.Port))
+		return err == nil
+	}, "cannot listen on upstream port %d again", u.Port)
+	srv := &http.Server{Handler: http.HandlerFunc(u.serve)}
+	u.mu.Lock()
+	u.srv = srv
+	u.mu.Unlock()
+	go func() { _ = srv.Serve(ln) }()
+}
+
+// Stop closes the listener and every connection at once.
+func (u *Upstream) Stop() {
+	u.mu.Lock()
+	srv := u.srv
+	u.srv = nil
+	u.mu.Unlock()
+	if srv != nil {
+		_ = srv.Close()
+	}
+}
+
+func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	key := r.Header.Get("Idempotency-Key")
+	u.mu.Lock()
+	u.attempts++
+	u.inFlight++
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		u.inFlight--
+		u.mu.Unlock()
+	}()
+	if d := time.Duration(u.delay.Load()); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return // the relay gave up on this attempt: not delivered
+		}
+	}
+	status := int(u.status.Load())
+	w.WriteHeader(status)
+	if status/100 == 2 {
+		u.mu.Lock()
+		u.delivered[key]++
+		u.mu.Unlock()
+	}
+}
+
+// Delivered returns how many times each Idempotency-Key was answered 2xx.
+func (u *Upstream) Delivered() map[string]int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	out := make(map[string]int, len(u.delivered))
+	for k, n := range u.delivered {
+		out[k] = n
+	}
+	return out
+}
+
+// Attempts returns how many requests reached the upstream, and how many are
+// being answered right now.
+func (u *Upstream) Attempts() (total, inFlight int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.attempts, u.inFlight
+}
+
+// errExit reports whether err is a process exit with a non-zero status.
+func errExit(err error) bool {
+	var ee *exec.ExitError
+	return errors.As(err, &ee) && !ee.Success()
+}

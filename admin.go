@@ -103,6 +103,9 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		return writeJSON(w, http.StatusOK, map[string]string{"deleted": parts[2]})
 	}
+	if len(parts) >= 2 && len(parts) <= 3 && parts[1] == "dead" {
+		return apiError(http.StatusMethodNotAllowed, "method not allowed here; see the README's admin API section")
+	}
 	return apiError(http.StatusNotFound, "unknown route; see the README's admin API section")
 }
 

@@ -173,6 +173,7 @@ func (h *Relay) Provision(ctx caddy.Context) error {
 		Backoff:     delivery.Backoff{Initial: time.Duration(h.BackoffInitial), Max: time.Duration(h.BackoffMax)},
 		GiveUpAfter: time.Duration(h.GiveUpAfter),
 		HeaderUp:    headerUp,
+		Logger:      h.logger.With(zap.String("relay", h.Name)),
 	}
 
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {

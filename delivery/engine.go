@@ -34,6 +34,9 @@ type Settings struct {
 	GiveUpAfter time.Duration
 	// HeaderUp are extra headers on every forwarded request.
 	HeaderUp http.Header
+	// Logger, if set, replaces Config.Logger: each config has its own log
+	// outputs, and the engine follows the newest.
+	Logger *zap.Logger
 }
 
 // Result names used for observers and metrics.
@@ -171,7 +174,6 @@ type result struct {
 
 func (e *Engine) run() {
 	defer close(e.done)
-	log := e.cfg.Logger
 	holding := make(map[string]*held)
 	var due dueQueue
 	running := 0
@@ -198,6 +200,7 @@ func (e *Engine) run() {
 
 	for {
 		s := e.settings.Load()
+		log := e.logger(s)
 		limit := 4 * s.Concurrency
 		if lookForMore && len(holding) < limit {
 			want := limit - len(holding)
@@ -278,7 +281,7 @@ func (e *Engine) drain(running int, holding map[string]*held, finish func(result
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	if err := e.cfg.Store.Release(ctx, ids); err != nil {
-		e.cfg.Logger.Warn("cannot release queued payloads at shutdown; they are delivered after their claims expire",
+		e.logger(e.settings.Load()).Warn("cannot release queued payloads at shutdown; they are delivered after their claims expire",
 			zap.Int("count", len(ids)), zap.Error(err))
 	}
 }
@@ -287,7 +290,7 @@ func (e *Engine) drain(running int, holding map[string]*held, finish func(result
 // reports to the loop.
 func (e *Engine) deliver(s *Settings, h *held) {
 	ent := h.entry
-	log := e.cfg.Logger
+	log := e.logger(s)
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	retryIn := func() time.Time {
@@ -352,6 +355,14 @@ func (e *Engine) deliver(s *Settings, h *held) {
 			zap.String("reason", o.reason), zap.Time("next", next))
 		e.results <- result{h: h, next: next}
 	}
+}
+
+// logger is the newest config's logger.
+func (e *Engine) logger(s *Settings) *zap.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return e.cfg.Logger
 }
 
 func (e *Engine) observe(result string, took time.Duration) {

@@ -1,0 +1,498 @@
+// Command bench measures webhook_relay inside a real Caddy against plain
+// Caddy baselines, and checks that every acknowledged payload is delivered.
+//
+//	go run ./bench [-duration 10s] [-connections 64] [-rounds 3] [-targets respond,memory,...]
+//
+// It builds ./cmd/caddy, starts a counting upstream in-process, a private
+// redis-server, and one Caddy process with one site per target, then drives
+// closed-loop POST load at each target in turn, round after round, all on
+// 127.0.0.1. See the README's Performance section.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+)
+
+const secret = "bench-secret"
+
+// target is one site in the Caddyfile and one row of the table.
+type target struct {
+	name     string
+	group    string // burst | sustained
+	baseline string // the group's baseline target
+	store    string // the relay's store; "" when the target is no relay
+	live     bool   // the relay delivers to the counting upstream
+	setup    string // for the table
+
+	port   int
+	runs   []result
+	acked  []uint64 // payload ids answered 200, over all rounds
+	drains []time.Duration
+	rates  []float64 // payloads acknowledged AND delivered per second, per round
+	cpu    []cpuCost
+}
+
+// cpuCost is the CPU time Caddy and redis-server spent per request in one
+// run, delivery of a live relay's payloads included.
+type cpuCost struct{ caddy, redis time.Duration }
+
+func targets() []*target {
+	return []*target{
+		{name: "respond", group: "burst", setup: "`respond 200`"},
+		{name: "memory", group: "burst", baseline: "respond", store: "memory", setup: "relay, store memory, upstream down"},
+		{name: "bolt", group: "burst", baseline: "respond", store: "bolt", setup: "relay, store bolt, upstream down"},
+		{name: "redis", group: "burst", baseline: "respond", store: "redis", setup: "relay, store redis, upstream down"},
+		{name: "proxy", group: "sustained", setup: "`reverse_proxy` to the upstream"},
+		{name: "memory-live", group: "sustained", baseline: "proxy", store: "memory", live: true, setup: "relay, store memory, delivering"},
+		{name: "bolt-live", group: "sustained", baseline: "proxy", store: "bolt", live: true, setup: "relay, store bolt, delivering"},
+		{name: "redis-live", group: "sustained", baseline: "proxy", store: "redis", live: true, setup: "relay, store redis, delivering"},
+	}
+}
+
+// env is what the site blocks point at.
+type env struct {
+	dir       string
+	upstream  string // host:port of the counting upstream
+	deadPort  int    // nothing listens here
+	redisPort int
+}
+
+func (t *target) url() string {
+	return fmt.Sprintf("http://127.0.0.1:%d/hooks/%s?token=%s", t.port, t.name, secret)
+}
+
+// upPath is where a live relay's deliveries land at the counting upstream.
+func (t *target) upPath() string { return "/" + t.name }
+
+func (t *target) site(e env) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, ":%d {\n\tbind 127.0.0.1\n", t.port)
+	switch {
+	case t.name == "respond":
+		b.WriteString("\trespond 200\n")
+	case t.name == "proxy":
+		fmt.Fprintf(&b, "\treverse_proxy %s\n", e.upstream)
+	default:
+		up := fmt.Sprintf("http://127.0.0.1:%d%s", e.deadPort, t.upPath())
+		if t.live {
+			up = "http://" + e.upstream + t.upPath()
+		}
+		fmt.Fprintf(&b, "\twebhook_relay %s {\n\t\tname %s\n\t\tauth_query token %s\n", up, t.name, secret)
+		switch t.store {
+		case "memory":
+			b.WriteString("\t\tstore memory\n")
+		case "bolt":
+			fmt.Fprintf(&b, "\t\tstore bolt %s\n", filepath.Join(e.dir, t.name+".db"))
+		case "redis":
+			fmt.Fprintf(&b, "\t\tstore redis redis://127.0.0.1:%d\n", e.redisPort)
+		}
+		if !t.live {
+			b.WriteString("\t\tmax_backlog 10000000\n") // a burst must never 503
+		}
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+func globalOptions(adminPort int) string {
+	return fmt.Sprintf("{\n\tadmin localhost:%d\n\tauto_https off\n\tgrace_period 5s\n\tpersist_config off\n}\n\n", adminPort)
+}
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	duration := flag.Duration("duration", 10*time.Second, "measured load time per target per round")
+	warmup := flag.Duration("warmup", time.Second, "unmeasured load before each measurement")
+	conns := flag.Int("connections", 64, "keep-alive connections (closed-loop workers)")
+	rounds := flag.Int("rounds", 3, "rounds; each round runs every target once, in turn")
+	names := flag.String("targets", "respond,memory,bolt,redis,proxy,bolt-live,redis-live", "targets to run, comma separated (memory-live is also available)")
+	drainTimeout := flag.Duration("drain-timeout", 60*time.Second, "how long to wait for a live relay to deliver everything")
+	profile := flag.Bool("pprof", false, "CPU-profile Caddy through its admin endpoint during round 1 of each target (keeps the temp dir)")
+	flag.Parse()
+	if *duration <= 0 || *conns <= 0 || *rounds <= 0 {
+		fmt.Fprintln(os.Stderr, "-duration, -connections and -rounds must be positive")
+		return 2
+	}
+
+	all := targets()
+	chosen := map[string]bool{}
+	for n := range strings.SplitSeq(*names, ",") {
+		n = strings.TrimSpace(n)
+		if !slices.ContainsFunc(all, func(t *target) bool { return t.name == n }) {
+			fmt.Fprintf(os.Stderr, "unknown target %q; known: respond,memory,bolt,redis,proxy,memory-live,bolt-live,redis-live\n", n)
+			return 2
+		}
+		chosen[n] = true
+	}
+	var active []*target // in the table's order, whatever the flag's
+	for _, t := range all {
+		if chosen[t.name] {
+			active = append(active, t)
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	dir, err := os.MkdirTemp("", "webhook-relay-bench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	if !*profile {
+		defer os.RemoveAll(dir)
+	}
+	fail := func(format string, args ...any) int {
+		fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+		return 2
+	}
+
+	fmt.Fprintln(os.Stderr, "building ./cmd/caddy ...")
+	bin, err := buildCaddy(dir)
+	if err != nil {
+		return fail("%v", err)
+	}
+	fmt.Printf("machine: %d CPUs, %s, %s, %s/%s\n", runtime.NumCPU(), cpuModel(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Printf("caddy: %s\n", commandOutput(bin, "version"))
+
+	up, err := startUpstream()
+	if err != nil {
+		return fail("upstream: %v", err)
+	}
+	defer up.close()
+
+	e := env{dir: dir, upstream: up.addr}
+	if e.deadPort, err = freePort(); err != nil {
+		return fail("%v", err)
+	}
+	var redis *proc
+	if slices.ContainsFunc(active, func(t *target) bool { return t.store == "redis" }) {
+		var port int
+		redis, port, err = startRedis(dir)
+		if err != nil {
+			return fail("%v", err)
+		}
+		defer redis.stop(10 * time.Second)
+		e.redisPort = port
+		fmt.Printf("redis: %s\n", commandOutput("redis-server", "--version"))
+	}
+	adminPort, err := freePort()
+	if err != nil {
+		return fail("%v", err)
+	}
+
+	// Check each site on its own, so a store that is not built yet skips
+	// its targets instead of failing the run.
+	var sites strings.Builder
+	var ports []int
+	ok := active[:0:0]
+	for _, t := range active {
+		if t.port, err = freePort(); err != nil {
+			return fail("%v", err)
+		}
+		cf := globalOptions(adminPort) + t.site(e)
+		path := filepath.Join(dir, "check-"+t.name+".Caddyfile")
+		if err := os.WriteFile(path, []byte(cf), 0o644); err != nil {
+			return fail("%v", err)
+		}
+		if err := validateCaddyfile(bin, dir, path); err != nil {
+			if t.store == "" {
+				return fail("target %s does not validate: %v", t.name, err)
+			}
+			fmt.Printf("SKIPPING %s: `store %s` does not work in this build yet: %v\n", t.name, t.store, err)
+			continue
+		}
+		ok = append(ok, t)
+		sites.WriteString(t.site(e) + "\n")
+		ports = append(ports, t.port)
+	}
+	active = ok
+	if len(active) == 0 {
+		return fail("no target left to run")
+	}
+	caddyfile := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(caddyfile, []byte(globalOptions(adminPort)+sites.String()), 0o644); err != nil {
+		return fail("%v", err)
+	}
+	caddy, err := startCaddy(bin, dir, caddyfile, adminPort, ports)
+	if err != nil {
+		return fail("%v", err)
+	}
+	defer caddy.stop(20 * time.Second)
+
+	fmt.Printf("load: %d keep-alive connections, closed loop, %s warm-up + %s measured per target per round, %d rounds, ~%d-byte bodies\n\n",
+		*conns, *warmup, *duration, *rounds, len((&payloads{}).body(1)))
+
+	gen := &payloads{run: rand.Uint32()}
+	for r := range *rounds {
+		for _, t := range active {
+			if ctx.Err() != nil {
+				return fail("interrupted")
+			}
+			var profDone chan struct{}
+			if *profile && r == 0 {
+				profDone = make(chan struct{})
+				go func() {
+					defer close(profDone)
+					saveProfile(ctx, adminPort, *warmup, *duration, filepath.Join(dir, "pprof", t.name+".pprof"))
+				}()
+			}
+			caddy0, redis0 := caddy.cpuTime(), redis.cpuTime()
+			res := runLoad(ctx, t.url(), *conns, *warmup, *duration, gen)
+			if t.name == "proxy" {
+				t.rates = append(t.rates, float64(res.total)/res.elapsed.Seconds())
+			}
+			if profDone != nil {
+				<-profDone
+			}
+			t.runs = append(t.runs, res)
+			line := fmt.Sprintf("round %d/%d %-10s %8.0f req/s  p50 %s  p99 %s  non-200 %d  errors %d",
+				r+1, *rounds, t.name, res.rps(), ms(res.pct(0.50)), ms(res.pct(0.99)), res.non200, res.errors)
+			if t.live {
+				// Let the relay catch up before the next target runs, so
+				// its deliveries do not eat the next target's CPU.
+				t.acked = append(t.acked, res.acked...)
+				d := waitDistinct(ctx, up, t.upPath(), len(t.acked), *drainTimeout)
+				t.drains = append(t.drains, d)
+				t.rates = append(t.rates, float64(res.total)/(res.elapsed+d).Seconds())
+				line += fmt.Sprintf("  drained in %.1fs", d.Seconds())
+			}
+			if res.total > 0 {
+				c := cpuCost{(caddy.cpuTime() - caddy0) / time.Duration(res.total), (redis.cpuTime() - redis0) / time.Duration(res.total)}
+				t.cpu = append(t.cpu, c)
+				line += "  CPU/req " + c.String(t.store == "redis")
+			}
+			fmt.Println(line)
+		}
+	}
+
+	printTable(active)
+	if *profile {
+		fmt.Printf("\nCPU profiles (round 1): %s\n  go tool pprof -top %s %s\n", filepath.Join(dir, "pprof"), bin, filepath.Join(dir, "pprof", "<target>.pprof"))
+	}
+	return checkDelivery(ctx, active, up, gen, *drainTimeout)
+}
+
+func printTable(active []*target) {
+	byName := map[string]*target{}
+	for _, t := range active {
+		byName[t.name] = t
+	}
+	fmt.Println()
+	fmt.Println("| target | setup | req/s | p50 | p99 | delivered/s | vs baseline | CPU/req | non-200 | drain |")
+	fmt.Println("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+	for _, t := range active {
+		// Burst rows compare acknowledgements per second; sustained rows
+		// compare payloads acknowledged and delivered per second.
+		rps := median(t.runs, func(r result) float64 { return r.rps() })
+		rate, delivered := rps, ""
+		if t.group == "sustained" {
+			rate = medianOf(t.rates)
+			delivered = fmt.Sprintf("%.0f", rate)
+		}
+		ratio := "baseline"
+		if t.baseline != "" {
+			ratio = "-"
+			if b := byName[t.baseline]; b != nil {
+				base := median(b.runs, func(r result) float64 { return r.rps() })
+				if t.group == "sustained" {
+					base = medianOf(b.rates)
+				}
+				ratio = fmt.Sprintf("%.2f", rate/base)
+			}
+		}
+		non200 := 0
+		for _, r := range t.runs {
+			non200 += r.non200 + r.errors
+		}
+		drain := ""
+		if t.live {
+			ds := make([]float64, len(t.drains))
+			for i, d := range t.drains {
+				ds[i] = d.Seconds()
+			}
+			slices.Sort(ds)
+			drain = fmt.Sprintf("%.1f s", ds[len(ds)/2])
+		}
+		var cpu cpuCost
+		if len(t.cpu) > 0 {
+			slices.SortFunc(t.cpu, func(a, b cpuCost) int { return int(a.caddy + a.redis - b.caddy - b.redis) })
+			cpu = t.cpu[len(t.cpu)/2]
+		}
+		fmt.Printf("| %s | %s | %.0f | %s | %s | %s | %s | %s | %d | %s |\n", t.name, t.setup, rps,
+			ms(time.Duration(median(t.runs, func(r result) float64 { return float64(r.pct(0.50)) }))),
+			ms(time.Duration(median(t.runs, func(r result) float64 { return float64(r.pct(0.99)) }))),
+			delivered, ratio, cpu.String(t.store == "redis"), non200, drain)
+	}
+}
+
+// checkDelivery waits until every payload a live relay acknowledged reached
+// the upstream, then reports; 1 if any is missing.
+func checkDelivery(ctx context.Context, active []*target, up *upstream, gen *payloads, timeout time.Duration) int {
+	keyer, err := dedupe.NewKeyer([]string{"runware"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	code := 0
+	header := false
+	for _, t := range active {
+		if !t.live {
+			continue
+		}
+		if !header {
+			fmt.Println("\ndelivery (sustained relays):")
+			fmt.Println("| target | acknowledged | delivered | duplicates | missing | unexpected |")
+			fmt.Println("|---|--:|--:|--:|--:|--:|")
+			header = true
+		}
+		want := make(map[string]bool, len(t.acked))
+		for _, id := range t.acked {
+			k, err := keyer.Key(nil, nil, gen.body(id))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 2
+			}
+			want[k] = true
+		}
+		var got map[string]int
+		deadline := time.Now().Add(timeout)
+		for {
+			got = up.counts(t.upPath())
+			if allIn(want, got) || time.Now().After(deadline) || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		delivered, dups, unexpected := 0, 0, 0
+		for k := range want {
+			if got[k] > 0 {
+				delivered++
+			}
+		}
+		for k, n := range got {
+			if n > 1 {
+				dups++
+			}
+			if !want[k] {
+				unexpected++ // delivered without a 200 seen by the client, e.g. a client timeout
+			}
+		}
+		missing := len(want) - delivered
+		if missing > 0 {
+			code = 1
+		}
+		fmt.Printf("| %s | %d | %d | %d | %d | %d |\n", t.name, len(want), delivered, dups, missing, unexpected)
+	}
+	if code != 0 {
+		fmt.Println("\nFAIL: acknowledged payloads never reached the upstream")
+	}
+	return code
+}
+
+func allIn(want map[string]bool, got map[string]int) bool {
+	if len(got) < len(want) {
+		return false
+	}
+	for k := range want {
+		if got[k] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// waitDistinct waits until n distinct keys reached path, at most timeout,
+// and returns how long that took.
+func waitDistinct(ctx context.Context, up *upstream, path string, n int, timeout time.Duration) time.Duration {
+	start := time.Now()
+	for up.distinct(path) < n && time.Since(start) < timeout && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// saveProfile fetches a CPU profile of Caddy covering the measured window.
+func saveProfile(ctx context.Context, adminPort int, warmup, window time.Duration, path string) {
+	select {
+	case <-time.After(warmup):
+	case <-ctx.Done():
+		return
+	}
+	secs := max(1, int(window/time.Second))
+	url := fmt.Sprintf("http://localhost:%d/debug/pprof/profile?seconds=%d", adminPort, secs)
+	client := &http.Client{Timeout: time.Duration(secs)*time.Second + 15*time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pprof: %v\n", err)
+		return
+	}
+	defer resp.Body.Close()
+	_ = os.MkdirAll(filepath.Dir(path), 0o755)
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pprof: %v\n", err)
+		return
+	}
+	defer f.Close()
+	_, _ = io.Copy(f, resp.Body)
+}
+
+func median(runs []result, f func(result) float64) float64 {
+	v := make([]float64, len(runs))
+	for i, r := range runs {
+		v[i] = f(r)
+	}
+	return medianOf(v)
+}
+
+func medianOf(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if len(v)%2 == 0 {
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return v[len(v)/2]
+}
+
+func (c cpuCost) String(withRedis bool) string {
+	s := fmt.Sprintf("%.0f µs", float64(c.caddy)/float64(time.Microsecond))
+	if withRedis {
+		s += fmt.Sprintf(" + %.0f µs redis", float64(c.redis)/float64(time.Microsecond))
+	}
+	return s
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}

@@ -6,6 +6,7 @@ package delivery
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"net/http"
 	"net/url"
 	"sync/atomic"
@@ -163,6 +164,9 @@ type held struct {
 	due   time.Time
 	// acked means the upstream took it and only the store's Ack is left.
 	acked bool
+	// leaving is set while the entry's Ack or Bury runs: its claim must not
+	// be extended any more.
+	leaving atomic.Bool
 }
 
 // result is what a finished attempt reports to the loop.
@@ -249,12 +253,21 @@ func (e *Engine) run() {
 		case <-lease.C:
 			if len(holding) > 0 {
 				ids := make([]string, 0, len(holding))
-				for id := range holding {
-					ids = append(ids, id)
+				for id, h := range holding {
+					if !h.leaving.Load() {
+						ids = append(ids, id)
+					}
 				}
 				ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
 				if err := e.cfg.Store.Extend(ctx, ids); err != nil && e.ctx.Err() == nil {
-					log.Warn("cannot extend claims on queued payloads", zap.Int("count", len(ids)), zap.Error(err))
+					// Not found: finished meanwhile, or (shared stores) taken
+					// over by another process after a stall; the upstream may
+					// then see it twice, with the same Idempotency-Key.
+					level := zap.WarnLevel
+					if errors.Is(err, dedupe.ErrNotFound) {
+						level = zap.DebugLevel
+					}
+					log.Log(level, "cannot extend claims on queued payloads", zap.Int("count", len(ids)), zap.Error(err))
 				}
 				cancel()
 			}
@@ -298,7 +311,9 @@ func (e *Engine) deliver(s *Settings, h *held) {
 	}
 
 	if h.acked {
+		h.leaving.Store(true)
 		if err := e.cfg.Store.Ack(ctx, ent.ID); err != nil {
+			h.leaving.Store(false)
 			e.results <- result{h: h, next: retryIn()}
 			return
 		}
@@ -317,6 +332,9 @@ func (e *Engine) deliver(s *Settings, h *held) {
 		ent.LastError = "gave up after " + s.GiveUpAfter.String() + "; last attempt: " + o.reason
 	}
 
+	if o.verdict != retry {
+		h.leaving.Store(true)
+	}
 	switch o.verdict {
 	case delivered:
 		e.observe(ResultSuccess, took)
@@ -324,6 +342,7 @@ func (e *Engine) deliver(s *Settings, h *held) {
 			log.Error("payload delivered but the store could not remove it; it may be delivered again",
 				zap.String("id", ent.ID), zap.Error(err))
 			h.acked = true
+			h.leaving.Store(false)
 			e.results <- result{h: h, next: retryIn()}
 			return
 		}
@@ -333,6 +352,7 @@ func (e *Engine) deliver(s *Settings, h *held) {
 		e.observe(ResultDead, took)
 		if err := e.cfg.Store.Bury(ctx, ent); err != nil {
 			log.Error("cannot move payload to the dead letters; it stays queued", zap.String("id", ent.ID), zap.Error(err))
+			h.leaving.Store(false)
 			e.results <- result{h: h, next: retryIn()}
 			return
 		}

@@ -302,10 +302,16 @@ func (r *Redis) admitBatched(ctx context.Context, keys []string, args []any) ([]
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	// once handed over, the admit may run: wait for its outcome rather than
-	// report a failure for a payload that ends up stored
-	<-req.done
-	return req.res, req.err
+	// Once handed over the admit may run even if we stop waiting. Past the
+	// caller's deadline the sender gets a 503 all the same: if the payload
+	// was stored after all, its retry is answered "duplicate" and nothing is
+	// lost, while an answer that never comes makes every sender time out.
+	select {
+	case <-req.done:
+		return req.res, req.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("redis store: no answer before the admit deadline: %w", ctx.Err())
+	}
 }
 
 func (r *Redis) admitter() {
@@ -350,8 +356,10 @@ func (r *Redis) runAdmits(batch []*admitReq) {
 				cmds[i] = admitScript.EvalSha(req.ctx, pipe, req.keys, req.args...)
 			}
 		}
-		// bounded by the client's read and write timeouts
-		_, _ = pipe.Exec(context.Background())
+		// bounded by the client's timeouts and by the batch's deadline
+		ctx, cancel := batchContext(batch)
+		defer cancel()
+		_, _ = pipe.Exec(ctx)
 		return cmds
 	}
 	cmds := run(false)
@@ -365,6 +373,20 @@ func (r *Redis) runAdmits(batch []*admitReq) {
 		req.res, req.err = cmds[i].Slice()
 		close(req.done)
 	}
+}
+
+// batchContext ends at the earliest deadline of the batch's admits.
+func batchContext(batch []*admitReq) (context.Context, context.CancelFunc) {
+	var earliest time.Time
+	for _, req := range batch {
+		if d, ok := req.ctx.Deadline(); ok && (earliest.IsZero() || d.Before(earliest)) {
+			earliest = d
+		}
+	}
+	if earliest.IsZero() {
+		return context.WithCancel(context.Background())
+	}
+	return context.WithDeadline(context.Background(), earliest)
 }
 
 // admitDurable runs the admit script and WAITAOF in one pipeline: WAITAOF

@@ -155,14 +155,19 @@ func TestRedisStoreOpen(t *testing.T) {
 		t.Errorf("error = %v, want it to name durable_ack", err)
 	}
 
-	// an unreachable Redis fails the open quickly
+	// an unreachable Redis does not fail the config (that would take all of
+	// Caddy down with it): the store opens quickly and admits fail (503)
 	down := RedisStore{URL: "redis://127.0.0.1:1/0", DialTimeout: caddy.Duration(200 * time.Millisecond)}
 	start := time.Now()
-	if st3, err := down.OpenStore("x", dedupe.Options{Window: time.Hour}, zap.NewNop()); err == nil {
-		st3.Close()
-		t.Fatal("opened a store on a closed port")
+	st3, err := down.OpenStore("x", dedupe.Options{Window: time.Hour}, zap.NewNop())
+	if err != nil {
+		t.Fatalf("open with Redis down: %v", err)
 	}
+	defer st3.Close()
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("open on a closed port took %s", took)
+	}
+	if _, err := st3.Admit(context.Background(), &dedupe.Entry{Key: "k", Body: []byte("{}")}); err == nil {
+		t.Fatal("admit succeeded with Redis down")
 	}
 }

@@ -126,10 +126,20 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 	if cfg.DurableAck {
 		r.durable = cfg.DurableAckTimeout
 	}
-	if err := r.ensureGroup(ctx); err != nil {
-		return nil, err
-	}
 	r.admits, r.stop = make(chan *admitReq), make(chan struct{})
+	if err := r.ensureGroup(ctx); err != nil {
+		if !unreachable(err) {
+			return nil, err
+		}
+		// Refusing to start would take the whole Caddy down with Redis.
+		// Running answers 503 (the sender retries) until Redis is back; the
+		// group and the scripts are then created on first use.
+		cfg.Logger.Error("Redis is unreachable: webhooks are answered 503 until it is back", zap.Error(err))
+		for range admitters {
+			go r.admitter()
+		}
+		return r, nil
+	}
 	for range admitters {
 		go r.admitter()
 	}
@@ -147,6 +157,14 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 		}
 	}
 	return r, nil
+}
+
+// unreachable tells a Redis that did not answer (network, timeout) from one
+// that answered with an error (wrong password, no permission, bad config),
+// which is worth failing the config for.
+func unreachable(err error) bool {
+	var reply redis.Error
+	return !errors.As(err, &reply)
 }
 
 func (r *Redis) ensureGroup(ctx context.Context) error {

@@ -311,3 +311,39 @@ func TestRedisDurableAckNeedsWaitAOF(t *testing.T) {
 	defer s.Close()
 	admit(t, s, "k")
 }
+
+// TestRedisOpensWhileDown: a store opened while Redis is down refuses admits
+// and, once Redis is back, works without being reopened: the consumer group
+// and the scripts are created on first use.
+func TestRedisOpensWhileDown(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	srv.Kill()
+	s := openRedis(t, srv, uniquePrefix(), "c1", time.Minute, dedupe.Options{Window: time.Hour})
+	ctx := context.Background()
+	if _, err := s.Admit(ctx, &dedupe.Entry{Key: "k", Body: []byte("{}")}); err == nil {
+		t.Fatal("admit succeeded with Redis down")
+	}
+
+	srv.Restart()
+	var admitted *dedupe.Entry
+	deadline := time.Now().Add(10 * time.Second)
+	for admitted == nil {
+		e := &dedupe.Entry{Key: "k", Body: []byte("{}")}
+		a, err := s.Admit(ctx, e)
+		if err == nil && a == dedupe.Accepted {
+			admitted = e
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("admit after Redis came back: %v %v", a, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	got, err := s.Claim(ctx, 10)
+	if err != nil || len(got) != 1 || got[0].ID != admitted.ID {
+		t.Fatalf("Claim = %v, %v; want the admitted entry", got, err)
+	}
+	if err := s.Ack(ctx, got[0].ID); err != nil {
+		t.Fatal(err)
+	}
+}

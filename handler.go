@@ -165,21 +165,28 @@ func tooLarge(limit int64) error {
 		fmt.Errorf("body larger than max_body (%d bytes)", limit))
 }
 
-// readBody reads the whole body, at most limit bytes. With a Content-Length
-// it reads into one buffer of exactly that size (plus one byte to see the
-// end), so a large body is never copied while it is read.
+// readBody reads the whole body, at most limit bytes. It starts with a
+// small buffer so that a sender who announces a large body and stalls holds
+// little memory, then grows straight to the announced Content-Length once
+// bytes arrive, so a large body is copied at most once while it is read.
 func readBody(r *http.Request, limit int64) ([]byte, error) {
-	size := int64(512)
+	const firstChunk = 64 << 10
+	want := limit + 1 // one byte more than allowed shows an oversized body
 	if r.ContentLength >= 0 {
-		size = r.ContentLength + 1
+		want = min(r.ContentLength+1, want)
 	}
-	buf := make([]byte, 0, min(size, limit+1))
+	buf := make([]byte, 0, min(want, firstChunk))
 	for {
 		if len(buf) == cap(buf) {
 			if int64(len(buf)) > limit {
 				return nil, errTooLarge
 			}
-			buf = slices.Grow(buf, int(min(int64(cap(buf)), limit+1-int64(len(buf)))))
+			grow := int64(cap(buf)) // doubling, without a Content-Length
+			if r.ContentLength >= 0 {
+				grow = want - int64(len(buf))
+			}
+			grow = max(min(grow, limit+1-int64(len(buf))), 1)
+			buf = slices.Grow(buf, int(grow))
 		}
 		n, err := r.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]

@@ -1,0 +1,180 @@
+package webhookrelay
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+)
+
+// untouchable is a request body that fails the test if anything reads it.
+type untouchable struct{ t *testing.T }
+
+func (u untouchable) Read([]byte) (int, error) {
+	u.t.Helper()
+	u.t.Error("the body was read, but the request should have been refused before that")
+	return 0, io.EOF
+}
+
+// brokenBody gives some bytes, then fails the way a connection that drops
+// or times out does.
+type brokenBody struct {
+	data []byte
+	err  error
+}
+
+func (b *brokenBody) Read(p []byte) (int, error) {
+	if len(b.data) == 0 {
+		return 0, b.err
+	}
+	n := copy(p, b.data)
+	b.data = b.data[n:]
+	return n, nil
+}
+
+// statusOf runs r through h and returns the status, from the recorder or
+// from the returned caddyhttp.HandlerError.
+func statusOf(t *testing.T, h *Relay, r *http.Request) (int, *httptest.ResponseRecorder) {
+	t.Helper()
+	w := httptest.NewRecorder()
+	err := h.ServeHTTP(w, r, nil)
+	if err == nil {
+		return w.Code, w
+	}
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) {
+		t.Fatalf("error %v is not a caddyhttp.HandlerError", err)
+	}
+	return he.StatusCode, w
+}
+
+// TestBadInputRefusedBeforeTheBody: the method, the auth parameters and a
+// Content-Length over max_body are checked before a byte of the body is
+// read.
+func TestBadInputRefusedBeforeTheBody(t *testing.T) {
+	h, rec := recorded(t, "badinput-early")
+	for _, tc := range []struct {
+		name, method, query string
+		contentLength       int64
+		status              int
+	}{
+		{"GET", http.MethodGet, "token=s3cret", 10, http.StatusMethodNotAllowed},
+		{"no token", http.MethodPost, "", 10, http.StatusUnauthorized},
+		{"wrong token", http.MethodPost, "token=nope", 10, http.StatusUnauthorized},
+		{"token twice", http.MethodPost, "token=s3cret&tok%65n=s3cret", 10, http.StatusUnauthorized},
+		{"malformed query", http.MethodPost, "token=s3cret;a=b", 10, http.StatusUnauthorized},
+		{"Content-Length over max_body", http.MethodPost, "token=s3cret", DefaultMaxBody + 1, http.StatusRequestEntityTooLarge},
+		{"Content-Length far over max_body", http.MethodPost, "token=s3cret", 1 << 62, http.StatusRequestEntityTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := fuzzRequest(tc.method, tc.query, "Content-Type: application/json", nil, false)
+			r.Body = io.NopCloser(untouchable{t})
+			r.ContentLength = tc.contentLength
+			if got, _ := statusOf(t, h, r); got != tc.status {
+				t.Errorf("status %d, want %d", got, tc.status)
+			}
+			if e, _, _ := rec.take(); e != nil {
+				t.Errorf("the store was asked to admit %+v", e)
+			}
+		})
+	}
+}
+
+// TestBadInputBodyFailsMidway: a body that breaks off (the client went
+// away, the server's read timeout fired) is a 400 and nothing is stored,
+// even when what did arrive is a complete JSON document.
+func TestBadInputBodyFailsMidway(t *testing.T) {
+	h, rec := recorded(t, "badinput-midway")
+	for _, cause := range []error{io.ErrUnexpectedEOF, errors.New("read tcp: i/o timeout"), http.ErrBodyReadAfterClose} {
+		t.Run(cause.Error(), func(t *testing.T) {
+			r := fuzzRequest(http.MethodPost, "token=s3cret", "Content-Type: application/json", nil, false)
+			r.Body = io.NopCloser(&brokenBody{data: []byte(`{"n":1}   `), err: cause})
+			r.ContentLength = 1000
+			if got, _ := statusOf(t, h, r); got != http.StatusBadRequest {
+				t.Errorf("status %d, want 400", got)
+			}
+			if e, _, _ := rec.take(); e != nil {
+				t.Errorf("the store was asked to admit %q", e.Body)
+			}
+		})
+	}
+}
+
+// TestBadInputBodyAtTheLimit: a body of exactly max_body is read whole,
+// one byte more is 413, with or without a Content-Length; and a
+// Content-Length that understates the body does not let more than
+// max_body in.
+func TestBadInputBodyAtTheLimit(t *testing.T) {
+	h, rec := recorded(t, "badinput-limit")
+	h.MaxBody = 64
+	exact := func(n int) []byte {
+		prefix := `{"taskUUID":"limit","imageUUID":"`
+		return []byte(prefix + strings.Repeat("x", n-len(prefix)-2) + `"}`)
+	}
+	for _, tc := range []struct {
+		name    string
+		body    []byte
+		chunked bool
+		status  int
+	}{
+		{"exactly max_body", exact(64), false, http.StatusOK},
+		{"exactly max_body, chunked", exact(64), true, http.StatusOK}, // a duplicate by then
+		{"one byte over", append(exact(64), ' '), false, http.StatusRequestEntityTooLarge},
+		{"one byte over, chunked", append(exact(64), ' '), true, http.StatusRequestEntityTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := fuzzRequest(http.MethodPost, "token=s3cret", "", tc.body, tc.chunked)
+			if got, _ := statusOf(t, h, r); got != tc.status {
+				t.Errorf("status %d, want %d", got, tc.status)
+			}
+			e, _, _ := rec.take()
+			if tc.status != http.StatusOK && e != nil {
+				t.Errorf("the store was asked to admit %d bytes", len(e.Body))
+			}
+		})
+	}
+	t.Run("Content-Length understated", func(t *testing.T) {
+		body := append(exact(64), bytes.Repeat([]byte(" "), 100)...)
+		r := fuzzRequest(http.MethodPost, "token=s3cret", "", body, false)
+		r.ContentLength = 10
+		if got, _ := statusOf(t, h, r); got != http.StatusRequestEntityTooLarge {
+			t.Errorf("status %d, want 413", got)
+		}
+	})
+}
+
+// TestBadInputStoredQueryHasNoToken: however the token parameter is spelt
+// in an accepted request, the query kept with the payload (and forwarded)
+// has it removed, and keeps every other parameter as it came.
+func TestBadInputStoredQueryHasNoToken(t *testing.T) {
+	h, rec := recorded(t, "badinput-stored")
+	for i, tc := range []struct{ query, stored string }{
+		{"token=s3cret", ""},
+		{"tok%65n=s3cret&a=1", "a=1"},
+		{"%74oken=s3cr%65t&b=%ff&c", "b=%ff&c"},
+		{"x=token&token=s3cret&y=s3cret", "x=token&y=s3cret"},
+		{"a=%20&&token=s3cret&&b=+", "a=%20&b=+"},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			body := []byte(`{"taskUUID":"stored","imageUUID":"` + string(rune('a'+i)) + `"}`)
+			r := fuzzRequest(http.MethodPost, tc.query, "", body, false)
+			if got, w := statusOf(t, h, r); got != http.StatusOK || w.Body.String() != string(respAccepted) {
+				t.Fatalf("status %d %q, want 200 accepted", got, w.Body.String())
+			}
+			e, a, err := rec.take()
+			if e == nil || a != dedupe.Accepted || err != nil {
+				t.Fatalf("store: %v %v", a, err)
+			}
+			if e.Request.RawQuery != tc.stored {
+				t.Errorf("stored query %q, want %q", e.Request.RawQuery, tc.stored)
+			}
+		})
+	}
+}

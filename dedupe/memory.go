@@ -87,7 +87,7 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 
 	m.lastID++
 	// fixed width, so string order is admission order and Dead can page by id
-	e.ID = fmt.Sprintf("%020d", m.lastID)
+	e.ID = paddedID(m.lastID)
 	e.Received, e.Queued = now, now
 	q := &queued{e: *e}
 	q.e.Body = bytes.Clone(e.Body)
@@ -346,3 +346,13 @@ func (m *Memory) Close() error {
 
 // Interface guard
 var _ Store = (*Memory)(nil)
+
+// paddedID formats n as 20 digits, so that string order is numeric order.
+func paddedID(n uint64) string {
+	var b [20]byte
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[:])
+}

@@ -107,7 +107,9 @@ func appendRunware(kb *keyBuf, tag string, body []byte) {
 	if i >= len(body) {
 		return
 	}
-	v := body[i:valueEnd(body, i)]
+	// body is one valid JSON value: it ends where the trailing space does,
+	// so there is no need to scan the whole body for its end.
+	v := bytes.TrimRight(body[i:], " \t\r\n")
 	if len(v) == 0 {
 		return
 	}

@@ -78,6 +78,7 @@ type Engine struct {
 	wake     chan struct{}
 	results  chan result
 	inFlight atomic.Int64
+	full     atomic.Bool // holding as many entries as it may
 	claimErr faultlog.Tracker
 
 	ctx       context.Context // ends the claim loop
@@ -136,8 +137,13 @@ func Start(cfg Config) *Engine {
 // the new upstream.
 func (e *Engine) SetSettings(s *Settings) { e.settings.Store(s) }
 
-// Wake tells the engine that something was queued. It never blocks.
+// Wake tells the engine that something was queued. It never blocks, and
+// costs nothing while the engine holds all it may: it looks for more as
+// soon as a place frees up anyway.
 func (e *Engine) Wake() {
+	if e.full.Load() {
+		return
+	}
 	select {
 	case e.wake <- struct{}{}:
 	default:
@@ -228,6 +234,8 @@ func (e *Engine) run() {
 				lookForMore = len(entries) == want
 			}
 		}
+
+		e.full.Store(len(holding) >= limit)
 
 		now := e.cfg.Now()
 		for running < s.Concurrency && due.Len() > 0 && !due[0].due.After(now) {

@@ -76,7 +76,8 @@ type Engine struct {
 	settings atomic.Pointer[Settings]
 	client   *http.Client
 	wake     chan struct{}
-	results  chan result
+	freed    chan struct{} // an attempt is over: its concurrency place is free
+	results  chan result   // an entry's bookkeeping is over
 	inFlight atomic.Int64
 	full     atomic.Bool // holding as many entries as it may
 	claimErr faultlog.Tracker
@@ -123,6 +124,7 @@ func Start(cfg Config) *Engine {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 		wake:    make(chan struct{}, 1),
+		freed:   make(chan struct{}),
 		results: make(chan result),
 		done:    make(chan struct{}),
 	}
@@ -186,7 +188,8 @@ func (e *Engine) run() {
 	defer close(e.done)
 	holding := make(map[string]*held)
 	var due dueQueue
-	running := 0
+	running := 0 // attempts talking to the upstream, bounded by Concurrency
+	busy := 0    // deliver goroutines that have not reported their result
 	lookForMore := true
 
 	timer := time.NewTimer(time.Hour)
@@ -196,9 +199,12 @@ func (e *Engine) run() {
 	defer poll.Stop()
 	defer lease.Stop()
 
-	finish := func(r result) {
+	free := func() {
 		running--
 		e.inFlight.Add(-1)
+	}
+	finish := func(r result) {
+		busy--
 		if r.done {
 			delete(holding, r.h.entry.ID)
 			lookForMore = true
@@ -211,8 +217,11 @@ func (e *Engine) run() {
 	for {
 		s := e.settings.Load()
 		log := e.logger(s)
+		// Hold up to four times the concurrency, and claim in batches of a
+		// quarter of that rather than one entry per finished delivery.
 		limit := 4 * s.Concurrency
-		if lookForMore && len(holding) < limit {
+		batch := max(limit/4, 1)
+		if lookForMore && len(holding) <= limit-batch {
 			want := limit - len(holding)
 			ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
 			entries, err := e.cfg.Store.Claim(ctx, want)
@@ -235,12 +244,13 @@ func (e *Engine) run() {
 			}
 		}
 
-		e.full.Store(len(holding) >= limit)
+		e.full.Store(len(holding) > limit-batch)
 
 		now := e.cfg.Now()
 		for running < s.Concurrency && due.Len() > 0 && !due[0].due.After(now) {
 			h := heap.Pop(&due).(*held)
 			running++
+			busy++
 			e.inFlight.Add(1)
 			go e.deliver(s, h)
 		}
@@ -252,7 +262,7 @@ func (e *Engine) run() {
 		}
 		select {
 		case <-e.ctx.Done():
-			e.drain(running, holding, finish)
+			e.drain(running, busy, holding, free, finish)
 			return
 		case <-e.wake:
 			lookForMore = true
@@ -279,6 +289,8 @@ func (e *Engine) run() {
 				}
 				cancel()
 			}
+		case <-e.freed:
+			free()
 		case r := <-e.results:
 			finish(r)
 		case <-fire:
@@ -288,9 +300,16 @@ func (e *Engine) run() {
 
 // drain waits for running attempts (Stop's grace bounds them) and releases
 // everything still held.
-func (e *Engine) drain(running int, holding map[string]*held, finish func(result)) {
-	for range running {
-		finish(<-e.results)
+func (e *Engine) drain(running, busy int, holding map[string]*held, free func(), finish func(result)) {
+	for running > 0 || busy > 0 {
+		select {
+		case <-e.freed:
+			free()
+			running--
+		case r := <-e.results:
+			finish(r)
+			busy--
+		}
 	}
 	if len(holding) == 0 {
 		return
@@ -319,6 +338,7 @@ func (e *Engine) deliver(s *Settings, h *held) {
 	}
 
 	if h.acked {
+		e.freed <- struct{}{}
 		h.leaving.Store(true)
 		if err := e.cfg.Store.Ack(ctx, ent.ID); err != nil {
 			h.leaving.Store(false)
@@ -333,6 +353,9 @@ func (e *Engine) deliver(s *Settings, h *held) {
 	start := e.cfg.Now()
 	o := attempt(e.attemptCx, e.client, s, ent, ent.Attempts, start)
 	took := e.cfg.Now().Sub(start)
+	// The upstream is done with it: the bookkeeping below (a disk commit, a
+	// Redis round trip) must not hold a concurrency place.
+	e.freed <- struct{}{}
 	ent.LastStatus, ent.LastError = o.status, o.reason
 
 	if o.verdict == retry && e.cfg.Now().Sub(ent.Queued) >= s.GiveUpAfter {

@@ -230,11 +230,24 @@ func run() int {
 	if err := os.WriteFile(caddyfile, []byte(globalOptions(adminPort)+sites.String()), 0o644); err != nil {
 		return fail("%v", err)
 	}
-	caddy, err := startCaddy(bin, dir, caddyfile, adminPort, ports)
-	if err != nil {
-		return fail("%v", err)
+	// A fresh Caddy process for every measurement: what one target leaves
+	// behind (the memory store's heap, a backlog being retried) must not
+	// cost the next target CPU. bolt and redis queues survive the restarts,
+	// so the delivery check at the end sees them all.
+	var caddy *proc
+	restart := func() error {
+		if caddy != nil {
+			caddy.stop(20 * time.Second)
+		}
+		var err error
+		caddy, err = startCaddy(bin, dir, caddyfile, adminPort, ports)
+		return err
 	}
-	defer caddy.stop(20 * time.Second)
+	defer func() {
+		if caddy != nil {
+			caddy.stop(20 * time.Second)
+		}
+	}()
 
 	fmt.Printf("load: %d keep-alive connections, closed loop, %s warm-up + %s measured per target per round, %d rounds, ~%d-byte bodies\n\n",
 		*conns, *warmup, *duration, *rounds, len((&payloads{}).body(1)))
@@ -244,6 +257,9 @@ func run() int {
 		for _, t := range active {
 			if ctx.Err() != nil {
 				return fail("interrupted")
+			}
+			if err := restart(); err != nil {
+				return fail("%v", err)
 			}
 			var profDone chan struct{}
 			if *profile && r == 0 {
@@ -283,6 +299,9 @@ func run() int {
 	}
 
 	printTable(active)
+	if err := restart(); err != nil { // the delivery check needs a running relay
+		return fail("%v", err)
+	}
 	if *profile {
 		fmt.Printf("\nCPU profiles (round 1): %s\n  go tool pprof -top %s %s\n", filepath.Join(dir, "pprof"), bin, filepath.Join(dir, "pprof", "<target>.pprof"))
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/dedupe/storetest"
@@ -345,5 +347,38 @@ func TestRedisOpensWhileDown(t *testing.T) {
 	}
 	if err := s.Ack(ctx, got[0].ID); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRedisWarnsUnlessNoeviction: an evicting Redis can drop payloads that
+// were answered 200, so opening a store on one logs a loud warning, and
+// opening one on a noeviction Redis logs none.
+func TestRedisWarnsUnlessNoeviction(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	ctx := context.Background()
+	admin := newClient(srv.Addr())
+	defer admin.Close()
+
+	open := func() []observer.LoggedEntry {
+		core, logs := observer.New(zap.WarnLevel)
+		s, err := dedupe.NewRedis(ctx, newClient(srv.Addr()), dedupe.RedisConfig{
+			Prefix: uniquePrefix(), Consumer: "c", VisibilityTimeout: time.Minute, Logger: zap.New(core),
+		}, dedupe.Options{Window: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = s.Close()
+		return logs.FilterMessageSnippet("maxmemory-policy").All()
+	}
+
+	if got := open(); len(got) != 0 {
+		t.Fatalf("noeviction: warned %v", got)
+	}
+	if err := admin.ConfigSet(ctx, "maxmemory-policy", "allkeys-lru").Err(); err != nil {
+		t.Fatal(err)
+	}
+	got := open()
+	if len(got) != 1 || got[0].ContextMap()["maxmemory-policy"] != "allkeys-lru" {
+		t.Fatalf("allkeys-lru: want one warning naming the policy, got %v", got)
 	}
 }

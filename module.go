@@ -181,14 +181,17 @@ func (h *Relay) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = newRelayMetrics(h.Name)
 
-	store, err := h.loadStore(ctx)
-	if err != nil {
-		return err
-	}
+	// Names are compared before the store module is loaded: loading it
+	// clears StoreRaw, and two relays differing only in their store are
+	// two relays.
 	if err := claimName(ctx, h); err != nil {
 		return err
 	}
 	h.nameTaken = true
+	store, err := h.loadStore(ctx)
+	if err != nil {
+		return err
+	}
 	opts := dedupe.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog}
 	h.poolKey = "webhook_relay:" + h.Name + ":" + store.StoreIdentity(h.Name)
 	h.relay, err = acquireRelay(h.poolKey, h.Name, store, opts, h.settings, ctx.Logger())

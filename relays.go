@@ -33,18 +33,20 @@ type relay struct {
 	store         dedupe.Store
 	engine        *delivery.Engine
 	storeErr      faultlog.Tracker // admit failures, logged once per outage
+	storeConfig   []byte           // the store module's settings it was opened with
 
 	mu       sync.Mutex
 	handlers []*Relay // configs using this relay, newest last
 }
 
 func acquireRelay(key, name string, mod StoreModule, opts dedupe.Options, settings *delivery.Settings, logger *zap.Logger) (*relay, error) {
-	val, _, err := relayPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+	storeConfig, _ := json.Marshal(mod)
+	val, loaded, err := relayPool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		store, err := mod.OpenStore(name, opts, logger)
 		if err != nil {
 			return nil, err
 		}
-		r := &relay{name: name, storeIdentity: mod.StoreIdentity(name), store: store}
+		r := &relay{name: name, storeIdentity: mod.StoreIdentity(name), store: store, storeConfig: storeConfig}
 		r.engine = delivery.Start(delivery.Config{
 			Store:    store,
 			Settings: settings,
@@ -56,7 +58,14 @@ func acquireRelay(key, name string, mod StoreModule, opts dedupe.Options, settin
 	if err != nil {
 		return nil, fmt.Errorf("relay %s: opening store: %v", name, err)
 	}
-	return val.(*relay), nil
+	r := val.(*relay)
+	if loaded && !bytes.Equal(r.storeConfig, storeConfig) {
+		// Reopening would interrupt the queue (and a bbolt file cannot be
+		// opened twice), so the open store stays as it is.
+		logger.Warn("store options changed (e.g. timeouts, durable_ack, credentials); they take effect when Caddy restarts",
+			zap.String("relay", name))
+	}
+	return r, nil
 }
 
 // attach makes h's settings the ones the store and the deliveries use.

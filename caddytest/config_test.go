@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -173,6 +174,24 @@ func TestConfigErrorDuplicateName(t *testing.T) {
 }
 
 // TestConfigErrorMissingUpstream: no upstream is an error saying so.
+// TestConfigErrorSameNameDifferentStores: two relays that differ only in
+// their store are two relays, and may not share a name.
+func TestConfigErrorSameNameDifferentStores(t *testing.T) {
+	name := relayName(t)
+	err := validate(t, site(fmt.Sprintf(`
+	webhook_relay /a http://127.0.0.1:9/a {
+		name %[1]s
+		store memory
+	}
+	webhook_relay /b http://127.0.0.1:9/a {
+		name %[1]s
+		store bolt %[2]s
+	}`, name, filepath.Join(t.TempDir(), "x.db"))))
+	if err == nil || !strings.Contains(err.Error(), "give each its own name") {
+		t.Fatalf("two relays named %q with different stores: got %v, want a distinct-names error", name, err)
+	}
+}
+
 func TestConfigErrorMissingUpstream(t *testing.T) {
 	err := validate(t, site(fmt.Sprintf(`
 	webhook_relay /in {

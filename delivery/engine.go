@@ -175,6 +175,8 @@ type held struct {
 	// leaving is set while the entry's Ack or Bury runs: its claim must not
 	// be extended any more.
 	leaving atomic.Bool
+	// backingOff marks an entry waiting out its backoff after a failure.
+	backingOff bool
 }
 
 // result is what a finished attempt reports to the loop.
@@ -190,6 +192,7 @@ func (e *Engine) run() {
 	var due dueQueue
 	running := 0 // attempts talking to the upstream, bounded by Concurrency
 	busy := 0    // deliver goroutines that have not reported their result
+	backingOff := 0
 	lookForMore := true
 
 	timer := time.NewTimer(time.Hour)
@@ -211,18 +214,25 @@ func (e *Engine) run() {
 			return
 		}
 		r.h.due = r.next
+		r.h.backingOff = true
+		backingOff++
 		heap.Push(&due, r.h)
 	}
 
 	for {
 		s := e.settings.Load()
 		log := e.logger(s)
-		// Hold up to four times the concurrency, and claim in batches of a
-		// quarter of that rather than one entry per finished delivery.
+		// Keep up to four times the concurrency ready to go, and claim in
+		// batches of a quarter of that rather than one entry per finished
+		// delivery. Entries waiting out a backoff do not count, so failing
+		// payloads never keep the others from being claimed; maxHeld bounds
+		// what is held in memory in all.
 		limit := 4 * s.Concurrency
 		batch := max(limit/4, 1)
-		if lookForMore && len(holding) <= limit-batch {
-			want := limit - len(holding)
+		maxHeld := 16 * limit
+		active := len(holding) - backingOff
+		if lookForMore && active <= limit-batch && len(holding) < maxHeld {
+			want := min(limit-active, maxHeld-len(holding))
 			ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
 			entries, err := e.cfg.Store.Claim(ctx, want)
 			cancel()
@@ -235,6 +245,12 @@ func (e *Engine) run() {
 				e.claimErr.Ok(log, "store reachable again; delivering")
 				now := e.cfg.Now()
 				for _, ent := range entries {
+					if _, ok := holding[ent.ID]; ok {
+						// A shared store hands an entry out again when its
+						// claim lapsed (the store was unreachable longer than
+						// the visibility timeout): it is still ours.
+						continue
+					}
 					h := &held{entry: ent, due: now}
 					holding[ent.ID] = h
 					heap.Push(&due, h)
@@ -244,11 +260,15 @@ func (e *Engine) run() {
 			}
 		}
 
-		e.full.Store(len(holding) > limit-batch)
+		e.full.Store(len(holding)-backingOff > limit-batch || len(holding) >= maxHeld)
 
 		now := e.cfg.Now()
 		for running < s.Concurrency && due.Len() > 0 && !due[0].due.After(now) {
 			h := heap.Pop(&due).(*held)
+			if h.backingOff {
+				h.backingOff = false
+				backingOff--
+			}
 			running++
 			busy++
 			e.inFlight.Add(1)
@@ -380,13 +400,21 @@ func (e *Engine) deliver(s *Settings, h *held) {
 		e.results <- result{h: h, done: true}
 
 	case dead:
-		e.observe(ResultDead, took)
-		if err := e.cfg.Store.Bury(ctx, ent); err != nil {
+		err := e.cfg.Store.Bury(ctx, ent)
+		if errors.Is(err, dedupe.ErrNotFound) {
+			// Gone from the queue: another process delivered or buried it
+			// after taking it over.
+			e.results <- result{h: h, done: true}
+			return
+		}
+		if err != nil {
+			e.observe(ResultRetry, took)
 			log.Error("cannot move payload to the dead letters; it stays queued", zap.String("id", ent.ID), zap.Error(err))
 			h.leaving.Store(false)
 			e.results <- result{h: h, next: retryIn()}
 			return
 		}
+		e.observe(ResultDead, took)
 		log.Warn("payload moved to the dead letters",
 			zap.String("id", ent.ID), zap.Int("attempts", ent.Attempts),
 			zap.Int("status", ent.LastStatus), zap.String("reason", ent.LastError))
@@ -398,7 +426,15 @@ func (e *Engine) deliver(s *Settings, h *held) {
 		if wait := start.Add(o.retryAfter); wait.After(next) {
 			next = wait
 		}
-		if err := e.cfg.Store.Attempted(ctx, ent); err != nil {
+		// Not past give_up_after, whatever Retry-After asks: the last
+		// attempt happens then, and a failure makes it a dead letter.
+		if giveUp := ent.Queued.Add(s.GiveUpAfter); next.After(giveUp) {
+			next = giveUp
+		}
+		if err := e.cfg.Store.Attempted(ctx, ent); errors.Is(err, dedupe.ErrNotFound) {
+			e.results <- result{h: h, done: true} // gone from the queue, see Bury
+			return
+		} else if err != nil {
 			log.Warn("cannot record a failed attempt", zap.String("id", ent.ID), zap.Error(err))
 		}
 		log.Debug("delivery failed; will retry",

@@ -7,11 +7,16 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
 )
 
 // upstream is a real HTTP server on loopback that answers from a script
@@ -282,5 +287,79 @@ func TestStopReleasesHeldEntries(t *testing.T) {
 	got, err := store.Claim(context.Background(), 10)
 	if err != nil || len(got) != 1 || got[0].Attempts != 1 {
 		t.Fatalf("after Stop: claimed %v (err %v), want the entry with 1 attempt recorded", got, err)
+	}
+}
+
+func TestRetryAfterNeverPastGiveUp(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "31536000") // a year
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer up.Close()
+	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	s := settingsFor(t, up.URL)
+	s.GiveUpAfter = 100 * time.Millisecond
+	startEngine(t, store, s)
+	admit(t, store, "k", "{}")
+	waitStats(t, store, func(st dedupe.Stats) bool { return st.Dead == 1 && st.Backlog == 0 })
+}
+
+func TestFailingPayloadsDoNotStopClaims(t *testing.T) {
+	up := newUpstream(t, func(_ *http.Request, body []byte) int {
+		if strings.Contains(string(body), "bad") {
+			return http.StatusInternalServerError
+		}
+		return http.StatusOK
+	})
+	go func() {
+		for range up.received {
+		}
+	}()
+	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	s := settingsFor(t, up.URL)
+	s.Concurrency = 1 // keeps 4 ready: exactly the failing ones
+	s.Backoff = Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
+	startEngine(t, store, s)
+	for i := range 4 {
+		admit(t, store, fmt.Sprint("bad", i), fmt.Sprintf(`{"bad":%d}`, i))
+	}
+	admit(t, store, "good", `{"good":true}`)
+	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 4 })
+}
+
+// TestRedisClaimLapseDoesNotDoubleDeliver: when a held entry's claim lapses
+// (here an attempt outlasts the visibility timeout; in production, Redis
+// unreachable for longer than it) Redis hands the entry out again to the
+// same consumer. The engine must not hold it twice: the upstream would get
+// it twice, and the second copy would find it buried.
+func TestRedisClaimLapseDoesNotDoubleDeliver(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	store, err := dedupe.NewRedis(context.Background(), redis.NewClient(&redis.Options{Addr: srv.Addr()}),
+		dedupe.RedisConfig{Prefix: "lapse", Consumer: "c1", VisibilityTimeout: 100 * time.Millisecond},
+		dedupe.Options{Window: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	var slowHits atomic.Int64
+	up := newUpstream(t, func(_ *http.Request, body []byte) int {
+		if strings.Contains(string(body), "slow") {
+			slowHits.Add(1)
+			time.Sleep(400 * time.Millisecond) // past the visibility timeout
+			return http.StatusBadRequest       // dead letter at once
+		}
+		return http.StatusOK
+	})
+	e := Start(Config{Store: store, Settings: settingsFor(t, up.URL), PollInterval: 20 * time.Millisecond, LeaseRefresh: time.Hour})
+	t.Cleanup(func() { e.Stop(time.Second) })
+	admit(t, store, "slow", `"slow"`)
+	waitStats(t, store, func(st dedupe.Stats) bool { return st.Dead == 1 && st.Backlog == 0 })
+
+	// A later payload goes through after many polls; the slow one was sent once.
+	admit(t, store, "later", `"later"`)
+	for got := up.next(t); string(got.body) != `"later"`; got = up.next(t) {
+	}
+	if n := slowHits.Load(); n != 1 {
+		t.Fatalf("the payload was sent %d times; want once", n)
 	}
 }

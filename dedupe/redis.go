@@ -128,7 +128,9 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 	}
 	r.admits, r.stop = make(chan *admitReq), make(chan struct{})
 	if err := r.ensureGroup(ctx); err != nil {
-		if !unreachable(err) {
+		if !unreachable(err) || cfg.DurableAck {
+			// durable_ack must be checked against the server before the
+			// first 200 it would qualify, so it needs Redis at start.
 			return nil, err
 		}
 		// Refusing to start would take the whole Caddy down with Redis.

@@ -324,9 +324,6 @@ func TestKeyerConcurrent(t *testing.T) {
 // The documented memory claim: keying a 10 MiB body allocates a small
 // fraction of it.
 func TestKeyBigBodyNotCopied(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocates a 10 MiB body")
-	}
 	body := bigRunwareBody(10<<20, true)
 	k := mustKeyer(t)
 	var before, after runtime.MemStats

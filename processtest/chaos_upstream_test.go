@@ -55,14 +55,12 @@ type chaosDelivery struct {
 // demand (see ChaosWeather). It can be stopped (connections refused) and
 // started again on the same port.
 type ChaosUpstream struct {
-	t    testing.TB
-	Port int
+	portServer
 
 	weather atomic.Int32
 
 	mu        sync.Mutex
 	rng       *rand.Rand
-	srv       *http.Server
 	delivered map[string]*chaosDelivery // simID -> deliveries
 	keyOwner  map[string]string         // Idempotency-Key -> simID
 	problems  []string                  // key conflicts, body mismatches, unparsable bodies
@@ -73,20 +71,15 @@ type ChaosUpstream struct {
 // started; its random choices come from seed.
 func NewChaosUpstream(t testing.TB, seed uint64) *ChaosUpstream {
 	u := &ChaosUpstream{
-		t:         t,
-		Port:      FreePort(t),
-		rng:       rand.New(rand.NewPCG(seed, 0xc4a05)),
-		delivered: make(map[string]*chaosDelivery),
-		keyOwner:  make(map[string]string),
-		answers:   make(map[string]int),
+		portServer: portServer{t: t, Port: FreePort(t)},
+		rng:        rand.New(rand.NewPCG(seed, 0xc4a05)),
+		delivered:  make(map[string]*chaosDelivery),
+		keyOwner:   make(map[string]string),
+		answers:    make(map[string]int),
 	}
+	u.handler = u.serve
 	t.Cleanup(u.Stop)
 	return u
-}
-
-// URL is the upstream's address plus path.
-func (u *ChaosUpstream) URL(path string) string {
-	return fmt.Sprintf("http://127.0.0.1:%d%s", u.Port, path)
 }
 
 // SetWeather changes how the upstream answers from now on.
@@ -94,44 +87,6 @@ func (u *ChaosUpstream) SetWeather(w ChaosWeather) { u.weather.Store(int32(w)) }
 
 // Weather is how the upstream answers now.
 func (u *ChaosUpstream) Weather() ChaosWeather { return ChaosWeather(u.weather.Load()) }
-
-// Running reports whether the upstream listens.
-func (u *ChaosUpstream) Running() bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.srv != nil
-}
-
-// Start listens on the upstream's port (again); starting a running
-// upstream does nothing.
-func (u *ChaosUpstream) Start() {
-	u.t.Helper()
-	if u.Running() {
-		return
-	}
-	var ln net.Listener
-	var err error
-	Eventually(u.t, 5*time.Second, func() bool {
-		ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", u.Port))
-		return err == nil
-	}, "cannot listen on upstream port %d again: %v", u.Port, err)
-	srv := &http.Server{Handler: http.HandlerFunc(u.serve)}
-	u.mu.Lock()
-	u.srv = srv
-	u.mu.Unlock()
-	go func() { _ = srv.Serve(ln) }()
-}
-
-// Stop closes the listener and every connection at once.
-func (u *ChaosUpstream) Stop() {
-	u.mu.Lock()
-	srv := u.srv
-	u.srv = nil
-	u.mu.Unlock()
-	if srv != nil {
-		_ = srv.Close()
-	}
-}
 
 // simIDOf finds the sim id of a body: top-level "simID" (a bare item) or
 // that of the first item of "data".

@@ -305,17 +305,70 @@ func Post(t testing.TB, url, body string) (int, string) {
 
 var httpClient = &http.Client{Timeout: 15 * time.Second}
 
+// portServer serves a handler on a fixed 127.0.0.1 port and can be stopped
+// (connections refused) and started again on the same port: an upstream
+// going down and coming back.
+type portServer struct {
+	t       testing.TB
+	Port    int
+	handler http.HandlerFunc
+
+	srvMu sync.Mutex
+	srv   *http.Server
+}
+
+// URL is the server's address plus path.
+func (p *portServer) URL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", p.Port, path)
+}
+
+// Running reports whether the server listens.
+func (p *portServer) Running() bool {
+	p.srvMu.Lock()
+	defer p.srvMu.Unlock()
+	return p.srv != nil
+}
+
+// Start listens on the port (again); starting a running server does nothing.
+func (p *portServer) Start() {
+	p.t.Helper()
+	if p.Running() {
+		return
+	}
+	var ln net.Listener
+	var err error
+	// the port may linger for a moment after Stop
+	Eventually(p.t, 5*time.Second, func() bool {
+		ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p.Port))
+		return err == nil
+	}, "cannot listen on port %d again", p.Port)
+	srv := &http.Server{Handler: p.handler}
+	p.srvMu.Lock()
+	p.srv = srv
+	p.srvMu.Unlock()
+	go func() { _ = srv.Serve(ln) }()
+}
+
+// Stop closes the listener and every connection at once.
+func (p *portServer) Stop() {
+	p.srvMu.Lock()
+	srv := p.srv
+	p.srv = nil
+	p.srvMu.Unlock()
+	if srv != nil {
+		_ = srv.Close()
+	}
+}
+
 // Upstream is a recording webhook receiver on 127.0.0.1 that can be stopped
 // and started again on the same port.
 type Upstream struct {
-	t    testing.TB
-	Port int
+	portServer
 
 	status atomic.Int32 // status to answer
 	delay  atomic.Int64 // how long to take before answering
 
 	mu        sync.Mutex
-	srv       *http.Server
 	delivered map[string]int // Idempotency-Key -> 2xx answers written
 	attempts  int
 	inFlight  int
@@ -327,15 +380,11 @@ func NewUpstream(t testing.TB, port int) *Upstream {
 	if port == 0 {
 		port = FreePort(t)
 	}
-	u := &Upstream{t: t, Port: port, delivered: make(map[string]int)}
+	u := &Upstream{portServer: portServer{t: t, Port: port}, delivered: make(map[string]int)}
+	u.handler = u.serve
 	u.status.Store(http.StatusOK)
 	t.Cleanup(u.Stop)
 	return u
-}
-
-// URL is the upstream's address plus path.
-func (u *Upstream) URL(path string) string {
-	return fmt.Sprintf("http://127.0.0.1:%d%s", u.Port, path)
 }
 
 // Answer sets the status the upstream answers with.
@@ -343,34 +392,6 @@ func (u *Upstream) Answer(status int) { u.status.Store(int32(status)) }
 
 // Delay makes every answer take d.
 func (u *Upstream) Delay(d time.Duration) { u.delay.Store(int64(d)) }
-
-// Start listens on the upstream's port (again).
-func (u *Upstream) Start() {
-	u.t.Helper()
-	var ln net.Listener
-	var err error
-	// the port may linger for a moment after Stop
-	Eventually(u.t, 5*time.Second, func() bool {
-		ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", u.Port))
-		return err == nil
-	}, "cannot listen on upstream port %d again", u.Port)
-	srv := &http.Server{Handler: http.HandlerFunc(u.serve)}
-	u.mu.Lock()
-	u.srv = srv
-	u.mu.Unlock()
-	go func() { _ = srv.Serve(ln) }()
-}
-
-// Stop closes the listener and every connection at once.
-func (u *Upstream) Stop() {
-	u.mu.Lock()
-	srv := u.srv
-	u.srv = nil
-	u.mu.Unlock()
-	if srv != nil {
-		_ = srv.Close()
-	}
-}
 
 func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)

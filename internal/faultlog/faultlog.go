@@ -3,35 +3,27 @@
 package faultlog
 
 import (
-	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 )
 
-// Tracker remembers whether a fault is ongoing.
+// Tracker remembers whether a fault is ongoing. Ok is called on every
+// success, so it is one atomic load when nothing was wrong.
 type Tracker struct {
-	mu      sync.Mutex
-	failing bool
+	failing atomic.Bool
 }
 
 // Fail logs msg with err at error level unless the fault is already ongoing.
 func (t *Tracker) Fail(logger *zap.Logger, msg string, err error, fields ...zap.Field) {
-	t.mu.Lock()
-	first := !t.failing
-	t.failing = true
-	t.mu.Unlock()
-	if first {
+	if t.failing.CompareAndSwap(false, true) {
 		logger.Error(msg, append(fields, zap.Error(err))...)
 	}
 }
 
 // Ok logs msg at info level if a fault was ongoing, and clears it.
 func (t *Tracker) Ok(logger *zap.Logger, msg string) {
-	t.mu.Lock()
-	was := t.failing
-	t.failing = false
-	t.mu.Unlock()
-	if was {
+	if t.failing.Load() && t.failing.CompareAndSwap(true, false) {
 		logger.Info(msg)
 	}
 }

@@ -118,8 +118,15 @@ func (r *relay) Destruct() error {
 // the config's context, so that two different relays cannot share a name.
 var (
 	namesMu    sync.Mutex
-	namesInUse = make(map[context.Context]map[string]*Relay)
+	namesInUse = make(map[context.Context]map[string]namedRelay)
 )
+
+// namedRelay is the handler that took a name, and its settings as JSON at
+// that moment (loading the store module clears StoreRaw afterwards).
+type namedRelay struct {
+	h        *Relay
+	settings []byte
+}
 
 // claimName registers h's name in its config. The same relay listed twice
 // (one site block serving several addresses becomes one handler per server)
@@ -129,14 +136,18 @@ func claimName(ctx caddy.Context, h *Relay) error {
 	defer namesMu.Unlock()
 	names := namesInUse[ctx.Context]
 	if names == nil {
-		names = make(map[string]*Relay)
+		names = make(map[string]namedRelay)
 		namesInUse[ctx.Context] = names
 	}
-	if other, ok := names[h.Name]; ok && !sameConfig(other, h) {
+	settings, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	if other, ok := names[h.Name]; ok && !bytes.Equal(other.settings, settings) {
 		return fmt.Errorf("two webhook_relay handlers with different settings are both named %q "+
 			"(an unnamed one is named %q): give each its own name", h.Name, DefaultName)
 	} else if !ok {
-		names[h.Name] = h
+		names[h.Name] = namedRelay{h: h, settings: settings}
 	}
 	return nil
 }
@@ -145,17 +156,10 @@ func releaseName(ctx caddy.Context, h *Relay) {
 	namesMu.Lock()
 	defer namesMu.Unlock()
 	names := namesInUse[ctx.Context]
-	if names[h.Name] == h {
+	if names[h.Name].h == h {
 		delete(names, h.Name)
 	}
 	if len(names) == 0 {
 		delete(namesInUse, ctx.Context)
 	}
-}
-
-// sameConfig compares the user-facing settings of two handlers.
-func sameConfig(a, b *Relay) bool {
-	ja, errA := json.Marshal(a)
-	jb, errB := json.Marshal(b)
-	return errA == nil && errB == nil && bytes.Equal(ja, jb)
 }

@@ -89,6 +89,10 @@ type Engine struct {
 	done      chan struct{}
 }
 
+// maxHeldBytes bounds the bodies held in memory: entries claimed and not yet
+// delivered, most of them waiting out a backoff while the upstream fails.
+const maxHeldBytes = 256 << 20
+
 // storeTimeout bounds one bookkeeping call to the store.
 const storeTimeout = 10 * time.Second
 
@@ -193,6 +197,7 @@ func (e *Engine) run() {
 	running := 0 // attempts talking to the upstream, bounded by Concurrency
 	busy := 0    // deliver goroutines that have not reported their result
 	backingOff := 0
+	heldBytes := 0
 	lookForMore := true
 
 	timer := time.NewTimer(time.Hour)
@@ -209,6 +214,7 @@ func (e *Engine) run() {
 	finish := func(r result) {
 		busy--
 		if r.done {
+			heldBytes -= len(r.h.entry.Body)
 			delete(holding, r.h.entry.ID)
 			lookForMore = true
 			return
@@ -231,7 +237,8 @@ func (e *Engine) run() {
 		batch := max(limit/4, 1)
 		maxHeld := 16 * limit
 		active := len(holding) - backingOff
-		if lookForMore && active <= limit-batch && len(holding) < maxHeld {
+		roomToHold := len(holding) < maxHeld && heldBytes < maxHeldBytes
+		if lookForMore && active <= limit-batch && roomToHold {
 			want := min(limit-active, maxHeld-len(holding))
 			ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
 			entries, err := e.cfg.Store.Claim(ctx, want)
@@ -252,6 +259,7 @@ func (e *Engine) run() {
 						continue
 					}
 					h := &held{entry: ent, due: now}
+					heldBytes += len(ent.Body)
 					holding[ent.ID] = h
 					heap.Push(&due, h)
 				}
@@ -260,7 +268,8 @@ func (e *Engine) run() {
 			}
 		}
 
-		e.full.Store(len(holding)-backingOff > limit-batch || len(holding) >= maxHeld)
+		roomToHold = len(holding) < maxHeld && heldBytes < maxHeldBytes
+		e.full.Store(len(holding)-backingOff > limit-batch || !roomToHold)
 
 		now := e.cfg.Now()
 		for running < s.Concurrency && due.Len() > 0 && !due[0].due.After(now) {

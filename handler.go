@@ -90,7 +90,7 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 	key, err = h.keyer.Key(r.Header, query, body)
 	if err != nil {
 		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
-			errors.New("the body is not valid JSON; this relay's key reads JSON"))
+			errors.New("the body is not valid JSON; this relay's key reads JSON (send JSON, or configure key body to accept any body)"))
 	}
 
 	entry := &dedupe.Entry{

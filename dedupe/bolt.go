@@ -509,30 +509,41 @@ func (b *Bolt) Attempted(ctx context.Context, e *Entry) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
-	id, attempts, status, reason := e.ID, e.Attempts, e.LastStatus, e.LastError
-	var found bool
-	err := b.write(func(tx *bolt.Tx) error {
-		found = false
-		qk := boltQueueKey(tx, id)
-		if qk == nil {
-			return nil
-		}
-		queue := tx.Bucket(boltQueue)
-		stored, err := boltDecode(queue.Get(qk))
-		if err != nil {
-			return err
-		}
-		stored.Attempts, stored.LastStatus, stored.LastError = attempts, status, reason
-		found = true
-		return queue.Put(qk, boltEncode(stored))
+	found, err := b.updateQueued(e, func(tx *bolt.Tx, qk []byte, stored *Entry) error {
+		return tx.Bucket(boltQueue).Put(qk, boltEncode(stored))
 	})
 	if err != nil {
 		return err
 	}
 	if !found {
-		return fmt.Errorf("recording attempt on %s: %w", id, ErrNotFound)
+		return fmt.Errorf("recording attempt on %s: %w", e.ID, ErrNotFound)
 	}
 	return nil
+}
+
+// updateQueued runs fn, in one write transaction, on the queued entry e.ID
+// with e's attempt record applied. It reports whether the entry was queued.
+func (b *Bolt) updateQueued(e *Entry, fn func(tx *bolt.Tx, qk []byte, stored *Entry) error) (bool, error) {
+	id, attempts, status, reason := e.ID, e.Attempts, e.LastStatus, e.LastError
+	var found bool
+	err := b.write(func(tx *bolt.Tx) error {
+		found = false // the function may run again (group commit)
+		qk := boltQueueKey(tx, id)
+		if qk == nil {
+			return nil
+		}
+		stored, err := boltDecode(tx.Bucket(boltQueue).Get(qk))
+		if err != nil {
+			return err
+		}
+		stored.Attempts, stored.LastStatus, stored.LastError = attempts, status, reason
+		if err := fn(tx, qk, stored); err != nil {
+			return err
+		}
+		found = true
+		return nil
+	})
+	return found, err
 }
 
 // Ack implements Store. The payload is deleted; its marker stays until the
@@ -591,23 +602,11 @@ func (b *Bolt) Bury(ctx context.Context, e *Entry) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
-	id, attempts, status, reason := e.ID, e.Attempts, e.LastStatus, e.LastError
-	var found bool
-	err := b.write(func(tx *bolt.Tx) error {
-		found = false
-		qk := boltQueueKey(tx, id)
-		if qk == nil {
-			return nil
-		}
-		d, err := boltDecode(tx.Bucket(boltQueue).Get(qk))
-		if err != nil {
+	id := e.ID
+	found, err := b.updateQueued(e, func(tx *bolt.Tx, qk []byte, stored *Entry) error {
+		if err := tx.Bucket(boltDead).Put([]byte(id), boltEncode(stored)); err != nil {
 			return err
 		}
-		d.Attempts, d.LastStatus, d.LastError = attempts, status, reason
-		if err := tx.Bucket(boltDead).Put([]byte(id), boltEncode(d)); err != nil {
-			return err
-		}
-		found = true
 		return boltDelete(tx, qk, id)
 	})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -73,6 +74,7 @@ const BoltOpenTimeout = time.Second
 
 const (
 	boltMaxBatch    = 1000 // calls sharing one commit
+	boltMaxYields   = 8    // yields while gathering a group; see gather
 	boltSweepBatch  = 1000 // markers deleted per sweep transaction
 	boltMaxRawKey   = 512  // longer dedupe keys are stored as their SHA-256
 	boltIDWidth     = 20   // digits of an id: uint64 fits, and ids sort as strings
@@ -261,19 +263,36 @@ func (b *Bolt) committer() {
 		case <-b.done:
 			return
 		}
-		// everyone already waiting joins this commit
-	gather:
+		calls = b.gather(calls)
+		b.commitGroup(calls)
+		clear(calls)
+	}
+}
+
+// gather adds the calls that are waiting to the group. A commit costs
+// about the same for one call as for dozens (two fsyncs and the pages it
+// rewrites), so under load it pays to let the goroutines that are about to
+// call write get there first: each yield runs whatever is runnable, and
+// gathering stops once a yield brings nobody new. An idle store yields once
+// and commits at once.
+func (b *Bolt) gather(calls []*boltCommit) []*boltCommit {
+	for range boltMaxYields {
+		runtime.Gosched()
+		before := len(calls)
+	take:
 		for len(calls) < boltMaxBatch {
 			select {
 			case c := <-b.commits:
 				calls = append(calls, c)
 			default:
-				break gather
+				break take
 			}
 		}
-		b.commitGroup(calls)
-		clear(calls)
+		if len(calls) == before || len(calls) == boltMaxBatch {
+			break
+		}
 	}
+	return calls
 }
 
 func (b *Bolt) commitGroup(calls []*boltCommit) {

@@ -38,8 +38,8 @@ type Redis struct {
 	idle     time.Duration
 	durable  time.Duration // WAITAOF timeout; 0: do not wait
 	closed   atomic.Bool
-	admits   chan *admitReq // to the batching admitters
-	inflight atomic.Int64   // admits running now
+	calls    chan *scriptCall // to the pipeliners
+	inflight atomic.Int64     // script calls running now
 	stop     chan struct{}  // closed by Close
 
 	stream, att, loc, deadIdx, deadPrefix, seenPrefix string
@@ -126,7 +126,7 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 	if cfg.DurableAck {
 		r.durable = cfg.DurableAckTimeout
 	}
-	r.admits, r.stop = make(chan *admitReq), make(chan struct{})
+	r.calls, r.stop = make(chan *scriptCall), make(chan struct{})
 	if err := r.ensureGroup(ctx); err != nil {
 		if !unreachable(err) || cfg.DurableAck {
 			// durable_ack must be checked against the server before the
@@ -137,13 +137,13 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 		// Running answers 503 (the sender retries) until Redis is back; the
 		// group and the scripts are then created on first use.
 		cfg.Logger.Error("Redis is unreachable: webhooks are answered 503 until it is back", zap.Error(err))
-		for range admitters {
-			go r.admitter()
+		for range pipeliners {
+			go r.pipeliner()
 		}
 		return r, nil
 	}
-	for range admitters {
-		go r.admitter()
+	for range pipeliners {
+		go r.pipeliner()
 	}
 	checkEviction(ctx, client, cfg.Logger)
 	if cfg.DurableAck {
@@ -270,7 +270,13 @@ func (r *Redis) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	if r.durable > 0 {
 		res, err = r.admitDurable(ctx, keys, args)
 	} else {
-		res, err = r.admitBatched(ctx, keys, args)
+		var v any
+		if v, err = r.runScript(ctx, admitScript, keys, args); err == nil {
+			res, _ = v.([]any)
+			if len(res) == 0 {
+				err = fmt.Errorf("unexpected reply %v", v)
+			}
+		}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("redis store: admit: %w", err)
@@ -288,125 +294,6 @@ func (r *Redis) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	}
 	e.ID, e.Received, e.Queued = id, now, now
 	return Accepted, nil
-}
-
-// Concurrent admits share round trips: a few admitters each take what is
-// waiting (up to admitBatch admits) and run it as one pipeline of EVALSHAs,
-// so under load one round trip carries many admits; an admit that runs
-// alone goes straight to Redis.
-const (
-	admitters  = 4
-	admitBatch = 64
-)
-
-type admitReq struct {
-	ctx  context.Context
-	keys []string
-	args []any
-	res  []any
-	err  error
-	done chan struct{}
-}
-
-func (r *Redis) admitBatched(ctx context.Context, keys []string, args []any) ([]any, error) {
-	defer r.inflight.Add(-1)
-	if r.inflight.Add(1) == 1 {
-		// alone: nothing to share a round trip with, so no hand-off
-		return admitScript.Run(ctx, r.client, keys, args...).Slice()
-	}
-	req := &admitReq{ctx: ctx, keys: keys, args: args, done: make(chan struct{})}
-	select {
-	case r.admits <- req:
-	case <-r.stop:
-		return nil, ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	// Once handed over the admit may run even if we stop waiting. Past the
-	// caller's deadline the sender gets a 503 all the same: if the payload
-	// was stored after all, its retry is answered "duplicate" and nothing is
-	// lost, while an answer that never comes makes every sender time out.
-	select {
-	case <-req.done:
-		return req.res, req.err
-	case <-ctx.Done():
-		return nil, fmt.Errorf("redis store: no answer before the admit deadline: %w", ctx.Err())
-	}
-}
-
-func (r *Redis) admitter() {
-	batch := make([]*admitReq, 0, admitBatch)
-	for {
-		select {
-		case <-r.stop:
-			return
-		case req := <-r.admits:
-			batch = append(batch[:0], req)
-		}
-	more:
-		for len(batch) < admitBatch {
-			select {
-			case req := <-r.admits:
-				batch = append(batch, req)
-			default:
-				break more
-			}
-		}
-		r.runAdmits(batch)
-		clear(batch)
-	}
-}
-
-// runAdmits runs a batch of admits in one pipeline; a batch that meets a
-// script cache without the script (Redis restarted) runs again with EVAL.
-func (r *Redis) runAdmits(batch []*admitReq) {
-	if len(batch) == 1 {
-		req := batch[0]
-		req.res, req.err = admitScript.Run(req.ctx, r.client, req.keys, req.args...).Slice()
-		close(req.done)
-		return
-	}
-	run := func(eval bool) []*redis.Cmd {
-		pipe := r.client.Pipeline()
-		cmds := make([]*redis.Cmd, len(batch))
-		for i, req := range batch {
-			if eval {
-				cmds[i] = admitScript.Eval(req.ctx, pipe, req.keys, req.args...)
-			} else {
-				cmds[i] = admitScript.EvalSha(req.ctx, pipe, req.keys, req.args...)
-			}
-		}
-		// bounded by the client's timeouts and by the batch's deadline
-		ctx, cancel := batchContext(batch)
-		defer cancel()
-		_, _ = pipe.Exec(ctx)
-		return cmds
-	}
-	cmds := run(false)
-	for _, c := range cmds {
-		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			cmds = run(true) // an admit that failed with NOSCRIPT wrote nothing
-			break
-		}
-	}
-	for i, req := range batch {
-		req.res, req.err = cmds[i].Slice()
-		close(req.done)
-	}
-}
-
-// batchContext ends at the earliest deadline of the batch's admits.
-func batchContext(batch []*admitReq) (context.Context, context.CancelFunc) {
-	var earliest time.Time
-	for _, req := range batch {
-		if d, ok := req.ctx.Deadline(); ok && (earliest.IsZero() || d.Before(earliest)) {
-			earliest = d
-		}
-	}
-	if earliest.IsZero() {
-		return context.WithCancel(context.Background())
-	}
-	return context.WithDeadline(context.Background(), earliest)
 }
 
 // admitDurable runs the admit script and WAITAOF in one pipeline: WAITAOF
@@ -627,8 +514,8 @@ func (r *Redis) Ack(ctx context.Context, id string) error {
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
-	if err := ackScript.Run(ctx, r.client, []string{r.stream, r.att, r.loc},
-		groupName, id, parseID(id)).Err(); err != nil {
+	if _, err := r.runScript(ctx, ackScript, []string{r.stream, r.att, r.loc},
+		[]any{groupName, id, parseID(id)}); err != nil {
 		return fmt.Errorf("redis store: ack %s: %w", id, err)
 	}
 	return nil

@@ -199,7 +199,7 @@ func TestRedisDownAnswers503(t *testing.T) {
 			// refused dials fail at once; go-redis retries the dial 5 times
 			// 100ms apart, the command once (with a backoff of up to
 			// 512ms), and concurrent admits queue behind the batching
-			// admitters: about 1-1.7s seen, 3s allowed
+			// pipeliners: about 1-1.7s seen, 3s allowed
 			if r.Took > 3*time.Second {
 				t.Errorf("round %d, payload %d with Redis down took %s; the redis timeouts are 500ms", round, ids[j], r.Took)
 			}
@@ -292,7 +292,7 @@ func TestRedisRestartKeepsQueue(t *testing.T) {
 // is accepted or duplicate; every payload is delivered once.
 func TestRedisHungAnswers503(t *testing.T) {
 	// one try and one retry at 500ms each, the retry backoff, and the
-	// queueing of concurrent admits behind the batching admitters
+	// queueing of concurrent admits behind the batching pipeliners
 	hungRedis(t, redisSite, 4*time.Second, true)
 }
 

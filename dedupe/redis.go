@@ -40,7 +40,7 @@ type Redis struct {
 	closed   atomic.Bool
 	calls    chan *scriptCall // to the pipeliners
 	inflight atomic.Int64     // script calls running now
-	stop     chan struct{}  // closed by Close
+	stop     chan struct{}    // closed by Close
 
 	stream, att, loc, deadIdx, deadPrefix, seenPrefix string
 }

@@ -40,8 +40,10 @@ const admitTimeout = 10 * time.Second
 const retryAfterSeconds = "5"
 
 var (
-	respAccepted  = []byte(`{"status":"accepted"}` + "\n")
-	respDuplicate = []byte(`{"status":"duplicate"}` + "\n")
+	// one shared header value: Header.Set would allocate it per request
+	jsonContentType = []string{"application/json"}
+	respAccepted    = []byte(`{"status":"accepted"}` + "\n")
+	respDuplicate   = []byte(`{"status":"duplicate"}` + "\n")
 )
 
 // ServeHTTP is the ack path: check, read, key, admit, answer. It never calls
@@ -118,7 +120,7 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 	}
 	h.relay.storeErr.Ok(h.logger, "store reachable again; accepting webhooks")
 
-	w.Header().Set("Content-Type", "application/json")
+	w.Header()["Content-Type"] = jsonContentType
 	w.WriteHeader(http.StatusOK)
 	if admission == dedupe.Duplicate {
 		_, _ = w.Write(respDuplicate)

@@ -20,9 +20,11 @@ type Memory struct {
 	closed bool
 	lastID uint64
 
-	// seen maps a key to when its marker expires; expiring lists the same
-	// markers in the order they expire so Admit can sweep them cheaply.
-	seen     map[string]time.Time
+	// seen maps a key to when its marker expires (Unix nanoseconds: no
+	// pointer for the garbage collector to follow in a map that holds a
+	// whole window of keys); expiring lists the same markers in the order
+	// they expire so Admit can sweep them cheaply.
+	seen     map[string]int64
 	expiring []marker
 
 	// queue holds *queued values in the order they entered the queue;
@@ -36,7 +38,7 @@ type Memory struct {
 
 type marker struct {
 	key     string
-	expires time.Time
+	expires int64
 }
 
 type queued struct {
@@ -48,7 +50,7 @@ type queued struct {
 func NewMemory(opts Options) *Memory {
 	m := &Memory{
 		now:    opts.Clock(),
-		seen:   make(map[string]time.Time),
+		seen:   make(map[string]int64),
 		queue:  list.New(),
 		queued: make(map[string]*list.Element),
 		dead:   make(map[string]*Entry),
@@ -75,8 +77,9 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	}
 
 	now := m.now()
-	m.sweep(now)
-	if expires, ok := m.seen[e.Key]; ok && now.Before(expires) {
+	nowNS := now.UnixNano()
+	m.sweep(nowNS)
+	if expires, ok := m.seen[e.Key]; ok && nowNS < expires {
 		return Duplicate, nil
 	}
 	// a full backlog must not mark the key seen: the sender retries later
@@ -93,7 +96,7 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	q.e.Body = bytes.Clone(e.Body)
 	m.queued[e.ID] = m.queue.PushBack(q)
 
-	expires := now.Add(m.windowLen())
+	expires := now.Add(m.windowLen()).UnixNano()
 	m.seen[e.Key] = expires
 	m.expiring = append(m.expiring, marker{key: e.Key, expires: expires})
 	return Accepted, nil
@@ -102,12 +105,12 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 // sweep forgets expired markers. The window is fixed, so markers expire in
 // the order they were set and each one is looked at once: this stays O(1)
 // per Admit, amortised, and bounds memory by the admits of one window.
-func (m *Memory) sweep(now time.Time) {
+func (m *Memory) sweep(nowNS int64) {
 	n := 0
-	for n < len(m.expiring) && !now.Before(m.expiring[n].expires) {
+	for n < len(m.expiring) && nowNS >= m.expiring[n].expires {
 		mk := m.expiring[n]
 		// the key may have been admitted again since; that marker is newer
-		if m.seen[mk.key].Equal(mk.expires) {
+		if m.seen[mk.key] == mk.expires {
 			delete(m.seen, mk.key)
 		}
 		n++

@@ -123,6 +123,7 @@ func run() int {
 	rounds := flag.Int("rounds", 3, "rounds; each round runs every target once, in turn")
 	names := flag.String("targets", "respond,memory,bolt,redis,proxy,bolt-live,redis-live", "targets to run, comma separated (memory-live is also available)")
 	drainTimeout := flag.Duration("drain-timeout", 60*time.Second, "how long to wait for a live relay to deliver everything")
+	redisAOF := flag.Bool("redis-aof", true, "run Redis with appendonly yes, appendfsync everysec, as the README recommends (false: no persistence)")
 	profile := flag.Bool("pprof", false, "CPU-profile Caddy through its admin endpoint during round 1 of each target (keeps the temp dir)")
 	flag.Parse()
 	if *duration <= 0 || *conns <= 0 || *rounds <= 0 {
@@ -184,13 +185,13 @@ func run() int {
 	var redis *proc
 	if slices.ContainsFunc(active, func(t *target) bool { return t.store == "redis" }) {
 		var port int
-		redis, port, err = startRedis(dir)
+		redis, port, err = startRedis(dir, *redisAOF)
 		if err != nil {
 			return fail("%v", err)
 		}
 		defer redis.stop(10 * time.Second)
 		e.redisPort = port
-		fmt.Printf("redis: %s\n", commandOutput("redis-server", "--version"))
+		fmt.Printf("redis: %s (appendonly %v)\n", commandOutput("redis-server", "--version"), *redisAOF)
 	}
 	adminPort, err := freePort()
 	if err != nil {

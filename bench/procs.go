@@ -116,8 +116,10 @@ func (p *proc) tail(n int) string {
 }
 
 // startRedis starts a private redis-server on a free port with its own
-// directory and no persistence, and waits until it answers PING.
-func startRedis(dir string) (*proc, int, error) {
+// directory, and waits until it answers PING. With aof it persists as the
+// README asks of a production Redis (appendonly, fsync every second);
+// without, it keeps nothing.
+func startRedis(dir string, aof bool) (*proc, int, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, 0, errors.New("redis-server not found: install redis-server (apt-get install redis-server), or leave out the redis targets with -targets")
@@ -130,9 +132,13 @@ func startRedis(dir string) (*proc, int, error) {
 	if err := os.MkdirAll(rdir, 0o755); err != nil {
 		return nil, 0, err
 	}
+	persistence := []string{"--appendonly", "no"}
+	if aof {
+		persistence = []string{"--appendonly", "yes", "--appendfsync", "everysec"}
+	}
 	p, err := startProc("redis-server", filepath.Join(dir, "redis.log"), nil, bin,
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", rdir,
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no")
+		append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", rdir,
+			"--save", "", "--daemonize", "no", "--protected-mode", "no"}, persistence...)...)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -2,8 +2,6 @@ package webhookrelay
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -67,14 +65,13 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 			fmt.Errorf("webhooks are delivered with POST, not %s", r.Method))
 	}
 
-	query, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil && len(h.auth) > 0 {
+	rawQuery, err := h.checkQuery(r.URL.RawQuery)
+	switch {
+	case errors.Is(err, errWrongAuth):
 		return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized,
-			errors.New("malformed query string; the auth parameters cannot be read"))
-	}
-	if !h.authorized(query) {
-		return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized,
-			fmt.Errorf("missing or wrong auth query parameter (%s)", h.authParamNames()))
+			fmt.Errorf("%v (%s)", err, h.authParamNames()))
+	case err != nil:
+		return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized, err)
 	}
 
 	if r.ContentLength > h.MaxBody {
@@ -89,6 +86,10 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 			fmt.Errorf("reading the request body: %v", err))
 	}
 
+	var query url.Values
+	if h.keyer.NeedsQuery() {
+		query, _ = url.ParseQuery(r.URL.RawQuery) // checked above when it matters
+	}
 	key, err = h.keyer.Key(r.Header, query, body)
 	if err != nil {
 		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
@@ -99,7 +100,7 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 		Key:  key,
 		Body: body,
 		Request: dedupe.RequestMeta{
-			RawQuery:     stripParams(r.URL.RawQuery, h.auth),
+			RawQuery:     rawQuery,
 			ContentType:  r.Header.Get("Content-Type"),
 			UserAgent:    r.Header.Get("User-Agent"),
 			ForwardedFor: forwardedFor(r),
@@ -129,35 +130,6 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 	h.relay.engine.Wake()
 	_, _ = w.Write(respAccepted)
 	return OutcomeAccepted, key, nil
-}
-
-// authorized reports whether every auth parameter is present exactly once
-// and matches one of its secrets. All secrets are compared, so the time
-// taken does not depend on which one matched.
-func (h *Relay) authorized(query url.Values) bool {
-	ok := 1
-	for _, p := range h.auth {
-		values := query[p.name]
-		if len(values) != 1 {
-			ok = 0
-			continue
-		}
-		got := sha256.Sum256([]byte(values[0]))
-		match := 0
-		for i := range p.digests {
-			match |= subtle.ConstantTimeCompare(got[:], p.digests[i][:])
-		}
-		ok &= match
-	}
-	return ok == 1
-}
-
-func (h *Relay) authParamNames() string {
-	names := make([]string, len(h.auth))
-	for i, p := range h.auth {
-		names[i] = p.name
-	}
-	return strings.Join(names, ", ")
 }
 
 var errTooLarge = errors.New("body too large")
@@ -203,39 +175,6 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 		return nil, errTooLarge
 	}
 	return buf, nil
-}
-
-// stripParams removes the auth parameters from a raw query, keeping the
-// order and encoding of everything else, so that no secret is stored or
-// forwarded.
-func stripParams(rawQuery string, auth []authParam) string {
-	if rawQuery == "" || len(auth) == 0 {
-		return rawQuery
-	}
-	var kept []string
-	for part := range strings.SplitSeq(rawQuery, "&") {
-		if part == "" {
-			continue
-		}
-		name, _, _ := strings.Cut(part, "=")
-		if unescaped, err := url.QueryUnescape(name); err == nil {
-			name = unescaped
-		}
-		if isAuthParam(name, auth) {
-			continue
-		}
-		kept = append(kept, part)
-	}
-	return strings.Join(kept, "&")
-}
-
-func isAuthParam(name string, auth []authParam) bool {
-	for _, p := range auth {
-		if p.name == name {
-			return true
-		}
-	}
-	return false
 }
 
 // forwardedFor is the incoming X-Forwarded-For chain plus the client.

@@ -3,6 +3,7 @@ package webhookrelay
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -14,24 +15,35 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-func TestStripParamsKeepsOrderAndEncoding(t *testing.T) {
-	auth := []authParam{{name: "token"}, {name: "sig"}}
+func TestCheckQueryStripsAuthKeepingOrderAndEncoding(t *testing.T) {
+	auth, err := compileAuth(caddy.NewReplacer(), map[string][]string{"token": {"s"}, "sig": {"1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Relay{auth: auth}
 	for in, want := range map[string]string{
-		"":                               "",
-		"token=s":                        "",
-		"a=1&token=s&b=%20x":             "a=1&b=%20x",
-		"tok%65n=s&a=1":                  "a=1", // an encoded name is still the auth param
-		"sig=1&sig=2&z=&token=s&token=t": "z=",
-		"a=1&&b=2":                       "a=1&b=2",
-		"tokenx=1&xtoken=2":              "tokenx=1&xtoken=2",
+		"token=s&sig=1":                    "",
+		"a=1&token=s&b=%20x&sig=1":         "a=1&b=%20x",
+		"tok%65n=s&a=1&si%67=1":            "a=1", // an encoded name is still the auth param
+		"z=&token=s&sig=%31":               "z=",
+		"a=1&&b=2&token=s&sig=1":           "a=1&b=2",
+		"tokenx=1&xtoken=2&token=s&sig=1":  "tokenx=1&xtoken=2",
+		"a=%2B+b&token=s&sig=1&c=%zz-like": "",
 	} {
-		if got := stripParams(in, auth); got != want {
-			t.Errorf("stripParams(%q) = %q, want %q", in, got, want)
+		got, err := h.checkQuery(in)
+		if strings.Contains(in, "%zz") {
+			if !errors.Is(err, errMalformedQuery) {
+				t.Errorf("checkQuery(%q): want errMalformedQuery, got %v", in, err)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("checkQuery(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
 }
 
-func TestAuthorized(t *testing.T) {
+func TestCheckQueryAuth(t *testing.T) {
 	repl := caddy.NewReplacer()
 	t.Setenv("RELAY_TEST_NEW", "new-secret")
 	auth, err := compileAuth(repl, map[string][]string{
@@ -42,22 +54,62 @@ func TestAuthorized(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &Relay{auth: auth}
-	for query, want := range map[string]bool{
-		"token=new-secret&team=a":                  true,
-		"token=old-secret&team=a":                  true,
-		"token=new-secret":                         false,
-		"team=a":                                   false,
-		"token=wrong&team=a":                       false,
-		"token=new-secret&token=new-secret&team=a": false,
-		"token=new-secret%00&team=a":               false,
-		"token=NEW-SECRET&team=a":                  false,
-		"":                                         false,
+	for query, want := range map[string]error{
+		"token=new-secret&team=a":                    nil,
+		"token=old-secret&team=a":                    nil,
+		"tok%65n=old-secret&team=%61":                nil,
+		"token=new-secret":                           errWrongAuth,
+		"team=a":                                     errWrongAuth,
+		"token=wrong&team=a":                         errWrongAuth,
+		"token=new-secret&token=new-secret&team=a":   errWrongAuth,
+		"token=new-secret&tok%65n=new-secret&team=a": errWrongAuth,
+		"token=new-secret%00&team=a":                 errWrongAuth,
+		"token=NEW-SECRET&team=a":                    errWrongAuth,
+		"":                                           errWrongAuth,
+		"token=new-secret&team=a;x=1":                errMalformedQuery,
+		"token=new-secret&team=a&x=%":                errMalformedQuery,
+		"token=new-secret&team=a&%zz=1":              errMalformedQuery,
 	} {
-		q, _ := url.ParseQuery(query)
-		if got := h.authorized(q); got != want {
-			t.Errorf("authorized(%q) = %v, want %v", query, got, want)
+		_, err := h.checkQuery(query)
+		if !errors.Is(err, want) || (want == nil && err != nil) {
+			t.Errorf("checkQuery(%q) = %v, want %v", query, err, want)
 		}
 	}
+}
+
+// FuzzCheckQuery holds checkQuery to url.ParseQuery's reading of the same
+// query: accepted exactly when ParseQuery succeeds and finds the token once
+// with its secret, and then nothing named token (decoded) is left in the
+// stripped query.
+func FuzzCheckQuery(f *testing.F) {
+	for _, q := range []string{
+		"token=s+1", "token=s%201", "token=s 1", "token=s+1&token=s+1", "token=s+1&a=%",
+		"token=s+1&a;b", "&&token=s+1&&", "token", "token=", "=s+1", "token=s+1=x",
+		"%74oken=s%2B1", "token=s%2b1", "a=1&token=s+1&b", "token=s+1&a=%4", "token=s+1&a%41=%zz",
+		"token=s+1&%=1", "x=%41%42%4&token=s+1",
+	} {
+		f.Add(q)
+	}
+	auth, err := compileAuth(caddy.NewReplacer(), map[string][]string{"token": {"s 1"}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	h := &Relay{auth: auth}
+	f.Fuzz(func(t *testing.T, q string) {
+		parsed, perr := url.ParseQuery(q)
+		want := perr == nil && len(parsed["token"]) == 1 && parsed["token"][0] == "s 1"
+		stripped, err := h.checkQuery(q)
+		if got := err == nil; got != want {
+			t.Fatalf("checkQuery(%q) accepted=%v, ParseQuery says %v (%v)", q, got, want, perr)
+		}
+		if err != nil {
+			return
+		}
+		rest, err := url.ParseQuery(stripped)
+		if err != nil || rest.Has("token") {
+			t.Fatalf("checkQuery(%q) left %q (%v)", q, stripped, err)
+		}
+	})
 }
 
 func TestEmptySecretIsAConfigError(t *testing.T) {

@@ -189,6 +189,17 @@ func validHeaderName(s string) bool {
 // json.*); the handler then rejects bodies that are not JSON.
 func (k *Keyer) NeedsJSON() bool { return k.needsJSON }
 
+// NeedsQuery reports whether a key source reads the query string, so the
+// caller can skip parsing it otherwise.
+func (k *Keyer) NeedsQuery() bool {
+	for _, src := range k.sources {
+		if src.kind == srcQuery {
+			return true
+		}
+	}
+	return false
+}
+
 // Key returns the dedupe key of a request. header and query sources read
 // the first value of their field in h and query; an empty value yields
 // nothing. body is the raw request body. The only error is ErrNotJSON, when

@@ -70,6 +70,8 @@ type env struct {
 	upstream  string // host:port of the counting upstream
 	deadPort  int    // nothing listens here
 	redisPort int
+	// deliveryConcurrency is the live relays' concurrency setting
+	deliveryConcurrency int
 }
 
 func (t *target) url() string {
@@ -104,6 +106,9 @@ func (t *target) site(e env) string {
 		if !t.live {
 			b.WriteString("\t\tmax_backlog 10000000\n") // a burst must never 503
 		}
+		if t.live {
+			fmt.Fprintf(&b, "\t\tconcurrency %d\n", e.deliveryConcurrency)
+		}
 		b.WriteString("\t}\n")
 	}
 	b.WriteString("}\n")
@@ -120,6 +125,7 @@ func run() int {
 	duration := flag.Duration("duration", 10*time.Second, "measured load time per target per round")
 	warmup := flag.Duration("warmup", time.Second, "unmeasured load before each measurement")
 	conns := flag.Int("connections", 64, "keep-alive connections (closed-loop workers)")
+	deliveryConc := flag.Int("delivery-concurrency", 0, "the live relays' concurrency (parallel deliveries); default: as many as -connections, the parallelism reverse_proxy gets from the load")
 	rounds := flag.Int("rounds", 3, "rounds; each round runs every target once, in turn")
 	names := flag.String("targets", "respond,memory,bolt,redis,proxy,bolt-live,redis-live", "targets to run, comma separated (memory-live is also available)")
 	drainTimeout := flag.Duration("drain-timeout", 60*time.Second, "how long to wait for a live relay to deliver everything")
@@ -178,7 +184,10 @@ func run() int {
 	}
 	defer up.close()
 
-	e := env{dir: dir, upstream: up.addr}
+	e := env{dir: dir, upstream: up.addr, deliveryConcurrency: *deliveryConc}
+	if e.deliveryConcurrency <= 0 {
+		e.deliveryConcurrency = *conns
+	}
 	if e.deadPort, err = freePort(); err != nil {
 		return fail("%v", err)
 	}
@@ -250,8 +259,9 @@ func run() int {
 		}
 	}()
 
-	fmt.Printf("load: %d keep-alive connections, closed loop, %s warm-up + %s measured per target per round, %d rounds, ~%d-byte bodies\n\n",
+	fmt.Printf("load: %d keep-alive connections, closed loop, %s warm-up + %s measured per target per round, %d rounds, ~%d-byte bodies\n",
 		*conns, *warmup, *duration, *rounds, len((&payloads{}).body(1)))
+	fmt.Printf("live relays: concurrency %d\n\n", e.deliveryConcurrency)
 
 	gen := &payloads{run: rand.Uint32()}
 	for r := range *rounds {

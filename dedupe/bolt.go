@@ -47,9 +47,13 @@ type Bolt struct {
 	backlog int
 	dead    int
 
-	// claims holds the ids of claimed entries.
-	claimMu sync.Mutex
-	claims  map[string]struct{}
+	// claims holds the ids of claimed entries. Every queued entry whose
+	// queue key sorts before claimFrom is claimed, so Claim starts there
+	// instead of stepping over all the held entries at the front of the
+	// queue each time; Release, the one way back to unclaimed, resets it.
+	claimMu   sync.Mutex
+	claims    map[string]struct{}
+	claimFrom []byte
 }
 
 // Bucket names. The queue is ordered by queue key: an entry's own ID when it
@@ -473,7 +477,19 @@ func (b *Bolt) Claim(ctx context.Context, max int) ([]*Entry, error) {
 	err := b.db.View(func(tx *bolt.Tx) error {
 		bodies := tx.Bucket(boltBodies)
 		c := tx.Bucket(boltQueue).Cursor()
-		for k, v := c.First(); k != nil && len(out) < max; k, v = c.Next() {
+		var last []byte
+		defer func() {
+			if last != nil {
+				// appending a zero byte makes the smallest key after last
+				b.claimFrom = append(bytes.Clone(last), 0)
+			}
+		}()
+		k, v := c.First()
+		if b.claimFrom != nil {
+			k, v = c.Seek(b.claimFrom)
+		}
+		for ; k != nil && len(out) < max; k, v = c.Next() {
+			last = k
 			if _, held := b.claims[boltEntryID(v)]; held {
 				continue
 			}
@@ -490,6 +506,7 @@ func (b *Bolt) Claim(ctx context.Context, max int) ([]*Entry, error) {
 		return nil
 	})
 	if err != nil {
+		b.claimFrom = nil
 		return nil, b.storeErr(err)
 	}
 	for _, e := range out {
@@ -645,6 +662,9 @@ func (b *Bolt) Release(ctx context.Context, ids []string) error {
 		return err
 	}
 	b.unclaim(ids...)
+	b.claimMu.Lock()
+	b.claimFrom = nil // released entries are back before it
+	b.claimMu.Unlock()
 	return nil
 }
 

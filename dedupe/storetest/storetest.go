@@ -71,6 +71,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"WindowExpiry", testWindowExpiry},
 		{"DuplicateAfterDelivery", testDuplicateAfterDelivery},
 		{"ClaimOldestFirst", testClaimOldestFirst},
+		{"ClaimAfterReleaseInTheMiddle", testClaimAfterReleaseInTheMiddle},
 		{"ConcurrentClaimsDisjoint", testConcurrentClaimsDisjoint},
 		{"Release", testRelease},
 		{"Attempted", testAttempted},
@@ -461,6 +462,33 @@ func testClaimOldestFirst(t *testing.T, newStore Factory) {
 
 	d := f.accept("d")
 	f.wantClaim(2, d)
+}
+
+// testClaimAfterReleaseInTheMiddle claims in batches, then releases an entry
+// behind others still held: the next claim must find it (stores may remember
+// where the unclaimed part of the queue starts) and still hand out the
+// oldest first, and a replayed dead letter is found too.
+func testClaimAfterReleaseInTheMiddle(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	var es []*dedupe.Entry
+	for _, k := range []string{"a", "b", "c", "d", "e"} {
+		es = append(es, f.accept(k))
+		f.clock.Advance(time.Millisecond)
+	}
+	a, b, c, d, e := es[0], es[1], es[2], es[3], es[4]
+	f.wantClaim(2, a, b)
+	f.wantClaim(2, c, d)
+	f.ack(a)
+	f.release(c)
+	f.wantClaim(10, c, e)
+	f.wantClaim(10)
+
+	g := f.accept("g")
+	f.wantClaim(10, g)
+	f.bury(b)
+	f.replay([]string{b.ID}, 1)
+	f.wantClaim(10, b)
+	f.wantCounts(5, 0)
 }
 
 func testConcurrentClaimsDisjoint(t *testing.T, newStore Factory) {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
@@ -36,8 +37,9 @@ type outcome struct {
 
 // buildRequest makes the forwarded request: the body byte-identical, the
 // upstream URL plus the stored (auth-free) query, and the headers DESIGN.md
-// lists.
-func buildRequest(ctx context.Context, s *Settings, e *dedupe.Entry, attempt int) (*http.Request, error) {
+// lists. It is put together field by field rather than through
+// http.NewRequest, which would print the URL only to parse it again.
+func buildRequest(ctx context.Context, s *Settings, e *dedupe.Entry, attempt int) *http.Request {
 	u := *s.Upstream
 	if q := e.Request.RawQuery; q != "" {
 		if u.RawQuery == "" {
@@ -46,35 +48,48 @@ func buildRequest(ctx context.Context, s *Settings, e *dedupe.Entry, attempt int
 			u.RawQuery += "&" + q
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(e.Body))
-	if err != nil {
-		return nil, err
-	}
+	body := e.Body
+	h := make(http.Header, len(s.HeaderUp)+6)
 	for field, values := range s.HeaderUp {
-		req.Header[field] = values
+		h[field] = values
 	}
-	if e.Request.ContentType != "" {
-		req.Header.Set("Content-Type", e.Request.ContentType)
+	// one backing array for the values we set, instead of one per header
+	vals := [...]string{e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor, e.Key, strconv.Itoa(attempt)}
+	if vals[0] != "" {
+		h["Content-Type"] = vals[0:1:1]
 	}
 	// An explicit empty User-Agent keeps Go from adding its own.
-	req.Header["User-Agent"] = []string{e.Request.UserAgent}
-	if e.Request.ForwardedFor != "" {
-		req.Header.Set("X-Forwarded-For", e.Request.ForwardedFor)
+	h["User-Agent"] = vals[1:2:2]
+	if vals[2] != "" {
+		h["X-Forwarded-For"] = vals[2:3:3]
 	}
-	req.Header.Set("Idempotency-Key", e.Key)
-	req.Header.Set(AttemptHeader, strconv.Itoa(attempt))
-	return req, nil
+	h["Idempotency-Key"] = vals[3:4:4]
+	h[AttemptHeader] = vals[4:5:5]
+	req := &http.Request{
+		Method:        http.MethodPost,
+		URL:           &u,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		Host:          strings.TrimSuffix(u.Host, ":"), // as http.NewRequest: an empty port is dropped
+		Body:          io.NopCloser(bytes.NewReader(body)),
+		ContentLength: int64(len(body)),
+		// lets the transport send it again on a fresh connection when a
+		// kept-alive one turns out to be closed
+		GetBody: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil },
+	}
+	if len(body) == 0 {
+		req.Body, req.GetBody = http.NoBody, func() (io.ReadCloser, error) { return http.NoBody, nil }
+	}
+	return req.WithContext(ctx)
 }
 
 // attempt sends e to the upstream once and classifies the answer.
 func attempt(ctx context.Context, client *http.Client, s *Settings, e *dedupe.Entry, attemptNo int, now time.Time) outcome {
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()
-	req, err := buildRequest(ctx, s, e, attemptNo)
-	if err != nil {
-		return outcome{verdict: dead, reason: "building the upstream request: " + err.Error()}
-	}
-	resp, err := client.Do(req)
+	resp, err := client.Do(buildRequest(ctx, s, e, attemptNo))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return outcome{verdict: retry, reason: fmt.Sprintf("no answer within timeout %s", s.Timeout)}
@@ -91,11 +106,11 @@ func attempt(ctx context.Context, client *http.Client, s *Settings, e *dedupe.En
 
 // classify maps an upstream status to what happens next.
 func classify(status int, h http.Header, now time.Time) outcome {
-	o := outcome{status: status, reason: fmt.Sprintf("upstream answered %d %s", status, http.StatusText(status))}
+	o := outcome{status: status}
 	switch {
 	case status >= 200 && status < 300:
 		o.verdict = delivered
-		o.reason = ""
+		return o
 	case status == http.StatusRequestTimeout, status == http.StatusTooEarly,
 		status == http.StatusTooManyRequests, status >= 500:
 		o.verdict = retry
@@ -105,6 +120,7 @@ func classify(status int, h http.Header, now time.Time) outcome {
 		// same payload again will get the same answer.
 		o.verdict = dead
 	}
+	o.reason = fmt.Sprintf("upstream answered %d %s", status, http.StatusText(status))
 	return o
 }
 

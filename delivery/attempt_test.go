@@ -1,0 +1,57 @@
+package delivery
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+)
+
+func TestBuildRequest(t *testing.T) {
+	up, _ := url.Parse("http://127.0.0.1:/in?fixed=1")
+	s := &Settings{Upstream: up, HeaderUp: http.Header{"X-Extra": {"yes"}, "Idempotency-Key": {"not this"}}}
+	e := &dedupe.Entry{Key: "k", Body: []byte(`{"a":1}`),
+		Request: dedupe.RequestMeta{RawQuery: "b=%20x", ContentType: "application/json", UserAgent: "", ForwardedFor: "10.0.0.1"}}
+	req := buildRequest(context.Background(), s, e, 3)
+
+	if got := req.URL.String(); got != "http://127.0.0.1:/in?fixed=1&b=%20x" {
+		t.Errorf("URL %s", got)
+	}
+	if *s.Upstream != *up || up.RawQuery != "fixed=1" {
+		t.Errorf("the settings' upstream URL was changed: %s", s.Upstream)
+	}
+	if req.Host != "127.0.0.1" {
+		t.Errorf("Host %q, want the empty port dropped", req.Host)
+	}
+	for field, want := range map[string]string{
+		"Content-Type": "application/json", "X-Forwarded-For": "10.0.0.1", "Idempotency-Key": "k",
+		AttemptHeader: "3", "X-Extra": "yes",
+	} {
+		if got := req.Header.Values(field); len(got) != 1 || got[0] != want {
+			t.Errorf("%s: %q, want %q", field, got, want)
+		}
+	}
+	if ua, ok := req.Header["User-Agent"]; !ok || len(ua) != 1 || ua[0] != "" {
+		t.Errorf("User-Agent %q: want an explicit empty one, so Go adds none", ua)
+	}
+	for i, read := range []func() (io.ReadCloser, error){
+		func() (io.ReadCloser, error) { return req.Body, nil }, req.GetBody, req.GetBody,
+	} {
+		rc, err := read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := io.ReadAll(rc); string(b) != `{"a":1}` || req.ContentLength != int64(len(b)) {
+			t.Errorf("body read %d: %q, ContentLength %d", i, b, req.ContentLength)
+		}
+	}
+
+	e.Body = nil
+	req = buildRequest(context.Background(), s, e, 1)
+	if req.Body != http.NoBody || req.ContentLength != 0 {
+		t.Errorf("empty body: Body %v, ContentLength %d; want http.NoBody, 0", req.Body, req.ContentLength)
+	}
+}

@@ -30,10 +30,6 @@ const (
 	OutcomeMethodNotAllowed = "method_not_allowed"
 )
 
-// admitTimeout bounds the store's admit step; past it the sender gets a 503
-// and retries.
-const admitTimeout = 10 * time.Second
-
 // retryAfterSeconds is what a 503 asks the sender to wait.
 const retryAfterSeconds = "5"
 
@@ -106,9 +102,10 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 			ForwardedFor: forwardedFor(r),
 		},
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), admitTimeout)
-	defer cancel()
-	admission, err := h.relay.store.Admit(ctx, entry)
+	// A sender hanging up must not abort an admit half way. The store
+	// bounds its own wait (dedupe.AdmitTimeout): only a store that talks to
+	// a server can hang, and a timer per request would cost every store.
+	admission, err := h.relay.store.Admit(context.WithoutCancel(r.Context()), entry)
 	if err != nil {
 		w.Header().Set("Retry-After", retryAfterSeconds)
 		if errors.Is(err, dedupe.ErrBacklogFull) {

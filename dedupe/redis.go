@@ -258,6 +258,8 @@ func (r *Redis) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	if err := r.usable(ctx); err != nil {
 		return 0, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, AdmitTimeout)
+	defer cancel()
 	now := r.now()
 	window := r.windowLen()
 	ttl := window.Milliseconds() + 1000 // never shorter than the window

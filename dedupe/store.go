@@ -49,6 +49,10 @@ type RequestMeta struct {
 	ForwardedFor string `json:"forwarded_for,omitempty"`
 }
 
+// AdmitTimeout is the longest a store that waits on a server lets Admit
+// take; past it the sender gets a 503 and retries.
+const AdmitTimeout = 10 * time.Second
+
 // Admission is the result of a successful Admit.
 type Admission int
 
@@ -126,6 +130,8 @@ type Store interface {
 	// ErrBacklogFull when the queue is full; any other error means the
 	// store could not be reached and nothing was stored. On Accepted the
 	// store sets e.ID, and e.Received and e.Queued to its clock's now.
+	// The caller's ctx may have no deadline: a store that waits on a server
+	// gives up after AdmitTimeout at the latest.
 	Admit(ctx context.Context, e *Entry) (Admission, error)
 
 	// Claim hands out up to max queued entries that nobody holds, oldest

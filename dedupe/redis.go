@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,11 +39,16 @@ type Redis struct {
 	idle     time.Duration
 	durable  time.Duration // WAITAOF timeout; 0: do not wait
 	closed   atomic.Bool
-	calls    chan *scriptCall // to the pipeliners
-	inflight atomic.Int64     // script calls running now
-	stop     chan struct{}    // closed by Close
+	calls    chan *pipeCall // to the pipeliners
+	inflight atomic.Int64   // script calls running now
+	stop     chan struct{}  // closed by Close
 
 	stream, att, loc, deadIdx, deadPrefix, seenPrefix string
+
+	// moved maps the ids of replayed entries this process holds to their
+	// stream ids; every other queued entry's stream id is its id's.
+	movedMu sync.Mutex
+	moved   map[string]string
 }
 
 // RedisConfig sets up a Redis store beyond the relay's Options.
@@ -126,7 +132,7 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 	if cfg.DurableAck {
 		r.durable = cfg.DurableAckTimeout
 	}
-	r.calls, r.stop = make(chan *scriptCall), make(chan struct{})
+	r.calls, r.stop = make(chan *pipeCall), make(chan struct{})
 	if err := r.ensureGroup(ctx); err != nil {
 		if !unreachable(err) || cfg.DurableAck {
 			// durable_ack must be checked against the server before the
@@ -375,6 +381,9 @@ func (r *Redis) Claim(ctx context.Context, max int) ([]*Entry, error) {
 		if err != nil {
 			return nil, err
 		}
+		if parseID(e.ID) != sid {
+			r.setMoved(e.ID, sid)
+		}
 		if att, ok := parts[2].(string); ok {
 			e.Attempts, e.LastStatus, e.LastError = parseAttempt(att)
 		}
@@ -491,6 +500,7 @@ func (r *Redis) Release(ctx context.Context, ids []string) error {
 	if _, err := r.reclaim(ctx, ids, releasedIdle); err != nil {
 		return fmt.Errorf("redis store: release: %w", err)
 	}
+	r.forgetMoved(ids...)
 	return nil
 }
 
@@ -516,11 +526,63 @@ func (r *Redis) Ack(ctx context.Context, id string) error {
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
-	if _, err := r.runScript(ctx, ackScript, []string{r.stream, r.att, r.loc},
-		[]any{groupName, id, parseID(id)}); err != nil {
+	if r.isMoved(id) {
+		// a replayed entry: the script finds its stream id and drops the
+		// mapping, in one step
+		if _, err := r.runScript(ctx, ackScript, []string{r.stream, r.att, r.loc},
+			[]any{groupName, id, parseID(id)}); err != nil {
+			return fmt.Errorf("redis store: ack %s: %w", id, err)
+		}
+		r.forgetMoved(id)
+		return nil
+	}
+	// The common case needs no script, which costs Redis more than the
+	// commands it would run: acknowledge, delete, forget the attempt. Each
+	// is a no-op if another process got there first.
+	sid := parseID(id)
+	cmds, err := r.runCmds(ctx, func(pipe redis.Pipeliner, _ bool) []redis.Cmder {
+		return []redis.Cmder{
+			pipe.XAck(ctx, r.stream, groupName, sid),
+			pipe.XDel(ctx, r.stream, sid),
+			pipe.HDel(ctx, r.att, sid),
+		}
+	})
+	if err == nil {
+		for _, c := range cmds {
+			if err = c.Err(); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("redis store: ack %s: %w", id, err)
 	}
 	return nil
+}
+
+func (r *Redis) setMoved(id, sid string) {
+	r.movedMu.Lock()
+	defer r.movedMu.Unlock()
+	if r.moved == nil {
+		r.moved = make(map[string]string)
+	}
+	r.moved[id] = sid
+}
+
+func (r *Redis) isMoved(id string) bool {
+	r.movedMu.Lock()
+	defer r.movedMu.Unlock()
+	_, ok := r.moved[id]
+	return ok
+}
+
+// forgetMoved drops ids this process no longer holds from moved.
+func (r *Redis) forgetMoved(ids ...string) {
+	r.movedMu.Lock()
+	defer r.movedMu.Unlock()
+	for _, id := range ids {
+		delete(r.moved, id)
+	}
 }
 
 // Bury implements Store. It buries the stored entry with e's attempt.
@@ -534,6 +596,7 @@ func (r *Redis) Bury(ctx context.Context, e *Entry) error {
 	if err != nil {
 		return fmt.Errorf("redis store: burying %s: %w", e.ID, err)
 	}
+	r.forgetMoved(e.ID)
 	if n == 0 {
 		return fmt.Errorf("burying %s: %w", e.ID, ErrNotFound)
 	}

@@ -8,36 +8,53 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Concurrent script calls (admits, acks) share round trips: a few
-// pipeliners each take what is waiting (up to pipelineBatch calls) and send
-// it as one pipeline of EVALSHAs, so under load one round trip, and one
-// read and write on each side, carries many calls. A call that runs alone
-// goes straight to Redis.
+// Concurrent calls (admits, acks) share round trips: a few pipeliners each
+// take what is waiting (up to pipelineBatch calls) and send it as one
+// pipeline, so under load one round trip, and one read and write on each
+// side, carries many calls. A call that runs alone is sent at once, by its
+// own goroutine.
 const (
 	pipeliners    = 4
 	pipelineBatch = 64
 )
 
-// scriptCall is one script run handed to a pipeliner.
-type scriptCall struct {
-	ctx    context.Context
-	script *redis.Script
-	keys   []string
-	args   []any
-	res    any
-	err    error
-	done   chan struct{}
+// pipeCall is one call's commands, queued into a shared pipeline.
+type pipeCall struct {
+	ctx context.Context
+	// queue adds the call's commands to pipe; with eval, scripts are sent
+	// whole (EVAL) because the server's script cache lacked one of them.
+	queue func(pipe redis.Pipeliner, eval bool) []redis.Cmder
+	cmds  []redis.Cmder
+	done  chan struct{}
 }
 
 // runScript runs script, sharing a pipeline with the calls running at the
 // same time.
 func (r *Redis) runScript(ctx context.Context, script *redis.Script, keys []string, args []any) (any, error) {
+	cmds, err := r.runCmds(ctx, func(pipe redis.Pipeliner, eval bool) []redis.Cmder {
+		if eval {
+			return []redis.Cmder{script.Eval(ctx, pipe, keys, args...)}
+		}
+		return []redis.Cmder{script.EvalSha(ctx, pipe, keys, args...)}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cmds[0].(*redis.Cmd).Result()
+}
+
+// runCmds runs the commands queue adds, sharing a pipeline with the calls
+// running at the same time. The error is the caller's deadline or the
+// store's closing; each command carries its own result.
+func (r *Redis) runCmds(ctx context.Context, queue func(redis.Pipeliner, bool) []redis.Cmder) ([]redis.Cmder, error) {
+	call := &pipeCall{ctx: ctx, queue: queue}
 	defer r.inflight.Add(-1)
 	if r.inflight.Add(1) == 1 {
 		// alone: nothing to share a round trip with, so no hand-off
-		return script.Run(ctx, r.client, keys, args...).Result()
+		r.runPipeline([]*pipeCall{call})
+		return call.cmds, nil
 	}
-	call := &scriptCall{ctx: ctx, script: script, keys: keys, args: args, done: make(chan struct{})}
+	call.done = make(chan struct{})
 	select {
 	case r.calls <- call:
 	case <-r.stop:
@@ -52,14 +69,14 @@ func (r *Redis) runScript(ctx context.Context, script *redis.Script, keys []stri
 	// makes every sender time out.
 	select {
 	case <-call.done:
-		return call.res, call.err
+		return call.cmds, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("no answer before the deadline: %w", ctx.Err())
 	}
 }
 
 func (r *Redis) pipeliner() {
-	batch := make([]*scriptCall, 0, pipelineBatch)
+	batch := make([]*pipeCall, 0, pipelineBatch)
 	for {
 		select {
 		case <-r.stop:
@@ -77,51 +94,45 @@ func (r *Redis) pipeliner() {
 			}
 		}
 		r.runPipeline(batch)
+		for _, call := range batch {
+			close(call.done)
+		}
 		clear(batch)
 	}
 }
 
-// runPipeline runs a batch of calls in one pipeline; a batch that meets a
-// script cache without the script (Redis restarted) runs again with EVAL.
-// A call that failed with NOSCRIPT ran nothing, so running it again is safe.
-func (r *Redis) runPipeline(batch []*scriptCall) {
-	if len(batch) == 1 {
-		call := batch[0]
-		call.res, call.err = call.script.Run(call.ctx, r.client, call.keys, call.args...).Result()
-		close(call.done)
-		return
-	}
-	run := func(eval bool) []*redis.Cmd {
+// runPipeline sends a batch of calls as one pipeline. A batch that meets a
+// script cache without one of its scripts (Redis restarted) is sent again
+// with the scripts whole: a script that failed with NOSCRIPT ran nothing,
+// and the plain commands sent with scripts (acks) may safely run twice.
+func (r *Redis) runPipeline(batch []*pipeCall) {
+	run := func(eval bool) {
 		pipe := r.client.Pipeline()
-		cmds := make([]*redis.Cmd, len(batch))
-		for i, call := range batch {
-			if eval {
-				cmds[i] = call.script.Eval(call.ctx, pipe, call.keys, call.args...)
-			} else {
-				cmds[i] = call.script.EvalSha(call.ctx, pipe, call.keys, call.args...)
-			}
+		for _, call := range batch {
+			call.cmds = call.queue(pipe, eval)
 		}
 		// bounded by the client's timeouts and by the batch's deadline
-		ctx, cancel := batchContext(batch)
-		defer cancel()
-		_, _ = pipe.Exec(ctx)
-		return cmds
-	}
-	cmds := run(false)
-	for _, c := range cmds {
-		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			cmds = run(true)
-			break
+		ctx := batch[0].ctx
+		if len(batch) > 1 {
+			var cancel context.CancelFunc
+			ctx, cancel = batchContext(batch)
+			defer cancel()
 		}
+		_, _ = pipe.Exec(ctx)
 	}
-	for i, call := range batch {
-		call.res, call.err = cmds[i].Result()
-		close(call.done)
+	run(false)
+	for _, call := range batch {
+		for _, c := range call.cmds {
+			if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+				run(true)
+				return
+			}
+		}
 	}
 }
 
 // batchContext ends at the earliest deadline of the batch's calls.
-func batchContext(batch []*scriptCall) (context.Context, context.CancelFunc) {
+func batchContext(batch []*pipeCall) (context.Context, context.CancelFunc) {
 	var earliest time.Time
 	for _, call := range batch {
 		if d, ok := call.ctx.Deadline(); ok && (earliest.IsZero() || d.Before(earliest)) {

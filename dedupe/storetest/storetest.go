@@ -489,6 +489,13 @@ func testClaimAfterReleaseInTheMiddle(t *testing.T, newStore Factory) {
 	f.replay([]string{b.ID}, 1)
 	f.wantClaim(10, b)
 	f.wantCounts(5, 0)
+
+	// the replayed entry is acked like any other; the rest go back
+	f.ack(b)
+	f.wantCounts(4, 0)
+	f.release(c, d, e, g)
+	f.wantClaim(10, c, d, e, g)
+	f.wantCounts(4, 0)
 }
 
 func testConcurrentClaimsDisjoint(t *testing.T, newStore Factory) {

@@ -22,6 +22,9 @@ func (h *Relay) checkQuery(rawQuery string) (stripped string, err error) {
 	if len(h.auth) == 0 {
 		return rawQuery, nil
 	}
+	if strings.Count(rawQuery, "&") >= maxQueryParams {
+		return "", errMalformedQuery // ParseQuery's limit, by default
+	}
 	var countsBuf, matchesBuf [4]int
 	counts, matches := countsBuf[:0], matchesBuf[:0]
 	for range h.auth {
@@ -78,6 +81,9 @@ func (h *Relay) checkQuery(rawQuery string) (stripped string, err error) {
 	}
 	return kept.String(), nil
 }
+
+// maxQueryParams is url.ParseQuery's default limit on parameters.
+const maxQueryParams = 10000
 
 var (
 	errMalformedQuery = errors.New("malformed query string; the auth parameters cannot be read")

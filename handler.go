@@ -34,10 +34,8 @@ const (
 const retryAfterSeconds = "5"
 
 var (
-	// one shared header value: Header.Set would allocate it per request
-	jsonContentType = []string{"application/json"}
-	respAccepted    = []byte(`{"status":"accepted"}` + "\n")
-	respDuplicate   = []byte(`{"status":"duplicate"}` + "\n")
+	respAccepted  = []byte(`{"status":"accepted"}` + "\n")
+	respDuplicate = []byte(`{"status":"duplicate"}` + "\n")
 )
 
 // ServeHTTP is the ack path: check, read, key, admit, answer. It never calls
@@ -118,7 +116,8 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 	}
 	h.relay.storeErr.Ok(h.logger, "store reachable again; accepting webhooks")
 
-	w.Header()["Content-Type"] = jsonContentType
+	// a fresh slice: later handlers (header) may edit values in place
+	w.Header()["Content-Type"] = []string{"application/json"}
 	w.WriteHeader(http.StatusOK)
 	if admission == dedupe.Duplicate {
 		_, _ = w.Write(respDuplicate)

@@ -77,6 +77,38 @@ func TestCheckQueryAuth(t *testing.T) {
 	}
 }
 
+// A later handler (Caddy's header directive) may edit header values in
+// place, so no two responses may share one.
+func TestResponsesShareNoHeaderValues(t *testing.T) {
+	h := provisioned(t, "headers")
+	first := serve(h, "/?token=s3cret", []byte(`{"taskUUID":"t1","imageUUID":"i1"}`))
+	first.Header()["Content-Type"][0] = "changed by someone else"
+	second := serve(h, "/?token=s3cret", []byte(`{"taskUUID":"t1","imageUUID":"i2"}`))
+	if got := second.Header().Get("Content-Type"); got != "application/json" {
+		t.Errorf("second response's Content-Type %q, want application/json", got)
+	}
+}
+
+func TestCheckQueryParameterLimit(t *testing.T) {
+	auth, err := compileAuth(caddy.NewReplacer(), map[string][]string{"token": {"s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Relay{auth: auth}
+	for _, n := range []int{maxQueryParams - 1, maxQueryParams} {
+		q := strings.Repeat("a=1&", n-1) + "token=s"
+		_, perr := url.ParseQuery(q)
+		_, err := h.checkQuery(q)
+		if (perr == nil) != (err == nil) {
+			t.Errorf("%d parameters: checkQuery %v, ParseQuery %v", n, err, perr)
+		}
+	}
+	q := strings.Repeat("a=1&", maxQueryParams) + "token=s"
+	if _, err := h.checkQuery(q); !errors.Is(err, errMalformedQuery) {
+		t.Errorf("%d parameters: %v, want errMalformedQuery", maxQueryParams+1, err)
+	}
+}
+
 // FuzzCheckQuery holds checkQuery to url.ParseQuery's reading of the same
 // query: accepted exactly when ParseQuery succeeds and finds the token once
 // with its secret, and then nothing named token (decoded) is left in the

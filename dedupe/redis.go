@@ -537,13 +537,17 @@ func (r *Redis) Ack(ctx context.Context, id string) error {
 		return nil
 	}
 	// The common case needs no script, which costs Redis more than the
-	// commands it would run: acknowledge, delete, forget the attempt. Each
-	// is a no-op if another process got there first.
+	// commands it would run: delete, acknowledge, forget the attempt. Each
+	// is a no-op if another process got there first. They are not atomic,
+	// so the order matters: cut off after XDEL, the pending entry left
+	// behind points at nothing and the next XAUTOCLAIM drops it (with its
+	// attempt), while an entry acknowledged but not deleted would sit in the
+	// stream for good, counted in the backlog.
 	sid := parseID(id)
 	cmds, err := r.runCmds(ctx, func(pipe redis.Pipeliner, _ bool) []redis.Cmder {
 		return []redis.Cmder{
-			pipe.XAck(ctx, r.stream, groupName, sid),
 			pipe.XDel(ctx, r.stream, sid),
+			pipe.XAck(ctx, r.stream, groupName, sid),
 			pipe.HDel(ctx, r.att, sid),
 		}
 	})
@@ -843,6 +847,9 @@ local cursor = '0-0'
 for _ = 1, 100 do
   local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', want - #out)
   for _, e in ipairs(r[2]) do add(e) end
+  -- pending entries whose payload is gone (an ack cut off after its XDEL)
+  -- leave the group here (Redis >= 7); their attempts go with them
+  if r[3] then for _, sid in ipairs(r[3]) do redis.call('HDEL', KEYS[2], sid) end end
   cursor = r[1]
   if cursor == '0-0' or #out >= want then break end
 end

@@ -131,16 +131,19 @@ func (r *Redis) runPipeline(batch []*pipeCall) {
 	}
 }
 
-// batchContext ends at the earliest deadline of the batch's calls.
+// batchContext ends at the latest deadline of the batch's calls: each
+// caller stops waiting at its own deadline, and one caller with little time
+// left (an ack after a slow upstream) must not cut the others short.
 func batchContext(batch []*pipeCall) (context.Context, context.CancelFunc) {
-	var earliest time.Time
+	var latest time.Time
 	for _, call := range batch {
-		if d, ok := call.ctx.Deadline(); ok && (earliest.IsZero() || d.Before(earliest)) {
-			earliest = d
+		d, ok := call.ctx.Deadline()
+		if !ok {
+			return context.WithCancel(context.Background())
+		}
+		if d.After(latest) {
+			latest = d
 		}
 	}
-	if earliest.IsZero() {
-		return context.WithCancel(context.Background())
-	}
-	return context.WithDeadline(context.Background(), earliest)
+	return context.WithDeadline(context.Background(), latest)
 }

@@ -382,3 +382,49 @@ func TestRedisWarnsUnlessNoeviction(t *testing.T) {
 		t.Fatalf("allkeys-lru: want one warning naming the policy, got %v", got)
 	}
 }
+
+// An ack is three commands, not one step. Cut off after its first (the
+// process dies, the connection drops), the payload is gone from the stream
+// but still pending: the next takeover must drop it from the group, with its
+// recorded attempt, instead of handing out nothing forever.
+func TestRedisAckCutOffAfterDelete(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	const visibility = 200 * time.Millisecond
+	a := openRedis(t, srv, prefix, "a", visibility, dedupe.Options{Window: time.Hour})
+	b := openRedis(t, srv, prefix, "b", visibility, dedupe.Options{Window: time.Hour})
+	x := admit(t, a, "x")
+	if got := claimIDs(t, a, 1); len(got) != 1 {
+		t.Fatalf("claimed %v", got)
+	}
+	if err := a.Attempted(t.Context(), &dedupe.Entry{ID: x.ID, Attempts: 1, LastStatus: 503}); err != nil {
+		t.Fatal(err)
+	}
+
+	raw := newClient(srv.Addr())
+	defer raw.Close()
+	stream, att := "{"+prefix+"}:q", "{"+prefix+"}:att"
+	sids, err := raw.XRange(t.Context(), stream, "-", "+").Result()
+	if err != nil || len(sids) != 1 {
+		t.Fatalf("XRANGE = %v, %v", sids, err)
+	}
+	sid := sids[0].ID
+	if err := raw.XDel(t.Context(), stream, sid).Err(); err != nil { // the ack's first command, alone
+		t.Fatal(err)
+	}
+
+	time.Sleep(visibility + 100*time.Millisecond) // Redis's own idle clock
+	if got := claimIDs(t, b, 10); len(got) != 0 {
+		t.Fatalf("b claimed %v, want nothing", got)
+	}
+	pending, err := raw.XPending(t.Context(), stream, "relay").Result()
+	if err != nil || pending.Count != 0 {
+		t.Errorf("pending after the takeover: %+v, %v; want none", pending, err)
+	}
+	if n, err := raw.HLen(t.Context(), att).Result(); err != nil || n != 0 {
+		t.Errorf("attempts left: %d, %v; want none", n, err)
+	}
+	if st, err := b.Stats(t.Context()); err != nil || st.Backlog != 0 {
+		t.Errorf("Stats = %+v, %v; want an empty backlog", st, err)
+	}
+}

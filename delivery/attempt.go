@@ -41,7 +41,9 @@ type outcome struct {
 // http.NewRequest, which would print the URL only to parse it again.
 func buildRequest(ctx context.Context, s *Settings, e *dedupe.Entry, attempt int) *http.Request {
 	u := *s.Upstream
-	if q := e.Request.RawQuery; q != "" {
+	// A "#" has no place in a request target; what follows it was never
+	// part of the query (http.NewRequest would have cut it off as well).
+	if q, _, _ := strings.Cut(e.Request.RawQuery, "#"); q != "" {
 		if u.RawQuery == "" {
 			u.RawQuery = q
 		} else {

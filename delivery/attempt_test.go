@@ -49,6 +49,11 @@ func TestBuildRequest(t *testing.T) {
 		}
 	}
 
+	e.Request.RawQuery = "b=1#frag&c=2"
+	if got := buildRequest(context.Background(), s, e, 1).URL.RequestURI(); got != "/in?fixed=1&b=1" {
+		t.Errorf("a query with #: request target %q, want /in?fixed=1&b=1", got)
+	}
+
 	e.Body = nil
 	req = buildRequest(context.Background(), s, e, 1)
 	if req.Body != http.NoBody || req.ContentLength != 0 {

@@ -360,8 +360,6 @@ func (e *Engine) drain(running, busy int, holding map[string]*held, free func(),
 func (e *Engine) deliver(s *Settings, h *held) {
 	ent := h.entry
 	log := e.logger(s)
-	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-	defer cancel()
 	retryIn := func() time.Time {
 		return e.cfg.Now().Add(s.Backoff.Delay(max(ent.Attempts, 1), e.cfg.Jitter()))
 	}
@@ -369,6 +367,8 @@ func (e *Engine) deliver(s *Settings, h *held) {
 	if h.acked {
 		e.freed <- struct{}{}
 		h.leaving.Store(true)
+		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		defer cancel()
 		if err := e.cfg.Store.Ack(ctx, ent.ID); err != nil {
 			h.leaving.Store(false)
 			e.results <- result{h: h, next: retryIn()}
@@ -386,6 +386,9 @@ func (e *Engine) deliver(s *Settings, h *held) {
 	// Redis round trip) must not hold a concurrency place.
 	e.freed <- struct{}{}
 	ent.LastStatus, ent.LastError = o.status, o.reason
+	// the bookkeeping's own time starts now, not before a slow upstream
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
 
 	if o.verdict == retry && e.cfg.Now().Sub(ent.Queued) >= s.GiveUpAfter {
 		o.verdict = dead

@@ -19,6 +19,7 @@ import (
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/dedupe/storetest"
+	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
 )
 
 func openBolt(t testing.TB, path string, opts dedupe.Options) *dedupe.Bolt {
@@ -339,7 +340,8 @@ func BenchmarkBoltAdmit(b *testing.B) {
 	})
 }
 
-// BenchmarkAdmit compares the stores side by side at 1, 16 and 64
+// BenchmarkAdmit compares the stores (Redis with appendfsync always, like
+// bolt's fsync per commit) side by side at 1, 16 and 64
 // concurrent admits and reports the admit (ack) latency p99 with the
 // throughput. RunParallel starts parallelism×GOMAXPROCS goroutines: run
 // with -cpu 1 for exactly that many, e.g.
@@ -357,6 +359,10 @@ func BenchmarkAdmit(b *testing.B) {
 		}},
 		{"bolt", func(b *testing.B) dedupe.Store {
 			return openBolt(b, filepath.Join(b.TempDir(), "relay.db"), dedupe.Options{Window: 24 * time.Hour})
+		}},
+		{"redis", func(b *testing.B) dedupe.Store {
+			srv := redistest.Start(b, redistest.Options{AOF: true})
+			return openRedis(b, srv, uniquePrefix(), "c1", 0, dedupe.Options{Window: 24 * time.Hour})
 		}},
 	}
 	for _, st := range stores {

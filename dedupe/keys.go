@@ -84,8 +84,9 @@ type pathElem struct {
 // Values are taken from the JSON text as written: escapes in strings are
 // not decoded, so the key of a byte-identical retry is always the same.
 type Keyer struct {
-	sources   []source
-	needsJSON bool
+	sources    []source
+	needsJSON  bool
+	needsQuery bool
 }
 
 // NewKeyer validates and compiles the key sources, in order:
@@ -108,6 +109,9 @@ func NewKeyer(sources []string) (*Keyer, error) {
 		seen[src.tag] = s
 		if src.kind == srcRunware || src.kind == srcJSON {
 			k.needsJSON = true
+		}
+		if src.kind == srcQuery {
+			k.needsQuery = true
 		}
 		k.sources = append(k.sources, src)
 	}
@@ -191,14 +195,7 @@ func (k *Keyer) NeedsJSON() bool { return k.needsJSON }
 
 // NeedsQuery reports whether a key source reads the query string, so the
 // caller can skip parsing it otherwise.
-func (k *Keyer) NeedsQuery() bool {
-	for _, src := range k.sources {
-		if src.kind == srcQuery {
-			return true
-		}
-	}
-	return false
-}
+func (k *Keyer) NeedsQuery() bool { return k.needsQuery }
 
 // Key returns the dedupe key of a request. header and query sources read
 // the first value of their field in h and query; an empty value yields

@@ -49,16 +49,25 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 
 // relayStatus is one relay in the overview.
 type relayStatus struct {
-	Name         string           `json:"name"`
-	Store        string           `json:"store"`
-	UpstreamHost string           `json:"upstream_host"`
-	Backlog      int              `json:"backlog"`
-	InFlight     int              `json:"in_flight"`
-	DeadLetters  int              `json:"dead_letters"`
-	OldestQueued *time.Time       `json:"oldest_queued,omitempty"`
-	Requests     map[string]int64 `json:"requests"`
-	Deliveries   map[string]int64 `json:"deliveries"`
-	Error        string           `json:"error,omitempty"`
+	Name         string     `json:"name"`
+	Store        string     `json:"store"`
+	UpstreamHost string     `json:"upstream_host"`
+	Backlog      int        `json:"backlog"`
+	InFlight     int        `json:"in_flight"`
+	DeadLetters  int        `json:"dead_letters"`
+	OldestQueued *time.Time `json:"oldest_queued,omitempty"`
+	// Keys counts the dedupe markers held; MemoryBytes the bodies held in
+	// memory now.
+	Keys        int   `json:"keys"`
+	MemoryBytes int64 `json:"memory_bytes"`
+	DeadDropped int64 `json:"dead_dropped"`
+	// The bounds in force, from the newest config.
+	MaxMemory     int64            `json:"max_memory"`
+	MaxDead       int              `json:"max_dead"`
+	DeadRetention string           `json:"dead_retention"`
+	Requests      map[string]int64 `json:"requests"`
+	Deliveries    map[string]int64 `json:"deliveries"`
+	Error         string           `json:"error,omitempty"`
 }
 
 // deadLetter is a dead letter as the API shows it.
@@ -69,6 +78,7 @@ type deadLetter struct {
 	Attempts   int       `json:"attempts"`
 	LastStatus int       `json:"last_status"`
 	LastError  string    `json:"last_error"`
+	Died       time.Time `json:"died,omitzero"`
 	BodySize   int       `json:"body_size"`
 	// Body is set for a single dead letter: the body as text when it is
 	// UTF-8, otherwise BodyBase64 holds it.
@@ -117,16 +127,22 @@ func overview(ctx context.Context) []relayStatus {
 			Store:        rl.storeIdentity,
 			UpstreamHost: rl.upstreamHost(),
 			InFlight:     rl.engine.InFlight(),
+			MemoryBytes:  rl.memory.Used(),
+			DeadDropped:  counterValue(metrics.deadDrops, rl.name),
 			Requests:     counterValues(metrics.requests, rl.name, "outcome"),
 			Deliveries:   counterValues(metrics.deliveries, rl.name, "result"),
 		}
 		if st, err := rl.store.Stats(ctx); err != nil {
 			s.Error = "store unavailable: " + err.Error()
 		} else {
-			s.Backlog, s.DeadLetters = st.Backlog, st.Dead
+			s.Backlog, s.DeadLetters, s.Keys = st.Backlog, st.Dead, st.Keys
 			if !st.OldestQueued.IsZero() {
 				s.OldestQueued = &st.OldestQueued
 			}
+		}
+		if h := rl.newest(); h != nil {
+			s.MaxMemory, s.MaxDead = h.MaxMemory, h.MaxDead
+			s.DeadRetention = time.Duration(h.DeadRetention).String()
 		}
 		out = append(out, s)
 	}
@@ -194,7 +210,7 @@ func replayDead(w http.ResponseWriter, r *http.Request, rl *relay) error {
 
 func viewDead(e *dedupe.Entry, withBody bool) deadLetter {
 	d := deadLetter{
-		ID: e.ID, Key: e.Key, Received: e.Received, Attempts: e.Attempts,
+		ID: e.ID, Key: e.Key, Received: e.Received, Attempts: e.Attempts, Died: e.Died,
 		LastStatus: e.LastStatus, LastError: e.LastError, BodySize: max(e.BodySize, len(e.Body)),
 	}
 	if withBody {
@@ -245,6 +261,11 @@ func counterValues(vec *prometheus.CounterVec, relayName, label string) map[stri
 		}
 	}
 	return out
+}
+
+// counterValue reads one relay's counter of a vector labelled by relay only.
+func counterValue(vec *prometheus.CounterVec, relayName string) int64 {
+	return counterValues(vec, relayName, "")[""]
 }
 
 func storeError(err error, id string) error {

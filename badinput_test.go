@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 )
 
 // untouchable is a request body that fails the test if anything reads it.
@@ -176,5 +177,43 @@ func TestBadInputStoredQueryHasNoToken(t *testing.T) {
 				t.Errorf("stored query %q, want %q", e.Request.RawQuery, tc.stored)
 			}
 		})
+	}
+}
+
+// TestBadInputBufferDoubles: a sender that announces a large body holds
+// budget for what arrived (doubling from 64 KiB), not for what it announced.
+func TestBadInputBufferDoubles(t *testing.T) {
+	mem := budget.New(64<<20, 0)
+	for _, tc := range []struct {
+		arrived  int
+		maxTaken int64
+	}{
+		{10, 64 << 10},
+		{100 << 10, 128 << 10},
+		{3 << 20, 4 << 20},
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/", &brokenBody{data: bytes.Repeat([]byte(" "), tc.arrived), err: io.ErrUnexpectedEOF})
+		r.ContentLength = 32 << 20
+		_, taken, err := readBody(r, 32<<20, mem)
+		if !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("%d bytes of 32 MiB arrived: err %v", tc.arrived, err)
+		}
+		if taken > tc.maxTaken {
+			t.Errorf("%d bytes of 32 MiB arrived: %d bytes taken from the budget, want at most %d", tc.arrived, taken, tc.maxTaken)
+		}
+		mem.Give(taken)
+	}
+	if used := mem.Used(); used != 0 {
+		t.Errorf("budget holds %d bytes after every body was given back", used)
+	}
+
+	full := bytes.Repeat([]byte(" "), 5<<20)
+	r := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(full))
+	body, taken, err := readBody(r, 32<<20, mem)
+	if err != nil || !bytes.Equal(body, full) {
+		t.Fatalf("a whole 5 MiB body: %d bytes, %v", len(body), err)
+	}
+	if want := int64(len(full)) + 1; taken != want {
+		t.Errorf("a whole 5 MiB body took %d bytes of the budget, want %d (its Content-Length and the byte that shows the end)", taken, want)
 	}
 }

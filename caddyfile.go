@@ -40,6 +40,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		backoff       <initial> <max>
 //		give_up_after <duration>
 //		header_up     <field> <value>
+//		max_memory    <size>
+//		body_timeout  <duration>
+//		max_dead      <n>
+//		dead_retention <duration>
 //	}
 //
 // auth_query and header_up may be repeated; every other subdirective may
@@ -121,15 +125,39 @@ func (h *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.StoreRaw = caddyconfig.JSONModuleObject(unm, "type", name, nil)
 
 		case "max_body":
-			var s string
-			if !d.AllArgs(&s) {
-				return d.ArgErr()
+			size, err := parseSize(d, "32MiB")
+			if err != nil {
+				return err
 			}
-			size, err := humanize.ParseBytes(s)
-			if err != nil || size == 0 {
-				return d.Errf("max_body: bad size '%s', want e.g. 32MiB", s)
+			h.MaxBody = size
+
+		case "max_memory":
+			size, err := parseSize(d, "256MiB")
+			if err != nil {
+				return err
 			}
-			h.MaxBody = int64(size)
+			h.MaxMemory = size
+
+		case "body_timeout":
+			dur, err := parseDuration(d)
+			if err != nil {
+				return err
+			}
+			h.BodyTimeout = caddy.Duration(dur)
+
+		case "max_dead":
+			n, err := parsePositiveInt(d)
+			if err != nil {
+				return err
+			}
+			h.MaxDead = n
+
+		case "dead_retention":
+			dur, err := parseDuration(d)
+			if err != nil {
+				return err
+			}
+			h.DeadRetention = caddy.Duration(dur)
 
 		case "max_backlog":
 			n, err := parsePositiveInt(d)
@@ -210,6 +238,21 @@ func durationArg(d *caddyfile.Dispenser, sub string) (time.Duration, error) {
 		return 0, d.Errf("%s: bad duration '%s', want e.g. 30s, 5m or 24h", sub, d.Val())
 	}
 	return dur, nil
+}
+
+// parseSize reads the subdirective's only argument as a positive size in
+// bytes, such as 32MiB.
+func parseSize(d *caddyfile.Dispenser, example string) (int64, error) {
+	sub := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	size, err := humanize.ParseBytes(s)
+	if err != nil || size == 0 || size > 1<<62 {
+		return 0, d.Errf("%s: bad size '%s', want e.g. %s", sub, s, example)
+	}
+	return int64(size), nil
 }
 
 func parsePositiveInt(d *caddyfile.Dispenser) (int, error) {

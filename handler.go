@@ -8,7 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
+	"os"
 	"strings"
 	"time"
 
@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 )
 
 // Outcomes of the ack path, as set in {http.webhook_relay.outcome}.
@@ -26,6 +27,7 @@ const (
 	OutcomeUnauthorized     = "unauthorized"
 	OutcomeTooLarge         = "too_large"
 	OutcomeBadRequest       = "bad_request"
+	OutcomeTimeout          = "timeout"
 	OutcomeUnavailable      = "unavailable"
 	OutcomeMethodNotAllowed = "method_not_allowed"
 )
@@ -71,10 +73,24 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 	if r.ContentLength > h.MaxBody {
 		return OutcomeTooLarge, "", tooLarge(h.MaxBody)
 	}
-	body, err := readBody(r, h.MaxBody)
+	if h.BodyTimeout > 0 {
+		// not supported by every writer (tests' recorders): then the
+		// server's own read timeouts are all there is
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Duration(h.BodyTimeout)))
+	}
+	body, taken, err := readBody(r, h.MaxBody, h.relay.memory)
+	defer h.relay.memory.Give(taken)
 	if err != nil {
-		if errors.Is(err, errTooLarge) {
+		switch {
+		case errors.Is(err, errTooLarge):
 			return OutcomeTooLarge, "", tooLarge(h.MaxBody)
+		case errors.Is(err, errNoMemory):
+			w.Header().Set("Retry-After", retryAfterSeconds)
+			return OutcomeUnavailable, "", caddyhttp.Error(http.StatusServiceUnavailable,
+				fmt.Errorf("relay %s: max_memory (%d bytes) is taken by other webhooks being received or delivered; retry later", h.Name, h.MaxMemory))
+		case isTimeout(err):
+			return OutcomeTimeout, "", caddyhttp.Error(http.StatusRequestTimeout,
+				fmt.Errorf("the body did not arrive within body_timeout (%s)", time.Duration(h.BodyTimeout)))
 		}
 		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
 			fmt.Errorf("reading the request body: %v", err))
@@ -128,35 +144,51 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 	return OutcomeAccepted, key, nil
 }
 
-var errTooLarge = errors.New("body too large")
+var (
+	errTooLarge = errors.New("body too large")
+	errNoMemory = errors.New("no room in max_memory")
+)
+
+// isTimeout tells a read deadline that passed (body_timeout) from other
+// read errors.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
 
 func tooLarge(limit int64) error {
 	return caddyhttp.Error(http.StatusRequestEntityTooLarge,
 		fmt.Errorf("body larger than max_body (%d bytes)", limit))
 }
 
-// readBody reads the whole body, at most limit bytes. It starts with a
-// small buffer so that a sender who announces a large body and stalls holds
-// little memory, then grows straight to the announced Content-Length once
-// bytes arrive, so a large body is copied at most once while it is read.
-func readBody(r *http.Request, limit int64) ([]byte, error) {
+// readBody reads the whole body, at most limit bytes, taking the bytes it
+// holds from the memory budget as its buffer grows; it returns how many it
+// took, for the caller to give back. The buffer starts small and doubles up
+// to the announced Content-Length, never to it in one step, so a sender who
+// announces a large body and stalls holds little.
+func readBody(r *http.Request, limit int64, mem *budget.Budget) (body []byte, taken int64, err error) {
 	const firstChunk = 64 << 10
 	want := limit + 1 // one byte more than allowed shows an oversized body
 	if r.ContentLength >= 0 {
 		want = min(r.ContentLength+1, want)
 	}
-	buf := make([]byte, 0, min(want, firstChunk))
+	var buf []byte
 	for {
 		if len(buf) == cap(buf) {
 			if int64(len(buf)) > limit {
-				return nil, errTooLarge
+				return nil, taken, errTooLarge
 			}
-			grow := int64(cap(buf)) // doubling, without a Content-Length
-			if r.ContentLength >= 0 {
-				grow = want - int64(len(buf))
+			if int64(cap(buf)) >= want {
+				want = limit + 1 // more than was announced: go on doubling to the limit
 			}
-			grow = max(min(grow, limit+1-int64(len(buf))), 1)
-			buf = slices.Grow(buf, int(grow))
+			size := min(max(2*int64(cap(buf)), firstChunk), want)
+			if !mem.TryTake(size - int64(cap(buf))) {
+				return nil, taken, errNoMemory
+			}
+			taken += size - int64(cap(buf))
+			grown := make([]byte, len(buf), size)
+			copy(grown, buf)
+			buf = grown
 		}
 		n, err := r.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -164,13 +196,13 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 			break
 		}
 		if err != nil {
-			return nil, err
+			return nil, taken, err
 		}
 	}
 	if int64(len(buf)) > limit {
-		return nil, errTooLarge
+		return nil, taken, errTooLarge
 	}
-	return buf, nil
+	return buf, taken, nil
 }
 
 // forwardedFor is the incoming X-Forwarded-For chain plus the client.

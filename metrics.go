@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/delivery"
 )
 
@@ -19,6 +20,7 @@ var metrics = struct {
 	deliveries *prometheus.CounterVec
 	ackSeconds *prometheus.HistogramVec
 	delSeconds *prometheus.HistogramVec
+	deadDrops  *prometheus.CounterVec
 	state      *stateCollector
 }{}
 
@@ -48,6 +50,11 @@ func initMetrics() {
 			Help:    "Time the upstream took to answer one delivery attempt.",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"relay"})
+		metrics.deadDrops = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "dead_dropped_total",
+			Help: "Dead letters removed because of max_dead or dead_retention.",
+		}, []string{"relay"})
 		metrics.state = &stateCollector{
 			backlog: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_backlog",
 				"Payloads acknowledged and not yet delivered.", []string{"relay"}, nil),
@@ -57,6 +64,10 @@ func initMetrics() {
 				"Payloads that gave up and wait to be replayed or deleted.", []string{"relay"}, nil),
 			inFlight: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_in_flight",
 				"Delivery attempts running now.", []string{"relay"}, nil),
+			keys: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_keys",
+				"Dedupe markers held: keys seen within the window.", []string{"relay"}, nil),
+			memory: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_memory_bytes",
+				"Bytes of bodies held in memory now (received and being delivered), bounded by max_memory.", []string{"relay"}, nil),
 		}
 	})
 }
@@ -69,7 +80,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{
-		metrics.requests, metrics.deliveries, metrics.ackSeconds, metrics.delSeconds, metrics.state,
+		metrics.requests, metrics.deliveries, metrics.ackSeconds, metrics.delSeconds, metrics.deadDrops, metrics.state,
 	} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
@@ -94,7 +105,7 @@ func newRelayMetrics(name string) *relayMetrics {
 		ackSeconds: metrics.ackSeconds.WithLabelValues(name),
 	}
 	for _, o := range []string{OutcomeAccepted, OutcomeDuplicate, OutcomeUnauthorized, OutcomeTooLarge,
-		OutcomeBadRequest, OutcomeUnavailable, OutcomeMethodNotAllowed} {
+		OutcomeBadRequest, OutcomeTimeout, OutcomeUnavailable, OutcomeMethodNotAllowed} {
 		m.outcomes[o] = metrics.requests.WithLabelValues(name, o)
 	}
 	return m
@@ -119,11 +130,18 @@ func deliveryObserver(name string) func(result string, took time.Duration) {
 	}
 }
 
+// deadDroppedObserver counts the dead letters removed by the bounds.
+func deadDroppedObserver(name string) func(*dedupe.Entry) {
+	initMetrics()
+	dropped := metrics.deadDrops.WithLabelValues(name)
+	return func(*dedupe.Entry) { dropped.Inc() }
+}
+
 // stateCollector reads backlog, oldest age and dead letters from each open
 // store when metrics are scraped, so the numbers are never stale and span
 // every process sharing a store.
 type stateCollector struct {
-	backlog, oldest, dead, inFlight *prometheus.Desc
+	backlog, oldest, dead, inFlight, keys, memory *prometheus.Desc
 }
 
 // Describe implements prometheus.Collector.
@@ -132,6 +150,8 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.oldest
 	ch <- c.dead
 	ch <- c.inFlight
+	ch <- c.keys
+	ch <- c.memory
 }
 
 // Collect implements prometheus.Collector.
@@ -146,6 +166,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		st, err := r.store.Stats(ctx)
 		cancel()
 		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(r.engine.InFlight()), r.name)
+		ch <- prometheus.MustNewConstMetric(c.memory, prometheus.GaugeValue, float64(r.memory.Used()), r.name)
 		if err != nil {
 			continue
 		}
@@ -156,6 +177,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(st.Backlog), r.name)
 		ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age, r.name)
 		ch <- prometheus.MustNewConstMetric(c.dead, prometheus.GaugeValue, float64(st.Dead), r.name)
+		ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(st.Keys), r.name)
 	}
 }
 

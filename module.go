@@ -41,6 +41,10 @@ const (
 	DefaultBackoffInitial = 250 * time.Millisecond
 	DefaultBackoffMax     = 30 * time.Second
 	DefaultGiveUpAfter    = 72 * time.Hour
+	DefaultMaxMemory      = 256 << 20
+	DefaultBodyTimeout    = 30 * time.Second
+	DefaultMaxDead        = 100000
+	DefaultDeadRetention  = 720 * time.Hour
 )
 
 // Relay receives webhooks, acknowledges them once they are stored and
@@ -115,6 +119,28 @@ type Relay struct {
 	// may use placeholders such as {env.UPSTREAM_TOKEN}.
 	HeaderUp http.Header `json:"header_up,omitempty"`
 
+	// MaxMemory bounds the bytes of bodies this relay holds in memory at
+	// once: bodies being received and stored, and bodies loaded to be sent
+	// upstream (payloads waiting for delivery are held without them). A
+	// request that would go past it gets 503 with Retry-After. Delivery
+	// always leaves MaxBody of it to incoming webhooks. At least MaxBody.
+	// Default 256 MiB.
+	MaxMemory int64 `json:"max_memory,omitempty"`
+
+	// BodyTimeout bounds reading one request body; a sender that has not
+	// sent the whole body by then gets 408. Default 30s.
+	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`
+
+	// MaxDead bounds the dead letters kept; past it the oldest are
+	// removed, each logged and counted in
+	// caddy_webhook_relay_dead_dropped_total. Default 100000.
+	MaxDead int `json:"max_dead,omitempty"`
+
+	// DeadRetention is how long a dead letter is kept after it died;
+	// older ones are removed, logged and counted the same way. Default
+	// 720h (30 days).
+	DeadRetention caddy.Duration `json:"dead_retention,omitempty"`
+
 	keyer     *dedupe.Keyer
 	auth      []authParam
 	settings  *delivery.Settings
@@ -167,13 +193,15 @@ func (h *Relay) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.settings = &delivery.Settings{
-		Upstream:    upstream,
-		Timeout:     time.Duration(h.Timeout),
-		Concurrency: h.Concurrency,
-		Backoff:     delivery.Backoff{Initial: time.Duration(h.BackoffInitial), Max: time.Duration(h.BackoffMax)},
-		GiveUpAfter: time.Duration(h.GiveUpAfter),
-		HeaderUp:    headerUp,
-		Logger:      h.logger.With(zap.String("relay", h.Name)),
+		Upstream:      upstream,
+		Timeout:       time.Duration(h.Timeout),
+		Concurrency:   h.Concurrency,
+		Backoff:       delivery.Backoff{Initial: time.Duration(h.BackoffInitial), Max: time.Duration(h.BackoffMax)},
+		GiveUpAfter:   time.Duration(h.GiveUpAfter),
+		HeaderUp:      headerUp,
+		MaxDead:       h.MaxDead,
+		DeadRetention: time.Duration(h.DeadRetention),
+		Logger:        h.logger.With(zap.String("relay", h.Name)),
 	}
 
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
@@ -194,7 +222,7 @@ func (h *Relay) Provision(ctx caddy.Context) error {
 	}
 	opts := dedupe.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog}
 	h.poolKey = "webhook_relay:" + h.Name + ":" + store.StoreIdentity(h.Name)
-	h.relay, err = acquireRelay(h.poolKey, h.Name, store, opts, h.settings, ctx.Logger())
+	h.relay, err = acquireRelay(h.poolKey, h, store, opts, ctx.Logger())
 	if err != nil {
 		h.poolKey = ""
 		return err
@@ -231,6 +259,18 @@ func (h *Relay) applyDefaults() {
 	if h.GiveUpAfter == 0 {
 		h.GiveUpAfter = caddy.Duration(DefaultGiveUpAfter)
 	}
+	if h.MaxMemory == 0 {
+		h.MaxMemory = DefaultMaxMemory
+	}
+	if h.BodyTimeout == 0 {
+		h.BodyTimeout = caddy.Duration(DefaultBodyTimeout)
+	}
+	if h.MaxDead == 0 {
+		h.MaxDead = DefaultMaxDead
+	}
+	if h.DeadRetention == 0 {
+		h.DeadRetention = caddy.Duration(DefaultDeadRetention)
+	}
 }
 
 // checkSettings rejects values that cannot work, before anything is opened.
@@ -240,10 +280,16 @@ func (h *Relay) checkSettings() error {
 		return fmt.Errorf("upstream is required: the URL payloads are forwarded to")
 	case !validName.MatchString(h.Name):
 		return fmt.Errorf("name %q: use 1 to 64 letters, digits, '.', '_' or '-'", h.Name)
-	case h.Window < 0, h.Timeout < 0, h.BackoffInitial < 0, h.BackoffMax < 0, h.GiveUpAfter < 0:
-		return fmt.Errorf("window, timeout, backoff and give_up_after must be positive durations")
-	case h.MaxBody < 0:
-		return fmt.Errorf("max_body must be positive")
+	case h.Window < 0, h.Timeout < 0, h.BackoffInitial < 0, h.BackoffMax < 0, h.GiveUpAfter < 0,
+		h.BodyTimeout < 0, h.DeadRetention < 0:
+		return fmt.Errorf("window, timeout, backoff, give_up_after, body_timeout and dead_retention must be positive durations")
+	case h.MaxBody < 0, h.MaxMemory < 0:
+		return fmt.Errorf("max_body and max_memory must be positive")
+	case h.MaxBody > h.MaxMemory:
+		return fmt.Errorf("max_body (%d bytes) is larger than max_memory (%d bytes): such a body could never be held; "+
+			"raise max_memory or lower max_body", h.MaxBody, h.MaxMemory)
+	case h.MaxDead < 0:
+		return fmt.Errorf("max_dead must be positive")
 	case h.MaxBacklog < 0:
 		return fmt.Errorf("max_backlog must be positive")
 	case h.Concurrency < 0:

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/delivery"
+	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 	"github.com/hookrelay/caddy-webhook-relay/internal/faultlog"
 )
 
@@ -32,6 +33,7 @@ type relay struct {
 	storeIdentity string
 	store         dedupe.Store
 	engine        *delivery.Engine
+	memory        *budget.Budget   // bodies in memory, intake and delivery together
 	storeErr      faultlog.Tracker // admit failures, logged once per outage
 	storeConfig   []byte           // the store module's settings it was opened with
 
@@ -39,19 +41,23 @@ type relay struct {
 	handlers []*Relay // configs using this relay, newest last
 }
 
-func acquireRelay(key, name string, mod StoreModule, opts dedupe.Options, settings *delivery.Settings, logger *zap.Logger) (*relay, error) {
+func acquireRelay(key string, h *Relay, mod StoreModule, opts dedupe.Options, logger *zap.Logger) (*relay, error) {
+	name := h.Name
 	storeConfig, _ := json.Marshal(mod)
 	val, loaded, err := relayPool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		store, err := mod.OpenStore(name, opts, logger)
 		if err != nil {
 			return nil, err
 		}
-		r := &relay{name: name, storeIdentity: mod.StoreIdentity(name), store: store, storeConfig: storeConfig}
+		r := &relay{name: name, storeIdentity: mod.StoreIdentity(name), store: store, storeConfig: storeConfig,
+			memory: budget.New(h.MaxMemory, h.MaxBody)}
 		r.engine = delivery.Start(delivery.Config{
-			Store:    store,
-			Settings: settings,
-			Logger:   logger.With(zap.String("relay", name)),
-			Observe:  deliveryObserver(name),
+			Store:       store,
+			Settings:    h.settings,
+			Budget:      r.memory,
+			Logger:      logger.With(zap.String("relay", name)),
+			Observe:     deliveryObserver(name),
+			DeadDropped: deadDroppedObserver(name),
 		})
 		return r, nil
 	})
@@ -78,6 +84,7 @@ func (r *relay) attach(h *Relay) {
 
 func (r *relay) apply(h *Relay) {
 	r.store.SetLimits(time.Duration(h.Window), h.MaxBacklog)
+	r.memory.SetLimits(h.MaxMemory, h.MaxBody)
 	r.engine.SetSettings(h.settings)
 }
 
@@ -97,12 +104,20 @@ func (r *relay) detach(h *Relay) {
 	}
 }
 
-// upstreamHost is the host deliveries go to under the newest config.
-func (r *relay) upstreamHost() string {
+// newest is the handler of the newest config using this relay, or nil.
+func (r *relay) newest() *Relay {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if n := len(r.handlers); n > 0 {
-		return r.handlers[n-1].settings.Upstream.Host
+		return r.handlers[n-1]
+	}
+	return nil
+}
+
+// upstreamHost is the host deliveries go to under the newest config.
+func (r *relay) upstreamHost() string {
+	if h := r.newest(); h != nil {
+		return h.settings.Upstream.Host
 	}
 	return ""
 }

@@ -76,6 +76,12 @@ func TestCaddyfileParseErrors(t *testing.T) {
 		{"header_up without value", "header_up X-Only-Name", []string{"wrong argument count"}},
 		{"key without source", "key", []string{"wrong argument count", "'key'"}},
 		{"window with two args", "window 1h 2h", []string{"wrong argument count"}},
+		{"bad max_memory", "max_memory plenty", []string{"max_memory", "bad size 'plenty'"}},
+		{"max_memory without size", "max_memory", []string{"wrong argument count", "'max_memory'"}},
+		{"repeated max_memory", "max_memory 1GiB\n\t\tmax_memory 2GiB", []string{"'max_memory' given twice"}},
+		{"bad body_timeout", "body_timeout never", []string{"body_timeout", "bad duration 'never'"}},
+		{"zero max_dead", "max_dead 0", []string{"max_dead", "positive whole number", "'0'"}},
+		{"bad dead_retention", "dead_retention soon", []string{"dead_retention", "bad duration 'soon'"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			directive := tc.block

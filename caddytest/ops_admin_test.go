@@ -96,16 +96,22 @@ func opsExpectError(t *testing.T, method, path string, body []byte, status int) 
 
 // opsRelayStatus is one relay of GET /webhook_relay/.
 type opsRelayStatus struct {
-	Name         string           `json:"name"`
-	Store        string           `json:"store"`
-	UpstreamHost string           `json:"upstream_host"`
-	Backlog      *int             `json:"backlog"`
-	InFlight     *int             `json:"in_flight"`
-	DeadLetters  *int             `json:"dead_letters"`
-	OldestQueued *time.Time       `json:"oldest_queued"`
-	Requests     map[string]int64 `json:"requests"`
-	Deliveries   map[string]int64 `json:"deliveries"`
-	Error        string           `json:"error"`
+	Name          string           `json:"name"`
+	Store         string           `json:"store"`
+	UpstreamHost  string           `json:"upstream_host"`
+	Backlog       *int             `json:"backlog"`
+	InFlight      *int             `json:"in_flight"`
+	DeadLetters   *int             `json:"dead_letters"`
+	OldestQueued  *time.Time       `json:"oldest_queued"`
+	Requests      map[string]int64 `json:"requests"`
+	Deliveries    map[string]int64 `json:"deliveries"`
+	Error         string           `json:"error"`
+	Keys          *int             `json:"keys"`
+	MemoryBytes   int64            `json:"memory_bytes"`
+	DeadDropped   int64            `json:"dead_dropped"`
+	MaxMemory     int64            `json:"max_memory"`
+	MaxDead       int              `json:"max_dead"`
+	DeadRetention string           `json:"dead_retention"`
 }
 
 // opsOverview returns the relay called name from GET /webhook_relay/, or

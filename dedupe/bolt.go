@@ -46,6 +46,7 @@ type Bolt struct {
 	countMu sync.Mutex
 	backlog int
 	dead    int
+	keys    int // markers in the seen bucket, expired ones not yet swept included
 
 	// claims holds the ids of claimed entries. Every queued entry whose
 	// queue key sorts before claimFrom is claimed, so Claim starts there
@@ -67,6 +68,7 @@ var (
 	boltSeen     = []byte("seen")     // marker key -> expiry
 	boltExpiry   = []byte("expiry")   // expiry + marker key -> nothing
 	boltDead     = []byte("dead")     // id -> entry (no body)
+	boltDeadAt   = []byte("deadAt")   // died (Unix ns) + id -> nothing, oldest first
 
 	boltFormatKey = []byte("format")
 	boltFormat    = []byte("webhook_relay/bolt/1")
@@ -82,7 +84,8 @@ const (
 	boltSweepBatch  = 1000 // markers deleted per sweep transaction
 	boltMaxRawKey   = 512  // longer dedupe keys are stored as their SHA-256
 	boltIDWidth     = 20   // digits of an id: uint64 fits, and ids sort as strings
-	boltEntryFormat = 1
+	boltEntryFormat = 2    // 1: the same without Died
+	boltReplayBatch = 256  // dead letters replayed per transaction
 )
 
 // OpenBolt opens the bbolt file at path, creating it (and its directory,
@@ -184,13 +187,17 @@ func (b *Bolt) init() (err error) {
 				return err
 			}
 		}
-		for _, name := range [][]byte{boltQueue, boltRequeued, boltBodies, boltSeen, boltExpiry, boltDead} {
+		for _, name := range [][]byte{boltQueue, boltRequeued, boltBodies, boltSeen, boltExpiry, boltDead, boltDeadAt} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("bucket %s: %w", name, err)
 			}
 		}
 		b.backlog = boltCountKeys(tx.Bucket(boltQueue))
 		b.dead = boltCountKeys(tx.Bucket(boltDead))
+		b.keys = boltCountKeys(tx.Bucket(boltSeen))
+		if boltCountKeys(tx.Bucket(boltDeadAt)) != b.dead {
+			return boltIndexDead(tx)
+		}
 		return nil
 	})
 	if err != nil {
@@ -200,6 +207,34 @@ func (b *Bolt) init() (err error) {
 }
 
 var errBoltForeign = errors.New("foreign bucket")
+
+// boltIndexDead rebuilds the index of dead letters by time of death, for a
+// file written before there was one: a letter with no Died counts from
+// when it was last queued.
+func boltIndexDead(tx *bolt.Tx) error {
+	if err := tx.DeleteBucket(boltDeadAt); err != nil {
+		return err
+	}
+	idx, err := tx.CreateBucket(boltDeadAt)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(boltDead).ForEach(func(k, v []byte) error {
+		died := time.Time{}
+		if e, err := boltDecode(v); err == nil {
+			died = e.Died
+			if died.IsZero() {
+				died = e.Queued
+			}
+		}
+		return idx.Put(boltDeadAtKey(died, string(k)), nil)
+	})
+}
+
+// boltDeadAtKey is an entry's key in the index of dead letters by death.
+func boltDeadAtKey(died time.Time, id string) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, uint64(died.UnixNano())), id...)
+}
 
 func boltCountKeys(bk *bolt.Bucket) int {
 	n := 0
@@ -344,6 +379,12 @@ func (b *Bolt) reserve() bool {
 	return true
 }
 
+func (b *Bolt) countKeys(n int) {
+	b.countMu.Lock()
+	defer b.countMu.Unlock()
+	b.keys += n
+}
+
 func (b *Bolt) count(backlog, dead int) {
 	b.countMu.Lock()
 	defer b.countMu.Unlock()
@@ -368,15 +409,18 @@ func (b *Bolt) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	body := e.Body
 
 	var (
-		outcome  Admission
-		full     bool
-		id       string
-		reserved bool
+		outcome   Admission
+		full      bool
+		id        string
+		reserved  bool
+		newMarker bool
 	)
 	err := b.write(func(tx *bolt.Tx) error {
 		outcome, full, id = 0, false, ""
 		seen := tx.Bucket(boltSeen)
-		if v := seen.Get(mk); len(v) == 8 && nowNS < int64(binary.BigEndian.Uint64(v)) {
+		v := seen.Get(mk)
+		newMarker = v == nil
+		if len(v) == 8 && nowNS < int64(binary.BigEndian.Uint64(v)) {
 			if reserved { // decided otherwise in an earlier run
 				b.count(-1, 0)
 				reserved = false
@@ -431,6 +475,9 @@ func (b *Bolt) Admit(ctx context.Context, e *Entry) (Admission, error) {
 		return 0, ErrBacklogFull
 	case outcome == Accepted:
 		e.ID, e.Received, e.Queued = id, now, now
+		if newMarker {
+			b.countKeys(1)
+		}
 	}
 	return outcome, nil
 }
@@ -452,14 +499,17 @@ func boltID(seq uint64) string {
 }
 
 // boltQueueKey finds where entry id sits in the queue, or nil when it is not
-// queued.
+// queued. A damaged record, whose id cannot be read, goes by its queue key.
 func boltQueueKey(tx *bolt.Tx, id string) []byte {
 	qk := []byte(id)
 	if k := tx.Bucket(boltRequeued).Get(qk); k != nil {
 		qk = bytes.Clone(k)
 	}
 	v := tx.Bucket(boltQueue).Get(qk)
-	if v == nil || boltEntryID(v) != id {
+	if v == nil {
+		return nil
+	}
+	if got := boltEntryID(v); got != id && (got != "" || string(qk) != id) {
 		return nil
 	}
 	return qk
@@ -477,6 +527,7 @@ func (b *Bolt) Claim(ctx context.Context, max int) ([]*Entry, error) {
 	err := b.db.View(func(tx *bolt.Tx) error {
 		bodies := tx.Bucket(boltBodies)
 		c := tx.Bucket(boltQueue).Cursor()
+		out = out[:0]
 		var last []byte
 		defer func() {
 			if last != nil {
@@ -490,17 +541,18 @@ func (b *Bolt) Claim(ctx context.Context, max int) ([]*Entry, error) {
 		}
 		for ; k != nil && len(out) < max; k, v = c.Next() {
 			last = k
-			if _, held := b.claims[boltEntryID(v)]; held {
+			id := boltEntryID(v)
+			if id == "" {
+				id = string(k) // damaged: it goes by its queue key
+			}
+			if _, held := b.claims[id]; held {
 				continue
 			}
 			e, err := boltDecode(v)
 			if err != nil {
-				return fmt.Errorf("queued entry %s: %w", k, err)
+				e = &Entry{ID: id, Damaged: fmt.Sprintf("the stored record of queued entry %s cannot be read: %v", k, err)}
 			}
-			e.Body = bytes.Clone(bodies.Get([]byte(e.ID)))
-			if e.Body == nil {
-				e.Body = []byte{}
-			}
+			e.BodySize = len(bodies.Get([]byte(e.ID)))
 			out = append(out, e)
 		}
 		return nil
@@ -513,6 +565,32 @@ func (b *Bolt) Claim(ctx context.Context, max int) ([]*Entry, error) {
 		b.claims[e.ID] = struct{}{}
 	}
 	return out, nil
+}
+
+// Body implements Store.
+func (b *Bolt) Body(ctx context.Context, id string) ([]byte, error) {
+	if err := b.usable(ctx); err != nil {
+		return nil, err
+	}
+	var body []byte
+	err := b.db.View(func(tx *bolt.Tx) error {
+		if boltQueueKey(tx, id) == nil {
+			return nil
+		}
+		// a copy: the value lives in the memory map only as long as tx
+		body = bytes.Clone(tx.Bucket(boltBodies).Get([]byte(id)))
+		if body == nil {
+			body = []byte{}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, b.storeErr(err)
+	}
+	if body == nil {
+		return nil, fmt.Errorf("body of %s: %w", id, ErrNotFound)
+	}
+	return body, nil
 }
 
 // Extend implements Store. In-process claims never time out, so there is
@@ -559,8 +637,11 @@ func (b *Bolt) Attempted(ctx context.Context, e *Entry) error {
 
 // updateQueued runs fn, in one write transaction, on the queued entry e.ID
 // with e's attempt record applied. It reports whether the entry was queued.
+// A stored record that cannot be read is replaced by what e says.
 func (b *Bolt) updateQueued(e *Entry, fn func(tx *bolt.Tx, qk []byte, stored *Entry) error) (bool, error) {
 	id, attempts, status, reason := e.ID, e.Attempts, e.LastStatus, e.LastError
+	fallback := *e
+	fallback.Body = nil
 	var found bool
 	err := b.write(func(tx *bolt.Tx) error {
 		found = false // the function may run again (group commit)
@@ -570,7 +651,8 @@ func (b *Bolt) updateQueued(e *Entry, fn func(tx *bolt.Tx, qk []byte, stored *En
 		}
 		stored, err := boltDecode(tx.Bucket(boltQueue).Get(qk))
 		if err != nil {
-			return err
+			f := fallback
+			stored = &f
 		}
 		stored.Attempts, stored.LastStatus, stored.LastError = attempts, status, reason
 		if err := fn(tx, qk, stored); err != nil {
@@ -639,8 +721,13 @@ func (b *Bolt) Bury(ctx context.Context, e *Entry) error {
 		return err
 	}
 	id := e.ID
+	died := b.now()
 	found, err := b.updateQueued(e, func(tx *bolt.Tx, qk []byte, stored *Entry) error {
+		stored.Died = died
 		if err := tx.Bucket(boltDead).Put([]byte(id), boltEncode(stored)); err != nil {
+			return err
+		}
+		if err := tx.Bucket(boltDeadAt).Put(boltDeadAtKey(died, id), nil); err != nil {
 			return err
 		}
 		return boltDelete(tx, qk, id)
@@ -686,7 +773,8 @@ func (b *Bolt) Dead(ctx context.Context, after string, limit int) ([]*Entry, err
 		for ; k != nil && len(out) < limit; k, v = c.Next() {
 			e, err := boltDecode(v)
 			if err != nil {
-				return fmt.Errorf("dead letter %s: %w", k, err)
+				// listed all the same, so an operator can see and delete it
+				e = &Entry{ID: string(k), LastError: fmt.Sprintf("the stored record of this dead letter cannot be read: %v", err)}
 			}
 			e.BodySize = len(tx.Bucket(boltBodies).Get(k))
 			out = append(out, e)
@@ -737,15 +825,12 @@ func (b *Bolt) DeleteDead(ctx context.Context, id string) error {
 	var found bool
 	err := b.write(func(tx *bolt.Tx) error {
 		found = false
-		dead := tx.Bucket(boltDead)
-		if dead.Get([]byte(id)) == nil {
+		v := tx.Bucket(boltDead).Get([]byte(id))
+		if v == nil {
 			return nil
 		}
 		found = true
-		if err := dead.Delete([]byte(id)); err != nil {
-			return err
-		}
-		return tx.Bucket(boltBodies).Delete([]byte(id))
+		return boltDeleteDead(tx, id, v)
 	})
 	if err != nil {
 		return err
@@ -757,29 +842,134 @@ func (b *Bolt) DeleteDead(ctx context.Context, id string) error {
 	return nil
 }
 
+// boltDeleteDead removes dead letter id (its record v), its body and its
+// place in the index by death.
+func boltDeleteDead(tx *bolt.Tx, id string, v []byte) error {
+	if e, err := boltDecode(v); err == nil {
+		died := e.Died
+		if died.IsZero() {
+			died = e.Queued // as boltIndexDead indexed it
+		}
+		if err := tx.Bucket(boltDeadAt).Delete(boltDeadAtKey(died, id)); err != nil {
+			return err
+		}
+	}
+	if err := tx.Bucket(boltDead).Delete([]byte(id)); err != nil {
+		return err
+	}
+	return tx.Bucket(boltBodies).Delete([]byte(id))
+}
+
+// TrimDead implements Store, in one transaction of at most limit letters.
+func (b *Bolt) TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*Entry, error) {
+	if err := b.usable(ctx); err != nil {
+		return nil, err
+	}
+	b.countMu.Lock()
+	dead := b.dead
+	b.countMu.Unlock()
+	var out []*Entry
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		out = out[:0]
+		deadBk := tx.Bucket(boltDead)
+		c := tx.Bucket(boltDeadAt).Cursor()
+		var gone [][]byte
+		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+			if len(k) < 8 {
+				gone = append(gone, bytes.Clone(k))
+				continue
+			}
+			old := !cutoff.IsZero() && int64(binary.BigEndian.Uint64(k[:8])) < cutoff.UnixNano()
+			if !old && (max <= 0 || dead-len(out) <= max) {
+				break
+			}
+			id := string(k[8:])
+			gone = append(gone, bytes.Clone(k))
+			v := deadBk.Get([]byte(id))
+			if v == nil {
+				continue // an index entry left behind
+			}
+			e, err := boltDecode(v)
+			if err != nil {
+				e = &Entry{ID: id}
+			}
+			e.BodySize = len(tx.Bucket(boltBodies).Get([]byte(id)))
+			if err := deadBk.Delete([]byte(id)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(boltBodies).Delete([]byte(id)); err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		for _, k := range gone {
+			if err := c.Bucket().Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, b.storeErr(err)
+	}
+	b.count(0, -len(out))
+	return out, nil
+}
+
 // Replay implements Store. It ignores MaxBacklog: replaying is an
 // operator's decision. Replayed entries join the back of the queue under a
-// new queue key and keep their ID.
+// new queue key and keep their ID. It commits boltReplayBatch letters at a
+// time, so admits wait for one short commit at most, never for the whole
+// replay.
 func (b *Bolt) Replay(ctx context.Context, ids []string) (int, error) {
 	if err := b.usable(ctx); err != nil {
 		return 0, err
 	}
+	all := ids == nil
+	total := 0
+	for {
+		var batch []string
+		if all {
+			// what was replayed is gone from the front of the bucket
+			if err := b.db.View(func(tx *bolt.Tx) error {
+				c := tx.Bucket(boltDead).Cursor()
+				for k, _ := c.First(); k != nil && len(batch) < boltReplayBatch; k, _ = c.Next() {
+					batch = append(batch, string(k))
+				}
+				return nil
+			}); err != nil {
+				return total, b.storeErr(err)
+			}
+		} else {
+			batch = ids[:min(len(ids), boltReplayBatch)]
+			ids = ids[len(batch):]
+		}
+		if len(batch) == 0 {
+			return total, nil
+		}
+		n, err := b.replay(batch)
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if all && n == 0 {
+			return total, nil // nothing that could be replayed is left
+		}
+		if err := b.usable(ctx); err != nil {
+			return total, err
+		}
+	}
+}
+
+// replay puts the dead letters in ids back in the queue, in one commit.
+func (b *Bolt) replay(ids []string) (int, error) {
 	now := b.now()
-	var (
-		n       int
-		counted bool
-	)
-	err := b.db.Update(func(tx *bolt.Tx) error {
+	var n int
+	err := b.write(func(tx *bolt.Tx) error {
 		n = 0
 		dead := tx.Bucket(boltDead)
 		queue := tx.Bucket(boltQueue)
 		requeued := tx.Bucket(boltRequeued)
-		if ids == nil {
-			c := dead.Cursor()
-			for k, _ := c.First(); k != nil; k, _ = c.Next() {
-				ids = append(ids, string(k))
-			}
-		}
 		for _, id := range ids {
 			v := dead.Get([]byte(id))
 			if v == nil {
@@ -787,10 +977,20 @@ func (b *Bolt) Replay(ctx context.Context, ids []string) (int, error) {
 			}
 			e, err := boltDecode(v)
 			if err != nil {
-				return fmt.Errorf("dead letter %s: %w", id, err)
+				e = &Entry{ID: id} // the body is what matters, and it is intact
+			}
+			died := e.Died
+			if died.IsZero() {
+				died = e.Queued
+			}
+			if err := tx.Bucket(boltDeadAt).Delete(boltDeadAtKey(died, id)); err != nil {
+				return err
 			}
 			e.Attempts, e.LastStatus, e.LastError = 0, 0, ""
-			e.Queued = now
+			e.Queued, e.Died = now, time.Time{}
+			if e.Received.IsZero() {
+				e.Received = now
+			}
 			seq, err := queue.NextSequence()
 			if err != nil {
 				return err
@@ -807,18 +1007,12 @@ func (b *Bolt) Replay(ctx context.Context, ids []string) (int, error) {
 			}
 			n++
 		}
-		// counted before the commit: the backlog count may run ahead of
-		// the file for a moment, never behind it
-		b.count(n, -n)
-		counted = true
 		return nil
 	})
 	if err != nil {
-		if counted {
-			b.count(-n, n)
-		}
-		return 0, b.storeErr(err)
+		return 0, err
 	}
+	b.count(n, -n)
 	return n, nil
 }
 
@@ -845,7 +1039,7 @@ func (b *Bolt) Stats(ctx context.Context) (Stats, error) {
 		return Stats{}, b.storeErr(err)
 	}
 	b.countMu.Lock()
-	s.Backlog, s.Dead = b.backlog, b.dead
+	s.Backlog, s.Dead, s.Keys = b.backlog, b.dead, b.keys
 	b.countMu.Unlock()
 	return s, nil
 }
@@ -905,9 +1099,9 @@ func (b *Bolt) sweep() (int, error) {
 		default:
 		}
 		now := uint64(b.now().UnixNano())
-		n := 0
+		n, unmarked := 0, 0
 		err := b.db.Update(func(tx *bolt.Tx) error {
-			n = 0
+			n, unmarked = 0, 0
 			expiry := tx.Bucket(boltExpiry)
 			seen := tx.Bucket(boltSeen)
 			var expired [][]byte
@@ -929,6 +1123,7 @@ func (b *Bolt) sweep() (int, error) {
 					if err := seen.Delete(mk); err != nil {
 						return err
 					}
+					unmarked++
 				}
 			}
 			n = len(expired)
@@ -938,6 +1133,7 @@ func (b *Bolt) sweep() (int, error) {
 		if err != nil {
 			return total, b.storeErr(err)
 		}
+		b.countKeys(-unmarked)
 		if n < b.sweepMax {
 			return total, nil
 		}
@@ -964,6 +1160,11 @@ func boltEncode(e *Entry) []byte {
 	buf = binary.AppendVarint(buf, int64(e.LastStatus))
 	buf = binary.AppendUvarint(buf, uint64(len(e.LastError)))
 	buf = append(buf, e.LastError...)
+	var died int64
+	if !e.Died.IsZero() {
+		died = e.Died.UnixNano()
+	}
+	buf = binary.AppendVarint(buf, died)
 	return buf
 }
 
@@ -971,7 +1172,7 @@ var errBoltEntry = errors.New("malformed entry")
 
 // boltEntryID reads only the ID of an encoded entry, "" if it is malformed.
 func boltEntryID(v []byte) string {
-	if len(v) < 2 || v[0] != boltEntryFormat {
+	if len(v) < 2 || (v[0] != 1 && v[0] != boltEntryFormat) {
 		return ""
 	}
 	n, w := binary.Uvarint(v[1:])
@@ -982,7 +1183,7 @@ func boltEntryID(v []byte) string {
 }
 
 func boltDecode(v []byte) (*Entry, error) {
-	if len(v) < 1 || v[0] != boltEntryFormat {
+	if len(v) < 1 || (v[0] != 1 && v[0] != boltEntryFormat) {
 		return nil, errBoltEntry
 	}
 	d := boltDecoder{buf: v[1:]}
@@ -1001,6 +1202,11 @@ func boltDecode(v []byte) (*Entry, error) {
 	e.Attempts = int(d.varint())
 	e.LastStatus = int(d.varint())
 	e.LastError = d.str()
+	if v[0] >= 2 {
+		if died := d.varint(); died != 0 {
+			e.Died = time.Unix(0, died)
+		}
+	}
 	if d.bad {
 		return nil, errBoltEntry
 	}

@@ -94,9 +94,12 @@ func TestBoltReopen(t *testing.T) {
 		t.Fatalf("Stats after reopen = %+v, want backlog 1, dead 1, oldest %v", st, c.Queued)
 	}
 	got, err := s.Claim(ctx, 10)
-	if err != nil || len(got) != 1 || got[0].ID != c.ID || !bytes.Equal(got[0].Body, c.Body) ||
+	if err != nil || len(got) != 1 || got[0].ID != c.ID || got[0].BodySize != len(c.Body) ||
 		got[0].Request != c.Request || !got[0].Received.Equal(c.Received) {
-		t.Fatalf("Claim after reopen = %+v, %v; want %s with its body", got, err, c.ID)
+		t.Fatalf("Claim after reopen = %+v, %v; want %s", got, err, c.ID)
+	}
+	if body, err := s.Body(ctx, c.ID); err != nil || !bytes.Equal(body, c.Body) {
+		t.Fatalf("Body(%s) after reopen = %q, %v; want its body", c.ID, body, err)
 	}
 	d, err := s.DeadEntry(ctx, b.ID)
 	if err != nil || !bytes.Equal(d.Body, b.Body) || d.Attempts != 4 || d.LastStatus != 422 || d.LastError != "unknown task" {

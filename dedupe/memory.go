@@ -137,9 +137,24 @@ func (m *Memory) Claim(ctx context.Context, max int) ([]*Entry, error) {
 		}
 		q.claimed = true
 		e := q.e
+		e.BodySize, e.Body = len(e.Body), nil
 		out = append(out, &e)
 	}
 	return out, nil
+}
+
+// Body implements Store.
+func (m *Memory) Body(ctx context.Context, id string) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return nil, err
+	}
+	el, ok := m.queued[id]
+	if !ok {
+		return nil, fmt.Errorf("body of %s: %w", id, ErrNotFound)
+	}
+	return bytes.Clone(el.Value.(*queued).e.Body), nil
 }
 
 // Extend implements Store. In-process claims never time out, so there is
@@ -206,6 +221,7 @@ func (m *Memory) Bury(ctx context.Context, e *Entry) error {
 
 	d := el.Value.(*queued).e
 	d.Attempts, d.LastStatus, d.LastError = e.Attempts, e.LastStatus, e.LastError
+	d.Died = m.now()
 	m.dead[d.ID] = &d
 	i, _ := slices.BinarySearch(m.deadIDs, d.ID)
 	m.deadIDs = slices.Insert(m.deadIDs, i, d.ID)
@@ -283,6 +299,38 @@ func (m *Memory) DeleteDead(ctx context.Context, id string) error {
 	return nil
 }
 
+// TrimDead implements Store. It sorts every dead letter by Died: the memory
+// store is for tests and development, where there are few.
+func (m *Memory) TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*Entry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return nil, err
+	}
+	byDeath := slices.Clone(m.deadIDs)
+	slices.SortStableFunc(byDeath, func(a, b string) int { return m.dead[a].Died.Compare(m.dead[b].Died) })
+	var out []*Entry
+	for _, id := range byDeath {
+		d := m.dead[id]
+		old := !cutoff.IsZero() && d.Died.Before(cutoff)
+		tooMany := max > 0 && len(m.dead) > max
+		if len(out) >= limit || (!old && !tooMany) {
+			break
+		}
+		delete(m.dead, id)
+		e := *d
+		e.BodySize, e.Body = len(e.Body), nil
+		out = append(out, &e)
+	}
+	if len(out) > 0 {
+		m.deadIDs = slices.DeleteFunc(m.deadIDs, func(id string) bool {
+			_, ok := m.dead[id]
+			return !ok
+		})
+	}
+	return out, nil
+}
+
 // Replay implements Store. It ignores MaxBacklog: replaying is an
 // operator's decision, and refusing it would leave the letters dead.
 // Replayed entries join the back of the queue.
@@ -304,7 +352,7 @@ func (m *Memory) Replay(ctx context.Context, ids []string) (int, error) {
 		}
 		delete(m.dead, id)
 		d.Attempts, d.LastStatus, d.LastError = 0, 0, ""
-		d.Queued = now
+		d.Queued, d.Died = now, time.Time{}
 		m.queued[id] = m.queue.PushBack(&queued{e: *d})
 		n++
 	}
@@ -326,7 +374,8 @@ func (m *Memory) Stats(ctx context.Context) (Stats, error) {
 	if err := m.usable(ctx); err != nil {
 		return Stats{}, err
 	}
-	s := Stats{Backlog: m.queue.Len(), Dead: len(m.dead)}
+	m.sweep(m.now().UnixNano())
+	s := Stats{Backlog: m.queue.Len(), Dead: len(m.dead), Keys: len(m.seen)}
 	if front := m.queue.Front(); front != nil {
 		s.OldestQueued = front.Value.(*queued).e.Queued
 	}

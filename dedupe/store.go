@@ -14,9 +14,11 @@ type Entry struct {
 	ID string `json:"id"`
 	// Key is the dedupe key the payload was admitted under.
 	Key string `json:"key"`
-	// Body is the request body exactly as received.
+	// Body is the request body exactly as received. Claim and Dead leave
+	// it out (Body and DeadEntry fetch it), so that what waits for
+	// delivery is held without its body.
 	Body []byte `json:"-"`
-	// BodySize is len(Body); Dead listings, which leave Body out, set it.
+	// BodySize is the body's length in bytes; Claim and Dead set it.
 	BodySize int `json:"body_size,omitempty"`
 	// Request holds what the delivery needs from the original request.
 	Request RequestMeta `json:"request"`
@@ -32,6 +34,15 @@ type Entry struct {
 	LastStatus int `json:"last_status,omitempty"`
 	// LastError says why the last attempt failed, for people.
 	LastError string `json:"last_error,omitempty"`
+	// Died is when the entry became a dead letter; zero while queued.
+	// dead_retention counts from here.
+	Died time.Time `json:"died,omitzero"`
+	// Damaged is set by Claim on an entry whose stored record could not be
+	// read, saying what was wrong; ID is set and the rest is what could be
+	// read. The caller buries it (Bury keeps e's attempt record and this
+	// reason when the stored one is unreadable) so one bad record never
+	// halts the queue.
+	Damaged string `json:"-"`
 }
 
 // RequestMeta is the part of the incoming request that is forwarded with
@@ -111,6 +122,9 @@ type Stats struct {
 	// OldestQueued is the Queued time of the oldest queued payload, zero
 	// when the backlog is empty.
 	OldestQueued time.Time `json:"oldest_queued,omitzero"`
+	// Keys counts the dedupe markers held (keys seen within the window).
+	// Shared stores may count to the nearest minute of expiry.
+	Keys int `json:"keys"`
 }
 
 // Store holds the dedupe markers, the delivery queue and the dead letters of
@@ -135,8 +149,13 @@ type Store interface {
 	Admit(ctx context.Context, e *Entry) (Admission, error)
 
 	// Claim hands out up to max queued entries that nobody holds, oldest
-	// first. It does not block waiting for entries.
+	// first, without their bodies (BodySize is set). It does not block
+	// waiting for entries. An entry whose record cannot be read comes back
+	// with Damaged set instead of failing the claim.
 	Claim(ctx context.Context, max int) ([]*Entry, error)
+	// Body returns the body of a queued entry, or ErrNotFound when it is
+	// no longer queued. The caller owns the slice.
+	Body(ctx context.Context, id string) ([]byte, error)
 	// Extend keeps the claims on ids alive.
 	Extend(ctx context.Context, ids []string) error
 	// Attempted records e's Attempts, LastStatus and LastError; e stays claimed.
@@ -144,7 +163,7 @@ type Store interface {
 	// Ack removes a delivered entry from the queue.
 	Ack(ctx context.Context, id string) error
 	// Bury moves a claimed entry to the dead letters, keeping its Attempts,
-	// LastStatus and LastError.
+	// LastStatus and LastError, and sets Died to the store's now.
 	Bury(ctx context.Context, e *Entry) error
 	// Release gives claimed entries back to the queue unchanged.
 	Release(ctx context.Context, ids []string) error
@@ -161,8 +180,15 @@ type Store interface {
 	// Queued set to now: the ones in ids, or all of them when ids is nil
 	// (an empty, non-nil ids replays nothing). It returns how many went
 	// back. Unknown ids are skipped. MaxBacklog does not apply: a replay is
-	// an operator's decision.
+	// an operator's decision. A large replay runs in bounded steps, so it
+	// never holds up admits for long.
 	Replay(ctx context.Context, ids []string) (int, error)
+
+	// TrimDead removes dead letters, oldest Died first: those that died
+	// before the cutoff (zero: none by age), then the oldest ones while more
+	// than max remain (0: no bound), at most limit in one call. It returns
+	// the removed letters without bodies; fewer than limit means it is done.
+	TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*Entry, error)
 
 	// SetLimits applies a new window and backlog bound to later admits
 	// (a config reload changed them).

@@ -9,12 +9,15 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 	"github.com/hookrelay/caddy-webhook-relay/internal/faultlog"
 )
 
@@ -35,6 +38,11 @@ type Settings struct {
 	GiveUpAfter time.Duration
 	// HeaderUp are extra headers on every forwarded request.
 	HeaderUp http.Header
+	// MaxDead bounds the dead letters kept (0: no bound); past it the
+	// oldest are removed.
+	MaxDead int
+	// DeadRetention is how long a dead letter is kept (0: for ever).
+	DeadRetention time.Duration
 	// Logger, if set, replaces Config.Logger: each config has its own log
 	// outputs, and the engine follows the newest.
 	Logger *zap.Logger
@@ -52,9 +60,19 @@ type Config struct {
 	Store    dedupe.Store
 	Settings *Settings
 	Logger   *zap.Logger
+	// Budget bounds the bodies held in memory, shared with the ack path:
+	// a body is loaded from the store only for an attempt, once its bytes
+	// fit. Nil: no bound.
+	Budget *budget.Budget
 	// Observe, if set, is called after every attempt with its result and
 	// how long the upstream took.
 	Observe func(result string, took time.Duration)
+	// DeadDropped, if set, is called for every dead letter removed by
+	// MaxDead or DeadRetention.
+	DeadDropped func(e *dedupe.Entry)
+	// TrimInterval is how often dead letters are checked against
+	// DeadRetention. Default 1m.
+	TrimInterval time.Duration
 	// PollInterval is how often the engine looks for payloads it was not
 	// woken for (queued by another process, or released). Default 1s.
 	PollInterval time.Duration
@@ -81,6 +99,11 @@ type Engine struct {
 	inFlight atomic.Int64
 	full     atomic.Bool // holding as many entries as it may
 	claimErr faultlog.Tracker
+	bodyErr  faultlog.Tracker
+	trimErr  faultlog.Tracker
+	trimming atomic.Bool    // a trim of the dead letters is running
+	trimMore atomic.Bool    // asked for while one was running: run again
+	trims    sync.WaitGroup // running trims, waited for by Stop
 
 	ctx       context.Context // ends the claim loop
 	stop      context.CancelFunc
@@ -89,9 +112,8 @@ type Engine struct {
 	done      chan struct{}
 }
 
-// maxHeldBytes bounds the bodies held in memory: entries claimed and not yet
-// delivered, most of them waiting out a backoff while the upstream fails.
-const maxHeldBytes = 256 << 20
+// trimBatch bounds the dead letters one TrimDead call removes.
+const trimBatch = 256
 
 // storeTimeout bounds one bookkeeping call to the store.
 const storeTimeout = 10 * time.Second
@@ -103,6 +125,9 @@ func Start(cfg Config) *Engine {
 	}
 	if cfg.LeaseRefresh <= 0 {
 		cfg.LeaseRefresh = 10 * time.Second
+	}
+	if cfg.TrimInterval <= 0 {
+		cfg.TrimInterval = time.Minute
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -168,6 +193,7 @@ func (e *Engine) Stop(grace time.Duration) {
 	<-e.done
 	t.Stop()
 	e.abort()
+	e.trims.Wait()
 }
 
 // held is an entry the engine has claimed.
@@ -197,15 +223,17 @@ func (e *Engine) run() {
 	running := 0 // attempts talking to the upstream, bounded by Concurrency
 	busy := 0    // deliver goroutines that have not reported their result
 	backingOff := 0
-	heldBytes := 0
 	lookForMore := true
 
 	timer := time.NewTimer(time.Hour)
 	poll := time.NewTicker(e.cfg.PollInterval)
 	lease := time.NewTicker(e.cfg.LeaseRefresh)
+	trim := time.NewTicker(e.cfg.TrimInterval)
 	defer timer.Stop()
 	defer poll.Stop()
 	defer lease.Stop()
+	defer trim.Stop()
+	e.trimDead()
 
 	free := func() {
 		running--
@@ -214,7 +242,6 @@ func (e *Engine) run() {
 	finish := func(r result) {
 		busy--
 		if r.done {
-			heldBytes -= len(r.h.entry.Body)
 			delete(holding, r.h.entry.ID)
 			lookForMore = true
 			return
@@ -232,12 +259,13 @@ func (e *Engine) run() {
 		// batches of a quarter of that rather than one entry per finished
 		// delivery. Entries waiting out a backoff do not count, so failing
 		// payloads never keep the others from being claimed; maxHeld bounds
-		// what is held in memory in all.
+		// how many are held in all. Held entries carry no body: it is
+		// loaded for an attempt only, within the memory budget.
 		limit := 4 * s.Concurrency
 		batch := max(limit/4, 1)
 		maxHeld := 16 * limit
 		active := len(holding) - backingOff
-		roomToHold := len(holding) < maxHeld && heldBytes < maxHeldBytes
+		roomToHold := len(holding) < maxHeld
 		if lookForMore && active <= limit-batch && roomToHold {
 			want := min(limit-active, maxHeld-len(holding))
 			ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
@@ -259,7 +287,6 @@ func (e *Engine) run() {
 						continue
 					}
 					h := &held{entry: ent, due: now}
-					heldBytes += len(ent.Body)
 					holding[ent.ID] = h
 					heap.Push(&due, h)
 				}
@@ -268,7 +295,7 @@ func (e *Engine) run() {
 			}
 		}
 
-		roomToHold = len(holding) < maxHeld && heldBytes < maxHeldBytes
+		roomToHold = len(holding) < maxHeld
 		e.full.Store(len(holding)-backingOff > limit-batch || !roomToHold)
 
 		now := e.cfg.Now()
@@ -322,6 +349,8 @@ func (e *Engine) run() {
 			free()
 		case r := <-e.results:
 			finish(r)
+		case <-trim.C:
+			e.trimDead()
 		case <-fire:
 		}
 	}
@@ -378,12 +407,39 @@ func (e *Engine) deliver(s *Settings, h *held) {
 		return
 	}
 
+	if ent.Damaged != "" {
+		e.freed <- struct{}{}
+		e.buryDamaged(log, h, retryIn)
+		return
+	}
+
+	taken, err := e.loadBody(ent)
+	if err != nil {
+		e.freed <- struct{}{}
+		switch {
+		case errors.Is(err, dedupe.ErrNotFound):
+			e.results <- result{h: h, done: true} // gone from the queue, see Bury
+		case e.ctx.Err() != nil:
+			e.results <- result{h: h, next: e.cfg.Now()} // stopping: released in drain
+		default:
+			e.bodyErr.Fail(log, "cannot read queued payloads from the store; retrying", err)
+			e.results <- result{h: h, next: retryIn()}
+		}
+		return
+	}
+	e.bodyErr.Ok(log, "store readable again; delivering")
+
 	ent.Attempts++
 	start := e.cfg.Now()
 	o := attempt(e.attemptCx, e.client, s, ent, ent.Attempts, start)
 	took := e.cfg.Now().Sub(start)
-	// The upstream is done with it: the bookkeeping below (a disk commit, a
-	// Redis round trip) must not hold a concurrency place.
+	// The upstream is done with it: the body goes back to the budget, and
+	// the bookkeeping below (a disk commit, a Redis round trip) must not
+	// hold a concurrency place.
+	ent.Body = nil
+	if e.cfg.Budget != nil {
+		e.cfg.Budget.GiveFromDelivery(taken)
+	}
 	e.freed <- struct{}{}
 	ent.LastStatus, ent.LastError = o.status, o.reason
 	// the bookkeeping's own time starts now, not before a slow upstream
@@ -431,6 +487,7 @@ func (e *Engine) deliver(s *Settings, h *held) {
 			zap.String("id", ent.ID), zap.Int("attempts", ent.Attempts),
 			zap.Int("status", ent.LastStatus), zap.String("reason", ent.LastError))
 		e.results <- result{h: h, done: true}
+		e.trimDead()
 
 	default:
 		e.observe(ResultRetry, took)
@@ -453,6 +510,127 @@ func (e *Engine) deliver(s *Settings, h *held) {
 			zap.String("id", ent.ID), zap.Int("attempt", ent.Attempts),
 			zap.String("reason", o.reason), zap.Time("next", next))
 		e.results <- result{h: h, next: next}
+	}
+}
+
+// loadBody waits until ent's body fits in the memory budget, then reads it
+// from the store into ent.Body. It returns the bytes taken from the budget,
+// given back when the attempt is over.
+func (e *Engine) loadBody(ent *dedupe.Entry) (int64, error) {
+	taken := int64(ent.BodySize)
+	if b := e.cfg.Budget; b != nil {
+		// e.ctx, not the attempts' context: once stopping, no new attempt
+		// starts, so nothing waits here through the grace
+		if err := b.TakeForDelivery(e.ctx, taken); err != nil {
+			return 0, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
+	defer cancel()
+	body, err := e.cfg.Store.Body(ctx, ent.ID)
+	if err == nil && int64(len(body)) > taken && e.cfg.Budget != nil {
+		// the claim understated it (a record from an older version):
+		// account for what is really held
+		if err = e.cfg.Budget.TakeForDelivery(e.ctx, int64(len(body))-taken); err == nil {
+			taken = int64(len(body))
+		}
+	}
+	if err != nil {
+		if e.cfg.Budget != nil {
+			e.cfg.Budget.GiveFromDelivery(taken)
+		}
+		return 0, err
+	}
+	ent.Body = body
+	return taken, nil
+}
+
+// buryDamaged moves an entry whose stored record cannot be read to the
+// dead letters at once, so it never holds up the queue. If even that
+// fails it is logged, and skipped until it can be buried.
+func (e *Engine) buryDamaged(log *zap.Logger, h *held, retryIn func() time.Time) {
+	ent := h.entry
+	ent.LastError = ent.Damaged
+	h.leaving.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	err := e.cfg.Store.Bury(ctx, ent)
+	switch {
+	case err == nil:
+		e.observe(ResultDead, 0)
+		log.Error("queued payload cannot be read from the store; moved to the dead letters",
+			zap.String("id", ent.ID), zap.String("reason", ent.Damaged))
+		e.results <- result{h: h, done: true}
+		e.trimDead()
+	case errors.Is(err, dedupe.ErrNotFound):
+		e.results <- result{h: h, done: true}
+	default:
+		h.leaving.Store(false)
+		if ent.Attempts == 0 {
+			log.Error("queued payload cannot be read from the store, nor moved to the dead letters; skipping it",
+				zap.String("id", ent.ID), zap.String("reason", ent.Damaged), zap.Error(err))
+		}
+		ent.Attempts++
+		e.results <- result{h: h, next: retryIn()}
+	}
+}
+
+// trimDead removes the dead letters past MaxDead or DeadRetention, in the
+// background, logging and reporting each one. A call while a trim runs
+// makes that trim go round once more.
+func (e *Engine) trimDead() {
+	s := e.settings.Load()
+	if s.MaxDead <= 0 && s.DeadRetention <= 0 {
+		return
+	}
+	e.trimMore.Store(true)
+	if !e.trimming.CompareAndSwap(false, true) {
+		return
+	}
+	e.trims.Add(1)
+	go func() {
+		defer e.trims.Done()
+		for e.trimMore.Swap(false) && e.ctx.Err() == nil {
+			e.trimOnce(e.settings.Load())
+		}
+		e.trimming.Store(false)
+		if e.trimMore.Load() {
+			e.trimDead() // asked for between the loop's end and now
+		}
+	}()
+}
+
+func (e *Engine) trimOnce(s *Settings) {
+	log := e.logger(s)
+	var cutoff time.Time
+	if s.DeadRetention > 0 {
+		cutoff = e.cfg.Now().Add(-s.DeadRetention)
+	}
+	for e.ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
+		gone, err := e.cfg.Store.TrimDead(ctx, s.MaxDead, cutoff, trimBatch)
+		cancel()
+		if err != nil {
+			if e.ctx.Err() == nil {
+				e.trimErr.Fail(log, "cannot remove old dead letters; trying again later", err)
+			}
+			return
+		}
+		e.trimErr.Ok(log, "old dead letters removed again")
+		for _, d := range gone {
+			why := "more than max_dead (" + strconv.Itoa(s.MaxDead) + ") dead letters"
+			if !cutoff.IsZero() && d.Died.Before(cutoff) {
+				why = "dead for longer than dead_retention (" + s.DeadRetention.String() + ")"
+			}
+			log.Warn("dead letter removed: "+why,
+				zap.String("id", d.ID), zap.String("key", d.Key), zap.Time("died", d.Died))
+			if e.cfg.DeadDropped != nil {
+				e.cfg.DeadDropped(d)
+			}
+		}
+		if len(gone) < trimBatch {
+			return
+		}
 	}
 }
 

@@ -88,6 +88,12 @@ func Run(t *testing.T, newStore Factory) {
 		{"ConcurrentSameKey", testConcurrentSameKey},
 		{"ConcurrentBacklogBound", testConcurrentBacklogBound},
 		{"SetLimits", testSetLimits},
+		{"ClaimLeavesBodiesOut", testClaimLeavesBodiesOut},
+		{"BuryRecordsDeath", testBuryRecordsDeath},
+		{"TrimDeadByCount", testTrimDeadByCount},
+		{"TrimDeadByAge", testTrimDeadByAge},
+		{"KeysCounted", testKeysCounted},
+		{"ReplayManyInSteps", testReplayManyInSteps},
 		{"Closed", testClosed},
 	}
 	for _, tc := range tests {
@@ -180,6 +186,21 @@ func (f *fixture) claim(max int) []*dedupe.Entry {
 	}
 	if len(es) > max {
 		f.t.Fatalf("Claim(%d) handed out %d entries", max, len(es))
+	}
+	// Claimed entries come without bodies; Body fetches them. The helpers
+	// put the body back so that the subtests compare whole entries.
+	for _, e := range es {
+		if e.Body != nil {
+			f.t.Fatalf("Claim handed out %s with its body; bodies are fetched with Body", e.ID)
+		}
+		body, err := f.s.Body(f.ctx, e.ID)
+		if err != nil {
+			f.t.Fatalf("Body(%s) of a claimed entry: %v", e.ID, err)
+		}
+		if len(body) != e.BodySize {
+			f.t.Fatalf("Claim said %s has %d bytes; Body returned %d", e.ID, e.BodySize, len(body))
+		}
+		e.Body = body
 	}
 	return es
 }
@@ -1067,4 +1088,188 @@ func Bench(b *testing.B, newStore func(b *testing.B) dedupe.Store) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "admits/s")
+}
+
+func testClaimLeavesBodiesOut(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	a := f.accept("a")
+	b := f.accept("b")
+	got, err := f.s.Claim(f.ctx, 2)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("Claim(2) = %v, %v; want 2 entries", ids(got), err)
+	}
+	for i, want := range []*dedupe.Entry{a, b} {
+		if got[i].Body != nil || got[i].BodySize != len(want.Body) {
+			t.Errorf("claimed %s: Body %d bytes, BodySize %d; want no body and BodySize %d",
+				want.ID, len(got[i].Body), got[i].BodySize, len(want.Body))
+		}
+	}
+	body, err := f.s.Body(f.ctx, a.ID)
+	if err != nil || !bytes.Equal(body, a.Body) {
+		t.Fatalf("Body(%s) = %q, %v; want %q", a.ID, body, err, a.Body)
+	}
+	body[0] = 'X' // the caller owns it
+	if again, _ := f.s.Body(f.ctx, a.ID); !bytes.Equal(again, a.Body) {
+		t.Fatalf("Body(%s) after the caller changed its copy = %q, want %q", a.ID, again, a.Body)
+	}
+
+	f.ack(got[0])
+	f.bury(got[1])
+	for _, id := range []string{a.ID, b.ID, "no-such-id"} {
+		if _, err := f.s.Body(f.ctx, id); !errors.Is(err, dedupe.ErrNotFound) {
+			t.Errorf("Body(%s) of an entry that is not queued = %v, want ErrNotFound", id, err)
+		}
+	}
+}
+
+func testBuryRecordsDeath(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	a := f.accept("a")
+	f.wantClaim(1, a)
+	f.clock.Advance(time.Minute)
+	f.bury(a)
+	died := f.clock.Now()
+	if got := f.dead("", 1)[0].Died; !got.Equal(died) {
+		t.Errorf("listed Died = %v, want %v (the store's clock at Bury)", got, died)
+	}
+	if got := f.deadEntry(a.ID).Died; !got.Equal(died) {
+		t.Errorf("DeadEntry Died = %v, want %v", got, died)
+	}
+	f.replay(nil, 1)
+	got := f.wantClaim(1, a)[0]
+	if !got.Died.IsZero() {
+		t.Errorf("replayed entry has Died %v, want zero", got.Died)
+	}
+}
+
+// buryAt buries one accepted entry per key, a minute apart on the clock, in
+// the order given.
+func (f *fixture) buryAt(keys ...string) map[string]*dedupe.Entry {
+	f.t.Helper()
+	admitted := make(map[string]*dedupe.Entry)
+	for _, k := range keys {
+		admitted[k] = f.accept(k)
+	}
+	claimed := f.claim(len(keys))
+	byKey := make(map[string]*dedupe.Entry)
+	for _, e := range claimed {
+		byKey[e.Key] = e
+	}
+	for _, k := range keys {
+		f.clock.Advance(time.Minute)
+		f.bury(byKey[k])
+	}
+	return admitted
+}
+
+func (f *fixture) trim(max int, cutoff time.Time, limit int) []string {
+	f.t.Helper()
+	gone, err := f.s.TrimDead(f.ctx, max, cutoff, limit)
+	if err != nil {
+		f.t.Fatalf("TrimDead(%d, %v, %d): %v", max, cutoff, limit, err)
+	}
+	keys := make([]string, len(gone))
+	for i, e := range gone {
+		if e.Body != nil {
+			f.t.Errorf("TrimDead returned %s with its body", e.ID)
+		}
+		keys[i] = e.Key
+	}
+	return keys
+}
+
+func testTrimDeadByCount(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	// buried in an order other than id order: the oldest death goes first
+	admitted := f.buryAt("c", "a", "e", "b", "d")
+	if got := f.trim(0, time.Time{}, 10); len(got) != 0 {
+		t.Fatalf("TrimDead with no bounds removed %v", got)
+	}
+	if got := f.trim(5, time.Time{}, 10); len(got) != 0 {
+		t.Fatalf("TrimDead(max 5) of 5 letters removed %v", got)
+	}
+	if got := f.trim(3, time.Time{}, 1); !slicesEqual(got, []string{"c"}) {
+		t.Fatalf("TrimDead(max 3, limit 1) removed %v, want [c]", got)
+	}
+	if got := f.trim(3, time.Time{}, 10); !slicesEqual(got, []string{"a"}) {
+		t.Fatalf("TrimDead(max 3) removed %v, want [a]", got)
+	}
+	f.wantCounts(0, 3)
+	for _, k := range []string{"c", "a"} {
+		if _, err := f.s.DeadEntry(f.ctx, admitted[k].ID); !errors.Is(err, dedupe.ErrNotFound) {
+			t.Errorf("DeadEntry of trimmed %s = %v, want ErrNotFound", k, err)
+		}
+	}
+	var left []string
+	for _, e := range f.dead("", 10) {
+		left = append(left, e.Key)
+	}
+	if !slicesEqual(left, []string{"e", "b", "d"}) {
+		t.Errorf("dead letters left %v, want [e b d] (id order)", left)
+	}
+	if got := f.deadEntry(admitted["b"].ID); !bytes.Equal(got.Body, admitted["b"].Body) {
+		t.Errorf("a kept dead letter lost its body")
+	}
+}
+
+func testTrimDeadByAge(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	f.buryAt("a", "b", "c") // died at +1m, +2m, +3m
+	start := f.clock.Now().Add(-3 * time.Minute)
+	if got := f.trim(0, start.Add(time.Minute), 10); len(got) != 0 {
+		t.Fatalf("TrimDead(cutoff at the first death) removed %v, want none: the cutoff is exclusive", got)
+	}
+	if got := f.trim(0, start.Add(150*time.Second), 10); !slicesEqual(got, []string{"a", "b"}) {
+		t.Fatalf("TrimDead(cutoff +2m30s) removed %v, want [a b]", got)
+	}
+	// both bounds: age first, then count
+	f.buryAt("d", "e")
+	if got := f.trim(1, start.Add(150*time.Second), 10); !slicesEqual(got, []string{"c", "d"}) {
+		t.Fatalf("TrimDead(max 1, cutoff +2m30s) removed %v, want [c d]", got)
+	}
+	f.wantCounts(0, 1)
+}
+
+func testKeysCounted(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	if got := f.stats().Keys; got != 0 {
+		t.Fatalf("Keys of an empty store = %d, want 0", got)
+	}
+	a := f.accept("a")
+	f.accept("b")
+	f.accept("c")
+	f.wantAdmit("a", dedupe.Duplicate)
+	if got := f.stats().Keys; got != 3 {
+		t.Fatalf("Keys after 3 accepted keys and a duplicate = %d, want 3", got)
+	}
+	// delivering a payload keeps its marker for the window
+	f.ack(f.wantClaim(1, a)...)
+	if got := f.stats().Keys; got != 3 {
+		t.Fatalf("Keys after a delivery = %d, want 3", got)
+	}
+}
+
+func testReplayManyInSteps(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	const n = 600 // more than one step of every store
+	for i := range n {
+		f.accept("k" + strconv.Itoa(i))
+	}
+	for {
+		es, err := f.s.Claim(f.ctx, 200)
+		if err != nil {
+			t.Fatalf("Claim: %v", err)
+		}
+		if len(es) == 0 {
+			break
+		}
+		for _, e := range es {
+			if err := f.s.Bury(f.ctx, e); err != nil {
+				t.Fatalf("Bury(%s): %v", e.ID, err)
+			}
+		}
+	}
+	f.wantCounts(0, n)
+	f.replay(nil, n)
+	f.wantCounts(n, 0)
 }

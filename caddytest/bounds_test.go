@@ -1,0 +1,114 @@
+package caddytest
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// boundsConfig is one relay on /big: max_body 1MiB within max_memory
+// 1.5MiB, so that one large body being received leaves no room for a
+// second, and the given extra settings.
+func boundsConfig(t *testing.T, upstream, extra string) string {
+	return site(fmt.Sprintf(`
+	webhook_relay /big {
+		upstream %s/big
+		name %s
+		store memory
+		max_body 1MiB
+		max_memory 1536KiB
+		backoff 10ms 50ms
+		%s
+	}`, upstream, relayName(t), extra))
+}
+
+// stallBody opens a connection, announces a body of size bytes, sends the
+// first sent of them and then nothing more. Closing the connection ends it.
+func stallBody(t *testing.T, size, sent int) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", relayPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	head := badRequestHead("/big", size)
+	if _, err := conn.Write(append([]byte(head), bytes.Repeat([]byte(" "), sent)...)); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// bigPayload is a JSON body of about n bytes with a distinct task.
+func bigPayload(t *testing.T, n int) []byte {
+	p := payload(t)
+	return append(p[:len(p)-1], []byte(`,"pad":"`+strings.Repeat("x", n-len(p)-10)+`"}`)...)
+}
+
+// TestBoundsMaxMemory: bodies being received count against max_memory; a
+// request that does not fit gets 503 with Retry-After, and is accepted once
+// the memory is free again.
+func TestBoundsMaxMemory(t *testing.T) {
+	up := newUpstream(t, barrierResponder(always(http.StatusOK)))
+	startCaddy(t, boundsConfig(t, up.URL, ""))
+	name := relayName(t)
+	s := opsOverview(t, name)
+	if s == nil || s.MaxMemory != 1536<<10 {
+		t.Fatalf("overview shows max_memory %+v, want %d", s, 1536<<10)
+	}
+
+	// one sender announces 1 MiB and stalls after 600 KiB: its buffer has
+	// doubled to 1 MiB, past what arrived
+	staller := stallBody(t, 1<<20, 600<<10)
+	opsWaitOverview(t, name, "the stalled body to hold 1 MiB", func(s *opsRelayStatus) bool { return s.MemoryBytes >= 1<<20 })
+
+	body := bigPayload(t, 1<<20-100)
+	a := post(t, relayURL("/big", ""), body)
+	if a.status != http.StatusServiceUnavailable || a.header.Get("Retry-After") == "" {
+		t.Fatalf("a 1 MiB body with 0.5 MiB of max_memory free: status %d, Retry-After %q; want 503 with Retry-After (%s)",
+			a.status, a.header.Get("Retry-After"), a.body)
+	}
+
+	staller.Close()
+	opsWaitOverview(t, name, "the memory to be given back", func(s *opsRelayStatus) bool { return s.MemoryBytes == 0 })
+	mustAccept(t, relayURL("/big", ""), body)
+	up.waitDelivered(t, body)
+	opsWaitOverview(t, name, "no memory held after the delivery", func(s *opsRelayStatus) bool {
+		return intOf(s.Backlog) == 0 && s.MemoryBytes == 0
+	})
+}
+
+// TestBoundsBodyTimeout: a body that stops arriving gets 408 after
+// body_timeout, and holds no memory afterwards.
+func TestBoundsBodyTimeout(t *testing.T) {
+	up := newUpstream(t, barrierResponder(always(http.StatusOK)))
+	startCaddy(t, boundsConfig(t, up.URL, "body_timeout 500ms"))
+	name := relayName(t)
+
+	start := time.Now()
+	status, _, err := badRaw(t, []byte(badRequestHead("/big", 1000)+`{"n":1}`), waitTimeout)
+	if status != http.StatusRequestTimeout {
+		t.Fatalf("stalled body: status %d (%v) after %s, want 408", status, err, time.Since(start))
+	}
+	opsWaitOverview(t, name, "no memory held", func(s *opsRelayStatus) bool { return s.MemoryBytes == 0 })
+	if got := opsOverview(t, name).Requests["timeout"]; got != 1 {
+		t.Errorf("requests by outcome timeout = %d, want 1", got)
+	}
+	mustAccept(t, relayURL("/big", ""), payload(t))
+}
+
+func TestConfigErrorMaxBodyOverMaxMemory(t *testing.T) {
+	err := validate(t, site(fmt.Sprintf(`
+	webhook_relay /in {
+		upstream http://127.0.0.1:1
+		name %s
+		store memory
+		max_body 512MiB
+	}`, relayName(t))))
+	if err == nil || !strings.Contains(err.Error(), "max_memory") {
+		t.Fatalf("max_body 512MiB over the default max_memory: error %v, want one naming max_memory", err)
+	}
+}

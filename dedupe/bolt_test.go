@@ -431,3 +431,55 @@ func (h *latencies) quantile(q float64) time.Duration {
 	}
 	return 0
 }
+
+// TestBoltDamagedEntryDoesNotHaltClaims: a queued record that cannot be
+// decoded comes back from Claim marked Damaged, the entries after it still
+// come, and burying it keeps the reason and the body.
+func TestBoltDamagedEntryDoesNotHaltClaims(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "relay.db")
+	opts := dedupe.Options{Window: time.Hour}
+	s := openBolt(t, path, opts)
+	var admitted []*dedupe.Entry
+	for _, k := range []string{"a", "b", "c"} {
+		e := &dedupe.Entry{Key: k, Body: []byte(`{"k":"` + k + `"}`)}
+		if _, err := s.Admit(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		admitted = append(admitted, e)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	damaged := admitted[1]
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("queue")).Put([]byte(damaged.ID), []byte{0xff, 0x01, 0x02})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s = openBolt(t, path, opts)
+	got, err := s.Claim(ctx, 10)
+	if err != nil {
+		t.Fatalf("Claim with a damaged record: %v", err)
+	}
+	if len(got) != 3 || got[1].ID != damaged.ID || got[1].Damaged == "" || got[0].Damaged != "" || got[2].Damaged != "" {
+		t.Fatalf("Claim = %+v, want all three with only %s damaged", got, damaged.ID)
+	}
+	got[1].LastError = got[1].Damaged
+	if err := s.Bury(ctx, got[1]); err != nil {
+		t.Fatalf("Bury of the damaged entry: %v", err)
+	}
+	d, err := s.DeadEntry(ctx, damaged.ID)
+	if err != nil || d.LastError != got[1].Damaged || !bytes.Equal(d.Body, damaged.Body) {
+		t.Fatalf("dead letter of the damaged entry = %+v, %v; want its reason and body", d, err)
+	}
+	if st, _ := s.Stats(ctx); st.Backlog != 2 || st.Dead != 1 {
+		t.Fatalf("Stats = %+v, want backlog 2, dead 1", st)
+	}
+}

@@ -65,12 +65,15 @@ func (b *Budget) Give(n int64) {
 }
 
 // TakeForDelivery waits until n bytes fit in what delivery may hold, takes
-// them, and returns nil; or returns ctx's error.
+// them, and returns nil; or returns ctx's error. A body larger than the
+// whole budget (queued before a reload made the budget smaller) waits until
+// nothing else is held, then goes out alone.
 func (b *Budget) TakeForDelivery(ctx context.Context, n int64) error {
 	for {
 		b.mu.Lock()
-		fits := b.used+n <= b.limit &&
-			(b.delivering+n <= b.limit-b.reserve || b.delivering == 0)
+		need := min(n, b.limit)
+		fits := b.used+need <= b.limit &&
+			(b.delivering+need <= b.limit-b.reserve || b.delivering == 0)
 		if fits {
 			b.used += n
 			b.delivering += n

@@ -88,3 +88,28 @@ func TestSmallerLimitRefusesUntilGivenBack(t *testing.T) {
 		t.Fatal("the new limit is not usable once bytes were given back")
 	}
 }
+
+func TestBodyLargerThanTheBudgetGoesOutAlone(t *testing.T) {
+	b := New(100, 10) // made smaller by a reload after a 150-byte body was queued
+	if !b.TryTake(5) {
+		t.Fatal("take refused")
+	}
+	got := make(chan error, 1)
+	go func() { got <- b.TakeForDelivery(context.Background(), 150) }()
+	select {
+	case err := <-got:
+		t.Fatalf("the large body went out while intake held bytes (err %v)", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	b.Give(5)
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	if b.TryTake(1) {
+		t.Fatal("intake took bytes while the oversized body held more than the budget")
+	}
+	b.GiveFromDelivery(150)
+	if b.Used() != 0 {
+		t.Fatalf("Used = %d", b.Used())
+	}
+}

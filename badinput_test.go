@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -180,35 +181,55 @@ func TestBadInputStoredQueryHasNoToken(t *testing.T) {
 	}
 }
 
-// TestBadInputBufferDoubles: a sender that announces a large body holds
-// budget for what arrived (doubling from 64 KiB), not for what it announced.
+// TestBadInputBufferDoubles: the buffer of a body that stalls grows by
+// doubling with what arrived, not to the announced Content-Length in one
+// step; the announced length is taken from the budget whole, up front, and
+// given back whatever happens.
 func TestBadInputBufferDoubles(t *testing.T) {
 	mem := budget.New(64<<20, 0)
 	for _, tc := range []struct {
 		arrived  int
-		maxTaken int64
+		maxAlloc uint64
 	}{
-		{10, 64 << 10},
-		{100 << 10, 128 << 10},
-		{3 << 20, 4 << 20},
+		{10, 256 << 10},
+		{100 << 10, 1 << 20},
+		{3 << 20, 12 << 20},
 	} {
 		r := httptest.NewRequest(http.MethodPost, "/", &brokenBody{data: bytes.Repeat([]byte(" "), tc.arrived), err: io.ErrUnexpectedEOF})
 		r.ContentLength = 32 << 20
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
 		_, taken, err := readBody(r, 32<<20, mem)
+		runtime.ReadMemStats(&after)
 		if !errors.Is(err, io.ErrUnexpectedEOF) {
 			t.Fatalf("%d bytes of 32 MiB arrived: err %v", tc.arrived, err)
 		}
-		if taken > tc.maxTaken {
-			t.Errorf("%d bytes of 32 MiB arrived: %d bytes taken from the budget, want at most %d", tc.arrived, taken, tc.maxTaken)
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > tc.maxAlloc {
+			t.Errorf("%d bytes of 32 MiB arrived: %d bytes allocated, want at most %d", tc.arrived, alloc, tc.maxAlloc)
+		}
+		if taken != 32<<20+1 {
+			t.Errorf("%d bytes of 32 MiB arrived: %d bytes taken from the budget, want the announced length", tc.arrived, taken)
 		}
 		mem.Give(taken)
 	}
+
+	// all or nothing: a body announced larger than what is free is refused
+	// before anything is read or taken
+	if !mem.TryTake(40 << 20) {
+		t.Fatal("take refused")
+	}
+	r := httptest.NewRequest(http.MethodPost, "/", untouchable{t})
+	r.ContentLength = 30 << 20
+	if _, taken, err := readBody(r, 32<<20, mem); !errors.Is(err, errNoMemory) || taken != 0 {
+		t.Errorf("30 MiB announced with 24 MiB free: taken %d, err %v; want nothing taken and errNoMemory", taken, err)
+	}
+	mem.Give(40 << 20)
 	if used := mem.Used(); used != 0 {
 		t.Errorf("budget holds %d bytes after every body was given back", used)
 	}
 
 	full := bytes.Repeat([]byte(" "), 5<<20)
-	r := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(full))
+	r = httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(full))
 	body, taken, err := readBody(r, 32<<20, mem)
 	if err != nil || !bytes.Equal(body, full) {
 		t.Fatalf("a whole 5 MiB body: %d bytes, %v", len(body), err)

@@ -161,16 +161,25 @@ func tooLarge(limit int64) error {
 		fmt.Errorf("body larger than max_body (%d bytes)", limit))
 }
 
-// readBody reads the whole body, at most limit bytes, taking the bytes it
-// holds from the memory budget as its buffer grows; it returns how many it
-// took, for the caller to give back. The buffer starts small and doubles up
-// to the announced Content-Length, never to it in one step, so a sender who
-// announces a large body and stalls holds little.
+// readBody reads the whole body, at most limit bytes, and returns it with
+// the bytes it took from the memory budget, for the caller to give back.
+//
+// An announced Content-Length is taken from the budget whole, before a byte
+// is read: all or nothing, so that many large bodies arriving at once never
+// each hold a part of the budget and all starve. The buffer itself starts
+// small and doubles up to that length, so a sender who announces a large
+// body and stalls holds little memory (and, through body_timeout, holds its
+// share of the budget only for so long). Without a Content-Length the
+// budget is taken as the buffer grows.
 func readBody(r *http.Request, limit int64, mem *budget.Budget) (body []byte, taken int64, err error) {
 	const firstChunk = 64 << 10
 	want := limit + 1 // one byte more than allowed shows an oversized body
 	if r.ContentLength >= 0 {
 		want = min(r.ContentLength+1, want)
+		if !mem.TryTake(want) {
+			return nil, 0, errNoMemory
+		}
+		taken = want
 	}
 	var buf []byte
 	for {
@@ -182,10 +191,12 @@ func readBody(r *http.Request, limit int64, mem *budget.Budget) (body []byte, ta
 				want = limit + 1 // more than was announced: go on doubling to the limit
 			}
 			size := min(max(2*int64(cap(buf)), firstChunk), want)
-			if !mem.TryTake(size - int64(cap(buf))) {
-				return nil, taken, errNoMemory
+			if more := size - taken; more > 0 {
+				if !mem.TryTake(more) {
+					return nil, taken, errNoMemory
+				}
+				taken += more
 			}
-			taken += size - int64(cap(buf))
 			grown := make([]byte, len(buf), size)
 			copy(grown, buf)
 			buf = grown

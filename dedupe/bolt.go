@@ -79,13 +79,16 @@ var (
 const BoltOpenTimeout = time.Second
 
 const (
-	boltMaxBatch    = 1000 // calls sharing one commit
-	boltMaxYields   = 8    // yields while gathering a group; see gather
-	boltSweepBatch  = 1000 // markers deleted per sweep transaction
-	boltMaxRawKey   = 512  // longer dedupe keys are stored as their SHA-256
-	boltIDWidth     = 20   // digits of an id: uint64 fits, and ids sort as strings
-	boltEntryFormat = 2    // 1: the same without Died
-	boltReplayBatch = 256  // dead letters replayed per transaction
+	boltMaxBatch = 1000 // calls sharing one commit
+	// bytes of values one commit writes, about: bbolt copies them into
+	// page buffers, held until the commit ends
+	boltMaxBatchBytes = 16 << 20
+	boltMaxYields     = 8    // yields while gathering a group; see gather
+	boltSweepBatch    = 1000 // markers deleted per sweep transaction
+	boltMaxRawKey     = 512  // longer dedupe keys are stored as their SHA-256
+	boltIDWidth       = 20   // digits of an id: uint64 fits, and ids sort as strings
+	boltEntryFormat   = 2    // 1: the same without Died
+	boltReplayBatch   = 256  // dead letters replayed per transaction
 )
 
 // OpenBolt opens the bbolt file at path, creating it (and its directory,
@@ -277,13 +280,19 @@ func (b *Bolt) storeErr(err error) error {
 
 type boltCommit struct {
 	fn   func(*bolt.Tx) error
+	size int // bytes of values it writes, about
 	done chan error
 }
 
 // write runs fn in a transaction shared with other concurrent writes, and
 // returns once it is committed to disk.
-func (b *Bolt) write(fn func(*bolt.Tx) error) error {
-	c := &boltCommit{fn: fn, done: make(chan error, 1)}
+func (b *Bolt) write(fn func(*bolt.Tx) error) error { return b.writeSized(0, fn) }
+
+// writeSized is write for a call that writes about size bytes of values: a
+// commit copies what it writes into page buffers, so a group is bounded in
+// bytes as well as in calls.
+func (b *Bolt) writeSized(size int, fn func(*bolt.Tx) error) error {
+	c := &boltCommit{fn: fn, size: size, done: make(chan error, 1)}
 	select {
 	case b.commits <- c:
 	case <-b.done:
@@ -295,14 +304,16 @@ func (b *Bolt) write(fn func(*bolt.Tx) error) error {
 func (b *Bolt) committer() {
 	defer b.bgDone.Done()
 	calls := make([]*boltCommit, 0, boltMaxBatch)
+	var next *boltCommit // taken, but did not fit in the last group
 	for {
-		select {
-		case c := <-b.commits:
-			calls = append(calls[:0], c)
-		case <-b.done:
-			return
+		if next == nil {
+			select {
+			case next = <-b.commits:
+			case <-b.done:
+				return
+			}
 		}
-		calls = b.gather(calls)
+		calls, next = b.gather(append(calls[:0], next))
 		b.commitGroup(calls)
 		clear(calls)
 	}
@@ -313,25 +324,35 @@ func (b *Bolt) committer() {
 // rewrites), so under load it pays to let the goroutines that are about to
 // call write get there first: each yield runs whatever is runnable, and
 // gathering stops once a yield brings nobody new. An idle store yields once
-// and commits at once.
-func (b *Bolt) gather(calls []*boltCommit) []*boltCommit {
+// and commits at once. A group holds at most boltMaxBatch calls and
+// boltMaxBatchBytes of values (one larger call commits alone); it returns
+// the call it took that did not fit, if any.
+func (b *Bolt) gather(calls []*boltCommit) ([]*boltCommit, *boltCommit) {
+	size := calls[0].size
+	if size >= boltMaxBatchBytes {
+		return calls, nil
+	}
 	for range boltMaxYields {
 		runtime.Gosched()
 		before := len(calls)
-	take:
 		for len(calls) < boltMaxBatch {
 			select {
 			case c := <-b.commits:
+				if size+c.size > boltMaxBatchBytes {
+					return calls, c
+				}
+				size += c.size
 				calls = append(calls, c)
+				continue
 			default:
-				break take
 			}
+			break
 		}
 		if len(calls) == before || len(calls) == boltMaxBatch {
 			break
 		}
 	}
-	return calls
+	return calls, nil
 }
 
 func (b *Bolt) commitGroup(calls []*boltCommit) {
@@ -415,7 +436,7 @@ func (b *Bolt) Admit(ctx context.Context, e *Entry) (Admission, error) {
 		reserved  bool
 		newMarker bool
 	)
-	err := b.write(func(tx *bolt.Tx) error {
+	err := b.writeSized(len(body), func(tx *bolt.Tx) error {
 		outcome, full, id = 0, false, ""
 		seen := tx.Bucket(boltSeen)
 		v := seen.Get(mk)

@@ -163,8 +163,19 @@ func (r RedisStore) clientOptions() (*redis.UniversalOptions, error) {
 		DialTimeout:  redisTimeout(r.DialTimeout, DefaultRedisTimeout),
 		ReadTimeout:  redisTimeout(r.ReadTimeout, DefaultRedisTimeout),
 		WriteTimeout: redisTimeout(r.WriteTimeout, DefaultRedisTimeout),
-		// one retry: a dead Redis must turn into a 503 quickly
-		MaxRetries: 1,
+		// No retries (-1; 0 means go-redis's default, 3). A retry resends
+		// a command whose reply was lost but which may have run: a claim
+		// would strand what the lost reply carried until the visibility
+		// timeout, a bury would report its entry gone. The store knows
+		// what may run twice (an admit, by its token), and a dead Redis
+		// turns into a quick 503.
+		MaxRetries: -1,
+		// One pool for every command. go-redis otherwise gives pipelines
+		// (admits, acks) a pool of their own, and each pool, after a run of
+		// failed dials, fails at once until its own probe, once a second,
+		// reaches Redis again: when Redis comes back, admits and claims
+		// then fail and succeed by turns for up to a second.
+		PipelinePoolSize: -1,
 	}
 	if r.URL != "" {
 		raw := repl.ReplaceKnown(r.URL, "")

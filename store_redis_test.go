@@ -115,6 +115,22 @@ func TestRedisStoreProvisionErrors(t *testing.T) {
 	}
 }
 
+// go-redis must not resend commands on its own (the store decides what may
+// run twice), and all commands share one pool, so that they see Redis come
+// back at the same time.
+func TestRedisStoreClientDoesNotRetry(t *testing.T) {
+	opts, err := RedisStore{URL: "redis://localhost:6379/0"}.clientOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.MaxRetries != -1 {
+		t.Errorf("MaxRetries = %d, want -1 (none)", opts.MaxRetries)
+	}
+	if opts.PipelinePoolSize != -1 {
+		t.Errorf("PipelinePoolSize = %d, want -1 (one pool)", opts.PipelinePoolSize)
+	}
+}
+
 func TestRedisStoreIdentityHasNoSecrets(t *testing.T) {
 	s := RedisStore{URL: "redis://user:hunter2@cache:6379/1", Password: "{env.PW}", KeyPrefix: "p:"}
 	id := s.StoreIdentity("default")

@@ -2,6 +2,7 @@
 // Caddy baselines, and checks that every acknowledged payload is delivered.
 //
 //	go run ./bench [-duration 10s] [-connections 64] [-rounds 3] [-targets respond,memory,...]
+//	go run ./bench -body-size 6MiB   # large bodies: also Caddy's peak RSS per target
 //
 // It builds ./cmd/caddy, starts a counting upstream in-process, a private
 // redis-server, and one Caddy process with one site per target, then drives
@@ -14,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -24,6 +26,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dustin/go-humanize"
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 )
@@ -45,6 +49,8 @@ type target struct {
 	drains []time.Duration
 	rates  []float64 // payloads acknowledged AND delivered per second, per round
 	cpu    []cpuCost
+	rss    []int // Caddy's peak RSS (VmHWM, KiB) per round, load and drain included
+	own    []int // the same without mapped files (RssAnon+RssShmem, sampled), KiB
 }
 
 // cpuCost is the CPU time Caddy and redis-server spent per request in one
@@ -72,6 +78,8 @@ type env struct {
 	redisPort int
 	// deliveryConcurrency is the live relays' concurrency setting
 	deliveryConcurrency int
+	// large: -body-size was given
+	large bool
 }
 
 func (t *target) url() string {
@@ -104,7 +112,7 @@ func (t *target) site(e env) string {
 			fmt.Fprintf(&b, "\t\tstore redis redis://127.0.0.1:%d\n", e.redisPort)
 		}
 		if !t.live {
-			b.WriteString("\t\tmax_backlog 10000000\n") // a burst must never 503
+			b.WriteString("\t\tmax_backlog 10000000\n") // a burst must never 503 (large bodies: see -burst-budget)
 		}
 		if t.live {
 			fmt.Fprintf(&b, "\t\tconcurrency %d\n", e.deliveryConcurrency)
@@ -131,10 +139,30 @@ func run() int {
 	drainTimeout := flag.Duration("drain-timeout", 60*time.Second, "how long to wait for a live relay to deliver everything")
 	redisAOF := flag.Bool("redis-aof", true, "run Redis with appendonly yes, appendfsync everysec, as the README recommends (false: no persistence)")
 	profile := flag.Bool("pprof", false, "CPU-profile Caddy through its admin endpoint during round 1 of each target (keeps the temp dir)")
+	bodySizeFlag := flag.String("body-size", "", "large bodies: make every body about this size (bytes, or e.g. 6MiB) with a Runware-like imageBase64Data field, and report Caddy's peak RSS per target; default: ~300-byte bodies")
+	budgetFlag := flag.String("burst-budget", "4GiB", "large bodies: a burst target (upstream down, so it keeps everything) stops taking load once this much was acknowledged; its store is emptied before each run")
 	flag.Parse()
 	if *duration <= 0 || *conns <= 0 || *rounds <= 0 {
 		fmt.Fprintln(os.Stderr, "-duration, -connections and -rounds must be positive")
 		return 2
+	}
+	var bodySize, burstBudget uint64
+	if *bodySizeFlag != "" {
+		var err error
+		if bodySize, err = humanize.ParseBytes(*bodySizeFlag); err != nil || bodySize == 0 {
+			fmt.Fprintf(os.Stderr, "-body-size %q: want a size in bytes, or e.g. 6MiB\n", *bodySizeFlag)
+			return 2
+		}
+		if burstBudget, err = humanize.ParseBytes(*budgetFlag); err != nil || burstBudget == 0 {
+			fmt.Fprintf(os.Stderr, "-burst-budget %q: want a size, e.g. 4GiB\n", *budgetFlag)
+			return 2
+		}
+	}
+	large := bodySize > 0
+	if large && !flagSet("targets") {
+		// The memory store keeps every acknowledged body in Caddy's heap:
+		// with large bodies a burst is gigabytes. Name it to run it.
+		*names = "respond,bolt,redis,proxy,bolt-live,redis-live"
 	}
 
 	all := targets()
@@ -184,7 +212,7 @@ func run() int {
 	}
 	defer up.close()
 
-	e := env{dir: dir, upstream: up.addr, deliveryConcurrency: *deliveryConc}
+	e := env{dir: dir, upstream: up.addr, deliveryConcurrency: *deliveryConc, large: large}
 	if e.deliveryConcurrency <= 0 {
 		e.deliveryConcurrency = *conns
 	}
@@ -249,6 +277,13 @@ func run() int {
 		if caddy != nil {
 			caddy.stop(20 * time.Second)
 		}
+		if large {
+			// What a burst target stored is never delivered (its upstream
+			// is down); with large bodies it is gigabytes. Start empty.
+			if err := emptyBurstStores(active, e); err != nil {
+				return err
+			}
+		}
 		var err error
 		caddy, err = startCaddy(bin, dir, caddyfile, adminPort, ports)
 		return err
@@ -259,11 +294,19 @@ func run() int {
 		}
 	}()
 
-	fmt.Printf("load: %d keep-alive connections, closed loop, %s warm-up + %s measured per target per round, %d rounds, ~%d-byte bodies\n",
-		*conns, *warmup, *duration, *rounds, len((&payloads{}).body(1)))
+	gen := &payloads{run: rand.Uint32()}
+	if large {
+		gen.setSize(int(bodySize))
+		fmt.Printf("load: %d keep-alive connections, closed loop, %s warm-up + %s measured per target per round, %d rounds, %d-byte bodies (%s, imageBase64Data)\n",
+			*conns, *warmup, *duration, *rounds, gen.bodyLen(1), humanize.IBytes(uint64(gen.bodyLen(1))))
+		fmt.Printf("burst targets: at most %s acknowledged per run (%d payloads), store emptied before each run\n",
+			humanize.IBytes(burstBudget), burstBudget/uint64(gen.bodyLen(1)))
+	} else {
+		fmt.Printf("load: %d keep-alive connections, closed loop, %s warm-up + %s measured per target per round, %d rounds, ~%d-byte bodies\n",
+			*conns, *warmup, *duration, *rounds, len((&payloads{}).body(1)))
+	}
 	fmt.Printf("live relays: concurrency %d\n\n", e.deliveryConcurrency)
 
-	gen := &payloads{run: rand.Uint32()}
 	for r := range *rounds {
 		for _, t := range active {
 			if ctx.Err() != nil {
@@ -281,9 +324,23 @@ func run() int {
 				}()
 			}
 			caddy0, redis0 := caddy.cpuTime(), redis.cpuTime()
-			res := runLoad(ctx, t.url(), *conns, *warmup, *duration, gen)
+			var maxAcked int64
+			var ownPeak func() int
+			if large {
+				if !t.live && t.store != "" {
+					maxAcked = max(1, int64(burstBudget/uint64(gen.bodyLen(1))))
+				}
+				ownPeak = caddy.sampleOwn(50 * time.Millisecond)
+			}
+			res := runLoad(ctx, t.url(), *conns, *warmup, *duration, gen, maxAcked)
+			// Large bodies can be refused (503 at max_memory): count only
+			// what was acknowledged as delivered. Small: every answer is 200.
+			done := res.total
+			if large {
+				done = len(res.acked)
+			}
 			if t.name == "proxy" {
-				t.rates = append(t.rates, float64(res.total)/res.elapsed.Seconds())
+				t.rates = append(t.rates, float64(done)/res.elapsed.Seconds())
 			}
 			if profDone != nil {
 				<-profDone
@@ -297,7 +354,7 @@ func run() int {
 				t.acked = append(t.acked, res.acked...)
 				d := waitDistinct(ctx, up, t.upPath(), len(t.acked), *drainTimeout)
 				t.drains = append(t.drains, d)
-				t.rates = append(t.rates, float64(res.total)/(res.elapsed+d).Seconds())
+				t.rates = append(t.rates, float64(done)/(res.elapsed+d).Seconds())
 				line += fmt.Sprintf("  drained in %.1fs", d.Seconds())
 			}
 			if res.total > 0 {
@@ -305,11 +362,26 @@ func run() int {
 				t.cpu = append(t.cpu, c)
 				line += "  CPU/req " + c.String(t.store == "redis")
 			}
+			if large {
+				rss, own := caddy.peakRSS(), ownPeak()
+				t.rss = append(t.rss, rss)
+				t.own = append(t.own, own)
+				line += fmt.Sprintf("  200/s %.0f  RSS peak %s (own %s)", res.okps(), mib(rss), mib(own))
+				if t.store == "redis" {
+					line += fmt.Sprintf(" (redis-server now %s)", mib(redis.rss()))
+				}
+				if len(res.codes) > 0 {
+					line += "  non-200 by status (whole run): " + fmtCodes(res.codes)
+				}
+				if res.budget {
+					line += fmt.Sprintf("  [stopped at the burst budget after %.1fs]", res.window.Seconds())
+				}
+			}
 			fmt.Println(line)
 		}
 	}
 
-	printTable(active)
+	printTable(active, large)
 	if err := restart(); err != nil { // the delivery check needs a running relay
 		return fail("%v", err)
 	}
@@ -319,19 +391,30 @@ func run() int {
 	return checkDelivery(ctx, active, up, gen, *drainTimeout)
 }
 
-func printTable(active []*target) {
+func printTable(active []*target, large bool) {
 	byName := map[string]*target{}
 	for _, t := range active {
 		byName[t.name] = t
 	}
 	fmt.Println()
-	fmt.Println("| target | setup | req/s | p50 | p99 | delivered/s | vs baseline | CPU/req | non-200 | drain |")
-	fmt.Println("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+	if large {
+		fmt.Println("| target | setup | req/s | 200/s | p50 | p99 | delivered/s | vs baseline | CPU/req | RSS peak | own peak | non-200 | drain |")
+		fmt.Println("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+	} else {
+		fmt.Println("| target | setup | req/s | p50 | p99 | delivered/s | vs baseline | CPU/req | non-200 | drain |")
+		fmt.Println("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+	}
+	// Burst rows compare acknowledgements per second (with large bodies
+	// 200s per second: a 503 at max_memory is quick and acknowledges
+	// nothing); sustained rows compare payloads acknowledged and delivered
+	// per second.
+	burstRate := func(r result) float64 { return r.rps() }
+	if large {
+		burstRate = func(r result) float64 { return r.okps() }
+	}
 	for _, t := range active {
-		// Burst rows compare acknowledgements per second; sustained rows
-		// compare payloads acknowledged and delivered per second.
 		rps := median(t.runs, func(r result) float64 { return r.rps() })
-		rate, delivered := rps, ""
+		rate, delivered := median(t.runs, burstRate), ""
 		if t.group == "sustained" {
 			rate = medianOf(t.rates)
 			delivered = fmt.Sprintf("%.0f", rate)
@@ -340,7 +423,7 @@ func printTable(active []*target) {
 		if t.baseline != "" {
 			ratio = "-"
 			if b := byName[t.baseline]; b != nil {
-				base := median(b.runs, func(r result) float64 { return r.rps() })
+				base := median(b.runs, burstRate)
 				if t.group == "sustained" {
 					base = medianOf(b.rates)
 				}
@@ -365,10 +448,20 @@ func printTable(active []*target) {
 			slices.SortFunc(t.cpu, func(a, b cpuCost) int { return int(a.caddy + a.redis - b.caddy - b.redis) })
 			cpu = t.cpu[len(t.cpu)/2]
 		}
+		p50 := ms(time.Duration(median(t.runs, func(r result) float64 { return float64(r.pct(0.50)) })))
+		p99 := ms(time.Duration(median(t.runs, func(r result) float64 { return float64(r.pct(0.99)) })))
+		if large {
+			fmt.Printf("| %s | %s | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", t.name, t.setup, rps,
+				median(t.runs, func(r result) float64 { return r.okps() }), p50, p99,
+				delivered, ratio, cpu.String(t.store == "redis"), mib(slices.Max(t.rss)), mib(slices.Max(t.own)), non200, drain)
+			continue
+		}
 		fmt.Printf("| %s | %s | %.0f | %s | %s | %s | %s | %s | %d | %s |\n", t.name, t.setup, rps,
-			ms(time.Duration(median(t.runs, func(r result) float64 { return float64(r.pct(0.50)) }))),
-			ms(time.Duration(median(t.runs, func(r result) float64 { return float64(r.pct(0.99)) }))),
-			delivered, ratio, cpu.String(t.store == "redis"), non200, drain)
+			p50, p99, delivered, ratio, cpu.String(t.store == "redis"), non200, drain)
+	}
+	if large {
+		fmt.Println("\nRSS peak: Caddy's VmHWM, highest over the rounds (each run is a fresh Caddy process; a live relay's drain included).")
+		fmt.Println("own peak: the same without mapped files (RssAnon+RssShmem, sampled every 50 ms); on bolt VmRSS also counts the database file's pages that bbolt's mmap touched.")
 	}
 }
 
@@ -513,6 +606,25 @@ func (c cpuCost) String(withRedis bool) string {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+func fmtCodes(m map[int]int) string {
+	codes := slices.Sorted(maps.Keys(m))
+	parts := make([]string, len(codes))
+	for i, c := range codes {
+		parts[i] = fmt.Sprintf("%d:%d", c, m[c])
+	}
+	return strings.Join(parts, " ")
+}
+
+// mib formats KiB as MiB.
+func mib(kib int) string { return fmt.Sprintf("%.0f MiB", float64(kib)/1024) }
+
+// flagSet reports whether the named flag was given on the command line.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
 
 func cpuModel() string {
 	b, err := os.ReadFile("/proc/cpuinfo")

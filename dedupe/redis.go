@@ -2,14 +2,17 @@ package dedupe
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -23,11 +26,22 @@ import (
 // Keys, all under the hash tag {Prefix} so scripts work on Cluster:
 //
 //	{p}:q          stream of queued entries (XDEL'd when delivered, so XLEN is the backlog)
+//	{p}:b:<id>     the body of a queued entry or dead letter, by entry id
 //	{p}:seen:<key> dedupe marker: its expiry time, with a TTL >= the window
+//	{p}:kc         hash: expiry minute -> markers set that expire in it (Stats.Keys)
+//	{p}:in:<tok>   a body on its way in: SET just before the admit script, which renames it
+//	{p}:adm:<tok>  stream id an admit stored, for 20s (twice AdmitTimeout), so that it can run twice
+//	{p}:clm:<tok>  stream ids a claim handed out, for the visibility timeout, likewise
 //	{p}:att        hash: stream id -> last attempt of a queued entry
 //	{p}:loc        hash: entry id -> stream id, for replayed entries only
 //	{p}:dead       sorted set of dead letter ids (lexical order is id order)
+//	{p}:deadt      sorted set of dead letter ids by when they died (Unix ms)
 //	{p}:dead:<id>  hash: one dead letter
+//
+// Bodies have keys of their own so that claims, replays and listings, which
+// run as scripts or touch many entries, never carry them. Data written
+// before that kept the body in the stream entry's and the dead letter's
+// field b; reads fall back to it.
 //
 // It is as durable as the Redis it points at: run Redis with AOF
 // (appendfsync everysec or always) and maxmemory-policy noeviction.
@@ -43,7 +57,23 @@ type Redis struct {
 	inflight atomic.Int64   // script calls running now
 	stop     chan struct{}  // closed by Close
 
-	stream, att, loc, deadIdx, deadPrefix, seenPrefix string
+	stream, att, loc, deadIdx, deadTimes, deadPrefix, seenPrefix string
+	bodyPrefix, stagedPrefix, admitPrefix, claimPrefix, keyCount string
+
+	// backfill serializes filling {p}:deadt in for legacy dead letters.
+	backfill sync.Mutex
+
+	// retryClaim is the token of a claim whose reply never came, though it
+	// may have run (Redis died after running it, a timeout): the next claim
+	// sends it again and gets what that one took, instead of it waiting
+	// out the visibility timeout.
+	claimMu    sync.Mutex
+	retryClaim string
+
+	// dialFailing is set by a failed dial and cleared by the next answer,
+	// which sets cameBack (Unix ns): see Admit.
+	dialFailing atomic.Bool
+	cameBack    atomic.Int64
 
 	// moved maps the ids of replayed entries this process holds to their
 	// stream ids; every other queued entry's stream id is its id's.
@@ -117,16 +147,22 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 	}
 	tag := "{" + cfg.Prefix + "}"
 	r := &Redis{
-		client:     client,
-		now:        opts.Clock(),
-		consumer:   cfg.Consumer,
-		idle:       cfg.VisibilityTimeout,
-		stream:     tag + ":q",
-		att:        tag + ":att",
-		loc:        tag + ":loc",
-		deadIdx:    tag + ":dead",
-		deadPrefix: tag + ":dead:",
-		seenPrefix: tag + ":seen:",
+		client:       client,
+		now:          opts.Clock(),
+		consumer:     cfg.Consumer,
+		idle:         cfg.VisibilityTimeout,
+		stream:       tag + ":q",
+		att:          tag + ":att",
+		loc:          tag + ":loc",
+		deadIdx:      tag + ":dead",
+		deadTimes:    tag + ":deadt",
+		deadPrefix:   tag + ":dead:",
+		seenPrefix:   tag + ":seen:",
+		bodyPrefix:   tag + ":b:",
+		stagedPrefix: tag + ":in:",
+		admitPrefix:  tag + ":adm:",
+		claimPrefix:  tag + ":clm:",
+		keyCount:     tag + ":kc",
 	}
 	r.SetLimits(opts.Window, opts.MaxBacklog)
 	if cfg.DurableAck {
@@ -159,7 +195,8 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 	}
 	// load every script now, so the first requests need no fallback
 	for _, s := range []*redis.Script{admitScript, claimScript, reclaimScript, attemptedScript,
-		ackScript, buryScript, replayScript, deleteDeadScript, forgetConsumerScript} {
+		ackScript, buryScript, replayScript, moveBodyScript, deleteDeadScript, trimDeadScript,
+		backfillDeadScript, forgetConsumerScript} {
 		if err := s.Load(ctx, client).Err(); err != nil {
 			return nil, fmt.Errorf("redis store: loading scripts: %w", err)
 		}
@@ -259,7 +296,67 @@ func unstamp(s string) time.Time {
 	return time.Unix(0, n)
 }
 
-// Admit implements Store.
+// bytesOf turns a reply into a body without copying it again. go-redis
+// reads each bulk reply into a buffer of its own and makes the string over
+// it (proto.Reader.readStringReply), so nothing else refers to that memory:
+// the slice is the caller's to keep. Small ones are copied, in case a
+// string of a byte or two ever comes from a shared table.
+func bytesOf(s string) []byte {
+	if len(s) < 64 {
+		return []byte(s)
+	}
+	return unsafe.Slice(unsafe.StringData(s), len(s))
+}
+
+// smallCall is what a call without a body counts for in a shared pipeline.
+const smallCall = 256
+
+// stagedTTL bounds how long a body written for an admit outlives an admit
+// script that never ran.
+const stagedTTL = time.Minute
+
+// admitCall returns the commands of an admit of e under token: a plain SET
+// of the body under a staging key, then the admit script, which renames it
+// into place. A script's arguments are copied into Lua, which for a body of
+// megabytes holds Redis for tens of milliseconds; a SET and a RENAME take
+// microseconds.
+func (r *Redis) admitCall(e *Entry, token string, now time.Time) func(redis.Pipeliner, bool) []redis.Cmder {
+	window := r.windowLen()
+	expires := now.Add(window)
+	ttl := window.Milliseconds() + 1000 // never shorter than the window
+	staged := r.stagedPrefix + token
+	keys := []string{r.stream, r.seenPrefix + e.Key, r.admitPrefix + token, r.keyCount, staged}
+	args := []any{stamp(now), stamp(expires), ttl, r.maxBacklog(),
+		e.Key, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor,
+		r.bodyPrefix, expires.UnixMilli() / 60000}
+	return func(pipe redis.Pipeliner, eval bool) []redis.Cmder {
+		ctx := context.Background() // the pipeline's context is the one that counts
+		set := pipe.Set(ctx, staged, e.Body, stagedTTL)
+		if eval {
+			return []redis.Cmder{set, admitScript.Eval(ctx, pipe, keys, args...)}
+		}
+		return []redis.Cmder{set, admitScript.EvalSha(ctx, pipe, keys, args...)}
+	}
+}
+
+// admitReply is the admit script's reply among an admit's commands.
+func admitReply(cmds []redis.Cmder) ([]any, error) {
+	if err := cmds[0].Err(); err != nil {
+		return nil, fmt.Errorf("writing the body: %w", err)
+	}
+	v, err := cmds[1].(*redis.Cmd).Result()
+	if err != nil {
+		return nil, err
+	}
+	if res, _ := v.([]any); len(res) > 0 {
+		return res, nil
+	}
+	return nil, fmt.Errorf("unexpected reply %v", v)
+}
+
+// Admit implements Store. Each call has its own token, so that the script
+// running twice (a reply lost and the pipeline sent again, a failover)
+// answers Accepted with the same id the second time, never Duplicate.
 func (r *Redis) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	if err := r.usable(ctx); err != nil {
 		return 0, err
@@ -267,24 +364,32 @@ func (r *Redis) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	ctx, cancel := context.WithTimeout(ctx, AdmitTimeout)
 	defer cancel()
 	now := r.now()
-	window := r.windowLen()
-	ttl := window.Milliseconds() + 1000 // never shorter than the window
-	keys := []string{r.stream, r.seenPrefix + e.Key}
-	args := []any{stamp(now), stamp(now.Add(window)), ttl, r.maxBacklog(),
-		e.Key, e.Body, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor}
-
-	var res []any
-	var err error
-	if r.durable > 0 {
-		res, err = r.admitDurable(ctx, keys, args)
-	} else {
-		var v any
-		if v, err = r.runScript(ctx, admitScript, keys, args); err == nil {
-			res, _ = v.([]any)
-			if len(res) == 0 {
-				err = fmt.Errorf("unexpected reply %v", v)
-			}
+	queue := r.admitCall(e, rand.Text(), now)
+	size := smallCall + len(e.Body) + len(e.Key) + len(e.Request.RawQuery) + len(e.Request.ForwardedFor) +
+		len(e.Request.UserAgent) + len(e.Request.ContentType)
+	admit := func() ([]any, error) {
+		if r.durable > 0 {
+			return r.admitDurable(ctx, queue)
 		}
+		cmds, err := r.runCmds(ctx, size, queue)
+		if err != nil {
+			return nil, err
+		}
+		return admitReply(cmds)
+	}
+	res, err := admit()
+	// A dial that failed sent nothing, so the admit may be tried again. Just
+	// after Redis came back, go-redis fails some dials at once for up to a
+	// second (until its probe sees Redis): wait that out rather than answer
+	// 503 to a sender whose neighbours get 200s. While Redis is down, fail
+	// at once.
+	for retried := time.Now(); err != nil && dialFailed(err) && r.comingBack() &&
+		time.Since(retried) < comingBackRetry && ctx.Err() == nil; {
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+		}
+		res, err = admit()
 	}
 	if err != nil {
 		return 0, fmt.Errorf("redis store: admit: %w", err)
@@ -294,8 +399,13 @@ func (r *Redis) Admit(ctx context.Context, e *Entry) (Admission, error) {
 		return Duplicate, nil
 	case 2:
 		return 0, ErrBacklogFull
+	case 3:
+		return 0, errors.New("redis store: admit: the body did not reach Redis; nothing was stored")
 	}
-	sid, _ := res[1].(string)
+	var sid string
+	if len(res) > 1 {
+		sid, _ = res[1].(string)
+	}
 	id, err := formatID(sid)
 	if err != nil {
 		return 0, err
@@ -304,29 +414,51 @@ func (r *Redis) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	return Accepted, nil
 }
 
-// admitDurable runs the admit script and WAITAOF in one pipeline: WAITAOF
-// waits for the writes of its own connection, so both must share one.
-func (r *Redis) admitDurable(ctx context.Context, keys []string, args []any) ([]any, error) {
-	run := func(eval bool) (*redis.Cmd, *redis.Cmd, error) {
-		pipe := r.client.Pipeline()
-		var admit *redis.Cmd
-		if eval {
-			admit = admitScript.Eval(ctx, pipe, keys, args...)
-		} else {
-			admit = admitScript.EvalSha(ctx, pipe, keys, args...)
+// comingBackRetry bounds how long an admit retries failed dials after Redis
+// came back: go-redis probes a server it cannot dial once a second.
+const comingBackRetry = 1500 * time.Millisecond
+
+// dialFailed tells an error of a connection that was never made, so
+// nothing was sent.
+func dialFailed(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// answered records how a round trip went, for comingBack.
+func (r *Redis) answered(err error) {
+	switch {
+	case err == nil || !unreachable(err):
+		if r.dialFailing.Swap(false) {
+			r.cameBack.Store(time.Now().UnixNano())
 		}
+	case dialFailed(err):
+		r.dialFailing.Store(true)
+	}
+}
+
+// comingBack tells whether Redis answered, after failed dials, within the
+// last two seconds.
+func (r *Redis) comingBack() bool {
+	return time.Now().UnixNano()-r.cameBack.Load() < int64(2*time.Second)
+}
+
+// admitDurable runs the admit's commands and WAITAOF in one pipeline:
+// WAITAOF waits for the writes of its own connection, so all must share one.
+func (r *Redis) admitDurable(ctx context.Context, queue func(redis.Pipeliner, bool) []redis.Cmder) ([]any, error) {
+	run := func(eval bool) ([]redis.Cmder, *redis.Cmd) {
+		pipe := r.client.Pipeline()
+		cmds := queue(pipe, eval)
 		wait := pipe.Do(ctx, "WAITAOF", 1, 0, r.durable.Milliseconds())
 		_, err := pipe.Exec(ctx)
-		return admit, wait, err
+		r.answered(err)
+		return cmds, wait
 	}
-	admit, wait, err := run(false)
-	if err != nil && redis.HasErrorPrefix(admit.Err(), "NOSCRIPT") {
-		admit, wait, err = run(true)
+	cmds, wait := run(false)
+	if redis.HasErrorPrefix(cmds[1].Err(), "NOSCRIPT") {
+		cmds, wait = run(true)
 	}
-	if err != nil {
-		return nil, err
-	}
-	res, err := admit.Slice()
+	res, err := admitReply(cmds)
 	if err != nil {
 		return nil, err
 	}
@@ -343,9 +475,27 @@ func (r *Redis) admitDurable(ctx context.Context, keys []string, args []any) ([]
 	return res, nil
 }
 
+// claimArgs are the claim script's keys and arguments.
+func (r *Redis) claimArgs(max int, token string) ([]string, []any) {
+	return []string{r.stream, r.att, r.claimPrefix + token},
+		[]any{groupName, r.consumer, r.idle.Milliseconds(), max, r.bodyPrefix, releasedIdle.Milliseconds()}
+}
+
+// claimToken returns the token of the claim to send again, or a new one.
+func (r *Redis) claimToken() string {
+	r.claimMu.Lock()
+	defer r.claimMu.Unlock()
+	token := r.retryClaim
+	r.retryClaim = ""
+	if token == "" {
+		token = rand.Text()
+	}
+	return token
+}
+
 // Claim implements Store. It first takes over entries idle past the
 // visibility timeout (a dead consumer's, or released ones), then reads new
-// ones.
+// ones. Bodies stay in Redis: Body fetches them.
 func (r *Redis) Claim(ctx context.Context, max int) ([]*Entry, error) {
 	if err := r.usable(ctx); err != nil {
 		return nil, err
@@ -353,9 +503,10 @@ func (r *Redis) Claim(ctx context.Context, max int) ([]*Entry, error) {
 	if max <= 0 {
 		return nil, nil
 	}
+	token := r.claimToken()
+	keys, args := r.claimArgs(max, token)
 	run := func() ([]any, error) {
-		return claimScript.Run(ctx, r.client, []string{r.stream, r.att},
-			groupName, r.consumer, r.idle.Milliseconds(), max).Slice()
+		return claimScript.Run(ctx, r.client, keys, args...).Slice()
 	}
 	res, err := run()
 	if isNoGroup(err) { // Redis lost its data: start over with a new group
@@ -363,33 +514,64 @@ func (r *Redis) Claim(ctx context.Context, max int) ([]*Entry, error) {
 			res, err = run()
 		}
 	}
+	r.answered(err)
 	if err != nil {
+		if unreachable(err) { // it may have run: the next claim sends it again
+			r.claimMu.Lock()
+			r.retryClaim = token
+			r.claimMu.Unlock()
+		}
 		return nil, fmt.Errorf("redis store: claim: %w", err)
 	}
 	out := make([]*Entry, 0, len(res))
 	for _, item := range res {
-		parts, _ := item.([]any)
-		if len(parts) < 3 {
-			return nil, fmt.Errorf("redis store: claim: unexpected reply %v", item)
+		if e := r.claimed(item); e != nil {
+			out = append(out, e)
 		}
-		sid, _ := parts[0].(string)
-		fields, err := fieldMap(parts[1])
-		if err != nil {
-			return nil, err
-		}
-		e, err := entryOf(sid, fields)
-		if err != nil {
-			return nil, err
-		}
-		if parseID(e.ID) != sid {
-			r.setMoved(e.ID, sid)
-		}
-		if att, ok := parts[2].(string); ok {
-			e.Attempts, e.LastStatus, e.LastError = parseAttempt(att)
-		}
-		out = append(out, e)
 	}
 	return out, nil
+}
+
+// claimed makes an entry of one item of the claim script's reply. What it
+// cannot read comes back Damaged, under the id of its stream id, which Bury
+// finds it by; nil only for an item without a stream id.
+func (r *Redis) claimed(item any) *Entry {
+	parts, _ := item.([]any)
+	var sid string
+	if len(parts) > 0 {
+		sid, _ = parts[0].(string)
+	}
+	sidID, err := formatID(sid)
+	if err != nil {
+		return nil
+	}
+	damaged := func(why string) *Entry { return &Entry{ID: sidID, Damaged: why} }
+	if len(parts) < 4 {
+		return damaged(fmt.Sprintf("unexpected claim reply %v", item))
+	}
+	fields, err := fieldMap(parts[1])
+	if err != nil {
+		return damaged(err.Error())
+	}
+	e, err := entryOf(sid, fields)
+	if err != nil {
+		return damaged(err.Error())
+	}
+	if parseID(e.ID) == "" {
+		e.Damaged = fmt.Sprintf("stream entry %s has a malformed entry id %q", sid, e.ID)
+		e.ID = sidID
+	} else if parseID(e.ID) != sid {
+		r.setMoved(e.ID, sid)
+	}
+	if att, ok := parts[2].(string); ok {
+		e.Attempts, e.LastStatus, e.LastError = parseAttempt(att)
+	}
+	size, _ := parts[3].(int64)
+	if size < 0 && e.Damaged == "" {
+		e.Damaged = "the body is missing"
+	}
+	e.BodySize = int(max(size, 0))
+	return e
 }
 
 func isNoGroup(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOGROUP") }
@@ -409,8 +591,8 @@ func fieldMap(v any) (map[string]string, error) {
 	return m, nil
 }
 
-// entryOf builds an entry from stored fields; sid is its stream id when
-// queued, "" for a dead letter (whose fields carry the id).
+// entryOf builds an entry, without its body, from stored fields; sid is its
+// stream id when queued, "" for a dead letter (whose fields carry the id).
 func entryOf(sid string, f map[string]string) (*Entry, error) {
 	e := &Entry{
 		ID:  f["i"],
@@ -424,9 +606,6 @@ func entryOf(sid string, f map[string]string) (*Entry, error) {
 		Received: unstamp(f["r"]),
 		Queued:   unstamp(f["u"]),
 	}
-	if b, ok := f["b"]; ok {
-		e.Body = []byte(b)
-	}
 	if e.ID == "" {
 		id, err := formatID(sid)
 		if err != nil {
@@ -435,6 +614,112 @@ func entryOf(sid string, f map[string]string) (*Entry, error) {
 		e.ID = id
 	}
 	return e, nil
+}
+
+// A GET of megabytes holds Redis for milliseconds while it copies the
+// reply, and a shared pipeline of them for as many times that. So a body is
+// read firstChunk in the shared pipeline (most webhooks are smaller), and
+// the rest bodyChunk a round trip, letting other clients in between.
+const (
+	firstChunk = 64 << 10
+	bodyChunk  = 256 << 10
+)
+
+// queueBody adds the first read of the body key to pipe: whether it
+// exists, its length, and its first chunk.
+func queueBody(ctx context.Context, pipe redis.Pipeliner, key string) []redis.Cmder {
+	return []redis.Cmder{pipe.Exists(ctx, key), pipe.StrLen(ctx, key), pipe.GetRange(ctx, key, 0, firstChunk-1)}
+}
+
+// readBody finishes the read queueBody began. ok is false when there is no
+// body key, or it went while being read.
+func (r *Redis) readBody(ctx context.Context, key string, cmds []redis.Cmder) (body []byte, ok bool, err error) {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			return nil, false, err
+		}
+	}
+	n := int(cmds[1].(*redis.IntCmd).Val())
+	first := cmds[2].(*redis.StringCmd).Val()
+	if cmds[0].(*redis.IntCmd).Val() == 0 {
+		return nil, false, nil
+	}
+	if len(first) >= n {
+		return bytesOf(first), true, nil
+	}
+	body = make([]byte, n)
+	off := copy(body, first)
+	for off < n {
+		end := min(off+bodyChunk, n)
+		chunk, err := r.client.GetRange(ctx, key, int64(off), int64(end-1)).Result()
+		if err != nil {
+			return nil, false, err
+		}
+		if len(chunk) != end-off {
+			return nil, false, nil // deleted meanwhile; bodies never change
+		}
+		off += copy(body[off:], chunk)
+	}
+	return body, true, nil
+}
+
+// Body implements Store.
+func (r *Redis) Body(ctx context.Context, id string) ([]byte, error) {
+	if err := r.usable(ctx); err != nil {
+		return nil, err
+	}
+	// the body key is kept while the entry is dead too: the dead index
+	// tells the two apart
+	key := r.bodyPrefix + id
+	cmds, err := r.runCmds(ctx, smallCall, func(pipe redis.Pipeliner, _ bool) []redis.Cmder {
+		return append([]redis.Cmder{pipe.ZScore(ctx, r.deadIdx, id)}, queueBody(ctx, pipe, key)...)
+	})
+	if err == nil {
+		err = cmds[0].Err()
+		if err == nil {
+			return nil, fmt.Errorf("body of %s: a dead letter: %w", id, ErrNotFound)
+		}
+		if errors.Is(err, redis.Nil) {
+			body, ok, err := r.readBody(ctx, key, cmds[1:])
+			switch {
+			case err != nil:
+				return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
+			case ok:
+				return body, nil
+			}
+			return r.legacyBody(ctx, id)
+		}
+	}
+	return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
+}
+
+// legacyBody reads the body of an entry queued before bodies had keys of
+// their own, from its stream entry.
+func (r *Redis) legacyBody(ctx context.Context, id string) ([]byte, error) {
+	sid, ok := r.movedTo(id)
+	if !ok {
+		loc, err := r.client.HGet(ctx, r.loc, id).Result()
+		switch {
+		case err == nil:
+			sid = loc
+		case errors.Is(err, redis.Nil):
+			sid = parseID(id)
+		default:
+			return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
+		}
+	}
+	if sid != "" {
+		msgs, err := r.client.XRangeN(ctx, r.stream, sid, sid, 1).Result()
+		if err != nil {
+			return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
+		}
+		if len(msgs) > 0 {
+			if b, ok := msgs[0].Values["b"].(string); ok {
+				return bytesOf(b), nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("body of %s: %w", id, ErrNotFound)
 }
 
 // formatAttempt and parseAttempt keep an entry's last attempt in one hash
@@ -529,7 +814,7 @@ func (r *Redis) Ack(ctx context.Context, id string) error {
 	if r.isMoved(id) {
 		// a replayed entry: the script finds its stream id and drops the
 		// mapping, in one step
-		if _, err := r.runScript(ctx, ackScript, []string{r.stream, r.att, r.loc},
+		if _, err := r.runScript(ctx, smallCall, ackScript, []string{r.stream, r.att, r.loc, r.bodyPrefix + id},
 			[]any{groupName, id, parseID(id)}); err != nil {
 			return fmt.Errorf("redis store: ack %s: %w", id, err)
 		}
@@ -537,16 +822,18 @@ func (r *Redis) Ack(ctx context.Context, id string) error {
 		return nil
 	}
 	// The common case needs no script, which costs Redis more than the
-	// commands it would run: delete, acknowledge, forget the attempt. Each
-	// is a no-op if another process got there first. They are not atomic,
-	// so the order matters: cut off after XDEL, the pending entry left
-	// behind points at nothing and the next XAUTOCLAIM drops it (with its
-	// attempt), while an entry acknowledged but not deleted would sit in the
-	// stream for good, counted in the backlog.
+	// commands it would run: delete the entry and its body, acknowledge,
+	// forget the attempt. Each is a no-op if another process got there
+	// first. They are not atomic, so the order matters: cut off after XDEL,
+	// the pending entry left behind points at nothing and the next
+	// XAUTOCLAIM drops it with its body and attempt; the body goes only
+	// after the entry, so no queued entry is ever without one; an entry
+	// acknowledged but not deleted would sit in the stream for good.
 	sid := parseID(id)
-	cmds, err := r.runCmds(ctx, func(pipe redis.Pipeliner, _ bool) []redis.Cmder {
+	cmds, err := r.runCmds(ctx, smallCall, func(pipe redis.Pipeliner, _ bool) []redis.Cmder {
 		return []redis.Cmder{
 			pipe.XDel(ctx, r.stream, sid),
+			pipe.Del(ctx, r.bodyPrefix+id),
 			pipe.XAck(ctx, r.stream, groupName, sid),
 			pipe.HDel(ctx, r.att, sid),
 		}
@@ -574,10 +861,16 @@ func (r *Redis) setMoved(id, sid string) {
 }
 
 func (r *Redis) isMoved(id string) bool {
+	_, ok := r.movedTo(id)
+	return ok
+}
+
+// movedTo returns the stream id of a replayed entry this process holds.
+func (r *Redis) movedTo(id string) (string, bool) {
 	r.movedMu.Lock()
 	defer r.movedMu.Unlock()
-	_, ok := r.moved[id]
-	return ok
+	sid, ok := r.moved[id]
+	return sid, ok
 }
 
 // forgetMoved drops ids this process no longer holds from moved.
@@ -589,14 +882,23 @@ func (r *Redis) forgetMoved(ids ...string) {
 	}
 }
 
-// Bury implements Store. It buries the stored entry with e's attempt.
+// Bury implements Store. It buries the stored entry, whatever its fields,
+// with e's attempt, and sets e.Died.
 func (r *Redis) Bury(ctx context.Context, e *Entry) error {
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
+	reason := e.LastError
+	if e.Damaged != "" && !strings.Contains(reason, e.Damaged) {
+		if reason != "" {
+			reason += "; "
+		}
+		reason += "damaged record: " + e.Damaged
+	}
+	died := r.now()
 	n, err := buryScript.Run(ctx, r.client,
-		[]string{r.stream, r.att, r.loc, r.deadIdx, r.deadPrefix + e.ID},
-		groupName, e.ID, parseID(e.ID), e.Attempts, e.LastStatus, e.LastError).Int()
+		[]string{r.stream, r.att, r.loc, r.deadIdx, r.deadPrefix + e.ID, r.deadTimes},
+		groupName, e.ID, parseID(e.ID), e.Attempts, e.LastStatus, reason, stamp(died), died.UnixMilli()).Int()
 	if err != nil {
 		return fmt.Errorf("redis store: burying %s: %w", e.ID, err)
 	}
@@ -604,11 +906,12 @@ func (r *Redis) Bury(ctx context.Context, e *Entry) error {
 	if n == 0 {
 		return fmt.Errorf("burying %s: %w", e.ID, ErrNotFound)
 	}
+	e.Died = died
 	return nil
 }
 
 // deadFields are what a dead letter listing reads: everything but the body.
-var deadFields = []string{"i", "k", "q", "c", "a", "x", "r", "u", "n", "s", "e"}
+var deadFields = []string{"i", "k", "q", "c", "a", "x", "r", "u", "n", "s", "e", "d"}
 
 func deadOf(f map[string]string) (*Entry, error) {
 	e, err := entryOf("", f)
@@ -618,6 +921,9 @@ func deadOf(f map[string]string) (*Entry, error) {
 	e.Attempts, _ = strconv.Atoi(f["n"])
 	e.LastStatus, _ = strconv.Atoi(f["s"])
 	e.LastError = f["e"]
+	if d, ok := f["d"]; ok {
+		e.Died = unstamp(d)
+	}
 	return e, nil
 }
 
@@ -643,9 +949,11 @@ func (r *Redis) Dead(ctx context.Context, after string, limit int) ([]*Entry, er
 	pipe := r.client.Pipeline()
 	cmds := make([]*redis.SliceCmd, len(ids))
 	sizes := make([]*redis.IntCmd, len(ids))
+	legacy := make([]*redis.IntCmd, len(ids))
 	for i, id := range ids {
 		cmds[i] = pipe.HMGet(ctx, r.deadPrefix+id, deadFields...)
-		sizes[i] = pipe.HStrLen(ctx, r.deadPrefix+id, "b")
+		sizes[i] = pipe.StrLen(ctx, r.bodyPrefix+id)
+		legacy[i] = pipe.HStrLen(ctx, r.deadPrefix+id, "b")
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("redis store: listing dead letters: %w", err)
@@ -666,7 +974,7 @@ func (r *Redis) Dead(ctx context.Context, after string, limit int) ([]*Entry, er
 		if err != nil {
 			return nil, err
 		}
-		e.BodySize = int(sizes[j].Val())
+		e.BodySize = int(sizes[j].Val() + legacy[j].Val()) // one of them is 0
 		out = append(out, e)
 	}
 	return out, nil
@@ -677,10 +985,14 @@ func (r *Redis) DeadEntry(ctx context.Context, id string) (*Entry, error) {
 	if err := r.usable(ctx); err != nil {
 		return nil, err
 	}
-	f, err := r.client.HGetAll(ctx, r.deadPrefix+id).Result()
-	if err != nil {
+	key := r.bodyPrefix + id
+	pipe := r.client.Pipeline()
+	hash := pipe.HGetAll(ctx, r.deadPrefix+id)
+	cmds := queueBody(ctx, pipe, key)
+	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("redis store: dead letter %s: %w", id, err)
 	}
+	f := hash.Val()
 	if len(f) == 0 {
 		return nil, fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
 	}
@@ -688,9 +1000,16 @@ func (r *Redis) DeadEntry(ctx context.Context, id string) (*Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	if e.Body == nil {
-		e.Body = []byte{}
+	body, ok, err := r.readBody(ctx, key, cmds)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("redis store: dead letter %s: %w", id, err)
+	case ok:
+		e.Body = body
+	default:
+		e.Body = []byte(f["b"]) // legacy, or none
 	}
+	e.BodySize = len(e.Body)
 	return e, nil
 }
 
@@ -699,7 +1018,8 @@ func (r *Redis) DeleteDead(ctx context.Context, id string) error {
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
-	n, err := deleteDeadScript.Run(ctx, r.client, []string{r.deadIdx, r.deadPrefix + id}, id).Int()
+	n, err := deleteDeadScript.Run(ctx, r.client,
+		[]string{r.deadIdx, r.deadPrefix + id, r.deadTimes, r.bodyPrefix + id}, id).Int()
 	if err != nil {
 		return fmt.Errorf("redis store: deleting dead letter %s: %w", id, err)
 	}
@@ -714,7 +1034,7 @@ func (r *Redis) DeleteDead(ctx context.Context, id string) error {
 const replayBatch = 256
 
 // Replay implements Store. Replayed entries join the back of the queue
-// under their original ids.
+// under their original ids; their bodies stay where they are.
 func (r *Redis) Replay(ctx context.Context, ids []string) (int, error) {
 	if err := r.usable(ctx); err != nil {
 		return 0, err
@@ -731,7 +1051,10 @@ func (r *Redis) Replay(ctx context.Context, ids []string) (int, error) {
 	for len(ids) > 0 {
 		batch := ids[:min(len(ids), replayBatch)]
 		ids = ids[len(batch):]
-		keys := []string{r.stream, r.deadIdx, r.loc}
+		if err := r.moveLegacyBodies(ctx, batch); err != nil {
+			return total, fmt.Errorf("redis store: replay: %w", err)
+		}
+		keys := []string{r.stream, r.deadIdx, r.loc, r.deadTimes}
 		args := []any{now}
 		for _, id := range batch {
 			keys = append(keys, r.deadPrefix+id)
@@ -746,7 +1069,105 @@ func (r *Redis) Replay(ctx context.Context, ids []string) (int, error) {
 	return total, nil
 }
 
-// Stats implements Store.
+// moveLegacyBodies gives the dead letters among ids that still keep their
+// body in their hash (written by an older version) a body key, one script
+// per letter so that no step carries more than one body.
+func (r *Redis) moveLegacyBodies(ctx context.Context, ids []string) error {
+	pipe := r.client.Pipeline()
+	has := make([]*redis.BoolCmd, len(ids))
+	for i, id := range ids {
+		has[i] = pipe.HExists(ctx, r.deadPrefix+id, "b")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	for i, id := range ids {
+		if !has[i].Val() {
+			continue
+		}
+		if err := moveBodyScript.Run(ctx, r.client, []string{r.deadPrefix + id, r.bodyPrefix + id}).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TrimDead implements Store. Letters died in the same millisecond as the
+// cutoff are told apart by their exact time of death.
+func (r *Redis) TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*Entry, error) {
+	if err := r.usable(ctx); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return []*Entry{}, nil
+	}
+	pipe := r.client.Pipeline()
+	dead := pipe.ZCard(ctx, r.deadIdx)
+	timed := pipe.ZCard(ctx, r.deadTimes)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("redis store: trimming dead letters: %w", err)
+	}
+	if dead.Val() > timed.Val() {
+		if err := r.backfillDeadTimes(ctx); err != nil {
+			return nil, fmt.Errorf("redis store: trimming dead letters: %w", err)
+		}
+	}
+	cutMS, cutStamp := "", ""
+	if !cutoff.IsZero() {
+		cutMS, cutStamp = strconv.FormatInt(cutoff.UnixMilli(), 10), stamp(cutoff)
+	}
+	res, err := trimDeadScript.Run(ctx, r.client, []string{r.deadIdx, r.deadTimes},
+		r.deadPrefix, r.bodyPrefix, max, cutMS, cutStamp, limit).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("redis store: trimming dead letters: %w", err)
+	}
+	out := make([]*Entry, 0, len(res))
+	for _, item := range res {
+		f, _ := item.([]any)
+		if len(f) < 7 {
+			return out, fmt.Errorf("redis store: trimming dead letters: unexpected reply %v", item)
+		}
+		s := make([]string, len(f))
+		for i, v := range f {
+			s[i], _ = v.(string)
+		}
+		e := &Entry{ID: s[0], Key: s[1], LastError: s[6]}
+		if s[2] != "" {
+			e.Died = unstamp(s[2])
+		} else if ms, err := strconv.ParseFloat(s[3], 64); err == nil {
+			e.Died = time.UnixMilli(int64(ms)) // a legacy letter: when it was queued
+		}
+		e.Attempts, _ = strconv.Atoi(s[4])
+		e.LastStatus, _ = strconv.Atoi(s[5])
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// backfillBatch bounds the dead letters one backfill step looks at.
+const backfillBatch = 256
+
+// backfillDeadTimes gives dead letters written by an older version, which
+// have no entry in {p}:deadt, one: their queued time, the best there is.
+func (r *Redis) backfillDeadTimes(ctx context.Context) error {
+	r.backfill.Lock()
+	defer r.backfill.Unlock()
+	after := ""
+	for {
+		next, err := backfillDeadScript.Run(ctx, r.client, []string{r.deadIdx, r.deadTimes},
+			r.deadPrefix, after, backfillBatch).Text()
+		if err != nil {
+			return fmt.Errorf("indexing old dead letters by time: %w", err)
+		}
+		if next == "" {
+			return nil
+		}
+		after = next
+	}
+}
+
+// Stats implements Store. Keys counts the markers by the minute they
+// expire in, so a marker counts until the end of that minute.
 func (r *Redis) Stats(ctx context.Context) (Stats, error) {
 	if err := r.usable(ctx); err != nil {
 		return Stats{}, err
@@ -754,7 +1175,9 @@ func (r *Redis) Stats(ctx context.Context) (Stats, error) {
 	pipe := r.client.Pipeline()
 	backlog := pipe.XLen(ctx, r.stream)
 	dead := pipe.ZCard(ctx, r.deadIdx)
+	timed := pipe.ZCard(ctx, r.deadTimes)
 	first := pipe.XRangeN(ctx, r.stream, "-", "+", 1)
+	counts := pipe.HGetAll(ctx, r.keyCount)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return Stats{}, fmt.Errorf("redis store: stats: %w", err)
 	}
@@ -762,6 +1185,27 @@ func (r *Redis) Stats(ctx context.Context) (Stats, error) {
 	if msgs := first.Val(); len(msgs) > 0 {
 		if u, ok := msgs[0].Values["u"].(string); ok {
 			s.OldestQueued = unstamp(u)
+		}
+	}
+	minute := r.now().UnixMilli() / 60000
+	var stale []string
+	for field, n := range counts.Val() {
+		m, err := strconv.ParseInt(field, 10, 64)
+		if err != nil || m < minute {
+			stale = append(stale, field)
+			continue
+		}
+		c, _ := strconv.Atoi(n)
+		s.Keys += c
+	}
+	if len(stale) > 0 {
+		if err := r.client.HDel(ctx, r.keyCount, stale...).Err(); err != nil {
+			return Stats{}, fmt.Errorf("redis store: stats: %w", err)
+		}
+	}
+	if dead.Val() > timed.Val() {
+		if err := r.backfillDeadTimes(ctx); err != nil {
+			return Stats{}, fmt.Errorf("redis store: stats: %w", err)
 		}
 	}
 	return s, nil
@@ -786,13 +1230,17 @@ func (r *Redis) Close() error {
 var _ Store = (*Redis)(nil)
 
 // The Redis store's Lua scripts. Each runs atomically on the server; all the
-// keys one touches share the relay's hash tag, so they work on Cluster.
+// keys one touches share the relay's hash tag, so they work on Cluster. Keys
+// named after an entry id the caller does not know yet (a body key in admit
+// and claim, dead letters in TrimDead) are built in the script from a prefix
+// in ARGV; they share the hash tag too.
 //
-// Stream entry fields: k key, b body, q raw query, c content type, a user
-// agent, x forwarded for, r received, u queued (times as 20-digit Unix
-// nanoseconds, so they compare as strings), i the entry's original id (only
-// on replayed entries). A dead letter hash has the same fields plus i, and n
-// attempts, s last status, e last error.
+// Stream entry fields: k key, q raw query, c content type, a user agent, x
+// forwarded for, r received, u queued (times as 20-digit Unix nanoseconds,
+// so they compare as strings), i the entry's original id (only on replayed
+// entries), and b the body on entries written by older versions. A dead
+// letter hash has the same fields plus i, and n attempts, s last status, e
+// last error, d died.
 //
 // Scripts that take an entry id resolve it to its stream id: the stream id
 // written in the id (entries never replayed), or the one in the location
@@ -805,57 +1253,136 @@ local function resolve(loc, id, parsed)
 end
 `
 
-// admitScript: seen? -> duplicate; backlog full? -> full; else XADD the
-// payload, THEN set the marker. Scripts do not roll back, so the order
-// matters: a marker without a payload would be a lost webhook, a payload
-// without a marker only a possible duplicate delivery.
+// idLua makes an entry id of a stream id as formatID does, or nil.
+const idLua = `
+local function entryid(sid)
+  local ms, seq = string.match(sid, '^(%d+)-(%d+)$')
+  if not ms then return nil end
+  return string.format('%016d-%010d', tonumber(ms), tonumber(seq))
+end
+`
+
+// admitScript: run before under this token? -> what it answered; seen? ->
+// duplicate; backlog full? -> full; else XADD the entry, move its body (SET
+// just before, under the staging key) into place, THEN set the marker.
+// Scripts do not roll back, so the order matters: a marker without a
+// payload would be a lost webhook, a payload without a marker only a
+// possible duplicate delivery. A body that is not there (its SET failed)
+// stores nothing.
 //
 // The marker holds its expiry time and is judged against the caller's now,
 // so the window follows the store's clock; its TTL (never shorter than the
-// window) only cleans up.
+// window) only cleans up. A new marker is counted under its expiry minute.
 //
-// KEYS: stream, marker. ARGV: now, expires, ttl ms, max backlog (0: none),
-// key, body, query, content type, user agent, forwarded for.
-// Returns {1} duplicate, {2} full, {0, stream id} accepted.
-var admitScript = redis.NewScript(`
+// KEYS: stream, marker, admit token, key count hash, staged body. ARGV: now,
+// expires, ttl ms, max backlog (0: none), key, query, content type, user
+// agent, forwarded for, body key prefix, expiry minute.
+// Returns {1} duplicate, {2} full, {3} no body, {0, stream id} accepted.
+var admitScript = redis.NewScript(idLua + `
+local prev = redis.call('GET', KEYS[3])
+if prev then
+  redis.call('DEL', KEYS[5])
+  return {0, prev}
+end
 local seen = redis.call('GET', KEYS[2])
-if seen and seen > ARGV[1] then return {1} end
+if seen and seen > ARGV[1] then
+  redis.call('DEL', KEYS[5])
+  return {1}
+end
 local max = tonumber(ARGV[4])
-if max > 0 and redis.call('XLEN', KEYS[1]) >= max then return {2} end
+if max > 0 and redis.call('XLEN', KEYS[1]) >= max then
+  redis.call('DEL', KEYS[5])
+  return {2}
+end
+if redis.call('EXISTS', KEYS[5]) == 0 then return {3} end
 local sid = redis.call('XADD', KEYS[1], '*',
-  'k', ARGV[5], 'b', ARGV[6], 'q', ARGV[7], 'c', ARGV[8], 'a', ARGV[9], 'x', ARGV[10],
+  'k', ARGV[5], 'q', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'x', ARGV[9],
   'r', ARGV[1], 'u', ARGV[1])
+local body = ARGV[10] .. entryid(sid)
+redis.call('RENAME', KEYS[5], body)
+redis.call('PERSIST', body)
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('HINCRBY', KEYS[4], ARGV[11], 1)
+redis.call('SET', KEYS[3], sid, 'PX', 20000)
 return {0, sid}
 `)
 
 // claimScript takes over entries idle past the visibility timeout (held by
 // a consumer that died, or released), then reads new ones, up to count in
-// all, with each entry's recorded attempt.
+// all, with each entry's recorded attempt and body size. A body field (old
+// entries) is left out of the reply: only its size goes back.
 //
-// KEYS: stream, attempts hash. ARGV: group, consumer, min idle ms, count.
-// Returns {{stream id, fields, attempt or false}...}.
-var claimScript = redis.NewScript(`
+// What it hands out is kept under its token for the visibility timeout: the
+// same claim sent again (its reply was lost) first hands out again what it
+// took then and this consumer still holds; what does not fit in count is
+// released, for the next claim.
+//
+// KEYS: stream, attempts hash, claim token. ARGV: group, consumer, min idle
+// ms, count, body key prefix, released idle ms. Returns {{stream id, fields, attempt or false,
+// body size or -1 when there is no body}...}.
+var claimScript = redis.NewScript(idLua + `
 local want = tonumber(ARGV[4])
-local out = {}
+local out, sids = {}, {}
 local function add(e)
-  if e and e[1] then
-    out[#out+1] = {e[1], e[2], redis.call('HGET', KEYS[2], e[1])}
+  if not (e and e[1]) then return end
+  local raw, f, id, legacy = e[2], {}, nil, nil
+  if not raw then raw = {} end
+  for j = 1, #raw, 2 do
+    if raw[j] == 'b' then
+      legacy = #raw[j+1]
+    else
+      if raw[j] == 'i' then id = raw[j+1] end
+      f[#f+1] = raw[j]; f[#f+1] = raw[j+1]
+    end
+  end
+  id = id or entryid(e[1])
+  local size = -1
+  if id then
+    size = redis.call('STRLEN', ARGV[5] .. id)
+    if size == 0 and redis.call('EXISTS', ARGV[5] .. id) == 0 then size = -1 end
+  end
+  if size < 0 and legacy then size = legacy end
+  out[#out+1] = {e[1], f, redis.call('HGET', KEYS[2], e[1]), size}
+  sids[#sids+1] = e[1]
+end
+local prev = redis.call('GET', KEYS[3])
+if prev then
+  for sid in string.gmatch(prev, '[^,]+') do
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], sid, sid, 1)
+    if p[1] and p[1][2] == ARGV[2] then
+      if #out < want then
+        for _, e in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, sid)) do add(e) end
+      else
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, sid, 'IDLE', ARGV[6], 'JUSTID')
+      end
+    end
   end
 end
 local cursor = '0-0'
 for _ = 1, 100 do
+  if #out >= want then break end
   local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', want - #out)
   for _, e in ipairs(r[2]) do add(e) end
   -- pending entries whose payload is gone (an ack cut off after its XDEL)
-  -- leave the group here (Redis >= 7); their attempts go with them
-  if r[3] then for _, sid in ipairs(r[3]) do redis.call('HDEL', KEYS[2], sid) end end
+  -- leave the group here (Redis >= 7); their attempts and bodies go with them
+  if r[3] then
+    for _, sid in ipairs(r[3]) do
+      redis.call('HDEL', KEYS[2], sid)
+      local id = entryid(sid)
+      if id then redis.call('DEL', ARGV[5] .. id) end
+    end
+  end
   cursor = r[1]
   if cursor == '0-0' or #out >= want then break end
 end
 if #out < want then
   local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want - #out, 'STREAMS', KEYS[1], '>')
   if r then for _, e in ipairs(r[1][2]) do add(e) end end
+end
+if #sids > 0 then
+  redis.call('SET', KEYS[3], table.concat(sids, ','), 'PX', ARGV[3])
+elseif prev then
+  redis.call('DEL', KEYS[3])
 end
 return out
 `)
@@ -894,39 +1421,45 @@ redis.call('HSET', KEYS[2], sid, ARGV[3])
 return 1
 `)
 
-// ackScript removes a delivered entry: XACK, XDEL and its bookkeeping.
+// ackScript removes a delivered replayed entry: XACK, XDEL, its body and its
+// bookkeeping.
 //
-// KEYS: stream, attempts hash, location hash. ARGV: group, id, parsed
-// stream id.
+// KEYS: stream, attempts hash, location hash, body key. ARGV: group, id,
+// parsed stream id.
 var ackScript = redis.NewScript(resolveLua + `
 local sid = resolve(KEYS[3], ARGV[2], ARGV[3])
 if sid == '' then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], sid)
 redis.call('XDEL', KEYS[1], sid)
+redis.call('DEL', KEYS[4])
 redis.call('HDEL', KEYS[2], sid)
 redis.call('HDEL', KEYS[3], ARGV[2])
 return 1
 `)
 
 // buryScript moves a queued entry to the dead letters with its last
-// attempt, and out of the queue, in one step.
+// attempt and time of death, and out of the queue, in one step. It copies
+// whatever fields the entry has, so a damaged one is buried too. The body
+// key stays: the dead letter has it.
 //
-// KEYS: stream, attempts hash, location hash, dead index, dead letter hash.
-// ARGV: group, id, parsed stream id, attempts, status, error.
-// Returns 0 when the entry is not queued.
+// KEYS: stream, attempts hash, location hash, dead index, dead letter hash,
+// died index. ARGV: group, id, parsed stream id, attempts, status, error,
+// died (stamp), died (Unix ms). Returns 0 when the entry is not queued.
 var buryScript = redis.NewScript(resolveLua + `
 local sid = resolve(KEYS[3], ARGV[2], ARGV[3])
 if sid == '' then return 0 end
 local r = redis.call('XRANGE', KEYS[1], sid, sid)
 if #r == 0 then return 0 end
 local f = r[1][2]
-local h = {'i', ARGV[2], 'n', ARGV[4], 's', ARGV[5], 'e', ARGV[6]}
-for j = 1, #f, 2 do
-  if f[j] ~= 'i' then h[#h+1] = f[j]; h[#h+1] = f[j+1] end
+local h = {'i', ARGV[2], 'n', ARGV[4], 's', ARGV[5], 'e', ARGV[6], 'd', ARGV[7]}
+local ours = {i=true, n=true, s=true, e=true, d=true}
+for j = 1, #f - 1, 2 do
+  if not ours[f[j]] then h[#h+1] = f[j]; h[#h+1] = f[j+1] end
 end
 redis.call('DEL', KEYS[5])
 redis.call('HSET', KEYS[5], unpack(h))
 redis.call('ZADD', KEYS[4], 0, ARGV[2])
+redis.call('ZADD', KEYS[6], ARGV[8], ARGV[2])
 redis.call('XACK', KEYS[1], ARGV[1], sid)
 redis.call('XDEL', KEYS[1], sid)
 redis.call('HDEL', KEYS[2], sid)
@@ -935,38 +1468,116 @@ return 1
 `)
 
 // replayScript puts dead letters back at the end of the queue under their
-// original ids, attempts reset, queued now.
+// original ids, attempts reset, queued now. It moves only their metadata:
+// the body keys stay (Replay gives old letters one first).
 //
-// KEYS: stream, dead index, location hash, then one dead letter hash per id.
-// ARGV: now, then the ids. Returns how many went back.
+// KEYS: stream, dead index, location hash, died index, then one dead letter
+// hash per id. ARGV: now, then the ids. Returns how many went back.
 var replayScript = redis.NewScript(`
-local keep = {k=true, b=true, q=true, c=true, a=true, x=true, r=true}
+local meta = {'k', 'q', 'c', 'a', 'x', 'r'}
 local n = 0
 for i = 2, #ARGV do
-  local id, key = ARGV[i], KEYS[i+2]
-  local h = redis.call('HGETALL', key)
-  if #h > 0 then
+  local id, key = ARGV[i], KEYS[i+3]
+  if redis.call('EXISTS', key) == 1 then
+    local v = redis.call('HMGET', key, unpack(meta))
     local f = {}
-    for j = 1, #h, 2 do
-      if keep[h[j]] then f[#f+1] = h[j]; f[#f+1] = h[j+1] end
+    for j, name in ipairs(meta) do
+      if v[j] then f[#f+1] = name; f[#f+1] = v[j] end
     end
     f[#f+1] = 'u'; f[#f+1] = ARGV[1]; f[#f+1] = 'i'; f[#f+1] = id
     local sid = redis.call('XADD', KEYS[1], '*', unpack(f))
     redis.call('HSET', KEYS[3], id, sid)
     redis.call('DEL', key)
     redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[4], id)
     n = n + 1
   end
 end
 return n
 `)
 
-// deleteDeadScript removes one dead letter. KEYS: dead index, dead letter
-// hash. ARGV: id. Returns 0 when there is no such dead letter.
+// moveBodyScript moves an old dead letter's body from its hash to its body
+// key. KEYS: dead letter hash, body key.
+var moveBodyScript = redis.NewScript(`
+local b = redis.call('HGET', KEYS[1], 'b')
+if not b then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], b) end
+redis.call('HDEL', KEYS[1], 'b')
+return 1
+`)
+
+// deleteDeadScript removes one dead letter and its body. KEYS: dead index,
+// dead letter hash, died index, body key. ARGV: id. Returns 0 when there is
+// no such dead letter.
 var deleteDeadScript = redis.NewScript(`
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[4])
 return 1
+`)
+
+// trimDeadScript removes up to limit dead letters, oldest death first:
+// those died before the cutoff, then the oldest while more than max remain.
+// The died index has milliseconds; a letter in the cutoff's millisecond
+// goes by its exact time of death. Each letter goes with its hash, body and
+// both index entries.
+//
+// KEYS: dead index, died index. ARGV: dead letter hash prefix, body key
+// prefix, max (0: none), cutoff Unix ms (”: none), cutoff stamp, limit.
+// Returns {{id, key, died stamp or ”, died index score, attempts, status,
+// error}...}.
+var trimDeadScript = redis.NewScript(`
+local limit = tonumber(ARGV[6])
+local out = {}
+local function remove(id, score)
+  local h = ARGV[1] .. id
+  local f = redis.call('HMGET', h, 'k', 'd', 'n', 's', 'e')
+  redis.call('DEL', h, ARGV[2] .. id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  out[#out+1] = {id, f[1] or '', f[2] or '', score, f[3] or '', f[4] or '', f[5] or ''}
+end
+if ARGV[4] ~= '' then
+  local cut, skip = tonumber(ARGV[4]), 0
+  while #out < limit do
+    local r = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cut, 'WITHSCORES', 'LIMIT', skip, limit - #out)
+    if #r == 0 then break end
+    for j = 1, #r, 2 do
+      local d = redis.call('HGET', ARGV[1] .. r[j], 'd')
+      if tonumber(r[j+1]) < cut or (d and d < ARGV[5]) then remove(r[j], r[j+1]) else skip = skip + 1 end
+    end
+  end
+end
+local max = tonumber(ARGV[3])
+while max > 0 and #out < limit do
+  local excess = redis.call('ZCARD', KEYS[1]) - max
+  if excess <= 0 then break end
+  local r = redis.call('ZRANGE', KEYS[2], 0, math.min(excess, limit - #out) - 1, 'WITHSCORES')
+  if #r == 0 then break end
+  for j = 1, #r, 2 do remove(r[j], r[j+1]) end
+end
+return out
+`)
+
+// backfillDeadScript gives up to count dead letters after the id in after
+// that are missing from the died index (written by older versions) an
+// entry there, scored by their queued time.
+//
+// KEYS: dead index, died index. ARGV: dead letter hash prefix, after (”
+// from the start), count. Returns the last id looked at, or ” when done.
+var backfillDeadScript = redis.NewScript(`
+local min = '-'
+if ARGV[2] ~= '' then min = '(' .. ARGV[2] end
+local count = tonumber(ARGV[3])
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], min, '+', 'LIMIT', 0, count)
+for _, id in ipairs(ids) do
+  if not redis.call('ZSCORE', KEYS[2], id) then
+    local u = redis.call('HGET', ARGV[1] .. id, 'u') or ''
+    redis.call('ZADD', KEYS[2], tonumber(string.sub(u, 1, -7)) or 0, id)
+  end
+end
+if #ids < count then return '' end
+return ids[#ids]
 `)
 
 // forgetConsumerScript deletes this process's consumer from the group when

@@ -9,18 +9,23 @@ import (
 )
 
 // Concurrent calls (admits, acks) share round trips: a few pipeliners each
-// take what is waiting (up to pipelineBatch calls) and send it as one
-// pipeline, so under load one round trip, and one read and write on each
-// side, carries many calls. A call that runs alone is sent at once, by its
-// own goroutine.
+// take what is waiting (up to pipelineBatch calls and pipelineBytes of
+// arguments) and send it as one pipeline, so under load one round trip, and
+// one read and write on each side, carries many calls. A call that runs
+// alone is sent at once, by its own goroutine, and so is one larger than
+// pipelineBytes: a big body must not hold up the small calls around it, nor
+// a pipeline grow without bound.
 const (
 	pipeliners    = 4
 	pipelineBatch = 64
+	pipelineBytes = 1 << 20
 )
 
 // pipeCall is one call's commands, queued into a shared pipeline.
 type pipeCall struct {
 	ctx context.Context
+	// size is about how many bytes of arguments the call sends.
+	size int
 	// queue adds the call's commands to pipe; with eval, scripts are sent
 	// whole (EVAL) because the server's script cache lacked one of them.
 	queue func(pipe redis.Pipeliner, eval bool) []redis.Cmder
@@ -28,10 +33,10 @@ type pipeCall struct {
 	done  chan struct{}
 }
 
-// runScript runs script, sharing a pipeline with the calls running at the
-// same time.
-func (r *Redis) runScript(ctx context.Context, script *redis.Script, keys []string, args []any) (any, error) {
-	cmds, err := r.runCmds(ctx, func(pipe redis.Pipeliner, eval bool) []redis.Cmder {
+// runScript runs script, whose arguments take about size bytes, sharing a
+// pipeline with the calls running at the same time.
+func (r *Redis) runScript(ctx context.Context, size int, script *redis.Script, keys []string, args []any) (any, error) {
+	cmds, err := r.runCmds(ctx, size, func(pipe redis.Pipeliner, eval bool) []redis.Cmder {
 		if eval {
 			return []redis.Cmder{script.Eval(ctx, pipe, keys, args...)}
 		}
@@ -43,14 +48,15 @@ func (r *Redis) runScript(ctx context.Context, script *redis.Script, keys []stri
 	return cmds[0].(*redis.Cmd).Result()
 }
 
-// runCmds runs the commands queue adds, sharing a pipeline with the calls
-// running at the same time. The error is the caller's deadline or the
-// store's closing; each command carries its own result.
-func (r *Redis) runCmds(ctx context.Context, queue func(redis.Pipeliner, bool) []redis.Cmder) ([]redis.Cmder, error) {
-	call := &pipeCall{ctx: ctx, queue: queue}
+// runCmds runs the commands queue adds, whose arguments take about size
+// bytes, sharing a pipeline with the calls running at the same time. The
+// error is the caller's deadline or the store's closing; each command
+// carries its own result.
+func (r *Redis) runCmds(ctx context.Context, size int, queue func(redis.Pipeliner, bool) []redis.Cmder) ([]redis.Cmder, error) {
+	call := &pipeCall{ctx: ctx, size: size, queue: queue}
 	defer r.inflight.Add(-1)
-	if r.inflight.Add(1) == 1 {
-		// alone: nothing to share a round trip with, so no hand-off
+	if r.inflight.Add(1) == 1 || size > pipelineBytes {
+		// alone, or too big to share: no hand-off
 		r.runPipeline([]*pipeCall{call})
 		return call.cmds, nil
 	}
@@ -77,22 +83,16 @@ func (r *Redis) runCmds(ctx context.Context, queue func(redis.Pipeliner, bool) [
 
 func (r *Redis) pipeliner() {
 	batch := make([]*pipeCall, 0, pipelineBatch)
+	var next *pipeCall // taken, but did not fit in the last batch
 	for {
-		select {
-		case <-r.stop:
-			return
-		case call := <-r.calls:
-			batch = append(batch[:0], call)
-		}
-	more:
-		for len(batch) < pipelineBatch {
+		if next == nil {
 			select {
-			case call := <-r.calls:
-				batch = append(batch, call)
-			default:
-				break more
+			case <-r.stop:
+				return
+			case next = <-r.calls:
 			}
 		}
+		batch, next = gather(append(batch[:0], next), r.calls)
 		r.runPipeline(batch)
 		for _, call := range batch {
 			close(call.done)
@@ -101,34 +101,64 @@ func (r *Redis) pipeliner() {
 	}
 }
 
-// runPipeline sends a batch of calls as one pipeline. A batch that meets a
-// script cache without one of its scripts (Redis restarted) is sent again
-// with the scripts whole: a script that failed with NOSCRIPT ran nothing,
-// and the plain commands sent with scripts (acks) may safely run twice.
-func (r *Redis) runPipeline(batch []*pipeCall) {
-	run := func(eval bool) {
-		pipe := r.client.Pipeline()
-		for _, call := range batch {
-			call.cmds = call.queue(pipe, eval)
-		}
-		// bounded by the client's timeouts and by the batch's deadline
-		ctx := batch[0].ctx
-		if len(batch) > 1 {
-			var cancel context.CancelFunc
-			ctx, cancel = batchContext(batch)
-			defer cancel()
-		}
-		_, _ = pipe.Exec(ctx)
+// gather adds the calls waiting on calls to batch, up to pipelineBatch
+// calls and pipelineBytes in all. It returns the batch and the call it took
+// that did not fit, if any.
+func gather(batch []*pipeCall, calls <-chan *pipeCall) ([]*pipeCall, *pipeCall) {
+	size := 0
+	for _, call := range batch {
+		size += call.size
 	}
-	run(false)
+	for len(batch) < pipelineBatch {
+		select {
+		case call := <-calls:
+			if size+call.size > pipelineBytes {
+				return batch, call
+			}
+			size += call.size
+			batch = append(batch, call)
+		default:
+			return batch, nil
+		}
+	}
+	return batch, nil
+}
+
+// runPipeline sends a batch of calls as one pipeline. The calls that meet a
+// script cache without their script (Redis restarted, SCRIPT FLUSH) are
+// sent again with the script whole: a script that failed with NOSCRIPT ran
+// nothing, and the other calls keep the results they got.
+func (r *Redis) runPipeline(batch []*pipeCall) {
+	r.exec(batch, false)
+	var again []*pipeCall
 	for _, call := range batch {
 		for _, c := range call.cmds {
 			if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-				run(true)
-				return
+				again = append(again, call)
+				break
 			}
 		}
 	}
+	if len(again) > 0 {
+		r.exec(again, true)
+	}
+}
+
+// exec sends calls as one pipeline, bounded by the client's timeouts and by
+// the calls' deadlines.
+func (r *Redis) exec(calls []*pipeCall, eval bool) {
+	pipe := r.client.Pipeline()
+	for _, call := range calls {
+		call.cmds = call.queue(pipe, eval)
+	}
+	ctx := calls[0].ctx
+	if len(calls) > 1 {
+		var cancel context.CancelFunc
+		ctx, cancel = batchContext(calls)
+		defer cancel()
+	}
+	_, err := pipe.Exec(ctx)
+	r.answered(err)
 }
 
 // batchContext ends at the latest deadline of the batch's calls: each

@@ -1,11 +1,16 @@
 package dedupe_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,7 +36,9 @@ func newClient(addr string) redis.UniversalClient {
 		DialTimeout:  500 * time.Millisecond,
 		ReadTimeout:  2 * time.Second,
 		WriteTimeout: 2 * time.Second,
-		MaxRetries:   1,
+		// as the module sets them
+		MaxRetries:       -1,
+		PipelinePoolSize: -1,
 	})
 }
 
@@ -426,5 +433,621 @@ func TestRedisAckCutOffAfterDelete(t *testing.T) {
 	}
 	if st, err := b.Stats(t.Context()); err != nil || st.Backlog != 0 {
 		t.Errorf("Stats = %+v, %v; want an empty backlog", st, err)
+	}
+}
+
+// pipelineHook lets a test see, slow down or repeat what the store sends.
+type pipelineHook struct {
+	pipeline func(next redis.ProcessPipelineHook, ctx context.Context, cmds []redis.Cmder) error
+}
+
+func (h pipelineHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h pipelineHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return next
+}
+func (h pipelineHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { return h.pipeline(next, ctx, cmds) }
+}
+
+// openHooked opens a store whose client runs hook, with a fixed clock.
+func openHooked(t *testing.T, srv *redistest.Server, prefix string, hook redis.Hook, opts dedupe.Options) *dedupe.Redis {
+	t.Helper()
+	c := newClient(srv.Addr())
+	if hook != nil {
+		c.AddHook(hook)
+	}
+	s, err := dedupe.NewRedis(t.Context(), c, dedupe.RedisConfig{Prefix: prefix, Consumer: "c1"}, opts)
+	if err != nil {
+		t.Fatalf("NewRedis: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// stampOf and entryID write times and ids as the store does.
+func stampOf(t time.Time) string { return fmt.Sprintf("%020d", t.UnixNano()) }
+
+func entryID(sid string) string {
+	ms, seq, _ := strings.Cut(sid, "-")
+	a, _ := strconv.ParseUint(ms, 10, 64)
+	b, _ := strconv.ParseUint(seq, 10, 64)
+	return fmt.Sprintf("%016d-%010d", a, b)
+}
+
+// An admit that runs twice (its reply lost and the pipeline sent again, a
+// NOSCRIPT fallback, a failover) answers Accepted with the same id both
+// times and stores the payload once.
+func TestRedisAdmitRunsTwice(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	stream := "{" + prefix + "}:q"
+	raw := newClient(srv.Addr())
+	defer raw.Close()
+	ctx := t.Context()
+
+	t.Run("script", func(t *testing.T) {
+		s := openRedis(t, srv, prefix, "c1", 0, dedupe.Options{Window: time.Hour})
+		e := &dedupe.Entry{Key: "twice", Body: []byte(`{"n":1}`)}
+		now := time.Now()
+		first, err := dedupe.RedisAdmitOnce(ctx, s, raw, e, "token-1", now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		second, err := dedupe.RedisAdmitOnce(ctx, s, raw, e, "token-1", now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(first) != 2 || first[0] != int64(0) || len(second) != 2 || second[0] != int64(0) || first[1] != second[1] {
+			t.Fatalf("the same admit twice answered %v then %v; want {0 sid} both times, the same sid", first, second)
+		}
+		if n, err := raw.XLen(ctx, stream).Result(); err != nil || n != 1 {
+			t.Fatalf("XLEN = %d, %v; want the payload stored once", n, err)
+		}
+		id := entryID(first[1].(string))
+		if b, err := s.Body(ctx, id); err != nil || string(b) != string(e.Body) {
+			t.Fatalf("Body(%s) = %q, %v; want %q", id, b, err, e.Body)
+		}
+		// another admit of the key, with its own token, is a duplicate
+		if got, err := dedupe.RedisAdmitOnce(ctx, s, raw, e, "token-2", time.Now()); err != nil || len(got) != 1 || got[0] != int64(1) {
+			t.Fatalf("a new admit of the key = %v, %v; want {1} (duplicate)", got, err)
+		}
+		// no body left on its way in, nor any without an expiry
+		keys, err := raw.Keys(ctx, "{"+prefix+"}:*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if strings.HasPrefix(k, "{"+prefix+"}:in:") {
+				t.Errorf("staged body %s left behind", k)
+			}
+		}
+		if ttl, err := raw.PTTL(ctx, "{"+prefix+"}:b:"+id).Result(); err != nil || ttl != -1 {
+			t.Errorf("body key TTL = %v, %v; want none", ttl, err)
+		}
+		if st, err := s.Stats(ctx); err != nil || st.Keys != 1 || st.Backlog != 1 {
+			t.Fatalf("Stats = %+v, %v; want 1 key and a backlog of 1", st, err)
+		}
+	})
+
+	// every pipeline the store sends runs twice, as when a reply is lost
+	// and it is sent again; after SCRIPT FLUSH every admit also meets
+	// NOSCRIPT and falls back to EVAL first
+	twice := pipelineHook{pipeline: func(next redis.ProcessPipelineHook, ctx context.Context, cmds []redis.Cmder) error {
+		_ = next(ctx, cmds)
+		return next(ctx, cmds)
+	}}
+	for _, flush := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pipeline, flushed %v", flush), func(t *testing.T) {
+			prefix := uniquePrefix()
+			s := openHooked(t, srv, prefix, twice, dedupe.Options{Window: time.Hour})
+			if flush {
+				if err := raw.ScriptFlush(ctx).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			const n = 20
+			ids := make([]string, n)
+			var wg sync.WaitGroup
+			for i := range n {
+				wg.Go(func() {
+					e := &dedupe.Entry{Key: "k" + strconv.Itoa(i), Body: []byte(`{"i":` + strconv.Itoa(i) + `}`)}
+					got, err := s.Admit(ctx, e)
+					if err != nil || got != dedupe.Accepted {
+						t.Errorf("Admit(%s) = %v, %v; want accepted", e.Key, got, err)
+						return
+					}
+					ids[i] = e.ID
+				})
+			}
+			wg.Wait()
+			if n, err := raw.XLen(ctx, "{"+prefix+"}:q").Result(); err != nil || n != int64(len(ids)) {
+				t.Fatalf("XLEN = %d, %v; want %d, each payload once", n, err, len(ids))
+			}
+			for i, id := range ids {
+				body, err := s.Body(ctx, id)
+				if want := `{"i":` + strconv.Itoa(i) + `}`; err != nil || string(body) != want {
+					t.Errorf("Body(%s) = %q, %v; want %q", id, body, err, want)
+				}
+			}
+		})
+	}
+}
+
+// walkStrings calls fn on every string in a script reply.
+func walkStrings(v any, fn func(string)) {
+	switch v := v.(type) {
+	case string:
+		fn(v)
+	case []any:
+		for _, x := range v {
+			walkStrings(x, fn)
+		}
+	}
+}
+
+// Entries and dead letters written before bodies had keys of their own keep
+// the body in field b: the claim script never returns it, and Body,
+// DeadEntry, Dead and Replay still find it.
+func TestRedisLegacyBody(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	tag := "{" + prefix + "}"
+	s := openRedis(t, srv, prefix, "c1", time.Minute, dedupe.Options{Window: time.Hour})
+	raw := newClient(srv.Addr())
+	defer raw.Close()
+	ctx := t.Context()
+
+	body := "LEGACY:" + strings.Repeat("b", 4000)
+	now := stampOf(time.Now())
+	sid, err := raw.XAdd(ctx, &redis.XAddArgs{Stream: tag + ":q", Values: []any{
+		"k", "old", "b", body, "q", "x=1", "c", "application/json", "a", "ua", "x", "192.0.2.1", "r", now, "u", now,
+	}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	claimRaw := func() []any {
+		t.Helper()
+		script, keys, args := dedupe.RedisClaimScript(s, 10, "t"+strconv.FormatInt(prefixSeq.Add(1), 10))
+		v, err := script.Run(ctx, raw, keys, args...).Slice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		walkStrings(v, func(s string) {
+			if strings.Contains(s, "LEGACY:") {
+				t.Fatalf("the claim script's reply carries the body: %.40q...", s)
+			}
+		})
+		if len(v) != 1 {
+			t.Fatalf("claim script reply %v, want one entry", v)
+		}
+		item := v[0].([]any)
+		if item[0] != sid || item[3] != int64(len(body)) {
+			t.Fatalf("claim script reply: stream id %v, body size %v; want %s, %d", item[0], item[3], sid, len(body))
+		}
+		return v
+	}
+	claimRaw() // a new entry (XREADGROUP)
+	id := entryID(sid)
+	if err := s.Release(ctx, []string{id}); err != nil {
+		t.Fatal(err)
+	}
+	claimRaw() // taken over (XAUTOCLAIM)
+	if err := s.Release(ctx, []string{id}); err != nil {
+		t.Fatal(err)
+	}
+
+	es, err := s.Claim(ctx, 10)
+	if err != nil || len(es) != 1 || es[0].ID != id {
+		t.Fatalf("Claim = %v, %v; want the legacy entry %s", es, err, id)
+	}
+	if e := es[0]; e.Body != nil || e.BodySize != len(body) || e.Damaged != "" || e.Key != "old" {
+		t.Fatalf("claimed legacy entry: %d body bytes, BodySize %d, Damaged %q, Key %q; want none, %d, none, old",
+			len(e.Body), e.BodySize, e.Damaged, e.Key, len(body))
+	}
+	if got, err := s.Body(ctx, id); err != nil || string(got) != body {
+		t.Fatalf("Body of the legacy entry: %d bytes, %v; want its %d bytes", len(got), err, len(body))
+	}
+
+	// buried, the dead letter keeps the body in its hash
+	es[0].Attempts, es[0].LastStatus = 2, 422
+	if err := s.Bury(ctx, es[0]); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.DeadEntry(ctx, id); err != nil || string(d.Body) != body || d.Attempts != 2 {
+		t.Fatalf("DeadEntry of the legacy letter: %d bytes, attempts %v, %v; want its body", len(d.Body), d.Attempts, err)
+	}
+	if l, err := s.Dead(ctx, "", 10); err != nil || len(l) != 1 || l[0].BodySize != len(body) {
+		t.Fatalf("Dead = %v, %v; want the letter with BodySize %d", l, err, len(body))
+	}
+
+	// replayed, it gets a body key and comes back whole
+	if n, err := s.Replay(ctx, nil); err != nil || n != 1 {
+		t.Fatalf("Replay = %d, %v", n, err)
+	}
+	if b, err := raw.Get(ctx, tag+":b:"+id).Result(); err != nil || b != body {
+		t.Fatalf("body key after the replay: %d bytes, %v; want the body", len(b), err)
+	}
+	claimed := claimIDs(t, s, 10)
+	if len(claimed) != 1 || claimed[0] != id {
+		t.Fatalf("Claim after the replay = %v, want [%s]", claimed, id)
+	}
+	if got, err := s.Body(ctx, id); err != nil || string(got) != body {
+		t.Fatalf("Body after the replay: %d bytes, %v", len(got), err)
+	}
+	if err := s.Ack(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := raw.Exists(ctx, tag+":b:"+id).Result(); err != nil || n != 0 {
+		t.Errorf("body key after the ack: exists %d, %v; want gone", n, err)
+	}
+}
+
+// Concurrent admits share pipelines of at most RedisPipelineBytes of
+// bodies; an admit with a body larger than that goes alone.
+func TestRedisPipelineByteBound(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	type sent struct{ cmds, bytes, big int } // admits, bytes of bodies, big bodies
+	var mu sync.Mutex
+	var log []sent
+	const bigSize = dedupe.RedisPipelineBytes + 1<<19
+	hook := pipelineHook{pipeline: func(next redis.ProcessPipelineHook, ctx context.Context, cmds []redis.Cmder) error {
+		var p sent
+		for _, c := range cmds {
+			if c.Name() == "evalsha" {
+				p.cmds++ // one admit
+			}
+			for _, a := range c.Args() {
+				if b, ok := a.([]byte); ok {
+					p.bytes += len(b)
+					if len(b) == bigSize {
+						p.big++
+					}
+				}
+			}
+		}
+		mu.Lock()
+		log = append(log, p)
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond) // a slow Redis, so that calls queue up
+		return next(ctx, cmds)
+	}}
+	s := openHooked(t, srv, uniquePrefix(), hook, dedupe.Options{Window: time.Hour})
+
+	const n = 40
+	var wg sync.WaitGroup
+	for i := range n + 1 {
+		wg.Go(func() {
+			size := 100 << 10
+			if i == n/2 {
+				size = bigSize
+			}
+			e := &dedupe.Entry{Key: "k" + strconv.Itoa(i), Body: make([]byte, size)}
+			if got, err := s.Admit(t.Context(), e); err != nil || got != dedupe.Accepted {
+				t.Errorf("Admit(%d bytes) = %v, %v", size, got, err)
+			}
+		})
+	}
+	wg.Wait()
+	shared, bigs := 0, 0
+	for _, p := range log {
+		if p.big > 0 {
+			bigs++
+			if p.cmds != 1 {
+				t.Errorf("the %d-byte admit shared a pipeline with %d other admits", bigSize, p.cmds-1)
+			}
+			continue
+		}
+		if p.cmds > 1 {
+			shared++
+		}
+		if p.bytes > dedupe.RedisPipelineBytes {
+			t.Errorf("a pipeline of %d admits carried %d bytes of bodies, more than %d", p.cmds, p.bytes, dedupe.RedisPipelineBytes)
+		}
+	}
+	if bigs != 1 {
+		t.Errorf("the big admit went in %d pipelines, want 1", bigs)
+	}
+	if shared == 0 {
+		t.Errorf("no pipeline carried more than one admit: %v", log)
+	}
+	t.Logf("%d pipelines, %d shared", len(log), shared)
+}
+
+// Dead letters written before {p}:deadt existed are trimmed too, oldest
+// queued first, with their bodies.
+func TestRedisTrimLegacyDeadLetters(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	tag := "{" + prefix + "}"
+	clock := storetest.NewClock()
+	s := openRedis(t, srv, prefix, "c1", time.Minute, dedupe.Options{Window: time.Hour, Now: clock.Now})
+	raw := newClient(srv.Addr())
+	defer raw.Close()
+	ctx := t.Context()
+
+	start := clock.Now()
+	var legacy []string
+	for i := range 3 {
+		id := fmt.Sprintf("%016d-%010d", start.UnixMilli()+int64(i), 0)
+		queued := stampOf(start.Add(time.Duration(i) * time.Minute))
+		if err := raw.HSet(ctx, tag+":dead:"+id, "i", id, "k", "old"+strconv.Itoa(i), "b", "legacy body",
+			"r", queued, "u", queued, "n", "5", "s", "500", "e", "upstream answered 500").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := raw.ZAdd(ctx, tag+":dead", redis.Z{Member: id}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		legacy = append(legacy, id)
+	}
+	clock.Advance(time.Hour)
+	fresh := admit(t, s, "new")
+	if got := claimIDs(t, s, 1); len(got) != 1 {
+		t.Fatalf("claimed %v", got)
+	}
+	if err := s.Bury(ctx, fresh); err != nil {
+		t.Fatal(err)
+	}
+
+	// by count: the two oldest legacy letters, by their queued time
+	gone, err := s.TrimDead(ctx, 2, time.Time{}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gone) != 2 || gone[0].ID != legacy[0] || gone[1].ID != legacy[1] {
+		t.Fatalf("TrimDead(max 2) removed %v, want %v", gone, legacy[:2])
+	}
+	if e := gone[0]; e.Key != "old0" || e.Attempts != 5 || e.LastStatus != 500 || e.LastError != "upstream answered 500" ||
+		!e.Died.Equal(start) || e.Body != nil {
+		t.Errorf("trimmed legacy letter = %+v; want key old0, its attempt, Died at its queued time %v, no body", e, start)
+	}
+	for _, id := range legacy[:2] {
+		if n, _ := raw.Exists(ctx, tag+":dead:"+id).Result(); n != 0 {
+			t.Errorf("the hash of trimmed %s is still there", id)
+		}
+	}
+	// by age: the last legacy letter died (was queued) before the cutoff,
+	// the fresh one after it
+	gone, err = s.TrimDead(ctx, 0, start.Add(30*time.Minute), 10)
+	if err != nil || len(gone) != 1 || gone[0].ID != legacy[2] {
+		t.Fatalf("TrimDead(cutoff) = %v, %v; want [%s]", gone, err, legacy[2])
+	}
+	left, err := s.Dead(ctx, "", 10)
+	if err != nil || len(left) != 1 || left[0].ID != fresh.ID || !left[0].Died.Equal(clock.Now()) {
+		t.Fatalf("Dead after trimming = %v, %v; want only %s, died %v", left, err, fresh.ID, clock.Now())
+	}
+	if st, err := s.Stats(ctx); err != nil || st.Dead != 1 {
+		t.Fatalf("Stats = %+v, %v; want 1 dead letter", st, err)
+	}
+	if n, err := raw.ZCard(ctx, tag+":deadt").Result(); err != nil || n != 1 {
+		t.Errorf("died index holds %d, %v; want 1", n, err)
+	}
+}
+
+// Stats fills the died index in for legacy dead letters too.
+func TestRedisStatsIndexesLegacyDeadLetters(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	tag := "{" + prefix + "}"
+	s := openRedis(t, srv, prefix, "c1", time.Minute, dedupe.Options{Window: time.Hour})
+	raw := newClient(srv.Addr())
+	defer raw.Close()
+	ctx := t.Context()
+	const n = 600 // more than one backfill step
+	pipe := raw.Pipeline()
+	for i := range n {
+		id := fmt.Sprintf("%016d-%010d", 1700000000000+i, 0)
+		pipe.HSet(ctx, tag+":dead:"+id, "i", id, "k", "k"+strconv.Itoa(i), "u", stampOf(time.UnixMilli(1700000000000+int64(i))))
+		pipe.ZAdd(ctx, tag+":dead", redis.Z{Member: id})
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Stats(ctx); err != nil || st.Dead != n {
+		t.Fatalf("Stats = %+v, %v", st, err)
+	}
+	if got, err := raw.ZCard(ctx, tag+":deadt").Result(); err != nil || got != n {
+		t.Fatalf("died index holds %d, %v; want %d", got, err, n)
+	}
+	gone, err := s.TrimDead(ctx, n-1, time.Time{}, 10)
+	if err != nil || len(gone) != 1 || gone[0].Key != "k0" {
+		t.Fatalf("TrimDead(max %d) = %v, %v; want the oldest, k0", n-1, gone, err)
+	}
+}
+
+// Claim hands out what it cannot read as Damaged instead of failing, and
+// Bury buries it.
+func TestRedisDamagedEntries(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	tag := "{" + prefix + "}"
+	s := openRedis(t, srv, prefix, "c1", time.Minute, dedupe.Options{Window: time.Hour})
+	raw := newClient(srv.Addr())
+	defer raw.Close()
+	ctx := t.Context()
+
+	good := admit(t, s, "good")
+	badID, err := raw.XAdd(ctx, &redis.XAddArgs{Stream: tag + ":q", Values: []any{"k", "bad id", "i", "not-an-id"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	noBody, err := raw.XAdd(ctx, &redis.XAddArgs{Stream: tag + ":q", Values: []any{"k", "no body"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	es, err := s.Claim(ctx, 10)
+	if err != nil || len(es) != 3 {
+		t.Fatalf("Claim = %v, %v; want 3 entries", es, err)
+	}
+	if es[0].ID != good.ID || es[0].Damaged != "" {
+		t.Errorf("the good entry: %+v", es[0])
+	}
+	for i, sid := range []string{badID, noBody} {
+		e := es[i+1]
+		if want := entryID(sid); e.ID != want || e.Damaged == "" {
+			t.Errorf("damaged entry %s: ID %q, Damaged %q; want ID %s and a reason", sid, e.ID, e.Damaged, want)
+		}
+		if err := s.Bury(ctx, e); err != nil {
+			t.Fatalf("Bury(%s): %v", e.ID, err)
+		}
+		d, err := s.DeadEntry(ctx, e.ID)
+		if err != nil || !strings.Contains(d.LastError, e.Damaged) {
+			t.Errorf("dead letter of a damaged entry = %+v, %v; want the reason %q kept", d, err, e.Damaged)
+		}
+	}
+	if st, err := s.Stats(ctx); err != nil || st.Backlog != 1 || st.Dead != 2 {
+		t.Errorf("Stats = %+v, %v; want backlog 1, dead 2", st, err)
+	}
+}
+
+// Keys are counted by the minute they expire in; past it they are not, and
+// the count's stale fields go.
+func TestRedisKeysExpireByTheMinute(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	clock := storetest.NewClock()
+	s := openRedis(t, srv, prefix, "c1", time.Minute, dedupe.Options{Window: time.Hour, Now: clock.Now})
+	raw := newClient(srv.Addr())
+	defer raw.Close()
+	admit(t, s, "a")
+	clock.Advance(2 * time.Minute)
+	admit(t, s, "b")
+	st, err := s.Stats(t.Context())
+	if err != nil || st.Keys != 2 {
+		t.Fatalf("Stats = %+v, %v; want 2 keys", st, err)
+	}
+	clock.Advance(time.Hour - time.Minute) // a expired a minute ago, b expires in a minute
+	if st, err = s.Stats(t.Context()); err != nil || st.Keys != 1 {
+		t.Fatalf("Stats an hour on = %+v, %v; want 1 key", st, err)
+	}
+	if n, err := raw.HLen(t.Context(), "{"+prefix+"}:kc").Result(); err != nil || n != 1 {
+		t.Errorf("key count hash has %d fields, %v; want the stale one gone", n, err)
+	}
+}
+
+// processHook lets a test meddle with single commands.
+type processHook struct {
+	process func(next redis.ProcessHook, ctx context.Context, cmd redis.Cmder) error
+}
+
+func (h processHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h processHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { return h.process(next, ctx, cmd) }
+}
+func (h processHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A claim that ran but whose reply was lost (Redis killed after running it,
+// a read timeout) does not strand what it took until the visibility
+// timeout: the next claim hands it out.
+func TestRedisClaimReplyLost(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	script, _, _ := dedupe.RedisClaimScript(nil, 0, "")
+	var lose atomic.Bool
+	errLost := errors.New("connection reset by peer (test)")
+	hook := processHook{process: func(next redis.ProcessHook, ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if args := cmd.Args(); len(args) > 1 && args[1] == script.Hash() && lose.CompareAndSwap(true, false) {
+			cmd.SetErr(errLost) // it ran; the reply never came
+			return errLost
+		}
+		return err
+	}}
+	s := openHooked(t, srv, uniquePrefix(), hook, dedupe.Options{Window: time.Hour})
+	a := admit(t, s, "a")
+	b := admit(t, s, "b")
+
+	lose.Store(true)
+	if es, err := s.Claim(t.Context(), 10); err == nil {
+		t.Fatalf("Claim with its reply lost = %v, want an error", es)
+	}
+	c := admit(t, s, "c")
+	got := claimIDs(t, s, 10)
+	if len(got) != 3 || got[0] != a.ID || got[1] != b.ID || got[2] != c.ID {
+		t.Fatalf("Claim after a lost reply = %v, want %v", got, []string{a.ID, b.ID, c.ID})
+	}
+	if got := claimIDs(t, s, 10); len(got) != 0 {
+		t.Fatalf("Claim again = %v, want nothing", got)
+	}
+	// the same holds with less room than the lost claim took
+	d := admit(t, s, "d")
+	e := admit(t, s, "e")
+	lose.Store(true)
+	if _, err := s.Claim(t.Context(), 10); err == nil {
+		t.Fatal("Claim with its reply lost: no error")
+	}
+	if got := claimIDs(t, s, 1); len(got) != 1 || got[0] != d.ID {
+		t.Fatalf("Claim(1) after a lost reply = %v, want [%s]", got, d.ID)
+	}
+	if got := claimIDs(t, s, 10); len(got) != 1 || got[0] != e.ID {
+		t.Fatalf("the next Claim = %v, want [%s], released by the one before", got, e.ID)
+	}
+}
+
+// Just after Redis came back, go-redis fails some dials at once for up to a
+// second: an admit that meets one waits for Redis rather than answer 503,
+// while with Redis down it fails at once.
+func TestRedisAdmitRidesOutFailedDials(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	var failing atomic.Int32 // pipelines still to fail as an undialable Redis does
+	hook := pipelineHook{pipeline: func(next redis.ProcessPipelineHook, ctx context.Context, cmds []redis.Cmder) error {
+		if failing.Add(-1) >= 0 {
+			err := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+			for _, c := range cmds {
+				c.SetErr(err)
+			}
+			return err
+		}
+		failing.Store(0)
+		return next(ctx, cmds)
+	}}
+	s := openHooked(t, srv, uniquePrefix(), hook, dedupe.Options{Window: time.Hour})
+
+	// down: the admit fails at once
+	failing.Store(1000)
+	start := time.Now()
+	if got, err := s.Admit(t.Context(), &dedupe.Entry{Key: "down"}); err == nil {
+		t.Fatalf("Admit with every dial failing = %v, want an error", got)
+	}
+	if took := time.Since(start); took > 200*time.Millisecond {
+		t.Errorf("Admit with Redis down took %s, want a quick failure", took)
+	}
+	// back: one call gets through, then a few dials fail
+	failing.Store(0)
+	admit(t, s, "back")
+	failing.Store(3)
+	admit(t, s, "flap")
+	if n := failing.Load(); n != 0 {
+		t.Errorf("%d failed dials left", n)
+	}
+}
+
+// Large bodies are read a chunk at a time and come back whole.
+func TestRedisLargeBodyInChunks(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openRedis(t, srv, uniquePrefix(), "c1", time.Minute, dedupe.Options{Window: time.Hour})
+	body := make([]byte, 2<<20+12345)
+	for i := range body {
+		body[i] = byte(i*31 + i>>10)
+	}
+	e := &dedupe.Entry{Key: "big", Body: body}
+	if got, err := s.Admit(t.Context(), e); err != nil || got != dedupe.Accepted {
+		t.Fatalf("Admit = %v, %v", got, err)
+	}
+	es, err := s.Claim(t.Context(), 1)
+	if err != nil || len(es) != 1 || es[0].BodySize != len(body) {
+		t.Fatalf("Claim = %v, %v; want the entry with BodySize %d", es, err, len(body))
+	}
+	got, err := s.Body(t.Context(), e.ID)
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("Body: %d bytes, %v; want the %d admitted", len(got), err, len(body))
+	}
+	if err := s.Bury(t.Context(), es[0]); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.DeadEntry(t.Context(), e.ID)
+	if err != nil || !bytes.Equal(d.Body, body) {
+		t.Fatalf("DeadEntry: %d bytes, %v; want the %d admitted", len(d.Body), err, len(body))
 	}
 }

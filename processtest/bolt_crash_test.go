@@ -57,8 +57,14 @@ func sendAll(t *testing.T, in *Instance, n int) {
 // was delivered twice.
 func waitDelivered(t *testing.T, up *Upstream, n int, timeout time.Duration) {
 	t.Helper()
-	Eventually(t, timeout, func() bool { return len(up.Delivered()) >= n },
-		"%d of %d payloads delivered", len(up.Delivered()), n)
+	deadline := time.Now().Add(timeout)
+	for len(up.Delivered()) < n {
+		if time.Now().After(deadline) {
+			// counted now, not when the wait began
+			t.Fatalf("after %s: %d of %d payloads delivered", timeout, len(up.Delivered()), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	got := up.Delivered()
 	if len(got) != n {
 		t.Errorf("%d distinct keys delivered, want %d", len(got), n)

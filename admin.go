@@ -128,11 +128,15 @@ func overview(ctx context.Context) []relayStatus {
 			UpstreamHost: rl.upstreamHost(),
 			InFlight:     rl.engine.InFlight(),
 			MemoryBytes:  rl.memory.Used(),
-			DeadDropped:  counterValue(metrics.deadDrops, rl.name),
-			Requests:     counterValues(metrics.requests, rl.name, "outcome"),
-			Deliveries:   counterValues(metrics.deliveries, rl.name, "result"),
 		}
-		if st, err := rl.store.Stats(ctx); err != nil {
+		// The store first, the totals after it: a delivery is counted
+		// before it leaves the queue, so totals read later always include
+		// every delivery the backlog no longer shows.
+		st, err := rl.store.Stats(ctx)
+		s.DeadDropped = counterValue(metrics.deadDrops, rl.name)
+		s.Requests = counterValues(metrics.requests, rl.name, "outcome")
+		s.Deliveries = counterValues(metrics.deliveries, rl.name, "result")
+		if err != nil {
 			s.Error = "store unavailable: " + err.Error()
 		} else {
 			s.Backlog, s.DeadLetters, s.Keys = st.Backlog, st.Dead, st.Keys

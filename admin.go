@@ -126,13 +126,13 @@ func overview(ctx context.Context) []relayStatus {
 			Name:         rl.name,
 			Store:        rl.storeIdentity,
 			UpstreamHost: rl.upstreamHost(),
-			InFlight:     rl.engine.InFlight(),
 			MemoryBytes:  rl.memory.Used(),
 		}
 		// The store first, the totals after it: a delivery is counted
 		// before it leaves the queue, so totals read later always include
 		// every delivery the backlog no longer shows.
 		st, err := rl.store.Stats(ctx)
+		s.InFlight = rl.engine.InFlight() // after the store too: an attempt leaves it first
 		s.DeadDropped = counterValue(metrics.deadDrops, rl.name)
 		s.Requests = counterValues(metrics.requests, rl.name, "outcome")
 		s.Deliveries = counterValues(metrics.deliveries, rl.name, "result")

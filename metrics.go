@@ -165,6 +165,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		st, err := r.store.Stats(ctx)
 		cancel()
+		// read after the store: an attempt leaves InFlight before its
+		// payload leaves the queue
 		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(r.engine.InFlight()), r.name)
 		ch <- prometheus.MustNewConstMetric(c.memory, prometheus.GaugeValue, float64(r.memory.Used()), r.name)
 		if err != nil {

@@ -235,10 +235,7 @@ func (e *Engine) run() {
 	defer trim.Stop()
 	e.trimDead()
 
-	free := func() {
-		running--
-		e.inFlight.Add(-1)
-	}
+	free := func() { running-- }
 	finish := func(r result) {
 		busy--
 		if r.done {
@@ -394,7 +391,7 @@ func (e *Engine) deliver(s *Settings, h *held) {
 	}
 
 	if h.acked {
-		e.freed <- struct{}{}
+		e.freePlace()
 		h.leaving.Store(true)
 		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 		defer cancel()
@@ -408,14 +405,14 @@ func (e *Engine) deliver(s *Settings, h *held) {
 	}
 
 	if ent.Damaged != "" {
-		e.freed <- struct{}{}
+		e.freePlace()
 		e.buryDamaged(log, h, retryIn)
 		return
 	}
 
 	taken, err := e.loadBody(ent)
 	if err != nil {
-		e.freed <- struct{}{}
+		e.freePlace()
 		switch {
 		case errors.Is(err, dedupe.ErrNotFound):
 			e.results <- result{h: h, done: true} // gone from the queue, see Bury
@@ -440,7 +437,7 @@ func (e *Engine) deliver(s *Settings, h *held) {
 	if e.cfg.Budget != nil {
 		e.cfg.Budget.GiveFromDelivery(taken)
 	}
-	e.freed <- struct{}{}
+	e.freePlace()
 	ent.LastStatus, ent.LastError = o.status, o.reason
 	// the bookkeeping's own time starts now, not before a slow upstream
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
@@ -632,6 +629,14 @@ func (e *Engine) trimOnce(s *Settings) {
 			return
 		}
 	}
+}
+
+// freePlace gives the attempt's concurrency place back. InFlight drops
+// here, before the entry's bookkeeping, so no one sees an empty backlog with
+// an attempt still counted in flight.
+func (e *Engine) freePlace() {
+	e.inFlight.Add(-1)
+	e.freed <- struct{}{}
 }
 
 // logger is the newest config's logger.

@@ -12,7 +12,7 @@ import (
 	"unicode"
 )
 
-// TestAck walks the ack path's table (DESIGN.md, "The ack path") through a
+// TestAck walks the ack path's table (README, "Responses") through a
 // real Caddy, one subtest per row. Four relays share the config:
 //
 //	/ack    auth_query token with two secrets (rotation)

@@ -103,7 +103,7 @@ func TestConfigErrorUnsetSecret(t *testing.T) {
 	})
 }
 
-// TestConfigErrorSecretPartlyEmpty: DESIGN.md says a placeholder that
+// TestConfigErrorSecretPartlyEmpty: the README says a placeholder that
 // resolves to empty is a configuration error, not an open door. A secret
 // written as "whk_{env.UNSET}" would otherwise be the public string "whk_".
 func TestConfigErrorSecretPartlyEmpty(t *testing.T) {

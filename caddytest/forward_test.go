@@ -8,8 +8,8 @@ import (
 	"testing"
 )
 
-// TestForwardShape checks the request the upstream gets (DESIGN.md, "The
-// delivery path"): the body byte-identical, the upstream's path and query
+// TestForwardShape checks the request the upstream gets (the README's
+// Delivery section): the body byte-identical, the upstream's path and query
 // plus the incoming query minus every auth parameter, the sender's
 // Content-Type and User-Agent, X-Forwarded-For, an Idempotency-Key that
 // stays the same across the retries of one payload, the attempt number

@@ -36,8 +36,8 @@ type outcome struct {
 }
 
 // buildRequest makes the forwarded request: the body byte-identical, the
-// upstream URL plus the stored (auth-free) query, and the headers DESIGN.md
-// lists. It is put together field by field rather than through
+// upstream URL plus the stored (auth-free) query, and the headers the README
+// lists under Delivery. It is put together field by field rather than through
 // http.NewRequest, which would print the URL only to parse it again.
 func buildRequest(ctx context.Context, s *Settings, e *dedupe.Entry, attempt int) *http.Request {
 	u := *s.Upstream

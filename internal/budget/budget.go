@@ -109,13 +109,6 @@ func (b *Budget) Used() int64 {
 	return b.used
 }
 
-// Limit reports the budget's size.
-func (b *Budget) Limit() int64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.limit
-}
-
 func (b *Budget) wakeLocked() {
 	close(b.freed)
 	b.freed = make(chan struct{})

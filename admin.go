@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 func init() {
@@ -100,15 +100,21 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	if rl == nil {
 		return apiError(http.StatusNotFound, fmt.Sprintf("no relay named %q is running", parts[0]))
 	}
+	var dead queue.DeadLetters = rl.store
 	switch {
 	case len(parts) == 2 && parts[1] == "dead" && r.Method == http.MethodGet:
-		return listDead(w, r, rl)
+		return listDead(w, r, dead)
 	case len(parts) == 3 && parts[1] == "dead" && parts[2] == "replay" && r.Method == http.MethodPost:
-		return replayDead(w, r, rl)
+		n, err := replayDead(r, dead)
+		if err != nil {
+			return err
+		}
+		rl.engine.Wake()
+		return writeJSON(w, http.StatusOK, map[string]int{"replayed": n})
 	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodGet:
-		return getDead(w, r, rl, parts[2])
+		return getDead(w, r, dead, parts[2])
 	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodDelete:
-		if err := rl.store.DeleteDead(r.Context(), parts[2]); err != nil {
+		if err := dead.DeleteDead(r.Context(), parts[2]); err != nil {
 			return storeError(err, parts[2])
 		}
 		return writeJSON(w, http.StatusOK, map[string]string{"deleted": parts[2]})
@@ -154,7 +160,7 @@ func overview(ctx context.Context) []relayStatus {
 	return out
 }
 
-func listDead(w http.ResponseWriter, r *http.Request, rl *relay) error {
+func listDead(w http.ResponseWriter, r *http.Request, dead queue.DeadLetters) error {
 	limit := 100
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -163,7 +169,7 @@ func listDead(w http.ResponseWriter, r *http.Request, rl *relay) error {
 		}
 		limit = n
 	}
-	entries, err := rl.store.Dead(r.Context(), r.URL.Query().Get("after"), limit)
+	entries, err := dead.Dead(r.Context(), r.URL.Query().Get("after"), limit)
 	if err != nil {
 		return storeError(err, "")
 	}
@@ -180,39 +186,39 @@ func listDead(w http.ResponseWriter, r *http.Request, rl *relay) error {
 	return writeJSON(w, http.StatusOK, page)
 }
 
-func getDead(w http.ResponseWriter, r *http.Request, rl *relay, id string) error {
-	e, err := rl.store.DeadEntry(r.Context(), id)
+func getDead(w http.ResponseWriter, r *http.Request, dead queue.DeadLetters, id string) error {
+	e, err := dead.DeadEntry(r.Context(), id)
 	if err != nil {
 		return storeError(err, id)
 	}
 	return writeJSON(w, http.StatusOK, viewDead(e, true))
 }
 
-func replayDead(w http.ResponseWriter, r *http.Request, rl *relay) error {
+// replayDead replays what the request names and says how many went back.
+func replayDead(r *http.Request, dead queue.DeadLetters) (int, error) {
 	var req struct {
 		IDs []string `json:"ids"`
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	if err != nil {
-		return apiError(http.StatusBadRequest, "reading the request: "+err.Error())
+		return 0, apiError(http.StatusBadRequest, "reading the request: "+err.Error())
 	}
 	if len(strings.TrimSpace(string(body))) > 0 {
 		if err := json.Unmarshal(body, &req); err != nil {
-			return apiError(http.StatusBadRequest, `want no body (replay all) or {"ids":["<id>", ...]}`)
+			return 0, apiError(http.StatusBadRequest, `want no body (replay all) or {"ids":["<id>", ...]}`)
 		}
 		if req.IDs == nil {
 			req.IDs = []string{} // {"ids":null} or {} replays nothing, never everything
 		}
 	}
-	n, err := rl.store.Replay(r.Context(), req.IDs)
+	n, err := dead.Replay(r.Context(), req.IDs)
 	if err != nil {
-		return storeError(err, "")
+		return 0, storeError(err, "")
 	}
-	rl.engine.Wake()
-	return writeJSON(w, http.StatusOK, map[string]int{"replayed": n})
+	return n, nil
 }
 
-func viewDead(e *dedupe.Entry, withBody bool) deadLetter {
+func viewDead(e *queue.Entry, withBody bool) deadLetter {
 	d := deadLetter{
 		ID: e.ID, Key: e.Key, Received: e.Received, Attempts: e.Attempts, Died: e.Died,
 		LastStatus: e.LastStatus, LastError: e.LastError, BodySize: max(e.BodySize, len(e.Body)),
@@ -228,7 +234,7 @@ func viewDead(e *dedupe.Entry, withBody bool) deadLetter {
 	return d
 }
 
-func findRelay(name string) *relay {
+func findRelay(name string) *pooledRelay {
 	for _, rl := range openRelays() {
 		if rl.name == name {
 			return rl
@@ -273,7 +279,7 @@ func counterValue(vec *prometheus.CounterVec, relayName string) int64 {
 }
 
 func storeError(err error, id string) error {
-	if errors.Is(err, dedupe.ErrNotFound) {
+	if errors.Is(err, queue.ErrNotFound) {
 		return apiError(http.StatusNotFound, fmt.Sprintf("no dead letter with id %q", id))
 	}
 	return apiError(http.StatusServiceUnavailable, "store unavailable: "+err.Error())

@@ -12,8 +12,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // untouchable is a request body that fails the test if anything reads it.
@@ -43,7 +43,7 @@ func (b *brokenBody) Read(p []byte) (int, error) {
 
 // statusOf runs r through h and returns the status, from the recorder or
 // from the returned caddyhttp.HandlerError.
-func statusOf(t *testing.T, h *Relay, r *http.Request) (int, *httptest.ResponseRecorder) {
+func statusOf(t *testing.T, h *Handler, r *http.Request) (int, *httptest.ResponseRecorder) {
 	t.Helper()
 	w := httptest.NewRecorder()
 	err := h.ServeHTTP(w, r, nil)
@@ -171,7 +171,7 @@ func TestBadInputStoredQueryHasNoToken(t *testing.T) {
 				t.Fatalf("status %d %q, want 200 accepted", got, w.Body.String())
 			}
 			e, a, err := rec.take()
-			if e == nil || a != dedupe.Accepted || err != nil {
+			if e == nil || a != queue.Accepted || err != nil {
 				t.Fatalf("store: %v %v", a, err)
 			}
 			if e.Request.RawQuery != tc.stored {

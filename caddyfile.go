@@ -2,15 +2,14 @@ package webhookrelay
 
 import (
 	"net/http"
-	"strconv"
-	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/caddyfilearg"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/dustin/go-humanize"
 )
 
 func init() {
@@ -19,7 +18,7 @@ func init() {
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	r := new(Relay)
+	r := new(Handler)
 	err := r.UnmarshalCaddyfile(h.Dispenser)
 	return r, err
 }
@@ -48,7 +47,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 // auth_query and header_up may be repeated; every other subdirective may
 // appear once.
-func (h *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		h.Upstream = d.Val()
@@ -103,7 +102,7 @@ func (h *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 
 		case "window":
-			dur, err := parseDuration(d)
+			dur, err := caddyfilearg.Duration(d)
 			if err != nil {
 				return err
 			}
@@ -114,7 +113,7 @@ func (h *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			name := d.Val()
-			modID := "webhook_relay.stores." + name
+			modID := "http.webhook_relay.stores." + name
 			if _, err := caddy.GetModule(modID); err != nil {
 				return d.Errf("unknown store '%s': use memory, bolt or redis", name)
 			}
@@ -125,67 +124,67 @@ func (h *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.StoreRaw = caddyconfig.JSONModuleObject(unm, "type", name, nil)
 
 		case "max_body":
-			size, err := parseSize(d, "32MiB")
+			size, err := caddyfilearg.Size(d, "32MiB")
 			if err != nil {
 				return err
 			}
 			h.MaxBody = size
 
 		case "max_memory":
-			size, err := parseSize(d, "256MiB")
+			size, err := caddyfilearg.Size(d, "256MiB")
 			if err != nil {
 				return err
 			}
 			h.MaxMemory = size
 
 		case "body_timeout":
-			dur, err := parseDuration(d)
+			dur, err := caddyfilearg.Duration(d)
 			if err != nil {
 				return err
 			}
 			h.BodyTimeout = caddy.Duration(dur)
 
 		case "max_dead":
-			n, err := parsePositiveInt(d)
+			n, err := caddyfilearg.Int(d, 1)
 			if err != nil {
 				return err
 			}
 			h.MaxDead = n
 
 		case "dead_retention":
-			dur, err := parseDuration(d)
+			dur, err := caddyfilearg.Duration(d)
 			if err != nil {
 				return err
 			}
 			h.DeadRetention = caddy.Duration(dur)
 
 		case "max_backlog":
-			n, err := parsePositiveInt(d)
+			n, err := caddyfilearg.Int(d, 1)
 			if err != nil {
 				return err
 			}
 			h.MaxBacklog = n
 
 		case "timeout":
-			dur, err := parseDuration(d)
+			dur, err := caddyfilearg.Duration(d)
 			if err != nil {
 				return err
 			}
 			h.Timeout = caddy.Duration(dur)
 
 		case "concurrency":
-			n, err := parsePositiveInt(d)
+			n, err := caddyfilearg.Int(d, 1)
 			if err != nil {
 				return err
 			}
 			h.Concurrency = n
 
 		case "backoff":
-			initial, err := durationArg(d, sub)
+			initial, err := caddyfilearg.NextDuration(d, sub)
 			if err != nil {
 				return err
 			}
-			maximum, err := durationArg(d, sub)
+			maximum, err := caddyfilearg.NextDuration(d, sub)
 			if err != nil {
 				return err
 			}
@@ -195,7 +194,7 @@ func (h *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.BackoffInitial, h.BackoffMax = caddy.Duration(initial), caddy.Duration(maximum)
 
 		case "give_up_after":
-			dur, err := parseDuration(d)
+			dur, err := caddyfilearg.Duration(d)
 			if err != nil {
 				return err
 			}
@@ -218,55 +217,5 @@ func (h *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// parseDuration reads the subdirective's only argument as a positive duration.
-func parseDuration(d *caddyfile.Dispenser) (time.Duration, error) {
-	sub := d.Val()
-	dur, err := durationArg(d, sub)
-	if err == nil && d.NextArg() {
-		return 0, d.ArgErr()
-	}
-	return dur, err
-}
-
-// durationArg reads the next argument as a positive duration.
-func durationArg(d *caddyfile.Dispenser, sub string) (time.Duration, error) {
-	if !d.NextArg() {
-		return 0, d.ArgErr()
-	}
-	dur, err := caddy.ParseDuration(d.Val())
-	if err != nil || dur <= 0 {
-		return 0, d.Errf("%s: bad duration '%s', want e.g. 30s, 5m or 24h", sub, d.Val())
-	}
-	return dur, nil
-}
-
-// parseSize reads the subdirective's only argument as a positive size in
-// bytes, such as 32MiB.
-func parseSize(d *caddyfile.Dispenser, example string) (int64, error) {
-	sub := d.Val()
-	var s string
-	if !d.AllArgs(&s) {
-		return 0, d.ArgErr()
-	}
-	size, err := humanize.ParseBytes(s)
-	if err != nil || size == 0 || size > 1<<62 {
-		return 0, d.Errf("%s: bad size '%s', want e.g. %s", sub, s, example)
-	}
-	return int64(size), nil
-}
-
-func parsePositiveInt(d *caddyfile.Dispenser) (int, error) {
-	sub := d.Val()
-	var s string
-	if !d.AllArgs(&s) {
-		return 0, d.ArgErr()
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		return 0, d.Errf("%s: want a positive whole number, got '%s'", sub, s)
-	}
-	return n, nil
-}
-
 // Interface guard
-var _ caddyfile.Unmarshaler = (*Relay)(nil)
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -19,7 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // fuzzSecret is the token of the relay provisioned() sets up.
@@ -29,15 +29,15 @@ const fuzzSecret = "s3cret"
 // the last entry passed to Admit and what Admit answered, so that a test
 // can see what was written (the stored query in particular).
 type recordingStore struct {
-	dedupe.Store
+	queue.Admitter
 	mu        sync.Mutex
-	last      *dedupe.Entry
-	admission dedupe.Admission
+	last      *queue.Entry
+	admission queue.Admission
 	err       error
 }
 
-func (s *recordingStore) Admit(ctx context.Context, e *dedupe.Entry) (dedupe.Admission, error) {
-	a, err := s.Store.Admit(ctx, e)
+func (s *recordingStore) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, error) {
+	a, err := s.Admitter.Admit(ctx, e)
 	s.mu.Lock()
 	s.last, s.admission, s.err = e, a, err
 	s.mu.Unlock()
@@ -45,7 +45,7 @@ func (s *recordingStore) Admit(ctx context.Context, e *dedupe.Entry) (dedupe.Adm
 }
 
 // take returns the last Admit's entry and result, and forgets them.
-func (s *recordingStore) take() (*dedupe.Entry, dedupe.Admission, error) {
+func (s *recordingStore) take() (*queue.Entry, queue.Admission, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, a, err := s.last, s.admission, s.err
@@ -57,11 +57,11 @@ func (s *recordingStore) take() (*dedupe.Entry, dedupe.Admission, error) {
 // around its store for the ack path; the delivery engine keeps the
 // original, which is the same store underneath. The window is shortened so
 // that a long fuzz run does not pile up dedupe markers.
-func recorded(tb testing.TB, name string) (*Relay, *recordingStore) {
+func recorded(tb testing.TB, name string) (*Handler, *recordingStore) {
 	h := provisioned(tb, name)
-	rec := &recordingStore{Store: h.relay.store}
+	rec := &recordingStore{Admitter: h.admitter}
 	h.relay.store.SetLimits(time.Minute, DefaultMaxBacklog)
-	h.relay.store = rec
+	h.admitter = rec
 	return h, rec
 }
 
@@ -167,7 +167,7 @@ func FuzzServeHTTP(f *testing.F) {
 		err := h.ServeHTTP(w, r, nil)
 
 		entry, admission, admitErr := rec.take()
-		stored := entry != nil && admitErr == nil && admission == dedupe.Accepted
+		stored := entry != nil && admitErr == nil && admission == queue.Accepted
 
 		status := http.StatusOK
 		if err != nil {
@@ -238,7 +238,7 @@ func FuzzServeHTTP(f *testing.F) {
 				rest = rest[i+len(part):]
 			}
 		case `{"status":"duplicate"}` + "\n":
-			if stored || admission != dedupe.Duplicate {
+			if stored || admission != queue.Duplicate {
 				t.Fatalf("answered duplicate, but the store said %v, %v", admission, admitErr)
 			}
 		default:
@@ -252,14 +252,14 @@ func fuzzCaddyfileSite(rest string) string {
 	return ":8080 {\n\twebhook_relay " + rest + "\n\trespond 404\n}\n"
 }
 
-// FuzzCaddyfile feeds random text after "webhook_relay" to the Relay's
+// FuzzCaddyfile feeds random text after "webhook_relay" to the Handler's
 // UnmarshalCaddyfile and to the whole Caddyfile adapter. Neither may
 // panic; each either fails or gives a config that marshals to JSON, and
-// the Relay's JSON survives a round trip through json.Unmarshal.
+// the Handler's JSON survives a round trip through json.Unmarshal.
 func FuzzCaddyfile(f *testing.F) {
 	for _, seed := range []string{
 		"http://127.0.0.1:3000/hook",
-		"/hooks/runware http://127.0.0.1:3000/runware?src=relay {\n\tname runware\n\tauth_query token {env.WEBHOOK_TOKEN} {env.WEBHOOK_TOKEN_PREVIOUS}\n\tauth_query sig {env.WEBHOOK_SIG}\n\tkey runware header.X-Request-Id query.id json.data.0.taskUUID body\n\twindow 48h\n\tstore memory\n\tmax_body 10MiB\n\tmax_backlog 5000\n\ttimeout 10s\n\tconcurrency 4\n\tbackoff 100ms 1m\n\tgive_up_after 24h\n\theader_up Authorization \"Bearer {env.UPSTREAM_TOKEN}\"\n\theader_up X-Relay webhook_relay\n}",
+		"/hooks/runware http://127.0.0.1:3000/runware?src=relay {\n\tname runware\n\tauth_query token {env.WEBHOOK_TOKEN} {env.WEBHOOK_TOKEN_PREVIOUS}\n\tauth_query sig {env.WEBHOOK_SIG}\n\tkey runware header.X-Request-Id query.id json.data.0.taskUUID body\n\twindow 48h\n\tstore memory\n\tmax_body 10MiB\n\tmax_backlog 5000\n\ttimeout 10s\n\tconcurrency 4\n\tbackoff 100ms 1m\n\tgive_up_after 24h\n\theader_up Authorization \"Bearer {env.UPSTREAM_TOKEN}\"\n\theader_up X-Handler webhook_relay\n}",
 		"{\n\tupstream http://127.0.0.1:3000/github\n\tname github\n\tkey header.X-GitHub-Delivery\n}",
 		"@github {\n\tupstream http://x\n}",
 		"* http://x {\n\tstore bolt /var/lib/caddy/relay.db\n}",
@@ -302,22 +302,22 @@ func FuzzCaddyfile(f *testing.F) {
 		f.Fatal("no caddyfile adapter")
 	}
 	f.Fuzz(func(t *testing.T, rest string) {
-		// the Relay's own parser, through a dispenser (NewTestDispenser
+		// the Handler's own parser, through a dispenser (NewTestDispenser
 		// would log.Fatal on a tokenizer error, so tokenize here)
 		if tokens, err := caddyfile.Tokenize([]byte("webhook_relay "+rest), "Caddyfile"); err == nil {
-			h := new(Relay)
+			h := new(Handler)
 			if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err == nil {
 				js, err := json.Marshal(h)
 				if err != nil {
-					t.Fatalf("parsed %q into a Relay that does not marshal: %v", rest, err)
+					t.Fatalf("parsed %q into a Handler that does not marshal: %v", rest, err)
 				}
-				var again Relay
+				var again Handler
 				if err := json.Unmarshal(js, &again); err != nil {
-					t.Fatalf("the Relay's JSON %s does not unmarshal: %v", js, err)
+					t.Fatalf("the Handler's JSON %s does not unmarshal: %v", js, err)
 				}
 				js2, err := json.Marshal(&again)
 				if err != nil || !bytes.Equal(js, js2) {
-					t.Fatalf("the Relay's JSON does not survive a round trip:\n%s\n%s (%v)", js, js2, err)
+					t.Fatalf("the Handler's JSON does not survive a round trip:\n%s\n%s (%v)", js, js2, err)
 				}
 			}
 		}

@@ -16,8 +16,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // Outcomes of the ack path, as set in {http.webhook_relay.outcome}.
@@ -42,7 +42,7 @@ var (
 
 // ServeHTTP is the ack path: check, read, key, admit, answer. It never calls
 // next, and nothing it starts touches the request after it returns.
-func (h *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	start := time.Now()
 	outcome, key, err := h.ack(w, r)
 	h.metrics.request(outcome, time.Since(start))
@@ -54,7 +54,7 @@ func (h *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Ha
 	return err
 }
 
-func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string, err error) {
+func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key string, err error) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		return OutcomeMethodNotAllowed, "", caddyhttp.Error(http.StatusMethodNotAllowed,
@@ -106,10 +106,10 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 			errors.New("the body is not valid JSON; this relay's key reads JSON (send JSON, or configure key body to accept any body)"))
 	}
 
-	entry := &dedupe.Entry{
+	entry := &queue.Entry{
 		Key:  key,
 		Body: body,
-		Request: dedupe.RequestMeta{
+		Request: queue.RequestMeta{
 			RawQuery:     rawQuery,
 			ContentType:  r.Header.Get("Content-Type"),
 			UserAgent:    r.Header.Get("User-Agent"),
@@ -117,12 +117,12 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 		},
 	}
 	// A sender hanging up must not abort an admit half way. The store
-	// bounds its own wait (dedupe.AdmitTimeout): only a store that talks to
+	// bounds its own wait (queue.AdmitTimeout): only a store that talks to
 	// a server can hang, and a timer per request would cost every store.
-	admission, err := h.relay.store.Admit(context.WithoutCancel(r.Context()), entry)
+	admission, err := h.admitter.Admit(context.WithoutCancel(r.Context()), entry)
 	if err != nil {
 		w.Header().Set("Retry-After", retryAfterSeconds)
-		if errors.Is(err, dedupe.ErrBacklogFull) {
+		if errors.Is(err, queue.ErrBacklogFull) {
 			return OutcomeUnavailable, key, caddyhttp.Error(http.StatusServiceUnavailable,
 				fmt.Errorf("relay %s: backlog full (%d payloads waiting for the upstream); retry later", h.Name, h.MaxBacklog))
 		}
@@ -135,7 +135,7 @@ func (h *Relay) ack(w http.ResponseWriter, r *http.Request) (outcome, key string
 	// a fresh slice: later handlers (header) may edit values in place
 	w.Header()["Content-Type"] = []string{"application/json"}
 	w.WriteHeader(http.StatusOK)
-	if admission == dedupe.Duplicate {
+	if admission == queue.Duplicate {
 		_, _ = w.Write(respDuplicate)
 		return OutcomeDuplicate, key, nil
 	}

@@ -20,7 +20,7 @@ func TestCheckQueryStripsAuthKeepingOrderAndEncoding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Relay{auth: auth}
+	h := &Handler{auth: auth}
 	for in, want := range map[string]string{
 		"token=s&sig=1":                    "",
 		"a=1&token=s&b=%20x&sig=1":         "a=1&b=%20x",
@@ -53,7 +53,7 @@ func TestCheckQueryAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Relay{auth: auth}
+	h := &Handler{auth: auth}
 	for query, want := range map[string]error{
 		"token=new-secret&team=a":                    nil,
 		"token=old-secret&team=a":                    nil,
@@ -94,7 +94,7 @@ func TestCheckQueryParameterLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Relay{auth: auth}
+	h := &Handler{auth: auth}
 	for _, n := range []int{maxQueryParams - 1, maxQueryParams} {
 		q := strings.Repeat("a=1&", n-1) + "token=s"
 		_, perr := url.ParseQuery(q)
@@ -126,7 +126,7 @@ func FuzzCheckQuery(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	h := &Relay{auth: auth}
+	h := &Handler{auth: auth}
 	f.Fuzz(func(t *testing.T, q string) {
 		parsed, perr := url.ParseQuery(q)
 		want := perr == nil && len(parsed["token"]) == 1 && parsed["token"][0] == "s 1"
@@ -171,12 +171,12 @@ func TestForwardedFor(t *testing.T) {
 
 // provisioned returns a relay on the memory store whose upstream answers 200.
 // Each option may change the configuration before Provision.
-func provisioned(tb testing.TB, name string, options ...func(*Relay)) *Relay {
+func provisioned(tb testing.TB, name string, options ...func(*Handler)) *Handler {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	tb.Cleanup(cancel)
 	upstream := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	tb.Cleanup(upstream.Close)
-	h := &Relay{
+	h := &Handler{
 		Name:      name,
 		Upstream:  upstream.URL,
 		AuthQuery: map[string][]string{"token": {"s3cret"}},
@@ -192,7 +192,7 @@ func provisioned(tb testing.TB, name string, options ...func(*Relay)) *Relay {
 	return h
 }
 
-func serve(h *Relay, target string, body []byte) *httptest.ResponseRecorder {
+func serve(h *Handler, target string, body []byte) *httptest.ResponseRecorder {
 	r := httptest.NewRequest(http.MethodPost, target, bytes.NewReader(body))
 	r.Header.Set("Content-Type", "application/json")
 	repl := caddy.NewReplacer()
@@ -230,7 +230,7 @@ var benchBody = []byte(`{"data":[{"taskType":"imageInference","taskUUID":"9c3f4d
 func BenchmarkServeHTTP(b *testing.B) {
 	// acks outrun the delivery here, so the default backlog bound would
 	// turn a long run into 503s
-	h := provisioned(b, "bench", func(h *Relay) { h.MaxBacklog = 1 << 30 })
+	h := provisioned(b, "bench", func(h *Handler) { h.MaxBacklog = 1 << 30 })
 	var n atomic.Int64
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {

@@ -8,8 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/delivery"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // metrics are package-level: Caddy gives every config its own registry, and
@@ -131,10 +131,10 @@ func deliveryObserver(name string) func(result string, took time.Duration) {
 }
 
 // deadDroppedObserver counts the dead letters removed by the bounds.
-func deadDroppedObserver(name string) func(*dedupe.Entry) {
+func deadDroppedObserver(name string) func(*queue.Entry) {
 	initMetrics()
 	dropped := metrics.deadDrops.WithLabelValues(name)
-	return func(*dedupe.Entry) { dropped.Inc() }
+	return func(*queue.Entry) { dropped.Inc() }
 }
 
 // stateCollector reads backlog, oldest age and dead letters from each open
@@ -181,14 +181,4 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.dead, prometheus.GaugeValue, float64(st.Dead), r.name)
 		ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(st.Keys), r.name)
 	}
-}
-
-// openRelays lists the relays open in this process.
-func openRelays() []*relay {
-	var out []*relay
-	relayPool.Range(func(_, v any) bool {
-		out = append(out, v.(*relay))
-		return true
-	})
-	return out
 }

@@ -9,13 +9,11 @@
 package webhookrelay
 
 import (
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -24,10 +22,12 @@ import (
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/delivery"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+	"github.com/hookrelay/caddy-webhook-relay/queue/bolt"
 )
 
 func init() {
-	caddy.RegisterModule(Relay{})
+	caddy.RegisterModule(Handler{})
 }
 
 // Defaults of the optional settings.
@@ -47,10 +47,10 @@ const (
 	DefaultDeadRetention  = 720 * time.Hour
 )
 
-// Relay receives webhooks, acknowledges them once they are stored and
+// Handler receives webhooks, acknowledges them once they are stored and
 // forwards them to Upstream in the background. It never calls the next
 // handler.
-type Relay struct {
+type Handler struct {
 	// Upstream is the URL payloads are forwarded to (http or https),
 	// e.g. "http://localhost:3000/hooks/runware". Its own query parameters
 	// are kept; the incoming ones, minus the auth parameters, are added.
@@ -83,10 +83,10 @@ type Relay struct {
 	Window caddy.Duration `json:"window,omitempty"`
 
 	// StoreRaw is where markers, queue and dead letters are kept: a module
-	// in the webhook_relay.stores namespace: "bolt" (the default, a file
+	// in the http.webhook_relay.stores namespace: "bolt" (the default, a file
 	// under Caddy's data directory), "redis" (several instances sharing one
 	// Redis) or "memory" (tests only: nothing survives a restart).
-	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=webhook_relay.stores inline_key=type"`
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.webhook_relay.stores inline_key=type"`
 
 	// MaxBody is the largest body accepted, in bytes; larger ones get 413.
 	// Default 32 MiB.
@@ -144,7 +144,8 @@ type Relay struct {
 	keyer     *dedupe.Keyer
 	auth      []authParam
 	settings  *delivery.Settings
-	relay     *relay
+	relay     *pooledRelay
+	admitter  queue.Admitter // the relay's store, as the ack path sees it
 	poolKey   string
 	configCtx caddy.Context
 	nameTaken bool
@@ -153,10 +154,10 @@ type Relay struct {
 }
 
 // CaddyModule returns the Caddy module information.
-func (Relay) CaddyModule() caddy.ModuleInfo {
+func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "http.handlers.webhook_relay",
-		New: func() caddy.Module { return new(Relay) },
+		New: func() caddy.Module { return new(Handler) },
 	}
 }
 
@@ -164,7 +165,7 @@ var validName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 // Provision resolves placeholders, checks the settings and attaches to the
 // relay's store and delivery workers, which outlive config reloads.
-func (h *Relay) Provision(ctx caddy.Context) error {
+func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.configCtx = ctx
 	h.applyDefaults()
@@ -220,18 +221,19 @@ func (h *Relay) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	opts := dedupe.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog}
+	opts := queue.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog}
 	h.poolKey = "webhook_relay:" + h.Name + ":" + store.StoreIdentity(h.Name)
 	h.relay, err = acquireRelay(h.poolKey, h, store, opts, ctx.Logger())
 	if err != nil {
 		h.poolKey = ""
 		return err
 	}
+	h.admitter = h.relay.store
 	h.relay.attach(h)
 	return nil
 }
 
-func (h *Relay) applyDefaults() {
+func (h *Handler) applyDefaults() {
 	if h.Name == "" {
 		h.Name = DefaultName
 	}
@@ -274,7 +276,7 @@ func (h *Relay) applyDefaults() {
 }
 
 // checkSettings rejects values that cannot work, before anything is opened.
-func (h *Relay) checkSettings() error {
+func (h *Handler) checkSettings() error {
 	switch {
 	case h.Upstream == "":
 		return fmt.Errorf("upstream is required: the URL payloads are forwarded to")
@@ -318,68 +320,22 @@ func resolveUpstream(repl *caddy.Replacer, raw string) (*url.URL, error) {
 	return u, nil
 }
 
-// authParam is one auth query parameter with the SHA-256 digests of its
-// secrets: comparing fixed-size digests keeps the compare constant time
-// whatever the lengths.
-type authParam struct {
-	name    string
-	digests [][sha256.Size]byte
-}
-
-var placeholder = regexp.MustCompile(`\{[^{}]+\}`)
-
-// placeholderNames lists the placeholders in a configured secret, and never
-// the literal text around them, which may be part of the secret.
-func placeholderNames(raw string) string {
-	return strings.Join(placeholder.FindAllString(raw, -1), ", ")
-}
-
-func compileAuth(repl *caddy.Replacer, cfg map[string][]string) ([]authParam, error) {
-	params := make([]authParam, 0, len(cfg))
-	for name, secrets := range cfg {
-		if name == "" {
-			return nil, fmt.Errorf("auth_query: empty parameter name")
-		}
-		if len(secrets) == 0 {
-			return nil, fmt.Errorf("auth_query %s: no secret given", name)
-		}
-		p := authParam{name: name}
-		for i, raw := range secrets {
-			// Any placeholder resolving to empty is an error, not only a
-			// wholly empty secret: "whk_{env.UNSET}" would be guessable.
-			secret, err := repl.ReplaceOrErr(raw, true, true)
-			if err != nil || secret == "" {
-				// Name the placeholder, never a literal value: it may be
-				// the secret itself.
-				what := fmt.Sprintf("secret #%d", i+1)
-				if names := placeholderNames(raw); names != "" {
-					what += " (placeholders " + names + ")"
-				}
-				return nil, fmt.Errorf("auth_query %s: %s resolves to empty or has an empty placeholder; set it (an empty secret would let anyone in)", name, what)
-			}
-			p.digests = append(p.digests, sha256.Sum256([]byte(secret)))
-		}
-		params = append(params, p)
-	}
-	return params, nil
-}
-
 // loadStore loads the configured store module; without one it is the
 // durable default, a bbolt file under Caddy's data directory.
-func (h *Relay) loadStore(ctx caddy.Context) (StoreModule, error) {
+func (h *Handler) loadStore(ctx caddy.Context) (queue.Backend, error) {
 	if h.StoreRaw == nil {
-		return &BoltStore{}, nil
+		return &bolt.Backend{}, nil
 	}
 	mod, err := ctx.LoadModule(h, "StoreRaw")
 	if err != nil {
 		return nil, fmt.Errorf("loading store: %v", err)
 	}
-	return mod.(StoreModule), nil
+	return mod.(queue.Backend), nil
 }
 
 // Cleanup detaches from the relay; the last config to let go of it stops its
 // workers and closes its store.
-func (h *Relay) Cleanup() error {
+func (h *Handler) Cleanup() error {
 	if h.nameTaken {
 		releaseName(h.configCtx, h)
 	}
@@ -396,7 +352,7 @@ func (h *Relay) Cleanup() error {
 
 // Interface guards
 var (
-	_ caddy.Provisioner           = (*Relay)(nil)
-	_ caddy.CleanerUpper          = (*Relay)(nil)
-	_ caddyhttp.MiddlewareHandler = (*Relay)(nil)
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // AttemptHeader carries the 1-based attempt number on forwarded requests.
@@ -39,7 +39,7 @@ type outcome struct {
 // upstream URL plus the stored (auth-free) query, and the headers the README
 // lists under Delivery. It is put together field by field rather than through
 // http.NewRequest, which would print the URL only to parse it again.
-func buildRequest(ctx context.Context, s *Settings, e *dedupe.Entry, attempt int) *http.Request {
+func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int) *http.Request {
 	u := *s.Upstream
 	// A "#" has no place in a request target; what follows it was never
 	// part of the query (http.NewRequest would have cut it off as well).
@@ -88,7 +88,7 @@ func buildRequest(ctx context.Context, s *Settings, e *dedupe.Entry, attempt int
 }
 
 // attempt sends e to the upstream once and classifies the answer.
-func attempt(ctx context.Context, client *http.Client, s *Settings, e *dedupe.Entry, attemptNo int, now time.Time) outcome {
+func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Entry, attemptNo int, now time.Time) outcome {
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()
 	resp, err := client.Do(buildRequest(ctx, s, e, attemptNo))

@@ -7,14 +7,14 @@ import (
 	"net/url"
 	"testing"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 func TestBuildRequest(t *testing.T) {
 	up, _ := url.Parse("http://127.0.0.1:/in?fixed=1")
 	s := &Settings{Upstream: up, HeaderUp: http.Header{"X-Extra": {"yes"}, "Idempotency-Key": {"not this"}}}
-	e := &dedupe.Entry{Key: "k", Body: []byte(`{"a":1}`),
-		Request: dedupe.RequestMeta{RawQuery: "b=%20x", ContentType: "application/json", UserAgent: "", ForwardedFor: "10.0.0.1"}}
+	e := &queue.Entry{Key: "k", Body: []byte(`{"a":1}`),
+		Request: queue.RequestMeta{RawQuery: "b=%20x", ContentType: "application/json", UserAgent: "", ForwardedFor: "10.0.0.1"}}
 	req := buildRequest(context.Background(), s, e, 3)
 
 	if got := req.URL.String(); got != "http://127.0.0.1:/in?fixed=1&b=%20x" {

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // The memory budget, not the concurrency, decides how many large bodies
@@ -36,7 +36,7 @@ func TestBudgetBoundsBodiesInFlight(t *testing.T) {
 		mu.Unlock()
 	}))
 	t.Cleanup(up.Close)
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.Concurrency = 8
 	mem := budget.New(3*size, 0) // room for three bodies
@@ -60,7 +60,7 @@ func TestBudgetBoundsBodiesInFlight(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 	close(release)
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 0 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
 	mu.Lock()
 	defer mu.Unlock()
 	if most > 3 {
@@ -74,15 +74,15 @@ func TestBudgetBoundsBodiesInFlight(t *testing.T) {
 // damagingStore reports one entry as unreadable, as a store does when its
 // record is damaged.
 type damagingStore struct {
-	dedupe.Store
+	queue.Store
 	damaged string
 }
 
-func (s *damagingStore) Claim(ctx context.Context, max int) ([]*dedupe.Entry, error) {
+func (s *damagingStore) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 	es, err := s.Store.Claim(ctx, max)
 	for _, e := range es {
 		if e.ID == s.damaged {
-			*e = dedupe.Entry{ID: e.ID, Damaged: "cannot be read: test"}
+			*e = queue.Entry{ID: e.ID, Damaged: "cannot be read: test"}
 		}
 	}
 	return es, err
@@ -90,7 +90,7 @@ func (s *damagingStore) Claim(ctx context.Context, max int) ([]*dedupe.Entry, er
 
 func TestDamagedEntryIsBuriedAndTheRestFlows(t *testing.T) {
 	up := newUpstream(t, func(*http.Request, []byte) int { return 200 })
-	mem := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	mem := queue.NewMemory(queue.Options{Window: time.Hour})
 	store := &damagingStore{Store: mem}
 	bad := admit(t, mem, "bad", `"bad"`)
 	store.damaged = bad.ID
@@ -98,7 +98,7 @@ func TestDamagedEntryIsBuriedAndTheRestFlows(t *testing.T) {
 	admit(t, mem, "good2", `"good2"`)
 	startEngine(t, store, settingsFor(t, up.URL))
 
-	waitStats(t, mem, func(st dedupe.Stats) bool { return st.Backlog == 0 && st.Dead == 1 })
+	waitStats(t, mem, func(st queue.Stats) bool { return st.Backlog == 0 && st.Dead == 1 })
 	d, err := mem.DeadEntry(context.Background(), bad.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -115,13 +115,13 @@ func TestDamagedEntryIsBuriedAndTheRestFlows(t *testing.T) {
 
 func TestDeadLettersTrimmedToMaxDead(t *testing.T) {
 	up := newUpstream(t, func(*http.Request, []byte) int { return 422 })
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.MaxDead = 2
 	var mu sync.Mutex
 	var dropped []string
 	e := Start(Config{Store: store, Settings: s, PollInterval: 20 * time.Millisecond,
-		DeadDropped: func(d *dedupe.Entry) {
+		DeadDropped: func(d *queue.Entry) {
 			mu.Lock()
 			defer mu.Unlock()
 			dropped = append(dropped, d.Key)
@@ -130,7 +130,7 @@ func TestDeadLettersTrimmedToMaxDead(t *testing.T) {
 	for i := range 5 {
 		admit(t, store, "k"+strconv.Itoa(i), `{}`)
 	}
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 0 && st.Dead == 2 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 && st.Dead == 2 })
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		mu.Lock()
@@ -153,16 +153,16 @@ func TestDeadLettersPastRetentionRemoved(t *testing.T) {
 		now time.Time
 	}{now: time.Now()}
 	now := func() time.Time { clock.Lock(); defer clock.Unlock(); return clock.now }
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour, Now: now})
+	store := queue.NewMemory(queue.Options{Window: time.Hour, Now: now})
 	s := settingsFor(t, up.URL)
 	s.DeadRetention = time.Hour
 	e := Start(Config{Store: store, Settings: s, PollInterval: 20 * time.Millisecond,
 		TrimInterval: 10 * time.Millisecond, Now: now})
 	t.Cleanup(func() { e.Stop(time.Second) })
 	admit(t, store, "k", `{}`)
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Dead == 1 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Dead == 1 })
 	clock.Lock()
 	clock.now = clock.now.Add(time.Hour + time.Second)
 	clock.Unlock()
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Dead == 0 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Dead == 0 })
 }

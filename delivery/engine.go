@@ -16,9 +16,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 	"github.com/hookrelay/caddy-webhook-relay/internal/faultlog"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // Settings are the delivery settings of one relay. A config reload may
@@ -57,7 +57,8 @@ const (
 
 // Config sets up an Engine.
 type Config struct {
-	Store    dedupe.Store
+	// Store is the queue the engine delivers from.
+	Store    queue.Claimer
 	Settings *Settings
 	Logger   *zap.Logger
 	// Budget bounds the bodies held in memory, shared with the ack path:
@@ -69,7 +70,7 @@ type Config struct {
 	Observe func(result string, took time.Duration)
 	// DeadDropped, if set, is called for every dead letter removed by
 	// MaxDead or DeadRetention.
-	DeadDropped func(e *dedupe.Entry)
+	DeadDropped func(e *queue.Entry)
 	// TrimInterval is how often dead letters are checked against
 	// DeadRetention. Default 1m.
 	TrimInterval time.Duration
@@ -198,7 +199,7 @@ func (e *Engine) Stop(grace time.Duration) {
 
 // held is an entry the engine has claimed.
 type held struct {
-	entry *dedupe.Entry
+	entry *queue.Entry
 	due   time.Time
 	// acked means the upstream took it and only the store's Ack is left.
 	acked bool
@@ -335,7 +336,7 @@ func (e *Engine) run() {
 					// over by another process after a stall; the upstream may
 					// then see it twice, with the same Idempotency-Key.
 					level := zap.WarnLevel
-					if errors.Is(err, dedupe.ErrNotFound) {
+					if errors.Is(err, queue.ErrNotFound) {
 						level = zap.DebugLevel
 					}
 					log.Log(level, "cannot extend claims on queued payloads", zap.Int("count", len(ids)), zap.Error(err))
@@ -414,7 +415,7 @@ func (e *Engine) deliver(s *Settings, h *held) {
 	if err != nil {
 		e.freePlace()
 		switch {
-		case errors.Is(err, dedupe.ErrNotFound):
+		case errors.Is(err, queue.ErrNotFound):
 			e.results <- result{h: h, done: true} // gone from the queue, see Bury
 		case e.ctx.Err() != nil:
 			e.results <- result{h: h, next: e.cfg.Now()} // stopping: released in drain
@@ -466,7 +467,7 @@ func (e *Engine) deliver(s *Settings, h *held) {
 
 	case dead:
 		err := e.cfg.Store.Bury(ctx, ent)
-		if errors.Is(err, dedupe.ErrNotFound) {
+		if errors.Is(err, queue.ErrNotFound) {
 			// Gone from the queue: another process delivered or buried it
 			// after taking it over.
 			e.results <- result{h: h, done: true}
@@ -497,7 +498,7 @@ func (e *Engine) deliver(s *Settings, h *held) {
 		if giveUp := ent.Queued.Add(s.GiveUpAfter); next.After(giveUp) {
 			next = giveUp
 		}
-		if err := e.cfg.Store.Attempted(ctx, ent); errors.Is(err, dedupe.ErrNotFound) {
+		if err := e.cfg.Store.Attempted(ctx, ent); errors.Is(err, queue.ErrNotFound) {
 			e.results <- result{h: h, done: true} // gone from the queue, see Bury
 			return
 		} else if err != nil {
@@ -513,7 +514,7 @@ func (e *Engine) deliver(s *Settings, h *held) {
 // loadBody waits until ent's body fits in the memory budget, then reads it
 // from the store into ent.Body. It returns the bytes taken from the budget,
 // given back when the attempt is over.
-func (e *Engine) loadBody(ent *dedupe.Entry) (int64, error) {
+func (e *Engine) loadBody(ent *queue.Entry) (int64, error) {
 	taken := int64(ent.BodySize)
 	if b := e.cfg.Budget; b != nil {
 		// e.ctx, not the attempts' context: once stopping, no new attempt
@@ -559,7 +560,7 @@ func (e *Engine) buryDamaged(log *zap.Logger, h *held, retryIn func() time.Time)
 			zap.String("id", ent.ID), zap.String("reason", ent.Damaged))
 		e.results <- result{h: h, done: true}
 		e.trimDead()
-	case errors.Is(err, dedupe.ErrNotFound):
+	case errors.Is(err, queue.ErrNotFound):
 		e.results <- result{h: h, done: true}
 	default:
 		h.leaving.Store(false)

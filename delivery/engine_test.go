@@ -13,10 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+	"github.com/hookrelay/caddy-webhook-relay/queue/redis"
 )
 
 // upstream is a real HTTP server on loopback that answers from a script
@@ -75,29 +76,29 @@ func settingsFor(t *testing.T, rawURL string) *Settings {
 	}
 }
 
-func startEngine(t *testing.T, store dedupe.Store, s *Settings) *Engine {
+func startEngine(t *testing.T, store queue.Store, s *Settings) *Engine {
 	e := Start(Config{Store: store, Settings: s, PollInterval: 20 * time.Millisecond})
 	t.Cleanup(func() { e.Stop(time.Second) })
 	return e
 }
 
-func admit(t *testing.T, store dedupe.Store, key string, body string) *dedupe.Entry {
+func admit(t *testing.T, store queue.Store, key string, body string) *queue.Entry {
 	t.Helper()
-	e := &dedupe.Entry{
+	e := &queue.Entry{
 		Key:  key,
 		Body: []byte(body),
-		Request: dedupe.RequestMeta{
+		Request: queue.RequestMeta{
 			RawQuery: "a=1&b=%20x", ContentType: "application/json",
 			UserAgent: "sender/1.0", ForwardedFor: "10.0.0.1, 127.0.0.1",
 		},
 	}
-	if a, err := store.Admit(context.Background(), e); err != nil || a != dedupe.Accepted {
+	if a, err := store.Admit(context.Background(), e); err != nil || a != queue.Accepted {
 		t.Fatalf("admit %s: %v %v", key, a, err)
 	}
 	return e
 }
 
-func waitStats(t *testing.T, store dedupe.Store, ok func(dedupe.Stats) bool) dedupe.Stats {
+func waitStats(t *testing.T, store queue.Store, ok func(queue.Stats) bool) queue.Stats {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -117,7 +118,7 @@ func waitStats(t *testing.T, store dedupe.Store, ok func(dedupe.Stats) bool) ded
 
 func TestForwardedRequestShape(t *testing.T) {
 	up := newUpstream(t, func(*http.Request, []byte) int { return 200 })
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL+"/hook?fixed=1")
 	startEngine(t, store, s)
 	admit(t, store, "rw:task/img", `{"taskUUID":"t"}`)
@@ -141,14 +142,14 @@ func TestForwardedRequestShape(t *testing.T) {
 			t.Errorf("%s: %q, want %q", field, v, want)
 		}
 	}
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 0 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
 }
 
 func TestRetriesUntilSuccess(t *testing.T) {
 	answers := []int{503, 500, 429, 408, 200}
 	n := 0
 	up := newUpstream(t, func(*http.Request, []byte) int { n++; return answers[n-1] })
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	startEngine(t, store, settingsFor(t, up.URL))
 	admit(t, store, "k", `{}`)
 
@@ -164,7 +165,7 @@ func TestRetriesUntilSuccess(t *testing.T) {
 			t.Fatalf("script out of step: %d", got.status)
 		}
 	}
-	st := waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 0 })
+	st := waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
 	if st.Dead != 0 {
 		t.Errorf("dead letters: %d", st.Dead)
 	}
@@ -177,11 +178,11 @@ func TestPermanentFailureIsDeadAtOnce(t *testing.T) {
 		}
 		return 200
 	})
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	startEngine(t, store, settingsFor(t, up.URL))
 	bad := admit(t, store, "bad", `"bad"`)
 
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Dead == 1 && st.Backlog == 0 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Dead == 1 && st.Backlog == 0 })
 	dead, err := store.DeadEntry(context.Background(), bad.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -200,13 +201,13 @@ func TestPermanentFailureIsDeadAtOnce(t *testing.T) {
 
 func TestGivesUpAfterDeadline(t *testing.T) {
 	up := newUpstream(t, func(*http.Request, []byte) int { return 503 })
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.GiveUpAfter = 30 * time.Millisecond
 	startEngine(t, store, s)
 	e := admit(t, store, "k", `{}`)
 
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Dead == 1 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Dead == 1 })
 	dead, err := store.DeadEntry(context.Background(), e.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +224,7 @@ func TestOneFailingPayloadDoesNotBlockOthers(t *testing.T) {
 		}
 		return 200
 	})
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.Concurrency = 1
 	startEngine(t, store, s)
@@ -231,7 +232,7 @@ func TestOneFailingPayloadDoesNotBlockOthers(t *testing.T) {
 	for i := range 20 {
 		admit(t, store, fmt.Sprint("ok", i), fmt.Sprintf(`"ok%d"`, i))
 	}
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 1 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 1 })
 }
 
 func TestTimeoutIsRetried(t *testing.T) {
@@ -252,30 +253,30 @@ func TestTimeoutIsRetried(t *testing.T) {
 	}))
 	defer up.Close()
 	defer close(release)
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.Timeout = 50 * time.Millisecond
 	startEngine(t, store, s)
 	admit(t, store, "k", `{}`)
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 0 && st.Dead == 0 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 && st.Dead == 0 })
 }
 
 func TestSettingsSwapSendsBacklogToNewUpstream(t *testing.T) {
 	down := newUpstream(t, func(*http.Request, []byte) int { return 503 })
 	up := newUpstream(t, func(*http.Request, []byte) int { return 200 })
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	e := startEngine(t, store, settingsFor(t, down.URL))
 	for i := range 10 {
 		admit(t, store, fmt.Sprint(i), "{}")
 	}
 	down.next(t)
 	e.SetSettings(settingsFor(t, up.URL))
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 0 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
 }
 
 func TestStopReleasesHeldEntries(t *testing.T) {
 	up := newUpstream(t, func(*http.Request, []byte) int { return 503 })
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.Backoff = Backoff{Initial: time.Hour, Max: time.Hour}
 	e := Start(Config{Store: store, Settings: s})
@@ -296,12 +297,12 @@ func TestRetryAfterNeverPastGiveUp(t *testing.T) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}))
 	defer up.Close()
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.GiveUpAfter = 100 * time.Millisecond
 	startEngine(t, store, s)
 	admit(t, store, "k", "{}")
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Dead == 1 && st.Backlog == 0 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Dead == 1 && st.Backlog == 0 })
 }
 
 func TestFailingPayloadsDoNotStopClaims(t *testing.T) {
@@ -315,7 +316,7 @@ func TestFailingPayloadsDoNotStopClaims(t *testing.T) {
 		for range up.received {
 		}
 	}()
-	store := dedupe.NewMemory(dedupe.Options{Window: time.Hour})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.Concurrency = 1 // keeps 4 ready: exactly the failing ones
 	s.Backoff = Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
@@ -324,7 +325,7 @@ func TestFailingPayloadsDoNotStopClaims(t *testing.T) {
 		admit(t, store, fmt.Sprint("bad", i), fmt.Sprintf(`{"bad":%d}`, i))
 	}
 	admit(t, store, "good", `{"good":true}`)
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Backlog == 4 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 4 })
 }
 
 // TestRedisClaimLapseDoesNotDoubleDeliver: when a held entry's claim lapses
@@ -334,9 +335,9 @@ func TestFailingPayloadsDoNotStopClaims(t *testing.T) {
 // it twice, and the second copy would find it buried.
 func TestRedisClaimLapseDoesNotDoubleDeliver(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	store, err := dedupe.NewRedis(context.Background(), redis.NewClient(&redis.Options{Addr: srv.Addr()}),
-		dedupe.RedisConfig{Prefix: "lapse", Consumer: "c1", VisibilityTimeout: 100 * time.Millisecond},
-		dedupe.Options{Window: time.Hour})
+	store, err := redis.New(context.Background(), goredis.NewClient(&goredis.Options{Addr: srv.Addr()}),
+		redis.Config{Prefix: "lapse", Consumer: "c1", VisibilityTimeout: 100 * time.Millisecond},
+		queue.Options{Window: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +354,7 @@ func TestRedisClaimLapseDoesNotDoubleDeliver(t *testing.T) {
 	e := Start(Config{Store: store, Settings: settingsFor(t, up.URL), PollInterval: 20 * time.Millisecond, LeaseRefresh: time.Hour})
 	t.Cleanup(func() { e.Stop(time.Second) })
 	admit(t, store, "slow", `"slow"`)
-	waitStats(t, store, func(st dedupe.Stats) bool { return st.Dead == 1 && st.Backlog == 0 })
+	waitStats(t, store, func(st queue.Stats) bool { return st.Dead == 1 && st.Backlog == 0 })
 
 	// A later payload goes through after many polls; the slow one was sent once.
 	admit(t, store, "later", `"later"`)

@@ -297,7 +297,7 @@ func TestRedisHungAnswers503(t *testing.T) {
 }
 
 // With the default redis timeouts (2s) a hung Redis must still be answered
-// within dedupe.AdmitTimeout (10s: "past it the sender gets a 503"),
+// within queue.AdmitTimeout (10s: "past it the sender gets a 503"),
 // since senders commonly give up after 10s.
 func TestRedisHungDefaultTimeoutsWithinAdmitTimeout(t *testing.T) {
 	defaults := func(up *Upstream, srv *redistest.Server) string {

@@ -1,4 +1,4 @@
-package dedupe
+package bolt
 
 import (
 	"bytes"
@@ -16,11 +16,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+
+	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
 
-// Bolt is a Store kept in one bbolt file, for a single Caddy instance with
+// Store is a queue.Store kept in one bbolt file, for a single Caddy instance with
 // no extra service. Every Admit is committed (fsync) before it returns, so
 // an accepted payload survives a crash, kill -9 or a power cut, but not the
 // loss of the disk. Admits that arrive together share one commit.
@@ -28,11 +30,11 @@ import (
 // Only one process can hold the file at a time; a second one fails at Open.
 // Claims live in the process: after a restart nothing is claimed and every
 // queued payload is handed out again.
-type Bolt struct {
-	db   *bolt.DB
+type Store struct {
+	db   *bbolt.DB
 	path string
 	now  func() time.Time
-	limits
+	queue.Limits
 
 	closed   atomic.Bool
 	closeMu  sync.Mutex
@@ -55,6 +57,10 @@ type Bolt struct {
 	claimMu   sync.Mutex
 	claims    map[string]struct{}
 	claimFrom []byte
+
+	// release lets go of the file in the process's table of bolt files
+	// (set by Backend.OpenStore); Close calls it.
+	release func()
 }
 
 // Bucket names. The queue is ordered by queue key: an entry's own ID when it
@@ -74,9 +80,9 @@ var (
 	boltFormat    = []byte("webhook_relay/bolt/1")
 )
 
-// BoltOpenTimeout is how long OpenBolt waits for another process to let go
+// OpenTimeout is how long Open waits for another process to let go
 // of the file before it gives up.
-const BoltOpenTimeout = time.Second
+const OpenTimeout = time.Second
 
 const (
 	boltMaxBatch = 1000 // calls sharing one commit
@@ -91,11 +97,11 @@ const (
 	boltReplayBatch   = 256  // dead letters replayed per transaction
 )
 
-// OpenBolt opens the bbolt file at path, creating it (and its directory,
+// Open opens the bbolt file at path, creating it (and its directory,
 // mode 0700) if it does not exist. An existing file is never recreated or
 // truncated: one that is damaged, is not a webhook_relay store, or is held
 // by another process is an error naming the path.
-func OpenBolt(path string, opts Options) (*Bolt, error) {
+func Open(path string, opts queue.Options) (*Store, error) {
 	if path == "" {
 		return nil, errors.New("bolt store: no file path given")
 	}
@@ -114,7 +120,7 @@ func OpenBolt(path string, opts Options) (*Bolt, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Bolt{
+	b := &Store{
 		db:       db,
 		path:     path,
 		now:      opts.Clock(),
@@ -136,21 +142,21 @@ func OpenBolt(path string, opts Options) (*Bolt, error) {
 
 // openBoltFile opens the file with a lock timeout and turns bbolt's errors
 // (and panics, which a damaged file can cause) into ones a person can act on.
-func openBoltFile(path string, existed bool) (db *bolt.DB, err error) {
+func openBoltFile(path string, existed bool) (db *bbolt.DB, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			db, err = nil, fmt.Errorf("bolt store %s: the file is damaged (%v); it was left as it is: "+
 				"restore it from a backup, or move it aside to start with an empty store", path, r)
 		}
 	}()
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: BoltOpenTimeout})
+	db, err = bbolt.Open(path, 0o600, &bbolt.Options{Timeout: OpenTimeout})
 	switch {
 	case err == nil:
 		return db, nil
 	case errors.Is(err, bolterrors.ErrTimeout):
 		return nil, fmt.Errorf("bolt store %s: another process holds this file (gave up after %s); "+
 			"only one Caddy instance can use a bolt store: stop the other one, or give this one its own path",
-			path, BoltOpenTimeout)
+			path, OpenTimeout)
 	case errors.Is(err, fs.ErrPermission):
 		return nil, fmt.Errorf("bolt store %s: cannot open: %w; Caddy's user needs to read and write it", path, err)
 	case existed, errors.Is(err, bolterrors.ErrInvalid), errors.Is(err, bolterrors.ErrChecksum),
@@ -164,21 +170,21 @@ func openBoltFile(path string, existed bool) (db *bolt.DB, err error) {
 
 // init creates the buckets of a new file, checks an existing one is a
 // webhook_relay store, and counts what it holds.
-func (b *Bolt) init() (err error) {
+func (b *Store) init() (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("bolt store %s: the file is damaged (%v); it was left as it is: "+
 				"restore it from a backup, or move it aside to start with an empty store", b.path, r)
 		}
 	}()
-	err = b.db.Update(func(tx *bolt.Tx) error {
+	err = b.db.Update(func(tx *bbolt.Tx) error {
 		if meta := tx.Bucket(boltMeta); meta != nil {
 			if f := meta.Get(boltFormatKey); !bytes.Equal(f, boltFormat) {
 				return fmt.Errorf("unknown format %q, want %q (written by a newer version?); it was left as it is", f, boltFormat)
 			}
 		} else {
 			// a bbolt file with buckets but no meta belongs to someone else
-			if err := tx.ForEach(func([]byte, *bolt.Bucket) error { return errBoltForeign }); err != nil {
+			if err := tx.ForEach(func([]byte, *bbolt.Bucket) error { return errBoltForeign }); err != nil {
 				return errors.New("a bbolt file that is not a webhook_relay store; " +
 					"it was left as it is: give the relay a path of its own")
 			}
@@ -214,7 +220,7 @@ var errBoltForeign = errors.New("foreign bucket")
 // boltIndexDead rebuilds the index of dead letters by time of death, for a
 // file written before there was one: a letter with no Died counts from
 // when it was last queued.
-func boltIndexDead(tx *bolt.Tx) error {
+func boltIndexDead(tx *bbolt.Tx) error {
 	if err := tx.DeleteBucket(boltDeadAt); err != nil {
 		return err
 	}
@@ -239,7 +245,7 @@ func boltDeadAtKey(died time.Time, id string) []byte {
 	return append(binary.BigEndian.AppendUint64(nil, uint64(died.UnixNano())), id...)
 }
 
-func boltCountKeys(bk *bolt.Bucket) int {
+func boltCountKeys(bk *bbolt.Bucket) int {
 	n := 0
 	c := bk.Cursor()
 	for k, _ := c.First(); k != nil; k, _ = c.Next() {
@@ -249,23 +255,23 @@ func boltCountKeys(bk *bolt.Bucket) int {
 }
 
 // Path returns the file the store lives in.
-func (b *Bolt) Path() string { return b.path }
+func (b *Store) Path() string { return b.path }
 
-func (b *Bolt) usable(ctx context.Context) error {
+func (b *Store) usable(ctx context.Context) error {
 	if b.closed.Load() {
-		return ErrClosed
+		return queue.ErrClosed
 	}
 	return ctx.Err()
 }
 
 // storeErr maps bbolt's "closed" onto ErrClosed (Close may have run between
 // the check in usable and the transaction) and names the file otherwise.
-func (b *Bolt) storeErr(err error) error {
-	if err == nil || errors.Is(err, ErrClosed) {
+func (b *Store) storeErr(err error) error {
+	if err == nil || errors.Is(err, queue.ErrClosed) {
 		return err
 	}
 	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) || b.closed.Load() {
-		return ErrClosed
+		return queue.ErrClosed
 	}
 	return fmt.Errorf("bolt store %s: %w", b.path, err)
 }
@@ -279,29 +285,29 @@ func (b *Bolt) storeErr(err error) error {
 // every run; the results of the run that committed are the ones that count.
 
 type boltCommit struct {
-	fn   func(*bolt.Tx) error
+	fn   func(*bbolt.Tx) error
 	size int // bytes of values it writes, about
 	done chan error
 }
 
 // write runs fn in a transaction shared with other concurrent writes, and
 // returns once it is committed to disk.
-func (b *Bolt) write(fn func(*bolt.Tx) error) error { return b.writeSized(0, fn) }
+func (b *Store) write(fn func(*bbolt.Tx) error) error { return b.writeSized(0, fn) }
 
 // writeSized is write for a call that writes about size bytes of values: a
 // commit copies what it writes into page buffers, so a group is bounded in
 // bytes as well as in calls.
-func (b *Bolt) writeSized(size int, fn func(*bolt.Tx) error) error {
+func (b *Store) writeSized(size int, fn func(*bbolt.Tx) error) error {
 	c := &boltCommit{fn: fn, size: size, done: make(chan error, 1)}
 	select {
 	case b.commits <- c:
 	case <-b.done:
-		return ErrClosed
+		return queue.ErrClosed
 	}
 	return b.storeErr(<-c.done)
 }
 
-func (b *Bolt) committer() {
+func (b *Store) committer() {
 	defer b.bgDone.Done()
 	calls := make([]*boltCommit, 0, boltMaxBatch)
 	var next *boltCommit // taken, but did not fit in the last group
@@ -327,7 +333,7 @@ func (b *Bolt) committer() {
 // and commits at once. A group holds at most boltMaxBatch calls and
 // boltMaxBatchBytes of values (one larger call commits alone); it returns
 // the call it took that did not fit, if any.
-func (b *Bolt) gather(calls []*boltCommit) ([]*boltCommit, *boltCommit) {
+func (b *Store) gather(calls []*boltCommit) ([]*boltCommit, *boltCommit) {
 	size := calls[0].size
 	if size >= boltMaxBatchBytes {
 		return calls, nil
@@ -355,10 +361,10 @@ func (b *Bolt) gather(calls []*boltCommit) ([]*boltCommit, *boltCommit) {
 	return calls, nil
 }
 
-func (b *Bolt) commitGroup(calls []*boltCommit) {
+func (b *Store) commitGroup(calls []*boltCommit) {
 	for len(calls) > 0 {
 		failed := -1
-		err := b.db.Update(func(tx *bolt.Tx) error {
+		err := b.db.Update(func(tx *bbolt.Tx) error {
 			for i, c := range calls {
 				if err := boltSafeCall(c.fn, tx); err != nil {
 					failed = i
@@ -375,12 +381,12 @@ func (b *Bolt) commitGroup(calls []*boltCommit) {
 		}
 		// the failing call gets its own transaction; the rest run again
 		c := calls[failed]
-		c.done <- b.db.Update(func(tx *bolt.Tx) error { return boltSafeCall(c.fn, tx) })
+		c.done <- b.db.Update(func(tx *bbolt.Tx) error { return boltSafeCall(c.fn, tx) })
 		calls = append(calls[:failed:failed], calls[failed+1:]...)
 	}
 }
 
-func boltSafeCall(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
+func boltSafeCall(fn func(*bbolt.Tx) error, tx *bbolt.Tx) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic in transaction: %v", r)
@@ -390,23 +396,23 @@ func boltSafeCall(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
 }
 
 // reserve counts one more queued entry unless the backlog is full.
-func (b *Bolt) reserve() bool {
+func (b *Store) reserve() bool {
 	b.countMu.Lock()
 	defer b.countMu.Unlock()
-	if max := b.maxBacklog(); max > 0 && b.backlog >= max {
+	if max := b.MaxBacklog(); max > 0 && b.backlog >= max {
 		return false
 	}
 	b.backlog++
 	return true
 }
 
-func (b *Bolt) countKeys(n int) {
+func (b *Store) countKeys(n int) {
 	b.countMu.Lock()
 	defer b.countMu.Unlock()
 	b.keys += n
 }
 
-func (b *Bolt) count(backlog, dead int) {
+func (b *Store) count(backlog, dead int) {
 	b.countMu.Lock()
 	defer b.countMu.Unlock()
 	b.backlog += backlog
@@ -418,25 +424,25 @@ func (b *Bolt) count(backlog, dead int) {
 // The backlog is checked against a count kept in memory: an accepted entry
 // reserves its place before its commit, so concurrent admits never overshoot
 // MaxBacklog.
-func (b *Bolt) Admit(ctx context.Context, e *Entry) (Admission, error) {
+func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, error) {
 	if err := b.usable(ctx); err != nil {
 		return 0, err
 	}
 	now := b.now()
 	nowNS := now.UnixNano()
-	expires := now.Add(b.windowLen()).UnixNano()
+	expires := now.Add(b.Window()).UnixNano()
 	mk := boltMarkerKey(e.Key)
-	meta := Entry{Key: e.Key, Request: e.Request, Received: now, Queued: now}
+	meta := queue.Entry{Key: e.Key, Request: e.Request, Received: now, Queued: now}
 	body := e.Body
 
 	var (
-		outcome   Admission
+		outcome   queue.Admission
 		full      bool
 		id        string
 		reserved  bool
 		newMarker bool
 	)
-	err := b.writeSized(len(body), func(tx *bolt.Tx) error {
+	err := b.writeSized(len(body), func(tx *bbolt.Tx) error {
 		outcome, full, id = 0, false, ""
 		seen := tx.Bucket(boltSeen)
 		v := seen.Get(mk)
@@ -446,7 +452,7 @@ func (b *Bolt) Admit(ctx context.Context, e *Entry) (Admission, error) {
 				b.count(-1, 0)
 				reserved = false
 			}
-			outcome = Duplicate
+			outcome = queue.Duplicate
 			return nil
 		}
 		if !reserved {
@@ -458,15 +464,15 @@ func (b *Bolt) Admit(ctx context.Context, e *Entry) (Admission, error) {
 			}
 			reserved = true
 		}
-		queue := tx.Bucket(boltQueue)
-		seq, err := queue.NextSequence()
+		qb := tx.Bucket(boltQueue)
+		seq, err := qb.NextSequence()
 		if err != nil {
 			return err
 		}
 		id = boltID(seq)
 		m := meta
 		m.ID = id
-		if err := queue.Put([]byte(id), boltEncode(&m)); err != nil {
+		if err := qb.Put([]byte(id), boltEncode(&m)); err != nil {
 			return err
 		}
 		if err := tx.Bucket(boltBodies).Put([]byte(id), body); err != nil {
@@ -481,10 +487,10 @@ func (b *Bolt) Admit(ctx context.Context, e *Entry) (Admission, error) {
 		if err := tx.Bucket(boltExpiry).Put(append(exp, mk...), nil); err != nil {
 			return err
 		}
-		outcome = Accepted
+		outcome = queue.Accepted
 		return nil
 	})
-	if err != nil || outcome != Accepted {
+	if err != nil || outcome != queue.Accepted {
 		if reserved {
 			b.count(-1, 0)
 		}
@@ -493,8 +499,8 @@ func (b *Bolt) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	case err != nil:
 		return 0, err
 	case full:
-		return 0, ErrBacklogFull
-	case outcome == Accepted:
+		return 0, queue.ErrBacklogFull
+	case outcome == queue.Accepted:
 		e.ID, e.Received, e.Queued = id, now, now
 		if newMarker {
 			b.countKeys(1)
@@ -521,7 +527,7 @@ func boltID(seq uint64) string {
 
 // boltQueueKey finds where entry id sits in the queue, or nil when it is not
 // queued. A damaged record, whose id cannot be read, goes by its queue key.
-func boltQueueKey(tx *bolt.Tx, id string) []byte {
+func boltQueueKey(tx *bbolt.Tx, id string) []byte {
 	qk := []byte(id)
 	if k := tx.Bucket(boltRequeued).Get(qk); k != nil {
 		qk = bytes.Clone(k)
@@ -538,14 +544,14 @@ func boltQueueKey(tx *bolt.Tx, id string) []byte {
 
 // Claim implements Store. Claims live in this process until Ack, Bury or
 // Release; after a restart nothing is claimed.
-func (b *Bolt) Claim(ctx context.Context, max int) ([]*Entry, error) {
+func (b *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 	if err := b.usable(ctx); err != nil {
 		return nil, err
 	}
 	b.claimMu.Lock()
 	defer b.claimMu.Unlock()
-	var out []*Entry
-	err := b.db.View(func(tx *bolt.Tx) error {
+	var out []*queue.Entry
+	err := b.db.View(func(tx *bbolt.Tx) error {
 		bodies := tx.Bucket(boltBodies)
 		c := tx.Bucket(boltQueue).Cursor()
 		out = out[:0]
@@ -571,7 +577,7 @@ func (b *Bolt) Claim(ctx context.Context, max int) ([]*Entry, error) {
 			}
 			e, err := boltDecode(v)
 			if err != nil {
-				e = &Entry{ID: id, Damaged: fmt.Sprintf("the stored record of queued entry %s cannot be read: %v", k, err)}
+				e = &queue.Entry{ID: id, Damaged: fmt.Sprintf("the stored record of queued entry %s cannot be read: %v", k, err)}
 			}
 			e.BodySize = len(bodies.Get([]byte(e.ID)))
 			out = append(out, e)
@@ -589,12 +595,12 @@ func (b *Bolt) Claim(ctx context.Context, max int) ([]*Entry, error) {
 }
 
 // Body implements Store.
-func (b *Bolt) Body(ctx context.Context, id string) ([]byte, error) {
+func (b *Store) Body(ctx context.Context, id string) ([]byte, error) {
 	if err := b.usable(ctx); err != nil {
 		return nil, err
 	}
 	var body []byte
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err := b.db.View(func(tx *bbolt.Tx) error {
 		if boltQueueKey(tx, id) == nil {
 			return nil
 		}
@@ -609,19 +615,19 @@ func (b *Bolt) Body(ctx context.Context, id string) ([]byte, error) {
 		return nil, b.storeErr(err)
 	}
 	if body == nil {
-		return nil, fmt.Errorf("body of %s: %w", id, ErrNotFound)
+		return nil, fmt.Errorf("body of %s: %w", id, queue.ErrNotFound)
 	}
 	return body, nil
 }
 
 // Extend implements Store. In-process claims never time out, so there is
 // nothing to extend; it only reports ids that are not queued.
-func (b *Bolt) Extend(ctx context.Context, ids []string) error {
+func (b *Store) Extend(ctx context.Context, ids []string) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
 	var missing string
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err := b.db.View(func(tx *bbolt.Tx) error {
 		for _, id := range ids {
 			if boltQueueKey(tx, id) == nil {
 				missing = id
@@ -634,24 +640,24 @@ func (b *Bolt) Extend(ctx context.Context, ids []string) error {
 		return b.storeErr(err)
 	}
 	if missing != "" {
-		return fmt.Errorf("extending %s: %w", missing, ErrNotFound)
+		return fmt.Errorf("extending %s: %w", missing, queue.ErrNotFound)
 	}
 	return nil
 }
 
 // Attempted implements Store.
-func (b *Bolt) Attempted(ctx context.Context, e *Entry) error {
+func (b *Store) Attempted(ctx context.Context, e *queue.Entry) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
-	found, err := b.updateQueued(e, func(tx *bolt.Tx, qk []byte, stored *Entry) error {
+	found, err := b.updateQueued(e, func(tx *bbolt.Tx, qk []byte, stored *queue.Entry) error {
 		return tx.Bucket(boltQueue).Put(qk, boltEncode(stored))
 	})
 	if err != nil {
 		return err
 	}
 	if !found {
-		return fmt.Errorf("recording attempt on %s: %w", e.ID, ErrNotFound)
+		return fmt.Errorf("recording attempt on %s: %w", e.ID, queue.ErrNotFound)
 	}
 	return nil
 }
@@ -659,12 +665,12 @@ func (b *Bolt) Attempted(ctx context.Context, e *Entry) error {
 // updateQueued runs fn, in one write transaction, on the queued entry e.ID
 // with e's attempt record applied. It reports whether the entry was queued.
 // A stored record that cannot be read is replaced by what e says.
-func (b *Bolt) updateQueued(e *Entry, fn func(tx *bolt.Tx, qk []byte, stored *Entry) error) (bool, error) {
+func (b *Store) updateQueued(e *queue.Entry, fn func(tx *bbolt.Tx, qk []byte, stored *queue.Entry) error) (bool, error) {
 	id, attempts, status, reason := e.ID, e.Attempts, e.LastStatus, e.LastError
 	fallback := *e
 	fallback.Body = nil
 	var found bool
-	err := b.write(func(tx *bolt.Tx) error {
+	err := b.write(func(tx *bbolt.Tx) error {
 		found = false // the function may run again (group commit)
 		qk := boltQueueKey(tx, id)
 		if qk == nil {
@@ -687,12 +693,12 @@ func (b *Bolt) updateQueued(e *Entry, fn func(tx *bolt.Tx, qk []byte, stored *En
 
 // Ack implements Store. The payload is deleted; its marker stays until the
 // window ends. Acking an id that is no longer queued is not an error.
-func (b *Bolt) Ack(ctx context.Context, id string) error {
+func (b *Store) Ack(ctx context.Context, id string) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
 	var found bool
-	err := b.write(func(tx *bolt.Tx) error {
+	err := b.write(func(tx *bbolt.Tx) error {
 		found = false
 		qk := boltQueueKey(tx, id)
 		if qk == nil {
@@ -713,7 +719,7 @@ func (b *Bolt) Ack(ctx context.Context, id string) error {
 
 // boltDelete takes entry id (at queue key qk) out of the queue, and out of
 // the other buckets named.
-func boltDelete(tx *bolt.Tx, qk []byte, id string, others ...[]byte) error {
+func boltDelete(tx *bbolt.Tx, qk []byte, id string, others ...[]byte) error {
 	if err := tx.Bucket(boltQueue).Delete(qk); err != nil {
 		return err
 	}
@@ -726,7 +732,7 @@ func boltDelete(tx *bolt.Tx, qk []byte, id string, others ...[]byte) error {
 	return nil
 }
 
-func (b *Bolt) unclaim(ids ...string) {
+func (b *Store) unclaim(ids ...string) {
 	b.claimMu.Lock()
 	defer b.claimMu.Unlock()
 	for _, id := range ids {
@@ -737,13 +743,13 @@ func (b *Bolt) unclaim(ids ...string) {
 // Bury implements Store. It buries the stored entry, not e, so a caller
 // holding a stale copy cannot change the body or key of a dead letter. The
 // body stays where it is.
-func (b *Bolt) Bury(ctx context.Context, e *Entry) error {
+func (b *Store) Bury(ctx context.Context, e *queue.Entry) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
 	id := e.ID
 	died := b.now()
-	found, err := b.updateQueued(e, func(tx *bolt.Tx, qk []byte, stored *Entry) error {
+	found, err := b.updateQueued(e, func(tx *bbolt.Tx, qk []byte, stored *queue.Entry) error {
 		stored.Died = died
 		if err := tx.Bucket(boltDead).Put([]byte(id), boltEncode(stored)); err != nil {
 			return err
@@ -757,7 +763,7 @@ func (b *Bolt) Bury(ctx context.Context, e *Entry) error {
 		return err
 	}
 	if !found {
-		return fmt.Errorf("burying %s: %w", id, ErrNotFound)
+		return fmt.Errorf("burying %s: %w", id, queue.ErrNotFound)
 	}
 	b.unclaim(id)
 	b.count(-1, +1)
@@ -765,7 +771,7 @@ func (b *Bolt) Bury(ctx context.Context, e *Entry) error {
 }
 
 // Release implements Store. Ids that are not claimed are skipped.
-func (b *Bolt) Release(ctx context.Context, ids []string) error {
+func (b *Store) Release(ctx context.Context, ids []string) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
@@ -777,12 +783,12 @@ func (b *Bolt) Release(ctx context.Context, ids []string) error {
 }
 
 // Dead implements Store.
-func (b *Bolt) Dead(ctx context.Context, after string, limit int) ([]*Entry, error) {
+func (b *Store) Dead(ctx context.Context, after string, limit int) ([]*queue.Entry, error) {
 	if err := b.usable(ctx); err != nil {
 		return nil, err
 	}
-	out := []*Entry{}
-	err := b.db.View(func(tx *bolt.Tx) error {
+	out := []*queue.Entry{}
+	err := b.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(boltDead).Cursor()
 		k, v := c.First()
 		if after != "" {
@@ -795,7 +801,7 @@ func (b *Bolt) Dead(ctx context.Context, after string, limit int) ([]*Entry, err
 			e, err := boltDecode(v)
 			if err != nil {
 				// listed all the same, so an operator can see and delete it
-				e = &Entry{ID: string(k), LastError: fmt.Sprintf("the stored record of this dead letter cannot be read: %v", err)}
+				e = &queue.Entry{ID: string(k), LastError: fmt.Sprintf("the stored record of this dead letter cannot be read: %v", err)}
 			}
 			e.BodySize = len(tx.Bucket(boltBodies).Get(k))
 			out = append(out, e)
@@ -809,12 +815,12 @@ func (b *Bolt) Dead(ctx context.Context, after string, limit int) ([]*Entry, err
 }
 
 // DeadEntry implements Store.
-func (b *Bolt) DeadEntry(ctx context.Context, id string) (*Entry, error) {
+func (b *Store) DeadEntry(ctx context.Context, id string) (*queue.Entry, error) {
 	if err := b.usable(ctx); err != nil {
 		return nil, err
 	}
-	var e *Entry
-	err := b.db.View(func(tx *bolt.Tx) error {
+	var e *queue.Entry
+	err := b.db.View(func(tx *bbolt.Tx) error {
 		v := tx.Bucket(boltDead).Get([]byte(id))
 		if v == nil {
 			return nil
@@ -833,18 +839,18 @@ func (b *Bolt) DeadEntry(ctx context.Context, id string) (*Entry, error) {
 		return nil, b.storeErr(err)
 	}
 	if e == nil {
-		return nil, fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
+		return nil, fmt.Errorf("dead letter %s: %w", id, queue.ErrNotFound)
 	}
 	return e, nil
 }
 
 // DeleteDead implements Store. The body goes with it.
-func (b *Bolt) DeleteDead(ctx context.Context, id string) error {
+func (b *Store) DeleteDead(ctx context.Context, id string) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
 	var found bool
-	err := b.write(func(tx *bolt.Tx) error {
+	err := b.write(func(tx *bbolt.Tx) error {
 		found = false
 		v := tx.Bucket(boltDead).Get([]byte(id))
 		if v == nil {
@@ -857,7 +863,7 @@ func (b *Bolt) DeleteDead(ctx context.Context, id string) error {
 		return err
 	}
 	if !found {
-		return fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
+		return fmt.Errorf("dead letter %s: %w", id, queue.ErrNotFound)
 	}
 	b.count(0, -1)
 	return nil
@@ -865,7 +871,7 @@ func (b *Bolt) DeleteDead(ctx context.Context, id string) error {
 
 // boltDeleteDead removes dead letter id (its record v), its body and its
 // place in the index by death.
-func boltDeleteDead(tx *bolt.Tx, id string, v []byte) error {
+func boltDeleteDead(tx *bbolt.Tx, id string, v []byte) error {
 	if e, err := boltDecode(v); err == nil {
 		died := e.Died
 		if died.IsZero() {
@@ -882,15 +888,15 @@ func boltDeleteDead(tx *bolt.Tx, id string, v []byte) error {
 }
 
 // TrimDead implements Store, in one transaction of at most limit letters.
-func (b *Bolt) TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*Entry, error) {
+func (b *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*queue.Entry, error) {
 	if err := b.usable(ctx); err != nil {
 		return nil, err
 	}
 	b.countMu.Lock()
 	dead := b.dead
 	b.countMu.Unlock()
-	var out []*Entry
-	err := b.db.Update(func(tx *bolt.Tx) error {
+	var out []*queue.Entry
+	err := b.db.Update(func(tx *bbolt.Tx) error {
 		out = out[:0]
 		deadBk := tx.Bucket(boltDead)
 		c := tx.Bucket(boltDeadAt).Cursor()
@@ -912,7 +918,7 @@ func (b *Bolt) TrimDead(ctx context.Context, max int, cutoff time.Time, limit in
 			}
 			e, err := boltDecode(v)
 			if err != nil {
-				e = &Entry{ID: id}
+				e = &queue.Entry{ID: id}
 			}
 			e.BodySize = len(tx.Bucket(boltBodies).Get([]byte(id)))
 			if err := deadBk.Delete([]byte(id)); err != nil {
@@ -942,7 +948,7 @@ func (b *Bolt) TrimDead(ctx context.Context, max int, cutoff time.Time, limit in
 // new queue key and keep their ID. It commits boltReplayBatch letters at a
 // time, so admits wait for one short commit at most, never for the whole
 // replay.
-func (b *Bolt) Replay(ctx context.Context, ids []string) (int, error) {
+func (b *Store) Replay(ctx context.Context, ids []string) (int, error) {
 	if err := b.usable(ctx); err != nil {
 		return 0, err
 	}
@@ -952,7 +958,7 @@ func (b *Bolt) Replay(ctx context.Context, ids []string) (int, error) {
 		var batch []string
 		if all {
 			// what was replayed is gone from the front of the bucket
-			if err := b.db.View(func(tx *bolt.Tx) error {
+			if err := b.db.View(func(tx *bbolt.Tx) error {
 				c := tx.Bucket(boltDead).Cursor()
 				for k, _ := c.First(); k != nil && len(batch) < boltReplayBatch; k, _ = c.Next() {
 					batch = append(batch, string(k))
@@ -983,13 +989,13 @@ func (b *Bolt) Replay(ctx context.Context, ids []string) (int, error) {
 }
 
 // replay puts the dead letters in ids back in the queue, in one commit.
-func (b *Bolt) replay(ids []string) (int, error) {
+func (b *Store) replay(ids []string) (int, error) {
 	now := b.now()
 	var n int
-	err := b.write(func(tx *bolt.Tx) error {
+	err := b.write(func(tx *bbolt.Tx) error {
 		n = 0
 		dead := tx.Bucket(boltDead)
-		queue := tx.Bucket(boltQueue)
+		qb := tx.Bucket(boltQueue)
 		requeued := tx.Bucket(boltRequeued)
 		for _, id := range ids {
 			v := dead.Get([]byte(id))
@@ -998,7 +1004,7 @@ func (b *Bolt) replay(ids []string) (int, error) {
 			}
 			e, err := boltDecode(v)
 			if err != nil {
-				e = &Entry{ID: id} // the body is what matters, and it is intact
+				e = &queue.Entry{ID: id} // the body is what matters, and it is intact
 			}
 			died := e.Died
 			if died.IsZero() {
@@ -1012,12 +1018,12 @@ func (b *Bolt) replay(ids []string) (int, error) {
 			if e.Received.IsZero() {
 				e.Received = now
 			}
-			seq, err := queue.NextSequence()
+			seq, err := qb.NextSequence()
 			if err != nil {
 				return err
 			}
 			qk := []byte(boltID(seq))
-			if err := queue.Put(qk, boltEncode(e)); err != nil {
+			if err := qb.Put(qk, boltEncode(e)); err != nil {
 				return err
 			}
 			if err := requeued.Put([]byte(id), qk); err != nil {
@@ -1039,12 +1045,12 @@ func (b *Bolt) replay(ids []string) (int, error) {
 
 // Stats implements Store. The counts are kept in memory; OldestQueued is
 // the Queued time of the queue's first entry.
-func (b *Bolt) Stats(ctx context.Context) (Stats, error) {
+func (b *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	if err := b.usable(ctx); err != nil {
-		return Stats{}, err
+		return queue.Stats{}, err
 	}
-	var s Stats
-	err := b.db.View(func(tx *bolt.Tx) error {
+	var s queue.Stats
+	err := b.db.View(func(tx *bbolt.Tx) error {
 		_, v := tx.Bucket(boltQueue).Cursor().First()
 		if v == nil {
 			return nil
@@ -1057,7 +1063,7 @@ func (b *Bolt) Stats(ctx context.Context) (Stats, error) {
 		return nil
 	})
 	if err != nil {
-		return Stats{}, b.storeErr(err)
+		return queue.Stats{}, b.storeErr(err)
 	}
 	b.countMu.Lock()
 	s.Backlog, s.Dead, s.Keys = b.backlog, b.dead, b.keys
@@ -1067,14 +1073,17 @@ func (b *Bolt) Stats(ctx context.Context) (Stats, error) {
 
 // Close implements Store. It stops the sweep and closes the file; queued
 // entries, claimed ones included, stay in it.
-func (b *Bolt) Close() error {
+func (b *Store) Close() error {
 	b.closeMu.Lock()
 	defer b.closeMu.Unlock()
 	if b.closed.Swap(true) {
-		return ErrClosed
+		return queue.ErrClosed
 	}
 	close(b.done)
 	b.bgDone.Wait()
+	if b.release != nil {
+		defer b.release()
+	}
 	if err := b.db.Close(); err != nil {
 		return fmt.Errorf("bolt store %s: closing: %w", b.path, err)
 	}
@@ -1083,9 +1092,9 @@ func (b *Bolt) Close() error {
 
 // sweeper deletes expired markers now and then, so that the file does not
 // grow without bound under a steady stream of new keys.
-func (b *Bolt) sweeper() {
+func (b *Store) sweeper() {
 	defer b.bgDone.Done()
-	every := min(max(b.windowLen()/4, time.Second), time.Minute)
+	every := min(max(b.Window()/4, time.Second), time.Minute)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -1103,7 +1112,7 @@ func (b *Bolt) sweeper() {
 // sweeps by itself in the background (every window/4, at least every
 // minute); calling it is only needed to sweep at a chosen moment, as tests
 // do with a fake clock.
-func (b *Bolt) Sweep(ctx context.Context) (int, error) {
+func (b *Store) Sweep(ctx context.Context) (int, error) {
 	if err := b.usable(ctx); err != nil {
 		return 0, err
 	}
@@ -1111,17 +1120,17 @@ func (b *Bolt) Sweep(ctx context.Context) (int, error) {
 }
 
 // sweep is Sweep without the checks.
-func (b *Bolt) sweep() (int, error) {
+func (b *Store) sweep() (int, error) {
 	total := 0
 	for {
 		select {
 		case <-b.done:
-			return total, ErrClosed
+			return total, queue.ErrClosed
 		default:
 		}
 		now := uint64(b.now().UnixNano())
 		n, unmarked := 0, 0
-		err := b.db.Update(func(tx *bolt.Tx) error {
+		err := b.db.Update(func(tx *bbolt.Tx) error {
 			n, unmarked = 0, 0
 			expiry := tx.Bucket(boltExpiry)
 			seen := tx.Bucket(boltSeen)
@@ -1166,7 +1175,7 @@ func (b *Bolt) sweep() (int, error) {
 // Attempts, LastStatus and LastError. Bodies are kept raw in their own
 // bucket, so recording an attempt or burying never rewrites them.
 
-func boltEncode(e *Entry) []byte {
+func boltEncode(e *queue.Entry) []byte {
 	n := 1 + 10*8 + len(e.ID) + len(e.Key) + len(e.Request.RawQuery) + len(e.Request.ContentType) +
 		len(e.Request.UserAgent) + len(e.Request.ForwardedFor) + len(e.LastError)
 	buf := make([]byte, 0, n)
@@ -1203,15 +1212,15 @@ func boltEntryID(v []byte) string {
 	return string(v[1+w : 1+w+int(n)])
 }
 
-func boltDecode(v []byte) (*Entry, error) {
+func boltDecode(v []byte) (*queue.Entry, error) {
 	if len(v) < 1 || (v[0] != 1 && v[0] != boltEntryFormat) {
 		return nil, errBoltEntry
 	}
 	d := boltDecoder{buf: v[1:]}
-	e := &Entry{
+	e := &queue.Entry{
 		ID:  d.str(),
 		Key: d.str(),
-		Request: RequestMeta{
+		Request: queue.RequestMeta{
 			RawQuery:     d.str(),
 			ContentType:  d.str(),
 			UserAgent:    d.str(),
@@ -1261,4 +1270,4 @@ func (d *boltDecoder) varint() int64 {
 }
 
 // Interface guard
-var _ Store = (*Bolt)(nil)
+var _ queue.Store = (*Store)(nil)

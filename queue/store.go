@@ -1,4 +1,4 @@
-package dedupe
+package queue
 
 import (
 	"context"
@@ -129,16 +129,29 @@ type Stats struct {
 
 // Store holds the dedupe markers, the delivery queue and the dead letters of
 // one relay. Every implementation has the same semantics; the suite in
-// dedupe/storetest checks them. All methods are safe for concurrent use.
+// queue/storetest checks them. All methods are safe for concurrent use.
 //
-// Delivery protocol: a worker Claims entries; a claimed entry is not handed
-// out again while its claim is alive. The worker then ends the claim with
-// exactly one of Ack (delivered), Bury (dead letter) or Release (give it back
-// to the queue, e.g. at shutdown). While it retries it calls Attempted to
-// record progress and Extend to keep the claim alive. A claim held by a
-// process that died is handed out again (after a visibility timeout in
-// shared stores; at the next start in embedded ones).
+// Each part of the relay sees only its role: the handler an Admitter, the
+// delivery engine a Claimer, the admin API DeadLetters. The pooled relay
+// that opened the store owns the rest (limits, stats, closing).
 type Store interface {
+	Admitter
+	Claimer
+	DeadLetters
+
+	// SetLimits applies a new window and backlog bound to later admits
+	// (a config reload changed them).
+	SetLimits(window time.Duration, maxBacklog int)
+
+	// Stats reports what the store holds.
+	Stats(ctx context.Context) (Stats, error)
+	// Close releases the store's resources. Claimed entries stay queued.
+	// The store never keeps a reference to a caller's Entry or Body.
+	Close() error
+}
+
+// Admitter is the ack path's view of a store.
+type Admitter interface {
 	// Admit atomically either finds e.Key seen within the window (Duplicate)
 	// or stores e and marks e.Key seen, both or neither.
 	// ErrBacklogFull when the queue is full; any other error means the
@@ -147,7 +160,19 @@ type Store interface {
 	// The caller's ctx may have no deadline: a store that waits on a server
 	// gives up after AdmitTimeout at the latest.
 	Admit(ctx context.Context, e *Entry) (Admission, error)
+}
 
+// Claimer is the delivery engine's view of a store: the claim protocol.
+//
+// A worker Claims entries; a claimed entry is not handed out again while
+// its claim is alive. The worker then ends the claim with exactly one of Ack
+// (delivered), Bury (dead letter) or Release (give it back to the queue,
+// e.g. at shutdown). While it retries it calls Attempted to record progress
+// and Extend to keep the claim alive. A claim held by a process that died is
+// handed out again (after a visibility timeout in shared stores; at the next
+// start in embedded ones). The engine that makes dead letters also keeps
+// them within their bounds (TrimDead).
+type Claimer interface {
 	// Claim hands out up to max queued entries that nobody holds, oldest
 	// first, without their bodies (BodySize is set). It does not block
 	// waiting for entries. An entry whose record cannot be read comes back
@@ -168,6 +193,15 @@ type Store interface {
 	// Release gives claimed entries back to the queue unchanged.
 	Release(ctx context.Context, ids []string) error
 
+	// TrimDead removes dead letters, oldest Died first: those that died
+	// before the cutoff (zero: none by age), then the oldest ones while more
+	// than max remain (0: no bound), at most limit in one call. It returns
+	// the removed letters without bodies; fewer than limit means it is done.
+	TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*Entry, error)
+}
+
+// DeadLetters is the operator's view of a store, through the admin API.
+type DeadLetters interface {
 	// Dead lists dead letters in id order, starting after the id in after
 	// (empty: from the start), at most limit of them, without bodies but
 	// with BodySize set.
@@ -183,20 +217,4 @@ type Store interface {
 	// an operator's decision. A large replay runs in bounded steps, so it
 	// never holds up admits for long.
 	Replay(ctx context.Context, ids []string) (int, error)
-
-	// TrimDead removes dead letters, oldest Died first: those that died
-	// before the cutoff (zero: none by age), then the oldest ones while more
-	// than max remain (0: no bound), at most limit in one call. It returns
-	// the removed letters without bodies; fewer than limit means it is done.
-	TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*Entry, error)
-
-	// SetLimits applies a new window and backlog bound to later admits
-	// (a config reload changed them).
-	SetLimits(window time.Duration, maxBacklog int)
-
-	// Stats reports what the store holds.
-	Stats(ctx context.Context) (Stats, error)
-	// Close releases the store's resources. Claimed entries stay queued.
-	// The store never keeps a reference to a caller's Entry or Body.
-	Close() error
 }

@@ -1,11 +1,10 @@
-package dedupe_test
+package bolt_test
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"math/bits"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,32 +14,32 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/bbolt"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
-	"github.com/hookrelay/caddy-webhook-relay/dedupe/storetest"
-	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+	"github.com/hookrelay/caddy-webhook-relay/queue/bolt"
+	"github.com/hookrelay/caddy-webhook-relay/queue/storetest"
 )
 
-func openBolt(t testing.TB, path string, opts dedupe.Options) *dedupe.Bolt {
+func openBolt(t testing.TB, path string, opts queue.Options) *bolt.Store {
 	t.Helper()
-	s, err := dedupe.OpenBolt(path, opts)
+	s, err := bolt.Open(path, opts)
 	if err != nil {
-		t.Fatalf("OpenBolt: %v", err)
+		t.Fatalf("bolt.Open: %v", err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
 }
 
 func TestBolt(t *testing.T) {
-	storetest.Run(t, func(t *testing.T, opts dedupe.Options) dedupe.Store {
+	storetest.Run(t, func(t *testing.T, opts queue.Options) queue.Store {
 		return openBolt(t, filepath.Join(t.TempDir(), "relay.db"), opts)
 	})
 }
 
 func TestBoltCreatesDirectory(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "data", "webhook_relay", "default.db")
-	openBolt(t, path, dedupe.Options{Window: time.Hour})
+	openBolt(t, path, queue.Options{Window: time.Hour})
 	fi, err := os.Stat(filepath.Dir(path))
 	if err != nil {
 		t.Fatal(err)
@@ -55,14 +54,14 @@ func TestBoltCreatesDirectory(t *testing.T) {
 func TestBoltReopen(t *testing.T) {
 	ctx := t.Context()
 	clock := storetest.NewClock()
-	opts := dedupe.Options{Window: time.Hour, MaxBacklog: 10, Now: clock.Now}
+	opts := queue.Options{Window: time.Hour, MaxBacklog: 10, Now: clock.Now}
 	path := filepath.Join(t.TempDir(), "relay.db")
 	s := openBolt(t, path, opts)
 
-	admit := func(s dedupe.Store, key string) *dedupe.Entry {
+	admit := func(s queue.Store, key string) *queue.Entry {
 		t.Helper()
-		e := &dedupe.Entry{Key: key, Body: []byte(`{"k":"` + key + `"}`), Request: dedupe.RequestMeta{ContentType: "application/json"}}
-		if got, err := s.Admit(ctx, e); err != nil || got != dedupe.Accepted {
+		e := &queue.Entry{Key: key, Body: []byte(`{"k":"` + key + `"}`), Request: queue.RequestMeta{ContentType: "application/json"}}
+		if got, err := s.Admit(ctx, e); err != nil || got != queue.Accepted {
 			t.Fatalf("Admit(%s) = %v, %v", key, got, err)
 		}
 		return e
@@ -106,7 +105,7 @@ func TestBoltReopen(t *testing.T) {
 		t.Fatalf("DeadEntry(%s) after reopen = %+v, %v", b.ID, d, err)
 	}
 	for _, k := range []string{"a", "b", "c"} {
-		if got, err := s.Admit(ctx, &dedupe.Entry{Key: k}); err != nil || got != dedupe.Duplicate {
+		if got, err := s.Admit(ctx, &queue.Entry{Key: k}); err != nil || got != queue.Duplicate {
 			t.Errorf("Admit(%s) after reopen = %v, %v; want duplicate", k, got, err)
 		}
 	}
@@ -118,7 +117,7 @@ func TestBoltReopen(t *testing.T) {
 	for i := range 8 {
 		admit(s, "fill"+strconv.Itoa(i))
 	}
-	if _, err := s.Admit(ctx, &dedupe.Entry{Key: "over"}); !errors.Is(err, dedupe.ErrBacklogFull) {
+	if _, err := s.Admit(ctx, &queue.Entry{Key: "over"}); !errors.Is(err, queue.ErrBacklogFull) {
 		t.Errorf("Admit past the bound after reopen = %v, want ErrBacklogFull", err)
 	}
 }
@@ -131,7 +130,7 @@ func TestBoltSweepBoundsFileSize(t *testing.T) {
 	clock := storetest.NewClock()
 	const window = 10 * time.Minute
 	path := filepath.Join(t.TempDir(), "relay.db")
-	s := openBolt(t, path, dedupe.Options{Window: window, Now: clock.Now})
+	s := openBolt(t, path, queue.Options{Window: window, Now: clock.Now})
 	body := bytes.Repeat([]byte("x"), 300)
 
 	const rounds, perRound = 40, 500
@@ -140,8 +139,8 @@ func TestBoltSweepBoundsFileSize(t *testing.T) {
 	for r := range rounds {
 		// concurrently, as a relay under load does: commits are shared
 		inParallel(perRound, func(i int) {
-			e := &dedupe.Entry{Key: fmt.Sprintf("task-%d-%d", r, i), Body: body}
-			if got, err := s.Admit(ctx, e); err != nil || got != dedupe.Accepted {
+			e := &queue.Entry{Key: fmt.Sprintf("task-%d-%d", r, i), Body: body}
+			if got, err := s.Admit(ctx, e); err != nil || got != queue.Accepted {
 				t.Errorf("Admit = %v, %v", got, err)
 			}
 		})
@@ -180,7 +179,7 @@ func TestBoltSweepBoundsFileSize(t *testing.T) {
 		t.Errorf("file grew from %d to %d bytes between rounds 20 and %d: not levelling off", levelled, last, rounds)
 	}
 	// and what expired is forgotten: the key is accepted again
-	if got, err := s.Admit(ctx, &dedupe.Entry{Key: "task-0-0"}); err != nil || got != dedupe.Accepted {
+	if got, err := s.Admit(ctx, &queue.Entry{Key: "task-0-0"}); err != nil || got != queue.Accepted {
 		t.Errorf("Admit of a swept key = %v, %v; want accepted", got, err)
 	}
 }
@@ -203,18 +202,18 @@ func inParallel(n int, fn func(i int)) {
 func TestBoltSweepKeepsNewerMarker(t *testing.T) {
 	ctx := t.Context()
 	clock := storetest.NewClock()
-	s := openBolt(t, filepath.Join(t.TempDir(), "relay.db"), dedupe.Options{Window: time.Hour, Now: clock.Now})
-	if got, err := s.Admit(ctx, &dedupe.Entry{Key: "k"}); err != nil || got != dedupe.Accepted {
+	s := openBolt(t, filepath.Join(t.TempDir(), "relay.db"), queue.Options{Window: time.Hour, Now: clock.Now})
+	if got, err := s.Admit(ctx, &queue.Entry{Key: "k"}); err != nil || got != queue.Accepted {
 		t.Fatal(got, err)
 	}
 	clock.Advance(time.Hour) // expired, not yet swept
-	if got, err := s.Admit(ctx, &dedupe.Entry{Key: "k"}); err != nil || got != dedupe.Accepted {
+	if got, err := s.Admit(ctx, &queue.Entry{Key: "k"}); err != nil || got != queue.Accepted {
 		t.Fatal(got, err)
 	}
 	if n, err := s.Sweep(ctx); err != nil || n != 1 {
 		t.Fatalf("Sweep = %d, %v; want the old marker gone", n, err)
 	}
-	if got, err := s.Admit(ctx, &dedupe.Entry{Key: "k"}); err != nil || got != dedupe.Duplicate {
+	if got, err := s.Admit(ctx, &queue.Entry{Key: "k"}); err != nil || got != queue.Duplicate {
 		t.Fatalf("Admit after sweeping the old marker = %v, %v; want duplicate", got, err)
 	}
 }
@@ -232,10 +231,10 @@ func TestBoltCorruptFile(t *testing.T) {
 			if err := os.WriteFile(path, garbage, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			s, err := dedupe.OpenBolt(path, dedupe.Options{Window: time.Hour})
+			s, err := bolt.Open(path, queue.Options{Window: time.Hour})
 			if err == nil {
 				_ = s.Close()
-				t.Fatal("OpenBolt opened a file of garbage")
+				t.Fatal("bolt.Open opened a file of garbage")
 			}
 			if !strings.Contains(err.Error(), path) {
 				t.Errorf("error %q does not name the file", err)
@@ -252,11 +251,11 @@ func TestBoltCorruptFile(t *testing.T) {
 // A bbolt file of some other program is refused, not adopted.
 func TestBoltForeignFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "other.db")
-	db, err := bolt.Open(path, 0o600, nil)
+	db, err := bbolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *bolt.Tx) error {
+	if err := db.Update(func(tx *bbolt.Tx) error {
 		_, err := tx.CreateBucket([]byte("users"))
 		return err
 	}); err != nil {
@@ -266,10 +265,10 @@ func TestBoltForeignFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	before, _ := os.ReadFile(path)
-	s, err := dedupe.OpenBolt(path, dedupe.Options{Window: time.Hour})
+	s, err := bolt.Open(path, queue.Options{Window: time.Hour})
 	if err == nil {
 		_ = s.Close()
-		t.Fatal("OpenBolt adopted another program's bbolt file")
+		t.Fatal("bolt.Open adopted another program's bbolt file")
 	}
 	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "not a webhook_relay store") {
 		t.Errorf("error %q does not name the file and say what is wrong", err)
@@ -284,35 +283,35 @@ func TestBoltForeignFile(t *testing.T) {
 // with an error naming the file.
 func TestBoltLocked(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "relay.db")
-	openBolt(t, path, dedupe.Options{Window: time.Hour})
+	openBolt(t, path, queue.Options{Window: time.Hour})
 
 	start := time.Now()
-	s, err := dedupe.OpenBolt(path, dedupe.Options{Window: time.Hour})
+	s, err := bolt.Open(path, queue.Options{Window: time.Hour})
 	took := time.Since(start)
 	if err == nil {
 		_ = s.Close()
-		t.Fatal("a second OpenBolt on the same file succeeded")
+		t.Fatal("a second bolt.Open on the same file succeeded")
 	}
 	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "another process holds") {
 		t.Errorf("error %q does not name the file and say another process holds it", err)
 	}
-	if took > dedupe.BoltOpenTimeout+2*time.Second {
-		t.Errorf("the second OpenBolt took %s to fail, want about %s", took, dedupe.BoltOpenTimeout)
+	if took > bolt.OpenTimeout+2*time.Second {
+		t.Errorf("the second bolt.Open took %s to fail, want about %s", took, bolt.OpenTimeout)
 	}
 }
 
 func TestBoltPathIsDirectory(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := dedupe.OpenBolt(dir, dedupe.Options{}); err == nil || !strings.Contains(err.Error(), dir) {
-		t.Fatalf("OpenBolt(directory) = %v, want an error naming it", err)
+	if _, err := bolt.Open(dir, queue.Options{}); err == nil || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("bolt.Open(directory) = %v, want an error naming it", err)
 	}
 }
 
 func TestBoltIDsSortAsStrings(t *testing.T) {
-	s := openBolt(t, filepath.Join(t.TempDir(), "relay.db"), dedupe.Options{Window: time.Hour})
+	s := openBolt(t, filepath.Join(t.TempDir(), "relay.db"), queue.Options{Window: time.Hour})
 	prev := ""
 	for i := range 150 { // past the 100s: a number width changes
-		e := &dedupe.Entry{Key: "k" + strconv.Itoa(i)}
+		e := &queue.Entry{Key: "k" + strconv.Itoa(i)}
 		if _, err := s.Admit(t.Context(), e); err != nil {
 			t.Fatal(err)
 		}
@@ -325,124 +324,32 @@ func TestBoltIDsSortAsStrings(t *testing.T) {
 
 // Keys longer than bbolt allows for a key are stored by their hash.
 func TestBoltLongKey(t *testing.T) {
-	s := openBolt(t, filepath.Join(t.TempDir(), "relay.db"), dedupe.Options{Window: time.Hour})
+	s := openBolt(t, filepath.Join(t.TempDir(), "relay.db"), queue.Options{Window: time.Hour})
 	long := strings.Repeat("k", 64<<10)
-	for _, want := range []dedupe.Admission{dedupe.Accepted, dedupe.Duplicate} {
-		if got, err := s.Admit(t.Context(), &dedupe.Entry{Key: long}); err != nil || got != want {
+	for _, want := range []queue.Admission{queue.Accepted, queue.Duplicate} {
+		if got, err := s.Admit(t.Context(), &queue.Entry{Key: long}); err != nil || got != want {
 			t.Fatalf("Admit(64 KiB key) = %v, %v; want %v", got, err, want)
 		}
 	}
-	if got, err := s.Admit(t.Context(), &dedupe.Entry{Key: long + "x"}); err != nil || got != dedupe.Accepted {
+	if got, err := s.Admit(t.Context(), &queue.Entry{Key: long + "x"}); err != nil || got != queue.Accepted {
 		t.Fatalf("Admit(other long key) = %v, %v; want accepted", got, err)
 	}
 }
 
 func BenchmarkBoltAdmit(b *testing.B) {
-	storetest.Bench(b, func(b *testing.B) dedupe.Store {
-		return openBolt(b, filepath.Join(b.TempDir(), "relay.db"), dedupe.Options{Window: 24 * time.Hour})
+	storetest.Bench(b, func(b *testing.B) queue.Store {
+		return openBolt(b, filepath.Join(b.TempDir(), "relay.db"), queue.Options{Window: 24 * time.Hour})
 	})
 }
 
-// BenchmarkAdmit compares the stores (Redis with appendfsync always, like
-// bolt's fsync per commit) side by side at 1, 16 and 64
-// concurrent admits and reports the admit (ack) latency p99 with the
-// throughput. RunParallel starts parallelism×GOMAXPROCS goroutines: run
-// with -cpu 1 for exactly that many, e.g.
-//
-//	go test -run '^$' -bench BenchmarkAdmit -cpu 1 ./dedupe/
-func BenchmarkAdmit(b *testing.B) {
-	stores := []struct {
-		name string
-		open func(b *testing.B) dedupe.Store
-	}{
-		{"memory", func(b *testing.B) dedupe.Store {
-			s := dedupe.NewMemory(dedupe.Options{Window: 24 * time.Hour})
-			b.Cleanup(func() { _ = s.Close() })
-			return s
-		}},
-		{"bolt", func(b *testing.B) dedupe.Store {
-			return openBolt(b, filepath.Join(b.TempDir(), "relay.db"), dedupe.Options{Window: 24 * time.Hour})
-		}},
-		{"redis", func(b *testing.B) dedupe.Store {
-			srv := redistest.Start(b, redistest.Options{AOF: true})
-			return openRedis(b, srv, uniquePrefix(), "c1", 0, dedupe.Options{Window: 24 * time.Hour})
-		}},
-	}
-	for _, st := range stores {
-		for _, conc := range []int{1, 16, 64} {
-			b.Run(fmt.Sprintf("%s/concurrency=%d", st.name, conc), func(b *testing.B) {
-				b.SetParallelism(conc)
-				var h latencies
-				storetest.Bench(b, func(b *testing.B) dedupe.Store {
-					return timedStore{Store: st.open(b), h: &h}
-				})
-				b.ReportMetric(float64(h.quantile(0.99).Microseconds()), "p99-µs")
-			})
-		}
-	}
-}
-
-// timedStore records how long each Admit takes.
-type timedStore struct {
-	dedupe.Store
-	h *latencies
-}
-
-func (s timedStore) Admit(ctx context.Context, e *dedupe.Entry) (dedupe.Admission, error) {
-	start := time.Now()
-	a, err := s.Store.Admit(ctx, e)
-	s.h.add(time.Since(start))
-	return a, err
-}
-
-// latencies is a lock-free histogram with four buckets per power of two
-// (about 19% resolution), cheap enough not to disturb what it measures.
-type latencies struct{ n [64 * 4]atomic.Int64 }
-
-func (h *latencies) add(d time.Duration) {
-	h.n[bucketOf(uint64(max(d, 1)))].Add(1)
-}
-
-func bucketOf(ns uint64) int {
-	exp := bits.Len64(ns) - 1
-	if exp < 2 {
-		return int(ns)
-	}
-	return exp*4 + int(ns>>(exp-2)&3)
-}
-
-// quantile returns the upper bound of the bucket holding the q quantile.
-func (h *latencies) quantile(q float64) time.Duration {
-	var total int64
-	for i := range h.n {
-		total += h.n[i].Load()
-	}
-	want := int64(q * float64(total))
-	var seen int64
-	for i := range h.n {
-		seen += h.n[i].Load()
-		if seen > want || (seen == total && total > 0) {
-			exp, sub := i/4, i%4
-			if exp < 2 {
-				return time.Duration(i + 1)
-			}
-			return time.Duration((uint64(4+sub+1) << (exp - 2)))
-		}
-	}
-	return 0
-}
-
-// TestBoltDamagedEntryDoesNotHaltClaims: a queued record that cannot be
-// decoded comes back from Claim marked Damaged, the entries after it still
-// come, and burying it keeps the reason and the body.
 func TestBoltDamagedEntryDoesNotHaltClaims(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "relay.db")
-	opts := dedupe.Options{Window: time.Hour}
+	opts := queue.Options{Window: time.Hour}
 	s := openBolt(t, path, opts)
-	var admitted []*dedupe.Entry
+	var admitted []*queue.Entry
 	for _, k := range []string{"a", "b", "c"} {
-		e := &dedupe.Entry{Key: k, Body: []byte(`{"k":"` + k + `"}`)}
+		e := &queue.Entry{Key: k, Body: []byte(`{"k":"` + k + `"}`)}
 		if _, err := s.Admit(ctx, e); err != nil {
 			t.Fatal(err)
 		}
@@ -451,12 +358,12 @@ func TestBoltDamagedEntryDoesNotHaltClaims(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(path, 0o600, nil)
+	db, err := bbolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	damaged := admitted[1]
-	if err := db.Update(func(tx *bolt.Tx) error {
+	if err := db.Update(func(tx *bbolt.Tx) error {
 		return tx.Bucket([]byte("queue")).Put([]byte(damaged.ID), []byte{0xff, 0x01, 0x02})
 	}); err != nil {
 		t.Fatal(err)

@@ -1,11 +1,13 @@
-package dedupe
+package redis
 
 import (
 	"context"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // A call with little time left (an ack after a slow upstream) must not cut
@@ -57,18 +59,18 @@ func TestGatherBoundsBytes(t *testing.T) {
 
 // For the tests in redis_test.go, which run the scripts themselves.
 
-// RedisAdmitOnce sends the commands of an admit of e under token at now
+// AdmitOnce sends the commands of an admit of e under token at now
 // on c, as the store does, and returns the admit script's reply.
-func RedisAdmitOnce(ctx context.Context, r *Redis, c redis.UniversalClient, e *Entry, token string, now time.Time) ([]any, error) {
+func AdmitOnce(ctx context.Context, r *Store, c goredis.UniversalClient, e *queue.Entry, token string, now time.Time) ([]any, error) {
 	pipe := c.Pipeline()
 	cmds := r.admitCall(e, token, now)(pipe, false)
 	_, _ = pipe.Exec(ctx)
 	return admitReply(cmds)
 }
 
-// RedisClaimScript returns the claim script with its keys and arguments
+// ClaimScript returns the claim script with its keys and arguments
 // under token.
-func RedisClaimScript(r *Redis, max int, token string) (*redis.Script, []string, []any) {
+func ClaimScript(r *Store, max int, token string) (*goredis.Script, []string, []any) {
 	if r == nil {
 		return claimScript, nil, nil
 	}
@@ -76,5 +78,5 @@ func RedisClaimScript(r *Redis, max int, token string) (*redis.Script, []string,
 	return claimScript, keys, args
 }
 
-// RedisPipelineBytes is the byte bound of a shared pipeline.
-const RedisPipelineBytes = pipelineBytes
+// PipelineBytes is the byte bound of a shared pipeline.
+const PipelineBytes = pipelineBytes

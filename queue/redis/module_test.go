@@ -1,4 +1,4 @@
-package webhookrelay
+package redis
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 func TestRedisStoreCaddyfile(t *testing.T) {
@@ -30,11 +30,11 @@ func TestRedisStoreCaddyfile(t *testing.T) {
 		visibility_timeout 90s
 		durable_ack
 	}`
-	var got RedisStore
+	var got Backend
 	if err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
 		t.Fatal(err)
 	}
-	want := RedisStore{
+	want := Backend{
 		URL:               "rediss://cache.internal:6380/2",
 		Username:          "relay",
 		Password:          "{env.REDIS_PASSWORD}",
@@ -53,7 +53,7 @@ func TestRedisStoreCaddyfile(t *testing.T) {
 		t.Errorf("got  %+v\nwant %+v", got, want)
 	}
 
-	var bare RedisStore
+	var bare Backend
 	if err := bare.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`redis redis://localhost:6379`)); err != nil {
 		t.Fatal(err)
 	}
@@ -75,18 +75,18 @@ func TestRedisStoreCaddyfileErrors(t *testing.T) {
 		{"sentinel no arg", "redis redis://a {\n sentinel_master\n}", "wrong argument count"},
 		{"key_prefix no arg", "redis redis://a {\n key_prefix\n}", "wrong argument count"},
 		{"addresses none", "redis redis://a {\n addresses\n}", "wrong argument count"},
-		{"db not a number", "redis redis://a {\n db one\n}", "db: want a whole number"},
-		{"db negative", "redis redis://a {\n db -1\n}", "db: want a whole number"},
-		{"pool_size zero", "redis redis://a {\n pool_size 0\n}", "pool_size: want a whole number >= 1"},
-		{"dial_timeout bad", "redis redis://a {\n dial_timeout soon\n}", "dial_timeout: want a positive duration"},
+		{"db not a number", "redis redis://a {\n db one\n}", "db: want a whole number >= 0"},
+		{"db negative", "redis redis://a {\n db -1\n}", "db: want a whole number >= 0"},
+		{"pool_size zero", "redis redis://a {\n pool_size 0\n}", "pool_size: want a positive whole number, got '0'"},
+		{"dial_timeout bad", "redis redis://a {\n dial_timeout soon\n}", "dial_timeout: bad duration 'soon', want a positive duration"},
 		{"read_timeout missing", "redis redis://a {\n read_timeout\n}", "wrong argument count"},
-		{"write_timeout zero", "redis redis://a {\n write_timeout 0s\n}", "write_timeout: want a positive duration"},
+		{"write_timeout zero", "redis redis://a {\n write_timeout 0s\n}", "write_timeout: bad duration '0s', want a positive duration"},
 		{"visibility two args", "redis redis://a {\n visibility_timeout 1m 2m\n}", "wrong argument count"},
 		{"durable_ack arg", "redis redis://a {\n durable_ack yes\n}", "wrong argument count"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			var s RedisStore
+			var s Backend
 			err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error = %v, want one containing %q", err, tc.want)
@@ -98,12 +98,12 @@ func TestRedisStoreCaddyfileErrors(t *testing.T) {
 func TestRedisStoreProvisionErrors(t *testing.T) {
 	tests := []struct {
 		name string
-		s    RedisStore
+		s    Backend
 		want string
 	}{
-		{"nothing to connect to", RedisStore{}, "url or addresses required"},
-		{"brace in prefix", RedisStore{URL: "redis://a", KeyPrefix: "a{b"}, "must not contain"},
-		{"short visibility", RedisStore{URL: "redis://a", VisibilityTimeout: caddy.Duration(time.Second)}, "too short"},
+		{"nothing to connect to", Backend{}, "url or addresses required"},
+		{"brace in prefix", Backend{URL: "redis://a", KeyPrefix: "a{b"}, "must not contain"},
+		{"short visibility", Backend{URL: "redis://a", VisibilityTimeout: caddy.Duration(time.Second)}, "too short"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -119,7 +119,7 @@ func TestRedisStoreProvisionErrors(t *testing.T) {
 // run twice), and all commands share one pool, so that they see Redis come
 // back at the same time.
 func TestRedisStoreClientDoesNotRetry(t *testing.T) {
-	opts, err := RedisStore{URL: "redis://localhost:6379/0"}.clientOptions()
+	opts, err := Backend{URL: "redis://localhost:6379/0"}.clientOptions()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestRedisStoreClientDoesNotRetry(t *testing.T) {
 }
 
 func TestRedisStoreIdentityHasNoSecrets(t *testing.T) {
-	s := RedisStore{URL: "redis://user:hunter2@cache:6379/1", Password: "{env.PW}", KeyPrefix: "p:"}
+	s := Backend{URL: "redis://user:hunter2@cache:6379/1", Password: "{env.PW}", KeyPrefix: "p:"}
 	id := s.StoreIdentity("default")
 	if strings.Contains(id, "hunter2") || strings.Contains(id, "PW") {
 		t.Errorf("identity %q carries the password", id)
@@ -148,23 +148,23 @@ func TestRedisStoreIdentityHasNoSecrets(t *testing.T) {
 func TestRedisStoreOpen(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	t.Setenv("WEBHOOK_RELAY_TEST_REDIS", srv.URL())
-	s := RedisStore{URL: "{env.WEBHOOK_RELAY_TEST_REDIS}", KeyPrefix: "open-test:"}
+	s := Backend{URL: "{env.WEBHOOK_RELAY_TEST_REDIS}", KeyPrefix: "open-test:"}
 	if err := s.Provision(caddy.Context{}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := s.OpenStore("default", dedupe.Options{Window: time.Hour}, zap.NewNop())
+	st, err := s.OpenStore("default", queue.Options{Window: time.Hour}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	e := &dedupe.Entry{Key: "k", Body: []byte("{}")}
-	if got, err := st.Admit(context.Background(), e); err != nil || got != dedupe.Accepted {
+	e := &queue.Entry{Key: "k", Body: []byte("{}")}
+	if got, err := st.Admit(context.Background(), e); err != nil || got != queue.Accepted {
 		t.Fatalf("Admit = %v, %v", got, err)
 	}
 
 	// durable_ack on a Redis without WAITAOF or without AOF: a clear error at open
 	s.DurableAck = true
-	if st2, err := s.OpenStore("other", dedupe.Options{Window: time.Hour}, zap.NewNop()); err == nil {
+	if st2, err := s.OpenStore("other", queue.Options{Window: time.Hour}, zap.NewNop()); err == nil {
 		st2.Close()
 		t.Fatal("durable_ack opened on a Redis without appendonly")
 	} else if !strings.Contains(err.Error(), "durable_ack") {
@@ -173,9 +173,9 @@ func TestRedisStoreOpen(t *testing.T) {
 
 	// an unreachable Redis does not fail the config (that would take all of
 	// Caddy down with it): the store opens quickly and admits fail (503)
-	down := RedisStore{URL: "redis://127.0.0.1:1/0", DialTimeout: caddy.Duration(200 * time.Millisecond)}
+	down := Backend{URL: "redis://127.0.0.1:1/0", DialTimeout: caddy.Duration(200 * time.Millisecond)}
 	start := time.Now()
-	st3, err := down.OpenStore("x", dedupe.Options{Window: time.Hour}, zap.NewNop())
+	st3, err := down.OpenStore("x", queue.Options{Window: time.Hour}, zap.NewNop())
 	if err != nil {
 		t.Fatalf("open with Redis down: %v", err)
 	}
@@ -183,7 +183,7 @@ func TestRedisStoreOpen(t *testing.T) {
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("open on a closed port took %s", took)
 	}
-	if _, err := st3.Admit(context.Background(), &dedupe.Entry{Key: "k", Body: []byte("{}")}); err == nil {
+	if _, err := st3.Admit(context.Background(), &queue.Entry{Key: "k", Body: []byte("{}")}); err == nil {
 		t.Fatal("admit succeeded with Redis down")
 	}
 }

@@ -1,4 +1,4 @@
-package webhookrelay
+package bolt
 
 import (
 	"context"
@@ -10,20 +10,20 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 func init() {
-	caddy.RegisterModule(BoltStore{})
+	caddy.RegisterModule(Backend{})
 }
 
-// BoltStore keeps a relay's dedupe markers, queue and dead letters in a
+// Backend keeps a relay's dedupe markers, queue and dead letters in a
 // bbolt file on local disk: durable with no extra service, for one Caddy
 // instance. A payload is committed to the file (fsync) before the relay
 // answers 200, so it survives a restart, a crash, kill -9 or a power cut;
 // it does not survive the loss of the disk. Only one process can use a file
 // at a time: a second Caddy on the same file fails to start, naming it.
-type BoltStore struct {
+type Backend struct {
 	// Path is the store file of the relay. Default:
 	// "<Caddy's data directory>/webhook_relay/<relay name>.db", e.g.
 	// ~/.local/share/caddy/webhook_relay/default.db. A path given here is
@@ -37,16 +37,16 @@ type BoltStore struct {
 }
 
 // CaddyModule returns the Caddy module information.
-func (BoltStore) CaddyModule() caddy.ModuleInfo {
+func (Backend) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
-		ID:  "webhook_relay.stores.bolt",
-		New: func() caddy.Module { return new(BoltStore) },
+		ID:  "http.webhook_relay.stores.bolt",
+		New: func() caddy.Module { return new(Backend) },
 	}
 }
 
 // Provision resolves placeholders in Path. It opens nothing: the file is
 // opened once per process by OpenStore.
-func (b *BoltStore) Provision(caddy.Context) error {
+func (b *Backend) Provision(caddy.Context) error {
 	if b.Path == "" {
 		return nil
 	}
@@ -64,30 +64,30 @@ func (b *BoltStore) Provision(caddy.Context) error {
 }
 
 // file is the store file of the relay named relayName.
-func (b *BoltStore) file(relayName string) string {
+func (b *Backend) file(relayName string) string {
 	if b.path != "" {
 		return b.path
 	}
-	return DefaultBoltPath(relayName)
+	return DefaultPath(relayName)
 }
 
-// DefaultBoltPath is where the bolt store of the relay named relayName
+// DefaultPath is where the bolt store of the relay named relayName
 // lives when no path is configured: under Caddy's data directory.
-func DefaultBoltPath(relayName string) string {
+func DefaultPath(relayName string) string {
 	return filepath.Join(caddy.AppDataDir(), "webhook_relay", relayName+".db")
 }
 
-// StoreIdentity implements StoreModule: the store is its file.
-func (b *BoltStore) StoreIdentity(relayName string) string { return "bolt:" + b.file(relayName) }
+// StoreIdentity implements queue.Backend: the store is its file.
+func (b *Backend) StoreIdentity(relayName string) string { return "bolt:" + b.file(relayName) }
 
-// OpenStore implements StoreModule.
-func (b *BoltStore) OpenStore(relayName string, opts dedupe.Options, logger *zap.Logger) (dedupe.Store, error) {
+// OpenStore implements queue.Backend.
+func (b *Backend) OpenStore(relayName string, opts queue.Options, logger *zap.Logger) (queue.Store, error) {
 	path := b.file(relayName)
 	release, err := claimBoltFile(path, relayName)
 	if err != nil {
 		return nil, err
 	}
-	s, err := dedupe.OpenBolt(path, opts)
+	s, err := Open(path, opts)
 	if err != nil {
 		release()
 		return nil, err
@@ -97,7 +97,8 @@ func (b *BoltStore) OpenStore(relayName string, opts dedupe.Options, logger *zap
 		logger.Info("opened bolt store", zap.String("relay", relayName), zap.String("path", path),
 			zap.Int("backlog", st.Backlog), zap.Int("dead", st.Dead))
 	}
-	return &boltStore{Bolt: s, release: release}, nil
+	s.release = release
+	return s, nil
 }
 
 // boltFiles tells which relay of this process holds each bolt file, so that
@@ -125,21 +126,10 @@ func claimBoltFile(path, relayName string) (release func(), err error) {
 	}, nil
 }
 
-// boltStore lets go of its file in boltFiles when closed.
-type boltStore struct {
-	*dedupe.Bolt
-	release func()
-}
-
-func (s *boltStore) Close() error {
-	defer s.release()
-	return s.Bolt.Close()
-}
-
 // UnmarshalCaddyfile sets up the store from Caddyfile tokens:
 //
 //	store bolt [<path>]
-func (b *BoltStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (b *Backend) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the store name
 	if d.NextArg() {
 		b.Path = d.Val()
@@ -155,8 +145,7 @@ func (b *BoltStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
-	_ StoreModule           = (*BoltStore)(nil)
-	_ caddy.Provisioner     = (*BoltStore)(nil)
-	_ caddyfile.Unmarshaler = (*BoltStore)(nil)
-	_ dedupe.Store          = (*boltStore)(nil)
+	_ queue.Backend         = (*Backend)(nil)
+	_ caddy.Provisioner     = (*Backend)(nil)
+	_ caddyfile.Unmarshaler = (*Backend)(nil)
 )

@@ -1,4 +1,4 @@
-// Package storetest is the conformance suite of dedupe.Store. Every store
+// Package storetest is the conformance suite of queue.Store. Every store
 // runs it, so memory, bolt and redis keep exactly the same semantics and the
 // relay can be tested against one and run against another.
 //
@@ -17,13 +17,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // Factory makes a fresh, empty store for one subtest. The store must use
 // opts as given (Window, MaxBacklog, Now). The factory arranges for the
 // store to be closed when t ends; the suite may already have closed it.
-type Factory func(t *testing.T, opts dedupe.Options) dedupe.Store
+type Factory func(t *testing.T, opts queue.Options) queue.Store
 
 // Clock is a fake clock that only moves when told to, so window expiry is
 // tested without sleeping. It is safe for concurrent use.
@@ -38,7 +38,7 @@ func NewClock() *Clock {
 	return &Clock{now: time.Date(2025, time.March, 14, 15, 9, 26, 0, time.UTC)}
 }
 
-// Now returns the clock's time; pass it as dedupe.Options.Now.
+// Now returns the clock's time; pass it as queue.Options.Now.
 func (c *Clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -106,23 +106,23 @@ func Run(t *testing.T, newStore Factory) {
 type fixture struct {
 	t     *testing.T
 	ctx   context.Context
-	s     dedupe.Store
+	s     queue.Store
 	clock *Clock
 }
 
 func setup(t *testing.T, newStore Factory, maxBacklog int) *fixture {
 	t.Helper()
 	clock := NewClock()
-	s := newStore(t, dedupe.Options{Window: window, MaxBacklog: maxBacklog, Now: clock.Now})
+	s := newStore(t, queue.Options{Window: window, MaxBacklog: maxBacklog, Now: clock.Now})
 	return &fixture{t: t, ctx: t.Context(), s: s, clock: clock}
 }
 
 // entry returns a new entry for key. Its times are left for Admit to set.
-func (f *fixture) entry(key string) *dedupe.Entry {
-	return &dedupe.Entry{
+func (f *fixture) entry(key string) *queue.Entry {
+	return &queue.Entry{
 		Key:  key,
 		Body: fmt.Appendf(nil, `{"taskUUID":%q,"at":%q}`, key, f.clock.Now().Format(time.RFC3339Nano)),
-		Request: dedupe.RequestMeta{
+		Request: queue.RequestMeta{
 			RawQuery:     "relay=test",
 			ContentType:  "application/json",
 			UserAgent:    "storetest",
@@ -131,12 +131,12 @@ func (f *fixture) entry(key string) *dedupe.Entry {
 	}
 }
 
-func (f *fixture) admit(e *dedupe.Entry) (dedupe.Admission, error) {
+func (f *fixture) admit(e *queue.Entry) (queue.Admission, error) {
 	f.t.Helper()
 	return f.s.Admit(f.ctx, e)
 }
 
-func (f *fixture) wantAdmit(key string, want dedupe.Admission) *dedupe.Entry {
+func (f *fixture) wantAdmit(key string, want queue.Admission) *queue.Entry {
 	f.t.Helper()
 	e := f.entry(key)
 	got, err := f.admit(e)
@@ -146,14 +146,14 @@ func (f *fixture) wantAdmit(key string, want dedupe.Admission) *dedupe.Entry {
 	if got != want {
 		f.t.Fatalf("Admit(%q) = %v, want %v", key, got, want)
 	}
-	if want == dedupe.Accepted {
+	if want == queue.Accepted {
 		f.wantAdmitted(e)
 	}
 	return e
 }
 
 // wantAdmitted checks what Admit sets on an accepted entry.
-func (f *fixture) wantAdmitted(e *dedupe.Entry) {
+func (f *fixture) wantAdmitted(e *queue.Entry) {
 	f.t.Helper()
 	if e.ID == "" {
 		f.t.Fatalf("Admit(%q) accepted without setting the ID", e.Key)
@@ -165,20 +165,20 @@ func (f *fixture) wantAdmitted(e *dedupe.Entry) {
 	}
 }
 
-func (f *fixture) accept(key string) *dedupe.Entry {
+func (f *fixture) accept(key string) *queue.Entry {
 	f.t.Helper()
-	return f.wantAdmit(key, dedupe.Accepted)
+	return f.wantAdmit(key, queue.Accepted)
 }
 
 func (f *fixture) wantFull(key string) {
 	f.t.Helper()
 	got, err := f.admit(f.entry(key))
-	if !errors.Is(err, dedupe.ErrBacklogFull) {
+	if !errors.Is(err, queue.ErrBacklogFull) {
 		f.t.Fatalf("Admit(%q) = %v, %v; want ErrBacklogFull", key, got, err)
 	}
 }
 
-func (f *fixture) claim(max int) []*dedupe.Entry {
+func (f *fixture) claim(max int) []*queue.Entry {
 	f.t.Helper()
 	es, err := f.s.Claim(f.ctx, max)
 	if err != nil {
@@ -207,7 +207,7 @@ func (f *fixture) claim(max int) []*dedupe.Entry {
 
 // wantClaim claims and checks that exactly the entries in want, in that
 // order, were handed out.
-func (f *fixture) wantClaim(max int, want ...*dedupe.Entry) []*dedupe.Entry {
+func (f *fixture) wantClaim(max int, want ...*queue.Entry) []*queue.Entry {
 	f.t.Helper()
 	got := f.claim(max)
 	if !slicesEqual(ids(got), ids(want)) {
@@ -216,7 +216,7 @@ func (f *fixture) wantClaim(max int, want ...*dedupe.Entry) []*dedupe.Entry {
 	return got
 }
 
-func (f *fixture) ack(es ...*dedupe.Entry) {
+func (f *fixture) ack(es ...*queue.Entry) {
 	f.t.Helper()
 	for _, e := range es {
 		if err := f.s.Ack(f.ctx, e.ID); err != nil {
@@ -225,7 +225,7 @@ func (f *fixture) ack(es ...*dedupe.Entry) {
 	}
 }
 
-func (f *fixture) bury(es ...*dedupe.Entry) {
+func (f *fixture) bury(es ...*queue.Entry) {
 	f.t.Helper()
 	for _, e := range es {
 		if err := f.s.Bury(f.ctx, e); err != nil {
@@ -234,7 +234,7 @@ func (f *fixture) bury(es ...*dedupe.Entry) {
 	}
 }
 
-func (f *fixture) release(es ...*dedupe.Entry) {
+func (f *fixture) release(es ...*queue.Entry) {
 	f.t.Helper()
 	if err := f.s.Release(f.ctx, ids(es)); err != nil {
 		f.t.Fatalf("Release(%v): %v", ids(es), err)
@@ -252,7 +252,7 @@ func (f *fixture) replay(ids []string, want int) {
 	}
 }
 
-func (f *fixture) dead(after string, limit int) []*dedupe.Entry {
+func (f *fixture) dead(after string, limit int) []*queue.Entry {
 	f.t.Helper()
 	es, err := f.s.Dead(f.ctx, after, limit)
 	if err != nil {
@@ -266,7 +266,7 @@ func (f *fixture) dead(after string, limit int) []*dedupe.Entry {
 	return es
 }
 
-func (f *fixture) deadEntry(id string) *dedupe.Entry {
+func (f *fixture) deadEntry(id string) *queue.Entry {
 	f.t.Helper()
 	e, err := f.s.DeadEntry(f.ctx, id)
 	if err != nil {
@@ -275,7 +275,7 @@ func (f *fixture) deadEntry(id string) *dedupe.Entry {
 	return e
 }
 
-func (f *fixture) stats() dedupe.Stats {
+func (f *fixture) stats() queue.Stats {
 	f.t.Helper()
 	st, err := f.s.Stats(f.ctx)
 	if err != nil {
@@ -292,7 +292,7 @@ func (f *fixture) wantCounts(backlog, dead int) {
 	}
 }
 
-func ids(es []*dedupe.Entry) []string {
+func ids(es []*queue.Entry) []string {
 	out := make([]string, len(es))
 	for i, e := range es {
 		out[i] = e.ID
@@ -314,7 +314,7 @@ func slicesEqual(a, b []string) bool {
 
 // sameEntry fails unless got carries what want was admitted with, apart from
 // the delivery bookkeeping (Attempts, LastStatus, LastError, Queued).
-func sameEntry(t *testing.T, got, want *dedupe.Entry, withBody bool) {
+func sameEntry(t *testing.T, got, want *queue.Entry, withBody bool) {
 	t.Helper()
 	if got.ID != want.ID {
 		t.Errorf("ID = %q, want %q", got.ID, want.ID)
@@ -337,7 +337,7 @@ func testAdmitThenDuplicate(t *testing.T, newStore Factory) {
 	f := setup(t, newStore, 0)
 	first := f.accept("k")
 	f.clock.Advance(time.Second)
-	f.wantAdmit("k", dedupe.Duplicate) // a different body: the key alone decides
+	f.wantAdmit("k", queue.Duplicate) // a different body: the key alone decides
 	f.wantCounts(1, 0)
 	got := f.wantClaim(10, first)
 	sameEntry(t, got[0], first, true)
@@ -351,7 +351,7 @@ func testAdmitSetsIDAndTimes(t *testing.T, newStore Factory) {
 	e.ID = "caller's"
 	e.Received = time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
 	e.Queued = e.Received
-	if got, err := f.admit(e); err != nil || got != dedupe.Accepted {
+	if got, err := f.admit(e); err != nil || got != queue.Accepted {
 		t.Fatalf("Admit = %v, %v; want accepted", got, err)
 	}
 	f.wantAdmitted(e)
@@ -382,7 +382,7 @@ func testBacklogFull(t *testing.T, newStore Factory) {
 	f.wantFull("c")
 	f.wantCounts(2, 0)
 	// a duplicate is answered as such even when full: its payload is stored
-	f.wantAdmit("a", dedupe.Duplicate)
+	f.wantAdmit("a", queue.Duplicate)
 	// claimed entries are still queued, so still count
 	f.wantClaim(10, a, b)
 	f.wantFull("c")
@@ -407,7 +407,7 @@ func testSetLimits(t *testing.T, newStore Factory) {
 	f.accept("short")
 	f.clock.Advance(time.Minute + time.Nanosecond)
 	f.accept("short")
-	f.wantAdmit("a", dedupe.Duplicate) // admitted under the hour-long window
+	f.wantAdmit("a", queue.Duplicate) // admitted under the hour-long window
 }
 
 func testAckMakesRoom(t *testing.T, newStore Factory) {
@@ -435,11 +435,11 @@ func testWindowExpiry(t *testing.T, newStore Factory) {
 	f := setup(t, newStore, 0)
 	f.accept("k")
 	f.clock.Advance(window - time.Second)
-	f.wantAdmit("k", dedupe.Duplicate)
+	f.wantAdmit("k", queue.Duplicate)
 	// the duplicate above did not extend the window: it counts from admission
 	f.clock.Advance(time.Second + time.Nanosecond)
 	f.accept("k")
-	f.wantAdmit("k", dedupe.Duplicate)
+	f.wantAdmit("k", queue.Duplicate)
 	f.wantCounts(2, 0)
 }
 
@@ -456,8 +456,8 @@ func testDuplicateAfterDelivery(t *testing.T, newStore Factory) {
 	f.wantCounts(0, 0)
 	// gone from the queue, still seen: the marker outlives the payload
 	f.clock.Advance(window / 2)
-	f.wantAdmit("a", dedupe.Duplicate)
-	f.wantAdmit("b", dedupe.Duplicate)
+	f.wantAdmit("a", queue.Duplicate)
+	f.wantAdmit("b", queue.Duplicate)
 	f.wantCounts(0, 0)
 	f.clock.Advance(window/2 + time.Nanosecond)
 	f.accept("a")
@@ -491,7 +491,7 @@ func testClaimOldestFirst(t *testing.T, newStore Factory) {
 // oldest first, and a replayed dead letter is found too.
 func testClaimAfterReleaseInTheMiddle(t *testing.T, newStore Factory) {
 	f := setup(t, newStore, 0)
-	var es []*dedupe.Entry
+	var es []*queue.Entry
 	for _, k := range []string{"a", "b", "c", "d", "e"} {
 		es = append(es, f.accept(k))
 		f.clock.Advance(time.Millisecond)
@@ -647,7 +647,7 @@ func testBury(t *testing.T, newStore Factory) {
 	}
 	d := f.deadEntry(b.ID)
 	sameEntry(t, d, b, true)
-	for _, got := range []*dedupe.Entry{listed[0], d} {
+	for _, got := range []*queue.Entry{listed[0], d} {
 		if got.Attempts != 7 || got.LastStatus != 422 || got.LastError != e.LastError {
 			t.Errorf("dead letter: Attempts %d, LastStatus %d, LastError %q; want 7, 422, %q",
 				got.Attempts, got.LastStatus, got.LastError, e.LastError)
@@ -661,7 +661,7 @@ func testBury(t *testing.T, newStore Factory) {
 
 func testDeadPaging(t *testing.T, newStore Factory) {
 	f := setup(t, newStore, 0)
-	var admitted []*dedupe.Entry
+	var admitted []*queue.Entry
 	for i := range 5 {
 		admitted = append(admitted, f.accept("k"+strconv.Itoa(i)))
 		f.clock.Advance(time.Millisecond)
@@ -708,10 +708,10 @@ func testDeleteDeadAndNotFound(t *testing.T, newStore Factory) {
 	f.bury(a)
 
 	for _, id := range []string{"no-such-id", queued.ID} {
-		if _, err := f.s.DeadEntry(f.ctx, id); !errors.Is(err, dedupe.ErrNotFound) {
+		if _, err := f.s.DeadEntry(f.ctx, id); !errors.Is(err, queue.ErrNotFound) {
 			t.Errorf("DeadEntry(%q) = %v, want ErrNotFound", id, err)
 		}
-		if err := f.s.DeleteDead(f.ctx, id); !errors.Is(err, dedupe.ErrNotFound) {
+		if err := f.s.DeleteDead(f.ctx, id); !errors.Is(err, queue.ErrNotFound) {
 			t.Errorf("DeleteDead(%q) = %v, want ErrNotFound", id, err)
 		}
 	}
@@ -721,10 +721,10 @@ func testDeleteDeadAndNotFound(t *testing.T, newStore Factory) {
 		t.Fatalf("DeleteDead(%s): %v", a.ID, err)
 	}
 	f.wantCounts(1, 0)
-	if err := f.s.DeleteDead(f.ctx, a.ID); !errors.Is(err, dedupe.ErrNotFound) {
+	if err := f.s.DeleteDead(f.ctx, a.ID); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("second DeleteDead(%s) = %v, want ErrNotFound", a.ID, err)
 	}
-	if _, err := f.s.DeadEntry(f.ctx, a.ID); !errors.Is(err, dedupe.ErrNotFound) {
+	if _, err := f.s.DeadEntry(f.ctx, a.ID); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("DeadEntry(%s) after delete = %v, want ErrNotFound", a.ID, err)
 	}
 	if got := f.dead("", 10); len(got) != 0 {
@@ -734,9 +734,9 @@ func testDeleteDeadAndNotFound(t *testing.T, newStore Factory) {
 
 // buryAll admits one entry per key, records a failed attempt on each and
 // buries them all.
-func (f *fixture) buryAll(keys ...string) []*dedupe.Entry {
+func (f *fixture) buryAll(keys ...string) []*queue.Entry {
 	f.t.Helper()
-	var admitted []*dedupe.Entry
+	var admitted []*queue.Entry
 	for _, k := range keys {
 		admitted = append(admitted, f.accept(k))
 	}
@@ -750,7 +750,7 @@ func (f *fixture) buryAll(keys ...string) []*dedupe.Entry {
 
 // wantReplayed checks that got is want, put back in the queue at now with
 // its delivery history wiped.
-func wantReplayed(t *testing.T, got, want *dedupe.Entry, now time.Time) {
+func wantReplayed(t *testing.T, got, want *queue.Entry, now time.Time) {
 	t.Helper()
 	sameEntry(t, got, want, true)
 	if got.Attempts != 0 || got.LastStatus != 0 || got.LastError != "" {
@@ -780,7 +780,7 @@ func testReplayChosen(t *testing.T, newStore Factory) {
 	f.wantCounts(1, 2)
 
 	// replaying does not unmark the key
-	f.wantAdmit("a", dedupe.Duplicate)
+	f.wantAdmit("a", queue.Duplicate)
 }
 
 func testReplayAll(t *testing.T, newStore Factory) {
@@ -797,7 +797,7 @@ func testReplayAll(t *testing.T, newStore Factory) {
 	if len(got) != 3 {
 		t.Fatalf("Claim after replaying all = %v, want 3 entries", ids(got))
 	}
-	byID := make(map[string]*dedupe.Entry)
+	byID := make(map[string]*queue.Entry)
 	for _, e := range dead {
 		byID[e.ID] = e
 	}
@@ -864,25 +864,25 @@ func testRoundTrip(t *testing.T, newStore Factory) {
 	for i := range big {
 		big[i] = byte(i*7 + i>>8)
 	}
-	odd := dedupe.RequestMeta{
+	odd := queue.RequestMeta{
 		RawQuery:     "a=1&b=%FF%00&c=caf%C3%A9&a=2",
 		ContentType:  "application/json; charset=utf-8",
 		UserAgent:    "Runware/1.0 (\xff\xfeobs-text\x80)",
 		ForwardedFor: "203.0.113.7, 2001:db8::1",
 	}
-	entries := []*dedupe.Entry{
+	entries := []*queue.Entry{
 		// keys come from query strings and headers too: any bytes at all
 		{Key: "task:ü\xff\x00{relay}:*?[x] \"quoted\"", Body: every, Request: odd},
 		{Key: "1MiB", Body: big},
 		{Key: "empty", Body: []byte{}},
 		{Key: "invalid utf-8 body", Body: []byte("{\"v\":\"\xc3\x28\xa0\xa1\xe2\x28\xa1\xf0\x90\x28\xbc\"}")},
 	}
-	admitted := make([]*dedupe.Entry, len(entries))
+	admitted := make([]*queue.Entry, len(entries))
 	for i, e := range entries {
 		// the store gets its own copy: admit a clone and keep the original
 		c := *e
 		c.Body = bytes.Clone(e.Body)
-		if got, err := f.admit(&c); err != nil || got != dedupe.Accepted {
+		if got, err := f.admit(&c); err != nil || got != queue.Accepted {
 			t.Fatalf("Admit(%q) = %v, %v", e.Key, got, err)
 		}
 		f.wantAdmitted(&c)
@@ -895,7 +895,7 @@ func testRoundTrip(t *testing.T, newStore Factory) {
 	if len(claimed) != len(entries) {
 		t.Fatalf("Claim = %v, want %d entries", ids(claimed), len(entries))
 	}
-	byID := make(map[string]*dedupe.Entry)
+	byID := make(map[string]*queue.Entry)
 	for _, e := range claimed {
 		byID[e.ID] = e
 	}
@@ -928,7 +928,7 @@ func testEntriesAreCopies(t *testing.T, newStore Factory) {
 	e := f.entry("k")
 	want := *e
 	want.Body = bytes.Clone(e.Body)
-	if got, err := f.admit(e); err != nil || got != dedupe.Accepted {
+	if got, err := f.admit(e); err != nil || got != queue.Accepted {
 		t.Fatalf("Admit = %v, %v; want accepted", got, err)
 	}
 	want.ID, want.Received, want.Queued = e.ID, e.Received, e.Queued
@@ -985,9 +985,9 @@ func testConcurrentSameKey(t *testing.T, newStore Factory) {
 		switch {
 		case err != nil:
 			t.Errorf("Admit #%d: %v", i, err)
-		case got == dedupe.Accepted:
+		case got == queue.Accepted:
 			accepted.Add(1)
-		case got == dedupe.Duplicate:
+		case got == queue.Duplicate:
 			duplicate.Add(1)
 		}
 	})
@@ -1004,11 +1004,11 @@ func testConcurrentBacklogBound(t *testing.T, newStore Factory) {
 	race(n, func(i int) {
 		got, err := f.s.Admit(f.ctx, f.entry("k"+strconv.Itoa(i)))
 		switch {
-		case errors.Is(err, dedupe.ErrBacklogFull):
+		case errors.Is(err, queue.ErrBacklogFull):
 			full.Add(1)
 		case err != nil:
 			t.Errorf("Admit #%d: %v", i, err)
-		case got == dedupe.Accepted:
+		case got == queue.Accepted:
 			accepted.Add(1)
 		default:
 			t.Errorf("Admit #%d = %v, want accepted or full", i, got)
@@ -1051,7 +1051,7 @@ func testClosed(t *testing.T, newStore Factory) {
 		{"Stats", func() error { _, err := f.s.Stats(ctx); return err }},
 	}
 	for _, c := range calls {
-		if err := c.call(); !errors.Is(err, dedupe.ErrClosed) {
+		if err := c.call(); !errors.Is(err, queue.ErrClosed) {
 			t.Errorf("%s after Close = %v, want ErrClosed", c.name, err)
 		}
 	}
@@ -1060,14 +1060,14 @@ func testClosed(t *testing.T, newStore Factory) {
 // Bench measures Admit of unique keys with a typical webhook body from many
 // goroutines at once, the relay's hot path, and reports admits/s. Every
 // store runs it so their numbers compare.
-func Bench(b *testing.B, newStore func(b *testing.B) dedupe.Store) {
+func Bench(b *testing.B, newStore func(b *testing.B) queue.Store) {
 	s := newStore(b)
 	ctx := b.Context()
 	// a Runware image result, about 300 bytes
 	body := []byte(`{"data":[{"taskType":"imageInference","taskUUID":"a770f077-f413-47de-9dac-be0b26a35da6",` +
 		`"imageUUID":"77da2d99-a6d3-44d9-b8c0-ae9fb06b6200","imageURL":"https://im.runware.ai/image/ws/0.5/ii/` +
 		`77da2d99-a6d3-44d9-b8c0-ae9fb06b6200.jpg","seed":1234567890,"NSFWContent":false,"cost":0.0013}]}`)
-	meta := dedupe.RequestMeta{ContentType: "application/json", UserAgent: "Runware", ForwardedFor: "192.0.2.1"}
+	meta := queue.RequestMeta{ContentType: "application/json", UserAgent: "Runware", ForwardedFor: "192.0.2.1"}
 
 	var n atomic.Uint64
 	b.SetBytes(int64(len(body)))
@@ -1075,13 +1075,13 @@ func Bench(b *testing.B, newStore func(b *testing.B) dedupe.Store) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			e := &dedupe.Entry{
+			e := &queue.Entry{
 				Key:     "a770f077-f413-47de-9dac-be0b26a35da6:" + strconv.FormatUint(n.Add(1), 10),
 				Body:    body,
 				Request: meta,
 			}
 			got, err := s.Admit(ctx, e)
-			if err != nil || got != dedupe.Accepted {
+			if err != nil || got != queue.Accepted {
 				b.Errorf("Admit = %v, %v; want accepted", got, err)
 				return
 			}
@@ -1098,7 +1098,7 @@ func testClaimLeavesBodiesOut(t *testing.T, newStore Factory) {
 	if err != nil || len(got) != 2 {
 		t.Fatalf("Claim(2) = %v, %v; want 2 entries", ids(got), err)
 	}
-	for i, want := range []*dedupe.Entry{a, b} {
+	for i, want := range []*queue.Entry{a, b} {
 		if got[i].Body != nil || got[i].BodySize != len(want.Body) {
 			t.Errorf("claimed %s: Body %d bytes, BodySize %d; want no body and BodySize %d",
 				want.ID, len(got[i].Body), got[i].BodySize, len(want.Body))
@@ -1116,7 +1116,7 @@ func testClaimLeavesBodiesOut(t *testing.T, newStore Factory) {
 	f.ack(got[0])
 	f.bury(got[1])
 	for _, id := range []string{a.ID, b.ID, "no-such-id"} {
-		if _, err := f.s.Body(f.ctx, id); !errors.Is(err, dedupe.ErrNotFound) {
+		if _, err := f.s.Body(f.ctx, id); !errors.Is(err, queue.ErrNotFound) {
 			t.Errorf("Body(%s) of an entry that is not queued = %v, want ErrNotFound", id, err)
 		}
 	}
@@ -1144,14 +1144,14 @@ func testBuryRecordsDeath(t *testing.T, newStore Factory) {
 
 // buryAt buries one accepted entry per key, a minute apart on the clock, in
 // the order given.
-func (f *fixture) buryAt(keys ...string) map[string]*dedupe.Entry {
+func (f *fixture) buryAt(keys ...string) map[string]*queue.Entry {
 	f.t.Helper()
-	admitted := make(map[string]*dedupe.Entry)
+	admitted := make(map[string]*queue.Entry)
 	for _, k := range keys {
 		admitted[k] = f.accept(k)
 	}
 	claimed := f.claim(len(keys))
-	byKey := make(map[string]*dedupe.Entry)
+	byKey := make(map[string]*queue.Entry)
 	for _, e := range claimed {
 		byKey[e.Key] = e
 	}
@@ -1196,7 +1196,7 @@ func testTrimDeadByCount(t *testing.T, newStore Factory) {
 	}
 	f.wantCounts(0, 3)
 	for _, k := range []string{"c", "a"} {
-		if _, err := f.s.DeadEntry(f.ctx, admitted[k].ID); !errors.Is(err, dedupe.ErrNotFound) {
+		if _, err := f.s.DeadEntry(f.ctx, admitted[k].ID); !errors.Is(err, queue.ErrNotFound) {
 			t.Errorf("DeadEntry of trimmed %s = %v, want ErrNotFound", k, err)
 		}
 	}
@@ -1238,7 +1238,7 @@ func testKeysCounted(t *testing.T, newStore Factory) {
 	a := f.accept("a")
 	f.accept("b")
 	f.accept("c")
-	f.wantAdmit("a", dedupe.Duplicate)
+	f.wantAdmit("a", queue.Duplicate)
 	if got := f.stats().Keys; got != 3 {
 		t.Fatalf("Keys after 3 accepted keys and a duplicate = %d, want 3", got)
 	}

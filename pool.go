@@ -11,10 +11,10 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/delivery"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 	"github.com/hookrelay/caddy-webhook-relay/internal/faultlog"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // relayPool holds each relay's open store and delivery engine across config
@@ -26,22 +26,22 @@ var relayPool = caddy.NewUsagePool()
 // stops; whatever is left stays queued in the store.
 const shutdownGrace = 5 * time.Second
 
-// relay is the part of a webhook_relay that outlives a config: the store and
+// pooledRelay is the part of a webhook_relay that outlives a config: the store and
 // the delivery engine working on its queue.
-type relay struct {
+type pooledRelay struct {
 	name          string
 	storeIdentity string
-	store         dedupe.Store
+	store         queue.Store
 	engine        *delivery.Engine
 	memory        *budget.Budget   // bodies in memory, intake and delivery together
 	storeErr      faultlog.Tracker // admit failures, logged once per outage
 	storeConfig   []byte           // the store module's settings it was opened with
 
 	mu       sync.Mutex
-	handlers []*Relay // configs using this relay, newest last
+	handlers []*Handler // configs using this relay, newest last
 }
 
-func acquireRelay(key string, h *Relay, mod StoreModule, opts dedupe.Options, logger *zap.Logger) (*relay, error) {
+func acquireRelay(key string, h *Handler, mod queue.Backend, opts queue.Options, logger *zap.Logger) (*pooledRelay, error) {
 	name := h.Name
 	storeConfig, _ := json.Marshal(mod)
 	val, loaded, err := relayPool.LoadOrNew(key, func() (caddy.Destructor, error) {
@@ -49,7 +49,7 @@ func acquireRelay(key string, h *Relay, mod StoreModule, opts dedupe.Options, lo
 		if err != nil {
 			return nil, err
 		}
-		r := &relay{name: name, storeIdentity: mod.StoreIdentity(name), store: store, storeConfig: storeConfig,
+		r := &pooledRelay{name: name, storeIdentity: mod.StoreIdentity(name), store: store, storeConfig: storeConfig,
 			memory: budget.New(h.MaxMemory, h.MaxBody)}
 		r.engine = delivery.Start(delivery.Config{
 			Store:       store,
@@ -64,7 +64,7 @@ func acquireRelay(key string, h *Relay, mod StoreModule, opts dedupe.Options, lo
 	if err != nil {
 		return nil, fmt.Errorf("relay %s: opening store: %v", name, err)
 	}
-	r := val.(*relay)
+	r := val.(*pooledRelay)
 	if loaded && !bytes.Equal(r.storeConfig, storeConfig) {
 		// Reopening would interrupt the queue (and a bbolt file cannot be
 		// opened twice), so the open store stays as it is.
@@ -75,14 +75,14 @@ func acquireRelay(key string, h *Relay, mod StoreModule, opts dedupe.Options, lo
 }
 
 // attach makes h's settings the ones the store and the deliveries use.
-func (r *relay) attach(h *Relay) {
+func (r *pooledRelay) attach(h *Handler) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.handlers = append(r.handlers, h)
 	r.apply(h)
 }
 
-func (r *relay) apply(h *Relay) {
+func (r *pooledRelay) apply(h *Handler) {
 	r.store.SetLimits(time.Duration(h.Window), h.MaxBacklog)
 	r.memory.SetLimits(h.MaxMemory, h.MaxBody)
 	r.engine.SetSettings(h.settings)
@@ -90,7 +90,7 @@ func (r *relay) apply(h *Relay) {
 
 // detach forgets h; the newest remaining config's settings apply again, so a
 // config that failed to load does not leave its settings behind.
-func (r *relay) detach(h *Relay) {
+func (r *pooledRelay) detach(h *Handler) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, other := range r.handlers {
@@ -105,7 +105,7 @@ func (r *relay) detach(h *Relay) {
 }
 
 // newest is the handler of the newest config using this relay, or nil.
-func (r *relay) newest() *Relay {
+func (r *pooledRelay) newest() *Handler {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if n := len(r.handlers); n > 0 {
@@ -115,7 +115,7 @@ func (r *relay) newest() *Relay {
 }
 
 // upstreamHost is the host deliveries go to under the newest config.
-func (r *relay) upstreamHost() string {
+func (r *pooledRelay) upstreamHost() string {
 	if h := r.newest(); h != nil {
 		return h.settings.Upstream.Host
 	}
@@ -124,7 +124,7 @@ func (r *relay) upstreamHost() string {
 
 // Destruct stops the deliveries and closes the store, when the last config
 // using this relay is gone.
-func (r *relay) Destruct() error {
+func (r *pooledRelay) Destruct() error {
 	r.engine.Stop(shutdownGrace)
 	return r.store.Close()
 }
@@ -139,14 +139,14 @@ var (
 // namedRelay is the handler that took a name, and its settings as JSON at
 // that moment (loading the store module clears StoreRaw afterwards).
 type namedRelay struct {
-	h        *Relay
+	h        *Handler
 	settings []byte
 }
 
 // claimName registers h's name in its config. The same relay listed twice
 // (one site block serving several addresses becomes one handler per server)
 // has identical settings and may share the name; a different relay may not.
-func claimName(ctx caddy.Context, h *Relay) error {
+func claimName(ctx caddy.Context, h *Handler) error {
 	namesMu.Lock()
 	defer namesMu.Unlock()
 	names := namesInUse[ctx.Context]
@@ -167,7 +167,7 @@ func claimName(ctx caddy.Context, h *Relay) error {
 	return nil
 }
 
-func releaseName(ctx caddy.Context, h *Relay) {
+func releaseName(ctx caddy.Context, h *Handler) {
 	namesMu.Lock()
 	defer namesMu.Unlock()
 	names := namesInUse[ctx.Context]
@@ -177,4 +177,14 @@ func releaseName(ctx caddy.Context, h *Relay) {
 	if len(names) == 0 {
 		delete(namesInUse, ctx.Context)
 	}
+}
+
+// openRelays lists the relays open in this process.
+func openRelays() []*pooledRelay {
+	var out []*pooledRelay
+	relayPool.Range(func(_, v any) bool {
+		out = append(out, v.(*pooledRelay))
+		return true
+	})
+	return out
 }

@@ -1,4 +1,4 @@
-package dedupe_test
+package redis_test
 
 import (
 	"bytes"
@@ -14,13 +14,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
-	"github.com/hookrelay/caddy-webhook-relay/dedupe/storetest"
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+	"github.com/hookrelay/caddy-webhook-relay/queue/redis"
+	"github.com/hookrelay/caddy-webhook-relay/queue/storetest"
 )
 
 var prefixSeq atomic.Int64
@@ -30,8 +31,8 @@ func uniquePrefix() string {
 	return "webhook_relay:t" + strconv.FormatInt(prefixSeq.Add(1), 10)
 }
 
-func newClient(addr string) redis.UniversalClient {
-	return redis.NewUniversalClient(&redis.UniversalOptions{
+func newClient(addr string) goredis.UniversalClient {
+	return goredis.NewUniversalClient(&goredis.UniversalOptions{
 		Addrs:        []string{addr},
 		DialTimeout:  500 * time.Millisecond,
 		ReadTimeout:  2 * time.Second,
@@ -43,15 +44,15 @@ func newClient(addr string) redis.UniversalClient {
 }
 
 // openRedis opens a store on srv under prefix as consumer, closed when t ends.
-func openRedis(t testing.TB, srv *redistest.Server, prefix, consumer string, visibility time.Duration, opts dedupe.Options) *dedupe.Redis {
+func openRedis(t testing.TB, srv *redistest.Server, prefix, consumer string, visibility time.Duration, opts queue.Options) *redis.Store {
 	t.Helper()
-	s, err := dedupe.NewRedis(context.Background(), newClient(srv.Addr()), dedupe.RedisConfig{
+	s, err := redis.New(context.Background(), newClient(srv.Addr()), redis.Config{
 		Prefix:            prefix,
 		Consumer:          consumer,
 		VisibilityTimeout: visibility,
 	}, opts)
 	if err != nil {
-		t.Fatalf("NewRedis: %v", err)
+		t.Fatalf("redis.New: %v", err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
@@ -59,36 +60,36 @@ func openRedis(t testing.TB, srv *redistest.Server, prefix, consumer string, vis
 
 func TestRedis(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	storetest.Run(t, func(t *testing.T, opts dedupe.Options) dedupe.Store {
+	storetest.Run(t, func(t *testing.T, opts queue.Options) queue.Store {
 		return openRedis(t, srv, uniquePrefix(), "c1", 0, opts)
 	})
 }
 
 func BenchmarkRedisAdmit(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{})
-	storetest.Bench(b, func(b *testing.B) dedupe.Store {
-		return openRedis(b, srv, uniquePrefix(), "c1", 0, dedupe.Options{Window: 24 * time.Hour})
+	storetest.Bench(b, func(b *testing.B) queue.Store {
+		return openRedis(b, srv, uniquePrefix(), "c1", 0, queue.Options{Window: 24 * time.Hour})
 	})
 }
 
 func BenchmarkRedisAdmitAOF(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{AOF: true})
-	storetest.Bench(b, func(b *testing.B) dedupe.Store {
-		return openRedis(b, srv, uniquePrefix(), "c1", 0, dedupe.Options{Window: 24 * time.Hour})
+	storetest.Bench(b, func(b *testing.B) queue.Store {
+		return openRedis(b, srv, uniquePrefix(), "c1", 0, queue.Options{Window: 24 * time.Hour})
 	})
 }
 
-func admit(t *testing.T, s dedupe.Store, key string) *dedupe.Entry {
+func admit(t *testing.T, s queue.Store, key string) *queue.Entry {
 	t.Helper()
-	e := &dedupe.Entry{Key: key, Body: []byte(`{"k":"` + key + `"}`)}
+	e := &queue.Entry{Key: key, Body: []byte(`{"k":"` + key + `"}`)}
 	got, err := s.Admit(t.Context(), e)
-	if err != nil || got != dedupe.Accepted {
+	if err != nil || got != queue.Accepted {
 		t.Fatalf("Admit(%q) = %v, %v; want accepted", key, got, err)
 	}
 	return e
 }
 
-func claimIDs(t *testing.T, s dedupe.Store, max int) []string {
+func claimIDs(t *testing.T, s queue.Store, max int) []string {
 	t.Helper()
 	es, err := s.Claim(t.Context(), max)
 	if err != nil {
@@ -103,16 +104,16 @@ func claimIDs(t *testing.T, s dedupe.Store, max int) []string {
 
 func TestRedisUnreachable(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	s := openRedis(t, srv, uniquePrefix(), "c1", 0, dedupe.Options{Window: time.Hour, MaxBacklog: 10})
+	s := openRedis(t, srv, uniquePrefix(), "c1", 0, queue.Options{Window: time.Hour, MaxBacklog: 10})
 	admit(t, s, "before")
 	srv.Kill()
 
 	start := time.Now()
-	got, err := s.Admit(t.Context(), &dedupe.Entry{Key: "during", Body: []byte("{}")})
+	got, err := s.Admit(t.Context(), &queue.Entry{Key: "during", Body: []byte("{}")})
 	if err == nil {
 		t.Fatalf("Admit with Redis down = %v, nil; want an error", got)
 	}
-	if errors.Is(err, dedupe.ErrBacklogFull) {
+	if errors.Is(err, queue.ErrBacklogFull) {
 		t.Fatalf("Admit with Redis down = ErrBacklogFull; want a connection error")
 	}
 	if took := time.Since(start); took > 3*time.Second {
@@ -128,7 +129,7 @@ func TestRedisUnreachable(t *testing.T) {
 func TestRedisRestartWithAOF(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	prefix := uniquePrefix()
-	s := openRedis(t, srv, prefix, "c1", time.Second, dedupe.Options{Window: time.Hour})
+	s := openRedis(t, srv, prefix, "c1", time.Second, queue.Options{Window: time.Hour})
 	var want []string
 	for i := range 5 {
 		want = append(want, admit(t, s, "k"+strconv.Itoa(i)).ID)
@@ -139,15 +140,15 @@ func TestRedisRestartWithAOF(t *testing.T) {
 	srv.Restart()
 
 	// the marker survived too
-	var got dedupe.Admission
+	var got queue.Admission
 	var err error
 	for range 50 { // the pool may hand out a dead connection first
-		if got, err = s.Admit(t.Context(), &dedupe.Entry{Key: "k0"}); err == nil {
+		if got, err = s.Admit(t.Context(), &queue.Entry{Key: "k0"}); err == nil {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err != nil || got != dedupe.Duplicate {
+	if err != nil || got != queue.Duplicate {
 		t.Fatalf("Admit(k0) after restart = %v, %v; want duplicate", got, err)
 	}
 	st, err := s.Stats(t.Context())
@@ -174,7 +175,7 @@ func TestRedisRestartWithAOF(t *testing.T) {
 func TestRedisTwoConsumersDisjoint(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := uniquePrefix()
-	opts := dedupe.Options{Window: time.Hour}
+	opts := queue.Options{Window: time.Hour}
 	a := openRedis(t, srv, prefix, "a", time.Minute, opts)
 	b := openRedis(t, srv, prefix, "b", time.Minute, opts)
 	const n = 200
@@ -188,7 +189,7 @@ func TestRedisTwoConsumersDisjoint(t *testing.T) {
 	var mu sync.Mutex
 	seen := make(map[string]int)
 	var wg sync.WaitGroup
-	for _, s := range []dedupe.Store{a, b, a, b} {
+	for _, s := range []queue.Store{a, b, a, b} {
 		wg.Go(func() {
 			for {
 				es, err := s.Claim(context.Background(), 7)
@@ -223,7 +224,7 @@ func TestRedisTwoConsumersDisjoint(t *testing.T) {
 func TestRedisTakeover(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := uniquePrefix()
-	opts := dedupe.Options{Window: time.Hour}
+	opts := queue.Options{Window: time.Hour}
 	const visibility = 500 * time.Millisecond
 	dead := openRedis(t, srv, prefix, "dead", visibility, opts)
 	live := openRedis(t, srv, prefix, "live", visibility, opts)
@@ -238,7 +239,7 @@ func TestRedisTakeover(t *testing.T) {
 		t.Fatalf("live claimed %v, want [%s]", got, y.ID)
 	}
 	// record an attempt on x: the taker must see it
-	xe := &dedupe.Entry{ID: x.ID, Attempts: 3, LastStatus: 502, LastError: "bad gateway"}
+	xe := &queue.Entry{ID: x.ID, Attempts: 3, LastStatus: 502, LastError: "bad gateway"}
 	if err := dead.Attempted(t.Context(), xe); err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +267,7 @@ func TestRedisTakeover(t *testing.T) {
 			es[0].Attempts, es[0].LastStatus, es[0].LastError)
 	}
 	// the dead consumer's extend now reports the loss
-	if err := dead.Extend(t.Context(), []string{x.ID}); !errors.Is(err, dedupe.ErrNotFound) {
+	if err := dead.Extend(t.Context(), []string{x.ID}); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("Extend of a taken-over entry = %v, want ErrNotFound", err)
 	}
 
@@ -293,7 +294,7 @@ func TestRedisTakeover(t *testing.T) {
 func TestRedisMarkerTTL(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := uniquePrefix()
-	s := openRedis(t, srv, prefix, "c1", 0, dedupe.Options{Window: 2 * time.Hour})
+	s := openRedis(t, srv, prefix, "c1", 0, queue.Options{Window: 2 * time.Hour})
 	admit(t, s, "k")
 	c := newClient(srv.Addr())
 	defer c.Close()
@@ -309,8 +310,8 @@ func TestRedisMarkerTTL(t *testing.T) {
 func TestRedisDurableAckNeedsWaitAOF(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	c := newClient(srv.Addr())
-	s, err := dedupe.NewRedis(t.Context(), c, dedupe.RedisConfig{Prefix: uniquePrefix(), DurableAck: true},
-		dedupe.Options{Window: time.Hour})
+	s, err := redis.New(t.Context(), c, redis.Config{Prefix: uniquePrefix(), DurableAck: true},
+		queue.Options{Window: time.Hour})
 	if err != nil {
 		// Redis < 7.2: a clear refusal at open, never a silent downgrade
 		c.Close()
@@ -327,19 +328,19 @@ func TestRedisDurableAckNeedsWaitAOF(t *testing.T) {
 func TestRedisOpensWhileDown(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	srv.Kill()
-	s := openRedis(t, srv, uniquePrefix(), "c1", time.Minute, dedupe.Options{Window: time.Hour})
+	s := openRedis(t, srv, uniquePrefix(), "c1", time.Minute, queue.Options{Window: time.Hour})
 	ctx := context.Background()
-	if _, err := s.Admit(ctx, &dedupe.Entry{Key: "k", Body: []byte("{}")}); err == nil {
+	if _, err := s.Admit(ctx, &queue.Entry{Key: "k", Body: []byte("{}")}); err == nil {
 		t.Fatal("admit succeeded with Redis down")
 	}
 
 	srv.Restart()
-	var admitted *dedupe.Entry
+	var admitted *queue.Entry
 	deadline := time.Now().Add(10 * time.Second)
 	for admitted == nil {
-		e := &dedupe.Entry{Key: "k", Body: []byte("{}")}
+		e := &queue.Entry{Key: "k", Body: []byte("{}")}
 		a, err := s.Admit(ctx, e)
-		if err == nil && a == dedupe.Accepted {
+		if err == nil && a == queue.Accepted {
 			admitted = e
 			break
 		}
@@ -368,9 +369,9 @@ func TestRedisWarnsUnlessNoeviction(t *testing.T) {
 
 	open := func() []observer.LoggedEntry {
 		core, logs := observer.New(zap.WarnLevel)
-		s, err := dedupe.NewRedis(ctx, newClient(srv.Addr()), dedupe.RedisConfig{
+		s, err := redis.New(ctx, newClient(srv.Addr()), redis.Config{
 			Prefix: uniquePrefix(), Consumer: "c", VisibilityTimeout: time.Minute, Logger: zap.New(core),
-		}, dedupe.Options{Window: time.Hour})
+		}, queue.Options{Window: time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -398,13 +399,13 @@ func TestRedisAckCutOffAfterDelete(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := uniquePrefix()
 	const visibility = 200 * time.Millisecond
-	a := openRedis(t, srv, prefix, "a", visibility, dedupe.Options{Window: time.Hour})
-	b := openRedis(t, srv, prefix, "b", visibility, dedupe.Options{Window: time.Hour})
+	a := openRedis(t, srv, prefix, "a", visibility, queue.Options{Window: time.Hour})
+	b := openRedis(t, srv, prefix, "b", visibility, queue.Options{Window: time.Hour})
 	x := admit(t, a, "x")
 	if got := claimIDs(t, a, 1); len(got) != 1 {
 		t.Fatalf("claimed %v", got)
 	}
-	if err := a.Attempted(t.Context(), &dedupe.Entry{ID: x.ID, Attempts: 1, LastStatus: 503}); err != nil {
+	if err := a.Attempted(t.Context(), &queue.Entry{ID: x.ID, Attempts: 1, LastStatus: 503}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -438,27 +439,27 @@ func TestRedisAckCutOffAfterDelete(t *testing.T) {
 
 // pipelineHook lets a test see, slow down or repeat what the store sends.
 type pipelineHook struct {
-	pipeline func(next redis.ProcessPipelineHook, ctx context.Context, cmds []redis.Cmder) error
+	pipeline func(next goredis.ProcessPipelineHook, ctx context.Context, cmds []goredis.Cmder) error
 }
 
-func (h pipelineHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h pipelineHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (h pipelineHook) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+func (h pipelineHook) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
 	return next
 }
-func (h pipelineHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { return h.pipeline(next, ctx, cmds) }
+func (h pipelineHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error { return h.pipeline(next, ctx, cmds) }
 }
 
 // openHooked opens a store whose client runs hook, with a fixed clock.
-func openHooked(t *testing.T, srv *redistest.Server, prefix string, hook redis.Hook, opts dedupe.Options) *dedupe.Redis {
+func openHooked(t *testing.T, srv *redistest.Server, prefix string, hook goredis.Hook, opts queue.Options) *redis.Store {
 	t.Helper()
 	c := newClient(srv.Addr())
 	if hook != nil {
 		c.AddHook(hook)
 	}
-	s, err := dedupe.NewRedis(t.Context(), c, dedupe.RedisConfig{Prefix: prefix, Consumer: "c1"}, opts)
+	s, err := redis.New(t.Context(), c, redis.Config{Prefix: prefix, Consumer: "c1"}, opts)
 	if err != nil {
-		t.Fatalf("NewRedis: %v", err)
+		t.Fatalf("redis.New: %v", err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
@@ -486,14 +487,14 @@ func TestRedisAdmitRunsTwice(t *testing.T) {
 	ctx := t.Context()
 
 	t.Run("script", func(t *testing.T) {
-		s := openRedis(t, srv, prefix, "c1", 0, dedupe.Options{Window: time.Hour})
-		e := &dedupe.Entry{Key: "twice", Body: []byte(`{"n":1}`)}
+		s := openRedis(t, srv, prefix, "c1", 0, queue.Options{Window: time.Hour})
+		e := &queue.Entry{Key: "twice", Body: []byte(`{"n":1}`)}
 		now := time.Now()
-		first, err := dedupe.RedisAdmitOnce(ctx, s, raw, e, "token-1", now)
+		first, err := redis.AdmitOnce(ctx, s, raw, e, "token-1", now)
 		if err != nil {
 			t.Fatal(err)
 		}
-		second, err := dedupe.RedisAdmitOnce(ctx, s, raw, e, "token-1", now)
+		second, err := redis.AdmitOnce(ctx, s, raw, e, "token-1", now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -508,7 +509,7 @@ func TestRedisAdmitRunsTwice(t *testing.T) {
 			t.Fatalf("Body(%s) = %q, %v; want %q", id, b, err, e.Body)
 		}
 		// another admit of the key, with its own token, is a duplicate
-		if got, err := dedupe.RedisAdmitOnce(ctx, s, raw, e, "token-2", time.Now()); err != nil || len(got) != 1 || got[0] != int64(1) {
+		if got, err := redis.AdmitOnce(ctx, s, raw, e, "token-2", time.Now()); err != nil || len(got) != 1 || got[0] != int64(1) {
 			t.Fatalf("a new admit of the key = %v, %v; want {1} (duplicate)", got, err)
 		}
 		// no body left on its way in, nor any without an expiry
@@ -532,14 +533,14 @@ func TestRedisAdmitRunsTwice(t *testing.T) {
 	// every pipeline the store sends runs twice, as when a reply is lost
 	// and it is sent again; after SCRIPT FLUSH every admit also meets
 	// NOSCRIPT and falls back to EVAL first
-	twice := pipelineHook{pipeline: func(next redis.ProcessPipelineHook, ctx context.Context, cmds []redis.Cmder) error {
+	twice := pipelineHook{pipeline: func(next goredis.ProcessPipelineHook, ctx context.Context, cmds []goredis.Cmder) error {
 		_ = next(ctx, cmds)
 		return next(ctx, cmds)
 	}}
 	for _, flush := range []bool{false, true} {
 		t.Run(fmt.Sprintf("pipeline, flushed %v", flush), func(t *testing.T) {
 			prefix := uniquePrefix()
-			s := openHooked(t, srv, prefix, twice, dedupe.Options{Window: time.Hour})
+			s := openHooked(t, srv, prefix, twice, queue.Options{Window: time.Hour})
 			if flush {
 				if err := raw.ScriptFlush(ctx).Err(); err != nil {
 					t.Fatal(err)
@@ -550,9 +551,9 @@ func TestRedisAdmitRunsTwice(t *testing.T) {
 			var wg sync.WaitGroup
 			for i := range n {
 				wg.Go(func() {
-					e := &dedupe.Entry{Key: "k" + strconv.Itoa(i), Body: []byte(`{"i":` + strconv.Itoa(i) + `}`)}
+					e := &queue.Entry{Key: "k" + strconv.Itoa(i), Body: []byte(`{"i":` + strconv.Itoa(i) + `}`)}
 					got, err := s.Admit(ctx, e)
-					if err != nil || got != dedupe.Accepted {
+					if err != nil || got != queue.Accepted {
 						t.Errorf("Admit(%s) = %v, %v; want accepted", e.Key, got, err)
 						return
 					}
@@ -592,14 +593,14 @@ func TestRedisLegacyBody(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := uniquePrefix()
 	tag := "{" + prefix + "}"
-	s := openRedis(t, srv, prefix, "c1", time.Minute, dedupe.Options{Window: time.Hour})
+	s := openRedis(t, srv, prefix, "c1", time.Minute, queue.Options{Window: time.Hour})
 	raw := newClient(srv.Addr())
 	defer raw.Close()
 	ctx := t.Context()
 
 	body := "LEGACY:" + strings.Repeat("b", 4000)
 	now := stampOf(time.Now())
-	sid, err := raw.XAdd(ctx, &redis.XAddArgs{Stream: tag + ":q", Values: []any{
+	sid, err := raw.XAdd(ctx, &goredis.XAddArgs{Stream: tag + ":q", Values: []any{
 		"k", "old", "b", body, "q", "x=1", "c", "application/json", "a", "ua", "x", "192.0.2.1", "r", now, "u", now,
 	}}).Result()
 	if err != nil {
@@ -608,7 +609,7 @@ func TestRedisLegacyBody(t *testing.T) {
 
 	claimRaw := func() []any {
 		t.Helper()
-		script, keys, args := dedupe.RedisClaimScript(s, 10, "t"+strconv.FormatInt(prefixSeq.Add(1), 10))
+		script, keys, args := redis.ClaimScript(s, 10, "t"+strconv.FormatInt(prefixSeq.Add(1), 10))
 		v, err := script.Run(ctx, raw, keys, args...).Slice()
 		if err != nil {
 			t.Fatal(err)
@@ -690,8 +691,8 @@ func TestRedisPipelineByteBound(t *testing.T) {
 	type sent struct{ cmds, bytes, big int } // admits, bytes of bodies, big bodies
 	var mu sync.Mutex
 	var log []sent
-	const bigSize = dedupe.RedisPipelineBytes + 1<<19
-	hook := pipelineHook{pipeline: func(next redis.ProcessPipelineHook, ctx context.Context, cmds []redis.Cmder) error {
+	const bigSize = redis.PipelineBytes + 1<<19
+	hook := pipelineHook{pipeline: func(next goredis.ProcessPipelineHook, ctx context.Context, cmds []goredis.Cmder) error {
 		var p sent
 		for _, c := range cmds {
 			if c.Name() == "evalsha" {
@@ -712,7 +713,7 @@ func TestRedisPipelineByteBound(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // a slow Redis, so that calls queue up
 		return next(ctx, cmds)
 	}}
-	s := openHooked(t, srv, uniquePrefix(), hook, dedupe.Options{Window: time.Hour})
+	s := openHooked(t, srv, uniquePrefix(), hook, queue.Options{Window: time.Hour})
 
 	const n = 40
 	var wg sync.WaitGroup
@@ -722,8 +723,8 @@ func TestRedisPipelineByteBound(t *testing.T) {
 			if i == n/2 {
 				size = bigSize
 			}
-			e := &dedupe.Entry{Key: "k" + strconv.Itoa(i), Body: make([]byte, size)}
-			if got, err := s.Admit(t.Context(), e); err != nil || got != dedupe.Accepted {
+			e := &queue.Entry{Key: "k" + strconv.Itoa(i), Body: make([]byte, size)}
+			if got, err := s.Admit(t.Context(), e); err != nil || got != queue.Accepted {
 				t.Errorf("Admit(%d bytes) = %v, %v", size, got, err)
 			}
 		})
@@ -741,8 +742,8 @@ func TestRedisPipelineByteBound(t *testing.T) {
 		if p.cmds > 1 {
 			shared++
 		}
-		if p.bytes > dedupe.RedisPipelineBytes {
-			t.Errorf("a pipeline of %d admits carried %d bytes of bodies, more than %d", p.cmds, p.bytes, dedupe.RedisPipelineBytes)
+		if p.bytes > redis.PipelineBytes {
+			t.Errorf("a pipeline of %d admits carried %d bytes of bodies, more than %d", p.cmds, p.bytes, redis.PipelineBytes)
 		}
 	}
 	if bigs != 1 {
@@ -761,7 +762,7 @@ func TestRedisTrimLegacyDeadLetters(t *testing.T) {
 	prefix := uniquePrefix()
 	tag := "{" + prefix + "}"
 	clock := storetest.NewClock()
-	s := openRedis(t, srv, prefix, "c1", time.Minute, dedupe.Options{Window: time.Hour, Now: clock.Now})
+	s := openRedis(t, srv, prefix, "c1", time.Minute, queue.Options{Window: time.Hour, Now: clock.Now})
 	raw := newClient(srv.Addr())
 	defer raw.Close()
 	ctx := t.Context()
@@ -775,7 +776,7 @@ func TestRedisTrimLegacyDeadLetters(t *testing.T) {
 			"r", queued, "u", queued, "n", "5", "s", "500", "e", "upstream answered 500").Err(); err != nil {
 			t.Fatal(err)
 		}
-		if err := raw.ZAdd(ctx, tag+":dead", redis.Z{Member: id}).Err(); err != nil {
+		if err := raw.ZAdd(ctx, tag+":dead", goredis.Z{Member: id}).Err(); err != nil {
 			t.Fatal(err)
 		}
 		legacy = append(legacy, id)
@@ -829,7 +830,7 @@ func TestRedisStatsIndexesLegacyDeadLetters(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := uniquePrefix()
 	tag := "{" + prefix + "}"
-	s := openRedis(t, srv, prefix, "c1", time.Minute, dedupe.Options{Window: time.Hour})
+	s := openRedis(t, srv, prefix, "c1", time.Minute, queue.Options{Window: time.Hour})
 	raw := newClient(srv.Addr())
 	defer raw.Close()
 	ctx := t.Context()
@@ -838,7 +839,7 @@ func TestRedisStatsIndexesLegacyDeadLetters(t *testing.T) {
 	for i := range n {
 		id := fmt.Sprintf("%016d-%010d", 1700000000000+i, 0)
 		pipe.HSet(ctx, tag+":dead:"+id, "i", id, "k", "k"+strconv.Itoa(i), "u", stampOf(time.UnixMilli(1700000000000+int64(i))))
-		pipe.ZAdd(ctx, tag+":dead", redis.Z{Member: id})
+		pipe.ZAdd(ctx, tag+":dead", goredis.Z{Member: id})
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		t.Fatal(err)
@@ -861,17 +862,17 @@ func TestRedisDamagedEntries(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := uniquePrefix()
 	tag := "{" + prefix + "}"
-	s := openRedis(t, srv, prefix, "c1", time.Minute, dedupe.Options{Window: time.Hour})
+	s := openRedis(t, srv, prefix, "c1", time.Minute, queue.Options{Window: time.Hour})
 	raw := newClient(srv.Addr())
 	defer raw.Close()
 	ctx := t.Context()
 
 	good := admit(t, s, "good")
-	badID, err := raw.XAdd(ctx, &redis.XAddArgs{Stream: tag + ":q", Values: []any{"k", "bad id", "i", "not-an-id"}}).Result()
+	badID, err := raw.XAdd(ctx, &goredis.XAddArgs{Stream: tag + ":q", Values: []any{"k", "bad id", "i", "not-an-id"}}).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	noBody, err := raw.XAdd(ctx, &redis.XAddArgs{Stream: tag + ":q", Values: []any{"k", "no body"}}).Result()
+	noBody, err := raw.XAdd(ctx, &goredis.XAddArgs{Stream: tag + ":q", Values: []any{"k", "no body"}}).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -906,7 +907,7 @@ func TestRedisKeysExpireByTheMinute(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := uniquePrefix()
 	clock := storetest.NewClock()
-	s := openRedis(t, srv, prefix, "c1", time.Minute, dedupe.Options{Window: time.Hour, Now: clock.Now})
+	s := openRedis(t, srv, prefix, "c1", time.Minute, queue.Options{Window: time.Hour, Now: clock.Now})
 	raw := newClient(srv.Addr())
 	defer raw.Close()
 	admit(t, s, "a")
@@ -927,14 +928,14 @@ func TestRedisKeysExpireByTheMinute(t *testing.T) {
 
 // processHook lets a test meddle with single commands.
 type processHook struct {
-	process func(next redis.ProcessHook, ctx context.Context, cmd redis.Cmder) error
+	process func(next goredis.ProcessHook, ctx context.Context, cmd goredis.Cmder) error
 }
 
-func (h processHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h processHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error { return h.process(next, ctx, cmd) }
+func (h processHook) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+func (h processHook) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error { return h.process(next, ctx, cmd) }
 }
-func (h processHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (h processHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
 	return next
 }
 
@@ -943,10 +944,10 @@ func (h processHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 // timeout: the next claim hands it out.
 func TestRedisClaimReplyLost(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	script, _, _ := dedupe.RedisClaimScript(nil, 0, "")
+	script, _, _ := redis.ClaimScript(nil, 0, "")
 	var lose atomic.Bool
 	errLost := errors.New("connection reset by peer (test)")
-	hook := processHook{process: func(next redis.ProcessHook, ctx context.Context, cmd redis.Cmder) error {
+	hook := processHook{process: func(next goredis.ProcessHook, ctx context.Context, cmd goredis.Cmder) error {
 		err := next(ctx, cmd)
 		if args := cmd.Args(); len(args) > 1 && args[1] == script.Hash() && lose.CompareAndSwap(true, false) {
 			cmd.SetErr(errLost) // it ran; the reply never came
@@ -954,7 +955,7 @@ func TestRedisClaimReplyLost(t *testing.T) {
 		}
 		return err
 	}}
-	s := openHooked(t, srv, uniquePrefix(), hook, dedupe.Options{Window: time.Hour})
+	s := openHooked(t, srv, uniquePrefix(), hook, queue.Options{Window: time.Hour})
 	a := admit(t, s, "a")
 	b := admit(t, s, "b")
 
@@ -991,7 +992,7 @@ func TestRedisClaimReplyLost(t *testing.T) {
 func TestRedisAdmitRidesOutFailedDials(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	var failing atomic.Int32 // pipelines still to fail as an undialable Redis does
-	hook := pipelineHook{pipeline: func(next redis.ProcessPipelineHook, ctx context.Context, cmds []redis.Cmder) error {
+	hook := pipelineHook{pipeline: func(next goredis.ProcessPipelineHook, ctx context.Context, cmds []goredis.Cmder) error {
 		if failing.Add(-1) >= 0 {
 			err := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 			for _, c := range cmds {
@@ -1002,12 +1003,12 @@ func TestRedisAdmitRidesOutFailedDials(t *testing.T) {
 		failing.Store(0)
 		return next(ctx, cmds)
 	}}
-	s := openHooked(t, srv, uniquePrefix(), hook, dedupe.Options{Window: time.Hour})
+	s := openHooked(t, srv, uniquePrefix(), hook, queue.Options{Window: time.Hour})
 
 	// down: the admit fails at once
 	failing.Store(1000)
 	start := time.Now()
-	if got, err := s.Admit(t.Context(), &dedupe.Entry{Key: "down"}); err == nil {
+	if got, err := s.Admit(t.Context(), &queue.Entry{Key: "down"}); err == nil {
 		t.Fatalf("Admit with every dial failing = %v, want an error", got)
 	}
 	if took := time.Since(start); took > 200*time.Millisecond {
@@ -1026,13 +1027,13 @@ func TestRedisAdmitRidesOutFailedDials(t *testing.T) {
 // Large bodies are read a chunk at a time and come back whole.
 func TestRedisLargeBodyInChunks(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	s := openRedis(t, srv, uniquePrefix(), "c1", time.Minute, dedupe.Options{Window: time.Hour})
+	s := openRedis(t, srv, uniquePrefix(), "c1", time.Minute, queue.Options{Window: time.Hour})
 	body := make([]byte, 2<<20+12345)
 	for i := range body {
 		body[i] = byte(i*31 + i>>10)
 	}
-	e := &dedupe.Entry{Key: "big", Body: body}
-	if got, err := s.Admit(t.Context(), e); err != nil || got != dedupe.Accepted {
+	e := &queue.Entry{Key: "big", Body: body}
+	if got, err := s.Admit(t.Context(), e); err != nil || got != queue.Accepted {
 		t.Fatalf("Admit = %v, %v", got, err)
 	}
 	es, err := s.Claim(t.Context(), 1)

@@ -1,4 +1,4 @@
-package dedupe
+package redis
 
 import (
 	"context"
@@ -14,11 +14,13 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+
+	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
-// Redis is a Store kept in Redis, shared by every Caddy instance pointing at
+// Store is a queue.Store kept in Redis, shared by every Caddy instance pointing at
 // the same Redis and relay: the queue is a stream read through a consumer
 // group, so each instance delivers its share and takes over the entries of
 // an instance that died.
@@ -45,10 +47,10 @@ import (
 //
 // It is as durable as the Redis it points at: run Redis with AOF
 // (appendfsync everysec or always) and maxmemory-policy noeviction.
-type Redis struct {
-	client redis.UniversalClient
+type Store struct {
+	client goredis.UniversalClient
 	now    func() time.Time
-	limits
+	queue.Limits
 	consumer string
 	idle     time.Duration
 	durable  time.Duration // WAITAOF timeout; 0: do not wait
@@ -81,8 +83,8 @@ type Redis struct {
 	moved   map[string]string
 }
 
-// RedisConfig sets up a Redis store beyond the relay's Options.
-type RedisConfig struct {
+// Config sets up a Redis store beyond the relay's Options.
+type Config struct {
 	// Prefix names the relay's keys, e.g. "webhook_relay:default"; they all
 	// share the hash tag {Prefix}. Required.
 	Prefix string
@@ -125,11 +127,11 @@ func DefaultConsumer() string {
 	return host + "-" + strconv.Itoa(os.Getpid())
 }
 
-// NewRedis opens the store on client, which it owns from now on: Close
+// New opens the store on client, which it owns from now on: Close
 // closes it. It creates the consumer group if needed, warns unless Redis
 // evicts nothing, and with DurableAck checks that the server can wait for
 // its AOF. It fails if Redis cannot be reached.
-func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig, opts Options) (*Redis, error) {
+func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts queue.Options) (*Store, error) {
 	if cfg.Prefix == "" {
 		return nil, errors.New("redis store: empty key prefix")
 	}
@@ -146,7 +148,7 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 		cfg.Logger = zap.NewNop()
 	}
 	tag := "{" + cfg.Prefix + "}"
-	r := &Redis{
+	r := &Store{
 		client:       client,
 		now:          opts.Clock(),
 		consumer:     cfg.Consumer,
@@ -194,7 +196,7 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 		}
 	}
 	// load every script now, so the first requests need no fallback
-	for _, s := range []*redis.Script{admitScript, claimScript, reclaimScript, attemptedScript,
+	for _, s := range []*goredis.Script{admitScript, claimScript, reclaimScript, attemptedScript,
 		ackScript, buryScript, replayScript, moveBodyScript, deleteDeadScript, trimDeadScript,
 		backfillDeadScript, forgetConsumerScript} {
 		if err := s.Load(ctx, client).Err(); err != nil {
@@ -208,11 +210,11 @@ func NewRedis(ctx context.Context, client redis.UniversalClient, cfg RedisConfig
 // that answered with an error (wrong password, no permission, bad config),
 // which is worth failing the config for.
 func unreachable(err error) bool {
-	var reply redis.Error
+	var reply goredis.Error
 	return !errors.As(err, &reply)
 }
 
-func (r *Redis) ensureGroup(ctx context.Context) error {
+func (r *Store) ensureGroup(ctx context.Context) error {
 	err := r.client.XGroupCreateMkStream(ctx, r.stream, groupName, "0").Err()
 	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
 		return fmt.Errorf("redis store: creating consumer group on %s: %w", r.stream, err)
@@ -222,7 +224,7 @@ func (r *Redis) ensureGroup(ctx context.Context) error {
 
 // checkEviction warns unless Redis is set to evict nothing: an evicted
 // stream or marker is a lost webhook or a duplicate delivery.
-func checkEviction(ctx context.Context, client redis.UniversalClient, log *zap.Logger) {
+func checkEviction(ctx context.Context, client goredis.UniversalClient, log *zap.Logger) {
 	const why = "Redis may evict keys under memory pressure: queued webhooks that were answered 200 " +
 		"would be LOST and dedupe markers forgotten; set maxmemory-policy noeviction"
 	cfg, err := client.ConfigGet(ctx, "maxmemory-policy").Result()
@@ -237,7 +239,7 @@ func checkEviction(ctx context.Context, client redis.UniversalClient, log *zap.L
 
 // checkWaitAOF makes sure the server can honour durable_ack: WAITAOF exists
 // (Redis >= 7.2) and appendonly is on.
-func checkWaitAOF(ctx context.Context, client redis.UniversalClient) error {
+func checkWaitAOF(ctx context.Context, client goredis.UniversalClient) error {
 	err := client.Do(ctx, "WAITAOF", 1, 0, 100).Err()
 	if err == nil {
 		return nil
@@ -253,9 +255,9 @@ func checkWaitAOF(ctx context.Context, client redis.UniversalClient) error {
 	return fmt.Errorf("redis store: checking WAITAOF for durable_ack: %w", err)
 }
 
-func (r *Redis) usable(ctx context.Context) error {
+func (r *Store) usable(ctx context.Context) error {
 	if r.closed.Load() {
-		return ErrClosed
+		return queue.ErrClosed
 	}
 	return ctx.Err()
 }
@@ -320,31 +322,31 @@ const stagedTTL = time.Minute
 // into place. A script's arguments are copied into Lua, which for a body of
 // megabytes holds Redis for tens of milliseconds; a SET and a RENAME take
 // microseconds.
-func (r *Redis) admitCall(e *Entry, token string, now time.Time) func(redis.Pipeliner, bool) []redis.Cmder {
-	window := r.windowLen()
+func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(goredis.Pipeliner, bool) []goredis.Cmder {
+	window := r.Window()
 	expires := now.Add(window)
 	ttl := window.Milliseconds() + 1000 // never shorter than the window
 	staged := r.stagedPrefix + token
 	keys := []string{r.stream, r.seenPrefix + e.Key, r.admitPrefix + token, r.keyCount, staged}
-	args := []any{stamp(now), stamp(expires), ttl, r.maxBacklog(),
+	args := []any{stamp(now), stamp(expires), ttl, r.MaxBacklog(),
 		e.Key, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor,
 		r.bodyPrefix, expires.UnixMilli() / 60000}
-	return func(pipe redis.Pipeliner, eval bool) []redis.Cmder {
+	return func(pipe goredis.Pipeliner, eval bool) []goredis.Cmder {
 		ctx := context.Background() // the pipeline's context is the one that counts
 		set := pipe.Set(ctx, staged, e.Body, stagedTTL)
 		if eval {
-			return []redis.Cmder{set, admitScript.Eval(ctx, pipe, keys, args...)}
+			return []goredis.Cmder{set, admitScript.Eval(ctx, pipe, keys, args...)}
 		}
-		return []redis.Cmder{set, admitScript.EvalSha(ctx, pipe, keys, args...)}
+		return []goredis.Cmder{set, admitScript.EvalSha(ctx, pipe, keys, args...)}
 	}
 }
 
 // admitReply is the admit script's reply among an admit's commands.
-func admitReply(cmds []redis.Cmder) ([]any, error) {
+func admitReply(cmds []goredis.Cmder) ([]any, error) {
 	if err := cmds[0].Err(); err != nil {
 		return nil, fmt.Errorf("writing the body: %w", err)
 	}
-	v, err := cmds[1].(*redis.Cmd).Result()
+	v, err := cmds[1].(*goredis.Cmd).Result()
 	if err != nil {
 		return nil, err
 	}
@@ -357,21 +359,21 @@ func admitReply(cmds []redis.Cmder) ([]any, error) {
 // Admit implements Store. Each call has its own token, so that the script
 // running twice (a reply lost and the pipeline sent again, a failover)
 // answers Accepted with the same id the second time, never Duplicate.
-func (r *Redis) Admit(ctx context.Context, e *Entry) (Admission, error) {
+func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, error) {
 	if err := r.usable(ctx); err != nil {
 		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, AdmitTimeout)
+	ctx, cancel := context.WithTimeout(ctx, queue.AdmitTimeout)
 	defer cancel()
 	now := r.now()
-	queue := r.admitCall(e, rand.Text(), now)
+	enqueue := r.admitCall(e, rand.Text(), now)
 	size := smallCall + len(e.Body) + len(e.Key) + len(e.Request.RawQuery) + len(e.Request.ForwardedFor) +
 		len(e.Request.UserAgent) + len(e.Request.ContentType)
 	admit := func() ([]any, error) {
 		if r.durable > 0 {
-			return r.admitDurable(ctx, queue)
+			return r.admitDurable(ctx, enqueue)
 		}
-		cmds, err := r.runCmds(ctx, size, queue)
+		cmds, err := r.runCmds(ctx, size, enqueue)
 		if err != nil {
 			return nil, err
 		}
@@ -396,9 +398,9 @@ func (r *Redis) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	}
 	switch code, _ := res[0].(int64); code {
 	case 1:
-		return Duplicate, nil
+		return queue.Duplicate, nil
 	case 2:
-		return 0, ErrBacklogFull
+		return 0, queue.ErrBacklogFull
 	case 3:
 		return 0, errors.New("redis store: admit: the body did not reach Redis; nothing was stored")
 	}
@@ -411,7 +413,7 @@ func (r *Redis) Admit(ctx context.Context, e *Entry) (Admission, error) {
 		return 0, err
 	}
 	e.ID, e.Received, e.Queued = id, now, now
-	return Accepted, nil
+	return queue.Accepted, nil
 }
 
 // comingBackRetry bounds how long an admit retries failed dials after Redis
@@ -426,7 +428,7 @@ func dialFailed(err error) bool {
 }
 
 // answered records how a round trip went, for comingBack.
-func (r *Redis) answered(err error) {
+func (r *Store) answered(err error) {
 	switch {
 	case err == nil || !unreachable(err):
 		if r.dialFailing.Swap(false) {
@@ -439,23 +441,23 @@ func (r *Redis) answered(err error) {
 
 // comingBack tells whether Redis answered, after failed dials, within the
 // last two seconds.
-func (r *Redis) comingBack() bool {
+func (r *Store) comingBack() bool {
 	return time.Now().UnixNano()-r.cameBack.Load() < int64(2*time.Second)
 }
 
 // admitDurable runs the admit's commands and WAITAOF in one pipeline:
 // WAITAOF waits for the writes of its own connection, so all must share one.
-func (r *Redis) admitDurable(ctx context.Context, queue func(redis.Pipeliner, bool) []redis.Cmder) ([]any, error) {
-	run := func(eval bool) ([]redis.Cmder, *redis.Cmd) {
+func (r *Store) admitDurable(ctx context.Context, enqueue func(goredis.Pipeliner, bool) []goredis.Cmder) ([]any, error) {
+	run := func(eval bool) ([]goredis.Cmder, *goredis.Cmd) {
 		pipe := r.client.Pipeline()
-		cmds := queue(pipe, eval)
+		cmds := enqueue(pipe, eval)
 		wait := pipe.Do(ctx, "WAITAOF", 1, 0, r.durable.Milliseconds())
 		_, err := pipe.Exec(ctx)
 		r.answered(err)
 		return cmds, wait
 	}
 	cmds, wait := run(false)
-	if redis.HasErrorPrefix(cmds[1].Err(), "NOSCRIPT") {
+	if goredis.HasErrorPrefix(cmds[1].Err(), "NOSCRIPT") {
 		cmds, wait = run(true)
 	}
 	res, err := admitReply(cmds)
@@ -476,13 +478,13 @@ func (r *Redis) admitDurable(ctx context.Context, queue func(redis.Pipeliner, bo
 }
 
 // claimArgs are the claim script's keys and arguments.
-func (r *Redis) claimArgs(max int, token string) ([]string, []any) {
+func (r *Store) claimArgs(max int, token string) ([]string, []any) {
 	return []string{r.stream, r.att, r.claimPrefix + token},
 		[]any{groupName, r.consumer, r.idle.Milliseconds(), max, r.bodyPrefix, releasedIdle.Milliseconds()}
 }
 
 // claimToken returns the token of the claim to send again, or a new one.
-func (r *Redis) claimToken() string {
+func (r *Store) claimToken() string {
 	r.claimMu.Lock()
 	defer r.claimMu.Unlock()
 	token := r.retryClaim
@@ -496,7 +498,7 @@ func (r *Redis) claimToken() string {
 // Claim implements Store. It first takes over entries idle past the
 // visibility timeout (a dead consumer's, or released ones), then reads new
 // ones. Bodies stay in Redis: Body fetches them.
-func (r *Redis) Claim(ctx context.Context, max int) ([]*Entry, error) {
+func (r *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 	if err := r.usable(ctx); err != nil {
 		return nil, err
 	}
@@ -523,7 +525,7 @@ func (r *Redis) Claim(ctx context.Context, max int) ([]*Entry, error) {
 		}
 		return nil, fmt.Errorf("redis store: claim: %w", err)
 	}
-	out := make([]*Entry, 0, len(res))
+	out := make([]*queue.Entry, 0, len(res))
 	for _, item := range res {
 		if e := r.claimed(item); e != nil {
 			out = append(out, e)
@@ -535,7 +537,7 @@ func (r *Redis) Claim(ctx context.Context, max int) ([]*Entry, error) {
 // claimed makes an entry of one item of the claim script's reply. What it
 // cannot read comes back Damaged, under the id of its stream id, which Bury
 // finds it by; nil only for an item without a stream id.
-func (r *Redis) claimed(item any) *Entry {
+func (r *Store) claimed(item any) *queue.Entry {
 	parts, _ := item.([]any)
 	var sid string
 	if len(parts) > 0 {
@@ -545,7 +547,7 @@ func (r *Redis) claimed(item any) *Entry {
 	if err != nil {
 		return nil
 	}
-	damaged := func(why string) *Entry { return &Entry{ID: sidID, Damaged: why} }
+	damaged := func(why string) *queue.Entry { return &queue.Entry{ID: sidID, Damaged: why} }
 	if len(parts) < 4 {
 		return damaged(fmt.Sprintf("unexpected claim reply %v", item))
 	}
@@ -574,7 +576,7 @@ func (r *Redis) claimed(item any) *Entry {
 	return e
 }
 
-func isNoGroup(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOGROUP") }
+func isNoGroup(err error) bool { return err != nil && goredis.HasErrorPrefix(err, "NOGROUP") }
 
 // fieldMap turns a stream entry's flat field list into a map.
 func fieldMap(v any) (map[string]string, error) {
@@ -593,11 +595,11 @@ func fieldMap(v any) (map[string]string, error) {
 
 // entryOf builds an entry, without its body, from stored fields; sid is its
 // stream id when queued, "" for a dead letter (whose fields carry the id).
-func entryOf(sid string, f map[string]string) (*Entry, error) {
-	e := &Entry{
+func entryOf(sid string, f map[string]string) (*queue.Entry, error) {
+	e := &queue.Entry{
 		ID:  f["i"],
 		Key: f["k"],
-		Request: RequestMeta{
+		Request: queue.RequestMeta{
 			RawQuery:     f["q"],
 			ContentType:  f["c"],
 			UserAgent:    f["a"],
@@ -627,21 +629,21 @@ const (
 
 // queueBody adds the first read of the body key to pipe: whether it
 // exists, its length, and its first chunk.
-func queueBody(ctx context.Context, pipe redis.Pipeliner, key string) []redis.Cmder {
-	return []redis.Cmder{pipe.Exists(ctx, key), pipe.StrLen(ctx, key), pipe.GetRange(ctx, key, 0, firstChunk-1)}
+func queueBody(ctx context.Context, pipe goredis.Pipeliner, key string) []goredis.Cmder {
+	return []goredis.Cmder{pipe.Exists(ctx, key), pipe.StrLen(ctx, key), pipe.GetRange(ctx, key, 0, firstChunk-1)}
 }
 
 // readBody finishes the read queueBody began. ok is false when there is no
 // body key, or it went while being read.
-func (r *Redis) readBody(ctx context.Context, key string, cmds []redis.Cmder) (body []byte, ok bool, err error) {
+func (r *Store) readBody(ctx context.Context, key string, cmds []goredis.Cmder) (body []byte, ok bool, err error) {
 	for _, c := range cmds {
 		if err := c.Err(); err != nil {
 			return nil, false, err
 		}
 	}
-	n := int(cmds[1].(*redis.IntCmd).Val())
-	first := cmds[2].(*redis.StringCmd).Val()
-	if cmds[0].(*redis.IntCmd).Val() == 0 {
+	n := int(cmds[1].(*goredis.IntCmd).Val())
+	first := cmds[2].(*goredis.StringCmd).Val()
+	if cmds[0].(*goredis.IntCmd).Val() == 0 {
 		return nil, false, nil
 	}
 	if len(first) >= n {
@@ -664,22 +666,22 @@ func (r *Redis) readBody(ctx context.Context, key string, cmds []redis.Cmder) (b
 }
 
 // Body implements Store.
-func (r *Redis) Body(ctx context.Context, id string) ([]byte, error) {
+func (r *Store) Body(ctx context.Context, id string) ([]byte, error) {
 	if err := r.usable(ctx); err != nil {
 		return nil, err
 	}
 	// the body key is kept while the entry is dead too: the dead index
 	// tells the two apart
 	key := r.bodyPrefix + id
-	cmds, err := r.runCmds(ctx, smallCall, func(pipe redis.Pipeliner, _ bool) []redis.Cmder {
-		return append([]redis.Cmder{pipe.ZScore(ctx, r.deadIdx, id)}, queueBody(ctx, pipe, key)...)
+	cmds, err := r.runCmds(ctx, smallCall, func(pipe goredis.Pipeliner, _ bool) []goredis.Cmder {
+		return append([]goredis.Cmder{pipe.ZScore(ctx, r.deadIdx, id)}, queueBody(ctx, pipe, key)...)
 	})
 	if err == nil {
 		err = cmds[0].Err()
 		if err == nil {
-			return nil, fmt.Errorf("body of %s: a dead letter: %w", id, ErrNotFound)
+			return nil, fmt.Errorf("body of %s: a dead letter: %w", id, queue.ErrNotFound)
 		}
-		if errors.Is(err, redis.Nil) {
+		if errors.Is(err, goredis.Nil) {
 			body, ok, err := r.readBody(ctx, key, cmds[1:])
 			switch {
 			case err != nil:
@@ -695,14 +697,14 @@ func (r *Redis) Body(ctx context.Context, id string) ([]byte, error) {
 
 // legacyBody reads the body of an entry queued before bodies had keys of
 // their own, from its stream entry.
-func (r *Redis) legacyBody(ctx context.Context, id string) ([]byte, error) {
+func (r *Store) legacyBody(ctx context.Context, id string) ([]byte, error) {
 	sid, ok := r.movedTo(id)
 	if !ok {
 		loc, err := r.client.HGet(ctx, r.loc, id).Result()
 		switch {
 		case err == nil:
 			sid = loc
-		case errors.Is(err, redis.Nil):
+		case errors.Is(err, goredis.Nil):
 			sid = parseID(id)
 		default:
 			return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
@@ -719,12 +721,12 @@ func (r *Redis) legacyBody(ctx context.Context, id string) ([]byte, error) {
 			}
 		}
 	}
-	return nil, fmt.Errorf("body of %s: %w", id, ErrNotFound)
+	return nil, fmt.Errorf("body of %s: %w", id, queue.ErrNotFound)
 }
 
 // formatAttempt and parseAttempt keep an entry's last attempt in one hash
 // value: "attempts status error".
-func formatAttempt(e *Entry) string {
+func formatAttempt(e *queue.Entry) string {
 	return strconv.Itoa(e.Attempts) + " " + strconv.Itoa(e.LastStatus) + " " + e.LastError
 }
 
@@ -740,7 +742,7 @@ func parseAttempt(s string) (attempts, status int, reason string) {
 
 // reclaim resets the idle time of the held entries in ids and returns the
 // ids this consumer no longer holds.
-func (r *Redis) reclaim(ctx context.Context, ids []string, idle time.Duration) ([]string, error) {
+func (r *Store) reclaim(ctx context.Context, ids []string, idle time.Duration) ([]string, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
@@ -760,7 +762,7 @@ func (r *Redis) reclaim(ctx context.Context, ids []string, idle time.Duration) (
 // consumer holds, so no other consumer takes them over. Ids it no longer
 // holds (delivered, or taken over after the visibility timeout) are reported
 // with ErrNotFound after the others are extended.
-func (r *Redis) Extend(ctx context.Context, ids []string) error {
+func (r *Store) Extend(ctx context.Context, ids []string) error {
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
@@ -770,7 +772,7 @@ func (r *Redis) Extend(ctx context.Context, ids []string) error {
 	}
 	if len(lost) > 0 {
 		return fmt.Errorf("redis store: extend: %d of %d claims not held any more (e.g. %s): %w",
-			len(lost), len(ids), lost[0], ErrNotFound)
+			len(lost), len(ids), lost[0], queue.ErrNotFound)
 	}
 	return nil
 }
@@ -778,7 +780,7 @@ func (r *Redis) Extend(ctx context.Context, ids []string) error {
 // Release implements Store: the entries stay pending but look idle past
 // any visibility timeout, so the next Claim of any consumer takes them.
 // Ids this consumer does not hold are skipped.
-func (r *Redis) Release(ctx context.Context, ids []string) error {
+func (r *Store) Release(ctx context.Context, ids []string) error {
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
@@ -790,7 +792,7 @@ func (r *Redis) Release(ctx context.Context, ids []string) error {
 }
 
 // Attempted implements Store.
-func (r *Redis) Attempted(ctx context.Context, e *Entry) error {
+func (r *Store) Attempted(ctx context.Context, e *queue.Entry) error {
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
@@ -800,14 +802,14 @@ func (r *Redis) Attempted(ctx context.Context, e *Entry) error {
 		return fmt.Errorf("redis store: recording attempt on %s: %w", e.ID, err)
 	}
 	if n == 0 {
-		return fmt.Errorf("recording attempt on %s: %w", e.ID, ErrNotFound)
+		return fmt.Errorf("recording attempt on %s: %w", e.ID, queue.ErrNotFound)
 	}
 	return nil
 }
 
 // Ack implements Store. Acking an id that is no longer queued is not an
 // error.
-func (r *Redis) Ack(ctx context.Context, id string) error {
+func (r *Store) Ack(ctx context.Context, id string) error {
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
@@ -830,8 +832,8 @@ func (r *Redis) Ack(ctx context.Context, id string) error {
 	// after the entry, so no queued entry is ever without one; an entry
 	// acknowledged but not deleted would sit in the stream for good.
 	sid := parseID(id)
-	cmds, err := r.runCmds(ctx, smallCall, func(pipe redis.Pipeliner, _ bool) []redis.Cmder {
-		return []redis.Cmder{
+	cmds, err := r.runCmds(ctx, smallCall, func(pipe goredis.Pipeliner, _ bool) []goredis.Cmder {
+		return []goredis.Cmder{
 			pipe.XDel(ctx, r.stream, sid),
 			pipe.Del(ctx, r.bodyPrefix+id),
 			pipe.XAck(ctx, r.stream, groupName, sid),
@@ -851,7 +853,7 @@ func (r *Redis) Ack(ctx context.Context, id string) error {
 	return nil
 }
 
-func (r *Redis) setMoved(id, sid string) {
+func (r *Store) setMoved(id, sid string) {
 	r.movedMu.Lock()
 	defer r.movedMu.Unlock()
 	if r.moved == nil {
@@ -860,13 +862,13 @@ func (r *Redis) setMoved(id, sid string) {
 	r.moved[id] = sid
 }
 
-func (r *Redis) isMoved(id string) bool {
+func (r *Store) isMoved(id string) bool {
 	_, ok := r.movedTo(id)
 	return ok
 }
 
 // movedTo returns the stream id of a replayed entry this process holds.
-func (r *Redis) movedTo(id string) (string, bool) {
+func (r *Store) movedTo(id string) (string, bool) {
 	r.movedMu.Lock()
 	defer r.movedMu.Unlock()
 	sid, ok := r.moved[id]
@@ -874,7 +876,7 @@ func (r *Redis) movedTo(id string) (string, bool) {
 }
 
 // forgetMoved drops ids this process no longer holds from moved.
-func (r *Redis) forgetMoved(ids ...string) {
+func (r *Store) forgetMoved(ids ...string) {
 	r.movedMu.Lock()
 	defer r.movedMu.Unlock()
 	for _, id := range ids {
@@ -884,7 +886,7 @@ func (r *Redis) forgetMoved(ids ...string) {
 
 // Bury implements Store. It buries the stored entry, whatever its fields,
 // with e's attempt, and sets e.Died.
-func (r *Redis) Bury(ctx context.Context, e *Entry) error {
+func (r *Store) Bury(ctx context.Context, e *queue.Entry) error {
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
@@ -904,7 +906,7 @@ func (r *Redis) Bury(ctx context.Context, e *Entry) error {
 	}
 	r.forgetMoved(e.ID)
 	if n == 0 {
-		return fmt.Errorf("burying %s: %w", e.ID, ErrNotFound)
+		return fmt.Errorf("burying %s: %w", e.ID, queue.ErrNotFound)
 	}
 	e.Died = died
 	return nil
@@ -913,7 +915,7 @@ func (r *Redis) Bury(ctx context.Context, e *Entry) error {
 // deadFields are what a dead letter listing reads: everything but the body.
 var deadFields = []string{"i", "k", "q", "c", "a", "x", "r", "u", "n", "s", "e", "d"}
 
-func deadOf(f map[string]string) (*Entry, error) {
+func deadOf(f map[string]string) (*queue.Entry, error) {
 	e, err := entryOf("", f)
 	if err != nil {
 		return nil, err
@@ -928,28 +930,28 @@ func deadOf(f map[string]string) (*Entry, error) {
 }
 
 // Dead implements Store.
-func (r *Redis) Dead(ctx context.Context, after string, limit int) ([]*Entry, error) {
+func (r *Store) Dead(ctx context.Context, after string, limit int) ([]*queue.Entry, error) {
 	if err := r.usable(ctx); err != nil {
 		return nil, err
 	}
 	if limit <= 0 {
-		return []*Entry{}, nil
+		return []*queue.Entry{}, nil
 	}
 	min := "-"
 	if after != "" {
 		min = "(" + after
 	}
-	ids, err := r.client.ZRangeByLex(ctx, r.deadIdx, &redis.ZRangeBy{Min: min, Max: "+", Count: int64(limit)}).Result()
+	ids, err := r.client.ZRangeByLex(ctx, r.deadIdx, &goredis.ZRangeBy{Min: min, Max: "+", Count: int64(limit)}).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis store: listing dead letters: %w", err)
 	}
 	if len(ids) == 0 {
-		return []*Entry{}, nil
+		return []*queue.Entry{}, nil
 	}
 	pipe := r.client.Pipeline()
-	cmds := make([]*redis.SliceCmd, len(ids))
-	sizes := make([]*redis.IntCmd, len(ids))
-	legacy := make([]*redis.IntCmd, len(ids))
+	cmds := make([]*goredis.SliceCmd, len(ids))
+	sizes := make([]*goredis.IntCmd, len(ids))
+	legacy := make([]*goredis.IntCmd, len(ids))
 	for i, id := range ids {
 		cmds[i] = pipe.HMGet(ctx, r.deadPrefix+id, deadFields...)
 		sizes[i] = pipe.StrLen(ctx, r.bodyPrefix+id)
@@ -958,7 +960,7 @@ func (r *Redis) Dead(ctx context.Context, after string, limit int) ([]*Entry, er
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("redis store: listing dead letters: %w", err)
 	}
-	out := make([]*Entry, 0, len(ids))
+	out := make([]*queue.Entry, 0, len(ids))
 	for j, cmd := range cmds {
 		vals := cmd.Val()
 		f := make(map[string]string, len(deadFields))
@@ -981,7 +983,7 @@ func (r *Redis) Dead(ctx context.Context, after string, limit int) ([]*Entry, er
 }
 
 // DeadEntry implements Store.
-func (r *Redis) DeadEntry(ctx context.Context, id string) (*Entry, error) {
+func (r *Store) DeadEntry(ctx context.Context, id string) (*queue.Entry, error) {
 	if err := r.usable(ctx); err != nil {
 		return nil, err
 	}
@@ -994,7 +996,7 @@ func (r *Redis) DeadEntry(ctx context.Context, id string) (*Entry, error) {
 	}
 	f := hash.Val()
 	if len(f) == 0 {
-		return nil, fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
+		return nil, fmt.Errorf("dead letter %s: %w", id, queue.ErrNotFound)
 	}
 	e, err := deadOf(f)
 	if err != nil {
@@ -1014,7 +1016,7 @@ func (r *Redis) DeadEntry(ctx context.Context, id string) (*Entry, error) {
 }
 
 // DeleteDead implements Store.
-func (r *Redis) DeleteDead(ctx context.Context, id string) error {
+func (r *Store) DeleteDead(ctx context.Context, id string) error {
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
@@ -1024,7 +1026,7 @@ func (r *Redis) DeleteDead(ctx context.Context, id string) error {
 		return fmt.Errorf("redis store: deleting dead letter %s: %w", id, err)
 	}
 	if n == 0 {
-		return fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
+		return fmt.Errorf("dead letter %s: %w", id, queue.ErrNotFound)
 	}
 	return nil
 }
@@ -1035,7 +1037,7 @@ const replayBatch = 256
 
 // Replay implements Store. Replayed entries join the back of the queue
 // under their original ids; their bodies stay where they are.
-func (r *Redis) Replay(ctx context.Context, ids []string) (int, error) {
+func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 	if err := r.usable(ctx); err != nil {
 		return 0, err
 	}
@@ -1072,9 +1074,9 @@ func (r *Redis) Replay(ctx context.Context, ids []string) (int, error) {
 // moveLegacyBodies gives the dead letters among ids that still keep their
 // body in their hash (written by an older version) a body key, one script
 // per letter so that no step carries more than one body.
-func (r *Redis) moveLegacyBodies(ctx context.Context, ids []string) error {
+func (r *Store) moveLegacyBodies(ctx context.Context, ids []string) error {
 	pipe := r.client.Pipeline()
-	has := make([]*redis.BoolCmd, len(ids))
+	has := make([]*goredis.BoolCmd, len(ids))
 	for i, id := range ids {
 		has[i] = pipe.HExists(ctx, r.deadPrefix+id, "b")
 	}
@@ -1094,12 +1096,12 @@ func (r *Redis) moveLegacyBodies(ctx context.Context, ids []string) error {
 
 // TrimDead implements Store. Letters died in the same millisecond as the
 // cutoff are told apart by their exact time of death.
-func (r *Redis) TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*Entry, error) {
+func (r *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*queue.Entry, error) {
 	if err := r.usable(ctx); err != nil {
 		return nil, err
 	}
 	if limit <= 0 {
-		return []*Entry{}, nil
+		return []*queue.Entry{}, nil
 	}
 	pipe := r.client.Pipeline()
 	dead := pipe.ZCard(ctx, r.deadIdx)
@@ -1121,7 +1123,7 @@ func (r *Redis) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 	if err != nil {
 		return nil, fmt.Errorf("redis store: trimming dead letters: %w", err)
 	}
-	out := make([]*Entry, 0, len(res))
+	out := make([]*queue.Entry, 0, len(res))
 	for _, item := range res {
 		f, _ := item.([]any)
 		if len(f) < 7 {
@@ -1131,7 +1133,7 @@ func (r *Redis) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 		for i, v := range f {
 			s[i], _ = v.(string)
 		}
-		e := &Entry{ID: s[0], Key: s[1], LastError: s[6]}
+		e := &queue.Entry{ID: s[0], Key: s[1], LastError: s[6]}
 		if s[2] != "" {
 			e.Died = unstamp(s[2])
 		} else if ms, err := strconv.ParseFloat(s[3], 64); err == nil {
@@ -1149,7 +1151,7 @@ const backfillBatch = 256
 
 // backfillDeadTimes gives dead letters written by an older version, which
 // have no entry in {p}:deadt, one: their queued time, the best there is.
-func (r *Redis) backfillDeadTimes(ctx context.Context) error {
+func (r *Store) backfillDeadTimes(ctx context.Context) error {
 	r.backfill.Lock()
 	defer r.backfill.Unlock()
 	after := ""
@@ -1168,9 +1170,9 @@ func (r *Redis) backfillDeadTimes(ctx context.Context) error {
 
 // Stats implements Store. Keys counts the markers by the minute they
 // expire in, so a marker counts until the end of that minute.
-func (r *Redis) Stats(ctx context.Context) (Stats, error) {
+func (r *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	if err := r.usable(ctx); err != nil {
-		return Stats{}, err
+		return queue.Stats{}, err
 	}
 	pipe := r.client.Pipeline()
 	backlog := pipe.XLen(ctx, r.stream)
@@ -1179,9 +1181,9 @@ func (r *Redis) Stats(ctx context.Context) (Stats, error) {
 	first := pipe.XRangeN(ctx, r.stream, "-", "+", 1)
 	counts := pipe.HGetAll(ctx, r.keyCount)
 	if _, err := pipe.Exec(ctx); err != nil {
-		return Stats{}, fmt.Errorf("redis store: stats: %w", err)
+		return queue.Stats{}, fmt.Errorf("redis store: stats: %w", err)
 	}
-	s := Stats{Backlog: int(backlog.Val()), Dead: int(dead.Val())}
+	s := queue.Stats{Backlog: int(backlog.Val()), Dead: int(dead.Val())}
 	if msgs := first.Val(); len(msgs) > 0 {
 		if u, ok := msgs[0].Values["u"].(string); ok {
 			s.OldestQueued = unstamp(u)
@@ -1200,12 +1202,12 @@ func (r *Redis) Stats(ctx context.Context) (Stats, error) {
 	}
 	if len(stale) > 0 {
 		if err := r.client.HDel(ctx, r.keyCount, stale...).Err(); err != nil {
-			return Stats{}, fmt.Errorf("redis store: stats: %w", err)
+			return queue.Stats{}, fmt.Errorf("redis store: stats: %w", err)
 		}
 	}
 	if dead.Val() > timed.Val() {
 		if err := r.backfillDeadTimes(ctx); err != nil {
-			return Stats{}, fmt.Errorf("redis store: stats: %w", err)
+			return queue.Stats{}, fmt.Errorf("redis store: stats: %w", err)
 		}
 	}
 	return s, nil
@@ -1215,9 +1217,9 @@ func (r *Redis) Stats(ctx context.Context) (Stats, error) {
 // stays pending and is taken over after the visibility timeout (the engine
 // releases it first at a clean shutdown). A consumer holding nothing is
 // removed from the group.
-func (r *Redis) Close() error {
+func (r *Store) Close() error {
 	if !r.closed.CompareAndSwap(false, true) {
-		return ErrClosed
+		return queue.ErrClosed
 	}
 	close(r.stop)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -1227,7 +1229,7 @@ func (r *Redis) Close() error {
 }
 
 // Interface guard
-var _ Store = (*Redis)(nil)
+var _ queue.Store = (*Store)(nil)
 
 // The Redis store's Lua scripts. Each runs atomically on the server; all the
 // keys one touches share the relay's hash tag, so they work on Cluster. Keys
@@ -1278,7 +1280,7 @@ end
 // expires, ttl ms, max backlog (0: none), key, query, content type, user
 // agent, forwarded for, body key prefix, expiry minute.
 // Returns {1} duplicate, {2} full, {3} no body, {0, stream id} accepted.
-var admitScript = redis.NewScript(idLua + `
+var admitScript = goredis.NewScript(idLua + `
 local prev = redis.call('GET', KEYS[3])
 if prev then
   redis.call('DEL', KEYS[5])
@@ -1320,7 +1322,7 @@ return {0, sid}
 // KEYS: stream, attempts hash, claim token. ARGV: group, consumer, min idle
 // ms, count, body key prefix, released idle ms. Returns {{stream id, fields, attempt or false,
 // body size or -1 when there is no body}...}.
-var claimScript = redis.NewScript(idLua + `
+var claimScript = goredis.NewScript(idLua + `
 local want = tonumber(ARGV[4])
 local out, sids = {}, {}
 local function add(e)
@@ -1394,7 +1396,7 @@ return out
 //
 // KEYS: stream, location hash. ARGV: group, consumer, idle ms, then pairs
 // of (id, parsed stream id). Returns the ids not held by this consumer.
-var reclaimScript = redis.NewScript(resolveLua + `
+var reclaimScript = goredis.NewScript(resolveLua + `
 local lost = {}
 for i = 4, #ARGV, 2 do
   local sid = resolve(KEYS[2], ARGV[i], ARGV[i+1])
@@ -1414,7 +1416,7 @@ return lost
 //
 // KEYS: stream, attempts hash, location hash. ARGV: id, parsed stream id,
 // attempt. Returns 0 when the entry is not queued.
-var attemptedScript = redis.NewScript(resolveLua + `
+var attemptedScript = goredis.NewScript(resolveLua + `
 local sid = resolve(KEYS[3], ARGV[1], ARGV[2])
 if sid == '' or #redis.call('XRANGE', KEYS[1], sid, sid) == 0 then return 0 end
 redis.call('HSET', KEYS[2], sid, ARGV[3])
@@ -1426,7 +1428,7 @@ return 1
 //
 // KEYS: stream, attempts hash, location hash, body key. ARGV: group, id,
 // parsed stream id.
-var ackScript = redis.NewScript(resolveLua + `
+var ackScript = goredis.NewScript(resolveLua + `
 local sid = resolve(KEYS[3], ARGV[2], ARGV[3])
 if sid == '' then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], sid)
@@ -1445,7 +1447,7 @@ return 1
 // KEYS: stream, attempts hash, location hash, dead index, dead letter hash,
 // died index. ARGV: group, id, parsed stream id, attempts, status, error,
 // died (stamp), died (Unix ms). Returns 0 when the entry is not queued.
-var buryScript = redis.NewScript(resolveLua + `
+var buryScript = goredis.NewScript(resolveLua + `
 local sid = resolve(KEYS[3], ARGV[2], ARGV[3])
 if sid == '' then return 0 end
 local r = redis.call('XRANGE', KEYS[1], sid, sid)
@@ -1473,7 +1475,7 @@ return 1
 //
 // KEYS: stream, dead index, location hash, died index, then one dead letter
 // hash per id. ARGV: now, then the ids. Returns how many went back.
-var replayScript = redis.NewScript(`
+var replayScript = goredis.NewScript(`
 local meta = {'k', 'q', 'c', 'a', 'x', 'r'}
 local n = 0
 for i = 2, #ARGV do
@@ -1498,7 +1500,7 @@ return n
 
 // moveBodyScript moves an old dead letter's body from its hash to its body
 // key. KEYS: dead letter hash, body key.
-var moveBodyScript = redis.NewScript(`
+var moveBodyScript = goredis.NewScript(`
 local b = redis.call('HGET', KEYS[1], 'b')
 if not b then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], b) end
@@ -1509,7 +1511,7 @@ return 1
 // deleteDeadScript removes one dead letter and its body. KEYS: dead index,
 // dead letter hash, died index, body key. ARGV: id. Returns 0 when there is
 // no such dead letter.
-var deleteDeadScript = redis.NewScript(`
+var deleteDeadScript = goredis.NewScript(`
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[2], KEYS[4])
@@ -1526,7 +1528,7 @@ return 1
 // prefix, max (0: none), cutoff Unix ms (”: none), cutoff stamp, limit.
 // Returns {{id, key, died stamp or ”, died index score, attempts, status,
 // error}...}.
-var trimDeadScript = redis.NewScript(`
+var trimDeadScript = goredis.NewScript(`
 local limit = tonumber(ARGV[6])
 local out = {}
 local function remove(id, score)
@@ -1565,7 +1567,7 @@ return out
 //
 // KEYS: dead index, died index. ARGV: dead letter hash prefix, after (”
 // from the start), count. Returns the last id looked at, or ” when done.
-var backfillDeadScript = redis.NewScript(`
+var backfillDeadScript = goredis.NewScript(`
 local min = '-'
 if ARGV[2] ~= '' then min = '(' .. ARGV[2] end
 local count = tonumber(ARGV[3])
@@ -1583,7 +1585,7 @@ return ids[#ids]
 // forgetConsumerScript deletes this process's consumer from the group when
 // it holds nothing, so consumer names of past processes do not pile up.
 // KEYS: stream. ARGV: group, consumer.
-var forgetConsumerScript = redis.NewScript(`
+var forgetConsumerScript = goredis.NewScript(`
 if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1

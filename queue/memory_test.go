@@ -1,22 +1,22 @@
-package dedupe_test
+package queue_test
 
 import (
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
-	"github.com/hookrelay/caddy-webhook-relay/dedupe/storetest"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+	"github.com/hookrelay/caddy-webhook-relay/queue/storetest"
 )
 
-func newMemory(t testing.TB, opts dedupe.Options) dedupe.Store {
-	s := dedupe.NewMemory(opts)
+func newMemory(t testing.TB, opts queue.Options) queue.Store {
+	s := queue.NewMemory(opts)
 	t.Cleanup(func() { _ = s.Close() })
 	return s
 }
 
 func TestMemory(t *testing.T) {
-	storetest.Run(t, func(t *testing.T, opts dedupe.Options) dedupe.Store {
+	storetest.Run(t, func(t *testing.T, opts queue.Options) queue.Store {
 		return newMemory(t, opts)
 	})
 }
@@ -24,10 +24,10 @@ func TestMemory(t *testing.T) {
 // The suite only asks for ids in admission order; Memory's also sort as
 // strings, which is what its Dead paging relies on.
 func TestMemoryIDsSortAsStrings(t *testing.T) {
-	s := newMemory(t, dedupe.Options{Window: time.Hour})
+	s := newMemory(t, queue.Options{Window: time.Hour})
 	prev := ""
 	for i := range 1100 {
-		e := &dedupe.Entry{Key: "k" + strconv.Itoa(i)}
+		e := &queue.Entry{Key: "k" + strconv.Itoa(i)}
 		if _, err := s.Admit(t.Context(), e); err != nil {
 			t.Fatal(err)
 		}
@@ -39,7 +39,7 @@ func TestMemoryIDsSortAsStrings(t *testing.T) {
 }
 
 func BenchmarkMemoryAdmit(b *testing.B) {
-	storetest.Bench(b, func(b *testing.B) dedupe.Store {
-		return newMemory(b, dedupe.Options{Window: 24 * time.Hour})
+	storetest.Bench(b, func(b *testing.B) queue.Store {
+		return newMemory(b, queue.Options{Window: 24 * time.Hour})
 	})
 }

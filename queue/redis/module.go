@@ -1,4 +1,4 @@
-package webhookrelay
+package redis
 
 import (
 	"context"
@@ -7,29 +7,31 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/caddyfilearg"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 func init() {
-	caddy.RegisterModule(RedisStore{})
+	caddy.RegisterModule(Backend{})
 }
 
 // Defaults of the redis store.
 const (
-	DefaultRedisKeyPrefix = "webhook_relay:"
-	DefaultRedisTimeout   = 2 * time.Second
+	DefaultKeyPrefix = "webhook_relay:"
+	DefaultTimeout   = 2 * time.Second
 )
 
 // consumerName is this process's name in every relay's consumer group:
 // host name and pid, the same for every config this process loads.
-var consumerName = dedupe.DefaultConsumer()
+var consumerName = DefaultConsumer()
 
-// RedisStore keeps a relay's markers, queue and dead letters in Redis, so
+// Backend keeps a relay's markers, queue and dead letters in Redis, so
 // several Caddy instances can share them: each key is accepted once across
 // all instances, each instance delivers a share of the queue, and the
 // entries of an instance that dies are taken over by the others after
@@ -39,7 +41,7 @@ var consumerName = dedupe.DefaultConsumer()
 // A single server, Sentinel or Cluster, through go-redis's UniversalClient:
 // one address is a single server; with SentinelMaster the addresses are
 // sentinels; several addresses without it are Cluster nodes.
-type RedisStore struct {
+type Backend struct {
 	// URL of the server: redis://[[user]:password@]host:port[/db] or
 	// rediss:// for TLS. Placeholders such as {env.REDIS_URL} are resolved
 	// when the store opens. Its user, password and db apply unless
@@ -93,20 +95,20 @@ type RedisStore struct {
 }
 
 // CaddyModule returns the Caddy module information.
-func (RedisStore) CaddyModule() caddy.ModuleInfo {
+func (Backend) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
-		ID:  "webhook_relay.stores.redis",
-		New: func() caddy.Module { return new(RedisStore) },
+		ID:  "http.webhook_relay.stores.redis",
+		New: func() caddy.Module { return new(Backend) },
 	}
 }
 
 // Provision checks the settings; nothing is opened until OpenStore.
-func (r *RedisStore) Provision(caddy.Context) error {
+func (r *Backend) Provision(caddy.Context) error {
 	if r.URL == "" && len(r.Addresses) == 0 {
 		return fmt.Errorf("redis store: url or addresses required, e.g. redis://localhost:6379/0")
 	}
 	if r.KeyPrefix == "" {
-		r.KeyPrefix = DefaultRedisKeyPrefix
+		r.KeyPrefix = DefaultKeyPrefix
 	}
 	switch {
 	case strings.ContainsAny(r.KeyPrefix, "{}"):
@@ -122,17 +124,17 @@ func (r *RedisStore) Provision(caddy.Context) error {
 	return nil
 }
 
-// StoreIdentity implements StoreModule. It names the servers, database and
+// StoreIdentity implements queue.Backend. It names the servers, database and
 // prefix, never credentials.
-func (r RedisStore) StoreIdentity(relayName string) string {
+func (r Backend) StoreIdentity(relayName string) string {
 	addrs := append([]string{redactURL(r.URL)}, r.Addresses...)
 	return "redis:" + strings.Join(addrs, ",") + "|master=" + r.SentinelMaster +
 		"|user=" + r.Username + "|db=" + strconv.Itoa(r.DB) + "|" + r.prefix() + relayName
 }
 
-func (r RedisStore) prefix() string {
+func (r Backend) prefix() string {
 	if r.KeyPrefix == "" {
-		return DefaultRedisKeyPrefix
+		return DefaultKeyPrefix
 	}
 	return r.KeyPrefix
 }
@@ -155,14 +157,14 @@ func redactURL(raw string) string {
 }
 
 // clientOptions resolves placeholders and builds the go-redis options.
-func (r RedisStore) clientOptions() (*redis.UniversalOptions, error) {
+func (r Backend) clientOptions() (*goredis.UniversalOptions, error) {
 	repl := caddy.NewReplacer()
-	opts := &redis.UniversalOptions{
+	opts := &goredis.UniversalOptions{
 		MasterName:   repl.ReplaceKnown(r.SentinelMaster, ""),
 		PoolSize:     r.PoolSize,
-		DialTimeout:  redisTimeout(r.DialTimeout, DefaultRedisTimeout),
-		ReadTimeout:  redisTimeout(r.ReadTimeout, DefaultRedisTimeout),
-		WriteTimeout: redisTimeout(r.WriteTimeout, DefaultRedisTimeout),
+		DialTimeout:  redisTimeout(r.DialTimeout, DefaultTimeout),
+		ReadTimeout:  redisTimeout(r.ReadTimeout, DefaultTimeout),
+		WriteTimeout: redisTimeout(r.WriteTimeout, DefaultTimeout),
 		// No retries (-1; 0 means go-redis's default, 3). A retry resends
 		// a command whose reply was lost but which may have run: a claim
 		// would strand what the lost reply carried until the visibility
@@ -179,7 +181,7 @@ func (r RedisStore) clientOptions() (*redis.UniversalOptions, error) {
 	}
 	if r.URL != "" {
 		raw := repl.ReplaceKnown(r.URL, "")
-		u, err := redis.ParseURL(raw)
+		u, err := goredis.ParseURL(raw)
 		if err != nil {
 			// the message may quote the URL, password included
 			return nil, fmt.Errorf("redis store: url %s: not a redis:// or rediss:// URL", redactURL(r.URL))
@@ -213,8 +215,8 @@ func redisTimeout(d caddy.Duration, def time.Duration) time.Duration {
 	return def
 }
 
-// OpenStore implements StoreModule.
-func (r RedisStore) OpenStore(relayName string, opts dedupe.Options, logger *zap.Logger) (dedupe.Store, error) {
+// OpenStore implements queue.Backend.
+func (r Backend) OpenStore(relayName string, opts queue.Options, logger *zap.Logger) (queue.Store, error) {
 	copts, err := r.clientOptions()
 	if err != nil {
 		return nil, err
@@ -222,11 +224,11 @@ func (r RedisStore) OpenStore(relayName string, opts dedupe.Options, logger *zap
 	if r.DurableAck && copts.MasterName == "" && len(copts.Addrs) > 1 {
 		return nil, fmt.Errorf("redis store: durable_ack is not supported with Cluster: WAITAOF must follow the write on its connection")
 	}
-	client := redis.NewUniversalClient(copts)
+	client := goredis.NewUniversalClient(copts)
 	timeout := max(copts.DialTimeout+copts.ReadTimeout, 5*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	s, err := dedupe.NewRedis(ctx, client, dedupe.RedisConfig{
+	s, err := New(ctx, client, Config{
 		Prefix:            r.prefix() + relayName,
 		Consumer:          consumerName,
 		VisibilityTimeout: time.Duration(r.VisibilityTimeout),
@@ -256,7 +258,7 @@ func (r RedisStore) OpenStore(relayName string, opts dedupe.Options, logger *zap
 //		visibility_timeout <duration>
 //		durable_ack
 //	}
-func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (r *Backend) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the store name
 	if !d.NextArg() {
 		return d.Errf("store redis: missing URL, e.g. redis://localhost:6379/0")
@@ -275,30 +277,30 @@ func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch name {
 		case "username":
-			err = redisStringArg(d, &r.Username)
+			r.Username, err = caddyfilearg.String(d)
 		case "password":
-			err = redisStringArg(d, &r.Password)
+			r.Password, err = caddyfilearg.String(d)
 		case "sentinel_master":
-			err = redisStringArg(d, &r.SentinelMaster)
+			r.SentinelMaster, err = caddyfilearg.String(d)
 		case "key_prefix":
-			err = redisStringArg(d, &r.KeyPrefix)
+			r.KeyPrefix, err = caddyfilearg.String(d)
 		case "addresses":
 			r.Addresses = d.RemainingArgs()
 			if len(r.Addresses) == 0 {
 				return d.ArgErr()
 			}
 		case "db":
-			err = redisIntArg(d, &r.DB, 0)
+			r.DB, err = caddyfilearg.Int(d, 0)
 		case "pool_size":
-			err = redisIntArg(d, &r.PoolSize, 1)
+			r.PoolSize, err = caddyfilearg.Int(d, 1)
 		case "dial_timeout":
-			err = redisDurationArg(d, &r.DialTimeout)
+			r.DialTimeout, err = caddyDuration(d)
 		case "read_timeout":
-			err = redisDurationArg(d, &r.ReadTimeout)
+			r.ReadTimeout, err = caddyDuration(d)
 		case "write_timeout":
-			err = redisDurationArg(d, &r.WriteTimeout)
+			r.WriteTimeout, err = caddyDuration(d)
 		case "visibility_timeout":
-			err = redisDurationArg(d, &r.VisibilityTimeout)
+			r.VisibilityTimeout, err = caddyDuration(d)
 		case "durable_ack":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -314,44 +316,15 @@ func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func redisStringArg(d *caddyfile.Dispenser, dst *string) error {
-	if !d.AllArgs(dst) {
-		return d.ArgErr()
-	}
-	return nil
-}
-
-func redisIntArg(d *caddyfile.Dispenser, dst *int, least int) error {
-	name := d.Val()
-	var s string
-	if !d.AllArgs(&s) {
-		return d.ArgErr()
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < least {
-		return d.Errf("store redis: %s: want a whole number >= %d, got '%s'", name, least, s)
-	}
-	*dst = n
-	return nil
-}
-
-func redisDurationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
-	name := d.Val()
-	var s string
-	if !d.AllArgs(&s) {
-		return d.ArgErr()
-	}
-	dur, err := caddy.ParseDuration(s)
-	if err != nil || dur <= 0 {
-		return d.Errf("store redis: %s: want a positive duration such as 2s, got '%s'", name, s)
-	}
-	*dst = caddy.Duration(dur)
-	return nil
+// caddyDuration reads the subdirective's only argument as a positive duration.
+func caddyDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	dur, err := caddyfilearg.Duration(d)
+	return caddy.Duration(dur), err
 }
 
 // Interface guards
 var (
-	_ StoreModule           = (*RedisStore)(nil)
-	_ caddy.Provisioner     = (*RedisStore)(nil)
-	_ caddyfile.Unmarshaler = (*RedisStore)(nil)
+	_ queue.Backend         = (*Backend)(nil)
+	_ caddy.Provisioner     = (*Backend)(nil)
+	_ caddyfile.Unmarshaler = (*Backend)(nil)
 )

@@ -1,11 +1,13 @@
-package dedupe
+package redis
 
 import (
 	"context"
 	"fmt"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+
+	goredis "github.com/redis/go-redis/v9"
 )
 
 // Concurrent calls (admits, acks) share round trips: a few pipeliners each
@@ -28,32 +30,32 @@ type pipeCall struct {
 	size int
 	// queue adds the call's commands to pipe; with eval, scripts are sent
 	// whole (EVAL) because the server's script cache lacked one of them.
-	queue func(pipe redis.Pipeliner, eval bool) []redis.Cmder
-	cmds  []redis.Cmder
-	done  chan struct{}
+	enqueue func(pipe goredis.Pipeliner, eval bool) []goredis.Cmder
+	cmds    []goredis.Cmder
+	done    chan struct{}
 }
 
 // runScript runs script, whose arguments take about size bytes, sharing a
 // pipeline with the calls running at the same time.
-func (r *Redis) runScript(ctx context.Context, size int, script *redis.Script, keys []string, args []any) (any, error) {
-	cmds, err := r.runCmds(ctx, size, func(pipe redis.Pipeliner, eval bool) []redis.Cmder {
+func (r *Store) runScript(ctx context.Context, size int, script *goredis.Script, keys []string, args []any) (any, error) {
+	cmds, err := r.runCmds(ctx, size, func(pipe goredis.Pipeliner, eval bool) []goredis.Cmder {
 		if eval {
-			return []redis.Cmder{script.Eval(ctx, pipe, keys, args...)}
+			return []goredis.Cmder{script.Eval(ctx, pipe, keys, args...)}
 		}
-		return []redis.Cmder{script.EvalSha(ctx, pipe, keys, args...)}
+		return []goredis.Cmder{script.EvalSha(ctx, pipe, keys, args...)}
 	})
 	if err != nil {
 		return nil, err
 	}
-	return cmds[0].(*redis.Cmd).Result()
+	return cmds[0].(*goredis.Cmd).Result()
 }
 
 // runCmds runs the commands queue adds, whose arguments take about size
 // bytes, sharing a pipeline with the calls running at the same time. The
 // error is the caller's deadline or the store's closing; each command
 // carries its own result.
-func (r *Redis) runCmds(ctx context.Context, size int, queue func(redis.Pipeliner, bool) []redis.Cmder) ([]redis.Cmder, error) {
-	call := &pipeCall{ctx: ctx, size: size, queue: queue}
+func (r *Store) runCmds(ctx context.Context, size int, enqueue func(goredis.Pipeliner, bool) []goredis.Cmder) ([]goredis.Cmder, error) {
+	call := &pipeCall{ctx: ctx, size: size, enqueue: enqueue}
 	defer r.inflight.Add(-1)
 	if r.inflight.Add(1) == 1 || size > pipelineBytes {
 		// alone, or too big to share: no hand-off
@@ -64,7 +66,7 @@ func (r *Redis) runCmds(ctx context.Context, size int, queue func(redis.Pipeline
 	select {
 	case r.calls <- call:
 	case <-r.stop:
-		return nil, ErrClosed
+		return nil, queue.ErrClosed
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -81,7 +83,7 @@ func (r *Redis) runCmds(ctx context.Context, size int, queue func(redis.Pipeline
 	}
 }
 
-func (r *Redis) pipeliner() {
+func (r *Store) pipeliner() {
 	batch := make([]*pipeCall, 0, pipelineBatch)
 	var next *pipeCall // taken, but did not fit in the last batch
 	for {
@@ -128,12 +130,12 @@ func gather(batch []*pipeCall, calls <-chan *pipeCall) ([]*pipeCall, *pipeCall) 
 // script cache without their script (Redis restarted, SCRIPT FLUSH) are
 // sent again with the script whole: a script that failed with NOSCRIPT ran
 // nothing, and the other calls keep the results they got.
-func (r *Redis) runPipeline(batch []*pipeCall) {
+func (r *Store) runPipeline(batch []*pipeCall) {
 	r.exec(batch, false)
 	var again []*pipeCall
 	for _, call := range batch {
 		for _, c := range call.cmds {
-			if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			if goredis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
 				again = append(again, call)
 				break
 			}
@@ -146,10 +148,10 @@ func (r *Redis) runPipeline(batch []*pipeCall) {
 
 // exec sends calls as one pipeline, bounded by the client's timeouts and by
 // the calls' deadlines.
-func (r *Redis) exec(calls []*pipeCall, eval bool) {
+func (r *Store) exec(calls []*pipeCall, eval bool) {
 	pipe := r.client.Pipeline()
 	for _, call := range calls {
-		call.cmds = call.queue(pipe, eval)
+		call.cmds = call.enqueue(pipe, eval)
 	}
 	ctx := calls[0].ctx
 	if len(calls) > 1 {

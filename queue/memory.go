@@ -1,4 +1,4 @@
-package dedupe
+package queue
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 type Memory struct {
 	mu  sync.Mutex
 	now func() time.Time
-	limits
+	Limits
 	closed bool
 	lastID uint64
 
@@ -84,7 +84,7 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	}
 	// a full backlog must not mark the key seen: the sender retries later
 	// and that retry has to be accepted
-	if max := m.maxBacklog(); max > 0 && m.queue.Len() >= max {
+	if max := m.MaxBacklog(); max > 0 && m.queue.Len() >= max {
 		return 0, ErrBacklogFull
 	}
 
@@ -96,7 +96,7 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	q.e.Body = bytes.Clone(e.Body)
 	m.queued[e.ID] = m.queue.PushBack(q)
 
-	expires := now.Add(m.windowLen()).UnixNano()
+	expires := now.Add(m.Window()).UnixNano()
 	m.seen[e.Key] = expires
 	m.expiring = append(m.expiring, marker{key: e.Key, expires: expires})
 	return Accepted, nil

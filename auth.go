@@ -4,8 +4,12 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // checkQuery reads the auth parameters out of a raw query string in one
@@ -18,7 +22,7 @@ import (
 // be read from, and with errWrongAuth unless every auth parameter is present
 // exactly once with one of its secrets. Every configured secret is
 // compared, so the time taken does not depend on which one matched.
-func (h *Relay) checkQuery(rawQuery string) (stripped string, err error) {
+func (h *Handler) checkQuery(rawQuery string) (stripped string, err error) {
 	if len(h.auth) == 0 {
 		return rawQuery, nil
 	}
@@ -90,7 +94,7 @@ var (
 	errWrongAuth      = errors.New("missing or wrong auth query parameter")
 )
 
-func (h *Relay) authIndex(name string) int {
+func (h *Handler) authIndex(name string) int {
 	for i, p := range h.auth {
 		if p.name == name {
 			return i
@@ -128,10 +132,56 @@ func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
-func (h *Relay) authParamNames() string {
+func (h *Handler) authParamNames() string {
 	names := make([]string, len(h.auth))
 	for i, p := range h.auth {
 		names[i] = p.name
 	}
 	return strings.Join(names, ", ")
+}
+
+// authParam is one auth query parameter with the SHA-256 digests of its
+// secrets: comparing fixed-size digests keeps the compare constant time
+// whatever the lengths.
+type authParam struct {
+	name    string
+	digests [][sha256.Size]byte
+}
+
+var placeholder = regexp.MustCompile(`\{[^{}]+\}`)
+
+// placeholderNames lists the placeholders in a configured secret, and never
+// the literal text around them, which may be part of the secret.
+func placeholderNames(raw string) string {
+	return strings.Join(placeholder.FindAllString(raw, -1), ", ")
+}
+
+func compileAuth(repl *caddy.Replacer, cfg map[string][]string) ([]authParam, error) {
+	params := make([]authParam, 0, len(cfg))
+	for name, secrets := range cfg {
+		if name == "" {
+			return nil, fmt.Errorf("auth_query: empty parameter name")
+		}
+		if len(secrets) == 0 {
+			return nil, fmt.Errorf("auth_query %s: no secret given", name)
+		}
+		p := authParam{name: name}
+		for i, raw := range secrets {
+			// Any placeholder resolving to empty is an error, not only a
+			// wholly empty secret: "whk_{env.UNSET}" would be guessable.
+			secret, err := repl.ReplaceOrErr(raw, true, true)
+			if err != nil || secret == "" {
+				// Name the placeholder, never a literal value: it may be
+				// the secret itself.
+				what := fmt.Sprintf("secret #%d", i+1)
+				if names := placeholderNames(raw); names != "" {
+					what += " (placeholders " + names + ")"
+				}
+				return nil, fmt.Errorf("auth_query %s: %s resolves to empty or has an empty placeholder; set it (an empty secret would let anyone in)", name, what)
+			}
+			p.digests = append(p.digests, sha256.Sum256([]byte(secret)))
+		}
+		params = append(params, p)
+	}
+	return params, nil
 }

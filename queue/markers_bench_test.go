@@ -1,4 +1,4 @@
-package dedupe_test
+package queue_test
 
 import (
 	"context"
@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-	bolt "go.etcd.io/bbolt"
+	goredis "github.com/redis/go-redis/v9"
+	"go.etcd.io/bbolt"
 
-	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // markerCount is how many markers the marker-size benchmarks hold: enough
@@ -28,14 +28,14 @@ func runwareKey(i int) string {
 
 // admitAndDeliver admits markerCount payloads, 32 at a time so that bolt's
 // commits are shared, and delivers them, so that only their markers stay.
-func admitAndDeliver(b *testing.B, s dedupe.Store) {
+func admitAndDeliver(b *testing.B, s queue.Store) {
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	for w := range 32 {
 		wg.Go(func() {
 			for i := w; i < markerCount; i += 32 {
-				e := &dedupe.Entry{Key: runwareKey(i), Body: []byte(`{}`)}
-				if a, err := s.Admit(ctx, e); err != nil || a != dedupe.Accepted {
+				e := &queue.Entry{Key: runwareKey(i), Body: []byte(`{}`)}
+				if a, err := s.Admit(ctx, e); err != nil || a != queue.Accepted {
 					b.Errorf("Admit: %v %v", a, err)
 					return
 				}
@@ -70,13 +70,13 @@ func admitAndDeliver(b *testing.B, s dedupe.Store) {
 // costs each store (bytes/marker), for sizing window against a rate. It
 // measures once whatever b.N is: the time per op is not the point.
 func BenchmarkMarkerBytes(b *testing.B) {
-	opts := dedupe.Options{Window: 24 * time.Hour}
+	opts := queue.Options{Window: 24 * time.Hour}
 	b.Run("memory", func(b *testing.B) {
 		{
 			var before, after runtime.MemStats
 			runtime.GC()
 			runtime.ReadMemStats(&before)
-			s := dedupe.NewMemory(opts)
+			s := queue.NewMemory(opts)
 			admitAndDeliver(b, s)
 			runtime.GC()
 			runtime.ReadMemStats(&after)
@@ -94,13 +94,13 @@ func BenchmarkMarkerBytes(b *testing.B) {
 			}
 			// the pages the two marker buckets use, not the file's size,
 			// which also holds the freed pages of the delivered payloads
-			db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+			db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer db.Close()
 			used := 0
-			_ = db.View(func(tx *bolt.Tx) error {
+			_ = db.View(func(tx *bbolt.Tx) error {
 				for _, name := range []string{"seen", "expiry"} {
 					st := tx.Bucket([]byte(name)).Stats()
 					used += st.BranchInuse + st.LeafInuse
@@ -114,7 +114,7 @@ func BenchmarkMarkerBytes(b *testing.B) {
 		srv := redistest.Start(b, redistest.Options{})
 		{
 			const i = 0
-			probe := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+			probe := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
 			ctx := context.Background()
 			before := usedMemory(b, probe)
 			s := openRedis(b, srv, fmt.Sprintf("markers%d", i), "c", time.Minute, opts)
@@ -126,7 +126,7 @@ func BenchmarkMarkerBytes(b *testing.B) {
 	})
 }
 
-func usedMemory(b *testing.B, c *redis.Client) int64 {
+func usedMemory(b *testing.B, c *goredis.Client) int64 {
 	info, err := c.InfoMap(context.Background(), "memory").Result()
 	if err != nil {
 		b.Fatal(err)

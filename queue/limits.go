@@ -1,0 +1,26 @@
+package queue
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Limits holds a store's window and backlog bound. A config reload changes
+// them while the store stays open, so they are read atomically on each use.
+// Stores embed it to implement SetLimits.
+type Limits struct {
+	window atomic.Int64 // nanoseconds
+	max    atomic.Int64
+}
+
+// SetLimits implements Store.
+func (l *Limits) SetLimits(window time.Duration, maxBacklog int) {
+	l.window.Store(int64(window))
+	l.max.Store(int64(maxBacklog))
+}
+
+// Window is how long a key stays seen after it was admitted.
+func (l *Limits) Window() time.Duration { return time.Duration(l.window.Load()) }
+
+// MaxBacklog is the most payloads the queue may hold; 0 means no bound.
+func (l *Limits) MaxBacklog() int { return int(l.max.Load()) }

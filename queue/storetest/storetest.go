@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -1057,39 +1058,6 @@ func testClosed(t *testing.T, newStore Factory) {
 	}
 }
 
-// Bench measures Admit of unique keys with a typical webhook body from many
-// goroutines at once, the relay's hot path, and reports admits/s. Every
-// store runs it so their numbers compare.
-func Bench(b *testing.B, newStore func(b *testing.B) queue.Store) {
-	s := newStore(b)
-	ctx := b.Context()
-	// a Runware image result, about 300 bytes
-	body := []byte(`{"data":[{"taskType":"imageInference","taskUUID":"a770f077-f413-47de-9dac-be0b26a35da6",` +
-		`"imageUUID":"77da2d99-a6d3-44d9-b8c0-ae9fb06b6200","imageURL":"https://im.runware.ai/image/ws/0.5/ii/` +
-		`77da2d99-a6d3-44d9-b8c0-ae9fb06b6200.jpg","seed":1234567890,"NSFWContent":false,"cost":0.0013}]}`)
-	meta := queue.RequestMeta{ContentType: "application/json", UserAgent: "Runware", ForwardedFor: "192.0.2.1"}
-
-	var n atomic.Uint64
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			e := &queue.Entry{
-				Key:     "a770f077-f413-47de-9dac-be0b26a35da6:" + strconv.FormatUint(n.Add(1), 10),
-				Body:    body,
-				Request: meta,
-			}
-			got, err := s.Admit(ctx, e)
-			if err != nil || got != queue.Accepted {
-				b.Errorf("Admit = %v, %v; want accepted", got, err)
-				return
-			}
-		}
-	})
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "admits/s")
-}
-
 func testClaimLeavesBodiesOut(t *testing.T, newStore Factory) {
 	f := setup(t, newStore, 0)
 	a := f.accept("a")
@@ -1272,4 +1240,162 @@ func testReplayManyInSteps(t *testing.T, newStore Factory) {
 	f.wantCounts(0, n)
 	f.replay(nil, n)
 	f.wantCounts(n, 0)
+}
+
+// The benchmarks every store runs, so that their numbers compare.
+
+// Bench measures Admit of unique keys with a typical webhook body from many
+// goroutines at once, the relay's hot path, and reports admits/s. Every
+// store runs it so their numbers compare.
+func Bench(b *testing.B, newStore func(b *testing.B) queue.Store) {
+	s := newStore(b)
+	ctx := b.Context()
+	// a Runware image result, about 300 bytes
+	body := []byte(`{"data":[{"taskType":"imageInference","taskUUID":"a770f077-f413-47de-9dac-be0b26a35da6",` +
+		`"imageUUID":"77da2d99-a6d3-44d9-b8c0-ae9fb06b6200","imageURL":"https://im.runware.ai/image/ws/0.5/ii/` +
+		`77da2d99-a6d3-44d9-b8c0-ae9fb06b6200.jpg","seed":1234567890,"NSFWContent":false,"cost":0.0013}]}`)
+	meta := queue.RequestMeta{ContentType: "application/json", UserAgent: "Runware", ForwardedFor: "192.0.2.1"}
+
+	var n atomic.Uint64
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			e := &queue.Entry{
+				Key:     "a770f077-f413-47de-9dac-be0b26a35da6:" + strconv.FormatUint(n.Add(1), 10),
+				Body:    body,
+				Request: meta,
+			}
+			got, err := s.Admit(ctx, e)
+			if err != nil || got != queue.Accepted {
+				b.Errorf("Admit = %v, %v; want accepted", got, err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "admits/s")
+}
+
+// BenchConcurrency runs Bench at 1, 16 and 64 concurrent admits and reports
+// the admit (ack) latency p99 with the throughput. RunParallel starts
+// parallelism×GOMAXPROCS goroutines: run with -cpu 1 for exactly that many,
+// e.g.
+//
+//	go test -run '^$' -bench BenchmarkAdmit -cpu 1 ./queue/...
+func BenchConcurrency(b *testing.B, newStore func(b *testing.B) queue.Store) {
+	for _, conc := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("concurrency=%d", conc), func(b *testing.B) {
+			b.SetParallelism(conc)
+			var h latencies
+			Bench(b, func(b *testing.B) queue.Store {
+				return timedStore{Store: newStore(b), h: &h}
+			})
+			b.ReportMetric(float64(h.quantile(0.99).Microseconds()), "p99-µs")
+		})
+	}
+}
+
+// timedStore records how long each Admit takes.
+type timedStore struct {
+	queue.Store
+	h *latencies
+}
+
+func (s timedStore) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, error) {
+	start := time.Now()
+	a, err := s.Store.Admit(ctx, e)
+	s.h.add(time.Since(start))
+	return a, err
+}
+
+// latencies is a lock-free histogram with four buckets per power of two
+// (about 19% resolution), cheap enough not to disturb what it measures.
+type latencies struct{ n [64 * 4]atomic.Int64 }
+
+func (h *latencies) add(d time.Duration) {
+	h.n[bucketOf(uint64(max(d, 1)))].Add(1)
+}
+
+func bucketOf(ns uint64) int {
+	exp := bits.Len64(ns) - 1
+	if exp < 2 {
+		return int(ns)
+	}
+	return exp*4 + int(ns>>(exp-2)&3)
+}
+
+// quantile returns the upper bound of the bucket holding the q quantile.
+func (h *latencies) quantile(q float64) time.Duration {
+	var total int64
+	for i := range h.n {
+		total += h.n[i].Load()
+	}
+	want := int64(q * float64(total))
+	var seen int64
+	for i := range h.n {
+		seen += h.n[i].Load()
+		if seen > want || (seen == total && total > 0) {
+			exp, sub := i/4, i%4
+			if exp < 2 {
+				return time.Duration(i + 1)
+			}
+			return time.Duration((uint64(4+sub+1) << (exp - 2)))
+		}
+	}
+	return 0
+}
+
+// TestBoltDamagedEntryDoesNotHaltClaims: a queued record that cannot be
+// decoded comes back from Claim marked Damaged, the entries after it still
+// come, and burying it keeps the reason and the body.
+
+// MarkerCount is how many markers FillMarkers leaves: enough
+// that per-structure overhead is spread thin.
+const MarkerCount = 5000
+
+// RunwareKey is a dedupe key of the shape the runware source makes: task
+// UUID and output UUID.
+func RunwareKey(i int) string {
+	return fmt.Sprintf("rw:%08x-1111-4222-8333-%012x/%08x-aaaa-4bbb-8ccc-%012x", i, i, i, i)
+}
+
+// FillMarkers admits MarkerCount payloads, 32 at a time so that bolt's
+// commits are shared, and delivers them, so that only their markers stay.
+func FillMarkers(b *testing.B, s queue.Store) {
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for w := range 32 {
+		wg.Go(func() {
+			for i := w; i < MarkerCount; i += 32 {
+				e := &queue.Entry{Key: RunwareKey(i), Body: []byte(`{}`)}
+				if a, err := s.Admit(ctx, e); err != nil || a != queue.Accepted {
+					b.Errorf("Admit: %v %v", a, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if b.Failed() {
+		b.FailNow()
+	}
+	for {
+		es, err := s.Claim(ctx, 1000)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(es) == 0 {
+			break
+		}
+		for _, e := range es {
+			if err := s.Ack(ctx, e.ID); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	st, err := s.Stats(ctx)
+	if err != nil || st.Keys != MarkerCount || st.Backlog != 0 {
+		b.Fatalf("Stats = %+v, %v; want %d keys and an empty backlog", st, err, MarkerCount)
+	}
 }

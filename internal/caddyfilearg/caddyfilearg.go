@@ -54,11 +54,10 @@ func Size(d *caddyfile.Dispenser, example string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	size, err := humanize.ParseBytes(s)
-	if err != nil || size == 0 || size > 1<<62 {
-		return 0, d.Errf("%s: bad size '%s', want e.g. %s", sub, s, example)
+	if size, err := humanize.ParseBytes(s); err == nil && size > 0 && size <= 1<<62 {
+		return int64(size), nil
 	}
-	return int64(size), nil
+	return 0, d.Errf("%s: bad size '%s', want e.g. %s", sub, s, example)
 }
 
 // Int reads the subdirective's only argument as a whole number of at least

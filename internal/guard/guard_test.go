@@ -8,9 +8,15 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
+// observed is a logger whose entries the test reads back.
+func observed() (*zap.Logger, *observer.ObservedLogs) {
+	core, logs := observer.New(zap.DebugLevel)
+	return zap.New(core), logs
+}
+
 func TestRunLogsPanicWithStack(t *testing.T) {
-	core, logs := observer.New(zap.ErrorLevel)
-	if !Run(zap.New(core), "the test loop", func() { panic("boom") }) {
+	log, logs := observed()
+	if !Run(log, "the test loop", func() { panic("boom") }) {
 		t.Fatal("Run said fn did not panic")
 	}
 	if logs.Len() != 1 {
@@ -24,19 +30,19 @@ func TestRunLogsPanicWithStack(t *testing.T) {
 }
 
 func TestRunWithoutPanic(t *testing.T) {
-	core, logs := observer.New(zap.DebugLevel)
+	log, logs := observed()
 	ran := false
-	if Run(zap.New(core), "x", func() { ran = true }) || !ran || logs.Len() != 0 {
+	if Run(log, "x", func() { ran = true }) || !ran || logs.Len() != 0 {
 		t.Errorf("Run of a quiet fn: ran=%v, logged %d", ran, logs.Len())
 	}
 }
 
 func TestRecoverEndsGoroutine(t *testing.T) {
-	core, logs := observer.New(zap.ErrorLevel)
+	log, logs := observed()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		defer Recover(zap.New(core), "a worker")
+		defer Recover(log, "a worker")
 		panic(42)
 	}()
 	<-done

@@ -2,6 +2,10 @@ package webhookrelay
 
 import (
 	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/verify"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/caddyfilearg"
 
@@ -29,6 +33,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		upstream      <url>
 //		name          <name>
 //		auth_query    <param> <secret...>
+//		verify        <scheme> <secret...> [{ tolerance <duration> }]
+//		verify        hmac { header <field>; algorithm <alg>; encoding <enc>; prefix <text>; secret <secret...> }
 //		key           <source...>
 //		window        <duration>
 //		store         memory | bolt [<path>] | redis <url> [{ ... }]
@@ -94,6 +100,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.AuthQuery = make(map[string][]string)
 			}
 			h.AuthQuery[param] = secrets
+
+		case "verify":
+			cfg, err := parseVerify(d)
+			if err != nil {
+				return err
+			}
+			h.Verify = cfg
 
 		case "key":
 			h.Key = d.RemainingArgs()
@@ -215,6 +228,57 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// parseVerify reads `verify <scheme> <secret...> [{ tolerance <d> }]`, or
+// `verify hmac { header, algorithm, encoding, prefix, secret }`.
+func parseVerify(d *caddyfile.Dispenser) (*verify.Config, error) {
+	if !d.NextArg() {
+		return nil, d.Errf("verify: name a scheme: %s", strings.Join(verify.SchemeNames(), ", "))
+	}
+	cfg := &verify.Config{Scheme: d.Val(), Secrets: d.RemainingArgs()}
+	hmac := cfg.Scheme == "hmac"
+	if hmac && len(cfg.Secrets) > 0 {
+		return nil, d.Err("verify hmac: give the secrets in its block: secret <secret...>")
+	}
+	if !hmac && len(cfg.Secrets) == 0 {
+		return nil, d.Errf("verify %s: give at least one secret, e.g. {env.WEBHOOK_SECRET}", cfg.Scheme)
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("verify: %s given twice", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch {
+		case opt == "tolerance" && !hmac:
+			var dur time.Duration
+			dur, err = caddyfilearg.Duration(d)
+			cfg.Tolerance = caddy.Duration(dur)
+		case opt == "header" && hmac:
+			cfg.Header, err = caddyfilearg.String(d)
+		case opt == "algorithm" && hmac:
+			cfg.Algorithm, err = caddyfilearg.String(d)
+		case opt == "encoding" && hmac:
+			cfg.Encoding, err = caddyfilearg.String(d)
+		case opt == "prefix" && hmac:
+			cfg.Prefix, err = caddyfilearg.String(d)
+		case opt == "secret" && hmac:
+			if cfg.Secrets = d.RemainingArgs(); len(cfg.Secrets) == 0 {
+				return nil, d.ArgErr()
+			}
+		case hmac:
+			return nil, d.Errf("verify hmac: unrecognized option '%s': use header, algorithm, encoding, prefix or secret", opt)
+		default:
+			return nil, d.Errf("verify %s: unrecognized option '%s': only tolerance", cfg.Scheme, opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return cfg, nil
 }
 
 // Interface guard

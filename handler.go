@@ -96,6 +96,13 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 			fmt.Errorf("reading the request body: %v", err))
 	}
 
+	if h.verifier != nil {
+		if err := h.verifier.Verify(r.Header, body, time.Now()); err != nil {
+			return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized,
+				fmt.Errorf("verify %s: %v", h.verifier.Scheme(), err))
+		}
+	}
+
 	var query url.Values
 	if h.keyer.NeedsQuery() {
 		query, _ = url.ParseQuery(r.URL.RawQuery) // checked above when it matters

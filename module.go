@@ -16,6 +16,8 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/hookrelay/caddy-webhook-relay/verify"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -71,6 +73,13 @@ type Handler struct {
 	// Secrets are written as placeholders, e.g. "{env.WEBHOOK_TOKEN}", and
 	// one that resolves to empty is a configuration error.
 	AuthQuery map[string][]string `json:"auth_query,omitempty"`
+
+	// Verify checks the sender's signature on the raw body before anything
+	// is stored: a provider's scheme (standard_webhooks, svix, stripe,
+	// github, shopify, slack, paddle, linear) or a generic hmac. A request
+	// that fails gets 401. Without Key, the scheme's delivery or event id
+	// is the dedupe key. With AuthQuery too, both must pass.
+	Verify *verify.Config `json:"verify,omitempty"`
 
 	// Key lists where the dedupe key comes from, combined in order:
 	// "runware" (default), "json.<dot.path>", "header.<Name>",
@@ -143,6 +152,7 @@ type Handler struct {
 
 	keyer     *dedupe.Keyer
 	auth      []authParam
+	verifier  *verify.Verifier
 	settings  *delivery.Settings
 	relay     *pooledRelay
 	admitter  queue.Admitter // the relay's store, as the ack path sees it
@@ -181,10 +191,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.auth, err = compileAuth(repl, h.AuthQuery); err != nil {
 		return err
 	}
-	if len(h.auth) == 0 {
-		h.logger.Warn("no auth_query configured: anyone who finds this URL can queue payloads", zap.String("relay", h.Name))
+	if h.Verify != nil {
+		resolve := func(s string) (string, error) { return repl.ReplaceOrErr(s, true, true) }
+		if h.verifier, err = verify.New(*h.Verify, resolve); err != nil {
+			return err
+		}
 	}
-	if h.keyer, err = dedupe.NewKeyer(h.Key); err != nil {
+	if len(h.auth) == 0 && h.verifier == nil {
+		h.logger.Warn("no auth_query or verify configured: anyone who finds this URL can queue payloads", zap.String("relay", h.Name))
+	}
+	keySources := h.Key
+	if len(keySources) == 0 && h.verifier != nil && h.verifier.DefaultKey() != "" {
+		keySources = []string{h.verifier.DefaultKey()}
+	}
+	if h.keyer, err = dedupe.NewKeyer(keySources); err != nil {
 		return fmt.Errorf("key: %v", err)
 	}
 	headerUp := make(http.Header, len(h.HeaderUp))

@@ -82,6 +82,13 @@ func TestCaddyfileParseErrors(t *testing.T) {
 		{"bad body_timeout", "body_timeout never", []string{"body_timeout", "bad duration 'never'"}},
 		{"zero max_dead", "max_dead 0", []string{"max_dead", "positive whole number", "'0'"}},
 		{"bad dead_retention", "dead_retention soon", []string{"dead_retention", "bad duration 'soon'"}},
+		{"verify without scheme", "verify", []string{"verify: name a scheme", "stripe"}},
+		{"verify without secret", "verify stripe", []string{"verify stripe", "at least one secret"}},
+		{"verify hmac secret inline", "verify hmac {env.S}", []string{"verify hmac", "in its block"}},
+		{"verify unknown option", "verify stripe {env.S} {\n\t\t\theader X\n\t\t}", []string{"verify stripe", "unrecognized option 'header'"}},
+		{"verify hmac unknown option", "verify hmac {\n\t\t\ttolerance 1m\n\t\t}", []string{"verify hmac", "unrecognized option 'tolerance'"}},
+		{"verify bad tolerance", "verify slack {env.S} {\n\t\t\ttolerance soon\n\t\t}", []string{"tolerance", "bad duration 'soon'"}},
+		{"repeated verify", "verify github {env.A}\n\t\tverify github {env.B}", []string{"'verify' given twice"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			directive := tc.block

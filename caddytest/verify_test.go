@@ -1,0 +1,220 @@
+package caddytest
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// signersDir holds the providers' own libraries (package.json, installed by
+// ./scripts/test with npm ci) and sign.mjs, which signs with them.
+var signersDir = filepath.Join("testdata", "signers")
+
+// signRequest is one request for sign.mjs to sign.
+type signRequest struct {
+	Scheme    string `json:"scheme"`
+	Secret    string `json:"secret"`
+	Body      string `json:"body"`
+	ID        string `json:"id"`
+	Timestamp int64  `json:"timestamp"`
+}
+
+// runSigners runs sign.mjs with args on input (a JSON list) and decodes its
+// JSON list into out.
+func runSigners(t *testing.T, input any, out any, args ...string) {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Fatal("node not found: the signature tests sign with the providers' own npm packages; " +
+			"install Node.js 20 or later and run ./scripts/test (it runs npm ci in caddytest/testdata/signers)")
+	}
+	if _, err := os.Stat(filepath.Join(signersDir, "node_modules")); err != nil {
+		t.Fatal("caddytest/testdata/signers/node_modules is missing: run `npm ci` there (./scripts/test does)")
+	}
+	in, err := json.Marshal(input)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(node, append([]string{"sign.mjs"}, args...)...)
+	cmd.Dir = signersDir
+	cmd.Stdin = bytes.NewReader(in)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("sign.mjs: %v\n%s", err, stderr.String())
+	}
+	if err := json.Unmarshal(stdout, out); err != nil {
+		t.Fatalf("sign.mjs printed %q: %v", stdout, err)
+	}
+}
+
+// signAll signs reqs with the providers' libraries and returns each one's
+// headers as "Name: value" pairs for send.
+func signAll(t *testing.T, reqs []signRequest) [][]string {
+	t.Helper()
+	var out []map[string]string
+	runSigners(t, reqs, &out)
+	if len(out) != len(reqs) {
+		t.Fatalf("sign.mjs signed %d of %d requests", len(out), len(reqs))
+	}
+	headers := make([][]string, len(out))
+	for i, h := range out {
+		for name, value := range h {
+			headers[i] = append(headers[i], name+": "+value)
+		}
+	}
+	return headers
+}
+
+// schemeSecrets are each scheme's current secret and the one it replaces
+// (rotation), in the scheme's own format (and without spaces: they are
+// Caddyfile arguments here).
+var schemeSecrets = map[string][2]string{
+	"standard_webhooks": {"whsec_" + base64.StdEncoding.EncodeToString([]byte("standard current key")), "whsec_" + base64.StdEncoding.EncodeToString([]byte("standard older key"))},
+	"svix":              {"whsec_" + base64.StdEncoding.EncodeToString([]byte("svix current key")), "whsec_" + base64.StdEncoding.EncodeToString([]byte("svix older key"))},
+	"stripe":            {"whsec_stripe_current", "whsec_stripe_older"},
+	"github":            {"github-current", "github-older"},
+	"shopify":           {"shpss_current", "shpss_older"},
+	"slack":             {"slack-current", "slack-older"},
+	"paddle":            {"pdl_ntfset_current", "pdl_ntfset_older"},
+	"linear":            {"lin_wh_current", "lin_wh_older"},
+}
+
+// signatureHeader is the header each scheme's check needs first.
+var signatureHeader = map[string]string{
+	"standard_webhooks": "webhook-signature", "svix": "svix-signature", "stripe": "Stripe-Signature",
+	"github": "X-Hub-Signature-256", "shopify": "X-Shopify-Hmac-Sha256", "slack": "X-Slack-Signature",
+	"paddle": "Paddle-Signature", "linear": "Linear-Signature",
+}
+
+var timestamped = map[string]bool{"standard_webhooks": true, "svix": true, "stripe": true, "slack": true, "paddle": true, "linear": true}
+
+// TestVerifySchemes: each scheme's requests, signed by the provider's own
+// library (or, for providers that ship none, by node's crypto as their
+// documentation describes), pass or fail as the provider means them to:
+// valid, rotated secret, tampered body, wrong secret, missing header,
+// stale timestamp, duplicate delivery.
+func TestVerifySchemes(t *testing.T) {
+	up := newUpstream(t, always(http.StatusOK))
+	var relays strings.Builder
+	for scheme, secrets := range schemeSecrets {
+		fmt.Fprintf(&relays, `
+	webhook_relay /v/%s {
+		upstream %s/%s
+		name %s
+		store memory
+		verify %s %s %s
+	}`, scheme, up.URL, scheme, relayName(t, scheme), scheme, secrets[0], secrets[1])
+	}
+	startCaddy(t, globalOptions+fmt.Sprintf(`
+:%d {%s
+	handle_errors {
+		respond "{err.status_code} [{http.webhook_relay.outcome}] {err.message}"
+	}
+}`, relayPort, relays.String()))
+
+	type check struct {
+		name   string
+		req    signRequest
+		edit   func(body string, headers []string) (string, []string) // after signing
+		status int
+		want   string // "accepted", "duplicate", or a phrase of the 401's message
+	}
+	n := 0
+	newReq := func(scheme, secret string, ts int64) signRequest {
+		n++
+		id := fmt.Sprintf("evt_%s_%d", scheme, n)
+		body := fmt.Sprintf(`{"id":%q,"event_id":%q,"webhookTimestamp":%d,"type":"test.event","data":{"n":%d}}`, id, id, ts*1000, n)
+		return signRequest{Scheme: scheme, Secret: secret, Body: body, ID: id, Timestamp: ts}
+	}
+	for scheme, secrets := range schemeSecrets {
+		t.Run(scheme, func(t *testing.T) {
+			now := time.Now().Unix() // Paddle allows five seconds
+			valid := newReq(scheme, secrets[0], now)
+			checks := []check{
+				{"valid", valid, nil, 200, "accepted"},
+				{"duplicate delivery", valid, nil, 200, "duplicate"},
+				{"rotated secret", newReq(scheme, secrets[1], now), nil, 200, "accepted"},
+				{"tampered body", newReq(scheme, secrets[0], now), func(b string, h []string) (string, []string) {
+					return strings.Replace(b, `"type":"test.event"`, `"type":"test.evil"`, 1), h
+				}, 401, "no signature"},
+				{"wrong secret", newReq(scheme, "whsec_"+base64.StdEncoding.EncodeToString([]byte("not the secret")), now), nil, 401, "no signature"},
+				{"missing header", newReq(scheme, secrets[0], now), func(b string, h []string) (string, []string) {
+					var kept []string
+					for _, f := range h {
+						if !strings.EqualFold(strings.SplitN(f, ":", 2)[0], signatureHeader[scheme]) {
+							kept = append(kept, f)
+						}
+					}
+					return b, kept
+				}, 401, "missing"},
+			}
+			if timestamped[scheme] {
+				checks = append(checks, check{"stale timestamp", newReq(scheme, secrets[0], now-3600), nil, 401, "outside the tolerance"})
+			}
+			reqs := make([]signRequest, len(checks))
+			for i, c := range checks {
+				reqs[i] = c.req
+			}
+			signed := signAll(t, reqs)
+			in := relayURL("/v/"+scheme, "")
+			for i, c := range checks {
+				body, headers := c.req.Body, signed[i]
+				if c.edit != nil {
+					body, headers = c.edit(body, headers)
+				}
+				a := post(t, in, []byte(body), headers...)
+				switch {
+				case a.status != c.status:
+					t.Errorf("%s: status %d, want %d (%q)", c.name, a.status, c.status, a.body)
+				case c.status == 200 && !strings.Contains(a.body, `"`+c.want+`"`):
+					t.Errorf("%s: answered %q, want %s", c.name, a.body, c.want)
+				case c.status == 401 && !(strings.HasPrefix(a.body, "401 [unauthorized] verify "+scheme) && strings.Contains(a.body, c.want)):
+					t.Errorf("%s: 401 says %q, want the scheme and %q", c.name, a.body, c.want)
+				}
+				if strings.Contains(a.body, secrets[0]) || strings.Contains(a.body, secrets[1]) {
+					t.Errorf("%s: the answer %q shows a secret", c.name, a.body)
+				}
+			}
+			// the valid and the rotated payloads, each once
+			for _, body := range []string{checks[0].req.Body, checks[2].req.Body} {
+				up.waitDelivered(t, []byte(body))
+			}
+		})
+	}
+}
+
+// TestVerifyAndAuthQueryBothApply: with both set, a valid signature does
+// not make up for a wrong token, nor the other way round.
+func TestVerifyAndAuthQueryBothApply(t *testing.T) {
+	up := newUpstream(t, always(http.StatusOK))
+	secret := schemeSecrets["github"][0]
+	startCaddy(t, site(fmt.Sprintf(`
+	webhook_relay /in {
+		upstream %s/hook
+		name %s
+		store memory
+		auth_query token tok-1
+		verify github %s
+	}`, up.URL, relayName(t), secret)))
+	now := time.Now().Unix()
+	reqs := []signRequest{
+		{Scheme: "github", Secret: secret, Body: `{"a":1}`, ID: "d-1", Timestamp: now},
+		{Scheme: "github", Secret: "wrong", Body: `{"a":2}`, ID: "d-2", Timestamp: now},
+		{Scheme: "github", Secret: secret, Body: `{"a":3}`, ID: "d-3", Timestamp: now},
+	}
+	signed := signAll(t, reqs)
+	expectStatus(t, post(t, relayURL("/in", "token=tok-1"), []byte(reqs[0].Body), signed[0]...), 200, "accepted")
+	expectStatus(t, post(t, relayURL("/in", "token=tok-1"), []byte(reqs[1].Body), signed[1]...), 401, "")
+	expectStatus(t, post(t, relayURL("/in", "token=nope"), []byte(reqs[2].Body), signed[2]...), 401, "")
+	up.waitDelivered(t, []byte(reqs[0].Body))
+}

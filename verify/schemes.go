@@ -1,0 +1,338 @@
+package verify
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"hash"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// scheme is one sender's way of signing.
+type scheme struct {
+	name       string
+	defaultKey string
+	headers    []string      // read by the check; stored and forwarded
+	tolerance  time.Duration // for a signed timestamp; 0: none is signed
+	key        func(secret string) ([]byte, error)
+	check      func(v *Verifier, h http.Header, body []byte, now time.Time) error
+}
+
+var schemes = map[string]*scheme{
+	"standard_webhooks": {
+		name:       "standard_webhooks",
+		defaultKey: "header.webhook-id",
+		headers:    []string{"webhook-id", "webhook-timestamp", "webhook-signature"},
+		tolerance:  5 * time.Minute,
+		key:        whsecKey,
+		check:      checkStandard("webhook-id", "webhook-timestamp", "webhook-signature"),
+	},
+	"svix": {
+		name:       "svix",
+		defaultKey: "header.svix-id",
+		headers:    []string{"svix-id", "svix-timestamp", "svix-signature"},
+		tolerance:  5 * time.Minute,
+		key:        whsecKey,
+		check:      checkStandard("svix-id", "svix-timestamp", "svix-signature"),
+	},
+	"stripe": {
+		name:       "stripe",
+		defaultKey: "json.id",
+		headers:    []string{"Stripe-Signature"},
+		tolerance:  5 * time.Minute,
+		key:        rawKey,
+		check:      checkStripe,
+	},
+	"github": {
+		name:       "github",
+		defaultKey: "header.X-GitHub-Delivery",
+		headers: []string{"X-Hub-Signature-256", "X-GitHub-Event", "X-GitHub-Delivery", "X-GitHub-Hook-ID",
+			"X-GitHub-Hook-Installation-Target-ID", "X-GitHub-Hook-Installation-Target-Type"},
+		key:   rawKey,
+		check: checkBodyMAC("X-Hub-Signature-256", "sha256=", hex.DecodeString, "sha256=<hex>"),
+	},
+	"shopify": {
+		name:       "shopify",
+		defaultKey: "header.X-Shopify-Webhook-Id",
+		headers: []string{"X-Shopify-Hmac-Sha256", "X-Shopify-Topic", "X-Shopify-Shop-Domain", "X-Shopify-Webhook-Id",
+			"X-Shopify-Event-Id", "X-Shopify-API-Version", "X-Shopify-Triggered-At"},
+		key:   rawKey,
+		check: checkBodyMAC("X-Shopify-Hmac-Sha256", "", base64.StdEncoding.DecodeString, "<base64>"),
+	},
+	"slack": {
+		name:       "slack",
+		defaultKey: "json.event_id",
+		headers:    []string{"X-Slack-Signature", "X-Slack-Request-Timestamp"},
+		tolerance:  5 * time.Minute,
+		key:        rawKey,
+		check:      checkSlack,
+	},
+	"paddle": {
+		name:       "paddle",
+		defaultKey: "json.event_id",
+		headers:    []string{"Paddle-Signature"},
+		// Paddle's SDKs allow five seconds: Paddle sends straight to the
+		// relay, so only clock skew and the network count.
+		tolerance: 5 * time.Second,
+		key:       rawKey,
+		check:     checkPaddle,
+	},
+	"linear": {
+		name:       "linear",
+		defaultKey: "header.Linear-Delivery",
+		headers:    []string{"Linear-Signature", "Linear-Delivery", "Linear-Event"},
+		// Linear signs the body, which carries webhookTimestamp; its SDK
+		// allows a minute.
+		tolerance: time.Minute,
+		key:       rawKey,
+		check:     checkLinear,
+	},
+	"hmac": {
+		name:  "hmac",
+		key:   rawKey,
+		check: checkHMAC,
+	},
+}
+
+// SchemeNames lists the schemes, sorted.
+func SchemeNames() []string {
+	names := make([]string, 0, len(schemes))
+	for n := range schemes {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func sha256New() hash.Hash { return sha256.New() }
+
+// rawKey uses the secret's bytes as the key, as most senders do.
+func rawKey(secret string) ([]byte, error) { return []byte(secret), nil }
+
+// whsecKey decodes a Standard Webhooks secret: "whsec_" and the key in
+// base64 (the prefix is optional, as in the reference libraries).
+func whsecKey(secret string) ([]byte, error) {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+	if err != nil || len(key) == 0 {
+		return nil, errors.New(`want "whsec_" followed by the key in base64, as the sender's dashboard shows it`)
+	}
+	return key, nil
+}
+
+// header returns h's field name, or fails saying it is missing.
+func header(h http.Header, name string) (string, error) {
+	v := h.Get(name)
+	if v == "" {
+		return "", failf("the signature header %s is missing", name)
+	}
+	return v, nil
+}
+
+// unixSeconds parses a signed timestamp in seconds since the epoch.
+func unixSeconds(s string) (time.Time, bool) {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n <= 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(n, 0), true
+}
+
+// checkStandard checks a Standard Webhooks signature (Svix's is the same
+// under other header names): HMAC-SHA256 of "id.timestamp.body", sent as a
+// space-separated list of "v1,<base64>".
+func checkStandard(idH, tsH, sigH string) func(*Verifier, http.Header, []byte, time.Time) error {
+	return func(v *Verifier, h http.Header, body []byte, now time.Time) error {
+		id, err := header(h, idH)
+		if err != nil {
+			return err
+		}
+		tsRaw, err := header(h, tsH)
+		if err != nil {
+			return err
+		}
+		sigRaw, err := header(h, sigH)
+		if err != nil {
+			return err
+		}
+		ts, ok := unixSeconds(tsRaw)
+		if !ok {
+			return failf("%s is malformed: want seconds since 1970", tsH)
+		}
+		if err := v.within(ts, now); err != nil {
+			return err
+		}
+		var sigs [][]byte
+		for _, part := range strings.Fields(sigRaw) {
+			version, sig, ok := strings.Cut(part, ",")
+			if !ok {
+				return failf("%s is malformed: want space-separated v1,<base64> signatures", sigH)
+			}
+			if version != "v1" {
+				continue // other versions are not HMAC-SHA256
+			}
+			if b, err := base64.StdEncoding.DecodeString(sig); err == nil {
+				sigs = append(sigs, b)
+			}
+		}
+		if len(sigs) == 0 {
+			return failf("%s is malformed: no v1,<base64> signature in it", sigH)
+		}
+		if !v.matches(sigs, []byte(id), []byte("."), []byte(tsRaw), []byte("."), body) {
+			return errNoMatch(sigH)
+		}
+		return nil
+	}
+}
+
+// checkStripe checks Stripe-Signature: "t=<timestamp>,v1=<hex>[,v1=...]"
+// over "timestamp.body"; other schemes in the header (v0) are ignored.
+func checkStripe(v *Verifier, h http.Header, body []byte, now time.Time) error {
+	const name = "Stripe-Signature"
+	raw, err := header(h, name)
+	if err != nil {
+		return err
+	}
+	var tsRaw string
+	var sigs [][]byte
+	for _, item := range strings.Split(raw, ",") {
+		k, val, _ := strings.Cut(strings.TrimSpace(item), "=")
+		switch k {
+		case "t":
+			tsRaw = val
+		case "v1":
+			if b, err := hex.DecodeString(val); err == nil {
+				sigs = append(sigs, b)
+			}
+		}
+	}
+	ts, ok := unixSeconds(tsRaw)
+	if !ok || len(sigs) == 0 {
+		return failf("%s is malformed: want t=<timestamp>,v1=<hex signature>", name)
+	}
+	if err := v.within(ts, now); err != nil {
+		return err
+	}
+	if !v.matches(sigs, []byte(tsRaw), []byte("."), body) {
+		return errNoMatch(name)
+	}
+	return nil
+}
+
+// checkBodyMAC checks a header that carries the HMAC-SHA256 of the body
+// alone, after a fixed prefix (GitHub's "sha256=", none for Shopify).
+func checkBodyMAC(name, prefix string, decode func(string) ([]byte, error), form string) func(*Verifier, http.Header, []byte, time.Time) error {
+	return func(v *Verifier, h http.Header, body []byte, _ time.Time) error {
+		raw, err := header(h, name)
+		if err != nil {
+			return err
+		}
+		enc, ok := strings.CutPrefix(strings.TrimSpace(raw), prefix)
+		sig, err := decode(enc)
+		if !ok || err != nil || len(sig) == 0 {
+			return failf("%s is malformed: want %s", name, form)
+		}
+		if !v.matches([][]byte{sig}, body) {
+			return errNoMatch(name)
+		}
+		return nil
+	}
+}
+
+// checkSlack checks X-Slack-Signature "v0=<hex>" over
+// "v0:timestamp:body", the timestamp in X-Slack-Request-Timestamp.
+func checkSlack(v *Verifier, h http.Header, body []byte, now time.Time) error {
+	const sigH, tsH = "X-Slack-Signature", "X-Slack-Request-Timestamp"
+	raw, err := header(h, sigH)
+	if err != nil {
+		return err
+	}
+	tsRaw, err := header(h, tsH)
+	if err != nil {
+		return err
+	}
+	ts, ok := unixSeconds(tsRaw)
+	if !ok {
+		return failf("%s is malformed: want seconds since 1970", tsH)
+	}
+	enc, ok := strings.CutPrefix(strings.TrimSpace(raw), "v0=")
+	sig, err := hex.DecodeString(enc)
+	if !ok || err != nil || len(sig) == 0 {
+		return failf("%s is malformed: want v0=<hex>", sigH)
+	}
+	if err := v.within(ts, now); err != nil {
+		return err
+	}
+	if !v.matches([][]byte{sig}, []byte("v0:"), []byte(tsRaw), []byte(":"), body) {
+		return errNoMatch(sigH)
+	}
+	return nil
+}
+
+// checkPaddle checks Paddle-Signature "ts=<timestamp>;h1=<hex>[;h1=...]"
+// over "timestamp:body" (several h1 while a secret is rotated).
+func checkPaddle(v *Verifier, h http.Header, body []byte, now time.Time) error {
+	const name = "Paddle-Signature"
+	raw, err := header(h, name)
+	if err != nil {
+		return err
+	}
+	var tsRaw string
+	var sigs [][]byte
+	for _, item := range strings.Split(raw, ";") {
+		k, val, _ := strings.Cut(strings.TrimSpace(item), "=")
+		switch k {
+		case "ts":
+			tsRaw = val
+		case "h1":
+			if b, err := hex.DecodeString(val); err == nil {
+				sigs = append(sigs, b)
+			}
+		}
+	}
+	ts, ok := unixSeconds(tsRaw)
+	if !ok || len(sigs) == 0 {
+		return failf("%s is malformed: want ts=<timestamp>;h1=<hex signature>", name)
+	}
+	if err := v.within(ts, now); err != nil {
+		return err
+	}
+	if !v.matches(sigs, []byte(tsRaw), []byte(":"), body) {
+		return errNoMatch(name)
+	}
+	return nil
+}
+
+// checkLinear checks Linear-Signature, the hex HMAC-SHA256 of the body, and
+// the body's webhookTimestamp (milliseconds), which the signature covers.
+func checkLinear(v *Verifier, h http.Header, body []byte, now time.Time) error {
+	const name = "Linear-Signature"
+	raw, err := header(h, name)
+	if err != nil {
+		return err
+	}
+	sig, err := hex.DecodeString(strings.TrimSpace(raw))
+	if err != nil || len(sig) == 0 {
+		return failf("%s is malformed: want <hex>", name)
+	}
+	if !v.matches([][]byte{sig}, body) {
+		return errNoMatch(name)
+	}
+	// Only a signed body is worth parsing for its timestamp.
+	var doc struct {
+		WebhookTimestamp json.Number `json:"webhookTimestamp"`
+	}
+	ms, err := int64(0), json.Unmarshal(body, &doc)
+	if err == nil {
+		ms, err = doc.WebhookTimestamp.Int64()
+	}
+	if err != nil || ms <= 0 {
+		return failf("the body's webhookTimestamp is missing or not milliseconds since 1970")
+	}
+	return v.within(time.UnixMilli(ms), now)
+}

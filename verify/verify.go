@@ -1,0 +1,169 @@
+// Package verify checks a webhook sender's signature on the raw request, the
+// way each sender documents it (Standard Webhooks, Svix, Stripe, GitHub,
+// Shopify, Slack, Paddle, Linear), or a generic HMAC of the body.
+//
+// A check never reveals an expected value: its errors say what was wrong
+// with the request (a header missing or malformed, a timestamp outside the
+// tolerance, no signature matching), and compare in constant time.
+package verify
+
+import (
+	"crypto/hmac"
+	"fmt"
+	"hash"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Config is the JSON form of a relay's `verify`.
+type Config struct {
+	// Scheme is one of standard_webhooks, svix, stripe, github, shopify,
+	// slack, paddle, linear, or hmac.
+	Scheme string `json:"scheme"`
+	// Secrets are the signing secrets, usually placeholders such as
+	// {env.STRIPE_WEBHOOK_SECRET}; a request passes when it was signed
+	// with any of them, so a secret can be rotated.
+	Secrets []string `json:"secrets,omitempty"`
+	// Tolerance is how far a signed timestamp may be from now, for the
+	// schemes that sign one. Default: the provider's own.
+	Tolerance caddy.Duration `json:"tolerance,omitempty"`
+
+	// Header, Algorithm, Encoding and Prefix set up the hmac scheme: the
+	// header carrying the signature, sha256 (default), sha512 or sha1, hex
+	// (default) or base64, and text stripped from the header's value
+	// before it is decoded (e.g. "sha256=").
+	Header    string `json:"header,omitempty"`
+	Algorithm string `json:"algorithm,omitempty"`
+	Encoding  string `json:"encoding,omitempty"`
+	Prefix    string `json:"prefix,omitempty"`
+}
+
+// Verifier checks the requests of one sender.
+type Verifier struct {
+	scheme    *scheme
+	keys      [][]byte // the decoded secrets
+	tolerance time.Duration
+	newHash   func() hash.Hash
+	hmac      *hmacParams // the hmac scheme's settings; nil otherwise
+}
+
+// Error says why a request failed the check, for the sender's operator. It
+// holds no secret and no expected signature.
+type Error struct{ msg string }
+
+func (e *Error) Error() string { return e.msg }
+
+func failf(format string, args ...any) error { return &Error{fmt.Sprintf(format, args...)} }
+
+// New builds the verifier cfg describes. resolve turns a configured secret
+// into its value (placeholders); a secret that resolves to empty, or that
+// does not have the scheme's format, is an error naming the secret by its
+// position, never by its value.
+func New(cfg Config, resolve func(string) (string, error)) (*Verifier, error) {
+	s, ok := schemes[cfg.Scheme]
+	if !ok {
+		return nil, fmt.Errorf("verify: unknown scheme %q: use one of %s", cfg.Scheme, strings.Join(SchemeNames(), ", "))
+	}
+	if cfg.Tolerance < 0 {
+		return nil, fmt.Errorf("verify %s: tolerance must not be negative", cfg.Scheme)
+	}
+	if cfg.Tolerance != 0 && s.tolerance == 0 {
+		return nil, fmt.Errorf("verify %s: the scheme signs no timestamp, so tolerance does not apply", cfg.Scheme)
+	}
+	v := &Verifier{scheme: s, tolerance: cmpOr(time.Duration(cfg.Tolerance), s.tolerance), newHash: sha256New}
+	if s.name == "hmac" {
+		p, newHash, err := newHMACParams(cfg)
+		if err != nil {
+			return nil, err
+		}
+		v.hmac, v.newHash = p, newHash
+	} else if cfg.Header != "" || cfg.Algorithm != "" || cfg.Encoding != "" || cfg.Prefix != "" {
+		return nil, fmt.Errorf("verify %s: header, algorithm, encoding and prefix are for verify hmac only", cfg.Scheme)
+	}
+	if len(cfg.Secrets) == 0 {
+		return nil, fmt.Errorf("verify %s: no secret given", cfg.Scheme)
+	}
+	for i, raw := range cfg.Secrets {
+		secret, err := resolve(raw)
+		if err != nil || secret == "" {
+			return nil, fmt.Errorf("verify %s: secret #%d resolves to empty or has an empty placeholder; set it", cfg.Scheme, i+1)
+		}
+		key, err := s.key(secret)
+		if err != nil {
+			return nil, fmt.Errorf("verify %s: secret #%d: %v", cfg.Scheme, i+1, err)
+		}
+		v.keys = append(v.keys, key)
+	}
+	return v, nil
+}
+
+// Verify checks r's signature over body, the raw bytes as received, at now.
+// A failure is an *Error.
+func (v *Verifier) Verify(h http.Header, body []byte, now time.Time) error {
+	return v.scheme.check(v, h, body, now)
+}
+
+// DefaultKey is the dedupe key source of the scheme's delivery or event id,
+// e.g. "header.webhook-id"; empty for hmac, which has none.
+func (v *Verifier) DefaultKey() string { return v.scheme.defaultKey }
+
+// Headers are the incoming headers the scheme's own verification reads
+// (signature, timestamp, id, event type), to be stored with the payload and
+// forwarded, so an app that verifies them itself keeps working.
+func (v *Verifier) Headers() []string {
+	if v.hmac != nil {
+		return []string{v.hmac.header}
+	}
+	return slices.Clone(v.scheme.headers)
+}
+
+// Scheme is the scheme's name.
+func (v *Verifier) Scheme() string { return v.scheme.name }
+
+// matches reports whether any signature equals the MAC of the signed parts
+// under any key, comparing each pair in constant time.
+func (v *Verifier) matches(signatures [][]byte, parts ...[]byte) bool {
+	for _, key := range v.keys {
+		m := hmac.New(v.newHash, key)
+		for _, p := range parts {
+			m.Write(p)
+		}
+		sum := m.Sum(nil)
+		for _, sig := range signatures {
+			if hmac.Equal(sum, sig) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// within fails unless the signed time ts is within the tolerance of now, in
+// either direction.
+func (v *Verifier) within(ts, now time.Time) error {
+	d := now.Sub(ts)
+	switch {
+	case d > v.tolerance:
+		return failf("the signed timestamp is %s old, outside the tolerance of %s (a replay, or the clocks disagree)", d.Round(time.Second), v.tolerance)
+	case -d > v.tolerance:
+		return failf("the signed timestamp is %s in the future, outside the tolerance of %s (the clocks disagree)", (-d).Round(time.Second), v.tolerance)
+	}
+	return nil
+}
+
+// errNoMatch is the failure of a well-formed request whose signatures were
+// all wrong.
+func errNoMatch(header string) error {
+	return failf("no signature in %s matches the configured secret(s): a wrong or rotated secret, or a body changed on the way", header)
+}
+
+func cmpOr(a, b time.Duration) time.Duration {
+	if a != 0 {
+		return a
+	}
+	return b
+}

@@ -72,6 +72,11 @@ func TestBadInputRefusedBeforeTheBody(t *testing.T) {
 		{"wrong token", http.MethodPost, "token=nope", 10, http.StatusUnauthorized},
 		{"token twice", http.MethodPost, "token=s3cret&tok%65n=s3cret", 10, http.StatusUnauthorized},
 		{"malformed query", http.MethodPost, "token=s3cret;a=b", 10, http.StatusUnauthorized},
+		{"raw space in the kept query", http.MethodPost, "token=s3cret&a=b c", 10, http.StatusBadRequest},
+		{"# in the kept query", http.MethodPost, "token=s3cret&a=b#c", 10, http.StatusBadRequest},
+		{"raw non-ASCII in the kept query", http.MethodPost, "a=\xc3\xa9&token=s3cret", 10, http.StatusBadRequest},
+		{"control byte in the kept query", http.MethodPost, "a=\x01&token=s3cret", 10, http.StatusBadRequest},
+		{"quote in the kept query", http.MethodPost, "token=s3cret&a=\"b\"", 10, http.StatusBadRequest},
 		{"Content-Length over max_body", http.MethodPost, "token=s3cret", DefaultMaxBody + 1, http.StatusRequestEntityTooLarge},
 		{"Content-Length far over max_body", http.MethodPost, "token=s3cret", 1 << 62, http.StatusRequestEntityTooLarge},
 	} {

@@ -70,6 +70,11 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 		return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized, err)
 	}
 
+	if c, at := illegalQueryByte(rawQuery); at >= 0 {
+		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
+			fmt.Errorf("the query string holds %q at byte %d, which a URL may not carry as is: percent-encode it", c, at))
+	}
+
 	if r.ContentLength > h.MaxBody {
 		return OutcomeTooLarge, "", tooLarge(h.MaxBody)
 	}
@@ -229,8 +234,27 @@ func forwardedFor(r *http.Request) string {
 	if err != nil {
 		client = r.RemoteAddr
 	}
-	if prior := r.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+	// A chain from anyone but a trusted proxy is made up: the app would
+	// take the sender's word for its own address (reverse_proxy drops it
+	// the same way).
+	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+	if prior := r.Header.Values("X-Forwarded-For"); trusted && len(prior) > 0 {
 		return strings.Join(prior, ", ") + ", " + client
 	}
 	return client
+}
+
+// illegalQueryByte finds the first byte of a raw query that may not stand
+// unencoded in a URL: controls, space, non-ASCII, '#' and the characters
+// RFC 3986 excludes. Such a query reaches the relay over HTTP/2, where the
+// request line is not parsed, and would break the upstream's. It returns
+// -1 when there is none.
+func illegalQueryByte(rawQuery string) (byte, int) {
+	for i := 0; i < len(rawQuery); i++ {
+		c := rawQuery[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"#<>\\^`{|}", c) >= 0 {
+			return c, i
+		}
+	}
+	return 0, -1
 }

@@ -14,7 +14,10 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/hookrelay/caddy-webhook-relay/verify"
 
@@ -207,11 +210,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.keyer, err = dedupe.NewKeyer(keySources); err != nil {
 		return fmt.Errorf("key: %v", err)
 	}
-	headerUp := make(http.Header, len(h.HeaderUp))
-	for field, values := range h.HeaderUp {
-		for _, v := range values {
-			headerUp.Add(field, repl.ReplaceKnown(v, ""))
-		}
+	if err := checkKeyHasNoSecret(keySources, h.AuthQuery); err != nil {
+		return err
+	}
+	headerUp, err := resolveHeaderUp(repl, h.HeaderUp)
+	if err != nil {
+		return err
 	}
 	h.settings = &delivery.Settings{
 		Upstream:      upstream,
@@ -338,6 +342,41 @@ func resolveUpstream(repl *caddy.Replacer, raw string) (*url.URL, error) {
 		return nil, fmt.Errorf("upstream %q: want an absolute http:// or https:// URL, e.g. http://localhost:3000/hooks", raw)
 	}
 	return u, nil
+}
+
+// checkKeyHasNoSecret refuses a key source that reads an auth_query
+// parameter: the secret would become the dedupe key, which is sent
+// upstream as the Idempotency-Key, stored, and shown by the admin API.
+func checkKeyHasNoSecret(sources []string, authQuery map[string][]string) error {
+	for _, src := range sources {
+		if name, ok := strings.CutPrefix(src, "query."); ok {
+			if _, secret := authQuery[name]; secret {
+				return fmt.Errorf("key %s reads the auth_query parameter %s: its secret would become the dedupe key (sent upstream, stored, shown by the admin API); key on something else", src, name)
+			}
+		}
+	}
+	return nil
+}
+
+// resolveHeaderUp resolves the placeholders of header_up and checks every
+// name and value, so that a bad one (a secret read with its trailing
+// newline) fails the config now instead of every delivery later. Errors
+// name the header, never its value.
+func resolveHeaderUp(repl *caddy.Replacer, cfg http.Header) (http.Header, error) {
+	out := make(http.Header, len(cfg))
+	for field, values := range cfg {
+		if !httpguts.ValidHeaderFieldName(field) {
+			return nil, fmt.Errorf("header_up %q: not a valid header name", field)
+		}
+		for _, v := range values {
+			v = repl.ReplaceKnown(v, "")
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return nil, fmt.Errorf("header_up %s: its value (placeholders resolved) holds a character a header may not carry, such as a newline; check the secret it reads", field)
+			}
+			out.Add(field, v)
+		}
+	}
+	return out, nil
 }
 
 // loadStore loads the configured store module; without one it is the

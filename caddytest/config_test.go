@@ -205,3 +205,48 @@ func TestConfigErrorMissingUpstream(t *testing.T) {
 		t.Errorf("error does not say the upstream is missing: %v", err)
 	}
 }
+
+// TestConfigErrorKeyReadsTheToken: a key source that reads an auth_query
+// parameter would put the secret into the dedupe key, which is sent
+// upstream, stored and shown by the admin API: a config error.
+func TestConfigErrorKeyReadsTheToken(t *testing.T) {
+	err := validate(t, site(fmt.Sprintf(`
+	webhook_relay /in http://127.0.0.1:9/hook {
+		name %s
+		auth_query token tok-s3cret
+		key json.id query.token
+		store memory
+	}`, relayName(t))))
+	if err == nil || !strings.Contains(err.Error(), "key query.token reads the auth_query parameter token") {
+		t.Fatalf("key query.token with auth_query token: got %v, want an error saying the key reads the secret", err)
+	}
+	if strings.Contains(err.Error(), "tok-s3cret") {
+		t.Errorf("error shows the secret: %v", err)
+	}
+}
+
+// TestConfigErrorBadHeaderUp: a header_up name or value that no request may
+// carry (a secret read with its trailing newline) fails the config, naming
+// the header and not the value.
+func TestConfigErrorBadHeaderUp(t *testing.T) {
+	t.Setenv(setVar, "upstream-s3cret\n")
+	for _, tc := range []struct{ name, line, want string }{
+		{"value with a newline", fmt.Sprintf(`header_up Authorization "Bearer {env.%s}"`, setVar), "header_up Authorization: its value"},
+		{"bad name", `header_up "X Bad" v`, `header_up "X Bad": not a valid header name`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := validate(t, site(fmt.Sprintf(`
+	webhook_relay /in http://127.0.0.1:9/hook {
+		name %s
+		store memory
+		%s
+	}`, relayName(t), tc.line)))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "upstream-s3cret") {
+				t.Errorf("error shows the value: %v", err)
+			}
+		})
+	}
+}

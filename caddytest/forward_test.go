@@ -107,15 +107,42 @@ func TestForwardShape(t *testing.T) {
 		}
 	})
 
-	t.Run("encoded query and a prior forwarding chain", func(t *testing.T) {
+	t.Run("encoded query and an untrusted forwarding chain", func(t *testing.T) {
 		body := payload(t)
 		// t%6Fken is "token": the auth check decodes it, so stripping must too
 		mustAccept(t, relayURL("/in", "x=%2F%20y&t%6Fken=tok-s3cret&sig=sig-s3cret&x=2"), body,
 			"Content-Type: "+contentType, "User-Agent: "+userAgent, "X-Forwarded-For: 203.0.113.7")
 		hits := up.waitDelivered(t, body)
 		checkCommon(t, hits, body, "src=relay&v=2&x=%2F%20y&x=2")
-		if xff := hits[0].Header.Get("X-Forwarded-For"); xff != "203.0.113.7, 127.0.0.1" {
-			t.Errorf("X-Forwarded-For %q, want the incoming chain plus the client: 203.0.113.7, 127.0.0.1", xff)
+		if xff := hits[0].Header.Get("X-Forwarded-For"); xff != "127.0.0.1" {
+			t.Errorf("X-Forwarded-For %q, want 127.0.0.1: the sender is not a trusted proxy, so its chain is dropped", xff)
 		}
 	})
+}
+
+// TestForwardedForFromTrustedProxy: behind a proxy listed in the server's
+// trusted_proxies, the incoming X-Forwarded-For chain is kept and the
+// proxy's address added, as reverse_proxy does.
+func TestForwardedForFromTrustedProxy(t *testing.T) {
+	up := newUpstream(t, always(http.StatusOK))
+	options := strings.TrimSuffix(strings.TrimSpace(globalOptions), "}") + `
+	servers {
+		trusted_proxies static 127.0.0.1/32
+	}
+}
+`
+	startCaddy(t, options+fmt.Sprintf(`
+:%d {
+	webhook_relay /in {
+		upstream %s/hook
+		name %s
+		store memory
+	}
+}`, relayPort, up.URL, relayName(t)))
+	body := payload(t)
+	mustAccept(t, relayURL("/in", ""), body, "X-Forwarded-For: 203.0.113.7")
+	hits := up.waitDelivered(t, body)
+	if xff := hits[0].Header.Get("X-Forwarded-For"); xff != "203.0.113.7, 127.0.0.1" {
+		t.Errorf("X-Forwarded-For %q, want the trusted proxy's chain plus the proxy: 203.0.113.7, 127.0.0.1", xff)
+	}
 }

@@ -45,6 +45,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		backoff       <initial> <max>
 //		give_up_after <duration>
 //		header_up     <field> <value>
+//		forward_headers <field...>
+//		sign_upstream <whsec_secret>
 //		max_memory    <size>
 //		body_timeout  <duration>
 //		max_dead      <n>
@@ -212,6 +214,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.GiveUpAfter = caddy.Duration(dur)
+
+		case "forward_headers":
+			if h.ForwardHeaders = d.RemainingArgs(); len(h.ForwardHeaders) == 0 {
+				return d.ArgErr()
+			}
+
+		case "sign_upstream":
+			var err error
+			if h.SignUpstream, err = caddyfilearg.String(d); err != nil {
+				return err
+			}
 
 		case "header_up":
 			var field, value string

@@ -126,6 +126,7 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 			ContentType:  r.Header.Get("Content-Type"),
 			UserAgent:    r.Header.Get("User-Agent"),
 			ForwardedFor: forwardedFor(r),
+			Headers:      keepHeaders(r.Header, h.keep),
 		},
 	}
 	// A sender hanging up must not abort an admit half way. The store
@@ -242,6 +243,18 @@ func forwardedFor(r *http.Request) string {
 		return strings.Join(prior, ", ") + ", " + client
 	}
 	return client
+}
+
+// keepHeaders copies the values of the headers named in keep (canonical
+// names) from h, in keep's order.
+func keepHeaders(h http.Header, keep []string) []queue.HeaderField {
+	var out []queue.HeaderField
+	for _, name := range keep {
+		for _, v := range h[name] {
+			out = append(out, queue.HeaderField{Name: name, Value: v})
+		}
+	}
+	return out
 }
 
 // illegalQueryByte finds the first byte of a raw query that may not stand

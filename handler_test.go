@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func TestCheckQueryStripsAuthKeepingOrderAndEncoding(t *testing.T) {
@@ -164,8 +165,14 @@ func TestForwardedFor(t *testing.T) {
 	}
 	r.Header.Add("X-Forwarded-For", "198.51.100.1")
 	r.Header.Add("X-Forwarded-For", "198.51.100.2")
+	if got := forwardedFor(r); got != "192.0.2.7" {
+		t.Errorf("from a sender that is not a trusted proxy: got %q, want its own address only", got)
+	}
+	// Caddy's server sets this var for a peer in trusted_proxies.
+	trusted := map[string]any{caddyhttp.TrustedProxyVarKey: true}
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, trusted))
 	if got := forwardedFor(r); got != "198.51.100.1, 198.51.100.2, 192.0.2.7" {
-		t.Errorf("got %q", got)
+		t.Errorf("from a trusted proxy: got %q, want its chain and its address", got)
 	}
 }
 

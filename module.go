@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -131,6 +132,18 @@ type Handler struct {
 	// may use placeholders such as {env.UPSTREAM_TOKEN}.
 	HeaderUp http.Header `json:"header_up,omitempty"`
 
+	// ForwardHeaders lists incoming headers to store with each payload
+	// and send upstream with it, besides the verify scheme's own (which
+	// always are).
+	ForwardHeaders []string `json:"forward_headers,omitempty"`
+
+	// SignUpstream is a Standard Webhooks secret ("whsec_" and base64,
+	// usually a placeholder). With it every delivery attempt is signed:
+	// webhook-id (the Idempotency-Key), webhook-timestamp (the attempt's
+	// time) and webhook-signature, so the app verifies the relay with any
+	// Standard Webhooks library, however late the delivery.
+	SignUpstream string `json:"sign_upstream,omitempty"`
+
 	// MaxMemory bounds the bytes of bodies this relay holds in memory at
 	// once: bodies being received and stored, and bodies loaded to be sent
 	// upstream (payloads waiting for delivery are held without them). A
@@ -156,6 +169,8 @@ type Handler struct {
 	keyer     *dedupe.Keyer
 	auth      []authParam
 	verifier  *verify.Verifier
+	keep      []string // canonical names of the incoming headers stored with a payload
+	signKey   []byte   // sign_upstream's key
 	settings  *delivery.Settings
 	relay     *pooledRelay
 	admitter  queue.Admitter // the relay's store, as the ack path sees it
@@ -216,6 +231,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	headerUp, err := resolveHeaderUp(repl, h.HeaderUp)
 	if err != nil {
 		return err
+	}
+	if h.keep, err = keptHeaders(h.verifier, h.ForwardHeaders); err != nil {
+		return err
+	}
+	if h.SignUpstream != "" {
+		secret, err := repl.ReplaceOrErr(h.SignUpstream, true, true)
+		if err != nil || secret == "" {
+			return fmt.Errorf("sign_upstream: the secret resolves to empty or has an empty placeholder (%s); set it", placeholderNames(h.SignUpstream))
+		}
+		if h.signKey, err = verify.StandardKey(secret); err != nil {
+			return fmt.Errorf("sign_upstream: %v", err)
+		}
 	}
 	h.settings = &delivery.Settings{
 		Upstream:      upstream,
@@ -377,6 +404,37 @@ func resolveHeaderUp(repl *caddy.Replacer, cfg http.Header) (http.Header, error)
 		}
 	}
 	return out, nil
+}
+
+// setByRelay are the headers of a forwarded request that the relay writes
+// itself; forward_headers may not name them.
+var setByRelay = map[string]bool{
+	"Host": true, "Content-Length": true, "Content-Type": true, "User-Agent": true, "X-Forwarded-For": true,
+	"Idempotency-Key": true, "X-Webhook-Relay-Attempt": true, "Connection": true, "Transfer-Encoding": true,
+	"Te": true, "Trailer": true, "Upgrade": true, "Keep-Alive": true, "Proxy-Connection": true,
+}
+
+// keptHeaders lists, canonical and once each, the incoming headers to store
+// with a payload: the verify scheme's own, then forward_headers.
+func keptHeaders(v *verify.Verifier, forward []string) ([]string, error) {
+	var names []string
+	if v != nil {
+		names = v.Headers()
+	}
+	for _, f := range forward {
+		switch {
+		case !httpguts.ValidHeaderFieldName(f):
+			return nil, fmt.Errorf("forward_headers %q: not a valid header name", f)
+		case setByRelay[http.CanonicalHeaderKey(f)]:
+			return nil, fmt.Errorf("forward_headers %s: the relay sets this header itself", f)
+		}
+		names = append(names, f)
+	}
+	for i, n := range names {
+		names[i] = http.CanonicalHeaderKey(n)
+	}
+	slices.Sort(names)
+	return slices.Compact(names), nil
 }
 
 // loadStore loads the configured store module; without one it is the

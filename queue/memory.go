@@ -94,6 +94,7 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	e.Received, e.Queued = now, now
 	q := &queued{e: *e}
 	q.e.Body = bytes.Clone(e.Body)
+	q.e.Request.Headers = slices.Clone(e.Request.Headers)
 	m.queued[e.ID] = m.queue.PushBack(q)
 
 	expires := now.Add(m.Window()).UnixNano()

@@ -55,9 +55,12 @@ type RequestMeta struct {
 	ContentType string `json:"content_type,omitempty"`
 	// UserAgent is the incoming User-Agent header.
 	UserAgent string `json:"user_agent,omitempty"`
-	// ForwardedFor is the X-Forwarded-For value to send upstream: any
-	// incoming chain plus the client's address.
+	// ForwardedFor is the X-Forwarded-For value to send upstream: a
+	// trusted proxy's incoming chain plus the client's address.
 	ForwardedFor string `json:"forwarded_for,omitempty"`
+	// Headers are the incoming headers kept for the upstream (a signature
+	// scheme's own and forward_headers), in the order received.
+	Headers []HeaderField `json:"headers,omitempty"`
 }
 
 // AdmitTimeout is the longest a store that waits on a server lets Admit

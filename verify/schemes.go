@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -335,4 +336,21 @@ func checkLinear(v *Verifier, h http.Header, body []byte, now time.Time) error {
 		return failf("the body's webhookTimestamp is missing or not milliseconds since 1970")
 	}
 	return v.within(time.UnixMilli(ms), now)
+}
+
+// StandardKey decodes a Standard Webhooks secret ("whsec_" + base64), for
+// signing with SignStandard.
+func StandardKey(secret string) ([]byte, error) { return whsecKey(secret) }
+
+// SignStandard returns the webhook-signature value of a Standard Webhooks
+// message: "v1," and the base64 HMAC-SHA256 of "id.timestamp.body", which
+// any Standard Webhooks library verifies.
+func SignStandard(key []byte, id string, timestamp time.Time, body []byte) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(id))
+	m.Write([]byte("."))
+	m.Write(strconv.AppendInt(nil, timestamp.Unix(), 10))
+	m.Write([]byte("."))
+	m.Write(body)
+	return "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))
 }

@@ -227,3 +227,25 @@ func TestConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestSignStandardVerifies: what the relay signs upstream passes the relay's
+// own standard_webhooks check (the caddytest interop test has the
+// standardwebhooks library verify it too).
+func TestSignStandardVerifies(t *testing.T) {
+	key, err := StandardKey(whsec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newVerifier(t, Config{Scheme: "standard_webhooks", Secrets: []string{whsec}})
+	body := []byte(`{"a":1}`)
+	h := http.Header{}
+	h.Set("webhook-id", "rw:abc")
+	h.Set("webhook-timestamp", strconv.FormatInt(now.Unix(), 10))
+	h.Set("webhook-signature", SignStandard(key, "rw:abc", now, body))
+	if err := v.Verify(h, body, now); err != nil {
+		t.Errorf("the relay's own signature fails its check: %v", err)
+	}
+	if _, err := StandardKey("whsec_%%%"); err == nil {
+		t.Error("StandardKey accepted a secret that is not base64")
+	}
+}

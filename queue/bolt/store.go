@@ -93,7 +93,7 @@ const (
 	boltSweepBatch    = 1000 // markers deleted per sweep transaction
 	boltMaxRawKey     = 512  // longer dedupe keys are stored as their SHA-256
 	boltIDWidth       = 20   // digits of an id: uint64 fits, and ids sort as strings
-	boltEntryFormat   = 2    // 1: the same without Died
+	boltEntryFormat   = 3    // 2: the same without Headers; 1: without Died either
 	boltReplayBatch   = 256  // dead letters replayed per transaction
 )
 
@@ -1195,14 +1195,14 @@ func boltEncode(e *queue.Entry) []byte {
 		died = e.Died.UnixNano()
 	}
 	buf = binary.AppendVarint(buf, died)
-	return buf
+	return queue.AppendHeaders(buf, e.Request.Headers)
 }
 
 var errBoltEntry = errors.New("malformed entry")
 
 // boltEntryID reads only the ID of an encoded entry, "" if it is malformed.
 func boltEntryID(v []byte) string {
-	if len(v) < 2 || (v[0] != 1 && v[0] != boltEntryFormat) {
+	if len(v) < 2 || v[0] < 1 || v[0] > boltEntryFormat {
 		return ""
 	}
 	n, w := binary.Uvarint(v[1:])
@@ -1213,7 +1213,7 @@ func boltEntryID(v []byte) string {
 }
 
 func boltDecode(v []byte) (*queue.Entry, error) {
-	if len(v) < 1 || (v[0] != 1 && v[0] != boltEntryFormat) {
+	if len(v) < 1 || v[0] < 1 || v[0] > boltEntryFormat {
 		return nil, errBoltEntry
 	}
 	d := boltDecoder{buf: v[1:]}
@@ -1239,6 +1239,12 @@ func boltDecode(v []byte) (*queue.Entry, error) {
 	}
 	if d.bad {
 		return nil, errBoltEntry
+	}
+	if v[0] >= 3 {
+		var err error
+		if e.Request.Headers, _, err = queue.ReadHeaders(d.buf); err != nil {
+			return nil, errBoltEntry
+		}
 	}
 	return e, nil
 }

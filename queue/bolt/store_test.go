@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -94,7 +95,7 @@ func TestBoltReopen(t *testing.T) {
 	}
 	got, err := s.Claim(ctx, 10)
 	if err != nil || len(got) != 1 || got[0].ID != c.ID || got[0].BodySize != len(c.Body) ||
-		got[0].Request != c.Request || !got[0].Received.Equal(c.Received) {
+		!reflect.DeepEqual(got[0].Request, c.Request) || !got[0].Received.Equal(c.Received) {
 		t.Fatalf("Claim after reopen = %+v, %v; want %s", got, err, c.ID)
 	}
 	if body, err := s.Body(ctx, c.ID); err != nil || !bytes.Equal(body, c.Body) {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"reflect"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -323,7 +324,7 @@ func sameEntry(t *testing.T, got, want *queue.Entry, withBody bool) {
 	if got.Key != want.Key {
 		t.Errorf("%s: Key = %q, want %q", want.ID, got.Key, want.Key)
 	}
-	if got.Request != want.Request {
+	if !reflect.DeepEqual(got.Request, want.Request) {
 		t.Errorf("%s: Request = %+q, want %+q", want.ID, got.Request, want.Request)
 	}
 	if !got.Received.Equal(want.Received) {

@@ -25,6 +25,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
 )
 
@@ -130,15 +131,10 @@ func TestLargeBodyBolt(t *testing.T) {
 var lbAppendfsync = flag.String("largebody.appendfsync", "off", "TestLargeBodyRedis: Redis's appendfsync (always, everysec, no), or \"off\" for no AOF at all")
 
 func TestLargeBodyRedis(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{AOF: *lbAppendfsync != "off"})
+	srv := redistest.Start(t, redistest.Options{AOF: *lbAppendfsync != "off", Appendfsync: *lbAppendfsync})
 	rc := inspector(t, srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if *lbAppendfsync != "off" {
-		if err := rc.ConfigSet(ctx, "appendfsync", *lbAppendfsync).Err(); err != nil {
-			t.Fatalf("CONFIG SET appendfsync %s: %v", *lbAppendfsync, err)
-		}
-	}
 	// Redis's own view of what blocked its event loop, for the report.
 	for k, v := range map[string]string{"latency-monitor-threshold": "20", "slowlog-log-slower-than": "20000", "slowlog-max-len": "4096"} {
 		if err := rc.ConfigSet(ctx, k, v).Err(); err != nil {
@@ -162,13 +158,13 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 	}
 	in := NewInstance(t)
 	p := in.Start(lbSite(up, store))
-	pid := p.cmd.Process.Pid
+	pid := p.Pid()
 
 	mem := startLBMemSampler(t, pid)
 	var ping *lbPinger
 	rpid := 0
 	if srv != nil {
-		rpid = redisPid(t, inspector(t, srv))
+		rpid = srv.Pid()
 		ping = startLBPinger(t, srv.Addr(), rpid)
 	}
 	cpu0 := lbCPU(pid, rpid)
@@ -226,7 +222,7 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 	if ping != nil {
 		pr = ping.stop()
 	}
-	final, err := lbReadMem(pid)
+	final, err := harness.ReadMemory(pid)
 	if err != nil {
 		t.Fatalf("reading /proc/%d/status: %v", pid, err)
 	}
@@ -271,8 +267,8 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 		storeName, maxFirst.Round(time.Millisecond), maxDelivered.Round(time.Millisecond),
 		cpu.caddy.Round(10*time.Millisecond), cpu.redis.Round(10*time.Millisecond), cpu.self.Round(10*time.Millisecond), lbCPUPressure())
 	t.Logf("%s: Caddy memory (MiB): own (RssAnon+RssShmem, checked) before traffic %.0f, peak %.0f; VmRSS before %.0f, peak %.0f (VmHWM %.0f; at that sample file-backed %.0f), at the end %.0f; %d samples every 20ms; per second, peak VmRSS/own: %v",
-		storeName, mib(memRes.first.own()), mib(memRes.peakOwn.own()), mib(memRes.first.rss), mib(memRes.peak.rss),
-		mib(final.hwm), mib(memRes.peak.file), mib(final.rss), memRes.samples, memRes.timeline)
+		storeName, mib(memRes.first.Own()), mib(memRes.peakOwn.Own()), mib(memRes.first.RSS), mib(memRes.peak.RSS),
+		mib(final.HWM), mib(memRes.peak.File), mib(final.RSS), memRes.samples, memRes.timeline)
 	pingMax := "-"
 	if ping != nil {
 		pingMax = fmt.Sprintf("%s (client-observed %s)", ms(pr.busy), ms(pr.client))
@@ -283,8 +279,8 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 		t.Logf("%s: Redis SLOWLOG (commands over 20ms): %s", storeName, lbRedisSlowlog(t, srv))
 	}
 	t.Logf("RESULT largebody %s: acknowledged %d / delivered %d / duplicate on first send %d / duplicate on a retry %d / delivered twice %d / 503s to senders %d / peak own memory %.0f MiB (bound %d), peak VmRSS %.0f MiB / max PING %s / time to drain %s",
-		storeName, acked, delivered, firstDup, retryDup, twice, n503, mib(memRes.peakOwn.own()), (lbMaxMemory+lbMemAllowance)>>20,
-		mib(max(memRes.peak.rss, final.hwm)), pingMax, drain.Round(time.Millisecond))
+		storeName, acked, delivered, firstDup, retryDup, twice, n503, mib(memRes.peakOwn.Own()), (lbMaxMemory+lbMemAllowance)>>20,
+		mib(max(memRes.peak.RSS, final.HWM)), pingMax, drain.Round(time.Millisecond))
 
 	// Checks.
 	if acked != lbPayloads {
@@ -306,9 +302,9 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 	if ov.DeadLetters != 0 {
 		t.Errorf("%s: %d dead letters; the upstream only failed with 503", storeName, ov.DeadLetters)
 	}
-	if limit := (lbMaxMemory + lbMemAllowance) >> 10; memRes.peakOwn.own() > limit {
+	if limit := (lbMaxMemory + lbMemAllowance) >> 10; memRes.peakOwn.Own() > limit {
 		t.Errorf("%s: Caddy's own memory (RssAnon+RssShmem) peaked at %.0f MiB, over max_memory %d MiB + allowance %d MiB = %d MiB",
-			storeName, mib(memRes.peakOwn.own()), lbMaxMemory>>20, lbMemAllowance>>20, limit>>10)
+			storeName, mib(memRes.peakOwn.Own()), lbMaxMemory>>20, lbMemAllowance>>20, limit>>10)
 	}
 	if ping != nil {
 		if pr.busy > lbMaxPing {
@@ -779,51 +775,6 @@ func fmtOverview(ov relayOverviewEntry) string {
 		ov.Backlog, ov.InFlight, ov.DeadLetters, ov.Requests, ov.Deliveries)
 }
 
-// lbMem is a process's memory from /proc/<pid>/status, in KiB: VmRSS is
-// RssAnon + RssFile + RssShmem.
-type lbMem struct{ rss, anon, file, shmem, hwm int }
-
-// own is what the process itself allocated: VmRSS without the pages of
-// files it maps (its binary, bolt's database file).
-func (m lbMem) own() int { return m.anon + m.shmem }
-
-func lbReadMem(pid int) (lbMem, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return lbMem{}, err
-	}
-	var m lbMem
-	for line := range strings.SplitSeq(string(b), "\n") {
-		name, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		var dst *int
-		switch name {
-		case "VmRSS":
-			dst = &m.rss
-		case "RssAnon":
-			dst = &m.anon
-		case "RssFile":
-			dst = &m.file
-		case "RssShmem":
-			dst = &m.shmem
-		case "VmHWM":
-			dst = &m.hwm
-		default:
-			continue
-		}
-		*dst, err = strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-		if err != nil {
-			return lbMem{}, fmt.Errorf("/proc/%d/status: %s: %v", pid, name, err)
-		}
-	}
-	if m.rss == 0 {
-		return lbMem{}, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
-	}
-	return m, nil
-}
-
 // lbMemSampler samples a process's memory every 20ms.
 type lbMemSampler struct {
 	once sync.Once
@@ -832,15 +783,15 @@ type lbMemSampler struct {
 }
 
 type lbMemResult struct {
-	first    lbMem
-	peak     lbMem // the sample with the highest VmRSS
-	peakOwn  lbMem // the sample with the highest RssAnon+RssShmem
+	first    harness.Memory
+	peak     harness.Memory // the sample with the highest VmRSS
+	peakOwn  harness.Memory // the sample with the highest RssAnon+RssShmem
 	samples  int
 	timeline []string // per second, the highest VmRSS/own, MiB
 }
 
 func startLBMemSampler(t *testing.T, pid int) *lbMemSampler {
-	first, err := lbReadMem(pid)
+	first, err := harness.ReadMemory(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -863,18 +814,18 @@ func startLBMemSampler(t *testing.T, pid int) *lbMemSampler {
 				return
 			case <-tick.C:
 			}
-			m, err := lbReadMem(pid)
+			m, err := harness.ReadMemory(pid)
 			if err != nil {
 				continue // the process is gone
 			}
 			res.samples++
-			if m.rss > res.peak.rss {
+			if m.RSS > res.peak.RSS {
 				res.peak = m
 			}
-			if m.own() > res.peakOwn.own() {
+			if m.Own() > res.peakOwn.Own() {
 				res.peakOwn = m
 			}
-			secRSS, secOwn = max(secRSS, m.rss), max(secOwn, m.own())
+			secRSS, secOwn = max(secRSS, m.RSS), max(secOwn, m.Own())
 			if time.Since(secStart) >= time.Second {
 				flush()
 			}
@@ -1096,10 +1047,8 @@ type lbCPUTimes struct{ caddy, redis, self time.Duration }
 
 func lbCPU(caddyPid, redisPid int) lbCPUTimes {
 	var c lbCPUTimes
-	c.caddy = lbProcCPU(caddyPid)
-	if redisPid != 0 {
-		c.redis = lbProcCPU(redisPid)
-	}
+	c.caddy = harness.CPUTime(caddyPid)
+	c.redis = harness.CPUTime(redisPid) // 0 without Redis
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		c.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
@@ -1109,22 +1058,6 @@ func lbCPU(caddyPid, redisPid int) lbCPUTimes {
 
 func (c lbCPUTimes) minus(o lbCPUTimes) lbCPUTimes {
 	return lbCPUTimes{c.caddy - o.caddy, c.redis - o.redis, c.self - o.self}
-}
-
-// lbProcCPU is a process's user+system time from /proc/<pid>/stat (clock
-// ticks of 10ms).
-func lbProcCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 // lbCPUPressure is the machine's CPU pressure (PSI "some" over the last 10

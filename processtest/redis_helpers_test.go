@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -188,25 +187,4 @@ func waitQueueEmpty(t *testing.T, c *redis.Client, timeout time.Duration) {
 		q, err := readQueue(c)
 		return err == nil && q.Len == 0 && q.Pending == 0
 	}, func() string { return "queue in Redis not empty after every delivery: " + queueString(c) })
-}
-
-// redisPid asks the test's own redis-server for its process id (the
-// redistest server does not expose its process).
-func redisPid(t *testing.T, c *redis.Client) int {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	info, err := c.Info(ctx, "server").Result()
-	if err != nil {
-		t.Fatalf("INFO server: %v", err)
-	}
-	for line := range strings.SplitSeq(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "process_id:"); ok {
-			if pid, err := strconv.Atoi(v); err == nil {
-				return pid
-			}
-		}
-	}
-	t.Fatalf("no process_id in INFO server:\n%s", info)
-	return 0
 }

@@ -26,7 +26,6 @@
 package processtest
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -206,16 +205,57 @@ func (p *Process) Stop(timeout time.Duration) time.Duration {
 	return time.Since(start)
 }
 
-// Post sends body to url and returns the status and response body.
+// Post sends body to url and returns the status and response body; a
+// transport error fails the test.
 func Post(t testing.TB, url, body string) (int, string) {
 	t.Helper()
+	r := postResp(url, body)
+	if r.Err != nil {
+		t.Fatalf("POST %s: %v", url, r.Err)
+	}
+	return r.Status, r.Body
+}
+
+// response is one answer of the relay.
+type response struct {
+	Status     int
+	Body       string
+	RetryAfter string
+	Took       time.Duration
+	Err        error // transport error; Status is 0
+}
+
+// postResp posts body like Post but returns transport errors and the
+// Retry-After header instead of failing the test.
+func postResp(url, body string) response {
+	start := time.Now()
 	resp, err := httpClient.Post(url, "application/json", strings.NewReader(body))
 	if err != nil {
-		t.Fatalf("POST %s: %v", url, err)
+		return response{Err: err, Took: time.Since(start)}
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(bytes.TrimSpace(b))
+	return response{
+		Status:     resp.StatusCode,
+		Body:       strings.TrimSpace(string(b)),
+		RetryAfter: resp.Header.Get("Retry-After"),
+		Took:       time.Since(start),
+	}
+}
+
+func (r response) String() string {
+	if r.Err != nil {
+		return fmt.Sprintf("error %v after %s", r.Err, r.Took)
+	}
+	return fmt.Sprintf("%d %q (Retry-After %q) in %s", r.Status, r.Body, r.RetryAfter, r.Took)
+}
+
+func (r response) accepted() bool {
+	return r.Status == http.StatusOK && r.Body == `{"status":"accepted"}`
+}
+
+func (r response) duplicate() bool {
+	return r.Status == http.StatusOK && r.Body == `{"status":"duplicate"}`
 }
 
 var httpClient = &http.Client{Timeout: 15 * time.Second}

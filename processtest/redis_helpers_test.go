@@ -4,9 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -90,48 +87,6 @@ func mustQueue(t *testing.T, c *redis.Client) queueState {
 		t.Fatalf("reading the relay's queue from Redis: %v", err)
 	}
 	return q
-}
-
-// response is one answer of the relay.
-type response struct {
-	Status     int
-	Body       string
-	RetryAfter string
-	Took       time.Duration
-	Err        error // transport error; Status is 0
-}
-
-// postResp posts body like Post but returns transport errors and the
-// Retry-After header instead of failing the test.
-func postResp(url, body string) response {
-	start := time.Now()
-	resp, err := httpClient.Post(url, "application/json", strings.NewReader(body))
-	if err != nil {
-		return response{Err: err, Took: time.Since(start)}
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return response{
-		Status:     resp.StatusCode,
-		Body:       strings.TrimSpace(string(b)),
-		RetryAfter: resp.Header.Get("Retry-After"),
-		Took:       time.Since(start),
-	}
-}
-
-func (r response) String() string {
-	if r.Err != nil {
-		return fmt.Sprintf("error %v after %s", r.Err, r.Took)
-	}
-	return fmt.Sprintf("%d %q (Retry-After %q) in %s", r.Status, r.Body, r.RetryAfter, r.Took)
-}
-
-func (r response) accepted() bool {
-	return r.Status == http.StatusOK && r.Body == `{"status":"accepted"}`
-}
-
-func (r response) duplicate() bool {
-	return r.Status == http.StatusOK && r.Body == `{"status":"duplicate"}`
 }
 
 // relayOverview reads the relay's entry in the instance's admin API

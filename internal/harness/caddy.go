@@ -2,7 +2,6 @@ package harness
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -83,15 +82,4 @@ func (c *Caddy) WaitReady(p *Proc, ports []int, timeout time.Duration) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func listening(ports []int) bool {
-	for _, port := range ports {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-		if err != nil {
-			return false
-		}
-		c.Close()
-	}
-	return true
 }

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -30,6 +31,19 @@ func FreePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// listening reports whether every port in ports on 127.0.0.1 accepts a
+// connection.
+func listening(ports []int) bool {
+	for _, port := range ports {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err != nil {
+			return false
+		}
+		c.Close()
+	}
+	return true
 }
 
 // BuildCaddy builds ./cmd/caddy (Caddy, its standard modules and

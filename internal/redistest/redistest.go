@@ -170,11 +170,10 @@ func (s *Server) Pid() int {
 // be gone. Killing a server that is not running does nothing.
 func (s *Server) Kill() {
 	s.mu.Lock()
-	p := s.proc
-	s.proc = nil
-	s.mu.Unlock()
-	if p != nil {
-		p.Kill()
+	defer s.mu.Unlock()
+	if s.proc != nil {
+		s.proc.Kill()
+		s.proc = nil
 	}
 }
 

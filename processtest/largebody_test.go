@@ -1,7 +1,6 @@
 package processtest
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -161,7 +160,7 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 	pid := p.Pid()
 
 	mem := startLBMemSampler(t, pid)
-	var ping *lbPinger
+	var ping *lbWatch[lbPingResult]
 	rpid := 0
 	if srv != nil {
 		rpid = srv.Pid()
@@ -442,30 +441,15 @@ func (s *lbSenders) send(r *lbRecord) {
 	r.sum, r.imageUUID, r.started = sum, image, true
 	s.mu.Unlock()
 	rng := rand.New(rand.NewPCG(s.gen.seed, uint64(r.id)))
-	wait := simBackoffInitial
-	for {
-		if s.attempt(r, body) {
-			return
-		}
-		d := time.Duration(float64(wait) * (1 + simJitter*(2*rng.Float64()-1)))
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-time.After(d):
-		}
-		wait = min(2*wait, lbSenderBackoffMax)
-	}
+	simRetry(s.ctx, rng, lbSenderBackoffMax, func() bool { return s.attempt(r, body) })
 }
 
 // attempt posts the body once and reports whether it was acknowledged.
 func (s *lbSenders) attempt(r *lbRecord, body []byte) bool {
-	req, err := http.NewRequestWithContext(s.ctx, http.MethodPost, s.url, bytes.NewReader(body))
-	if err != nil {
-		s.t.Errorf("building request: %v", err)
+	req := simRequest(s.t, s.ctx, s.url, body)
+	if req == nil {
 		return false
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "Runware-Webhook-Sim/1.0")
 	resp, err := s.client.Do(req)
 	var answer []byte
 	if err == nil {
@@ -775,11 +759,27 @@ func fmtOverview(ov relayOverviewEntry) string {
 		ov.Backlog, ov.InFlight, ov.DeadLetters, ov.Requests, ov.Deliveries)
 }
 
-// lbMemSampler samples a process's memory every 20ms.
-type lbMemSampler struct {
+// lbWatch runs a measurement in its own goroutine while the test runs:
+// the memory sampler, the pinger.
+type lbWatch[R any] struct {
 	once sync.Once
 	quit chan struct{}
-	done chan lbMemResult
+	done chan R
+}
+
+// startLBWatch runs measure until stop, or the test's end, closes quit;
+// measure then returns its result.
+func startLBWatch[R any](t *testing.T, measure func(quit <-chan struct{}) R) *lbWatch[R] {
+	w := &lbWatch[R]{quit: make(chan struct{}), done: make(chan R, 1)}
+	go func() { w.done <- measure(w.quit) }()
+	t.Cleanup(func() { w.once.Do(func() { close(w.quit) }) })
+	return w
+}
+
+// stop ends the measurement and returns its result.
+func (w *lbWatch[R]) stop() R {
+	w.once.Do(func() { close(w.quit) })
+	return <-w.done
 }
 
 type lbMemResult struct {
@@ -790,13 +790,13 @@ type lbMemResult struct {
 	timeline []string // per second, the highest VmRSS/own, MiB
 }
 
-func startLBMemSampler(t *testing.T, pid int) *lbMemSampler {
+// startLBMemSampler samples a process's memory every 20ms.
+func startLBMemSampler(t *testing.T, pid int) *lbWatch[lbMemResult] {
 	first, err := harness.ReadMemory(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &lbMemSampler{quit: make(chan struct{}), done: make(chan lbMemResult, 1)}
-	go func() {
+	return startLBWatch(t, func(quit <-chan struct{}) lbMemResult {
 		res := lbMemResult{first: first, peak: first, peakOwn: first}
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
@@ -808,10 +808,9 @@ func startLBMemSampler(t *testing.T, pid int) *lbMemSampler {
 		}
 		for {
 			select {
-			case <-s.quit:
+			case <-quit:
 				flush()
-				s.done <- res
-				return
+				return res
 			case <-tick.C:
 			}
 			m, err := harness.ReadMemory(pid)
@@ -830,17 +829,23 @@ func startLBMemSampler(t *testing.T, pid int) *lbMemSampler {
 				flush()
 			}
 		}
-	}()
-	t.Cleanup(func() { s.once.Do(func() { close(s.quit) }) })
-	return s
+	})
 }
 
-func (s *lbMemSampler) stop() lbMemResult {
-	s.once.Do(func() { close(s.quit) })
-	return <-s.done
+// lbPingResult is what the pinger measured (see startLBPinger).
+type lbPingResult struct {
+	n, errs, slow                  int // slow: busy over lbMaxPing
+	client, wire, busy             time.Duration
+	busyAt                         time.Time
+	busyWire, busyWaited, busyUsed time.Duration // the busiest PING's wire time, Redis's wait for a CPU and CPU time
+	busyP50, busyP99, clientP99    time.Duration
+	// lateWake is the most a wake-up between two PINGs came late: how
+	// long this process (scheduling, GC) can leave the pinger waiting.
+	lateWake time.Duration
+	noStamp  int // answers without a kernel timestamp (timed on reading)
 }
 
-// lbPinger PINGs Redis every lbPingEvery on its own connection. Each PING
+// startLBPinger PINGs Redis every lbPingEvery on its own connection. Each PING
 // is timed three ways:
 //
 //   - client: from just before the write until this process has read the
@@ -857,27 +862,8 @@ func (s *lbMemSampler) stop() lbMemResult {
 //     writes, does not: the relay cannot help those, and on a shared
 //     2-CPU machine they alone reach seconds. The wire and client times
 //     and Redis's own LATENCY LATEST are logged next to it.
-type lbPinger struct {
-	once sync.Once
-	quit chan struct{}
-	done chan lbPingResult
-}
-
-type lbPingResult struct {
-	n, errs, slow                  int // slow: busy over lbMaxPing
-	client, wire, busy             time.Duration
-	busyAt                         time.Time
-	busyWire, busyWaited, busyUsed time.Duration // the busiest PING's wire time, Redis's wait for a CPU and CPU time
-	busyP50, busyP99, clientP99    time.Duration
-	// lateWake is the most a wake-up between two PINGs came late: how
-	// long this process (scheduling, GC) can leave the pinger waiting.
-	lateWake time.Duration
-	noStamp  int // answers without a kernel timestamp (timed on reading)
-}
-
-func startLBPinger(t *testing.T, addr string, redisPid int) *lbPinger {
-	p := &lbPinger{quit: make(chan struct{}), done: make(chan lbPingResult, 1)}
-	go func() {
+func startLBPinger(t *testing.T, addr string, redisPid int) *lbWatch[lbPingResult] {
+	return startLBWatch(t, func(quit <-chan struct{}) lbPingResult {
 		var res lbPingResult
 		var busy, client []time.Duration
 		var conn *lbPingConn
@@ -889,15 +875,14 @@ func startLBPinger(t *testing.T, addr string, redisPid int) *lbPinger {
 		for {
 			wake := time.Now().Add(lbPingEvery)
 			select {
-			case <-p.quit:
+			case <-quit:
 				sort.Slice(busy, func(i, j int) bool { return busy[i] < busy[j] })
 				sort.Slice(client, func(i, j int) bool { return client[i] < client[j] })
 				if len(busy) > 0 {
 					res.busyP50, res.busyP99 = busy[len(busy)/2], busy[min(len(busy)-1, len(busy)*99/100)]
 					res.clientP99 = client[min(len(client)-1, len(client)*99/100)]
 				}
-				p.done <- res
-				return
+				return res
 			case <-time.After(lbPingEvery):
 			}
 			res.lateWake = max(res.lateWake, time.Since(wake))
@@ -930,14 +915,7 @@ func startLBPinger(t *testing.T, addr string, redisPid int) *lbPinger {
 				res.slow++
 			}
 		}
-	}()
-	t.Cleanup(func() { p.once.Do(func() { close(p.quit) }) })
-	return p
-}
-
-func (p *lbPinger) stop() lbPingResult {
-	p.once.Do(func() { close(p.quit) })
-	return <-p.done
+	})
 }
 
 // lbPingConn is a connection to Redis whose socket has the kernel stamp

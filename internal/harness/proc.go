@@ -22,16 +22,16 @@ type Proc struct {
 
 // Start starts cmd with its stdout and stderr appended to the file logPath
 // (a process restarted on the same log adds to it) and returns at once.
-// The child gets SIGKILL if this process dies first, so a test binary that
-// times out or a bench stopped with ^C leaves no Caddy or redis-server
-// behind.
+// On Linux the child gets SIGKILL if this process dies first, so a test
+// binary that times out or a bench stopped with ^C leaves no Caddy or
+// redis-server behind.
 func Start(cmd *exec.Cmd, logPath string) (*Proc, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = dieWithParent()
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("starting %s: %v", strings.Join(cmd.Args, " "), err)
@@ -140,7 +140,8 @@ type Memory struct {
 
 // Own is what the process itself allocated: VmRSS without the pages of the
 // files it maps (its binary, bbolt's database file), which are page cache
-// the kernel reclaims under pressure. It is what max_memory bounds.
+// the kernel reclaims under pressure. The large-body test checks it
+// against max_memory.
 func (m Memory) Own() int { return m.Anon + m.Shmem }
 
 // ReadMemory reads process pid's memory.

@@ -9,8 +9,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
 )
 
 // Large bodies (-body-size): what only that mode needs.

@@ -7,11 +7,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
 )
 
 // Large bodies (-body-size): what only that mode needs.
@@ -30,7 +30,7 @@ func emptyBurstStores(active []*target, e env) error {
 				return fmt.Errorf("emptying %s: %v", t.name, err)
 			}
 		case "redis":
-			if err := unlinkRelayKeys(e.redisPort, t.name); err != nil {
+			if err := unlinkRelayKeys(e.redisAddr, t.name); err != nil {
 				return fmt.Errorf("emptying %s in Redis: %v", t.name, err)
 			}
 		}
@@ -40,8 +40,8 @@ func emptyBurstStores(active []*target, e env) error {
 
 // unlinkRelayKeys removes every key of relay name (default key prefix:
 // they all carry the hash tag {webhook_relay:<name>}).
-func unlinkRelayKeys(port int, name string) error {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port), ReadTimeout: 30 * time.Second})
+func unlinkRelayKeys(addr, name string) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, ReadTimeout: 30 * time.Second})
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -61,23 +61,23 @@ func unlinkRelayKeys(port int, name string) error {
 	return c.Unlink(ctx, keys...).Err() // freed in the background, not in Redis's main thread
 }
 
-// peakRSS is the process's peak resident set size so far (VmHWM), in KiB.
-func (p *proc) peakRSS() int { return p.status("VmHWM") }
+// memory is process pid's memory now; zero when it cannot be read.
+func memory(pid int) harness.Memory {
+	m, _ := harness.ReadMemory(pid)
+	return m
+}
 
-// rss is the process's resident set size now (VmRSS), in KiB.
-func (p *proc) rss() int { return p.status("VmRSS") }
-
-// sampleOwn samples the process's own memory (RssAnon+RssShmem: VmRSS
+// sampleOwn samples process pid's own memory (RssAnon+RssShmem: VmRSS
 // without mapped files) every interval until the returned function is
 // called, which returns the peak in KiB.
-func (p *proc) sampleOwn(interval time.Duration) func() int {
+func sampleOwn(pid int, interval time.Duration) func() int {
 	stop, done := make(chan struct{}), make(chan int, 1)
 	go func() {
 		peak := 0
 		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for {
-			peak = max(peak, p.status("RssAnon")+p.status("RssShmem"))
+			peak = max(peak, memory(pid).Own())
 			select {
 			case <-stop:
 				done <- peak
@@ -87,23 +87,4 @@ func (p *proc) sampleOwn(interval time.Duration) func() int {
 		}
 	}()
 	return func() int { close(stop); return <-done }
-}
-
-// status reads a "<field>: <n> kB" line of /proc/<pid>/status; 0 when it
-// cannot.
-func (p *proc) status(field string) int {
-	if p == nil {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return n
-		}
-	}
-	return 0
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
+	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
 )
 
 const secret = "bench-secret"
@@ -75,7 +76,7 @@ type env struct {
 	dir       string
 	upstream  string // host:port of the counting upstream
 	deadPort  int    // nothing listens here
-	redisPort int
+	redisAddr string // host:port of the private redis-server
 	// deliveryConcurrency is the live relays' concurrency setting
 	deliveryConcurrency int
 	// large: -body-size was given
@@ -109,7 +110,7 @@ func (t *target) site(e env) string {
 		case "bolt":
 			fmt.Fprintf(&b, "\t\tstore bolt %s\n", filepath.Join(e.dir, t.name+".db"))
 		case "redis":
-			fmt.Fprintf(&b, "\t\tstore redis redis://127.0.0.1:%d\n", e.redisPort)
+			fmt.Fprintf(&b, "\t\tstore redis redis://%s\n", e.redisAddr)
 		}
 		if !t.live {
 			b.WriteString("\t\tmax_backlog 10000000\n") // a burst must never 503 (large bodies: see -burst-budget)
@@ -121,10 +122,6 @@ func (t *target) site(e env) string {
 	}
 	b.WriteString("}\n")
 	return b.String()
-}
-
-func globalOptions(adminPort int) string {
-	return fmt.Sprintf("{\n\tadmin localhost:%d\n\tauto_https off\n\tgrace_period 5s\n\tpersist_config off\n}\n\n", adminPort)
 }
 
 func main() { os.Exit(run()) }
@@ -199,7 +196,7 @@ func run() int {
 	}
 
 	fmt.Fprintln(os.Stderr, "building ./cmd/caddy ...")
-	bin, err := buildCaddy(dir)
+	bin, err := harness.BuildCaddy(dir)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -216,24 +213,26 @@ func run() int {
 	if e.deliveryConcurrency <= 0 {
 		e.deliveryConcurrency = *conns
 	}
-	if e.deadPort, err = freePort(); err != nil {
+	if e.deadPort, err = harness.FreePort(); err != nil {
 		return fail("%v", err)
 	}
-	var redis *proc
+	redisPid := 0 // the private redis-server's, for its CPU time and memory
 	if slices.ContainsFunc(active, func(t *target) bool { return t.store == "redis" }) {
-		var port int
-		redis, port, err = startRedis(dir, *redisAOF)
+		srv, err := startRedis(dir, *redisAOF)
 		if err != nil {
 			return fail("%v", err)
 		}
-		defer redis.stop(10 * time.Second)
-		e.redisPort = port
+		defer srv.Kill()
+		e.redisAddr, redisPid = srv.Addr(), srv.Pid()
 		fmt.Printf("redis: %s (appendonly %v)\n", commandOutput("redis-server", "--version"), *redisAOF)
 	}
-	adminPort, err := freePort()
+	adminPort, err := harness.FreePort()
 	if err != nil {
 		return fail("%v", err)
 	}
+	// Caddy's home is the run's temporary directory: its data and config
+	// directories stay inside it.
+	c := &harness.Caddy{Bin: bin, Home: dir, AdminPort: adminPort, GracePeriod: 5 * time.Second}
 
 	// Check each site on its own, so a store that is not built yet skips
 	// its targets instead of failing the run.
@@ -241,15 +240,15 @@ func run() int {
 	var ports []int
 	ok := active[:0:0]
 	for _, t := range active {
-		if t.port, err = freePort(); err != nil {
+		if t.port, err = harness.FreePort(); err != nil {
 			return fail("%v", err)
 		}
-		cf := globalOptions(adminPort) + t.site(e)
+		cf := c.Config(t.site(e))
 		path := filepath.Join(dir, "check-"+t.name+".Caddyfile")
 		if err := os.WriteFile(path, []byte(cf), 0o644); err != nil {
 			return fail("%v", err)
 		}
-		if err := validateCaddyfile(bin, dir, path); err != nil {
+		if err := validateCaddyfile(c, path); err != nil {
 			if t.store == "" {
 				return fail("target %s does not validate: %v", t.name, err)
 			}
@@ -265,18 +264,16 @@ func run() int {
 		return fail("no target left to run")
 	}
 	caddyfile := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(caddyfile, []byte(globalOptions(adminPort)+sites.String()), 0o644); err != nil {
+	if err := os.WriteFile(caddyfile, []byte(c.Config(sites.String())), 0o644); err != nil {
 		return fail("%v", err)
 	}
 	// A fresh Caddy process for every measurement: what one target leaves
 	// behind (the memory store's heap, a backlog being retried) must not
 	// cost the next target CPU. bolt and redis queues survive the restarts,
 	// so the delivery check at the end sees them all.
-	var caddy *proc
+	var caddy *harness.Proc
 	restart := func() error {
-		if caddy != nil {
-			caddy.stop(20 * time.Second)
-		}
+		stopCaddy(caddy, 20*time.Second)
 		if large {
 			// What a burst target stored is never delivered (its upstream
 			// is down); with large bodies it is gigabytes. Start empty.
@@ -285,14 +282,10 @@ func run() int {
 			}
 		}
 		var err error
-		caddy, err = startCaddy(bin, dir, caddyfile, adminPort, ports)
+		caddy, err = startCaddy(c, caddyfile, ports)
 		return err
 	}
-	defer func() {
-		if caddy != nil {
-			caddy.stop(20 * time.Second)
-		}
-	}()
+	defer func() { stopCaddy(caddy, 20*time.Second) }()
 
 	gen := &payloads{run: rand.Uint32()}
 	if large {
@@ -323,14 +316,14 @@ func run() int {
 					saveProfile(ctx, adminPort, *warmup, *duration, filepath.Join(dir, "pprof", t.name+".pprof"))
 				}()
 			}
-			caddy0, redis0 := caddy.cpuTime(), redis.cpuTime()
+			caddy0, redis0 := harness.CPUTime(caddy.Pid()), harness.CPUTime(redisPid)
 			var maxAcked int64
 			var ownPeak func() int
 			if large {
 				if !t.live && t.store != "" {
 					maxAcked = max(1, int64(burstBudget/uint64(gen.bodyLen(1))))
 				}
-				ownPeak = caddy.sampleOwn(50 * time.Millisecond)
+				ownPeak = sampleOwn(caddy.Pid(), 50*time.Millisecond)
 			}
 			res := runLoad(ctx, t.url(), *conns, *warmup, *duration, gen, maxAcked)
 			// Large bodies can be refused (503 at max_memory): count only
@@ -358,17 +351,17 @@ func run() int {
 				line += fmt.Sprintf("  drained in %.1fs", d.Seconds())
 			}
 			if res.total > 0 {
-				c := cpuCost{(caddy.cpuTime() - caddy0) / time.Duration(res.total), (redis.cpuTime() - redis0) / time.Duration(res.total)}
-				t.cpu = append(t.cpu, c)
-				line += "  CPU/req " + c.String(t.store == "redis")
+				cost := cpuCost{(harness.CPUTime(caddy.Pid()) - caddy0) / time.Duration(res.total), (harness.CPUTime(redisPid) - redis0) / time.Duration(res.total)}
+				t.cpu = append(t.cpu, cost)
+				line += "  CPU/req " + cost.String(t.store == "redis")
 			}
 			if large {
-				rss, own := caddy.peakRSS(), ownPeak()
+				rss, own := memory(caddy.Pid()).HWM, ownPeak()
 				t.rss = append(t.rss, rss)
 				t.own = append(t.own, own)
 				line += fmt.Sprintf("  200/s %.0f  RSS peak %s (own %s)", res.okps(), mib(rss), mib(own))
 				if t.store == "redis" {
-					line += fmt.Sprintf(" (redis-server now %s)", mib(redis.rss()))
+					line += fmt.Sprintf(" (redis-server now %s)", mib(memory(redisPid).RSS))
 				}
 				if len(res.codes) > 0 {
 					line += "  non-200 by status (whole run): " + fmtCodes(res.codes)
@@ -559,7 +552,7 @@ func saveProfile(ctx context.Context, adminPort int, warmup, window time.Duratio
 		return
 	}
 	secs := max(1, int(window/time.Second))
-	url := fmt.Sprintf("http://localhost:%d/debug/pprof/profile?seconds=%d", adminPort, secs)
+	url := fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", adminPort, secs)
 	client := &http.Client{Timeout: time.Duration(secs)*time.Second + 15*time.Second}
 	resp, err := client.Get(url)
 	if err != nil {

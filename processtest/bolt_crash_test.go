@@ -146,7 +146,8 @@ func TestBoltSecondProcessFailsFast(t *testing.T) {
 	first := in.Start(relaySite(up))
 
 	// same data directory, other ports
-	second := &Instance{t: t, Home: in.Home, HTTPPort: FreePort(t), AdminPort: FreePort(t), GracePeriod: in.GracePeriod}
+	second := NewInstance(t)
+	second.Home = in.Home
 	start := time.Now()
 	p := second.Spawn("run", "--config", second.WriteCaddyfile(relaySite(up)), "--adapter", "caddyfile")
 	err := p.Wait(20 * time.Second)
@@ -185,7 +186,7 @@ func TestBoltValidateNextToRunning(t *testing.T) {
 	v := in.Spawn("validate", "--config", in.WriteCaddyfile(relaySite(up)), "--adapter", "caddyfile")
 	err := v.Wait(20 * time.Second)
 	took := time.Since(start)
-	t.Logf("caddy validate next to a running instance: %s, exit %v; output:\n%s", took, err, lastLines(v.Log(), 3))
+	t.Logf("caddy validate next to a running instance: %s, exit %v; output:\n%s", took, err, v.Tail(3))
 	if took > 10*time.Second {
 		t.Errorf("caddy validate took %s", took)
 	}
@@ -198,9 +199,4 @@ func TestBoltValidateNextToRunning(t *testing.T) {
 	}
 	waitDelivered(t, up, 2, 10*time.Second)
 	p.Stop(15 * time.Second)
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

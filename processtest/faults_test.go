@@ -9,13 +9,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
 )
 
@@ -231,7 +231,7 @@ func faultReloadCLI(t *testing.T, n *faultNode) {
 	t.Helper()
 	p := n.in.Spawn("reload", "--config", n.in.WriteCaddyfile(n.site), "--adapter", "caddyfile", "--force")
 	if err := p.Wait(30 * time.Second); err != nil {
-		t.Errorf("caddy reload on %s: %v\n%s", n.name, err, lastLines(p.Log(), 5))
+		t.Errorf("caddy reload on %s: %v\n%s", n.name, err, p.Tail(5))
 	}
 }
 
@@ -389,16 +389,8 @@ func TestFaultsRedis(t *testing.T) {
 
 // vmRSS reads a process's resident set size in KiB from /proc.
 func vmRSS(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+	m, err := harness.ReadMemory(pid)
+	return m.RSS, err
 }
 
 // With the upstream down and max_backlog 50, the relay accepts exactly 50
@@ -418,7 +410,7 @@ func TestBackpressure(t *testing.T) {
 	up := NewChaosUpstream(t, seed) // down: not started
 	in := NewInstance(t)
 	p := in.Start(faultSite(up, "bolt", fmt.Sprintf("max_backlog %d", capacity)))
-	pid := p.cmd.Process.Pid
+	pid := p.Pid()
 
 	sim := NewSim(t, SimConfig{Seed: seed, Targets: func() []string { return []string{in.URL("/hook")} }})
 	rng := rand.New(rand.NewPCG(seed, 2))

@@ -3,19 +3,21 @@
 // process shows: kill -9, graceful stop, a second process on the same files,
 // `caddy validate` next to a running instance.
 //
-// The harness, in this file, is meant to be reused (e.g. for tests with
-// several instances on one Redis):
+// The processes themselves are internal/harness's (the bench runs the same
+// ones) and Redis is internal/redistest's; this file puts them in test
+// terms, failing the test instead of returning errors:
 //
 //   - TestMain builds the binary once per `go test` run (caddyBinary).
-//   - NewInstance gives one Caddy "installation": its own HOME and XDG
-//     directories (so caddy.AppDataDir() is private to it), its own free
-//     HTTP and admin ports. Instances that should share data (a restart, a
-//     second process on the same files) share an Instance, or its Home.
+//   - NewInstance gives one Caddy "installation" (a harness.Caddy): its own
+//     HOME and XDG directories (so caddy.AppDataDir() is private to it), its
+//     own free HTTP and admin ports. Instances that should share data (a
+//     restart, a second process on the same files) share an Instance, or
+//     its Home.
 //   - Instance.Start writes the Caddyfile (global options for the admin
 //     port, no HTTPS, grace_period added by the harness) and runs
 //     `caddy run`, waiting until both the admin endpoint and the HTTP port
 //     answer. Process.Kill is SIGKILL, Process.Stop is SIGTERM and waits.
-//     Each process's stderr goes to a file that is printed if the test fails.
+//     Each process's output goes to a file that is printed if the test fails.
 //   - NewUpstream is a recording upstream on 127.0.0.1 that can be stopped
 //     and started again on the same port, answers a chosen status after a
 //     chosen delay, and counts deliveries by Idempotency-Key.
@@ -24,10 +26,10 @@
 package processtest
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -39,6 +41,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
 )
 
 // caddyBinary is the path of the Caddy built by TestMain.
@@ -55,12 +59,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	caddyBinary = filepath.Join(dir, "caddy")
-	// the module root is the parent of this package's directory
-	build := exec.Command("go", "build", "-o", caddyBinary, "./cmd/caddy")
-	build.Dir = ".."
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if caddyBinary, err = harness.BuildCaddy(dir); err != nil {
 		fmt.Fprintln(os.Stderr, "processtest: building caddy:", err)
 		return 1
 	}
@@ -70,12 +69,11 @@ func run(m *testing.M) int {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := harness.FreePort()
 	if err != nil {
 		t.Fatalf("finding a free port: %v", err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // Eventually polls cond every 20ms until it is true or timeout passes, then
@@ -93,15 +91,12 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format st
 
 // Instance is one Caddy installation: a private home and data directory
 // and a pair of ports. Start it, stop or kill it, start it again: the data
-// directory stays.
+// directory stays. Home, AdminPort, GracePeriod (default 2s) and DataDir
+// are harness.Caddy's.
 type Instance struct {
-	t         testing.TB
-	Home      string // HOME; XDG_DATA_HOME is Home/data, XDG_CONFIG_HOME Home/config
-	HTTPPort  int
-	AdminPort int
-	// GracePeriod is Caddy's grace_period global option: how long the HTTP
-	// servers wait for running requests at shutdown. Default 2s.
-	GracePeriod time.Duration
+	harness.Caddy
+	t        testing.TB
+	HTTPPort int
 
 	runs atomic.Int32
 }
@@ -109,39 +104,20 @@ type Instance struct {
 // NewInstance makes an instance with fresh directories and free ports.
 func NewInstance(t testing.TB) *Instance {
 	return &Instance{
-		t:           t,
-		Home:        t.TempDir(),
-		HTTPPort:    FreePort(t),
-		AdminPort:   FreePort(t),
-		GracePeriod: 2 * time.Second,
+		Caddy: harness.Caddy{
+			Bin:         caddyBinary,
+			Home:        t.TempDir(),
+			AdminPort:   FreePort(t),
+			GracePeriod: 2 * time.Second,
+		},
+		t:        t,
+		HTTPPort: FreePort(t),
 	}
 }
-
-// DataDir is what caddy.AppDataDir() is in this instance's processes.
-func (in *Instance) DataDir() string { return filepath.Join(in.Home, "data", "caddy") }
 
 // URL is the instance's HTTP address plus path.
 func (in *Instance) URL(path string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%s", in.HTTPPort, path)
-}
-
-// Env is the environment Caddy runs with: the host's, with HOME and the XDG
-// directories moved into the instance.
-func (in *Instance) Env() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		switch strings.SplitN(kv, "=", 2)[0] {
-		case "HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME":
-			continue
-		}
-		env = append(env, kv)
-	}
-	return append(env,
-		"HOME="+in.Home,
-		"XDG_DATA_HOME="+filepath.Join(in.Home, "data"),
-		"XDG_CONFIG_HOME="+filepath.Join(in.Home, "config"),
-		"XDG_CACHE_HOME="+filepath.Join(in.Home, "cache"),
-	)
 }
 
 // WriteCaddyfile writes the global options the harness needs followed by
@@ -150,8 +126,7 @@ func (in *Instance) Env() []string {
 func (in *Instance) WriteCaddyfile(sites string) string {
 	in.t.Helper()
 	n := in.runs.Add(1)
-	cfg := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period %s\n}\n\n%s\n",
-		in.AdminPort, in.GracePeriod, strings.ReplaceAll(sites, "{http_port}", fmt.Sprint(in.HTTPPort)))
+	cfg := in.Config(strings.ReplaceAll(sites, "{http_port}", fmt.Sprint(in.HTTPPort)))
 	path := filepath.Join(in.Home, fmt.Sprintf("Caddyfile.%d", n))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		in.t.Fatal(err)
@@ -159,15 +134,12 @@ func (in *Instance) WriteCaddyfile(sites string) string {
 	return path
 }
 
-// Process is one running `caddy run`.
+// Process is one running `caddy run` (or another caddy command): a
+// harness.Proc (Pid, Exited, Kill, Log, Tail) whose waits fail the test.
 type Process struct {
-	t      testing.TB
-	in     *Instance
-	cmd    *exec.Cmd
-	Stderr string // file holding the process's stderr (Caddy's log)
-
-	exited  chan struct{}
-	waitErr error
+	*harness.Proc
+	t  testing.TB
+	in *Instance
 }
 
 // Start runs `caddy run` with sites (see WriteCaddyfile) and waits until it
@@ -185,96 +157,38 @@ func (in *Instance) Start(sites string) *Process {
 func (in *Instance) Spawn(args ...string) *Process {
 	in.t.Helper()
 	t := in.t
-	stderrPath := filepath.Join(in.Home, fmt.Sprintf("caddy-%d-%s.log", in.runs.Add(1), args[0]))
-	f, err := os.Create(stderrPath)
+	logPath := filepath.Join(in.Home, fmt.Sprintf("caddy-%d-%s.log", in.runs.Add(1), args[0]))
+	hp, err := harness.Start(in.Command(args...), logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(caddyBinary, args...)
-	cmd.Env = in.Env()
-	cmd.Dir = in.Home
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("starting caddy %s: %v", strings.Join(args, " "), err)
-	}
-	p := &Process{t: t, in: in, cmd: cmd, Stderr: stderrPath, exited: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		f.Close()
-		close(p.exited)
-	}()
+	p := &Process{Proc: hp, t: t, in: in}
 	t.Cleanup(func() {
 		p.Kill()
 		if t.Failed() {
-			t.Logf("caddy %s, pid %d, log %s:\n%s", strings.Join(args, " "), cmd.Process.Pid, stderrPath, p.Log())
+			t.Logf("caddy %s, pid %d, log %s:\n%s", strings.Join(args, " "), p.Pid(), logPath, p.Log())
 		}
 	})
 	return p
-}
-
-// Log returns what the process wrote to stderr and stdout so far.
-func (p *Process) Log() string {
-	b, _ := os.ReadFile(p.Stderr)
-	return string(b)
-}
-
-// Exited reports whether the process has ended.
-func (p *Process) Exited() bool {
-	select {
-	case <-p.exited:
-		return true
-	default:
-		return false
-	}
 }
 
 // Wait waits up to timeout for the process to exit and returns its exit
 // error (nil for status 0); it fails the test on timeout.
 func (p *Process) Wait(timeout time.Duration) error {
 	p.t.Helper()
-	select {
-	case <-p.exited:
-		return p.waitErr
-	case <-time.After(timeout):
-		p.t.Fatalf("caddy (pid %d) still running after %s", p.cmd.Process.Pid, timeout)
-		return nil
+	if !p.Proc.Wait(timeout) {
+		p.t.Fatalf("caddy (pid %d) still running after %s", p.Pid(), timeout)
 	}
+	return p.Err()
 }
 
 // WaitReady waits until the admin endpoint answers /config/ and the HTTP
 // port accepts connections, failing early if the process exits.
 func (p *Process) WaitReady(timeout time.Duration) {
 	p.t.Helper()
-	admin := fmt.Sprintf("http://127.0.0.1:%d/config/", p.in.AdminPort)
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", p.in.HTTPPort)
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(timeout)
-	for {
-		if p.Exited() {
-			p.t.Fatalf("caddy exited before it was ready (%v):\n%s", p.waitErr, p.Log())
-		}
-		if resp, err := client.Get(admin); err == nil {
-			resp.Body.Close()
-			if c, err := net.DialTimeout("tcp", httpAddr, time.Second); err == nil && resp.StatusCode == http.StatusOK {
-				c.Close()
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("caddy not ready after %s:\n%s", timeout, p.Log())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := p.in.WaitReady(p.Proc, []int{p.in.HTTPPort}, timeout); err != nil {
+		p.t.Fatalf("%v:\n%s", err, p.Log())
 	}
-}
-
-// Kill sends SIGKILL (kill -9) and waits for the process to be gone.
-func (p *Process) Kill() {
-	if p.Exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.exited
 }
 
 // Stop sends SIGTERM (a graceful stop), waits up to timeout for the exit
@@ -282,7 +196,7 @@ func (p *Process) Kill() {
 func (p *Process) Stop(timeout time.Duration) time.Duration {
 	p.t.Helper()
 	start := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !p.Exited() {
+	if err := p.Signal(syscall.SIGTERM); err != nil && !p.Exited() {
 		p.t.Fatalf("SIGTERM: %v", err)
 	}
 	if err := p.Wait(timeout); err != nil {
@@ -291,16 +205,57 @@ func (p *Process) Stop(timeout time.Duration) time.Duration {
 	return time.Since(start)
 }
 
-// Post sends body to url and returns the status and response body.
+// Post sends body to url and returns the status and response body; a
+// transport error fails the test.
 func Post(t testing.TB, url, body string) (int, string) {
 	t.Helper()
+	r := postResp(url, body)
+	if r.Err != nil {
+		t.Fatalf("POST %s: %v", url, r.Err)
+	}
+	return r.Status, r.Body
+}
+
+// response is one answer of the relay.
+type response struct {
+	Status     int
+	Body       string
+	RetryAfter string
+	Took       time.Duration
+	Err        error // transport error; Status is 0
+}
+
+// postResp posts body like Post but returns transport errors and the
+// Retry-After header instead of failing the test.
+func postResp(url, body string) response {
+	start := time.Now()
 	resp, err := httpClient.Post(url, "application/json", strings.NewReader(body))
 	if err != nil {
-		t.Fatalf("POST %s: %v", url, err)
+		return response{Err: err, Took: time.Since(start)}
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(bytes.TrimSpace(b))
+	return response{
+		Status:     resp.StatusCode,
+		Body:       strings.TrimSpace(string(b)),
+		RetryAfter: resp.Header.Get("Retry-After"),
+		Took:       time.Since(start),
+	}
+}
+
+func (r response) String() string {
+	if r.Err != nil {
+		return fmt.Sprintf("error %v after %s", r.Err, r.Took)
+	}
+	return fmt.Sprintf("%d %q (Retry-After %q) in %s", r.Status, r.Body, r.RetryAfter, r.Took)
+}
+
+func (r response) accepted() bool {
+	return r.Status == http.StatusOK && r.Body == `{"status":"accepted"}`
+}
+
+func (r response) duplicate() bool {
+	return r.Status == http.StatusOK && r.Body == `{"status":"duplicate"}`
 }
 
 var httpClient = &http.Client{Timeout: 15 * time.Second}
@@ -425,11 +380,7 @@ func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 func (u *Upstream) Delivered() map[string]int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	out := make(map[string]int, len(u.delivered))
-	for k, n := range u.delivered {
-		out[k] = n
-	}
-	return out
+	return maps.Clone(u.delivered)
 }
 
 // Attempts returns how many requests reached the upstream, and how many are

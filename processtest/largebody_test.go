@@ -1,7 +1,6 @@
 package processtest
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -25,6 +24,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
 )
 
@@ -130,15 +130,10 @@ func TestLargeBodyBolt(t *testing.T) {
 var lbAppendfsync = flag.String("largebody.appendfsync", "off", "TestLargeBodyRedis: Redis's appendfsync (always, everysec, no), or \"off\" for no AOF at all")
 
 func TestLargeBodyRedis(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{AOF: *lbAppendfsync != "off"})
+	srv := redistest.Start(t, redistest.Options{AOF: *lbAppendfsync != "off", Appendfsync: *lbAppendfsync})
 	rc := inspector(t, srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if *lbAppendfsync != "off" {
-		if err := rc.ConfigSet(ctx, "appendfsync", *lbAppendfsync).Err(); err != nil {
-			t.Fatalf("CONFIG SET appendfsync %s: %v", *lbAppendfsync, err)
-		}
-	}
 	// Redis's own view of what blocked its event loop, for the report.
 	for k, v := range map[string]string{"latency-monitor-threshold": "20", "slowlog-log-slower-than": "20000", "slowlog-max-len": "4096"} {
 		if err := rc.ConfigSet(ctx, k, v).Err(); err != nil {
@@ -162,13 +157,13 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 	}
 	in := NewInstance(t)
 	p := in.Start(lbSite(up, store))
-	pid := p.cmd.Process.Pid
+	pid := p.Pid()
 
 	mem := startLBMemSampler(t, pid)
-	var ping *lbPinger
+	var ping *lbWatch[lbPingResult]
 	rpid := 0
 	if srv != nil {
-		rpid = redisPid(t, inspector(t, srv))
+		rpid = srv.Pid()
 		ping = startLBPinger(t, srv.Addr(), rpid)
 	}
 	cpu0 := lbCPU(pid, rpid)
@@ -226,7 +221,7 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 	if ping != nil {
 		pr = ping.stop()
 	}
-	final, err := lbReadMem(pid)
+	final, err := harness.ReadMemory(pid)
 	if err != nil {
 		t.Fatalf("reading /proc/%d/status: %v", pid, err)
 	}
@@ -271,8 +266,8 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 		storeName, maxFirst.Round(time.Millisecond), maxDelivered.Round(time.Millisecond),
 		cpu.caddy.Round(10*time.Millisecond), cpu.redis.Round(10*time.Millisecond), cpu.self.Round(10*time.Millisecond), lbCPUPressure())
 	t.Logf("%s: Caddy memory (MiB): own (RssAnon+RssShmem, checked) before traffic %.0f, peak %.0f; VmRSS before %.0f, peak %.0f (VmHWM %.0f; at that sample file-backed %.0f), at the end %.0f; %d samples every 20ms; per second, peak VmRSS/own: %v",
-		storeName, mib(memRes.first.own()), mib(memRes.peakOwn.own()), mib(memRes.first.rss), mib(memRes.peak.rss),
-		mib(final.hwm), mib(memRes.peak.file), mib(final.rss), memRes.samples, memRes.timeline)
+		storeName, mib(memRes.first.Own()), mib(memRes.peakOwn.Own()), mib(memRes.first.RSS), mib(memRes.peak.RSS),
+		mib(final.HWM), mib(memRes.peak.File), mib(final.RSS), memRes.samples, memRes.timeline)
 	pingMax := "-"
 	if ping != nil {
 		pingMax = fmt.Sprintf("%s (client-observed %s)", ms(pr.busy), ms(pr.client))
@@ -283,8 +278,8 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 		t.Logf("%s: Redis SLOWLOG (commands over 20ms): %s", storeName, lbRedisSlowlog(t, srv))
 	}
 	t.Logf("RESULT largebody %s: acknowledged %d / delivered %d / duplicate on first send %d / duplicate on a retry %d / delivered twice %d / 503s to senders %d / peak own memory %.0f MiB (bound %d), peak VmRSS %.0f MiB / max PING %s / time to drain %s",
-		storeName, acked, delivered, firstDup, retryDup, twice, n503, mib(memRes.peakOwn.own()), (lbMaxMemory+lbMemAllowance)>>20,
-		mib(max(memRes.peak.rss, final.hwm)), pingMax, drain.Round(time.Millisecond))
+		storeName, acked, delivered, firstDup, retryDup, twice, n503, mib(memRes.peakOwn.Own()), (lbMaxMemory+lbMemAllowance)>>20,
+		mib(max(memRes.peak.RSS, final.HWM)), pingMax, drain.Round(time.Millisecond))
 
 	// Checks.
 	if acked != lbPayloads {
@@ -306,9 +301,9 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 	if ov.DeadLetters != 0 {
 		t.Errorf("%s: %d dead letters; the upstream only failed with 503", storeName, ov.DeadLetters)
 	}
-	if limit := (lbMaxMemory + lbMemAllowance) >> 10; memRes.peakOwn.own() > limit {
+	if limit := (lbMaxMemory + lbMemAllowance) >> 10; memRes.peakOwn.Own() > limit {
 		t.Errorf("%s: Caddy's own memory (RssAnon+RssShmem) peaked at %.0f MiB, over max_memory %d MiB + allowance %d MiB = %d MiB",
-			storeName, mib(memRes.peakOwn.own()), lbMaxMemory>>20, lbMemAllowance>>20, limit>>10)
+			storeName, mib(memRes.peakOwn.Own()), lbMaxMemory>>20, lbMemAllowance>>20, limit>>10)
 	}
 	if ping != nil {
 		if pr.busy > lbMaxPing {
@@ -446,30 +441,15 @@ func (s *lbSenders) send(r *lbRecord) {
 	r.sum, r.imageUUID, r.started = sum, image, true
 	s.mu.Unlock()
 	rng := rand.New(rand.NewPCG(s.gen.seed, uint64(r.id)))
-	wait := simBackoffInitial
-	for {
-		if s.attempt(r, body) {
-			return
-		}
-		d := time.Duration(float64(wait) * (1 + simJitter*(2*rng.Float64()-1)))
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-time.After(d):
-		}
-		wait = min(2*wait, lbSenderBackoffMax)
-	}
+	simRetry(s.ctx, rng, lbSenderBackoffMax, func() bool { return s.attempt(r, body) })
 }
 
 // attempt posts the body once and reports whether it was acknowledged.
 func (s *lbSenders) attempt(r *lbRecord, body []byte) bool {
-	req, err := http.NewRequestWithContext(s.ctx, http.MethodPost, s.url, bytes.NewReader(body))
-	if err != nil {
-		s.t.Errorf("building request: %v", err)
+	req := simRequest(s.t, s.ctx, s.url, body)
+	if req == nil {
 		return false
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "Runware-Webhook-Sim/1.0")
 	resp, err := s.client.Do(req)
 	var answer []byte
 	if err == nil {
@@ -779,73 +759,44 @@ func fmtOverview(ov relayOverviewEntry) string {
 		ov.Backlog, ov.InFlight, ov.DeadLetters, ov.Requests, ov.Deliveries)
 }
 
-// lbMem is a process's memory from /proc/<pid>/status, in KiB: VmRSS is
-// RssAnon + RssFile + RssShmem.
-type lbMem struct{ rss, anon, file, shmem, hwm int }
-
-// own is what the process itself allocated: VmRSS without the pages of
-// files it maps (its binary, bolt's database file).
-func (m lbMem) own() int { return m.anon + m.shmem }
-
-func lbReadMem(pid int) (lbMem, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return lbMem{}, err
-	}
-	var m lbMem
-	for line := range strings.SplitSeq(string(b), "\n") {
-		name, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		var dst *int
-		switch name {
-		case "VmRSS":
-			dst = &m.rss
-		case "RssAnon":
-			dst = &m.anon
-		case "RssFile":
-			dst = &m.file
-		case "RssShmem":
-			dst = &m.shmem
-		case "VmHWM":
-			dst = &m.hwm
-		default:
-			continue
-		}
-		*dst, err = strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-		if err != nil {
-			return lbMem{}, fmt.Errorf("/proc/%d/status: %s: %v", pid, name, err)
-		}
-	}
-	if m.rss == 0 {
-		return lbMem{}, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
-	}
-	return m, nil
-}
-
-// lbMemSampler samples a process's memory every 20ms.
-type lbMemSampler struct {
+// lbWatch runs a measurement in its own goroutine while the test runs:
+// the memory sampler, the pinger.
+type lbWatch[R any] struct {
 	once sync.Once
 	quit chan struct{}
-	done chan lbMemResult
+	done chan R
+}
+
+// startLBWatch runs measure until stop, or the test's end, closes quit;
+// measure then returns its result.
+func startLBWatch[R any](t *testing.T, measure func(quit <-chan struct{}) R) *lbWatch[R] {
+	w := &lbWatch[R]{quit: make(chan struct{}), done: make(chan R, 1)}
+	go func() { w.done <- measure(w.quit) }()
+	t.Cleanup(func() { w.once.Do(func() { close(w.quit) }) })
+	return w
+}
+
+// stop ends the measurement and returns its result.
+func (w *lbWatch[R]) stop() R {
+	w.once.Do(func() { close(w.quit) })
+	return <-w.done
 }
 
 type lbMemResult struct {
-	first    lbMem
-	peak     lbMem // the sample with the highest VmRSS
-	peakOwn  lbMem // the sample with the highest RssAnon+RssShmem
+	first    harness.Memory
+	peak     harness.Memory // the sample with the highest VmRSS
+	peakOwn  harness.Memory // the sample with the highest RssAnon+RssShmem
 	samples  int
 	timeline []string // per second, the highest VmRSS/own, MiB
 }
 
-func startLBMemSampler(t *testing.T, pid int) *lbMemSampler {
-	first, err := lbReadMem(pid)
+// startLBMemSampler samples a process's memory every 20ms.
+func startLBMemSampler(t *testing.T, pid int) *lbWatch[lbMemResult] {
+	first, err := harness.ReadMemory(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &lbMemSampler{quit: make(chan struct{}), done: make(chan lbMemResult, 1)}
-	go func() {
+	return startLBWatch(t, func(quit <-chan struct{}) lbMemResult {
 		res := lbMemResult{first: first, peak: first, peakOwn: first}
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
@@ -857,39 +808,44 @@ func startLBMemSampler(t *testing.T, pid int) *lbMemSampler {
 		}
 		for {
 			select {
-			case <-s.quit:
+			case <-quit:
 				flush()
-				s.done <- res
-				return
+				return res
 			case <-tick.C:
 			}
-			m, err := lbReadMem(pid)
+			m, err := harness.ReadMemory(pid)
 			if err != nil {
 				continue // the process is gone
 			}
 			res.samples++
-			if m.rss > res.peak.rss {
+			if m.RSS > res.peak.RSS {
 				res.peak = m
 			}
-			if m.own() > res.peakOwn.own() {
+			if m.Own() > res.peakOwn.Own() {
 				res.peakOwn = m
 			}
-			secRSS, secOwn = max(secRSS, m.rss), max(secOwn, m.own())
+			secRSS, secOwn = max(secRSS, m.RSS), max(secOwn, m.Own())
 			if time.Since(secStart) >= time.Second {
 				flush()
 			}
 		}
-	}()
-	t.Cleanup(func() { s.once.Do(func() { close(s.quit) }) })
-	return s
+	})
 }
 
-func (s *lbMemSampler) stop() lbMemResult {
-	s.once.Do(func() { close(s.quit) })
-	return <-s.done
+// lbPingResult is what the pinger measured (see startLBPinger).
+type lbPingResult struct {
+	n, errs, slow                  int // slow: busy over lbMaxPing
+	client, wire, busy             time.Duration
+	busyAt                         time.Time
+	busyWire, busyWaited, busyUsed time.Duration // the busiest PING's wire time, Redis's wait for a CPU and CPU time
+	busyP50, busyP99, clientP99    time.Duration
+	// lateWake is the most a wake-up between two PINGs came late: how
+	// long this process (scheduling, GC) can leave the pinger waiting.
+	lateWake time.Duration
+	noStamp  int // answers without a kernel timestamp (timed on reading)
 }
 
-// lbPinger PINGs Redis every lbPingEvery on its own connection. Each PING
+// startLBPinger PINGs Redis every lbPingEvery on its own connection. Each PING
 // is timed three ways:
 //
 //   - client: from just before the write until this process has read the
@@ -906,27 +862,8 @@ func (s *lbMemSampler) stop() lbMemResult {
 //     writes, does not: the relay cannot help those, and on a shared
 //     2-CPU machine they alone reach seconds. The wire and client times
 //     and Redis's own LATENCY LATEST are logged next to it.
-type lbPinger struct {
-	once sync.Once
-	quit chan struct{}
-	done chan lbPingResult
-}
-
-type lbPingResult struct {
-	n, errs, slow                  int // slow: busy over lbMaxPing
-	client, wire, busy             time.Duration
-	busyAt                         time.Time
-	busyWire, busyWaited, busyUsed time.Duration // the busiest PING's wire time, Redis's wait for a CPU and CPU time
-	busyP50, busyP99, clientP99    time.Duration
-	// lateWake is the most a wake-up between two PINGs came late: how
-	// long this process (scheduling, GC) can leave the pinger waiting.
-	lateWake time.Duration
-	noStamp  int // answers without a kernel timestamp (timed on reading)
-}
-
-func startLBPinger(t *testing.T, addr string, redisPid int) *lbPinger {
-	p := &lbPinger{quit: make(chan struct{}), done: make(chan lbPingResult, 1)}
-	go func() {
+func startLBPinger(t *testing.T, addr string, redisPid int) *lbWatch[lbPingResult] {
+	return startLBWatch(t, func(quit <-chan struct{}) lbPingResult {
 		var res lbPingResult
 		var busy, client []time.Duration
 		var conn *lbPingConn
@@ -938,15 +875,14 @@ func startLBPinger(t *testing.T, addr string, redisPid int) *lbPinger {
 		for {
 			wake := time.Now().Add(lbPingEvery)
 			select {
-			case <-p.quit:
+			case <-quit:
 				sort.Slice(busy, func(i, j int) bool { return busy[i] < busy[j] })
 				sort.Slice(client, func(i, j int) bool { return client[i] < client[j] })
 				if len(busy) > 0 {
 					res.busyP50, res.busyP99 = busy[len(busy)/2], busy[min(len(busy)-1, len(busy)*99/100)]
 					res.clientP99 = client[min(len(client)-1, len(client)*99/100)]
 				}
-				p.done <- res
-				return
+				return res
 			case <-time.After(lbPingEvery):
 			}
 			res.lateWake = max(res.lateWake, time.Since(wake))
@@ -979,14 +915,7 @@ func startLBPinger(t *testing.T, addr string, redisPid int) *lbPinger {
 				res.slow++
 			}
 		}
-	}()
-	t.Cleanup(func() { p.once.Do(func() { close(p.quit) }) })
-	return p
-}
-
-func (p *lbPinger) stop() lbPingResult {
-	p.once.Do(func() { close(p.quit) })
-	return <-p.done
+	})
 }
 
 // lbPingConn is a connection to Redis whose socket has the kernel stamp
@@ -1096,10 +1025,8 @@ type lbCPUTimes struct{ caddy, redis, self time.Duration }
 
 func lbCPU(caddyPid, redisPid int) lbCPUTimes {
 	var c lbCPUTimes
-	c.caddy = lbProcCPU(caddyPid)
-	if redisPid != 0 {
-		c.redis = lbProcCPU(redisPid)
-	}
+	c.caddy = harness.CPUTime(caddyPid)
+	c.redis = harness.CPUTime(redisPid) // 0 without Redis
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		c.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
@@ -1109,22 +1036,6 @@ func lbCPU(caddyPid, redisPid int) lbCPUTimes {
 
 func (c lbCPUTimes) minus(o lbCPUTimes) lbCPUTimes {
 	return lbCPUTimes{c.caddy - o.caddy, c.redis - o.redis, c.self - o.self}
-}
-
-// lbProcCPU is a process's user+system time from /proc/<pid>/stat (clock
-// ticks of 10ms).
-func lbProcCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 // lbCPUPressure is the machine's CPU pressure (PSI "some" over the last 10

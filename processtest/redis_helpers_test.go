@@ -4,10 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -93,48 +89,6 @@ func mustQueue(t *testing.T, c *redis.Client) queueState {
 	return q
 }
 
-// response is one answer of the relay.
-type response struct {
-	Status     int
-	Body       string
-	RetryAfter string
-	Took       time.Duration
-	Err        error // transport error; Status is 0
-}
-
-// postResp posts body like Post but returns transport errors and the
-// Retry-After header instead of failing the test.
-func postResp(url, body string) response {
-	start := time.Now()
-	resp, err := httpClient.Post(url, "application/json", strings.NewReader(body))
-	if err != nil {
-		return response{Err: err, Took: time.Since(start)}
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return response{
-		Status:     resp.StatusCode,
-		Body:       strings.TrimSpace(string(b)),
-		RetryAfter: resp.Header.Get("Retry-After"),
-		Took:       time.Since(start),
-	}
-}
-
-func (r response) String() string {
-	if r.Err != nil {
-		return fmt.Sprintf("error %v after %s", r.Err, r.Took)
-	}
-	return fmt.Sprintf("%d %q (Retry-After %q) in %s", r.Status, r.Body, r.RetryAfter, r.Took)
-}
-
-func (r response) accepted() bool {
-	return r.Status == http.StatusOK && r.Body == `{"status":"accepted"}`
-}
-
-func (r response) duplicate() bool {
-	return r.Status == http.StatusOK && r.Body == `{"status":"duplicate"}`
-}
-
 // relayOverview reads the relay's entry in the instance's admin API
 // (GET /webhook_relay/): its request and delivery counters.
 func relayOverview(in *Instance) (requests, deliveries map[string]int64, err error) {
@@ -188,25 +142,4 @@ func waitQueueEmpty(t *testing.T, c *redis.Client, timeout time.Duration) {
 		q, err := readQueue(c)
 		return err == nil && q.Len == 0 && q.Pending == 0
 	}, func() string { return "queue in Redis not empty after every delivery: " + queueString(c) })
-}
-
-// redisPid asks the test's own redis-server for its process id (the
-// redistest server does not expose its process).
-func redisPid(t *testing.T, c *redis.Client) int {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	info, err := c.Info(ctx, "server").Result()
-	if err != nil {
-		t.Fatalf("INFO server: %v", err)
-	}
-	for line := range strings.SplitSeq(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "process_id:"); ok {
-			if pid, err := strconv.Atoi(v); err == nil {
-				return pid
-			}
-		}
-	}
-	t.Fatalf("no process_id in INFO server:\n%s", info)
-	return 0
 }

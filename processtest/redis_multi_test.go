@@ -320,7 +320,7 @@ func hungRedis(t *testing.T, site func(*Upstream, *redistest.Server) string, bou
 	sendAll(t, in, 5)
 	waitDelivered(t, up, 5, 10*time.Second)
 
-	pid := redisPid(t, inspector(t, srv))
+	pid := srv.Pid()
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}

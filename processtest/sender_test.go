@@ -206,20 +206,38 @@ func (s *Sim) send(p *SimPayload, seed uint64, done func()) {
 			defer done()
 		}
 		rng := rand.New(rand.NewPCG(seed, 7))
-		wait := simBackoffInitial
-		for {
-			if s.attempt(rec, rng) {
-				return
-			}
-			d := time.Duration(float64(wait) * (1 + simJitter*(2*rng.Float64()-1)))
-			select {
-			case <-s.retryCtx.Done():
-				return
-			case <-time.After(d):
-			}
-			wait = min(2*wait, simBackoffMax)
-		}
+		simRetry(s.retryCtx, rng, simBackoffMax, func() bool { return s.attempt(rec, rng) })
 	})
+}
+
+// simRetry calls attempt until it reports an acknowledgement or ctx is
+// done, waiting Runware's backoff in between: simBackoffInitial doubling
+// up to backoffMax, with simJitter drawn from rng.
+func simRetry(ctx context.Context, rng *rand.Rand, backoffMax time.Duration, attempt func() bool) {
+	wait := simBackoffInitial
+	for !attempt() {
+		d := time.Duration(float64(wait) * (1 + simJitter*(2*rng.Float64()-1)))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		wait = min(2*wait, backoffMax)
+	}
+}
+
+// simRequest is one attempt of a Runware-like sender: body POSTed to url
+// as JSON with the simulator's User-Agent. It is nil, and the test failed,
+// when the request cannot be built.
+func simRequest(t testing.TB, ctx context.Context, url string, body []byte) *http.Request {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		t.Errorf("building request: %v", err)
+		return nil
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "Runware-Webhook-Sim/1.0")
+	return req
 }
 
 // attempt posts rec's payload once and reports whether it was acknowledged.
@@ -233,13 +251,10 @@ func (s *Sim) attempt(rec *SimRecord, rng *rand.Rand) bool {
 	rec.Attempts++
 	s.mu.Unlock()
 
-	req, err := http.NewRequestWithContext(s.retryCtx, http.MethodPost, url, bytes.NewReader(rec.P.Body))
-	if err != nil {
-		s.t.Errorf("building request: %v", err)
+	req := simRequest(s.t, s.retryCtx, url, rec.P.Body)
+	if req == nil {
 		return false
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "Runware-Webhook-Sim/1.0")
 	resp, err := s.client.Do(req)
 	if err != nil {
 		s.mu.Lock()

@@ -1,12 +1,12 @@
 // Package redistest runs a real, private redis-server for a test: on a free
 // 127.0.0.1 port, with its own data directory, never the machine's Redis.
+// The bench runs its Redis with it too (StartDir).
 package redistest
 
 import (
 	"bufio"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -14,27 +14,31 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
 )
 
 // Options choose how the server persists.
 type Options struct {
-	// AOF turns on the append-only file with an fsync per write
-	// (appendonly yes, appendfsync always), so a SIGKILL loses nothing
-	// that was acknowledged.
+	// AOF turns on the append-only file, by default with an fsync per
+	// write (appendonly yes, appendfsync always), so a SIGKILL loses
+	// nothing that was acknowledged.
 	AOF bool
+	// Appendfsync is the AOF's fsync policy instead of always: "everysec"
+	// is what the README recommends in production and what the bench
+	// measures, "no" leaves it to the kernel.
+	Appendfsync string
 }
 
-// Server is one redis-server process owned by a test.
+// Server is one redis-server process owned by a test (or the bench).
 type Server struct {
-	t    testing.TB
+	t    testing.TB // nil for StartDir
 	opts Options
 	port int
 	dir  string
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  *os.File
+	proc *harness.Proc // nil while killed
 }
 
 // Start starts a redis-server and waits until it answers PING. The server is
@@ -46,28 +50,36 @@ func Start(t testing.TB, opts Options) *Server {
 		t.Fatal("redis-server not found: install it with `apt-get install redis-server`")
 	}
 	s := &Server{t: t, opts: opts, dir: t.TempDir()}
-	t.Cleanup(s.stop)
-	var err error
-	for range 5 { // the free port may be taken between probing and binding
-		s.port, err = freePort()
-		if err != nil {
-			t.Fatalf("finding a free port: %v", err)
-		}
-		if err = s.start(); err == nil {
-			return s
-		}
+	t.Cleanup(s.Kill)
+	if err := s.startFree(); err != nil {
+		t.Fatalf("starting redis-server: %v", err)
 	}
-	t.Fatalf("starting redis-server: %v", err)
-	return nil
+	return s
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// StartDir is Start for a program that is no test (the bench): the server
+// keeps its data and log in dir, an error is returned rather than failing a
+// test, and the caller stops the server with Kill. Restart is for tests.
+func StartDir(dir string, opts Options) (*Server, error) {
+	s := &Server{opts: opts, dir: dir}
+	if err := s.startFree(); err != nil {
+		return nil, fmt.Errorf("starting redis-server: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return s, nil
+}
+
+// startFree starts the server on a free port.
+func (s *Server) startFree() error {
+	var err error
+	for range 5 { // the free port may be taken between probing and binding
+		if s.port, err = harness.FreePort(); err != nil {
+			return fmt.Errorf("finding a free port: %v", err)
+		}
+		if err = s.start(); err == nil {
+			return nil
+		}
+	}
+	return err
 }
 
 func (s *Server) start() error {
@@ -81,35 +93,26 @@ func (s *Server) start() error {
 		"--maxmemory-policy", "noeviction",
 	}
 	if s.opts.AOF {
-		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+		fsync := s.opts.Appendfsync
+		if fsync == "" {
+			fsync = "always"
+		}
+		args = append(args, "--appendonly", "yes", "--appendfsync", fsync)
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
-	logf, err := os.OpenFile(filepath.Join(s.dir, "redis.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	p, err := harness.Start(exec.Command("redis-server", args...), filepath.Join(s.dir, "redis.log"))
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("redis-server", args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return err
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
 	s.mu.Lock()
-	s.cmd, s.done, s.log = cmd, done, logf
+	s.proc = p
 	s.mu.Unlock()
 
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		select {
-		case <-done:
-			return fmt.Errorf("redis-server exited at start; log:\n%s", s.logTail())
-		default:
+		if p.Exited() {
+			return fmt.Errorf("redis-server exited at start; log:\n%s", p.Tail(40))
 		}
 		if ping(s.Addr()) == nil {
 			return nil
@@ -117,7 +120,7 @@ func (s *Server) start() error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	s.Kill()
-	return fmt.Errorf("redis-server on %s did not answer PING within 10s; log:\n%s", s.Addr(), s.logTail())
+	return fmt.Errorf("redis-server on %s did not answer PING within 10s; log:\n%s", s.Addr(), p.Tail(40))
 }
 
 // ping sends PING and expects +PONG; a server still loading its AOF answers
@@ -142,14 +145,6 @@ func ping(addr string) error {
 	return nil
 }
 
-func (s *Server) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
-	}
-	return string(b)
-}
-
 // Addr is the server's host:port.
 func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
 
@@ -159,19 +154,27 @@ func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
 // Dir is the server's data directory.
 func (s *Server) Dir() string { return s.dir }
 
+// Pid is the server's process id, 0 while it is not running: to read its
+// CPU time and memory from /proc, or to SIGSTOP it as a hung Redis would
+// be.
+func (s *Server) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return 0
+	}
+	return s.proc.Pid()
+}
+
 // Kill kills the server with SIGKILL, as a crash would, and waits for it to
 // be gone. Killing a server that is not running does nothing.
 func (s *Server) Kill() {
 	s.mu.Lock()
-	cmd, done, logf := s.cmd, s.done, s.log
-	s.cmd, s.done, s.log = nil, nil, nil
-	s.mu.Unlock()
-	if cmd == nil {
-		return
+	defer s.mu.Unlock()
+	if s.proc != nil {
+		s.proc.Kill()
+		s.proc = nil
 	}
-	_ = cmd.Process.Kill()
-	<-done
-	logf.Close()
 }
 
 // Restart starts the server again on the same port with the same data
@@ -188,5 +191,3 @@ func (s *Server) Restart() {
 	}
 	s.t.Fatalf("restarting redis-server on %s: %v", s.Addr(), err)
 }
-
-func (s *Server) stop() { s.Kill() }

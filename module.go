@@ -251,6 +251,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Backoff:       delivery.Backoff{Initial: time.Duration(h.BackoffInitial), Max: time.Duration(h.BackoffMax)},
 		GiveUpAfter:   time.Duration(h.GiveUpAfter),
 		HeaderUp:      headerUp,
+		SignKey:       h.signKey,
 		MaxDead:       h.MaxDead,
 		DeadRetention: time.Duration(h.DeadRetention),
 		Logger:        h.logger.With(zap.String("relay", h.Name)),

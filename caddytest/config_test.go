@@ -250,3 +250,27 @@ func TestConfigErrorBadHeaderUp(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigErrorForwardHeaders: forward_headers may not name a header the
+// relay writes itself, nor something that is no header name; a
+// sign_upstream secret must be a Standard Webhooks one.
+func TestConfigErrorForwardHeaders(t *testing.T) {
+	for _, tc := range []struct{ name, line, want string }{
+		{"relay's own header", "forward_headers X-Trace Idempotency-Key", "forward_headers Idempotency-Key: the relay sets this header itself"},
+		{"hop-by-hop", "forward_headers connection", "forward_headers connection: the relay sets this header itself"},
+		{"bad name", `forward_headers "X Trace"`, `forward_headers "X Trace": not a valid header name`},
+		{"sign_upstream not whsec", "sign_upstream not-base64!", `sign_upstream: want "whsec_"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := validate(t, site(fmt.Sprintf(`
+	webhook_relay /in http://127.0.0.1:9/hook {
+		name %s
+		store memory
+		%s
+	}`, relayName(t), tc.line)))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}

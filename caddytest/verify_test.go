@@ -218,3 +218,87 @@ func TestVerifyAndAuthQueryBothApply(t *testing.T) {
 	expectStatus(t, post(t, relayURL("/in", "token=nope"), []byte(reqs[2].Body), signed[2]...), 401, "")
 	up.waitDelivered(t, []byte(reqs[0].Body))
 }
+
+// TestVerifyForwardsTheSchemesHeaders: what a sender signed reaches the app
+// as sent (so an app that verifies GitHub's signature itself keeps
+// working), with the headers forward_headers adds.
+func TestVerifyForwardsTheSchemesHeaders(t *testing.T) {
+	up := newUpstream(t, always(http.StatusOK))
+	secret := schemeSecrets["github"][0]
+	startCaddy(t, site(fmt.Sprintf(`
+	webhook_relay /in {
+		upstream %s/hook
+		name %s
+		store memory
+		verify github %s
+		forward_headers X-Request-Source
+	}`, up.URL, relayName(t), secret)))
+	req := signRequest{Scheme: "github", Secret: secret, Body: `{"ref":"refs/heads/main"}`, ID: "delivery-fwd-1", Timestamp: time.Now().Unix()}
+	signed := signAll(t, []signRequest{req})[0]
+	mustAccept(t, relayURL("/in", ""), []byte(req.Body), append(signed, "X-Request-Source: ci", "X-Not-Kept: nope")...)
+	hit := up.waitDelivered(t, []byte(req.Body))[0]
+	for _, f := range append(signed, "X-Request-Source: ci") {
+		name, value, _ := strings.Cut(f, ": ")
+		if got := hit.Header.Get(name); got != value {
+			t.Errorf("upstream got %s %q, want %q as the sender sent it", name, got, value)
+		}
+	}
+	if got := hit.Header.Get("X-Not-Kept"); got != "" {
+		t.Errorf("X-Not-Kept reached the upstream (%q): only the scheme's headers and forward_headers are kept", got)
+	}
+}
+
+// TestSignUpstreamVerifiedByLibrary: with sign_upstream, the app verifies
+// every attempt with the standardwebhooks library, retries included, and
+// webhook-id is the Idempotency-Key.
+func TestSignUpstreamVerifiedByLibrary(t *testing.T) {
+	const secret = "whsec_c2lnbiB1cHN0cmVhbSBpbiBjYWRkeXRlc3Q="
+	up := newUpstream(t, sequence(http.StatusServiceUnavailable, http.StatusOK))
+	startCaddy(t, site(fmt.Sprintf(`
+	webhook_relay /in {
+		upstream %s/hook
+		name %s
+		store memory
+		backoff 10ms 50ms
+		sign_upstream %s
+	}`, up.URL, relayName(t), secret)))
+	body := payload(t)
+	mustAccept(t, relayURL("/in", ""), body)
+	hits := up.waitDelivered(t, body)
+	if len(hits) != 2 {
+		t.Fatalf("%d attempts, want 2 (503, 200):\n%s", len(hits), describe(hits))
+	}
+	type check struct {
+		Secret  string            `json:"secret"`
+		Body    string            `json:"body"`
+		Headers map[string]string `json:"headers"`
+	}
+	var checks []check
+	for _, h := range hits {
+		if id := h.Header.Get("webhook-id"); id != h.Key {
+			t.Errorf("attempt %d: webhook-id %q, want the Idempotency-Key %q", h.Attempt, id, h.Key)
+		}
+		headers := map[string]string{}
+		for _, name := range []string{"webhook-id", "webhook-timestamp", "webhook-signature"} {
+			headers[name] = h.Header.Get(name)
+		}
+		checks = append(checks, check{secret, string(h.Body), headers})
+	}
+	// and one the library must refuse, so a pass means something
+	tampered := checks[0]
+	tampered.Body += " "
+	checks = append(checks, tampered)
+	var results []struct {
+		OK    bool   `json:"ok"`
+		Error string `json:"error"`
+	}
+	runSigners(t, checks, &results, "verify-standard")
+	for i, r := range results[:len(hits)] {
+		if !r.OK {
+			t.Errorf("attempt %d: standardwebhooks refused the relay's signature: %s", i+1, r.Error)
+		}
+	}
+	if results[len(hits)].OK {
+		t.Error("standardwebhooks accepted a tampered body: the check proves nothing")
+	}
+}

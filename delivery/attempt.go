@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/queue"
+	"github.com/hookrelay/caddy-webhook-relay/verify"
 )
 
 // AttemptHeader carries the 1-based attempt number on forwarded requests.
@@ -39,7 +40,7 @@ type outcome struct {
 // upstream URL plus the stored (auth-free) query, and the headers the README
 // lists under Delivery. It is put together field by field rather than through
 // http.NewRequest, which would print the URL only to parse it again.
-func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int) *http.Request {
+func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int, now time.Time) *http.Request {
 	u := *s.Upstream
 	// A "#" has no place in a request target; what follows it was never
 	// part of the query (http.NewRequest would have cut it off as well).
@@ -51,7 +52,11 @@ func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int)
 		}
 	}
 	body := e.Body
-	h := make(http.Header, len(s.HeaderUp)+6)
+	h := make(http.Header, len(e.Request.Headers)+len(s.HeaderUp)+9)
+	// the sender's own headers first: header_up and the relay's own win
+	for _, f := range e.Request.Headers {
+		h[f.Name] = append(h[f.Name], f.Value)
+	}
 	for field, values := range s.HeaderUp {
 		h[field] = values
 	}
@@ -67,6 +72,13 @@ func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int)
 	}
 	h["Idempotency-Key"] = vals[3:4:4]
 	h[AttemptHeader] = vals[4:5:5]
+	if s.SignKey != nil {
+		// Standard Webhooks, signed at the attempt's time: the app's own
+		// tolerance holds however late the delivery
+		h["Webhook-Id"] = vals[3:4:4]
+		h["Webhook-Timestamp"] = []string{strconv.FormatInt(now.Unix(), 10)}
+		h["Webhook-Signature"] = []string{verify.SignStandard(s.SignKey, e.Key, now, body)}
+	}
 	req := &http.Request{
 		Method:        http.MethodPost,
 		URL:           &u,
@@ -91,7 +103,7 @@ func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int)
 func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Entry, attemptNo int, now time.Time) outcome {
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()
-	resp, err := client.Do(buildRequest(ctx, s, e, attemptNo))
+	resp, err := client.Do(buildRequest(ctx, s, e, attemptNo, now))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return outcome{verdict: retry, reason: fmt.Sprintf("no answer within timeout %s", s.Timeout)}

@@ -6,8 +6,10 @@ import (
 	"net/http"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/queue"
+	"github.com/hookrelay/caddy-webhook-relay/verify"
 )
 
 func TestBuildRequest(t *testing.T) {
@@ -15,7 +17,7 @@ func TestBuildRequest(t *testing.T) {
 	s := &Settings{Upstream: up, HeaderUp: http.Header{"X-Extra": {"yes"}, "Idempotency-Key": {"not this"}}}
 	e := &queue.Entry{Key: "k", Body: []byte(`{"a":1}`),
 		Request: queue.RequestMeta{RawQuery: "b=%20x", ContentType: "application/json", UserAgent: "", ForwardedFor: "10.0.0.1"}}
-	req := buildRequest(context.Background(), s, e, 3)
+	req := buildRequest(context.Background(), s, e, 3, time.Now())
 
 	if got := req.URL.String(); got != "http://127.0.0.1:/in?fixed=1&b=%20x" {
 		t.Errorf("URL %s", got)
@@ -50,13 +52,48 @@ func TestBuildRequest(t *testing.T) {
 	}
 
 	e.Request.RawQuery = "b=1#frag&c=2"
-	if got := buildRequest(context.Background(), s, e, 1).URL.RequestURI(); got != "/in?fixed=1&b=1" {
+	if got := buildRequest(context.Background(), s, e, 1, time.Now()).URL.RequestURI(); got != "/in?fixed=1&b=1" {
 		t.Errorf("a query with #: request target %q, want /in?fixed=1&b=1", got)
 	}
 
 	e.Body = nil
-	req = buildRequest(context.Background(), s, e, 1)
+	req = buildRequest(context.Background(), s, e, 1, time.Now())
 	if req.Body != http.NoBody || req.ContentLength != 0 {
 		t.Errorf("empty body: Body %v, ContentLength %d; want http.NoBody, 0", req.Body, req.ContentLength)
+	}
+}
+
+// TestBuildRequestKeptHeadersAndSignature: the sender's kept headers are
+// forwarded, header_up and the relay's own headers win over them, and with
+// a sign key every attempt carries a Standard Webhooks signature of its own
+// time that the standard_webhooks check accepts.
+func TestBuildRequestKeptHeadersAndSignature(t *testing.T) {
+	const secret = "whsec_" + "c2lnbiB1cHN0cmVhbSB0ZXN0IGtleQ=="
+	key, err := verify.StandardKey(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse("http://127.0.0.1:9/in")
+	s := &Settings{Upstream: u, HeaderUp: http.Header{"X-Team": {"from-header-up"}}, SignKey: key}
+	e := &queue.Entry{Key: "rw:k1", Body: []byte(`{"a":1}`), Request: queue.RequestMeta{Headers: []queue.HeaderField{
+		{Name: "X-Github-Event", Value: "push"}, {Name: "X-Team", Value: "from-sender"},
+		{Name: "Idempotency-Key", Value: "forged"}, {Name: "Webhook-Signature", Value: "v1,forged"},
+	}}}
+	at := time.Unix(1_800_000_000, 0)
+	h := buildRequest(context.Background(), s, e, 2, at).Header
+	for name, want := range map[string]string{
+		"X-Github-Event": "push", "X-Team": "from-header-up", "Idempotency-Key": "rw:k1",
+		"Webhook-Id": "rw:k1", "Webhook-Timestamp": "1800000000",
+	} {
+		if got := h.Values(name); len(got) != 1 || got[0] != want {
+			t.Errorf("%s = %q, want [%q]", name, got, want)
+		}
+	}
+	v, err := verify.New(verify.Config{Scheme: "standard_webhooks", Secrets: []string{secret}}, func(s string) (string, error) { return s, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Verify(h, e.Body, at.Add(time.Minute)); err != nil {
+		t.Errorf("the attempt's signature does not verify: %v", err)
 	}
 }

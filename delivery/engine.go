@@ -38,6 +38,8 @@ type Settings struct {
 	GiveUpAfter time.Duration
 	// HeaderUp are extra headers on every forwarded request.
 	HeaderUp http.Header
+	// SignKey, if set, signs every attempt per Standard Webhooks.
+	SignKey []byte
 	// MaxDead bounds the dead letters kept (0: no bound); past it the
 	// oldest are removed.
 	MaxDead int

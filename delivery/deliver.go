@@ -7,26 +7,51 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // attemptRun is a held entry's turn, in a goroutine of its own: one attempt
 // at the upstream (or, for an entry delivered already, its Ack; for a
 // damaged one, its Bury) and the store's bookkeeping, then a report to the
-// loop.
+// loop. It keeps track of what it holds, so that a panic anywhere in it
+// gives that back (afterPanic).
 type attemptRun struct {
 	e   *Engine
 	s   *Settings
 	h   *held
 	log *zap.Logger
+	// placeHeld: the concurrency place is still taken (and counted in
+	// flight).
+	placeHeld bool
 	// taken is the bytes of the memory budget held for the body.
 	taken int64
+	// reported: the loop has the entry back.
+	reported bool
 }
 
 // deliver runs h's turn. The loop has counted it running and in flight.
 func (e *Engine) deliver(s *Settings, h *held) {
-	a := &attemptRun{e: e, s: s, h: h, log: e.logger(s)}
-	a.run()
+	a := &attemptRun{e: e, s: s, h: h, log: e.logger(s), placeHeld: true}
+	if guard.Run(a.log, "a delivery attempt's bookkeeping", a.run) {
+		a.afterPanic()
+	}
+}
+
+// afterPanic ends a turn that a panic cut short (guard has logged it with
+// its stack). It gives back the body's bytes and the concurrency place if
+// the turn still held them and, unless the loop has the entry back already,
+// hands it back as a failed attempt, due after the backoff. The store still
+// has the entry, so nothing is lost: at worst the upstream sees it again,
+// with the same Idempotency-Key.
+func (a *attemptRun) afterPanic() {
+	a.h.entry.Body = nil
+	a.giveBack()
+	a.freePlace()
+	if !a.reported {
+		a.h.leaving.Store(false)
+		a.report(result{h: a.h, next: a.retryIn()})
+	}
 }
 
 func (a *attemptRun) run() {
@@ -54,7 +79,7 @@ func (a *attemptRun) attempt() {
 
 	ent.Attempts++
 	start := a.e.cfg.Now()
-	o := attempt(a.e.attemptCx, a.e.client, a.s, ent, ent.Attempts, start)
+	o := a.send(start)
 	took := a.e.cfg.Now().Sub(start)
 	// The upstream is done with it: the body goes back to the budget, and
 	// the bookkeeping below (a disk commit, a Redis round trip) must not
@@ -78,6 +103,19 @@ func (a *attemptRun) attempt() {
 	}
 }
 
+// send makes the attempt. A panic in it (in the transport, say) is a
+// failed attempt like any other: retried after the backoff, recorded, and
+// counted against give_up_after.
+func (a *attemptRun) send(start time.Time) (o outcome) {
+	ent := a.h.entry
+	if guard.Run(a.log, "a delivery attempt", func() {
+		o = attempt(a.e.attemptCx, a.e.client, a.s, ent, ent.Attempts, start)
+	}) {
+		return outcome{verdict: retry, reason: "the attempt panicked (its stack is in the log)"}
+	}
+	return o
+}
+
 // loadBody waits until the body fits in the memory budget, then reads it
 // from the store into the entry. What it took from the budget is in
 // a.taken, given back when the attempt is over.
@@ -93,7 +131,7 @@ func (a *attemptRun) loadBody() error {
 	}
 	ctx, cancel := context.WithTimeout(a.e.ctx, storeTimeout)
 	defer cancel()
-	body, err := a.e.cfg.Store.Body(ctx, ent.ID)
+	body, err := a.e.store.Body(ctx, ent.ID)
 	if more := int64(len(body)) - a.taken; err == nil && more > 0 && b != nil {
 		// the claim understated it (a record from an older version):
 		// account for what is really held
@@ -127,10 +165,10 @@ func (a *attemptRun) bodyFailed(err error) {
 func (a *attemptRun) delivered(took time.Duration) {
 	ent := a.h.entry
 	a.h.leaving.Store(true)
-	a.e.observe(ResultSuccess, took)
+	a.e.observe(a.log, ResultSuccess, took)
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	if err := a.e.cfg.Store.Ack(ctx, ent.ID); err != nil {
+	if err := a.e.store.Ack(ctx, ent.ID); err != nil {
 		a.log.Error("payload delivered but the store could not remove it; it may be delivered again",
 			zap.String("id", ent.ID), zap.Error(err))
 		a.h.acked = true
@@ -146,7 +184,7 @@ func (a *attemptRun) ackAgain() {
 	a.h.leaving.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	if err := a.e.cfg.Store.Ack(ctx, a.h.entry.ID); err != nil {
+	if err := a.e.store.Ack(ctx, a.h.entry.ID); err != nil {
 		a.h.leaving.Store(false)
 		a.report(result{h: a.h, next: a.retryIn()})
 		return
@@ -161,19 +199,19 @@ func (a *attemptRun) dead(took time.Duration) {
 	a.h.leaving.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	err := a.e.cfg.Store.Bury(ctx, ent)
+	err := a.e.store.Bury(ctx, ent)
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		// Gone from the queue: another process delivered or buried it
 		// after taking it over.
 		a.report(result{h: a.h, done: true})
 	case err != nil:
-		a.e.observe(ResultRetry, took)
+		a.e.observe(a.log, ResultRetry, took)
 		a.log.Error("cannot move payload to the dead letters; it stays queued", zap.String("id", ent.ID), zap.Error(err))
 		a.h.leaving.Store(false)
 		a.report(result{h: a.h, next: a.retryIn()})
 	default:
-		a.e.observe(ResultDead, took)
+		a.e.observe(a.log, ResultDead, took)
 		a.log.Warn("payload moved to the dead letters",
 			zap.String("id", ent.ID), zap.Int("attempts", ent.Attempts),
 			zap.Int("status", ent.LastStatus), zap.String("reason", ent.LastError))
@@ -186,7 +224,7 @@ func (a *attemptRun) dead(took time.Duration) {
 // backoff, or after the upstream's Retry-After when that is longer.
 func (a *attemptRun) failed(o outcome, start time.Time, took time.Duration) {
 	ent := a.h.entry
-	a.e.observe(ResultRetry, took)
+	a.e.observe(a.log, ResultRetry, took)
 	next := a.retryIn()
 	if wait := start.Add(o.retryAfter); wait.After(next) {
 		next = wait
@@ -198,7 +236,7 @@ func (a *attemptRun) failed(o outcome, start time.Time, took time.Duration) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	if err := a.e.cfg.Store.Attempted(ctx, ent); errors.Is(err, queue.ErrNotFound) {
+	if err := a.e.store.Attempted(ctx, ent); errors.Is(err, queue.ErrNotFound) {
 		a.report(result{h: a.h, done: true}) // gone from the queue, see Bury
 		return
 	} else if err != nil {
@@ -219,10 +257,10 @@ func (a *attemptRun) buryDamaged() {
 	a.h.leaving.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	err := a.e.cfg.Store.Bury(ctx, ent)
+	err := a.e.store.Bury(ctx, ent)
 	switch {
 	case err == nil:
-		a.e.observe(ResultDead, 0)
+		a.e.observe(a.log, ResultDead, 0)
 		a.log.Error("queued payload cannot be read from the store; moved to the dead letters",
 			zap.String("id", ent.ID), zap.String("reason", ent.Damaged))
 		a.report(result{h: a.h, done: true})
@@ -258,11 +296,16 @@ func (a *attemptRun) giveBack() {
 // here, before the entry's bookkeeping, so no one sees an empty backlog with
 // an attempt still counted in flight.
 func (a *attemptRun) freePlace() {
+	if !a.placeHeld {
+		return
+	}
+	a.placeHeld = false
 	a.e.inFlight.Add(-1)
 	a.e.freed <- struct{}{}
 }
 
 // report hands the entry back to the loop.
 func (a *attemptRun) report(r result) {
+	a.reported = true
 	a.e.results <- r
 }

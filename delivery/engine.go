@@ -15,6 +15,7 @@ import (
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 	"github.com/hookrelay/caddy-webhook-relay/internal/faultlog"
+	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
@@ -89,6 +90,7 @@ type Config struct {
 // one place and never blocks the others.
 type Engine struct {
 	cfg      Config
+	store    safeStore // cfg.Store, its panics turned into errors
 	settings atomic.Pointer[Settings]
 	client   *http.Client
 	wake     chan struct{}
@@ -153,6 +155,7 @@ func Start(cfg Config) *Engine {
 		done:    make(chan struct{}),
 	}
 	e.settings.Store(cfg.Settings)
+	e.store = safeStore{store: cfg.Store, log: func() *zap.Logger { return e.logger(e.settings.Load()) }}
 	e.ctx, e.stop = context.WithCancel(context.Background())
 	e.attemptCx, e.abort = context.WithCancel(context.Background())
 	go e.run()
@@ -192,27 +195,35 @@ func (e *Engine) Stop(grace time.Duration) {
 }
 
 // run is the engine's goroutine: the loop's rounds until Stop, then its
-// drain.
+// drain. A panic in a round is logged with its stack; the loop puts itself
+// back in order and goes on after the next poll, so the relay keeps
+// delivering what it holds and what is queued.
 func (e *Engine) run() {
 	defer close(e.done)
 	l := newLoop(e)
 	defer l.stopTimers()
 	e.trimDead()
-	for l.round() {
+	for !l.serve() {
+		l.rebuild()
+		if !l.pause() {
+			break
+		}
 	}
-	l.drain()
+	guard.Run(e.logger(e.settings.Load()), "the delivery loop's shutdown", l.drain)
 }
 
 // logger is the newest config's logger.
 func (e *Engine) logger(s *Settings) *zap.Logger {
-	if s.Logger != nil {
+	if s != nil && s.Logger != nil {
 		return s.Logger
 	}
 	return e.cfg.Logger
 }
 
-func (e *Engine) observe(result string, took time.Duration) {
+// observe reports an attempt to Config.Observe. A panic in it is logged and
+// changes nothing for the entry.
+func (e *Engine) observe(log *zap.Logger, result string, took time.Duration) {
 	if e.cfg.Observe != nil {
-		e.cfg.Observe(result, took)
+		guard.Run(log, "the delivery observer", func() { e.cfg.Observe(result, took) })
 	}
 }

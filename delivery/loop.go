@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
@@ -23,6 +24,9 @@ type held struct {
 	leaving atomic.Bool
 	// backingOff marks an entry waiting out its backoff after a failure.
 	backingOff bool
+	// attempting is set while the entry's turn runs (the loop's own field,
+	// like due and backingOff): not in the due queue, but held.
+	attempting bool
 }
 
 // result is what a finished attempt reports to the loop.
@@ -88,6 +92,56 @@ func boundsFor(s *Settings) bounds {
 	return bounds{ready: ready, batch: max(ready/4, 1), held: 16 * ready}
 }
 
+// serve runs rounds until the engine stops (true), or until a panic cuts
+// one short (false; guard has logged it with its stack).
+func (l *loop) serve() bool {
+	return !guard.Run(l.e.logger(l.e.settings.Load()), "the delivery loop", func() {
+		for l.round() {
+		}
+	})
+}
+
+// rebuild puts the loop back in order after a panic cut a round short,
+// wherever it was: every held entry whose turn is not running waits in the
+// due queue (counted if it backs off), and the next round claims. Turns that
+// are running report as usual. Nothing held is dropped, so no entry stays
+// claimed without the loop knowing it.
+func (l *loop) rebuild() {
+	clear(l.due)
+	l.due = l.due[:0]
+	l.backingOff = 0
+	for _, h := range l.holding {
+		if h.attempting {
+			continue
+		}
+		if h.backingOff {
+			l.backingOff++
+		}
+		l.due = append(l.due, h)
+	}
+	heap.Init(&l.due)
+	l.lookForMore = true
+}
+
+// pause waits for the next poll before the loop goes on after a panic, so
+// one that happens every round is logged once a poll interval, not in a
+// tight loop; turns that end meanwhile are taken in. It reports false if
+// the engine stops meanwhile.
+func (l *loop) pause() bool {
+	for {
+		select {
+		case <-l.e.ctx.Done():
+			return false
+		case <-l.poll.C:
+			return true
+		case <-l.e.freed:
+			l.running--
+		case r := <-l.e.results:
+			l.finish(r)
+		}
+	}
+}
+
 // round claims what there is room for, starts the attempts that are due and
 // waits for something to happen. It reports false once the engine stops.
 func (l *loop) round() bool {
@@ -109,7 +163,7 @@ func (l *loop) claim(b bounds, log *zap.Logger) {
 	}
 	want := min(b.ready-active, b.held-len(l.holding))
 	ctx, cancel := context.WithTimeout(l.e.ctx, storeTimeout)
-	entries, err := l.e.cfg.Store.Claim(ctx, want)
+	entries, err := l.e.store.Claim(ctx, want)
 	cancel()
 	l.lookForMore = false
 	if err != nil {
@@ -148,6 +202,7 @@ func (l *loop) startDue(s *Settings, now time.Time) {
 			h.backingOff = false
 			l.backingOff--
 		}
+		h.attempting = true
 		l.running++
 		l.busy++
 		l.e.inFlight.Add(1)
@@ -197,7 +252,7 @@ func (l *loop) renew(log *zap.Logger) {
 	}
 	ctx, cancel := context.WithTimeout(l.e.ctx, storeTimeout)
 	defer cancel()
-	if err := l.e.cfg.Store.Extend(ctx, ids); err != nil && l.e.ctx.Err() == nil {
+	if err := l.e.store.Extend(ctx, ids); err != nil && l.e.ctx.Err() == nil {
 		// Not found: finished meanwhile, or (shared stores) taken over by
 		// another process after a stall; the upstream may then see it
 		// twice, with the same Idempotency-Key.
@@ -213,6 +268,7 @@ func (l *loop) renew(log *zap.Logger) {
 // waits out a backoff.
 func (l *loop) finish(r result) {
 	l.busy--
+	r.h.attempting = false
 	if r.done {
 		delete(l.holding, r.h.entry.ID)
 		l.lookForMore = true
@@ -244,7 +300,7 @@ func (l *loop) drain() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	if err := l.e.cfg.Store.Release(ctx, ids); err != nil {
+	if err := l.e.store.Release(ctx, ids); err != nil {
 		l.e.logger(l.e.settings.Load()).Warn("cannot release queued payloads at shutdown; they are delivered after their claims expire",
 			zap.Int("count", len(ids)), zap.Error(err))
 	}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
 )
 
 // trimBatch bounds the dead letters one TrimDead call removes.
@@ -28,10 +30,13 @@ func (e *Engine) trimDead() {
 }
 
 // trimmer trims while asked to, then lets the next trimDead start another.
+// A panic ends one trim, logged with its stack; the next one is asked for
+// by the next dead letter or TrimInterval.
 func (e *Engine) trimmer() {
 	defer e.trims.Done()
 	for e.trimMore.Swap(false) && e.ctx.Err() == nil {
-		e.trimOnce(e.settings.Load())
+		s := e.settings.Load()
+		guard.Run(e.logger(s), "the trim of the dead letters", func() { e.trimOnce(s) })
 	}
 	e.trimming.Store(false)
 	if e.trimMore.Load() {
@@ -47,7 +52,7 @@ func (e *Engine) trimOnce(s *Settings) {
 	}
 	for e.ctx.Err() == nil {
 		ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
-		gone, err := e.cfg.Store.TrimDead(ctx, s.MaxDead, cutoff, trimBatch)
+		gone, err := e.store.TrimDead(ctx, s.MaxDead, cutoff, trimBatch)
 		cancel()
 		if err != nil {
 			if e.ctx.Err() == nil {
@@ -64,7 +69,8 @@ func (e *Engine) trimOnce(s *Settings) {
 			log.Warn("dead letter removed: "+why,
 				zap.String("id", d.ID), zap.String("key", d.Key), zap.Time("died", d.Died))
 			if e.cfg.DeadDropped != nil {
-				e.cfg.DeadDropped(d)
+				// each letter is logged and reported, whatever the others do
+				guard.Run(log, "the dead-letter observer", func() { e.cfg.DeadDropped(d) })
 			}
 		}
 		if len(gone) < trimBatch {

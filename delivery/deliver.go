@@ -40,20 +40,24 @@ func (e *Engine) deliver(s *Settings, h *held) {
 
 // afterPanic ends a turn that a panic cut short (guard has logged it with
 // its stack). It gives back the body's bytes and the concurrency place if
-// the turn still held them and, unless the loop has the entry back already,
-// hands it back as a failed attempt, due after the backoff. The store still
-// has the entry, so nothing is lost: at worst the upstream sees it again,
-// with the same Idempotency-Key.
+// the turn still held them and, unless the loop has the entry back already
+// (then the entry is no longer the turn's to touch), hands it back as a
+// failed attempt, due after the backoff. The store still has the entry, so
+// nothing is lost: at worst the upstream sees it again, with the same
+// Idempotency-Key.
 func (a *attemptRun) afterPanic() {
-	a.h.entry.Body = nil
 	a.giveBack()
 	a.freePlace()
-	if !a.reported {
-		a.h.leaving.Store(false)
-		a.report(result{h: a.h, next: a.retryIn()})
+	if a.reported {
+		return
 	}
+	a.h.entry.Body = nil
+	a.h.leaving.Store(false)
+	a.report(result{h: a.h, next: a.retryIn()})
 }
 
+// run is the turn: the Ack left over from a delivery, the Bury of a
+// damaged entry, or an attempt.
 func (a *attemptRun) run() {
 	switch {
 	case a.h.acked:

@@ -24,8 +24,9 @@ type held struct {
 	leaving atomic.Bool
 	// backingOff marks an entry waiting out its backoff after a failure.
 	backingOff bool
-	// attempting is set while the entry's turn runs (the loop's own field,
-	// like due and backingOff): not in the due queue, but held.
+	// attempting is set while the entry's turn runs, from its start to its
+	// report: held, but not in the due queue. Like due and backingOff it
+	// is the loop's own field.
 	attempting bool
 }
 

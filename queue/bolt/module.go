@@ -87,7 +87,7 @@ func (b *Backend) OpenStore(relayName string, opts queue.Options, logger *zap.Lo
 	if err != nil {
 		return nil, err
 	}
-	s, err := Open(path, opts)
+	s, err := open(path, opts, logger.With(zap.String("relay", relayName), zap.String("path", path)), testHooks{})
 	if err != nil {
 		release()
 		return nil, err

@@ -16,10 +16,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hookrelay/caddy-webhook-relay/queue"
-
+	"github.com/caddyserver/caddy/v2"
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+	"go.uber.org/zap"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // Store is a queue.Store kept in one bbolt file, for a single Caddy instance with
@@ -61,6 +64,21 @@ type Store struct {
 	// release lets go of the file in the process's table of bolt files
 	// (set by Backend.OpenStore); Close calls it.
 	release func()
+
+	// logger gets the panics of the background goroutines.
+	logger *zap.Logger
+	hooks  testHooks
+}
+
+// testHooks let in-package tests break the background goroutines; all nil
+// or zero outside them.
+type testHooks struct {
+	// commit runs in every group commit's transaction, after its calls.
+	commit func()
+	// sweep runs in every sweep transaction.
+	sweep func()
+	// sweepEvery replaces the background sweep's interval.
+	sweepEvery time.Duration
 }
 
 // Bucket names. The queue is ordered by queue key: an entry's own ID when it
@@ -100,8 +118,14 @@ const (
 // Open opens the bbolt file at path, creating it (and its directory,
 // mode 0700) if it does not exist. An existing file is never recreated or
 // truncated: one that is damaged, is not a webhook_relay store, or is held
-// by another process is an error naming the path.
+// by another process is an error naming the path. A panic in the store's
+// background goroutines is logged to Caddy's default logger.
 func Open(path string, opts queue.Options) (*Store, error) {
+	return open(path, opts, caddy.Log(), testHooks{})
+}
+
+// open is Open with the logger for the background goroutines' panics.
+func open(path string, opts queue.Options, logger *zap.Logger, hooks testHooks) (*Store, error) {
 	if path == "" {
 		return nil, errors.New("bolt store: no file path given")
 	}
@@ -128,6 +152,8 @@ func Open(path string, opts queue.Options) (*Store, error) {
 		done:     make(chan struct{}),
 		sweepMax: boltSweepBatch,
 		claims:   make(map[string]struct{}),
+		logger:   logger,
+		hooks:    hooks,
 	}
 	b.SetLimits(opts.Window, opts.MaxBacklog)
 	if err := b.init(); err != nil {
@@ -285,10 +311,27 @@ func (b *Store) storeErr(err error) error {
 // every run; the results of the run that committed are the ones that count.
 
 type boltCommit struct {
-	fn   func(*bbolt.Tx) error
-	size int // bytes of values it writes, about
-	done chan error
+	fn       func(*bbolt.Tx) error
+	size     int // bytes of values it writes, about
+	done     chan error
+	answered bool // the committer's: done has the result
 }
+
+// answer gives the call its result, once: a call answered already keeps
+// its answer when a panic cuts its group short afterwards.
+func (c *boltCommit) answer(err error) {
+	if !c.answered {
+		c.answered = true
+		c.done <- err
+	}
+}
+
+// errBoltCommitPanicked answers the calls of a group commit cut short by a
+// panic. bbolt rolled the transaction back (or, if the panic came in its
+// commit, may have written it): the caller reports a failure, and a sender
+// that retries finds its payload accepted, or stored after all and
+// answered duplicate, as after a timeout.
+var errBoltCommitPanicked = errors.New("the commit panicked (logged with its stack); it may not have been written")
 
 // write runs fn in a transaction shared with other concurrent writes, and
 // returns once it is committed to disk.
@@ -307,21 +350,44 @@ func (b *Store) writeSized(size int, fn func(*bbolt.Tx) error) error {
 	return b.storeErr(<-c.done)
 }
 
+// committing is what the committer holds between one step and the next,
+// kept outside its loop so that a panic loses none of it.
+type committing struct {
+	calls []*boltCommit // the group being committed
+	next  *boltCommit   // taken, but did not fit in the last group
+}
+
+// committer commits groups until Close. A panic (in bbolt, say) is logged
+// with its stack and fails the calls of the group it cut short that have
+// no answer yet, so no caller waits for ever; the committer goes on with
+// the next group.
 func (b *Store) committer() {
 	defer b.bgDone.Done()
-	calls := make([]*boltCommit, 0, boltMaxBatch)
-	var next *boltCommit // taken, but did not fit in the last group
+	c := &committing{calls: make([]*boltCommit, 0, boltMaxBatch)}
+	for guard.Run(b.logger, "the bolt store's committer", func() { b.commitUntilClosed(c) }) {
+		for _, call := range c.calls {
+			call.answer(errBoltCommitPanicked)
+		}
+		clear(c.calls)
+		c.calls = c.calls[:0]
+	}
+}
+
+func (b *Store) commitUntilClosed(c *committing) {
 	for {
-		if next == nil {
+		if c.next == nil {
 			select {
-			case next = <-b.commits:
+			case c.next = <-b.commits:
 			case <-b.done:
 				return
 			}
 		}
-		calls, next = b.gather(append(calls[:0], next))
-		b.commitGroup(calls)
-		clear(calls)
+		c.calls = append(c.calls[:0], c.next)
+		c.next = nil
+		b.gather(c)
+		b.commitGroup(c.calls)
+		clear(c.calls)
+		c.calls = c.calls[:0]
 	}
 }
 
@@ -331,34 +397,34 @@ func (b *Store) committer() {
 // call write get there first: each yield runs whatever is runnable, and
 // gathering stops once a yield brings nobody new. An idle store yields once
 // and commits at once. A group holds at most boltMaxBatch calls and
-// boltMaxBatchBytes of values (one larger call commits alone); it returns
-// the call it took that did not fit, if any.
-func (b *Store) gather(calls []*boltCommit) ([]*boltCommit, *boltCommit) {
-	size := calls[0].size
+// boltMaxBatchBytes of values (one larger call commits alone); the call it
+// took that did not fit, if any, is c.next.
+func (b *Store) gather(c *committing) {
+	size := c.calls[0].size
 	if size >= boltMaxBatchBytes {
-		return calls, nil
+		return
 	}
 	for range boltMaxYields {
 		runtime.Gosched()
-		before := len(calls)
-		for len(calls) < boltMaxBatch {
+		before := len(c.calls)
+		for len(c.calls) < boltMaxBatch {
 			select {
-			case c := <-b.commits:
-				if size+c.size > boltMaxBatchBytes {
-					return calls, c
+			case call := <-b.commits:
+				if size+call.size > boltMaxBatchBytes {
+					c.next = call
+					return
 				}
-				size += c.size
-				calls = append(calls, c)
+				size += call.size
+				c.calls = append(c.calls, call)
 				continue
 			default:
 			}
 			break
 		}
-		if len(calls) == before || len(calls) == boltMaxBatch {
+		if len(c.calls) == before || len(c.calls) == boltMaxBatch {
 			break
 		}
 	}
-	return calls, nil
 }
 
 func (b *Store) commitGroup(calls []*boltCommit) {
@@ -371,17 +437,20 @@ func (b *Store) commitGroup(calls []*boltCommit) {
 					return err
 				}
 			}
+			if b.hooks.commit != nil {
+				b.hooks.commit()
+			}
 			return nil
 		})
 		if failed < 0 {
 			for _, c := range calls {
-				c.done <- err
+				c.answer(err)
 			}
 			return
 		}
 		// the failing call gets its own transaction; the rest run again
 		c := calls[failed]
-		c.done <- b.db.Update(func(tx *bbolt.Tx) error { return boltSafeCall(c.fn, tx) })
+		c.answer(b.db.Update(func(tx *bbolt.Tx) error { return boltSafeCall(c.fn, tx) }))
 		calls = append(calls[:failed:failed], calls[failed+1:]...)
 	}
 }
@@ -1091,10 +1160,15 @@ func (b *Store) Close() error {
 }
 
 // sweeper deletes expired markers now and then, so that the file does not
-// grow without bound under a steady stream of new keys.
+// grow without bound under a steady stream of new keys. A panic (bbolt's,
+// on a damaged page, say) is logged with its stack and ends that sweep; its
+// transaction is rolled back, and the next tick sweeps again.
 func (b *Store) sweeper() {
 	defer b.bgDone.Done()
 	every := min(max(b.Window()/4, time.Second), time.Minute)
+	if b.hooks.sweepEvery > 0 {
+		every = b.hooks.sweepEvery
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -1102,7 +1176,7 @@ func (b *Store) sweeper() {
 		case <-b.done:
 			return
 		case <-t.C:
-			_, _ = b.sweep()
+			guard.Run(b.logger, "the bolt store's sweep of expired markers", func() { _, _ = b.sweep() })
 		}
 	}
 }
@@ -1132,6 +1206,9 @@ func (b *Store) sweep() (int, error) {
 		n, unmarked := 0, 0
 		err := b.db.Update(func(tx *bbolt.Tx) error {
 			n, unmarked = 0, 0
+			if b.hooks.sweep != nil {
+				b.hooks.sweep()
+			}
 			expiry := tx.Bucket(boltExpiry)
 			seen := tx.Bucket(boltSeen)
 			var expired [][]byte

@@ -1,0 +1,323 @@
+package delivery
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+)
+
+// held is an entry the engine has claimed.
+type held struct {
+	entry *queue.Entry
+	due   time.Time
+	// acked means the upstream took it and only the store's Ack is left.
+	acked bool
+	// leaving is set while the entry's Ack or Bury runs: its claim must not
+	// be extended any more.
+	leaving atomic.Bool
+	// backingOff marks an entry waiting out its backoff after a failure.
+	backingOff bool
+	// attempting is set while the entry's turn runs, from its start to its
+	// report: held, but not in the due queue. Like due and backingOff it
+	// is the loop's own field.
+	attempting bool
+}
+
+// result is what a finished attempt reports to the loop.
+type result struct {
+	h    *held
+	done bool      // the entry left the queue (delivered or buried)
+	next time.Time // when to try again, unless done
+}
+
+// loop is the engine's claim loop. One goroutine (Engine.run) owns it: the
+// entries it holds and the counts below are touched by no one else.
+// Attempts run in goroutines of their own and report back through
+// Engine.freed and Engine.results.
+type loop struct {
+	e       *Engine
+	holding map[string]*held // claimed and not yet finished
+	due     dueQueue         // held entries waiting for their attempt
+	running int              // attempts talking to the upstream, bounded by Concurrency
+	busy    int              // attempt goroutines that have not reported their result
+	// backingOff counts the held entries waiting out a backoff.
+	backingOff int
+	// lookForMore asks the next round to claim: woken, polled, an entry
+	// left, or the last claim came back full.
+	lookForMore bool
+
+	timer *time.Timer // fires when the first due entry is due
+	poll  *time.Ticker
+	lease *time.Ticker
+	trim  *time.Ticker
+}
+
+func newLoop(e *Engine) *loop {
+	return &loop{
+		e:           e,
+		holding:     make(map[string]*held),
+		lookForMore: true,
+		timer:       time.NewTimer(time.Hour),
+		poll:        time.NewTicker(e.cfg.PollInterval),
+		lease:       time.NewTicker(e.cfg.LeaseRefresh),
+		trim:        time.NewTicker(e.cfg.TrimInterval),
+	}
+}
+
+func (l *loop) stopTimers() {
+	l.timer.Stop()
+	l.poll.Stop()
+	l.lease.Stop()
+	l.trim.Stop()
+}
+
+// bounds are how many entries the loop holds. It keeps up to four times the
+// concurrency ready to go, and claims in batches of a quarter of that rather
+// than one entry per finished delivery. Entries waiting out a backoff do not
+// count, so failing payloads never keep the others from being claimed; held
+// bounds how many are held in all. Held entries carry no body: it is loaded
+// for an attempt only, within the memory budget.
+type bounds struct {
+	ready, batch, held int
+}
+
+func boundsFor(s *Settings) bounds {
+	ready := 4 * s.Concurrency
+	return bounds{ready: ready, batch: max(ready/4, 1), held: 16 * ready}
+}
+
+// serve runs rounds until the engine stops (true), or until a panic cuts
+// one short (false; guard has logged it with its stack).
+func (l *loop) serve() bool {
+	return !guard.Run(l.e.logger(l.e.settings.Load()), "the delivery loop", func() {
+		for l.round() {
+		}
+	})
+}
+
+// rebuild puts the loop back in order after a panic cut a round short,
+// wherever it was: every held entry whose turn is not running waits in the
+// due queue (counted if it backs off), and the next round claims. Turns that
+// are running report as usual. Nothing held is dropped, so no entry stays
+// claimed without the loop knowing it.
+func (l *loop) rebuild() {
+	clear(l.due)
+	l.due = l.due[:0]
+	l.backingOff = 0
+	for _, h := range l.holding {
+		if h.attempting {
+			continue
+		}
+		if h.backingOff {
+			l.backingOff++
+		}
+		l.due = append(l.due, h)
+	}
+	heap.Init(&l.due)
+	l.lookForMore = true
+}
+
+// pause waits for the next poll before the loop goes on after a panic, so
+// one that happens every round is logged once a poll interval, not in a
+// tight loop; turns that end meanwhile are taken in. It reports false if
+// the engine stops meanwhile.
+func (l *loop) pause() bool {
+	for {
+		select {
+		case <-l.e.ctx.Done():
+			return false
+		case <-l.poll.C:
+			return true
+		case <-l.e.freed:
+			l.running--
+		case r := <-l.e.results:
+			l.finish(r)
+		}
+	}
+}
+
+// round claims what there is room for, starts the attempts that are due and
+// waits for something to happen. It reports false once the engine stops.
+func (l *loop) round() bool {
+	s := l.e.settings.Load()
+	log := l.e.logger(s)
+	b := boundsFor(s)
+	l.claim(b, log)
+	l.e.full.Store(len(l.holding)-l.backingOff > b.ready-b.batch || len(l.holding) >= b.held)
+	now := l.e.cfg.Now()
+	l.startDue(s, now)
+	return l.wait(s, log, now)
+}
+
+// claim takes more entries from the store when asked to and there is room.
+func (l *loop) claim(b bounds, log *zap.Logger) {
+	active := len(l.holding) - l.backingOff
+	if !l.lookForMore || active > b.ready-b.batch || len(l.holding) >= b.held {
+		return
+	}
+	want := min(b.ready-active, b.held-len(l.holding))
+	ctx, cancel := context.WithTimeout(l.e.ctx, storeTimeout)
+	entries, err := l.e.store.Claim(ctx, want)
+	cancel()
+	l.lookForMore = false
+	if err != nil {
+		if l.e.ctx.Err() == nil {
+			l.e.claimErr.Fail(log, "cannot read the queue from the store; retrying", err)
+		}
+		return
+	}
+	l.e.claimErr.Ok(log, "store reachable again; delivering")
+	l.hold(entries)
+	// A full batch suggests more is waiting.
+	l.lookForMore = len(entries) == want
+}
+
+// hold takes claimed entries in, due at once.
+func (l *loop) hold(entries []*queue.Entry) {
+	now := l.e.cfg.Now()
+	for _, ent := range entries {
+		if _, ok := l.holding[ent.ID]; ok {
+			// A shared store hands an entry out again when its claim lapsed
+			// (the store was unreachable longer than the visibility
+			// timeout): it is still ours.
+			continue
+		}
+		h := &held{entry: ent, due: now}
+		l.holding[ent.ID] = h
+		heap.Push(&l.due, h)
+	}
+}
+
+// startDue starts the attempts that are due, as many as there are places.
+func (l *loop) startDue(s *Settings, now time.Time) {
+	for l.running < s.Concurrency && l.due.Len() > 0 && !l.due[0].due.After(now) {
+		h := heap.Pop(&l.due).(*held)
+		if h.backingOff {
+			h.backingOff = false
+			l.backingOff--
+		}
+		h.attempting = true
+		l.running++
+		l.busy++
+		l.e.inFlight.Add(1)
+		go l.e.deliver(s, h)
+	}
+}
+
+// wait waits for one thing to happen and takes it in. It reports false
+// once the engine stops.
+func (l *loop) wait(s *Settings, log *zap.Logger, now time.Time) bool {
+	var fire <-chan time.Time
+	if l.due.Len() > 0 && l.running < s.Concurrency {
+		l.timer.Reset(l.due[0].due.Sub(now))
+		fire = l.timer.C
+	}
+	select {
+	case <-l.e.ctx.Done():
+		return false
+	case <-l.e.wake:
+		l.lookForMore = true
+	case <-l.poll.C:
+		l.lookForMore = true
+	case <-l.lease.C:
+		l.renew(log)
+	case <-l.e.freed:
+		l.running--
+	case r := <-l.e.results:
+		l.finish(r)
+	case <-l.trim.C:
+		l.e.trimDead()
+	case <-fire:
+	}
+	return true
+}
+
+// renew extends the claims on the held entries, but not on those whose Ack
+// or Bury is under way.
+func (l *loop) renew(log *zap.Logger) {
+	if len(l.holding) == 0 {
+		return
+	}
+	ids := make([]string, 0, len(l.holding))
+	for id, h := range l.holding {
+		if !h.leaving.Load() {
+			ids = append(ids, id)
+		}
+	}
+	ctx, cancel := context.WithTimeout(l.e.ctx, storeTimeout)
+	defer cancel()
+	if err := l.e.store.Extend(ctx, ids); err != nil && l.e.ctx.Err() == nil {
+		// Not found: finished meanwhile, or (shared stores) taken over by
+		// another process after a stall; the upstream may then see it
+		// twice, with the same Idempotency-Key.
+		level := zap.WarnLevel
+		if errors.Is(err, queue.ErrNotFound) {
+			level = zap.DebugLevel
+		}
+		log.Log(level, "cannot extend claims on queued payloads", zap.Int("count", len(ids)), zap.Error(err))
+	}
+}
+
+// finish takes in what an attempt reported: its entry left the queue, or it
+// waits out a backoff.
+func (l *loop) finish(r result) {
+	l.busy--
+	r.h.attempting = false
+	if r.done {
+		delete(l.holding, r.h.entry.ID)
+		l.lookForMore = true
+		return
+	}
+	r.h.due = r.next
+	r.h.backingOff = true
+	l.backingOff++
+	heap.Push(&l.due, r.h)
+}
+
+// drain waits for running attempts (Stop's grace bounds them) and gives
+// everything still held back to the store.
+func (l *loop) drain() {
+	for l.running > 0 || l.busy > 0 {
+		select {
+		case <-l.e.freed:
+			l.running--
+		case r := <-l.e.results:
+			l.finish(r)
+		}
+	}
+	if len(l.holding) == 0 {
+		return
+	}
+	ids := make([]string, 0, len(l.holding))
+	for id := range l.holding {
+		ids = append(ids, id)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	if err := l.e.store.Release(ctx, ids); err != nil {
+		l.e.logger(l.e.settings.Load()).Warn("cannot release queued payloads at shutdown; they are delivered after their claims expire",
+			zap.Int("count", len(ids)), zap.Error(err))
+	}
+}
+
+// dueQueue orders held entries by when they are due.
+type dueQueue []*held
+
+func (q dueQueue) Len() int           { return len(q) }
+func (q dueQueue) Less(i, j int) bool { return q[i].due.Before(q[j].due) }
+func (q dueQueue) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
+func (q *dueQueue) Push(x any)        { *q = append(*q, x.(*held)) }
+func (q *dueQueue) Pop() any {
+	old := *q
+	h := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	return h
+}

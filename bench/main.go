@@ -1,13 +1,13 @@
 // Command bench measures webhook_relay inside a real Caddy against plain
 // Caddy baselines, and checks that every acknowledged payload is delivered.
 //
-//	go run ./bench [-duration 10s] [-connections 64] [-rounds 3] [-targets respond,memory,...]
+//	go run ./bench [-duration 10s] [-connections 8,32,64,128] [-rounds 3] [-targets respond,memory,...]
 //	go run ./bench -body-size 6MiB   # large bodies: also Caddy's peak RSS per target
 //
 // It builds ./cmd/caddy, starts a counting upstream in-process, a private
 // redis-server, and one Caddy process with one site per target, then drives
-// closed-loop POST load at each target in turn, round after round, all on
-// 127.0.0.1. See the README's Performance section.
+// closed-loop POST load at each target in turn, at each connection count,
+// round after round, all on 127.0.0.1. See the README's Performance section.
 package main
 
 import (
@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -44,14 +45,41 @@ type target struct {
 	live     bool   // the relay delivers to the counting upstream
 	setup    string // for the table
 
-	port   int
+	port  int
+	at    []*series // one per connection count, in the order of counts
+	acked []uint64  // payload ids answered 200, over all rounds and counts
+}
+
+// series is what one target measured at one connection count: one entry
+// per round.
+type series struct {
 	runs   []result
-	acked  []uint64 // payload ids answered 200, over all rounds
+	rates  []float64 // what the ratio compares; see target.rate
+	ratios []float64 // rate over the baseline's, same round and count
 	drains []time.Duration
-	rates  []float64 // payloads acknowledged AND delivered per second, per round
 	cpu    []cpuCost
-	rss    []int // Caddy's peak RSS (VmHWM, KiB) per round, load and drain included
+	rss    []int // Caddy's peak RSS (VmHWM, KiB), load and drain included
 	own    []int // the same without mapped files (RssAnon+RssShmem, sampled), KiB
+}
+
+// rate is what a run is compared on. Burst: acknowledgements per second
+// (with large bodies 200s per second: a 503 at max_memory is quick and
+// acknowledges nothing). Sustained: payloads acknowledged and delivered
+// per second, the live relay's drain included.
+func (t *target) rate(res result, drain time.Duration, large bool) float64 {
+	if t.group == "burst" {
+		if large {
+			return res.okps()
+		}
+		return res.rps()
+	}
+	// Large bodies can be refused (503 at max_memory): count only what
+	// was acknowledged as delivered. Small: every answer is 200.
+	done := res.total
+	if large {
+		done = len(res.acked)
+	}
+	return float64(done) / (res.elapsed + drain).Seconds()
 }
 
 // cpuCost is the CPU time Caddy and redis-server spent per request in one
@@ -127,11 +155,11 @@ func (t *target) site(e env) string {
 func main() { os.Exit(run()) }
 
 func run() int {
-	duration := flag.Duration("duration", 10*time.Second, "measured load time per target per round")
+	duration := flag.Duration("duration", 10*time.Second, "measured load time per target, connection count and round")
 	warmup := flag.Duration("warmup", time.Second, "unmeasured load before each measurement")
-	conns := flag.Int("connections", 64, "keep-alive connections (closed-loop workers)")
-	deliveryConc := flag.Int("delivery-concurrency", 0, "the live relays' concurrency (parallel deliveries); default: as many as -connections, the parallelism reverse_proxy gets from the load")
-	rounds := flag.Int("rounds", 3, "rounds; each round runs every target once, in turn")
+	connsFlag := flag.String("connections", "8,32,64,128", "keep-alive connections (closed-loop workers): a count, or counts separated by commas, each measured in every round; with -body-size the default is 64")
+	deliveryConc := flag.Int("delivery-concurrency", 0, "the live relays' concurrency (parallel deliveries); default: as many as the connections of each run, the parallelism reverse_proxy gets from the load")
+	rounds := flag.Int("rounds", 3, "rounds; each round runs every target once at each connection count, in turn")
 	names := flag.String("targets", "respond,memory,bolt,redis,proxy,bolt-live,redis-live", "targets to run, comma separated (memory-live is also available)")
 	drainTimeout := flag.Duration("drain-timeout", 60*time.Second, "how long to wait for a live relay to deliver everything")
 	redisAOF := flag.Bool("redis-aof", true, "run Redis with appendonly yes, appendfsync everysec, as the README recommends (false: no persistence)")
@@ -139,8 +167,8 @@ func run() int {
 	bodySizeFlag := flag.String("body-size", "", "large bodies: make every body about this size (bytes, or e.g. 6MiB) with a Runware-like imageBase64Data field, and report Caddy's peak RSS per target; default: ~300-byte bodies")
 	budgetFlag := flag.String("burst-budget", "4GiB", "large bodies: a burst target (upstream down, so it keeps everything) stops taking load once this much was acknowledged; its store is emptied before each run")
 	flag.Parse()
-	if *duration <= 0 || *conns <= 0 || *rounds <= 0 {
-		fmt.Fprintln(os.Stderr, "-duration, -connections and -rounds must be positive")
+	if *duration <= 0 || *rounds <= 0 {
+		fmt.Fprintln(os.Stderr, "-duration and -rounds must be positive")
 		return 2
 	}
 	var bodySize, burstBudget uint64
@@ -161,6 +189,17 @@ func run() int {
 		// with large bodies a burst is gigabytes. Name it to run it.
 		*names = "respond,bolt,redis,proxy,bolt-live,redis-live"
 	}
+	if large && !flagSet("connections") {
+		// Large bodies keep the single count they always had: 128
+		// connections of them is another experiment (memory in flight),
+		// and four counts take four times as long. Name a list to run one.
+		*connsFlag = "64"
+	}
+	counts, err := parseCounts(*connsFlag)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "-connections %q: %v\n", *connsFlag, err)
+		return 2
+	}
 
 	all := targets()
 	chosen := map[string]bool{}
@@ -173,9 +212,11 @@ func run() int {
 		chosen[n] = true
 	}
 	var active []*target // in the table's order, whatever the flag's
+	byName := map[string]*target{}
 	for _, t := range all {
 		if chosen[t.name] {
 			active = append(active, t)
+			byName[t.name] = t
 		}
 	}
 
@@ -209,10 +250,15 @@ func run() int {
 	}
 	defer up.close()
 
-	e := env{dir: dir, upstream: up.addr, deliveryConcurrency: *deliveryConc, large: large}
-	if e.deliveryConcurrency <= 0 {
-		e.deliveryConcurrency = *conns
+	// The live relays' concurrency at n connections.
+	deliveryAt := func(n int) int {
+		if *deliveryConc > 0 {
+			return *deliveryConc
+		}
+		return n
 	}
+	// (deliveryConcurrency is set again for each count's Caddyfile.)
+	e := env{dir: dir, upstream: up.addr, deliveryConcurrency: deliveryAt(counts[0]), large: large}
 	if e.deadPort, err = harness.FreePort(); err != nil {
 		return fail("%v", err)
 	}
@@ -236,7 +282,6 @@ func run() int {
 
 	// Check each site on its own, so a store that is not built yet skips
 	// its targets instead of failing the run.
-	var sites strings.Builder
 	var ports []int
 	ok := active[:0:0]
 	for _, t := range active {
@@ -256,23 +301,36 @@ func run() int {
 			continue
 		}
 		ok = append(ok, t)
-		sites.WriteString(t.site(e) + "\n")
 		ports = append(ports, t.port)
+		t.at = make([]*series, len(counts))
+		for i := range counts {
+			t.at[i] = &series{}
+		}
 	}
 	active = ok
 	if len(active) == 0 {
 		return fail("no target left to run")
 	}
-	caddyfile := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(caddyfile, []byte(c.Config(sites.String())), 0o644); err != nil {
-		return fail("%v", err)
+	// One Caddyfile per connection count: the live relays' concurrency
+	// follows the count unless -delivery-concurrency fixes it.
+	caddyfiles := make([]string, len(counts))
+	for i, n := range counts {
+		e.deliveryConcurrency = deliveryAt(n)
+		var sites strings.Builder
+		for _, t := range active {
+			sites.WriteString(t.site(e) + "\n")
+		}
+		caddyfiles[i] = filepath.Join(dir, fmt.Sprintf("Caddyfile-%d", n))
+		if err := os.WriteFile(caddyfiles[i], []byte(c.Config(sites.String())), 0o644); err != nil {
+			return fail("%v", err)
+		}
 	}
 	// A fresh Caddy process for every measurement: what one target leaves
 	// behind (the memory store's heap, a backlog being retried) must not
 	// cost the next target CPU. bolt and redis queues survive the restarts,
 	// so the delivery check at the end sees them all.
 	var caddy *harness.Proc
-	restart := func() error {
+	restart := func(caddyfile string) error {
 		stopCaddy(caddy, 20*time.Second)
 		if large {
 			// What a burst target stored is never delivered (its upstream
@@ -288,172 +346,175 @@ func run() int {
 	defer func() { stopCaddy(caddy, 20*time.Second) }()
 
 	gen := &payloads{run: rand.Uint32()}
+	countList := joinInts(counts)
 	if large {
 		gen.setSize(int(bodySize))
-		fmt.Printf("load: %d keep-alive connections, closed loop, %s warm-up + %s measured per target per round, %d rounds, %d-byte bodies (%s, imageBase64Data)\n",
-			*conns, *warmup, *duration, *rounds, gen.bodyLen(1), humanize.IBytes(uint64(gen.bodyLen(1))))
+		fmt.Printf("load: %s keep-alive connections, closed loop, %s warm-up + %s measured per target per count per round, %d rounds, %d-byte bodies (%s, imageBase64Data)\n",
+			countList, *warmup, *duration, *rounds, gen.bodyLen(1), humanize.IBytes(uint64(gen.bodyLen(1))))
 		fmt.Printf("burst targets: at most %s acknowledged per run (%d payloads), store emptied before each run\n",
 			humanize.IBytes(burstBudget), burstBudget/uint64(gen.bodyLen(1)))
 	} else {
-		fmt.Printf("load: %d keep-alive connections, closed loop, %s warm-up + %s measured per target per round, %d rounds, ~%d-byte bodies\n",
-			*conns, *warmup, *duration, *rounds, len((&payloads{}).body(1)))
+		fmt.Printf("load: %s keep-alive connections, closed loop, %s warm-up + %s measured per target per count per round, %d rounds, ~%d-byte bodies\n",
+			countList, *warmup, *duration, *rounds, len((&payloads{}).body(1)))
 	}
-	fmt.Printf("live relays: concurrency %d\n\n", e.deliveryConcurrency)
+	if *deliveryConc > 0 {
+		fmt.Printf("live relays: concurrency %d\n\n", *deliveryConc)
+	} else {
+		fmt.Printf("live relays: concurrency as many as the connections (%s)\n\n", countList)
+	}
 
+	// Within a round, every target runs at one count before the next
+	// count: a target and its baseline run minutes apart at most.
 	for r := range *rounds {
-		for _, t := range active {
-			if ctx.Err() != nil {
-				return fail("interrupted")
-			}
-			if err := restart(); err != nil {
-				return fail("%v", err)
-			}
-			var profDone chan struct{}
-			if *profile && r == 0 {
-				profDone = make(chan struct{})
-				go func() {
-					defer close(profDone)
-					saveProfile(ctx, adminPort, *warmup, *duration, filepath.Join(dir, "pprof", t.name+".pprof"))
-				}()
-			}
-			caddy0, redis0 := harness.CPUTime(caddy.Pid()), harness.CPUTime(redisPid)
-			var maxAcked int64
-			var ownPeak func() int
-			if large {
-				if !t.live && t.store != "" {
-					maxAcked = max(1, int64(burstBudget/uint64(gen.bodyLen(1))))
+		for ci, n := range counts {
+			for _, t := range active {
+				if ctx.Err() != nil {
+					return fail("interrupted")
 				}
-				ownPeak = sampleOwn(caddy.Pid(), 50*time.Millisecond)
-			}
-			res := runLoad(ctx, t.url(), *conns, *warmup, *duration, gen, maxAcked)
-			// Large bodies can be refused (503 at max_memory): count only
-			// what was acknowledged as delivered. Small: every answer is 200.
-			done := res.total
-			if large {
-				done = len(res.acked)
-			}
-			if t.name == "proxy" {
-				t.rates = append(t.rates, float64(done)/res.elapsed.Seconds())
-			}
-			if profDone != nil {
-				<-profDone
-			}
-			t.runs = append(t.runs, res)
-			line := fmt.Sprintf("round %d/%d %-10s %8.0f req/s  p50 %s  p99 %s  non-200 %d  errors %d",
-				r+1, *rounds, t.name, res.rps(), ms(res.pct(0.50)), ms(res.pct(0.99)), res.non200, res.errors)
-			if t.live {
-				// Let the relay catch up before the next target runs, so
-				// its deliveries do not eat the next target's CPU.
-				t.acked = append(t.acked, res.acked...)
-				d := waitDistinct(ctx, up, t.upPath(), len(t.acked), *drainTimeout)
-				t.drains = append(t.drains, d)
-				t.rates = append(t.rates, float64(done)/(res.elapsed+d).Seconds())
-				line += fmt.Sprintf("  drained in %.1fs", d.Seconds())
-			}
-			if res.total > 0 {
-				cost := cpuCost{(harness.CPUTime(caddy.Pid()) - caddy0) / time.Duration(res.total), (harness.CPUTime(redisPid) - redis0) / time.Duration(res.total)}
-				t.cpu = append(t.cpu, cost)
-				line += "  CPU/req " + cost.String(t.store == "redis")
-			}
-			if large {
-				rss, own := memory(caddy.Pid()).HWM, ownPeak()
-				t.rss = append(t.rss, rss)
-				t.own = append(t.own, own)
-				line += fmt.Sprintf("  200/s %.0f  RSS peak %s (own %s)", res.okps(), mib(rss), mib(own))
-				if t.store == "redis" {
-					line += fmt.Sprintf(" (redis-server now %s)", mib(memory(redisPid).RSS))
+				if err := restart(caddyfiles[ci]); err != nil {
+					return fail("%v", err)
 				}
-				if len(res.codes) > 0 {
-					line += "  non-200 by status (whole run): " + fmtCodes(res.codes)
+				s := t.at[ci]
+				var profDone chan struct{}
+				if *profile && r == 0 {
+					profDone = make(chan struct{})
+					go func() {
+						defer close(profDone)
+						saveProfile(ctx, adminPort, *warmup, *duration, filepath.Join(dir, "pprof", fmt.Sprintf("%s-%d.pprof", t.name, n)))
+					}()
 				}
-				if res.budget {
-					line += fmt.Sprintf("  [stopped at the burst budget after %.1fs]", res.window.Seconds())
+				caddy0, redis0 := harness.CPUTime(caddy.Pid()), harness.CPUTime(redisPid)
+				var maxAcked int64
+				var ownPeak func() int
+				if large {
+					if !t.live && t.store != "" {
+						maxAcked = max(1, int64(burstBudget/uint64(gen.bodyLen(1))))
+					}
+					ownPeak = sampleOwn(caddy.Pid(), 50*time.Millisecond)
 				}
+				res := runLoad(ctx, t.url(), n, *warmup, *duration, gen, maxAcked)
+				if profDone != nil {
+					<-profDone
+				}
+				s.runs = append(s.runs, res)
+				line := fmt.Sprintf("round %d/%d %3d conns  %-11s %8.0f req/s  p50 %s  p99 %s  non-200 %d  errors %d",
+					r+1, *rounds, n, t.name, res.rps(), ms(res.pct(0.50)), ms(res.pct(0.99)), res.non200, res.errors)
+				var drain time.Duration
+				if t.live {
+					// Let the relay catch up before the next target runs, so
+					// its deliveries do not eat the next target's CPU.
+					t.acked = append(t.acked, res.acked...)
+					drain = waitDistinct(ctx, up, t.upPath(), len(t.acked), *drainTimeout)
+					s.drains = append(s.drains, drain)
+					line += fmt.Sprintf("  drained in %.1fs", drain.Seconds())
+				}
+				rate := t.rate(res, drain, large)
+				s.rates = append(s.rates, rate)
+				// The baseline ran earlier in this round at this count
+				// (active is in the table's order): compare with that run
+				// only, never across rounds.
+				if b := byName[t.baseline]; b != nil && len(b.at[ci].rates) == r+1 && b.at[ci].rates[r] > 0 {
+					ratio := rate / b.at[ci].rates[r]
+					s.ratios = append(s.ratios, ratio)
+					line += fmt.Sprintf("  vs %s %.2f", t.baseline, ratio)
+				}
+				if res.total > 0 {
+					cost := cpuCost{(harness.CPUTime(caddy.Pid()) - caddy0) / time.Duration(res.total), (harness.CPUTime(redisPid) - redis0) / time.Duration(res.total)}
+					s.cpu = append(s.cpu, cost)
+					line += "  CPU/req " + cost.String(t.store == "redis")
+				}
+				if large {
+					rss, own := memory(caddy.Pid()).HWM, ownPeak()
+					s.rss = append(s.rss, rss)
+					s.own = append(s.own, own)
+					line += fmt.Sprintf("  200/s %.0f  RSS peak %s (own %s)", res.okps(), mib(rss), mib(own))
+					if t.store == "redis" {
+						line += fmt.Sprintf(" (redis-server now %s)", mib(memory(redisPid).RSS))
+					}
+					if len(res.codes) > 0 {
+						line += "  non-200 by status (whole run): " + fmtCodes(res.codes)
+					}
+					if res.budget {
+						line += fmt.Sprintf("  [stopped at the burst budget after %.1fs]", res.window.Seconds())
+					}
+				}
+				fmt.Println(line)
 			}
-			fmt.Println(line)
 		}
 	}
 
-	printTable(active, large)
-	if err := restart(); err != nil { // the delivery check needs a running relay
+	printTable(active, counts, large)
+	if err := restart(caddyfiles[0]); err != nil { // the delivery check needs a running relay
 		return fail("%v", err)
 	}
 	if *profile {
-		fmt.Printf("\nCPU profiles (round 1): %s\n  go tool pprof -top %s %s\n", filepath.Join(dir, "pprof"), bin, filepath.Join(dir, "pprof", "<target>.pprof"))
+		fmt.Printf("\nCPU profiles (round 1): %s\n  go tool pprof -top %s %s\n", filepath.Join(dir, "pprof"), bin, filepath.Join(dir, "pprof", "<target>-<connections>.pprof"))
 	}
 	return checkDelivery(ctx, active, up, gen, *drainTimeout)
 }
 
-func printTable(active []*target, large bool) {
-	byName := map[string]*target{}
-	for _, t := range active {
-		byName[t.name] = t
-	}
+// printTable prints one row per target and connection count: a target's
+// rows follow each other, so its ratio and CPU/req read as a curve.
+func printTable(active []*target, counts []int, large bool) {
 	fmt.Println()
 	if large {
-		fmt.Println("| target | setup | req/s | 200/s | p50 | p99 | delivered/s | vs baseline | CPU/req | RSS peak | own peak | non-200 | drain |")
-		fmt.Println("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+		fmt.Println("| target | conns | setup | req/s | 200/s | p50 | p99 | delivered/s | vs baseline | CPU/req | RSS peak | own peak | non-200 | drain |")
+		fmt.Println("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	} else {
-		fmt.Println("| target | setup | req/s | p50 | p99 | delivered/s | vs baseline | CPU/req | non-200 | drain |")
-		fmt.Println("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
-	}
-	// Burst rows compare acknowledgements per second (with large bodies
-	// 200s per second: a 503 at max_memory is quick and acknowledges
-	// nothing); sustained rows compare payloads acknowledged and delivered
-	// per second.
-	burstRate := func(r result) float64 { return r.rps() }
-	if large {
-		burstRate = func(r result) float64 { return r.okps() }
+		fmt.Println("| target | conns | setup | req/s | p50 | p99 | delivered/s | vs baseline | CPU/req | non-200 | drain |")
+		fmt.Println("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|")
 	}
 	for _, t := range active {
-		rps := median(t.runs, func(r result) float64 { return r.rps() })
-		rate, delivered := median(t.runs, burstRate), ""
-		if t.group == "sustained" {
-			rate = medianOf(t.rates)
-			delivered = fmt.Sprintf("%.0f", rate)
-		}
-		ratio := "baseline"
-		if t.baseline != "" {
-			ratio = "-"
-			if b := byName[t.baseline]; b != nil {
-				base := median(b.runs, burstRate)
-				if t.group == "sustained" {
-					base = medianOf(b.rates)
+		for ci, n := range counts {
+			s := t.at[ci]
+			setup := t.setup
+			if ci > 0 {
+				setup = "" // said on the target's first row
+			}
+			delivered := ""
+			if t.group == "sustained" {
+				delivered = fmt.Sprintf("%.0f", medianOf(s.rates))
+			}
+			ratio := "baseline"
+			if t.baseline != "" {
+				ratio = "-" // its baseline did not run
+				if len(s.ratios) > 0 {
+					ratio = fmt.Sprintf("%.2f", medianOf(s.ratios))
 				}
-				ratio = fmt.Sprintf("%.2f", rate/base)
 			}
-		}
-		non200 := 0
-		for _, r := range t.runs {
-			non200 += r.non200 + r.errors
-		}
-		drain := ""
-		if t.live {
-			ds := make([]float64, len(t.drains))
-			for i, d := range t.drains {
-				ds[i] = d.Seconds()
+			non200 := 0
+			for _, r := range s.runs {
+				non200 += r.non200 + r.errors
 			}
-			slices.Sort(ds)
-			drain = fmt.Sprintf("%.1f s", ds[len(ds)/2])
+			drain := ""
+			if t.live {
+				ds := make([]float64, len(s.drains))
+				for i, d := range s.drains {
+					ds[i] = d.Seconds()
+				}
+				drain = fmt.Sprintf("%.1f s", medianOf(ds))
+			}
+			var cpu cpuCost
+			if len(s.cpu) > 0 {
+				slices.SortFunc(s.cpu, func(a, b cpuCost) int { return int(a.caddy + a.redis - b.caddy - b.redis) })
+				cpu = s.cpu[len(s.cpu)/2]
+			}
+			rps := median(s.runs, result.rps)
+			p50 := ms(time.Duration(median(s.runs, func(r result) float64 { return float64(r.pct(0.50)) })))
+			p99 := ms(time.Duration(median(s.runs, func(r result) float64 { return float64(r.pct(0.99)) })))
+			if large {
+				fmt.Printf("| %s | %d | %s | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", t.name, n, setup, rps,
+					median(s.runs, result.okps), p50, p99,
+					delivered, ratio, cpu.String(t.store == "redis"), mib(slices.Max(s.rss)), mib(slices.Max(s.own)), non200, drain)
+				continue
+			}
+			fmt.Printf("| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %d | %s |\n", t.name, n, setup, rps,
+				p50, p99, delivered, ratio, cpu.String(t.store == "redis"), non200, drain)
 		}
-		var cpu cpuCost
-		if len(t.cpu) > 0 {
-			slices.SortFunc(t.cpu, func(a, b cpuCost) int { return int(a.caddy + a.redis - b.caddy - b.redis) })
-			cpu = t.cpu[len(t.cpu)/2]
-		}
-		p50 := ms(time.Duration(median(t.runs, func(r result) float64 { return float64(r.pct(0.50)) })))
-		p99 := ms(time.Duration(median(t.runs, func(r result) float64 { return float64(r.pct(0.99)) })))
-		if large {
-			fmt.Printf("| %s | %s | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", t.name, t.setup, rps,
-				median(t.runs, func(r result) float64 { return r.okps() }), p50, p99,
-				delivered, ratio, cpu.String(t.store == "redis"), mib(slices.Max(t.rss)), mib(slices.Max(t.own)), non200, drain)
-			continue
-		}
-		fmt.Printf("| %s | %s | %.0f | %s | %s | %s | %s | %s | %d | %s |\n", t.name, t.setup, rps,
-			p50, p99, delivered, ratio, cpu.String(t.store == "redis"), non200, drain)
 	}
+	fmt.Println("\nvs baseline: the median over the rounds of the ratio to the baseline's run in the same round at the same connection count.")
 	if large {
-		fmt.Println("\nRSS peak: Caddy's VmHWM, highest over the rounds (each run is a fresh Caddy process; a live relay's drain included).")
+		fmt.Println("RSS peak: Caddy's VmHWM, highest over the rounds (each run is a fresh Caddy process; a live relay's drain included).")
 		fmt.Println("own peak: the same without mapped files (RssAnon+RssShmem, sampled every 50 ms); on bolt VmRSS also counts the database file's pages that bbolt's mmap touched.")
 	}
 }
@@ -568,6 +629,29 @@ func saveProfile(ctx context.Context, adminPort int, warmup, window time.Duratio
 	}
 	defer f.Close()
 	_, _ = io.Copy(f, resp.Body)
+}
+
+// parseCounts reads -connections: positive counts separated by commas,
+// returned in ascending order (the table's), each once.
+func parseCounts(s string) ([]int, error) {
+	var counts []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("want positive counts separated by commas, e.g. 8,32,64")
+		}
+		counts = append(counts, n)
+	}
+	slices.Sort(counts)
+	return slices.Compact(counts), nil
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ", ")
 }
 
 func median(runs []result, f func(result) float64) float64 {

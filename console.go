@@ -141,20 +141,26 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return caddyhttp.Error(http.StatusMethodNotAllowed, fmt.Errorf("the console page is read with GET, not %s", r.Method))
 	}
 	switch {
-	case last == "":
-		return serveAsset(w, r, consoleAssets["index.html"])
 	case last == "console.js" || last == "console.css":
 		return serveAsset(w, r, consoleAssets[last])
-	case !strings.Contains(last, "."):
-		// the page's address is a directory: its links are relative to it
-		target := p + "/"
-		if r.URL.RawQuery != "" {
-			target += "?" + r.URL.RawQuery
-		}
-		http.Redirect(w, r, target, http.StatusMovedPermanently)
-		return nil
+	case strings.Contains(last, "."):
+		return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("the console has no %s", last))
 	}
-	return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("the console has no %s", last))
+	// The page's address is a directory, as the browser sees it (before a
+	// handle_path stripped it): the page's links are relative to it.
+	seen := p
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		seen = orig.URL.Path
+	}
+	if last == "" && strings.HasSuffix(seen, "/") {
+		return serveAsset(w, r, consoleAssets["index.html"])
+	}
+	target := seen + "/"
+	if r.URL.RawQuery != "" {
+		target += "?" + r.URL.RawQuery
+	}
+	http.Redirect(w, r, target, http.StatusMovedPermanently)
+	return nil
 }
 
 func serveAsset(w http.ResponseWriter, r *http.Request, a consoleAsset) error {

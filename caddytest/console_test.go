@@ -587,8 +587,22 @@ func TestConsolePaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "/sub/?x=1" {
-		t.Errorf("GET /ops/sub: %d to %q, want 301 to /sub/?x=1 (handle_path strips /ops)", resp.StatusCode, resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "/ops/sub/?x=1" {
+		t.Errorf("GET /ops/sub: %d to %q, want 301 to /ops/sub/?x=1 (the address the browser sees)", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	// mounted at /console*, /console itself is stripped to nothing: it
+	// gets its slash, then the page
+	startCaddy(t, site("\thandle_path /console* {\n\t\twebhook_relay_console\n\t}"))
+	resp, err = noFollow.Get(relayURL("/console", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "/console/" {
+		t.Errorf("GET /console: %d to %q, want 301 to /console/", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if a, err := send(http.MethodGet, relayURL("/console/", ""), nil); err != nil || a.status != 200 || !strings.Contains(a.body, "console.js") {
+		t.Errorf("GET /console/: %v %d", err, a.status)
 	}
 }
 

@@ -19,6 +19,7 @@
 		now: Date.now(), // the server's clock at the last refresh
 		skew: 0, // server clock minus ours
 		relays: [],
+		loaded: false, // the relays have been read once
 		samples: new Map(), // relay name -> [{t, requests}]
 		relay: '', // the relay whose dead letters are shown
 		letterId: '', // the dead letter shown
@@ -171,6 +172,7 @@
 			state.now = Date.parse(data.now);
 			state.skew = state.now - Date.now();
 			state.relays = data.relays || [];
+			state.loaded = true;
 			for (const r of state.relays) addSample(r);
 			renderRelays();
 			problem('');
@@ -203,7 +205,7 @@
 			return tr;
 		});
 		body.replaceChildren(...rows);
-		show('no-relays', state.relays.length === 0);
+		show('no-relays', state.loaded && state.relays.length === 0);
 		const broken = state.relays.filter((r) => r.error);
 		if (broken.length) problem(broken.map((r) => r.name + ': ' + r.error).join('; '));
 	}

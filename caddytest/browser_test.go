@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -169,6 +170,22 @@ func (b *browser) requestsMade() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]string(nil), b.requests...)
+}
+
+// waitForRequest waits until the page makes a request starting with
+// prefix ("METHOD URL"), after the first n it made.
+func (b *browser) waitForRequest(what string, n int, prefix string) {
+	b.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		if slices.ContainsFunc(b.requestsMade()[n:], func(r string) bool { return strings.HasPrefix(r, prefix) }) {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("browser: timed out after %s waiting for %s (%s...)\n%s", waitTimeout, what, prefix, b.state())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // problems is every error and exception the page logged so far.

@@ -168,13 +168,27 @@ func TestCommands(t *testing.T) {
 	}`, app.URL, main, bulk)))
 	in := relayURL("/in", "token="+secrets[0]+"&source=cli")
 
+	// this run's own payloads and totals: a relay's dedupe state and
+	// counters outlive a test (go test -count=2)
+	run := payloadSeq.Add(1)
+	uuid := func(n int64) string { return fmt.Sprintf("7a1e0c52-c11a-4b0e-9d1a-%012x", run*16+n) }
+	base := map[string]*opsRelayStatus{main: opsOverview(t, main), bulk: opsOverview(t, bulk)}
+	total := func(counts map[string]int64, key string, delta int64) string {
+		if key == "refused" { // what the table sums as REFUSED
+			for k, n := range counts {
+				if k != "accepted" && k != "duplicate" {
+					delta += n
+				}
+			}
+			return fmt.Sprint(delta)
+		}
+		return fmt.Sprint(counts[key] + delta)
+	}
 	pic := testPNG(t, 8, 8)
-	withImage := runwareResult("7a1e0c52-cli0-4b0e-9d1a-000000000001", "7a1e0c52-cli0-4b0e-9d1a-0000000000aa",
-		`"imageBase64Data":"`+base64.StdEncoding.EncodeToString(pic)+`"`)
-	refusedError := []byte(`{"errors":[{"code":"invalidSeed","taskUUID":"7a1e0c52-cli0-4b0e-9d1a-000000000002"}]}`)
-	withDataURI := runwareResult("7a1e0c52-cli0-4b0e-9d1a-000000000003", "7a1e0c52-cli0-4b0e-9d1a-0000000000cc",
-		`"imageDataURI":"data:image/png;base64,AAAA"`)
-	fine := runwareResult("7a1e0c52-cli0-4b0e-9d1a-000000000004", "7a1e0c52-cli0-4b0e-9d1a-0000000000dd")
+	withImage := runwareResult(uuid(1), uuid(2), `"imageBase64Data":"`+base64.StdEncoding.EncodeToString(pic)+`"`)
+	refusedError := []byte(`{"errors":[{"code":"invalidSeed","taskUUID":"` + uuid(3) + `"}]}`)
+	withDataURI := runwareResult(uuid(4), uuid(5), `"imageDataURI":"data:image/png;base64,AAAA"`)
+	fine := runwareResult(uuid(6), uuid(7))
 	for _, b := range [][]byte{withImage, refusedError, withDataURI, fine} {
 		mustAccept(t, in, b)
 	}
@@ -183,7 +197,7 @@ func TestCommands(t *testing.T) {
 	// more dead letters than one page of the admin API holds
 	const many = 1001
 	for i := range many {
-		mustAccept(t, relayURL("/bulk", ""), fmt.Appendf(nil, `{"n":%d,"errors":[{"code":"x"}]}`, i))
+		mustAccept(t, relayURL("/bulk", ""), fmt.Appendf(nil, `{"n":"%d-%d","errors":[{"code":"x"}]}`, run, i))
 	}
 	app.waitDelivered(t, fine)
 	opsWaitOverview(t, main, "3 dead letters", func(s *opsRelayStatus) bool { return intOf(s.DeadLetters) == 3 && intOf(s.Backlog) == 0 })
@@ -207,14 +221,17 @@ func TestCommands(t *testing.T) {
 		r := c.admin("status")
 		expect(t, r, 0, "RELAY", "BACKLOG", "IN-FLIGHT", "DEAD", "OLDEST", "UPSTREAM")
 		row := rowOf(table(t, r.stdout), "RELAY", main)
-		want := map[string]string{"BACKLOG": "0", "IN-FLIGHT": "0", "DEAD": "3", "OLDEST": "-", "ACCEPTED": "4",
-			"DUPLICATE": "1", "REFUSED": "1", "DELIVERED": "1", "RETRIES": "0", "DIED": "3", "UPSTREAM": app.Addr}
+		b := base[main]
+		want := map[string]string{"BACKLOG": "0", "IN-FLIGHT": "0", "DEAD": "3", "OLDEST": "-",
+			"ACCEPTED": total(b.Requests, "accepted", 4), "DUPLICATE": total(b.Requests, "duplicate", 1),
+			"REFUSED": total(b.Requests, "refused", 1), "DELIVERED": total(b.Deliveries, "success", 1),
+			"RETRIES": total(b.Deliveries, "retry", 0), "DIED": total(b.Deliveries, "dead", 3), "UPSTREAM": app.Addr}
 		for col, v := range want {
 			if row[col] != v {
 				t.Errorf("%s: %s = %q, want %q\n%s", main, col, row[col], v, r)
 			}
 		}
-		if row := rowOf(table(t, r.stdout), "RELAY", bulk); row["DEAD"] != fmt.Sprint(many) || row["ACCEPTED"] != fmt.Sprint(many) {
+		if row := rowOf(table(t, r.stdout), "RELAY", bulk); row["DEAD"] != fmt.Sprint(many) || row["ACCEPTED"] != total(base[bulk].Requests, "accepted", many) {
 			t.Errorf("%s: %v", bulk, row)
 		}
 
@@ -225,7 +242,7 @@ func TestCommands(t *testing.T) {
 			t.Fatalf("status --json is not the admin API's JSON: %v\n%s", err, r)
 		}
 		i := slices.IndexFunc(relays, func(s opsRelayStatus) bool { return s.Name == main })
-		if i < 0 || intOf(relays[i].DeadLetters) != 3 || relays[i].Requests["accepted"] != 4 {
+		if i < 0 || intOf(relays[i].DeadLetters) != 3 || relays[i].Requests["accepted"] != base[main].Requests["accepted"]+4 {
 			t.Errorf("status --json: %s", r.stdout)
 		}
 	})
@@ -382,7 +399,7 @@ func TestCommands(t *testing.T) {
 
 		r = c.admin("status")
 		row := rowOf(table(t, r.stdout), "RELAY", main)
-		if row["DEAD"] != "0" || row["BACKLOG"] != "0" || row["DELIVERED"] != "3" {
+		if row["DEAD"] != "0" || row["BACKLOG"] != "0" || row["DELIVERED"] != total(base[main].Deliveries, "success", 3) {
 			t.Errorf("after the replays: %v\n%s", row, r)
 		}
 		r = c.admin("dead", main)

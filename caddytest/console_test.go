@@ -133,13 +133,18 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	pic := testPNG(t, 160, 112)
 	picB64 := base64.StdEncoding.EncodeToString(pic)
-	withBase64 := runwareResult("5e9a3b0c-1f2d-4c39-9a57-2d1f6b0c8e11", "b7f4c2d8-6a0e-4b1f-8c3d-9e2a5f7b1c04",
+	// ids of this run's own: the relay's dedupe state outlives a test
+	// (go test -count=2)
+	run := payloadSeq.Add(1)
+	uuid := func(prefix string, n int64) string { return fmt.Sprintf("%s-%012x", prefix, run*16+n) }
+	imageUUID := uuid("b7f4c2d8-6a0e-4b1f-8c3d", 2)
+	withBase64 := runwareResult(uuid("5e9a3b0c-1f2d-4c39-9a57", 1), imageUUID,
 		`"imageBase64Data":"`+picB64+`"`)
-	withDataURI := runwareResult("0c3d9f1e-7b2a-4e58-b6c1-4a8d2e9f3b70", "e2a81f5c-3d7b-4c9e-a016-7f3b2d8c5e19",
+	withDataURI := runwareResult(uuid("0c3d9f1e-7b2a-4e58-b6c1", 3), uuid("e2a81f5c-3d7b-4c9e-a016", 4),
 		`"imageDataURI":"data:image/png;base64,`+picB64+`"`)
 	refusedError := []byte(`{"errors":[{"code":"invalidPositivePrompt","message":"Invalid value for positivePrompt parameter.",` +
-		`"parameter":"positivePrompt","taskType":"imageInference","taskUUID":"9d4b7e2a-5c1f-4a83-b0e6-3f8a1c5d7e92"}]}`)
-	fine := runwareResult("a1b2c3d4-0000-4e5f-8a9b-0c1d2e3f4a5b", "f0e1d2c3-1111-4b5a-9c8d-7e6f5a4b3c2d",
+		`"parameter":"positivePrompt","taskType":"imageInference","taskUUID":"` + uuid("9d4b7e2a-5c1f-4a83-b0e6", 5) + `"}]}`)
+	fine := runwareResult(uuid("a1b2c3d4-0000-4e5f-8a9b", 6), uuid("f0e1d2c3-1111-4b5a-9c8d", 7),
 		`"imageURL":"https://im.runware.ai/image/ws/0.5/ii/f0e1d2c3.jpg"`)
 	for _, b := range [][]byte{withBase64, withDataURI, refusedError, fine} {
 		mustAccept(t, in, b, "User-Agent: Runware-Webhooks/1.0")
@@ -221,7 +226,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		b.do("any status again", chromedp.SetValue(chromedp.ID("filter-status"), ""),
 			chromedp.Evaluate[chromedp.Void](`document.getElementById('filter-status').dispatchEvent(new Event('change'))`))
 		b.waitFor("all 3 again", deadRows+`.length === 3`)
-		b.do("typing a key", chromedp.SendKeys(chromedp.ID("filter-key"), "e2a81f5c"))
+		b.do("typing a key", chromedp.SendKeys(chromedp.ID("filter-key"), "e2a81f5c-3d7b"))
 		b.waitFor("only the data URI result", deadRows+`.length === 1 && `+deadRows+`[0].dataset.id === `+js(ids["datauri"]))
 		if got := eval[string](b, `document.getElementById('dead-summary').textContent`); got != "1 of 3 dead letters shown" {
 			t.Errorf("summary %q", got)
@@ -250,7 +255,7 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Errorf("thumbnail caption %q does not name the field", got)
 		}
 		body := eval[string](b, `document.getElementById('letter-body').textContent`)
-		for _, want := range []string{`"taskType": "imageInference"`, `"imageUUID": "b7f4c2d8-6a0e-4b1f-8c3d-9e2a5f7b1c04"`, "image 1 above"} {
+		for _, want := range []string{`"taskType": "imageInference"`, `"imageUUID": "` + imageUUID + `"`, "image 1 above"} {
 			if !strings.Contains(body, want) {
 				t.Errorf("body shown does not contain %s:\n%s", want, body)
 			}
@@ -322,8 +327,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		b.waitFor("the confirmation closed", `!document.getElementById('confirm').open`)
 		// the next refresh of the list, after the cancel, still has 3
 		before := len(b.requestsMade())
-		b.waitFor("a refresh of the list", fmt.Sprintf(`performance.getEntriesByType('resource').filter(e => e.name.includes('/api/dead?')).length > %d`,
-			eval[int](b, `performance.getEntriesByType('resource').filter(e => e.name.includes('/api/dead?')).length`)))
+		b.waitForRequest("a refresh of the list", before, "GET "+consoleURL+"api/dead?")
 		b.waitFor("3 dead letters still", deadRows+`.length === 3`)
 		for _, r := range b.requestsMade()[before:] {
 			if strings.HasPrefix(r, "POST ") {
@@ -457,7 +461,7 @@ func TestConsoleRefusesCrossSiteWrites(t *testing.T) {
 	name := relayName(t)
 	startCaddy(t, consoleConfig(t, app.URL, ""))
 	in := relayURL("/in", "token="+os.Getenv("CONSOLE_TEST_TOKEN"))
-	refused := []byte(`{"errors":[{"code":"x","taskUUID":"` + name + `-1"}]}`)
+	refused := fmt.Appendf(nil, `{"errors":[{"code":"x","taskUUID":"%s-%d"}]}`, name, payloadSeq.Add(1))
 	mustAccept(t, in, refused)
 	opsWaitOverview(t, name, "1 dead letter", func(s *opsRelayStatus) bool { return intOf(s.DeadLetters) == 1 })
 	id := opsListDead(t, name, "").Entries[0].ID

@@ -70,7 +70,7 @@ type relayStatus struct {
 	Error         string           `json:"error,omitempty"`
 }
 
-// deadLetter is a dead letter as the API shows it.
+// deadLetter is a dead letter as the admin API and the console show it.
 type deadLetter struct {
 	ID         string    `json:"id"`
 	Key        string    `json:"key"`
@@ -80,10 +80,30 @@ type deadLetter struct {
 	LastError  string    `json:"last_error"`
 	Died       time.Time `json:"died,omitzero"`
 	BodySize   int       `json:"body_size"`
+	// Request is set for a single dead letter: what was kept of the
+	// original request for its delivery.
+	Request *keptRequest `json:"request,omitempty"`
 	// Body is set for a single dead letter: the body as text when it is
 	// UTF-8, otherwise BodyBase64 holds it.
 	Body       *string `json:"body,omitempty"`
 	BodyBase64 []byte  `json:"body_base64,omitempty"`
+}
+
+// keptRequest is what a dead letter kept of its original request, field
+// by field: only what is listed here is ever shown (the auth parameters
+// were removed from the query before it was stored).
+type keptRequest struct {
+	Query        string `json:"query,omitempty"`
+	ContentType  string `json:"content_type,omitempty"`
+	UserAgent    string `json:"user_agent,omitempty"`
+	ForwardedFor string `json:"forwarded_for,omitempty"`
+}
+
+// deadPage is one page of a relay's dead letters; Next, when set, is the
+// after of the next page.
+type deadPage struct {
+	Entries []deadLetter `json:"entries"`
+	Next    string       `json:"next,omitempty"`
 }
 
 func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -96,26 +116,40 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 
 	parts := strings.Split(path, "/")
-	rl := findRelay(parts[0])
-	if rl == nil {
-		return apiError(http.StatusNotFound, fmt.Sprintf("no relay named %q is running", parts[0]))
+	rl, err := relayNamed(parts[0])
+	if err != nil {
+		return err
 	}
-	var dead queue.DeadLetters = rl.store
 	switch {
 	case len(parts) == 2 && parts[1] == "dead" && r.Method == http.MethodGet:
-		return listDead(w, r, dead)
-	case len(parts) == 3 && parts[1] == "dead" && parts[2] == "replay" && r.Method == http.MethodPost:
-		n, err := replayDead(r, dead)
+		limit, err := parseLimit(r.URL.Query().Get("limit"))
 		if err != nil {
 			return err
 		}
-		rl.engine.Wake()
+		page, err := listDead(r.Context(), rl, r.URL.Query().Get("after"), limit)
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, page)
+	case len(parts) == 3 && parts[1] == "dead" && parts[2] == "replay" && r.Method == http.MethodPost:
+		ids, err := replayRequest(r.Body)
+		if err != nil {
+			return err
+		}
+		n, err := replayDead(r.Context(), rl, ids)
+		if err != nil {
+			return err
+		}
 		return writeJSON(w, http.StatusOK, map[string]int{"replayed": n})
 	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodGet:
-		return getDead(w, r, dead, parts[2])
+		d, err := getDead(r.Context(), rl, parts[2])
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, d)
 	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodDelete:
-		if err := dead.DeleteDead(r.Context(), parts[2]); err != nil {
-			return storeError(err, parts[2])
+		if err := deleteDead(r.Context(), rl, parts[2]); err != nil {
+			return err
 		}
 		return writeJSON(w, http.StatusOK, map[string]string{"deleted": parts[2]})
 	}
@@ -125,6 +159,11 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	return apiError(http.StatusNotFound, "unknown route; see the README's admin API section")
 }
 
+// The functions below are what the admin API and the console both do: they
+// work on the relays pooled in this process and fail with a caddy.APIError
+// that carries the HTTP status to answer.
+
+// overview is every relay open in this process, by name.
 func overview(ctx context.Context) []relayStatus {
 	out := []relayStatus{}
 	for _, rl := range openRelays() {
@@ -160,62 +199,88 @@ func overview(ctx context.Context) []relayStatus {
 	return out
 }
 
-func listDead(w http.ResponseWriter, r *http.Request, dead queue.DeadLetters) error {
-	limit := 100
-	if v := r.URL.Query().Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return apiError(http.StatusBadRequest, "limit: want a whole number from 1 to 1000")
-		}
-		limit = n
+// maxDeadPage bounds one page of dead letters.
+const maxDeadPage = 1000
+
+// parseLimit reads a page size; empty is 100.
+func parseLimit(v string) (int, error) {
+	if v == "" {
+		return 100, nil
 	}
-	entries, err := dead.Dead(r.Context(), r.URL.Query().Get("after"), limit)
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > maxDeadPage {
+		return 0, apiError(http.StatusBadRequest, fmt.Sprintf("limit: want a whole number from 1 to %d", maxDeadPage))
+	}
+	return n, nil
+}
+
+// listDead is one page of rl's dead letters, without bodies, in id order
+// after the id after (empty: from the first).
+func listDead(ctx context.Context, rl *pooledRelay, after string, limit int) (deadPage, error) {
+	entries, err := rl.deadLetters().Dead(ctx, after, limit)
 	if err != nil {
-		return storeError(err, "")
+		return deadPage{}, storeError(err, "")
 	}
-	page := struct {
-		Entries []deadLetter `json:"entries"`
-		Next    string       `json:"next,omitempty"`
-	}{Entries: []deadLetter{}}
+	page := deadPage{Entries: []deadLetter{}}
 	for _, e := range entries {
 		page.Entries = append(page.Entries, viewDead(e, false))
 	}
 	if len(entries) == limit {
 		page.Next = entries[len(entries)-1].ID
 	}
-	return writeJSON(w, http.StatusOK, page)
+	return page, nil
 }
 
-func getDead(w http.ResponseWriter, r *http.Request, dead queue.DeadLetters, id string) error {
-	e, err := dead.DeadEntry(r.Context(), id)
+// getDead is one dead letter with its body and kept request.
+func getDead(ctx context.Context, rl *pooledRelay, id string) (deadLetter, error) {
+	e, err := rl.deadLetters().DeadEntry(ctx, id)
 	if err != nil {
-		return storeError(err, id)
+		return deadLetter{}, storeError(err, id)
 	}
-	return writeJSON(w, http.StatusOK, viewDead(e, true))
+	return viewDead(e, true), nil
 }
 
-// replayDead replays what the request names and says how many went back.
-func replayDead(r *http.Request, dead queue.DeadLetters) (int, error) {
+// replayRequest reads the admin API's replay body: none replays all,
+// {"ids":[...]} those ids. Any other JSON object replays nothing, never
+// everything.
+func replayRequest(body io.Reader) ([]string, error) {
 	var req struct {
 		IDs []string `json:"ids"`
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	b, err := io.ReadAll(io.LimitReader(body, 1<<20))
 	if err != nil {
-		return 0, apiError(http.StatusBadRequest, "reading the request: "+err.Error())
+		return nil, apiError(http.StatusBadRequest, "reading the request: "+err.Error())
 	}
-	if len(strings.TrimSpace(string(body))) > 0 {
-		if err := json.Unmarshal(body, &req); err != nil {
-			return 0, apiError(http.StatusBadRequest, `want no body (replay all) or {"ids":["<id>", ...]}`)
-		}
-		if req.IDs == nil {
-			req.IDs = []string{} // {"ids":null} or {} replays nothing, never everything
-		}
+	if len(strings.TrimSpace(string(b))) == 0 {
+		return nil, nil
 	}
-	n, err := dead.Replay(r.Context(), req.IDs)
+	if err := json.Unmarshal(b, &req); err != nil {
+		return nil, apiError(http.StatusBadRequest, `want no body (replay all) or {"ids":["<id>", ...]}`)
+	}
+	if req.IDs == nil {
+		req.IDs = []string{} // {"ids":null} or {} replays nothing, never everything
+	}
+	return req.IDs, nil
+}
+
+// replayDead puts the dead letters in ids (nil: all of them) back in rl's
+// queue, wakes its deliveries, and says how many went back; unknown ids are
+// skipped.
+func replayDead(ctx context.Context, rl *pooledRelay, ids []string) (int, error) {
+	n, err := rl.deadLetters().Replay(ctx, ids)
 	if err != nil {
 		return 0, storeError(err, "")
 	}
+	rl.engine.Wake()
 	return n, nil
+}
+
+// deleteDead removes one dead letter of rl.
+func deleteDead(ctx context.Context, rl *pooledRelay, id string) error {
+	if err := rl.deadLetters().DeleteDead(ctx, id); err != nil {
+		return storeError(err, id)
+	}
+	return nil
 }
 
 func viewDead(e *queue.Entry, withBody bool) deadLetter {
@@ -224,6 +289,12 @@ func viewDead(e *queue.Entry, withBody bool) deadLetter {
 		LastStatus: e.LastStatus, LastError: e.LastError, BodySize: max(e.BodySize, len(e.Body)),
 	}
 	if withBody {
+		d.Request = &keptRequest{
+			Query:        e.Request.RawQuery,
+			ContentType:  e.Request.ContentType,
+			UserAgent:    e.Request.UserAgent,
+			ForwardedFor: e.Request.ForwardedFor,
+		}
 		if utf8.Valid(e.Body) {
 			s := string(e.Body)
 			d.Body = &s
@@ -233,6 +304,18 @@ func viewDead(e *queue.Entry, withBody bool) deadLetter {
 	}
 	return d
 }
+
+// relayNamed is the relay called name, or a 404 saying none runs.
+func relayNamed(name string) (*pooledRelay, error) {
+	if rl := findRelay(name); rl != nil {
+		return rl, nil
+	}
+	return nil, apiError(http.StatusNotFound, fmt.Sprintf("no relay named %q is running", name))
+}
+
+// deadLetters is the operator's view of rl's store: all the admin API and
+// the console may do with it.
+func (rl *pooledRelay) deadLetters() queue.DeadLetters { return rl.store }
 
 func findRelay(name string) *pooledRelay {
 	for _, rl := range openRelays() {

@@ -1,0 +1,492 @@
+package webhookrelay
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+)
+
+// Exit codes of the webhook-relay commands, for scripts.
+const (
+	exitOK    = 0 // done
+	exitError = 1 // Caddy unreachable or answering an error, unknown relay or id, a store unavailable
+	exitUsage = 2 // unknown subcommand or flag, wrong arguments
+)
+
+const commandExitCodes = `
+Exit status:
+  0  done
+  1  Caddy's admin endpoint could not be reached or answered an error; the
+     relay, or a dead letter named, is unknown (the other ids named are
+     still handled); for status, a relay's store is unavailable
+  2  usage: an unknown subcommand or flag, or wrong arguments
+`
+
+const commandAdminText = `
+The admin endpoint is found as 'caddy reload' and 'caddy stop' find it:
+--address if given, else the admin address in the --config file (with
+--adapter), else Caddy's default (localhost:2019, or $CADDY_ADMIN).
+`
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "webhook-relay",
+		Usage: "(status | dead | replay | delete) [<args>] [--address <admin>]",
+		Short: "Shows the webhook relays of a running Caddy and manages their dead letters",
+		Long: `
+Shows the relays (webhook_relay handlers) of a running Caddy and manages
+their dead letters, through its admin API (the routes under /webhook_relay/).
+
+  caddy webhook-relay status [--json]
+      every relay: backlog, in flight, dead letters, oldest queued, totals
+  caddy webhook-relay dead <relay> [--json]
+      the relay's dead letters: id, age, attempts, last status, last error, key
+  caddy webhook-relay dead <relay> show <id> [--json | --body]
+      one dead letter, with its body
+  caddy webhook-relay replay <relay> (--all | <id>...)
+      puts dead letters back in the queue, to be delivered again
+  caddy webhook-relay delete <relay> <id>...
+      deletes dead letters for good
+` + commandAdminText + commandExitCodes,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.PersistentFlags().String("address", "", "Address of Caddy's admin endpoint (default: from --config, else Caddy's default)")
+			cmd.PersistentFlags().StringP("config", "c", "", "Caddy's config file, to read the admin address from")
+			cmd.PersistentFlags().StringP("adapter", "a", "", "Name of the config adapter of --config")
+			cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+				return caddycmd.WrapCommandFuncForCobra(func(caddycmd.Flags) (int, error) {
+					return exitUsage, fmt.Errorf("%v (see %s --help)", err, c.CommandPath())
+				})(c, nil)
+			})
+			cmd.Args = cobra.ArbitraryArgs
+			cmd.RunE = caddycmd.WrapCommandFuncForCobra(func(fl caddycmd.Flags) (int, error) {
+				if len(fl.Args()) == 0 {
+					return usage("", "name a subcommand: status, dead, replay or delete")
+				}
+				return usage("", "unknown subcommand %q: want status, dead, replay or delete", fl.Args()[0])
+			})
+
+			status := &cobra.Command{
+				Use:   "status [--json] [--address <admin>]",
+				Short: "Shows every relay: backlog, in flight, dead letters, oldest queued, totals",
+				Long: `
+Shows every relay of the running Caddy, one line each:
+
+  RELAY      its name
+  BACKLOG    payloads acknowledged and not yet delivered
+  IN-FLIGHT  delivery attempts running now
+  DEAD       dead letters, waiting to be replayed or deleted
+  OLDEST     how long the oldest queued payload has waited
+  ACCEPTED, DUPLICATE, REFUSED
+             requests since Caddy started: stored, answered as duplicates,
+             refused (unauthorized, too large, bad, timed out, unavailable)
+  DELIVERED, RETRIES, DIED
+             delivery attempts since Caddy started: delivered, to be
+             retried, moved to the dead letters
+  UPSTREAM   the host deliveries go to
+
+--json prints the admin API's answer instead, for machines.
+` + commandAdminText + commandExitCodes,
+				Args: cobra.ArbitraryArgs,
+				RunE: caddycmd.WrapCommandFuncForCobra(cmdRelayStatus),
+			}
+			status.Flags().Bool("json", false, "Print JSON, as the admin API answers")
+			cmd.AddCommand(status)
+
+			dead := &cobra.Command{
+				Use:   "dead <relay> [show <id>] [--json] [--body]",
+				Short: "Lists a relay's dead letters, or shows one with its body",
+				Long: `
+Lists the dead letters of <relay>, oldest first, one line each: ID, AGE
+(since it was received), ATTEMPTS, STATUS (the upstream's last answer, "-"
+for none), ERROR (the last one, cut at 60 characters) and KEY. All of them
+are listed, page after page of the admin API.
+
+With show <id>, prints that dead letter: its fields, the request headers
+kept for its delivery, and its body (JSON indented; a body that is not
+UTF-8 in base64).
+
+--json prints the admin API's answers instead (for a list, every entry in
+one array); --body prints only the body of show <id>, byte for byte, e.g.
+to save it: caddy webhook-relay dead runware show <id> --body > payload.json
+` + commandAdminText + commandExitCodes,
+				Args: cobra.ArbitraryArgs,
+				RunE: caddycmd.WrapCommandFuncForCobra(cmdDead),
+			}
+			dead.Flags().Bool("json", false, "Print JSON, as the admin API answers")
+			dead.Flags().Bool("body", false, "With show <id>: print only the body, exactly as received")
+			cmd.AddCommand(dead)
+
+			replay := &cobra.Command{
+				Use:   "replay <relay> (--all | <id>...)",
+				Short: "Puts dead letters back in the queue, to be delivered again",
+				Long: `
+Puts the dead letters named (or, with --all, every dead letter of <relay>)
+back in the relay's queue, with their attempts reset: they are delivered
+like new payloads. Fix whatever made the upstream refuse them first (see
+their last status and error with 'caddy webhook-relay dead <relay>').
+
+Prints one line per dead letter replayed (with --all, how many). An id that
+is not a dead letter of <relay> (unknown, or replayed or deleted already)
+is reported and makes the exit status 1; the other ids are still replayed.
+` + commandAdminText + commandExitCodes,
+				Args: cobra.ArbitraryArgs,
+				RunE: caddycmd.WrapCommandFuncForCobra(cmdReplay),
+			}
+			replay.Flags().Bool("all", false, "Replay every dead letter of the relay")
+			cmd.AddCommand(replay)
+
+			del := &cobra.Command{
+				Use:   "delete <relay> <id>...",
+				Short: "Deletes dead letters for good",
+				Long: `
+Deletes the dead letters named from <relay>; they cannot be brought back.
+Prints one line per dead letter deleted. An id that is not a dead letter of
+<relay> is reported and makes the exit status 1; the other ids are still
+deleted.
+` + commandAdminText + commandExitCodes,
+				Args: cobra.ArbitraryArgs,
+				RunE: caddycmd.WrapCommandFuncForCobra(cmdDelete),
+			}
+			cmd.AddCommand(del)
+		},
+	})
+}
+
+// usage is a usage error of the subcommand sub (empty: of webhook-relay
+// itself): exit status 2.
+func usage(sub, format string, args ...any) (int, error) {
+	help := "caddy webhook-relay --help"
+	if sub != "" {
+		help = "caddy webhook-relay " + sub + " --help"
+	}
+	return exitUsage, fmt.Errorf(format+" (see "+help+")", args...)
+}
+
+func cmdRelayStatus(fl caddycmd.Flags) (int, error) {
+	if len(fl.Args()) > 0 {
+		return usage("status", "status takes no arguments, got %q", fl.Args())
+	}
+	c, err := newAdminClient(fl)
+	if err != nil {
+		return exitError, err
+	}
+	relays, err := c.overview()
+	if err != nil {
+		return exitError, err
+	}
+	if fl.Bool("json") {
+		if err := printJSON(relays); err != nil {
+			return exitError, err
+		}
+	} else if len(relays) == 0 {
+		fmt.Fprintf(os.Stderr, "no webhook_relay is running in the Caddy at %s\n", c.addr)
+	} else {
+		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "RELAY\tBACKLOG\tIN-FLIGHT\tDEAD\tOLDEST\tACCEPTED\tDUPLICATE\tREFUSED\tDELIVERED\tRETRIES\tDIED\tUPSTREAM")
+		for _, r := range relays {
+			backlog, dead, oldest := strconv.Itoa(r.Backlog), strconv.Itoa(r.DeadLetters), "-"
+			if r.Error != "" {
+				backlog, dead = "?", "?"
+			}
+			if r.OldestQueued != nil {
+				oldest = ageText(time.Since(*r.OldestQueued))
+			}
+			var refused int64
+			for outcome, n := range r.Requests {
+				if outcome != OutcomeAccepted && outcome != OutcomeDuplicate {
+					refused += n
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", r.Name, backlog, r.InFlight, dead, oldest,
+				r.Requests[OutcomeAccepted], r.Requests[OutcomeDuplicate], refused,
+				r.Deliveries["success"], r.Deliveries["retry"], r.Deliveries["dead"], r.UpstreamHost)
+		}
+		if err := tw.Flush(); err != nil {
+			return exitError, err
+		}
+	}
+	var broken []string
+	for _, r := range relays {
+		if r.Error != "" {
+			broken = append(broken, r.Name+": "+r.Error)
+		}
+	}
+	if len(broken) > 0 {
+		return exitError, fmt.Errorf("%s", strings.Join(broken, "; "))
+	}
+	return exitOK, nil
+}
+
+func cmdDead(fl caddycmd.Flags) (int, error) {
+	args := fl.Args()
+	switch {
+	case len(args) == 0:
+		return usage("dead", "name the relay: caddy webhook-relay dead <relay> [show <id>]")
+	case len(args) == 2 && args[1] == "show":
+		return usage("dead", "name the dead letter to show: caddy webhook-relay dead %s show <id>", args[0])
+	case len(args) == 3 && args[1] == "show":
+	case len(args) != 1:
+		return usage("dead", "want caddy webhook-relay dead <relay> [show <id>], got %q", args)
+	}
+	show := len(args) == 3
+	if fl.Bool("body") && (!show || fl.Bool("json")) {
+		return usage("dead", "--body goes with show <id>, without --json")
+	}
+	c, err := newAdminClient(fl)
+	if err != nil {
+		return exitError, err
+	}
+	name := args[0]
+	if err := c.relay(name); err != nil {
+		return exitError, err
+	}
+	if show {
+		return showDead(c, fl, name, args[2])
+	}
+
+	var all []deadLetter
+	for after := ""; ; {
+		q := url.Values{"limit": {strconv.Itoa(maxDeadPage)}}
+		if after != "" {
+			q.Set("after", after)
+		}
+		var page deadPage
+		if err := c.call(http.MethodGet, relayPath(name, "dead")+"?"+q.Encode(), nil, &page); err != nil {
+			return exitError, fmt.Errorf("listing the dead letters of %s: %v", name, err)
+		}
+		all = append(all, page.Entries...)
+		if page.Next == "" {
+			break
+		}
+		after = page.Next
+	}
+	if fl.Bool("json") {
+		if all == nil {
+			all = []deadLetter{}
+		}
+		return exitStatus(printJSON(all))
+	}
+	if len(all) == 0 {
+		fmt.Fprintf(os.Stderr, "relay %s has no dead letters\n", name)
+		return exitOK, nil
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tAGE\tATTEMPTS\tSTATUS\tERROR\tKEY")
+	for _, d := range all {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", d.ID, ageText(time.Since(d.Received)), d.Attempts,
+			statusText(d.LastStatus), cut(oneLine(d.LastError), 60), d.Key)
+	}
+	return exitStatus(tw.Flush())
+}
+
+func showDead(c *adminClient, fl caddycmd.Flags, name, id string) (int, error) {
+	var d deadLetter
+	err := c.call(http.MethodGet, relayPath(name, "dead", id), nil, &d)
+	if isStatus(err, http.StatusNotFound) {
+		return exitError, fmt.Errorf("relay %s has no dead letter %q (caddy webhook-relay dead %s lists them)", name, id, name)
+	}
+	if err != nil {
+		return exitError, err
+	}
+	body := d.BodyBase64
+	if d.Body != nil {
+		body = []byte(*d.Body)
+	}
+	switch {
+	case fl.Bool("json"):
+		return exitStatus(printJSON(d))
+	case fl.Bool("body"):
+		_, err := os.Stdout.Write(body)
+		return exitStatus(err)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	died := "-"
+	if !d.Died.IsZero() {
+		died = timeText(d.Died)
+	}
+	rows := [][2]string{
+		{"id", d.ID}, {"key", d.Key}, {"received", timeText(d.Received)}, {"died", died},
+		{"attempts", strconv.Itoa(d.Attempts)}, {"last status", statusText(d.LastStatus)},
+		{"last error", oneLine(d.LastError)}, {"body size", fmt.Sprintf("%d bytes", d.BodySize)},
+	}
+	if r := d.Request; r != nil {
+		rows = append(rows, [2]string{"content type", r.ContentType}, [2]string{"user agent", r.UserAgent},
+			[2]string{"forwarded for", r.ForwardedFor}, [2]string{"query", r.Query})
+	}
+	for _, row := range rows {
+		if row[1] == "" {
+			row[1] = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
+	}
+	if err := tw.Flush(); err != nil {
+		return exitError, err
+	}
+	fmt.Println()
+	switch {
+	case d.Body == nil && len(body) > 0:
+		fmt.Printf("(the body is not UTF-8: %d bytes in base64; --body prints them as they are)\n", len(body))
+		enc := base64.StdEncoding.EncodeToString(body)
+		for len(enc) > 76 {
+			fmt.Println(enc[:76])
+			enc = enc[76:]
+		}
+		fmt.Println(enc)
+	case json.Valid(body):
+		var out bytes.Buffer
+		_ = json.Indent(&out, body, "", "  ")
+		fmt.Println(out.String())
+	default:
+		fmt.Println(string(body))
+	}
+	return exitOK, nil
+}
+
+func cmdReplay(fl caddycmd.Flags) (int, error) {
+	args, all := fl.Args(), fl.Bool("all")
+	switch {
+	case len(args) == 0:
+		return usage("replay", "name the relay: caddy webhook-relay replay <relay> (--all | <id>...)")
+	case all && len(args) > 1:
+		return usage("replay", "replay either --all or the ids named, not both")
+	case !all && len(args) == 1:
+		return usage("replay", "name the dead letters to replay, or --all: caddy webhook-relay replay %s (--all | <id>...)", args[0])
+	}
+	c, err := newAdminClient(fl)
+	if err != nil {
+		return exitError, err
+	}
+	name := args[0]
+	if err := c.relay(name); err != nil {
+		return exitError, err
+	}
+	var out struct {
+		Replayed int `json:"replayed"`
+	}
+	if all {
+		if err := c.call(http.MethodPost, relayPath(name, "dead", "replay"), nil, &out); err != nil {
+			return exitError, fmt.Errorf("replaying the dead letters of %s: %v", name, err)
+		}
+		fmt.Printf("replayed %d dead letters of %s\n", out.Replayed, name)
+		return exitOK, nil
+	}
+	// one id at a time, so that each is known to have gone back or not
+	var missing []string
+	for _, id := range args[1:] {
+		out.Replayed = 0
+		if err := c.call(http.MethodPost, relayPath(name, "dead", "replay"), map[string][]string{"ids": {id}}, &out); err != nil {
+			return exitError, fmt.Errorf("replaying %s of %s: %v", id, name, err)
+		}
+		if out.Replayed == 0 {
+			missing = append(missing, id)
+			continue
+		}
+		fmt.Printf("replayed %s\n", id)
+	}
+	return missingIDs(name, missing)
+}
+
+func cmdDelete(fl caddycmd.Flags) (int, error) {
+	args := fl.Args()
+	switch len(args) {
+	case 0:
+		return usage("delete", "name the relay and the dead letters: caddy webhook-relay delete <relay> <id>...")
+	case 1:
+		return usage("delete", "name the dead letters to delete: caddy webhook-relay delete %s <id>...", args[0])
+	}
+	c, err := newAdminClient(fl)
+	if err != nil {
+		return exitError, err
+	}
+	name := args[0]
+	if err := c.relay(name); err != nil {
+		return exitError, err
+	}
+	var missing []string
+	for _, id := range args[1:] {
+		err := c.call(http.MethodDelete, relayPath(name, "dead", id), nil, nil)
+		switch {
+		case isStatus(err, http.StatusNotFound):
+			missing = append(missing, id)
+		case err != nil:
+			return exitError, fmt.Errorf("deleting %s of %s: %v", id, name, err)
+		default:
+			fmt.Printf("deleted %s\n", id)
+		}
+	}
+	return missingIDs(name, missing)
+}
+
+// missingIDs is the outcome of handling ids one by one: an error naming
+// those that were not dead letters of the relay.
+func missingIDs(name string, missing []string) (int, error) {
+	if len(missing) == 0 {
+		return exitOK, nil
+	}
+	quoted := make([]string, len(missing))
+	for i, id := range missing {
+		quoted[i] = strconv.Quote(id)
+	}
+	return exitError, fmt.Errorf("relay %s has no dead letter %s (replayed or deleted already? caddy webhook-relay dead %s lists them)",
+		name, strings.Join(quoted, ", "), name)
+}
+
+func exitStatus(err error) (int, error) {
+	if err != nil {
+		return exitError, err
+	}
+	return exitOK, nil
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// ageText is a duration as the commands print ages: 42s, 3m12s, 5h3m, 2d4h.
+func ageText(d time.Duration) string {
+	s := int64(max(d, 0) / time.Second)
+	switch {
+	case s < 60:
+		return fmt.Sprintf("%ds", s)
+	case s < 3600:
+		return fmt.Sprintf("%dm%02ds", s/60, s%60)
+	case s < 86400:
+		return fmt.Sprintf("%dh%02dm", s/3600, s%3600/60)
+	}
+	return fmt.Sprintf("%dd%02dh", s/86400, s%86400/3600)
+}
+
+func timeText(t time.Time) string {
+	return t.UTC().Format("2006-01-02 15:04:05 UTC") + " (" + ageText(time.Since(t)) + " ago)"
+}
+
+func statusText(status int) string {
+	if status == 0 {
+		return "-"
+	}
+	return strconv.Itoa(status)
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// cut shortens s to n characters, marking the cut.
+func cut(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	return string([]rune(s)[:n-1]) + "…"
+}

@@ -1,0 +1,351 @@
+package webhookrelay
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"mime"
+	"net/http"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Console{})
+}
+
+// Console serves the operator's page of the relays running in this Caddy:
+// every relay's backlog, in flight, dead letters and request rates, each
+// relay's dead letters, one dead letter with its body, and replaying or
+// deleting them. It works on the relays of this process, as the admin API
+// does, and serves the page, its script and style, and the JSON the page
+// reads, at any path: mount it in a site behind basic_auth or
+// forward_auth, e.g.
+//
+//	ops.example.com {
+//		basic_auth {
+//			ops <hash>
+//		}
+//		webhook_relay_console
+//	}
+//
+// Under a path, mount it with handle_path or handle (the page finds its
+// JSON relative to its own address):
+//
+//	handle /relay-console/* {
+//		webhook_relay_console
+//	}
+//
+// A request whose path ends in "/" gets the page; ".../console.js" and
+// ".../console.css" its assets; ".../api/<endpoint>" the JSON:
+//
+//	GET  api/relays                          {"now": ..., "relays": [...]} as the admin API's overview
+//	GET  api/dead?relay=<name>[&after=<id>][&limit=<n>]   dead letters, paged
+//	GET  api/letter?relay=<name>&id=<id>     one dead letter with its body
+//	POST api/replay  {"relay": <name>, "ids": [...]} or {"relay": <name>, "all": true}
+//	POST api/delete  {"relay": <name>, "ids": [...]} or {"relay": <name>, "all": true}
+//
+// POSTs must carry Content-Type application/json and come from the page's
+// own origin (Sec-Fetch-Site and Origin are checked), so another site
+// cannot make a logged-in browser replay or delete. No secret of a relay
+// is shown: its auth parameters never reach the store, and the console
+// shows the upstream's host only.
+type Console struct {
+	logger *zap.Logger
+	origin *http.CrossOriginProtection
+}
+
+// CaddyModule returns the Caddy module information.
+func (Console) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.webhook_relay_console",
+		New: func() caddy.Module { return new(Console) },
+	}
+}
+
+// Provision sets up the console.
+func (c *Console) Provision(ctx caddy.Context) error {
+	c.logger = ctx.Logger()
+	c.origin = http.NewCrossOriginProtection()
+	return nil
+}
+
+//go:embed console
+var consoleFiles embed.FS
+
+// consoleAsset is one embedded file, with its type and a validator.
+type consoleAsset struct {
+	body        []byte
+	contentType string
+	etag        string
+}
+
+// consoleAssets are the page's files by the last element of their path.
+var consoleAssets = func() map[string]consoleAsset {
+	out := make(map[string]consoleAsset)
+	err := fs.WalkDir(consoleFiles, "console", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := consoleFiles.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(b)
+		out[path.Base(p)] = consoleAsset{
+			body:        b,
+			contentType: mime.TypeByExtension(path.Ext(p)),
+			etag:        `"` + hex.EncodeToString(sum[:8]) + `"`,
+		}
+		return nil
+	})
+	if err != nil {
+		panic("webhook_relay_console: reading the embedded page: " + err.Error())
+	}
+	return out
+}()
+
+// consoleCSP allows the page its own script, style and JSON, and images
+// from data: URIs (the thumbnails), nothing else: no other origin, no
+// inline script, no framing.
+const consoleCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+// ServeHTTP serves the page, its assets and its JSON. It never calls next.
+func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	h := w.Header()
+	h.Set("Content-Security-Policy", consoleCSP)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Referrer-Policy", "no-referrer")
+
+	p := r.URL.Path
+	dir, last := path.Split(p)
+	if path.Base(dir) == "api" && last != "" {
+		return c.serveAPI(w, r, last)
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		h.Set("Allow", "GET, HEAD")
+		return caddyhttp.Error(http.StatusMethodNotAllowed, fmt.Errorf("the console page is read with GET, not %s", r.Method))
+	}
+	switch {
+	case last == "console.js" || last == "console.css":
+		return serveAsset(w, r, consoleAssets[last])
+	case strings.Contains(last, "."):
+		return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("the console has no %s", last))
+	}
+	// The page's address is a directory, as the browser sees it (before a
+	// handle_path stripped it): the page's links are relative to it.
+	seen := p
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		seen = orig.URL.Path
+	}
+	if last == "" && strings.HasSuffix(seen, "/") {
+		return serveAsset(w, r, consoleAssets["index.html"])
+	}
+	target := seen + "/"
+	if r.URL.RawQuery != "" {
+		target += "?" + r.URL.RawQuery
+	}
+	http.Redirect(w, r, target, http.StatusMovedPermanently)
+	return nil
+}
+
+func serveAsset(w http.ResponseWriter, r *http.Request, a consoleAsset) error {
+	w.Header().Set("Content-Type", a.contentType)
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("ETag", a.etag)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(a.body))
+	return nil
+}
+
+// consoleAction is the body of a replay or delete.
+type consoleAction struct {
+	Relay string   `json:"relay"`
+	IDs   []string `json:"ids"`
+	All   bool     `json:"all"`
+}
+
+func (c *Console) serveAPI(w http.ResponseWriter, r *http.Request, endpoint string) error {
+	w.Header().Set("Cache-Control", "no-store")
+	err := c.api(w, r, endpoint)
+	if err == nil {
+		return nil
+	}
+	status := http.StatusInternalServerError
+	var ae caddy.APIError
+	if errors.As(err, &ae) {
+		status, err = ae.HTTPStatus, ae.Err
+	}
+	return writeJSON(w, status, map[string]string{"error": err.Error()})
+}
+
+func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) error {
+	var want string
+	switch endpoint {
+	case "relays", "dead", "letter":
+		want = http.MethodGet
+	case "replay", "delete":
+		want = http.MethodPost
+	default:
+		return apiError(http.StatusNotFound, fmt.Sprintf("the console has no api/%s", endpoint))
+	}
+	if r.Method != want {
+		w.Header().Set("Allow", want)
+		return apiError(http.StatusMethodNotAllowed, fmt.Sprintf("api/%s takes %s, not %s", endpoint, want, r.Method))
+	}
+	write := want == http.MethodPost
+
+	q := r.URL.Query()
+	if !write {
+		if endpoint == "relays" {
+			return writeJSON(w, http.StatusOK, map[string]any{"now": time.Now(), "relays": overview(r.Context())})
+		}
+		rl, err := relayNamed(q.Get("relay"))
+		if err != nil {
+			return err
+		}
+		if endpoint == "letter" {
+			d, err := getDead(r.Context(), rl, q.Get("id"))
+			if err != nil {
+				return err
+			}
+			return writeJSON(w, http.StatusOK, d)
+		}
+		limit, err := parseLimit(q.Get("limit"))
+		if err != nil {
+			return err
+		}
+		page, err := listDead(r.Context(), rl, q.Get("after"), limit)
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, page)
+	}
+
+	if err := c.origin.Check(r); err != nil {
+		return apiError(http.StatusForbidden, "refused: the console replays and deletes only for its own page ("+err.Error()+")")
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+		return apiError(http.StatusUnsupportedMediaType, "send the request as application/json")
+	}
+	var act consoleAction
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&act); err != nil {
+		return apiError(http.StatusBadRequest, `want {"relay": "<name>", "ids": ["<id>", ...]} or {"relay": "<name>", "all": true}`)
+	}
+	if act.All == (act.IDs != nil) {
+		return apiError(http.StatusBadRequest, `name the dead letters with "ids", or set "all": true, not both`)
+	}
+	rl, err := relayNamed(act.Relay)
+	if err != nil {
+		return err
+	}
+	logger := c.logger.With(zap.String("relay", rl.name), zap.Bool("all", act.All), zap.Int("ids", len(act.IDs)),
+		zap.String("user", userOf(r)), zap.String("remote_ip", remoteIP(r)))
+
+	if endpoint == "replay" {
+		ids := act.IDs
+		if act.All {
+			ids = nil // Replay's "all"
+		}
+		n, err := replayDead(r.Context(), rl, ids)
+		if err != nil {
+			return err
+		}
+		logger.Info("console: dead letters replayed", zap.Int("replayed", n))
+		return writeJSON(w, http.StatusOK, map[string]int{"replayed": n})
+	}
+
+	var n int
+	if act.All {
+		n, err = deleteAllDead(r.Context(), rl, time.Now())
+	} else {
+		n, err = deleteSomeDead(r.Context(), rl, act.IDs)
+	}
+	logger.Info("console: dead letters deleted", zap.Int("deleted", n))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]int{"deleted": n})
+}
+
+// deleteSomeDead deletes the dead letters in ids, skipping those already
+// gone, and says how many it deleted.
+func deleteSomeDead(ctx context.Context, rl *pooledRelay, ids []string) (int, error) {
+	n := 0
+	for _, id := range ids {
+		err := deleteDead(ctx, rl, id)
+		var ae caddy.APIError
+		switch {
+		case err == nil:
+			n++
+		case errors.As(err, &ae) && ae.HTTPStatus == http.StatusNotFound:
+			// replayed or deleted meanwhile
+		default:
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// deleteAllDead deletes every dead letter that died by cutoff (the moment
+// the operator asked), page by page; one that dies meanwhile stays.
+func deleteAllDead(ctx context.Context, rl *pooledRelay, cutoff time.Time) (int, error) {
+	n, after := 0, ""
+	for {
+		entries, err := rl.deadLetters().Dead(ctx, after, maxDeadPage)
+		if err != nil {
+			return n, storeError(err, "")
+		}
+		var ids []string
+		for _, e := range entries {
+			if !e.Died.After(cutoff) {
+				ids = append(ids, e.ID)
+			}
+		}
+		m, err := deleteSomeDead(ctx, rl, ids)
+		n += m
+		if err != nil || len(entries) < maxDeadPage {
+			return n, err
+		}
+		after = entries[len(entries)-1].ID
+	}
+}
+
+// userOf is the authenticated user of the request (basic_auth or
+// forward_auth set it), for the log.
+func userOf(r *http.Request) string {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return ""
+	}
+	user, _ := repl.GetString("http.auth.user.id")
+	return user
+}
+
+func remoteIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+		return ip
+	}
+	return r.RemoteAddr
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Console)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Console)(nil)
+)

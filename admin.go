@@ -97,6 +97,9 @@ type keptRequest struct {
 	ContentType  string `json:"content_type,omitempty"`
 	UserAgent    string `json:"user_agent,omitempty"`
 	ForwardedFor string `json:"forwarded_for,omitempty"`
+	// Headers are the incoming headers kept for the upstream: the verify
+	// scheme's own (signatures, never secrets) and forward_headers.
+	Headers []queue.HeaderField `json:"headers,omitempty"`
 }
 
 // deadPage is one page of a relay's dead letters; Next, when set, is the
@@ -294,6 +297,7 @@ func viewDead(e *queue.Entry, withBody bool) deadLetter {
 			ContentType:  e.Request.ContentType,
 			UserAgent:    e.Request.UserAgent,
 			ForwardedFor: e.Request.ForwardedFor,
+			Headers:      e.Request.Headers,
 		}
 		if utf8.Valid(e.Body) {
 			s := string(e.Body)

@@ -339,6 +339,7 @@
 			['User-Agent', req.user_agent || '–'],
 			['X-Forwarded-For', req.forwarded_for || '–'],
 			['Query', req.query ? '?' + req.query : '–'],
+			...(req.headers || []).map((h) => [h.name, h.value]),
 		]);
 		renderBody(d);
 	}

@@ -31,8 +31,11 @@ type pipeCall struct {
 	// queue adds the call's commands to pipe; with eval, scripts are sent
 	// whole (EVAL) because the server's script cache lacked one of them.
 	enqueue func(pipe goredis.Pipeliner, eval bool) []goredis.Cmder
-	cmds    []goredis.Cmder
-	done    chan struct{}
+	// ack, instead of enqueue, is the id of an entry to acknowledge: the
+	// acks of one batch share their commands (see queueAcks).
+	ack  string
+	cmds []goredis.Cmder
+	done chan struct{}
 }
 
 // runScript runs script, whose arguments take about size bytes, sharing a
@@ -56,19 +59,30 @@ func (r *Store) runScript(ctx context.Context, size int, script *goredis.Script,
 // carries its own result.
 func (r *Store) runCmds(ctx context.Context, size int, enqueue func(goredis.Pipeliner, bool) []goredis.Cmder) ([]goredis.Cmder, error) {
 	call := &pipeCall{ctx: ctx, size: size, enqueue: enqueue}
+	if err := r.send(call); err != nil {
+		return nil, err
+	}
+	return call.cmds, nil
+}
+
+// send runs call, sharing a pipeline with the calls running at the same
+// time, and sets its cmds. The error is the caller's deadline or the
+// store's closing.
+func (r *Store) send(call *pipeCall) error {
+	ctx := call.ctx
 	defer r.inflight.Add(-1)
-	if r.inflight.Add(1) == 1 || size > pipelineBytes {
+	if r.inflight.Add(1) == 1 || call.size > pipelineBytes {
 		// alone, or too big to share: no hand-off
 		r.runPipeline([]*pipeCall{call})
-		return call.cmds, nil
+		return nil
 	}
 	call.done = make(chan struct{})
 	select {
 	case r.calls <- call:
 	case <-r.stop:
-		return nil, queue.ErrClosed
+		return queue.ErrClosed
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
 	// Once handed over the call may run even if we stop waiting. For an
 	// admit, past the caller's deadline the sender gets a 503 all the same:
@@ -77,9 +91,9 @@ func (r *Store) runCmds(ctx context.Context, size int, enqueue func(goredis.Pipe
 	// makes every sender time out.
 	select {
 	case <-call.done:
-		return call.cmds, nil
+		return nil
 	case <-ctx.Done():
-		return nil, fmt.Errorf("no answer before the deadline: %w", ctx.Err())
+		return fmt.Errorf("no answer before the deadline: %w", ctx.Err())
 	}
 }
 
@@ -150,8 +164,19 @@ func (r *Store) runPipeline(batch []*pipeCall) {
 // the calls' deadlines.
 func (r *Store) exec(calls []*pipeCall, eval bool) {
 	pipe := r.client.Pipeline()
+	var acks []*pipeCall
 	for _, call := range calls {
+		if call.ack != "" {
+			acks = append(acks, call)
+			continue
+		}
 		call.cmds = call.enqueue(pipe, eval)
+	}
+	if len(acks) > 0 {
+		cmds := r.queueAcks(pipe, acks)
+		for _, call := range acks {
+			call.cmds = cmds
+		}
 	}
 	ctx := calls[0].ctx
 	if len(calls) > 1 {

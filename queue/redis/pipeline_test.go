@@ -80,3 +80,6 @@ func ClaimScript(r *Store, max int, token string) (*goredis.Script, []string, []
 
 // PipelineBytes is the byte bound of a shared pipeline.
 const PipelineBytes = pipelineBytes
+
+// InlineBodyMax is the largest body that travels inside the admit script.
+var InlineBodyMax = inlineBodyMax

@@ -2,9 +2,11 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -35,6 +37,8 @@ type pipeCall struct {
 	// acks of one batch share their commands (see queueAcks).
 	ack  string
 	cmds []goredis.Cmder
+	// err, when set, is why the call has no results: see runBatch.
+	err  error
 	done chan struct{}
 }
 
@@ -73,8 +77,8 @@ func (r *Store) send(call *pipeCall) error {
 	defer r.inflight.Add(-1)
 	if r.inflight.Add(1) == 1 || call.size > pipelineBytes {
 		// alone, or too big to share: no hand-off
-		r.runPipeline([]*pipeCall{call})
-		return nil
+		r.runBatch([]*pipeCall{call})
+		return call.err
 	}
 	call.done = make(chan struct{})
 	select {
@@ -91,13 +95,22 @@ func (r *Store) send(call *pipeCall) error {
 	// makes every sender time out.
 	select {
 	case <-call.done:
-		return nil
+		return call.err
 	case <-ctx.Done():
 		return fmt.Errorf("no answer before the deadline: %w", ctx.Err())
 	}
 }
 
+// pipeliner runs the batches of calls handed to it until the store
+// closes. A panic in a batch fails the batch's calls and is logged (see
+// runBatch); one anywhere else in the loop starts the loop again, so the
+// goroutine never takes Caddy down and always serves later calls.
 func (r *Store) pipeliner() {
+	for guard.Run(r.log, "the Redis store's pipeliner", r.pipelineLoop) {
+	}
+}
+
+func (r *Store) pipelineLoop() {
 	batch := make([]*pipeCall, 0, pipelineBatch)
 	var next *pipeCall // taken, but did not fit in the last batch
 	for {
@@ -109,11 +122,28 @@ func (r *Store) pipeliner() {
 			}
 		}
 		batch, next = gather(append(batch[:0], next), r.calls)
-		r.runPipeline(batch)
+		r.runBatch(batch)
 		for _, call := range batch {
 			close(call.done)
 		}
 		clear(batch)
+	}
+}
+
+// errPanicked is what the calls of a batch get when running it panicked.
+var errPanicked = errors.New("redis store: sending the pipeline panicked (logged with its stack); whether its commands ran is unknown")
+
+// runBatch sends a batch of calls as one pipeline (runPipeline). Should
+// that panic (a bug in the store or in go-redis), the panic is logged with
+// its stack and every call in the batch gets errPanicked instead of
+// results, so that no caller waits for an answer that will never come: an
+// admit answers 503, and the sender retries. A command that ran before the
+// panic is as one whose reply was lost.
+func (r *Store) runBatch(batch []*pipeCall) {
+	if guard.Run(r.log, "the Redis store's pipeline", func() { r.runPipeline(batch) }) {
+		for _, call := range batch {
+			call.cmds, call.err = nil, errPanicked
+		}
 	}
 }
 

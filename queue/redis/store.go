@@ -50,6 +50,7 @@ import (
 // (appendfsync everysec or always) and maxmemory-policy noeviction.
 type Store struct {
 	client goredis.UniversalClient
+	log    *zap.Logger
 	now    func() time.Time
 	queue.Limits
 	consumer string
@@ -103,7 +104,8 @@ type Config struct {
 	DurableAck bool
 	// DurableAckTimeout bounds that wait; past it Admit fails. Default 1s.
 	DurableAckTimeout time.Duration
-	// Logger gets the warnings about the server's settings.
+	// Logger gets the warnings about the server's settings, and the panics
+	// the store recovers from.
 	Logger *zap.Logger
 }
 
@@ -151,6 +153,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 	tag := "{" + cfg.Prefix + "}"
 	r := &Store{
 		client:       client,
+		log:          cfg.Logger,
 		now:          opts.Clock(),
 		consumer:     cfg.Consumer,
 		idle:         cfg.VisibilityTimeout,

@@ -173,6 +173,14 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	size := smallCall + len(e.Body) + len(e.Key) + len(e.Request.RawQuery) + len(e.Request.ForwardedFor) +
 		len(e.Request.UserAgent) + len(e.Request.ContentType)
 	admit := func() ([]any, error) {
+		if len(e.Body) > inlineBodyMax {
+			// staged: a body SET of its own, within the store's bound
+			taken, err := r.bodies.take(ctx, int64(len(e.Body)))
+			if err != nil {
+				return nil, err
+			}
+			defer r.bodies.give(taken)
+		}
 		if r.durable > 0 {
 			return r.admitDurable(ctx, enqueue)
 		}

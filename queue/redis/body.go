@@ -53,7 +53,12 @@ func (r *Store) readBody(ctx context.Context, key string, first *goredis.StringC
 	off := copy(body, head)
 	for off < n {
 		end := min(off+bodyChunk, n)
+		taken, err := r.bodies.take(ctx, int64(end-off))
+		if err != nil {
+			return nil, false, err
+		}
 		chunk, err := r.client.GetRange(ctx, key, int64(off), int64(end-1)).Result()
+		r.bodies.give(taken)
 		if err != nil {
 			return nil, false, err
 		}

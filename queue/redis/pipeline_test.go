@@ -192,3 +192,7 @@ func TestPipelinerSurvivesPanic(t *testing.T) {
 		}
 	}
 }
+
+// BodyBytesInFlight bounds the bytes of large bodies on their way to or from
+// Redis at once.
+const BodyBytesInFlight = bodyBytesInFlight

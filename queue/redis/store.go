@@ -59,6 +59,7 @@ type Store struct {
 	closed   atomic.Bool
 	calls    chan *pipeCall // to the pipeliners
 	inflight atomic.Int64   // script calls running now
+	bodies   byteBound      // body bytes on their way to or from Redis
 	stop     chan struct{}  // closed by Close
 
 	stream, att, loc, deadIdx, deadTimes, deadPrefix, seenPrefix string
@@ -169,6 +170,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		claimPrefix:  tag + ":clm:",
 		keyCount:     tag + ":kc",
 	}
+	r.bodies.limit = bodyBytesInFlight
 	r.SetLimits(opts.Window, opts.MaxBacklog)
 	if cfg.DurableAck {
 		r.durable = cfg.DurableAckTimeout

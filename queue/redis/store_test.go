@@ -1043,6 +1043,90 @@ func TestRedisAcksShareCommands(t *testing.T) {
 	}
 }
 
+// Large bodies go to and come from Redis within the store's bound on body
+// bytes in flight: staged admits and body chunks beyond the first, however
+// many run at once.
+func TestRedisBodyBytesInFlight(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	const size = 1 << 20
+	var mu sync.Mutex
+	var now, most int // body bytes in Redis's hands
+	track := func(n int, run func() error) error {
+		mu.Lock()
+		now += n
+		most = max(most, now)
+		mu.Unlock()
+		time.Sleep(10 * time.Millisecond) // a slow Redis, so that calls pile up
+		err := run()
+		mu.Lock()
+		now -= n
+		mu.Unlock()
+		return err
+	}
+	hook := pipelineHook{pipeline: func(next goredis.ProcessPipelineHook, ctx context.Context, cmds []goredis.Cmder) error {
+		n := 0
+		for _, c := range cmds {
+			for _, a := range c.Args() {
+				if b, ok := a.([]byte); ok && len(b) > redis.InlineBodyMax {
+					n += len(b)
+				}
+			}
+		}
+		return track(n, func() error { return next(ctx, cmds) })
+	}}
+	chunks := processHook{process: func(next goredis.ProcessHook, ctx context.Context, cmd goredis.Cmder) error {
+		args := cmd.Args()
+		if cmd.Name() != "getrange" || len(args) != 4 {
+			return next(ctx, cmd)
+		}
+		from, _ := args[2].(int64)
+		to, _ := args[3].(int64)
+		return track(int(to-from+1), func() error { return next(ctx, cmd) })
+	}}
+	c := newClient(srv.Addr())
+	c.AddHook(hook)
+	c.AddHook(chunks)
+	s, err := redis.New(t.Context(), c, redis.Config{Prefix: uniquePrefix(), Consumer: "c1"}, queue.Options{Window: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+
+	const n = 32 // reading one chunk each, more than the bound
+	body := bytes.Repeat([]byte("b"), size)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			e := &queue.Entry{Key: "k" + strconv.Itoa(i), Body: body}
+			if got, err := s.Admit(t.Context(), e); err != nil || got != queue.Accepted {
+				t.Errorf("Admit = %v, %v", got, err)
+			}
+		})
+	}
+	wg.Wait()
+	admitted := most
+	most = 0
+	es, err := s.Claim(t.Context(), n)
+	if err != nil || len(es) != n {
+		t.Fatalf("Claim = %d entries, %v", len(es), err)
+	}
+	for _, e := range es {
+		wg.Go(func() {
+			if b, err := s.Body(t.Context(), e.ID); err != nil || len(b) != size {
+				t.Errorf("Body(%s) = %d bytes, %v", e.ID, len(b), err)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("most body bytes in flight: admitting %d, reading %d (bound %d)", admitted, most, redis.BodyBytesInFlight)
+	if admitted > redis.BodyBytesInFlight || most > redis.BodyBytesInFlight {
+		t.Errorf("up to %d body bytes in flight admitting, %d reading; want at most %d", admitted, most, redis.BodyBytesInFlight)
+	}
+	if admitted < size || most < size {
+		t.Errorf("admitting %d, reading %d body bytes in flight at most: the test saw no large body go", admitted, most)
+	}
+}
+
 // processHook lets a test meddle with single commands.
 type processHook struct {
 	process func(next goredis.ProcessHook, ctx context.Context, cmd goredis.Cmder) error

@@ -70,8 +70,8 @@ func (r *Store) runCmds(ctx context.Context, size int, enqueue func(goredis.Pipe
 }
 
 // send runs call, sharing a pipeline with the calls running at the same
-// time, and sets its cmds. The error is the caller's deadline or the
-// store's closing.
+// time, and sets its cmds. The error is the caller's deadline, the store's
+// closing, or errPanicked.
 func (r *Store) send(call *pipeCall) error {
 	ctx := call.ctx
 	defer r.inflight.Add(-1)
@@ -131,7 +131,7 @@ func (r *Store) pipelineLoop() {
 }
 
 // errPanicked is what the calls of a batch get when running it panicked.
-var errPanicked = errors.New("redis store: sending the pipeline panicked (logged with its stack); whether its commands ran is unknown")
+var errPanicked = errors.New("sending the pipeline panicked (logged with its stack); whether its commands ran is unknown")
 
 // runBatch sends a batch of calls as one pipeline (runPipeline). Should
 // that panic (a bug in the store or in go-redis), the panic is logged with

@@ -33,7 +33,7 @@ import (
 //	{p}:seen:<key> dedupe marker: its expiry time, and the token and stream id of the admit
 //	               that set it (so that an admit can run twice), with a TTL >= the window
 //	{p}:kc         hash: expiry minute -> markers set that expire in it (Stats.Keys)
-//	{p}:in:<tok>   a large body on its way in: SET just before the admit script, which renames it
+//	{p}:in:<tok>   a body over inlineBodyMax on its way in: SET just before the admit script, which renames it
 //	{p}:clm:<tok>  stream ids a claim handed out, for the visibility timeout, so that it can run twice
 //	{p}:att        hash: stream id -> last attempt of a queued entry
 //	{p}:loc        hash: entry id -> stream id, for replayed entries only

@@ -2,9 +2,11 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -31,8 +33,13 @@ type pipeCall struct {
 	// queue adds the call's commands to pipe; with eval, scripts are sent
 	// whole (EVAL) because the server's script cache lacked one of them.
 	enqueue func(pipe goredis.Pipeliner, eval bool) []goredis.Cmder
-	cmds    []goredis.Cmder
-	done    chan struct{}
+	// ack, instead of enqueue, is the id of an entry to acknowledge: the
+	// acks of one batch share their commands (see queueAcks).
+	ack  string
+	cmds []goredis.Cmder
+	// err, when set, is why the call has no results: see runBatch.
+	err  error
+	done chan struct{}
 }
 
 // runScript runs script, whose arguments take about size bytes, sharing a
@@ -56,19 +63,30 @@ func (r *Store) runScript(ctx context.Context, size int, script *goredis.Script,
 // carries its own result.
 func (r *Store) runCmds(ctx context.Context, size int, enqueue func(goredis.Pipeliner, bool) []goredis.Cmder) ([]goredis.Cmder, error) {
 	call := &pipeCall{ctx: ctx, size: size, enqueue: enqueue}
+	if err := r.send(call); err != nil {
+		return nil, err
+	}
+	return call.cmds, nil
+}
+
+// send runs call, sharing a pipeline with the calls running at the same
+// time, and sets its cmds. The error is the caller's deadline, the store's
+// closing, or errPanicked.
+func (r *Store) send(call *pipeCall) error {
+	ctx := call.ctx
 	defer r.inflight.Add(-1)
-	if r.inflight.Add(1) == 1 || size > pipelineBytes {
+	if r.inflight.Add(1) == 1 || call.size > pipelineBytes {
 		// alone, or too big to share: no hand-off
-		r.runPipeline([]*pipeCall{call})
-		return call.cmds, nil
+		r.runBatch([]*pipeCall{call})
+		return call.err
 	}
 	call.done = make(chan struct{})
 	select {
 	case r.calls <- call:
 	case <-r.stop:
-		return nil, queue.ErrClosed
+		return queue.ErrClosed
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
 	// Once handed over the call may run even if we stop waiting. For an
 	// admit, past the caller's deadline the sender gets a 503 all the same:
@@ -77,13 +95,22 @@ func (r *Store) runCmds(ctx context.Context, size int, enqueue func(goredis.Pipe
 	// makes every sender time out.
 	select {
 	case <-call.done:
-		return call.cmds, nil
+		return call.err
 	case <-ctx.Done():
-		return nil, fmt.Errorf("no answer before the deadline: %w", ctx.Err())
+		return fmt.Errorf("no answer before the deadline: %w", ctx.Err())
 	}
 }
 
+// pipeliner runs the batches of calls handed to it until the store
+// closes. A panic in a batch fails the batch's calls and is logged (see
+// runBatch); one anywhere else in the loop starts the loop again, so the
+// goroutine never takes Caddy down and always serves later calls.
 func (r *Store) pipeliner() {
+	for guard.Run(r.log, "the Redis store's pipeliner", r.pipelineLoop) {
+	}
+}
+
+func (r *Store) pipelineLoop() {
 	batch := make([]*pipeCall, 0, pipelineBatch)
 	var next *pipeCall // taken, but did not fit in the last batch
 	for {
@@ -95,11 +122,28 @@ func (r *Store) pipeliner() {
 			}
 		}
 		batch, next = gather(append(batch[:0], next), r.calls)
-		r.runPipeline(batch)
+		r.runBatch(batch)
 		for _, call := range batch {
 			close(call.done)
 		}
 		clear(batch)
+	}
+}
+
+// errPanicked is what the calls of a batch get when running it panicked.
+var errPanicked = errors.New("sending the pipeline panicked (logged with its stack); whether its commands ran is unknown")
+
+// runBatch sends a batch of calls as one pipeline (runPipeline). Should
+// that panic (a bug in the store or in go-redis), the panic is logged with
+// its stack and every call in the batch gets errPanicked instead of
+// results, so that no caller waits for an answer that will never come: an
+// admit answers 503, and the sender retries. A command that ran before the
+// panic is as one whose reply was lost.
+func (r *Store) runBatch(batch []*pipeCall) {
+	if guard.Run(r.log, "the Redis store's pipeline", func() { r.runPipeline(batch) }) {
+		for _, call := range batch {
+			call.cmds, call.err = nil, errPanicked
+		}
 	}
 }
 
@@ -150,8 +194,19 @@ func (r *Store) runPipeline(batch []*pipeCall) {
 // the calls' deadlines.
 func (r *Store) exec(calls []*pipeCall, eval bool) {
 	pipe := r.client.Pipeline()
+	var acks []*pipeCall
 	for _, call := range calls {
+		if call.ack != "" {
+			acks = append(acks, call)
+			continue
+		}
 		call.cmds = call.enqueue(pipe, eval)
+	}
+	if len(acks) > 0 {
+		cmds := r.queueAcks(pipe, acks)
+		for _, call := range acks {
+			call.cmds = cmds
+		}
 	}
 	ctx := calls[0].ctx
 	if len(calls) > 1 {

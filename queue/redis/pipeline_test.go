@@ -2,11 +2,18 @@ package redis
 
 import (
 	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
@@ -80,3 +87,112 @@ func ClaimScript(r *Store, max int, token string) (*goredis.Script, []string, []
 
 // PipelineBytes is the byte bound of a shared pipeline.
 const PipelineBytes = pipelineBytes
+
+// InlineBodyMax is the largest body that travels inside the admit script.
+var InlineBodyMax = inlineBodyMax
+
+// A panic while a batch is sent fails that batch's calls instead of leaving
+// them waiting, is logged with its stack, and leaves every pipeliner
+// serving later calls; a call sent alone gets the same error.
+func TestPipelinerSurvivesPanic(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	core, logs := observer.New(zap.ErrorLevel)
+	client := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: []string{srv.Addr()}, MaxRetries: -1, PipelinePoolSize: -1})
+	s, err := New(t.Context(), client, Config{Prefix: "panics", Consumer: "c1", Logger: zap.New(core)}, queue.Options{Window: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	ping := func(pipe goredis.Pipeliner) []goredis.Cmder { return []goredis.Cmder{pipe.Ping(ctx)} }
+
+	if _, err := s.runCmds(ctx, smallCall, func(goredis.Pipeliner, bool) []goredis.Cmder { panic("boom, alone") }); !errors.Is(err, errPanicked) {
+		t.Fatalf("a call alone that panics: %v, want errPanicked", err)
+	}
+
+	// One call held in flight, so that the calls below go to the pipeliners.
+	release, holding, held := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		_, err := s.runCmds(ctx, smallCall, func(pipe goredis.Pipeliner, _ bool) []goredis.Cmder {
+			close(holding)
+			<-release
+			return ping(pipe)
+		})
+		held <- err
+	}()
+	<-holding
+
+	// everyPipeliner sends one call to each pipeliner and has them all in
+	// their batches at once, then runs then in each: the calls go one after
+	// the other, each once the one before is in its batch, so no pipeliner
+	// gathers two; with a pipeliner gone, the last call finds none free.
+	everyPipeliner := func(then func()) []error {
+		errs := make([]error, pipeliners)
+		all := make(chan struct{})
+		var entered atomic.Int32
+		var wg sync.WaitGroup
+		for i := range pipeliners {
+			in := make(chan struct{})
+			wg.Go(func() {
+				_, errs[i] = s.runCmds(ctx, smallCall, func(pipe goredis.Pipeliner, _ bool) []goredis.Cmder {
+					close(in)
+					if entered.Add(1) == pipeliners {
+						close(all)
+					}
+					select {
+					case <-all:
+					case <-ctx.Done():
+					}
+					then()
+					return ping(pipe)
+				})
+			})
+			select {
+			case <-in:
+			case <-ctx.Done():
+				t.Fatalf("call %d of %d never reached a pipeliner", i+1, pipeliners)
+			}
+		}
+		wg.Wait()
+		return errs
+	}
+	for i, err := range everyPipeliner(func() { panic("boom") }) {
+		if !errors.Is(err, errPanicked) {
+			t.Errorf("call %d in a batch that panicked: %v, want errPanicked", i, err)
+		}
+	}
+	for i, err := range everyPipeliner(func() {}) {
+		if err != nil {
+			t.Errorf("call %d after the panics: %v", i, err)
+		}
+	}
+	close(release)
+	if err := <-held; err != nil {
+		t.Errorf("the held call: %v", err)
+	}
+
+	// the store as a whole still works
+	e := &queue.Entry{Key: "after", Body: []byte(`{}`)}
+	if got, err := s.Admit(ctx, e); err != nil || got != queue.Accepted {
+		t.Fatalf("Admit after the panics = %v, %v", got, err)
+	}
+	if b, err := s.Body(ctx, e.ID); err != nil || string(b) != "{}" {
+		t.Fatalf("Body after the panics = %q, %v", b, err)
+	}
+
+	entries := logs.All()
+	if len(entries) != 1+pipeliners {
+		t.Fatalf("logged %d errors, want %d (one per panic): %v", len(entries), 1+pipeliners, entries)
+	}
+	for _, e := range entries {
+		f := e.ContextMap()
+		if p, _ := f["panic"].(string); !strings.HasPrefix(p, "boom") || !strings.Contains(f["stack"].(string), "runBatch") {
+			t.Errorf("logged %q %v; want the panic and a stack through runBatch", e.Message, f)
+		}
+	}
+}
+
+// BodyBytesInFlight bounds the bytes of large bodies on their way to or from
+// Redis at once.
+const BodyBytesInFlight = bodyBytesInFlight

@@ -480,55 +480,21 @@ func entryID(sid string) string {
 // times and stores the payload once.
 func TestRedisAdmitRunsTwice(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	prefix := uniquePrefix()
-	stream := "{" + prefix + "}:q"
 	raw := newClient(srv.Addr())
 	defer raw.Close()
 	ctx := t.Context()
 
-	t.Run("script", func(t *testing.T) {
-		s := openRedis(t, srv, prefix, "c1", 0, queue.Options{Window: time.Hour})
-		e := &queue.Entry{Key: "twice", Body: []byte(`{"n":1}`)}
-		now := time.Now()
-		first, err := redis.AdmitOnce(ctx, s, raw, e, "token-1", now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		second, err := redis.AdmitOnce(ctx, s, raw, e, "token-1", now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(first) != 2 || first[0] != int64(0) || len(second) != 2 || second[0] != int64(0) || first[1] != second[1] {
-			t.Fatalf("the same admit twice answered %v then %v; want {0 sid} both times, the same sid", first, second)
-		}
-		if n, err := raw.XLen(ctx, stream).Result(); err != nil || n != 1 {
-			t.Fatalf("XLEN = %d, %v; want the payload stored once", n, err)
-		}
-		id := entryID(first[1].(string))
-		if b, err := s.Body(ctx, id); err != nil || string(b) != string(e.Body) {
-			t.Fatalf("Body(%s) = %q, %v; want %q", id, b, err, e.Body)
-		}
-		// another admit of the key, with its own token, is a duplicate
-		if got, err := redis.AdmitOnce(ctx, s, raw, e, "token-2", time.Now()); err != nil || len(got) != 1 || got[0] != int64(1) {
-			t.Fatalf("a new admit of the key = %v, %v; want {1} (duplicate)", got, err)
-		}
-		// no body left on its way in, nor any without an expiry
-		keys, err := raw.Keys(ctx, "{"+prefix+"}:*").Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, k := range keys {
-			if strings.HasPrefix(k, "{"+prefix+"}:in:") {
-				t.Errorf("staged body %s left behind", k)
-			}
-		}
-		if ttl, err := raw.PTTL(ctx, "{"+prefix+"}:b:"+id).Result(); err != nil || ttl != -1 {
-			t.Errorf("body key TTL = %v, %v; want none", ttl, err)
-		}
-		if st, err := s.Stats(ctx); err != nil || st.Keys != 1 || st.Backlog != 1 {
-			t.Fatalf("Stats = %+v, %v; want 1 key and a backlog of 1", st, err)
-		}
-	})
+	// a small body travels inside the script, a larger one is staged
+	// under a key of its own first
+	staged := []byte(`{"n":"` + strings.Repeat("x", redis.InlineBodyMax) + `"}`)
+	for _, c := range []struct {
+		name string
+		body []byte
+	}{{"script", []byte(`{"n":1}`)}, {"script, staged body", staged}} {
+		t.Run(c.name, func(t *testing.T) {
+			admitTwice(t, srv, uniquePrefix(), c.body)
+		})
+	}
 
 	// every pipeline the store sends runs twice, as when a reply is lost
 	// and it is sent again; after SCRIPT FLUSH every admit also meets
@@ -571,6 +537,56 @@ func TestRedisAdmitRunsTwice(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// admitTwice runs one admit of body twice under the same token and checks
+// that the second run answers what the first did, storing nothing more.
+func admitTwice(t *testing.T, srv *redistest.Server, prefix string, body []byte) {
+	stream := "{" + prefix + "}:q"
+	raw := newClient(srv.Addr())
+	defer raw.Close()
+	ctx := t.Context()
+	s := openRedis(t, srv, prefix, "c1", 0, queue.Options{Window: time.Hour})
+	e := &queue.Entry{Key: "twice", Body: body}
+	now := time.Now()
+	first, err := redis.AdmitOnce(ctx, s, raw, e, "token-1", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := redis.AdmitOnce(ctx, s, raw, e, "token-1", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first) != 2 || first[0] != int64(0) || len(second) != 2 || second[0] != int64(0) || first[1] != second[1] {
+		t.Fatalf("the same admit twice answered %v then %v; want {0 sid} both times, the same sid", first, second)
+	}
+	if n, err := raw.XLen(ctx, stream).Result(); err != nil || n != 1 {
+		t.Fatalf("XLEN = %d, %v; want the payload stored once", n, err)
+	}
+	id := entryID(first[1].(string))
+	if b, err := s.Body(ctx, id); err != nil || string(b) != string(e.Body) {
+		t.Fatalf("Body(%s) = %q, %v; want %q", id, b, err, e.Body)
+	}
+	// another admit of the key, with its own token, is a duplicate
+	if got, err := redis.AdmitOnce(ctx, s, raw, e, "token-2", time.Now()); err != nil || len(got) != 1 || got[0] != int64(1) {
+		t.Fatalf("a new admit of the key = %v, %v; want {1} (duplicate)", got, err)
+	}
+	// no body left on its way in, nor any without an expiry
+	keys, err := raw.Keys(ctx, "{"+prefix+"}:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if strings.HasPrefix(k, "{"+prefix+"}:in:") {
+			t.Errorf("staged body %s left behind", k)
+		}
+	}
+	if ttl, err := raw.PTTL(ctx, "{"+prefix+"}:b:"+id).Result(); err != nil || ttl != -1 {
+		t.Errorf("body key TTL = %v, %v; want none", ttl, err)
+	}
+	if st, err := s.Stats(ctx); err != nil || st.Keys != 1 || st.Backlog != 1 {
+		t.Fatalf("Stats = %+v, %v; want 1 key and a backlog of 1", st, err)
 	}
 }
 
@@ -923,6 +939,191 @@ func TestRedisKeysExpireByTheMinute(t *testing.T) {
 	}
 	if n, err := raw.HLen(t.Context(), "{"+prefix+"}:kc").Result(); err != nil || n != 1 {
 		t.Errorf("key count hash has %d fields, %v; want the stale one gone", n, err)
+	}
+}
+
+// Markers written by older versions hold their expiry time alone; they
+// still make duplicates until then.
+func TestRedisOldMarkers(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	clock := storetest.NewClock()
+	s := openRedis(t, srv, prefix, "c1", time.Minute, queue.Options{Window: time.Hour, Now: clock.Now})
+	raw := newClient(srv.Addr())
+	defer raw.Close()
+	marker := "{" + prefix + "}:seen:old"
+	if err := raw.Set(t.Context(), marker, stampOf(clock.Now().Add(time.Minute)), time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Admit(t.Context(), &queue.Entry{Key: "old", Body: []byte(`{}`)}); err != nil || got != queue.Duplicate {
+		t.Fatalf("Admit under an old marker = %v, %v; want duplicate", got, err)
+	}
+	clock.Advance(2 * time.Minute)
+	admit(t, s, "old")
+	if v, err := raw.Get(t.Context(), marker).Result(); err != nil || !strings.HasPrefix(v, stampOf(clock.Now().Add(time.Hour))+" ") {
+		t.Errorf("marker after the admit = %q, %v; want its expiry first", v, err)
+	}
+}
+
+// However short the window, a marker outlives the time in which an admit
+// may run twice, since it is what tells the second run it ran.
+func TestRedisMarkerTTLShortWindow(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	s := openRedis(t, srv, prefix, "c1", 0, queue.Options{Window: time.Second})
+	admit(t, s, "k")
+	c := newClient(srv.Addr())
+	defer c.Close()
+	ttl, err := c.PTTL(t.Context(), "{"+prefix+"}:seen:k").Result()
+	if err != nil || ttl < 20*time.Second || ttl > 22*time.Second {
+		t.Errorf("marker TTL with a 1s window = %s, %v; want about 21s", ttl, err)
+	}
+}
+
+// Concurrent acks share their commands, and every acknowledged entry goes
+// with its body, attempt and pending record.
+func TestRedisAcksShareCommands(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	tag := "{" + prefix + "}"
+	var mu sync.Mutex
+	most := 0 // ids in one XDEL
+	hook := pipelineHook{pipeline: func(next goredis.ProcessPipelineHook, ctx context.Context, cmds []goredis.Cmder) error {
+		for _, c := range cmds {
+			if c.Name() == "xdel" {
+				mu.Lock()
+				most = max(most, len(c.Args())-2)
+				mu.Unlock()
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // a slow Redis, so that calls queue up
+		return next(ctx, cmds)
+	}}
+	s := openHooked(t, srv, prefix, hook, queue.Options{Window: time.Hour})
+	const n = 40
+	for i := range n {
+		admit(t, s, "k"+strconv.Itoa(i))
+	}
+	es, err := s.Claim(t.Context(), n)
+	if err != nil || len(es) != n {
+		t.Fatalf("Claim = %d entries, %v; want %d", len(es), err, n)
+	}
+	for _, e := range es[:n/2] { // some with an attempt recorded
+		e.Attempts, e.LastStatus = 1, 503
+		if err := s.Attempted(t.Context(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for _, e := range es {
+		wg.Go(func() {
+			if err := s.Ack(t.Context(), e.ID); err != nil {
+				t.Errorf("Ack(%s): %v", e.ID, err)
+			}
+		})
+	}
+	wg.Wait()
+	if most < 2 {
+		t.Errorf("no XDEL carried more than one id (most %d): the acks did not share commands", most)
+	}
+	raw := newClient(srv.Addr())
+	defer raw.Close()
+	ctx := t.Context()
+	if n, err := raw.XLen(ctx, tag+":q").Result(); err != nil || n != 0 {
+		t.Errorf("XLEN after the acks = %d, %v; want 0", n, err)
+	}
+	if p, err := raw.XPending(ctx, tag+":q", "relay").Result(); err != nil || p.Count != 0 {
+		t.Errorf("pending after the acks: %+v, %v; want none", p, err)
+	}
+	if n, err := raw.HLen(ctx, tag+":att").Result(); err != nil || n != 0 {
+		t.Errorf("attempts left: %d, %v; want none", n, err)
+	}
+	if keys, err := raw.Keys(ctx, tag+":b:*").Result(); err != nil || len(keys) != 0 {
+		t.Errorf("body keys left: %v, %v; want none", keys, err)
+	}
+}
+
+// Large bodies go to and come from Redis within the store's bound on body
+// bytes in flight: staged admits and body chunks beyond the first, however
+// many run at once.
+func TestRedisBodyBytesInFlight(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	const size = 1 << 20
+	var mu sync.Mutex
+	var now, most int // body bytes in Redis's hands
+	track := func(n int, run func() error) error {
+		mu.Lock()
+		now += n
+		most = max(most, now)
+		mu.Unlock()
+		time.Sleep(10 * time.Millisecond) // a slow Redis, so that calls pile up
+		err := run()
+		mu.Lock()
+		now -= n
+		mu.Unlock()
+		return err
+	}
+	hook := pipelineHook{pipeline: func(next goredis.ProcessPipelineHook, ctx context.Context, cmds []goredis.Cmder) error {
+		n := 0
+		for _, c := range cmds {
+			for _, a := range c.Args() {
+				if b, ok := a.([]byte); ok && len(b) > redis.InlineBodyMax {
+					n += len(b)
+				}
+			}
+		}
+		return track(n, func() error { return next(ctx, cmds) })
+	}}
+	chunks := processHook{process: func(next goredis.ProcessHook, ctx context.Context, cmd goredis.Cmder) error {
+		args := cmd.Args()
+		if cmd.Name() != "getrange" || len(args) != 4 {
+			return next(ctx, cmd)
+		}
+		from, _ := args[2].(int64)
+		to, _ := args[3].(int64)
+		return track(int(to-from+1), func() error { return next(ctx, cmd) })
+	}}
+	c := newClient(srv.Addr())
+	c.AddHook(hook)
+	c.AddHook(chunks)
+	s, err := redis.New(t.Context(), c, redis.Config{Prefix: uniquePrefix(), Consumer: "c1"}, queue.Options{Window: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+
+	const n = 32 // reading one chunk each, more than the bound
+	body := bytes.Repeat([]byte("b"), size)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			e := &queue.Entry{Key: "k" + strconv.Itoa(i), Body: body}
+			if got, err := s.Admit(t.Context(), e); err != nil || got != queue.Accepted {
+				t.Errorf("Admit = %v, %v", got, err)
+			}
+		})
+	}
+	wg.Wait()
+	admitted := most
+	most = 0
+	es, err := s.Claim(t.Context(), n)
+	if err != nil || len(es) != n {
+		t.Fatalf("Claim = %d entries, %v", len(es), err)
+	}
+	for _, e := range es {
+		wg.Go(func() {
+			if b, err := s.Body(t.Context(), e.ID); err != nil || len(b) != size {
+				t.Errorf("Body(%s) = %d bytes, %v", e.ID, len(b), err)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("most body bytes in flight: admitting %d, reading %d (bound %d)", admitted, most, redis.BodyBytesInFlight)
+	if admitted > redis.BodyBytesInFlight || most > redis.BodyBytesInFlight {
+		t.Errorf("up to %d body bytes in flight admitting, %d reading; want at most %d", admitted, most, redis.BodyBytesInFlight)
+	}
+	if admitted < size || most < size {
+		t.Errorf("admitting %d, reading %d body bytes in flight at most: the test saw no large body go", admitted, most)
 	}
 }
 

@@ -1,0 +1,560 @@
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// claimScript takes over entries idle past the visibility timeout (held by
+// a consumer that died, or released), then reads new ones, up to count in
+// all, with each entry's recorded attempt and body size. A body field (old
+// entries) is left out of the reply: only its size goes back. Pending
+// entries whose stream entry is gone (an ack cut off after its XDEL) leave
+// the group, with their attempts and bodies.
+//
+// What it hands out is kept under its token for the visibility timeout: the
+// same claim sent again (its reply was lost) first hands out again what it
+// took then and this consumer still holds; what does not fit in count is
+// released, for the next claim.
+//
+//	KEYS[1]  the stream, {p}:q
+//	KEYS[2]  the attempts hash, {p}:att
+//	KEYS[3]  the claim's token key, {p}:clm:<token>
+//	ARGV[1]  the consumer group
+//	ARGV[2]  this consumer
+//	ARGV[3]  the visibility timeout, ms (min idle for a takeover)
+//	ARGV[4]  count: at most this many entries
+//	ARGV[5]  the body key prefix, {p}:b:
+//	ARGV[6]  the idle time Release gives, ms
+//	returns  {{stream id, fields, attempt or false, body size or -1 when
+//	         there is no body}...}, oldest first; at most count
+var claimScript = goredis.NewScript(idLua + `
+local want = tonumber(ARGV[4])
+local out, sids = {}, {}
+local function add(e)
+  if not (e and e[1]) then return end
+  local f, id, legacy = e[2] or {}, nil, nil
+  for j = 1, #f, 2 do
+    if f[j] == 'i' then id = f[j+1] elseif f[j] == 'b' then legacy = j end
+  end
+  if legacy then -- leave the body out
+    local raw = f
+    f = {}
+    for j = 1, #raw, 2 do
+      if j ~= legacy then f[#f+1] = raw[j]; f[#f+1] = raw[j+1] end
+    end
+    legacy = #raw[legacy+1]
+  end
+  id = id or entryid(e[1])
+  local size = -1
+  if id then
+    size = redis.call('STRLEN', ARGV[5] .. id)
+    if size == 0 and redis.call('EXISTS', ARGV[5] .. id) == 0 then size = -1 end
+  end
+  if size < 0 and legacy then size = legacy end
+  out[#out+1] = {e[1], f, redis.call('HGET', KEYS[2], e[1]), size}
+  sids[#sids+1] = e[1]
+end
+local prev = redis.call('GET', KEYS[3])
+if prev then
+  for sid in string.gmatch(prev, '[^,]+') do
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], sid, sid, 1)
+    if p[1] and p[1][2] == ARGV[2] then
+      if #out < want then
+        for _, e in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, sid)) do add(e) end
+      else
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, sid, 'IDLE', ARGV[6], 'JUSTID')
+      end
+    end
+  end
+end
+local cursor = '0-0'
+for _ = 1, 100 do
+  if #out >= want then break end
+  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', want - #out)
+  for _, e in ipairs(r[2]) do add(e) end
+  -- pending entries whose payload is gone (an ack cut off after its XDEL)
+  -- leave the group here (Redis >= 7); their attempts and bodies go with them
+  if r[3] then
+    for _, sid in ipairs(r[3]) do
+      redis.call('HDEL', KEYS[2], sid)
+      local id = entryid(sid)
+      if id then redis.call('DEL', ARGV[5] .. id) end
+    end
+  end
+  cursor = r[1]
+  if cursor == '0-0' or #out >= want then break end
+end
+if #out < want then
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want - #out, 'STREAMS', KEYS[1], '>')
+  if r then for _, e in ipairs(r[1][2]) do add(e) end end
+end
+if #sids > 0 then
+  redis.call('SET', KEYS[3], table.concat(sids, ','), 'PX', ARGV[3])
+elseif prev then
+  redis.call('DEL', KEYS[3])
+end
+return out
+`)
+
+// claimArgs are the claim script's keys and arguments.
+func (r *Store) claimArgs(max int, token string) ([]string, []any) {
+	return []string{r.stream, r.att, r.claimPrefix + token},
+		[]any{groupName, r.consumer, r.idle.Milliseconds(), max, r.bodyPrefix, releasedIdle.Milliseconds()}
+}
+
+// claimToken returns the token of the claim to send again, or a new one.
+func (r *Store) claimToken() string {
+	r.claimMu.Lock()
+	defer r.claimMu.Unlock()
+	token := r.retryClaim
+	r.retryClaim = ""
+	if token == "" {
+		token = rand.Text()
+	}
+	return token
+}
+
+// Claim implements Store. It first takes over entries idle past the
+// visibility timeout (a dead consumer's, or released ones), then reads new
+// ones. Bodies stay in Redis: Body fetches them.
+func (r *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
+	if err := r.usable(ctx); err != nil {
+		return nil, err
+	}
+	if max <= 0 {
+		return nil, nil
+	}
+	token := r.claimToken()
+	keys, args := r.claimArgs(max, token)
+	run := func() ([]any, error) {
+		return claimScript.Run(ctx, r.client, keys, args...).Slice()
+	}
+	res, err := run()
+	if isNoGroup(err) { // Redis lost its data: start over with a new group
+		if err = r.ensureGroup(ctx); err == nil {
+			res, err = run()
+		}
+	}
+	r.answered(err)
+	if err != nil {
+		if unreachable(err) { // it may have run: the next claim sends it again
+			r.claimMu.Lock()
+			r.retryClaim = token
+			r.claimMu.Unlock()
+		}
+		return nil, fmt.Errorf("redis store: claim: %w", err)
+	}
+	out := make([]*queue.Entry, 0, len(res))
+	for _, item := range res {
+		if e := r.claimed(item); e != nil {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// claimed makes an entry of one item of the claim script's reply. What it
+// cannot read comes back Damaged, under the id of its stream id, which Bury
+// finds it by; nil only for an item without a stream id.
+func (r *Store) claimed(item any) *queue.Entry {
+	parts, _ := item.([]any)
+	var sid string
+	if len(parts) > 0 {
+		sid, _ = parts[0].(string)
+	}
+	sidID, err := formatID(sid)
+	if err != nil {
+		return nil
+	}
+	damaged := func(why string) *queue.Entry { return &queue.Entry{ID: sidID, Damaged: why} }
+	if len(parts) < 4 {
+		return damaged(fmt.Sprintf("unexpected claim reply %v", item))
+	}
+	fields, err := fieldMap(parts[1])
+	if err != nil {
+		return damaged(err.Error())
+	}
+	e, err := entryOf(sid, fields)
+	if err != nil {
+		return damaged(err.Error())
+	}
+	if parseID(e.ID) == "" {
+		e.Damaged = fmt.Sprintf("stream entry %s has a malformed entry id %q", sid, e.ID)
+		e.ID = sidID
+	} else if parseID(e.ID) != sid {
+		r.setMoved(e.ID, sid)
+	}
+	if att, ok := parts[2].(string); ok {
+		e.Attempts, e.LastStatus, e.LastError = parseAttempt(att)
+	}
+	size, _ := parts[3].(int64)
+	if size < 0 && e.Damaged == "" {
+		e.Damaged = "the body is missing"
+	}
+	e.BodySize = int(max(size, 0))
+	return e
+}
+
+func isNoGroup(err error) bool { return err != nil && goredis.HasErrorPrefix(err, "NOGROUP") }
+
+// fieldMap turns a stream entry's flat field list into a map.
+func fieldMap(v any) (map[string]string, error) {
+	list, ok := v.([]any)
+	if !ok || len(list)%2 != 0 {
+		return nil, fmt.Errorf("redis store: unexpected stream fields %T", v)
+	}
+	m := make(map[string]string, len(list)/2)
+	for i := 0; i < len(list); i += 2 {
+		k, _ := list[i].(string)
+		val, _ := list[i+1].(string)
+		m[k] = val
+	}
+	return m, nil
+}
+
+// entryOf builds an entry, without its body, from stored fields; sid is its
+// stream id when queued, "" for a dead letter (whose fields carry the id).
+func entryOf(sid string, f map[string]string) (*queue.Entry, error) {
+	e := &queue.Entry{
+		ID:  f["i"],
+		Key: f["k"],
+		Request: queue.RequestMeta{
+			RawQuery:     f["q"],
+			ContentType:  f["c"],
+			UserAgent:    f["a"],
+			ForwardedFor: f["x"],
+		},
+		Received: unstamp(f["r"]),
+		Queued:   unstamp(f["u"]),
+	}
+	if e.ID == "" {
+		id, err := formatID(sid)
+		if err != nil {
+			return nil, err
+		}
+		e.ID = id
+	}
+	return e, nil
+}
+
+// formatAttempt and parseAttempt keep an entry's last attempt in one hash
+// value: "attempts status error".
+func formatAttempt(e *queue.Entry) string {
+	return strconv.Itoa(e.Attempts) + " " + strconv.Itoa(e.LastStatus) + " " + e.LastError
+}
+
+func parseAttempt(s string) (attempts, status int, reason string) {
+	parts := strings.SplitN(s, " ", 3)
+	if len(parts) == 3 {
+		attempts, _ = strconv.Atoi(parts[0])
+		status, _ = strconv.Atoi(parts[1])
+		reason = parts[2]
+	}
+	return attempts, status, reason
+}
+
+// reclaimScript resets the idle time of entries this consumer holds: to 0
+// (Extend) or past any visibility timeout (Release, so any consumer's next
+// Claim takes them at once). Entries another consumer took over are left
+// alone and reported.
+//
+//	KEYS[1]  the stream, {p}:q
+//	KEYS[2]  the location hash, {p}:loc
+//	ARGV[1]  the consumer group
+//	ARGV[2]  this consumer
+//	ARGV[3]  the idle time to give, ms
+//	ARGV[4..] pairs of (entry id, the stream id parsed from it)
+//	returns  the entry ids this consumer does not hold
+var reclaimScript = goredis.NewScript(resolveLua + `
+local lost = {}
+for i = 4, #ARGV, 2 do
+  local sid = resolve(KEYS[2], ARGV[i], ARGV[i+1])
+  local p = {}
+  if sid ~= '' then p = redis.call('XPENDING', KEYS[1], ARGV[1], sid, sid, 1) end
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, sid, 'IDLE', ARGV[3], 'JUSTID')
+  else
+    lost[#lost+1] = ARGV[i]
+  end
+end
+return lost
+`)
+
+// reclaim resets the idle time of the held entries in ids and returns the
+// ids this consumer no longer holds.
+func (r *Store) reclaim(ctx context.Context, ids []string, idle time.Duration) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	args := make([]any, 0, 3+2*len(ids))
+	args = append(args, groupName, r.consumer, idle.Milliseconds())
+	for _, id := range ids {
+		args = append(args, id, parseID(id))
+	}
+	lost, err := reclaimScript.Run(ctx, r.client, []string{r.stream, r.loc}, args...).StringSlice()
+	if isNoGroup(err) {
+		return ids, nil // the group, and every claim, is gone
+	}
+	return lost, err
+}
+
+// Extend implements Store: it resets the idle time of the entries this
+// consumer holds, so no other consumer takes them over. Ids it no longer
+// holds (delivered, or taken over after the visibility timeout) are reported
+// with ErrNotFound after the others are extended.
+func (r *Store) Extend(ctx context.Context, ids []string) error {
+	if err := r.usable(ctx); err != nil {
+		return err
+	}
+	lost, err := r.reclaim(ctx, ids, 0)
+	if err != nil {
+		return fmt.Errorf("redis store: extend: %w", err)
+	}
+	if len(lost) > 0 {
+		return fmt.Errorf("redis store: extend: %d of %d claims not held any more (e.g. %s): %w",
+			len(lost), len(ids), lost[0], queue.ErrNotFound)
+	}
+	return nil
+}
+
+// Release implements Store: the entries stay pending but look idle past
+// any visibility timeout, so the next Claim of any consumer takes them.
+// Ids this consumer does not hold are skipped.
+func (r *Store) Release(ctx context.Context, ids []string) error {
+	if err := r.usable(ctx); err != nil {
+		return err
+	}
+	if _, err := r.reclaim(ctx, ids, releasedIdle); err != nil {
+		return fmt.Errorf("redis store: release: %w", err)
+	}
+	r.forgetMoved(ids...)
+	return nil
+}
+
+// attemptedScript records an entry's last attempt, kept in a hash by stream
+// id because stream entries cannot change.
+//
+//	KEYS[1]  the stream, {p}:q
+//	KEYS[2]  the attempts hash, {p}:att
+//	KEYS[3]  the location hash, {p}:loc
+//	ARGV[1]  the entry id
+//	ARGV[2]  the stream id parsed from it
+//	ARGV[3]  the attempt: "attempts status error" (formatAttempt)
+//	returns  1, or 0 when the entry is not queued
+var attemptedScript = goredis.NewScript(resolveLua + `
+local sid = resolve(KEYS[3], ARGV[1], ARGV[2])
+if sid == '' or #redis.call('XRANGE', KEYS[1], sid, sid) == 0 then return 0 end
+redis.call('HSET', KEYS[2], sid, ARGV[3])
+return 1
+`)
+
+// Attempted implements Store.
+func (r *Store) Attempted(ctx context.Context, e *queue.Entry) error {
+	if err := r.usable(ctx); err != nil {
+		return err
+	}
+	// shares a pipeline: running twice records the same attempt twice
+	attempt := formatAttempt(e)
+	v, err := r.runScript(ctx, smallCall+len(attempt), attemptedScript, []string{r.stream, r.att, r.loc},
+		[]any{e.ID, parseID(e.ID), attempt})
+	n, _ := v.(int64)
+	if err != nil {
+		return fmt.Errorf("redis store: recording attempt on %s: %w", e.ID, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("recording attempt on %s: %w", e.ID, queue.ErrNotFound)
+	}
+	return nil
+}
+
+// ackScript removes a delivered replayed entry: XACK, XDEL, its body and its
+// bookkeeping. (Entries never replayed are acknowledged with plain
+// commands: queueAcks.)
+//
+//	KEYS[1]  the stream, {p}:q
+//	KEYS[2]  the attempts hash, {p}:att
+//	KEYS[3]  the location hash, {p}:loc
+//	KEYS[4]  the body key, {p}:b:<id>
+//	ARGV[1]  the consumer group
+//	ARGV[2]  the entry id
+//	ARGV[3]  the stream id parsed from it
+//	returns  1, or 0 when the entry's stream id is unknown
+var ackScript = goredis.NewScript(resolveLua + `
+local sid = resolve(KEYS[3], ARGV[2], ARGV[3])
+if sid == '' then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], sid)
+redis.call('XDEL', KEYS[1], sid)
+redis.call('DEL', KEYS[4])
+redis.call('HDEL', KEYS[2], sid)
+redis.call('HDEL', KEYS[3], ARGV[2])
+return 1
+`)
+
+// Ack implements Store. Acking an id that is no longer queued is not an
+// error.
+func (r *Store) Ack(ctx context.Context, id string) error {
+	if err := r.usable(ctx); err != nil {
+		return err
+	}
+	if r.isMoved(id) {
+		// a replayed entry: the script finds its stream id and drops the
+		// mapping, in one step
+		if _, err := r.runScript(ctx, smallCall, ackScript, []string{r.stream, r.att, r.loc, r.bodyPrefix + id},
+			[]any{groupName, id, parseID(id)}); err != nil {
+			return fmt.Errorf("redis store: ack %s: %w", id, err)
+		}
+		r.forgetMoved(id)
+		return nil
+	}
+	// The common case needs no script, which costs Redis more than the
+	// commands it would run: see queueAcks.
+	call := &pipeCall{ctx: ctx, size: smallCall, ack: id}
+	err := r.send(call)
+	if err == nil {
+		for _, c := range call.cmds {
+			if err = c.Err(); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("redis store: ack %s: %w", id, err)
+	}
+	return nil
+}
+
+// queueAcks adds the commands of the plain acks of one batch to pipe:
+// delete the entries and their bodies, acknowledge them, forget their
+// attempts. Each is a no-op for an entry another process got to first.
+// They are not atomic, so the order matters: cut off after XDEL, the
+// pending entries left behind point at nothing and the next XAUTOCLAIM
+// drops them with their bodies and attempts; the bodies go only after the
+// entries, so no queued entry is ever without one; an entry acknowledged
+// but not deleted would sit in the stream for good.
+//
+// The acks share one command of each kind. Deleting the stream's first
+// entry makes Redis look for the new first one, stepping over every entry
+// deleted before it in the same stream node (up to a hundred); one XDEL of
+// many ids does that once, not once per id.
+func (r *Store) queueAcks(pipe goredis.Pipeliner, acks []*pipeCall) []goredis.Cmder {
+	ctx := context.Background() // the pipeline's context is the one that counts
+	sids := make([]string, len(acks))
+	bodies := make([]string, len(acks))
+	for i, call := range acks {
+		sids[i], bodies[i] = parseID(call.ack), r.bodyPrefix+call.ack
+	}
+	return []goredis.Cmder{
+		pipe.XDel(ctx, r.stream, sids...),
+		pipe.Del(ctx, bodies...),
+		pipe.XAck(ctx, r.stream, groupName, sids...),
+		pipe.HDel(ctx, r.att, sids...),
+	}
+}
+
+func (r *Store) setMoved(id, sid string) {
+	r.movedMu.Lock()
+	defer r.movedMu.Unlock()
+	if r.moved == nil {
+		r.moved = make(map[string]string)
+	}
+	r.moved[id] = sid
+}
+
+func (r *Store) isMoved(id string) bool {
+	_, ok := r.movedTo(id)
+	return ok
+}
+
+// movedTo returns the stream id of a replayed entry this process holds.
+func (r *Store) movedTo(id string) (string, bool) {
+	r.movedMu.Lock()
+	defer r.movedMu.Unlock()
+	sid, ok := r.moved[id]
+	return sid, ok
+}
+
+// forgetMoved drops ids this process no longer holds from moved.
+func (r *Store) forgetMoved(ids ...string) {
+	r.movedMu.Lock()
+	defer r.movedMu.Unlock()
+	for _, id := range ids {
+		delete(r.moved, id)
+	}
+}
+
+// buryScript moves a queued entry to the dead letters with its last
+// attempt and time of death, and out of the queue, in one step. It copies
+// whatever fields the entry has, so a damaged one is buried too. The body
+// key stays: the dead letter has it.
+//
+//	KEYS[1]  the stream, {p}:q
+//	KEYS[2]  the attempts hash, {p}:att
+//	KEYS[3]  the location hash, {p}:loc
+//	KEYS[4]  the dead index, {p}:dead
+//	KEYS[5]  the dead letter's hash, {p}:dead:<id>
+//	KEYS[6]  the died index, {p}:deadt
+//	ARGV[1]  the consumer group
+//	ARGV[2]  the entry id
+//	ARGV[3]  the stream id parsed from it
+//	ARGV[4]  attempts, ARGV[5] last status, ARGV[6] last error
+//	ARGV[7]  died (stamp)
+//	ARGV[8]  died (Unix ms), its score in KEYS[6]
+//	returns  1, or 0 when the entry is not queued
+var buryScript = goredis.NewScript(resolveLua + `
+local sid = resolve(KEYS[3], ARGV[2], ARGV[3])
+if sid == '' then return 0 end
+local r = redis.call('XRANGE', KEYS[1], sid, sid)
+if #r == 0 then return 0 end
+local f = r[1][2]
+local h = {'i', ARGV[2], 'n', ARGV[4], 's', ARGV[5], 'e', ARGV[6], 'd', ARGV[7]}
+local ours = {i=true, n=true, s=true, e=true, d=true}
+for j = 1, #f - 1, 2 do
+  if not ours[f[j]] then h[#h+1] = f[j]; h[#h+1] = f[j+1] end
+end
+redis.call('DEL', KEYS[5])
+redis.call('HSET', KEYS[5], unpack(h))
+redis.call('ZADD', KEYS[4], 0, ARGV[2])
+redis.call('ZADD', KEYS[6], ARGV[8], ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], sid)
+redis.call('XDEL', KEYS[1], sid)
+redis.call('HDEL', KEYS[2], sid)
+redis.call('HDEL', KEYS[3], ARGV[2])
+return 1
+`)
+
+// Bury implements Store. It buries the stored entry, whatever its fields,
+// with e's attempt, and sets e.Died.
+func (r *Store) Bury(ctx context.Context, e *queue.Entry) error {
+	if err := r.usable(ctx); err != nil {
+		return err
+	}
+	reason := e.LastError
+	if e.Damaged != "" && !strings.Contains(reason, e.Damaged) {
+		if reason != "" {
+			reason += "; "
+		}
+		reason += "damaged record: " + e.Damaged
+	}
+	died := r.now()
+	n, err := buryScript.Run(ctx, r.client,
+		[]string{r.stream, r.att, r.loc, r.deadIdx, r.deadPrefix + e.ID, r.deadTimes},
+		groupName, e.ID, parseID(e.ID), e.Attempts, e.LastStatus, reason, stamp(died), died.UnixMilli()).Int()
+	if err != nil {
+		return fmt.Errorf("redis store: burying %s: %w", e.ID, err)
+	}
+	r.forgetMoved(e.ID)
+	if n == 0 {
+		return fmt.Errorf("burying %s: %w", e.ID, queue.ErrNotFound)
+	}
+	e.Died = died
+	return nil
+}

@@ -1,0 +1,406 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// deadFields are what a dead letter listing reads: everything but the body.
+var deadFields = []string{"i", "k", "q", "c", "a", "x", "r", "u", "n", "s", "e", "d"}
+
+func deadOf(f map[string]string) (*queue.Entry, error) {
+	e, err := entryOf("", f)
+	if err != nil {
+		return nil, err
+	}
+	e.Attempts, _ = strconv.Atoi(f["n"])
+	e.LastStatus, _ = strconv.Atoi(f["s"])
+	e.LastError = f["e"]
+	if d, ok := f["d"]; ok {
+		e.Died = unstamp(d)
+	}
+	return e, nil
+}
+
+// Dead implements Store.
+func (r *Store) Dead(ctx context.Context, after string, limit int) ([]*queue.Entry, error) {
+	if err := r.usable(ctx); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return []*queue.Entry{}, nil
+	}
+	min := "-"
+	if after != "" {
+		min = "(" + after
+	}
+	ids, err := r.client.ZRangeByLex(ctx, r.deadIdx, &goredis.ZRangeBy{Min: min, Max: "+", Count: int64(limit)}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis store: listing dead letters: %w", err)
+	}
+	if len(ids) == 0 {
+		return []*queue.Entry{}, nil
+	}
+	pipe := r.client.Pipeline()
+	cmds := make([]*goredis.SliceCmd, len(ids))
+	sizes := make([]*goredis.IntCmd, len(ids))
+	legacy := make([]*goredis.IntCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HMGet(ctx, r.deadPrefix+id, deadFields...)
+		sizes[i] = pipe.StrLen(ctx, r.bodyPrefix+id)
+		legacy[i] = pipe.HStrLen(ctx, r.deadPrefix+id, "b")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("redis store: listing dead letters: %w", err)
+	}
+	out := make([]*queue.Entry, 0, len(ids))
+	for j, cmd := range cmds {
+		vals := cmd.Val()
+		f := make(map[string]string, len(deadFields))
+		for i, name := range deadFields {
+			if s, ok := vals[i].(string); ok {
+				f[name] = s
+			}
+		}
+		if f["i"] == "" {
+			continue // deleted since the index was read
+		}
+		e, err := deadOf(f)
+		if err != nil {
+			return nil, err
+		}
+		e.BodySize = int(sizes[j].Val() + legacy[j].Val()) // one of them is 0
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// DeadEntry implements Store.
+func (r *Store) DeadEntry(ctx context.Context, id string) (*queue.Entry, error) {
+	if err := r.usable(ctx); err != nil {
+		return nil, err
+	}
+	key := r.bodyPrefix + id
+	pipe := r.client.Pipeline()
+	hash := pipe.HGetAll(ctx, r.deadPrefix+id)
+	first := pipe.GetRange(ctx, key, 0, firstChunk-1)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("redis store: dead letter %s: %w", id, err)
+	}
+	f := hash.Val()
+	if len(f) == 0 {
+		return nil, fmt.Errorf("dead letter %s: %w", id, queue.ErrNotFound)
+	}
+	e, err := deadOf(f)
+	if err != nil {
+		return nil, err
+	}
+	body, ok, err := r.readBody(ctx, key, first)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("redis store: dead letter %s: %w", id, err)
+	case ok:
+		e.Body = body
+	default:
+		e.Body = []byte(f["b"]) // legacy, or none
+	}
+	e.BodySize = len(e.Body)
+	return e, nil
+}
+
+// deleteDeadScript removes one dead letter and its body.
+//
+//	KEYS[1]  the dead index, {p}:dead
+//	KEYS[2]  the dead letter's hash, {p}:dead:<id>
+//	KEYS[3]  the died index, {p}:deadt
+//	KEYS[4]  its body key, {p}:b:<id>
+//	ARGV[1]  the entry id
+//	returns  1, or 0 when there is no such dead letter
+var deleteDeadScript = goredis.NewScript(`
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[4])
+return 1
+`)
+
+// DeleteDead implements Store.
+func (r *Store) DeleteDead(ctx context.Context, id string) error {
+	if err := r.usable(ctx); err != nil {
+		return err
+	}
+	n, err := deleteDeadScript.Run(ctx, r.client,
+		[]string{r.deadIdx, r.deadPrefix + id, r.deadTimes, r.bodyPrefix + id}, id).Int()
+	if err != nil {
+		return fmt.Errorf("redis store: deleting dead letter %s: %w", id, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("dead letter %s: %w", id, queue.ErrNotFound)
+	}
+	return nil
+}
+
+// replayBatch bounds the ids one replay script handles, so a replay of
+// everything does not hold Redis for long.
+const replayBatch = 256
+
+// replayScript puts dead letters back at the end of the queue under their
+// original ids, attempts reset, queued now. It moves only their metadata:
+// the body keys stay (Replay gives old letters one first).
+//
+//	KEYS[1]  the stream, {p}:q
+//	KEYS[2]  the dead index, {p}:dead
+//	KEYS[3]  the location hash, {p}:loc
+//	KEYS[4]  the died index, {p}:deadt
+//	KEYS[5..] one dead letter hash per id, {p}:dead:<id>, in ARGV's order
+//	ARGV[1]  now (stamp)
+//	ARGV[2..] the entry ids
+//	returns  how many went back
+var replayScript = goredis.NewScript(`
+local meta = {'k', 'q', 'c', 'a', 'x', 'r'}
+local n = 0
+for i = 2, #ARGV do
+  local id, key = ARGV[i], KEYS[i+3]
+  if redis.call('EXISTS', key) == 1 then
+    local v = redis.call('HMGET', key, unpack(meta))
+    local f = {}
+    for j, name in ipairs(meta) do
+      if v[j] then f[#f+1] = name; f[#f+1] = v[j] end
+    end
+    f[#f+1] = 'u'; f[#f+1] = ARGV[1]; f[#f+1] = 'i'; f[#f+1] = id
+    local sid = redis.call('XADD', KEYS[1], '*', unpack(f))
+    redis.call('HSET', KEYS[3], id, sid)
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[4], id)
+    n = n + 1
+  end
+end
+return n
+`)
+
+// Replay implements Store. Replayed entries join the back of the queue
+// under their original ids; their bodies stay where they are.
+func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
+	if err := r.usable(ctx); err != nil {
+		return 0, err
+	}
+	if ids == nil {
+		all, err := r.client.ZRange(ctx, r.deadIdx, 0, -1).Result()
+		if err != nil {
+			return 0, fmt.Errorf("redis store: replay: %w", err)
+		}
+		ids = all
+	}
+	now := stamp(r.now())
+	total := 0
+	for len(ids) > 0 {
+		batch := ids[:min(len(ids), replayBatch)]
+		ids = ids[len(batch):]
+		if err := r.moveLegacyBodies(ctx, batch); err != nil {
+			return total, fmt.Errorf("redis store: replay: %w", err)
+		}
+		keys := []string{r.stream, r.deadIdx, r.loc, r.deadTimes}
+		args := []any{now}
+		for _, id := range batch {
+			keys = append(keys, r.deadPrefix+id)
+			args = append(args, id)
+		}
+		n, err := replayScript.Run(ctx, r.client, keys, args...).Int()
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("redis store: replay: %w", err)
+		}
+	}
+	return total, nil
+}
+
+// moveBodyScript moves an old dead letter's body from its hash to its body
+// key.
+//
+//	KEYS[1]  the dead letter's hash, {p}:dead:<id>
+//	KEYS[2]  its body key, {p}:b:<id>
+//	returns  1, or 0 when the hash has no body
+var moveBodyScript = goredis.NewScript(`
+local b = redis.call('HGET', KEYS[1], 'b')
+if not b then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], b) end
+redis.call('HDEL', KEYS[1], 'b')
+return 1
+`)
+
+// moveLegacyBodies gives the dead letters among ids that still keep their
+// body in their hash (written by an older version) a body key, one script
+// per letter so that no step carries more than one body.
+func (r *Store) moveLegacyBodies(ctx context.Context, ids []string) error {
+	pipe := r.client.Pipeline()
+	has := make([]*goredis.BoolCmd, len(ids))
+	for i, id := range ids {
+		has[i] = pipe.HExists(ctx, r.deadPrefix+id, "b")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	for i, id := range ids {
+		if !has[i].Val() {
+			continue
+		}
+		if err := moveBodyScript.Run(ctx, r.client, []string{r.deadPrefix + id, r.bodyPrefix + id}).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// trimDeadScript removes up to limit dead letters, oldest death first:
+// those died before the cutoff, then the oldest while more than max remain.
+// The died index has milliseconds; a letter in the cutoff's millisecond
+// goes by its exact time of death. Each letter goes with its hash, body and
+// both index entries.
+//
+//	KEYS[1]  the dead index, {p}:dead
+//	KEYS[2]  the died index, {p}:deadt
+//	ARGV[1]  the dead letter hash prefix, {p}:dead:
+//	ARGV[2]  the body key prefix, {p}:b:
+//	ARGV[3]  max letters to keep, 0 for no bound
+//	ARGV[4]  the cutoff, Unix ms, or "" for none
+//	ARGV[5]  the cutoff (stamp)
+//	ARGV[6]  limit: at most this many removed
+//	returns  {{id, key, died stamp or "", died index score, attempts, status,
+//	         error}...}
+var trimDeadScript = goredis.NewScript(`
+local limit = tonumber(ARGV[6])
+local out = {}
+local function remove(id, score)
+  local h = ARGV[1] .. id
+  local f = redis.call('HMGET', h, 'k', 'd', 'n', 's', 'e')
+  redis.call('DEL', h, ARGV[2] .. id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  out[#out+1] = {id, f[1] or '', f[2] or '', score, f[3] or '', f[4] or '', f[5] or ''}
+end
+if ARGV[4] ~= '' then
+  local cut, skip = tonumber(ARGV[4]), 0
+  while #out < limit do
+    local r = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cut, 'WITHSCORES', 'LIMIT', skip, limit - #out)
+    if #r == 0 then break end
+    for j = 1, #r, 2 do
+      local d = redis.call('HGET', ARGV[1] .. r[j], 'd')
+      if tonumber(r[j+1]) < cut or (d and d < ARGV[5]) then remove(r[j], r[j+1]) else skip = skip + 1 end
+    end
+  end
+end
+local max = tonumber(ARGV[3])
+while max > 0 and #out < limit do
+  local excess = redis.call('ZCARD', KEYS[1]) - max
+  if excess <= 0 then break end
+  local r = redis.call('ZRANGE', KEYS[2], 0, math.min(excess, limit - #out) - 1, 'WITHSCORES')
+  if #r == 0 then break end
+  for j = 1, #r, 2 do remove(r[j], r[j+1]) end
+end
+return out
+`)
+
+// TrimDead implements Store. Letters died in the same millisecond as the
+// cutoff are told apart by their exact time of death.
+func (r *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*queue.Entry, error) {
+	if err := r.usable(ctx); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return []*queue.Entry{}, nil
+	}
+	pipe := r.client.Pipeline()
+	dead := pipe.ZCard(ctx, r.deadIdx)
+	timed := pipe.ZCard(ctx, r.deadTimes)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("redis store: trimming dead letters: %w", err)
+	}
+	if dead.Val() > timed.Val() {
+		if err := r.backfillDeadTimes(ctx); err != nil {
+			return nil, fmt.Errorf("redis store: trimming dead letters: %w", err)
+		}
+	}
+	cutMS, cutStamp := "", ""
+	if !cutoff.IsZero() {
+		cutMS, cutStamp = strconv.FormatInt(cutoff.UnixMilli(), 10), stamp(cutoff)
+	}
+	res, err := trimDeadScript.Run(ctx, r.client, []string{r.deadIdx, r.deadTimes},
+		r.deadPrefix, r.bodyPrefix, max, cutMS, cutStamp, limit).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("redis store: trimming dead letters: %w", err)
+	}
+	out := make([]*queue.Entry, 0, len(res))
+	for _, item := range res {
+		f, _ := item.([]any)
+		if len(f) < 7 {
+			return out, fmt.Errorf("redis store: trimming dead letters: unexpected reply %v", item)
+		}
+		s := make([]string, len(f))
+		for i, v := range f {
+			s[i], _ = v.(string)
+		}
+		e := &queue.Entry{ID: s[0], Key: s[1], LastError: s[6]}
+		if s[2] != "" {
+			e.Died = unstamp(s[2])
+		} else if ms, err := strconv.ParseFloat(s[3], 64); err == nil {
+			e.Died = time.UnixMilli(int64(ms)) // a legacy letter: when it was queued
+		}
+		e.Attempts, _ = strconv.Atoi(s[4])
+		e.LastStatus, _ = strconv.Atoi(s[5])
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// backfillBatch bounds the dead letters one backfill step looks at.
+const backfillBatch = 256
+
+// backfillDeadScript gives up to count dead letters after the id in after
+// that are missing from the died index (written by older versions) an
+// entry there, scored by their queued time.
+//
+//	KEYS[1]  the dead index, {p}:dead
+//	KEYS[2]  the died index, {p}:deadt
+//	ARGV[1]  the dead letter hash prefix, {p}:dead:
+//	ARGV[2]  after: the last id of the step before, "" from the start
+//	ARGV[3]  count
+//	returns  the last id looked at, or "" when done
+var backfillDeadScript = goredis.NewScript(`
+local min = '-'
+if ARGV[2] ~= '' then min = '(' .. ARGV[2] end
+local count = tonumber(ARGV[3])
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], min, '+', 'LIMIT', 0, count)
+for _, id in ipairs(ids) do
+  if not redis.call('ZSCORE', KEYS[2], id) then
+    local u = redis.call('HGET', ARGV[1] .. id, 'u') or ''
+    redis.call('ZADD', KEYS[2], tonumber(string.sub(u, 1, -7)) or 0, id)
+  end
+end
+if #ids < count then return '' end
+return ids[#ids]
+`)
+
+// backfillDeadTimes gives dead letters written by an older version, which
+// have no entry in {p}:deadt, one: their queued time, the best there is.
+func (r *Store) backfillDeadTimes(ctx context.Context) error {
+	r.backfill.Lock()
+	defer r.backfill.Unlock()
+	after := ""
+	for {
+		next, err := backfillDeadScript.Run(ctx, r.client, []string{r.deadIdx, r.deadTimes},
+			r.deadPrefix, after, backfillBatch).Text()
+		if err != nil {
+			return fmt.Errorf("indexing old dead letters by time: %w", err)
+		}
+		if next == "" {
+			return nil
+		}
+		after = next
+	}
+}

@@ -67,7 +67,8 @@ const markerTTLMin = 20 * time.Second
 //	ARGV[10] the body key prefix, {p}:b:
 //	ARGV[11] the marker's expiry minute (Unix minutes), its field in KEYS[3]
 //	ARGV[12] the admit's token
-//	ARGV[13] the body, only when it was not staged
+//	ARGV[13] the kept headers (queue.AppendHeaders; stream field h), "" for none
+//	ARGV[14] the body, only when it was not staged
 //	returns  {0, stream id} accepted (now or by this token's earlier run),
 //	         {1} duplicate, {2} backlog full, {3} the staged body is missing
 //	         (nothing stored)
@@ -94,15 +95,16 @@ if max > 0 and redis.call('XLEN', KEYS[1]) >= max then
   return {2}
 end
 if staged and redis.call('EXISTS', staged) == 0 then return {3} end
-local sid = redis.call('XADD', KEYS[1], '*',
-  'k', ARGV[5], 'q', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'x', ARGV[9],
-  'r', ARGV[1], 'u', ARGV[1])
+local f = {'k', ARGV[5], 'q', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'x', ARGV[9],
+  'r', ARGV[1], 'u', ARGV[1]}
+if ARGV[13] ~= '' then f[#f+1] = 'h'; f[#f+1] = ARGV[13] end
+local sid = redis.call('XADD', KEYS[1], '*', unpack(f))
 local body = ARGV[10] .. entryid(sid)
 if staged then
   redis.call('RENAME', staged, body)
   redis.call('PERSIST', body)
 else
-  redis.call('SET', body, ARGV[13])
+  redis.call('SET', body, ARGV[14])
 end
 redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[12] .. ' ' .. sid, 'PX', ARGV[3])
 redis.call('HINCRBY', KEYS[3], ARGV[11], 1)
@@ -120,7 +122,7 @@ func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(gore
 	keys := []string{r.stream, r.seenPrefix + e.Key, r.keyCount}
 	args := []any{stamp(now), stamp(expires), ttl, r.MaxBacklog(),
 		e.Key, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor,
-		r.bodyPrefix, expires.UnixMilli() / 60000, token}
+		r.bodyPrefix, expires.UnixMilli() / 60000, token, headersArg(e.Request.Headers)}
 	staged := ""
 	if len(e.Body) <= inlineBodyMax {
 		args = append(args, e.Body)
@@ -139,6 +141,15 @@ func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(gore
 		}
 		return append(cmds, admitScript.EvalSha(ctx, pipe, keys, args...))
 	}
+}
+
+// headersArg is the kept headers as the admit script stores them, "" for
+// none (then the stream entry has no h field).
+func headersArg(fields []queue.HeaderField) string {
+	if len(fields) == 0 {
+		return ""
+	}
+	return string(queue.AppendHeaders(nil, fields))
 }
 
 // admitReply is the admit script's reply among an admit's commands, the
@@ -172,6 +183,9 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	enqueue := r.admitCall(e, rand.Text(), now)
 	size := smallCall + len(e.Body) + len(e.Key) + len(e.Request.RawQuery) + len(e.Request.ForwardedFor) +
 		len(e.Request.UserAgent) + len(e.Request.ContentType)
+	for _, h := range e.Request.Headers {
+		size += len(h.Name) + len(h.Value) + 4
+	}
 	admit := func() ([]any, error) {
 		if len(e.Body) > inlineBodyMax {
 			// staged: a body SET of its own, within the store's bound

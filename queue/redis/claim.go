@@ -236,6 +236,13 @@ func entryOf(sid string, f map[string]string) (*queue.Entry, error) {
 		Received: unstamp(f["r"]),
 		Queued:   unstamp(f["u"]),
 	}
+	if h := f["h"]; h != "" {
+		headers, _, err := queue.ReadHeaders([]byte(h))
+		if err != nil {
+			return nil, err
+		}
+		e.Request.Headers = headers
+	}
 	if e.ID == "" {
 		id, err := formatID(sid)
 		if err != nil {

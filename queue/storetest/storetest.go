@@ -871,6 +871,11 @@ func testRoundTrip(t *testing.T, newStore Factory) {
 		ContentType:  "application/json; charset=utf-8",
 		UserAgent:    "Runware/1.0 (\xff\xfeobs-text\x80)",
 		ForwardedFor: "203.0.113.7, 2001:db8::1",
+		Headers: []queue.HeaderField{
+			{Name: "Stripe-Signature", Value: "t=1,v1=ab,v1=cd"},
+			{Name: "X-Github-Event", Value: "push"}, {Name: "X-Github-Event", Value: "second value"},
+			{Name: "X-Empty", Value: ""}, {Name: "X-Bytes", Value: "\xff\x00ü"},
+		},
 	}
 	entries := []*queue.Entry{
 		// keys come from query strings and headers too: any bytes at all
@@ -922,6 +927,16 @@ func testRoundTrip(t *testing.T, newStore Factory) {
 	}
 	for _, want := range admitted {
 		sameEntry(t, f.deadEntry(want.ID), want, true)
+	}
+
+	// and back from the dead: a replay keeps what the request kept
+	f.replay([]string{admitted[0].ID}, 1)
+	back := f.claim(1)
+	if len(back) != 1 || back[0].ID != admitted[0].ID {
+		t.Fatalf("Claim after Replay = %v, want %s", ids(back), admitted[0].ID)
+	}
+	if !reflect.DeepEqual(back[0].Request, admitted[0].Request) {
+		t.Errorf("replayed: Request = %+q, want %+q", back[0].Request, admitted[0].Request)
 	}
 }
 

@@ -34,8 +34,8 @@ var consumerName = DefaultConsumer()
 // Backend keeps a relay's markers, queue and dead letters in Redis, so
 // several Caddy instances can share them: each key is accepted once across
 // all instances, each instance delivers a share of the queue, and the
-// entries of an instance that dies are taken over by the others after
-// VisibilityTimeout. It is as durable as the Redis behind it: run Redis with
+// entries of an instance that dies are taken over by the others as soon as
+// its liveness key in Redis expires (DefaultLivenessTTL, 5s). It is as durable as the Redis behind it: run Redis with
 // appendonly yes and maxmemory-policy noeviction.
 //
 // A single server, Sentinel or Cluster, through go-redis's UniversalClient:
@@ -81,9 +81,11 @@ type Backend struct {
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// VisibilityTimeout is how long a payload claimed by an instance that
-	// went quiet (crashed, partitioned) stays with it before another
-	// instance takes it over. Live instances renew their claims every 10s,
-	// so keep it well above that. Default 60s.
+	// is alive but stuck stays with it before another instance takes it
+	// over. An instance that died (killed, cut off from Redis) loses its
+	// payloads sooner: when its liveness key expires, 5s after its last
+	// renewal. Live instances renew their claims every 10s, so keep it well
+	// above that. Default 60s.
 	VisibilityTimeout caddy.Duration `json:"visibility_timeout,omitempty"`
 
 	// DurableAck makes the relay wait, before it answers 200, until Redis

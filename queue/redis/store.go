@@ -59,11 +59,15 @@ type Store struct {
 	consumer string
 	idle     time.Duration
 	durable  time.Duration // WAITAOF timeout; 0: do not wait
-	closed   atomic.Bool
-	calls    chan *pipeCall // to the pipeliners
-	inflight atomic.Int64   // script calls running now
-	bodies   byteBound      // body bytes on their way to or from Redis
-	stop     chan struct{}  // closed by Close
+	// replicas is how many replicas must have an admit before it is
+	// Accepted (WAIT), within replicasWait; 0: do not wait
+	replicas     int
+	replicasWait time.Duration
+	closed       atomic.Bool
+	calls        chan *pipeCall // to the pipeliners
+	inflight     atomic.Int64   // script calls running now
+	bodies       byteBound      // body bytes on their way to or from Redis
+	stop         chan struct{}  // closed by Close
 
 	stream, att, loc, deadIdx, deadTimes, deadPrefix, seenPrefix string
 	bodyPrefix, stagedPrefix, claimPrefix, keyCount              string
@@ -116,6 +120,12 @@ type Config struct {
 	DurableAck bool
 	// DurableAckTimeout bounds that wait; past it Admit fails. Default 1s.
 	DurableAckTimeout time.Duration
+	// WaitReplicas makes Admit wait until this many replicas have the
+	// entry (WAIT) before it reports Accepted; fewer within
+	// WaitReplicasTimeout fail the admit. 0: do not wait.
+	WaitReplicas int
+	// WaitReplicasTimeout bounds that wait. Default 1s.
+	WaitReplicasTimeout time.Duration
 	// LivenessTTL is the TTL of the key that tells the other instances this
 	// one is alive; renewed every third of it. When it expires they take
 	// over what this one holds. Default DefaultLivenessTTL.
@@ -163,6 +173,9 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 	if cfg.DurableAckTimeout <= 0 {
 		cfg.DurableAckTimeout = time.Second
 	}
+	if cfg.WaitReplicasTimeout <= 0 {
+		cfg.WaitReplicasTimeout = time.Second
+	}
 	if cfg.LivenessTTL <= 0 {
 		cfg.LivenessTTL = DefaultLivenessTTL
 	}
@@ -191,6 +204,8 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		liveSet:      tag + ":lv",
 		aliveTTL:     cfg.LivenessTTL,
 		aliveStop:    make(chan struct{}),
+		replicas:     cfg.WaitReplicas,
+		replicasWait: cfg.WaitReplicasTimeout,
 	}
 	r.bodies.limit = bodyBytesInFlight
 	r.SetLimits(opts.Window, opts.MaxBacklog)
@@ -214,8 +229,8 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		go r.keepAlive(false)
 		return r, nil
 	}
-	for range pipeliners {
-		go r.pipeliner()
+	if err := checkVersion(ctx, client, cfg.Logger); err != nil {
+		return nil, err
 	}
 	checkEviction(ctx, client, cfg.Logger)
 	if cfg.DurableAck {
@@ -230,6 +245,9 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		if err := s.Load(ctx, client).Err(); err != nil {
 			return nil, fmt.Errorf("redis store: loading scripts: %w", err)
 		}
+	}
+	for range pipeliners {
+		go r.pipeliner()
 	}
 	// the first round runs before New returns, so this consumer is alive
 	// before it claims anything

@@ -152,10 +152,112 @@ func TestRedisSentinelFailover(t *testing.T) {
 					return true
 				}
 				return false
-			}, func() string { addr, err := sentinels[0].MasterAddr(); return fmt.Sprintf("no promotion: master %s %v", addr, err) })
+			}, func() string {
+				addr, err := sentinels[0].MasterAddr()
+				return fmt.Sprintf("no promotion: master %s %v", addr, err)
+			})
 			// the old master comes back and the sentinels make it a replica
 			// of the new one: wait_replicas 1 can be met again
 			m.Restart()
+			return at
+		})
+}
+
+// slotOwner is the node of nodes that is master of the slot of key, as
+// CLUSTER NODES on the first node tells, or an error.
+func slotOwner(key string, nodes []*redistest.Server) (*redistest.Server, error) {
+	out, err := redistest.Cmd(nodes[0].Addr(), "CLUSTER", "KEYSLOT", key)
+	if err != nil {
+		return nil, err
+	}
+	var slot int
+	if _, err := fmt.Sscan(strings.TrimSpace(out), &slot); err != nil {
+		return nil, fmt.Errorf("CLUSTER KEYSLOT answered %q", out)
+	}
+	table, err := redistest.Cmd(nodes[0].Addr(), "CLUSTER", "NODES")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(table, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") || f[7] != "connected" {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		for _, r := range f[8:] {
+			var lo, hi int
+			if n, _ := fmt.Sscanf(r, "%d-%d", &lo, &hi); n == 1 {
+				hi = lo
+			} else if n != 2 {
+				continue
+			}
+			if slot >= lo && slot <= hi {
+				for _, n := range nodes {
+					if n.Addr() == addr {
+						return n, nil
+					}
+				}
+			}
+		}
+	}
+	return nil, fmt.Errorf("no live master of slot %d among the nodes in:\n%s", slot, table)
+}
+
+// A Cluster of three masters with a replica each; one instance reaches it
+// through a single address with cluster (as a managed endpoint), the other
+// through a list of nodes. The master of the relay's slot is killed with
+// kill -9; its replica takes over.
+func TestRedisClusterFailover(t *testing.T) {
+	var nodes []*redistest.Server
+	for range 6 {
+		nodes = append(nodes, redistest.Start(t, redistest.Options{AOF: true, Appendfsync: "everysec", Cluster: true}))
+	}
+	redistest.CreateCluster(t, 1, nodes...)
+	owner, err := slotOwner("{webhook_relay:"+faultRelayName+"}:q", nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	up := NewChaosUpstream(t, 9)
+	up.Start()
+	single := fmt.Sprintf(`redis redis://%s {
+			cluster
+			dial_timeout  500ms
+			read_timeout  2s
+			write_timeout 500ms
+		}`, nodes[0].Addr())
+	list := fmt.Sprintf(`redis redis://%s {
+			addresses     %s %s
+			dial_timeout  500ms
+			read_timeout  2s
+			write_timeout 500ms
+		}`, nodes[1].Addr(), nodes[2].Addr(), nodes[3].Addr())
+	a, b := NewInstance(t), NewInstance(t)
+	a.Start(topologySite(up, single))
+	b.Start(topologySite(up, list))
+
+	topologyRun(t, "cluster", up, []*Instance{a, b}, 20*time.Second, 5*time.Second,
+		owner.Kill,
+		func() time.Time {
+			var at time.Time
+			var alive []*redistest.Server
+			for _, n := range nodes {
+				if n != owner {
+					alive = append(alive, n)
+				}
+			}
+			var ownerErr error
+			waitFor(t, 30*time.Second, func() bool {
+				out, err := redistest.Cmd(alive[0].Addr(), "CLUSTER", "INFO")
+				if err == nil && strings.Contains(out, "cluster_state:ok") {
+					if _, ownerErr = slotOwner("{webhook_relay:"+faultRelayName+"}:q", alive); ownerErr == nil {
+						at = time.Now()
+						return true
+					}
+				}
+				return false
+			}, func() string { return fmt.Sprintf("no new master of the relay's slot: %v", ownerErr) })
+			owner.Restart() // rejoins as a replica
 			return at
 		})
 }

@@ -205,8 +205,9 @@ func slotOwner(key string, nodes []*redistest.Server) (*redistest.Server, error)
 
 // A Cluster of three masters with a replica each; one instance reaches it
 // through a single address with cluster (as a managed endpoint), the other
-// through a list of nodes. The master of the relay's slot is killed with
-// kill -9; its replica takes over.
+// through a list of nodes, both with wait_replicas 1. The master of the
+// relay's slot is killed with kill -9; its replica takes over, with every
+// payload acknowledged before.
 func TestRedisClusterFailover(t *testing.T) {
 	var nodes []*redistest.Server
 	for range 6 {
@@ -222,12 +223,14 @@ func TestRedisClusterFailover(t *testing.T) {
 	up.Start()
 	single := fmt.Sprintf(`redis redis://%s {
 			cluster
+			wait_replicas 1
 			dial_timeout  500ms
 			read_timeout  2s
 			write_timeout 500ms
 		}`, nodes[0].Addr())
 	list := fmt.Sprintf(`redis redis://%s {
 			addresses     %s %s
+			wait_replicas 1
 			dial_timeout  500ms
 			read_timeout  2s
 			write_timeout 500ms
@@ -247,16 +250,20 @@ func TestRedisClusterFailover(t *testing.T) {
 				}
 			}
 			var ownerErr error
-			waitFor(t, 30*time.Second, func() bool {
-				out, err := redistest.Cmd(alive[0].Addr(), "CLUSTER", "INFO")
-				if err == nil && strings.Contains(out, "cluster_state:ok") {
-					if _, ownerErr = slotOwner("{webhook_relay:"+faultRelayName+"}:q", alive); ownerErr == nil {
+			waitFor(t, 45*time.Second, func() bool {
+				for i := range alive {
+					// any node's view: each learns of the failover by gossip
+					view := append([]*redistest.Server{alive[i]}, alive...)
+					if _, ownerErr = slotOwner("{webhook_relay:"+faultRelayName+"}:q", view); ownerErr == nil {
 						at = time.Now()
 						return true
 					}
 				}
 				return false
-			}, func() string { return fmt.Sprintf("no new master of the relay's slot: %v", ownerErr) })
+			}, func() string {
+				info, _ := redistest.Cmd(alive[0].Addr(), "CLUSTER", "INFO")
+				return fmt.Sprintf("no new master of the relay's slot: %v\n%s", ownerErr, info)
+			})
 			owner.Restart() // rejoins as a replica
 			return at
 		})

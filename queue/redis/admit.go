@@ -272,10 +272,22 @@ func (r *Store) comingBack() bool {
 
 // admitWaiting runs the admit's commands and then WAITAOF (durable_ack)
 // and WAIT (wait_replicas) in one pipeline: both wait for the writes of
-// their own connection, so all must share one.
+// their own connection, so all must share one. On Cluster that is a
+// pipeline of the master of the relay's slot, which holds all its keys.
 func (r *Store) admitWaiting(ctx context.Context, enqueue func(goredis.Pipeliner, bool) []goredis.Cmder) ([]any, error) {
+	var pipe func() goredis.Pipeliner
+	cluster, isCluster := r.client.(*goredis.ClusterClient)
+	if isCluster {
+		node, err := cluster.MasterForKey(ctx, r.stream)
+		if err != nil {
+			return nil, err
+		}
+		pipe = node.Pipeline
+	} else {
+		pipe = r.client.Pipeline
+	}
 	run := func(eval bool) (cmds []goredis.Cmder, aof, replicas *goredis.Cmd) {
-		pipe := r.client.Pipeline()
+		pipe := pipe()
 		cmds = enqueue(pipe, eval)
 		if r.durable > 0 {
 			aof = pipe.Do(ctx, "WAITAOF", 1, 0, r.durable.Milliseconds())
@@ -293,6 +305,11 @@ func (r *Store) admitWaiting(ctx context.Context, enqueue func(goredis.Pipeliner
 	}
 	res, err := admitReply(cmds)
 	if err != nil {
+		if isCluster && (goredis.HasErrorPrefix(err, "MOVED") || goredis.HasErrorPrefix(err, "CLUSTERDOWN")) {
+			// the slot has a new master (a failover): nothing ran; learn
+			// the new layout for the sender's retry
+			cluster.ReloadState(ctx)
+		}
 		return nil, err
 	}
 	if code, _ := res[0].(int64); code != 0 {

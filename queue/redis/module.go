@@ -93,7 +93,7 @@ type Backend struct {
 
 	// DurableAck makes the relay wait, before it answers 200, until Redis
 	// has fsynced the payload to its append-only file (WAITAOF; needs
-	// Redis >= 7.2 with appendonly yes, and no Cluster). Without it a 200
+	// Redis >= 7.2 with appendonly yes). Without it a 200
 	// means the payload is in Redis's memory and, with appendfsync
 	// everysec, on disk within a second.
 	DurableAck bool `json:"durable_ack,omitempty"`
@@ -102,8 +102,8 @@ type Backend struct {
 	// many replicas have the payload (Redis WAIT, on the connection that
 	// wrote it), so that a failover to one of them keeps it. Fewer within
 	// WaitReplicasTimeout and the sender gets 503; its retry is answered
-	// duplicate if the payload stayed. Not with Cluster. Default 0: do not
-	// wait.
+	// duplicate if the payload stayed. On Cluster they are the replicas of
+	// the master of the relay's slot. Default 0: do not wait.
 	WaitReplicas int `json:"wait_replicas,omitempty"`
 
 	// WaitReplicasTimeout bounds the wait for the replicas. Default 1s.
@@ -255,14 +255,6 @@ func (r Backend) OpenStore(relayName string, opts queue.Options, logger *zap.Log
 	copts, err := r.clientOptions()
 	if err != nil {
 		return nil, err
-	}
-	if isCluster := copts.MasterName == "" && (len(copts.Addrs) > 1 || copts.IsClusterMode); isCluster {
-		switch {
-		case r.DurableAck:
-			return nil, fmt.Errorf("redis store: durable_ack is not supported with Cluster: WAITAOF must follow the write on its connection")
-		case r.WaitReplicas > 0:
-			return nil, fmt.Errorf("redis store: wait_replicas is not supported with Cluster: WAIT must follow the write on its connection")
-		}
 	}
 	client := goredis.NewUniversalClient(copts)
 	timeout := max(copts.DialTimeout+copts.ReadTimeout, 5*time.Second)

@@ -237,12 +237,6 @@ func TestRedisStoreCaddyfileProduction(t *testing.T) {
 			}
 		})
 	}
-	// WAIT must follow the write on its connection: not with Cluster
-	cl := Backend{URL: "redis://127.0.0.1:1", Cluster: true, WaitReplicas: 1}
-	if _, err := cl.OpenStore("x", queue.Options{Window: time.Hour}, zap.NewNop()); err == nil ||
-		!strings.Contains(err.Error(), "wait_replicas is not supported with Cluster") {
-		t.Errorf("wait_replicas with cluster: %v", err)
-	}
 	if err := (&Backend{URL: "redis://a", Cluster: true, SentinelMaster: "m"}).Provision(caddy.Context{}); err == nil {
 		t.Error("cluster with sentinel_master provisioned")
 	}

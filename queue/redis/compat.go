@@ -53,6 +53,11 @@ func checkVersion(ctx context.Context, client goredis.UniversalClient, log *zap.
 		log.Warn("cannot read the server's version (INFO server); the redis store needs Redis >= 7.0", zap.Error(err))
 		return nil
 	}
+	return versionError(info, log)
+}
+
+// versionError is checkVersion's verdict on the server section of INFO.
+func versionError(info string, log *zap.Logger) error {
 	name, version, major, minor, err := serverVersion(info)
 	if err != nil {
 		log.Warn("cannot read the server's version; the redis store needs Redis >= 7.0", zap.Error(err))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
@@ -259,5 +260,77 @@ func TestRedisServerVersion(t *testing.T) {
 		if (err != nil) != tc.bad || name != tc.name || version != tc.version || major != tc.major || minor != tc.minor {
 			t.Errorf("serverVersion(%q) = %q %q %d.%d %v", tc.info, name, version, major, minor, err)
 		}
+	}
+}
+
+func TestRedisServerVersionRefused(t *testing.T) {
+	err := versionError("# Server\r\nredis_version:6.2.14\r\n", zap.NewNop())
+	if err == nil || !strings.Contains(err.Error(), "Redis 6.2.14") || !strings.Contains(err.Error(), ">= 7.0") {
+		t.Errorf("Redis 6.2.14: %v; want a refusal naming the version found and the one needed", err)
+	}
+	for _, ok := range []string{"redis_version:7.0.0\r\n", "redis_version:8.2.1\r\n",
+		"redis_version:7.2.4\r\nvalkey_version:8.1.0\r\n", "no version here\r\n"} {
+		if err := versionError(ok, zap.NewNop()); err != nil {
+			t.Errorf("%q refused: %v", ok, err)
+		}
+	}
+	// and the real server of the tests passes
+	srv := redistest.Start(t, redistest.Options{})
+	info, err := srv.Info("server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := versionError(info, zap.NewNop()); err != nil {
+		t.Errorf("the test's redis-server refused: %v", err)
+	}
+}
+
+// A store whose own liveness key had lapsed (it was cut off from Redis, as
+// the others may have been) only renews it in that round; the next round
+// takes over the consumers whose key is gone.
+func TestRedisLivenessFirstRoundBackOnlyRenews(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	ctx := context.Background()
+	open := func(consumer string) *Store {
+		s, err := New(ctx, goredis.NewClient(&goredis.Options{Addr: srv.Addr()}), Config{
+			Prefix: "lapse", Consumer: consumer, VisibilityTimeout: time.Minute, LivenessTTL: time.Minute,
+		}, queue.Options{Window: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.stopAlive() // the test runs the rounds
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	a, b := open("a"), open("b")
+	if got, err := a.Admit(ctx, &queue.Entry{Key: "k", Body: []byte("{}")}); err != nil || got != queue.Accepted {
+		t.Fatalf("Admit = %v, %v", got, err)
+	}
+	if es, err := a.Claim(ctx, 10); err != nil || len(es) != 1 {
+		t.Fatalf("a claimed %v, %v", es, err)
+	}
+	c := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	// both keys lapse, as when Redis was out of reach for everyone
+	if err := c.Del(ctx, a.alivePrefix+"a", b.alivePrefix+"b").Err(); err != nil {
+		t.Fatal(err)
+	}
+	pendingOf := func(consumer string) int64 {
+		p, err := c.XPending(ctx, a.stream, groupName).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Consumers[consumer]
+	}
+	b.liveness(ctx)
+	if n := pendingOf("a"); n != 1 {
+		t.Fatalf("after b's first round back, a holds %d entries, want still 1", n)
+	}
+	b.liveness(ctx)
+	if n := pendingOf("a"); n != 0 {
+		t.Fatalf("after b's second round, a holds %d entries, want 0 (taken over)", n)
+	}
+	if es, err := b.Claim(ctx, 10); err != nil || len(es) != 1 {
+		t.Errorf("b claimed %v, %v after the takeover, want the entry", es, err)
 	}
 }

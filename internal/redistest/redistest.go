@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -28,6 +29,11 @@ type Options struct {
 	// is what the README recommends in production and what the bench
 	// measures, "no" leaves it to the kernel.
 	Appendfsync string
+	// ReplicaOf makes the server a replica of that one (replicaof).
+	ReplicaOf *Server
+	// Cluster makes it a Cluster node (cluster-enabled yes, its own
+	// nodes.conf, a short node timeout for quick failovers).
+	Cluster bool
 }
 
 // Server is one redis-server process owned by a test (or the bench).
@@ -39,6 +45,8 @@ type Server struct {
 
 	mu   sync.Mutex
 	proc *harness.Proc // nil while killed
+
+	sentinel *sentinelConf // set for a sentinel
 }
 
 // Start starts a redis-server and waits until it answers PING. The server is
@@ -83,6 +91,9 @@ func (s *Server) startFree() error {
 }
 
 func (s *Server) start() error {
+	if s.sentinel != nil {
+		return s.startSentinel()
+	}
 	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
@@ -101,6 +112,13 @@ func (s *Server) start() error {
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
+	if s.opts.ReplicaOf != nil {
+		args = append(args, "--replicaof", "127.0.0.1", strconv.Itoa(s.opts.ReplicaOf.port))
+	}
+	if s.opts.Cluster {
+		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "2000")
+	}
 	p, err := harness.Start(exec.Command("redis-server", args...), filepath.Join(s.dir, "redis.log"))
 	if err != nil {
 		return err
@@ -108,7 +126,11 @@ func (s *Server) start() error {
 	s.mu.Lock()
 	s.proc = p
 	s.mu.Unlock()
+	return s.waitPing(p)
+}
 
+// waitPing waits until the server p answers PING.
+func (s *Server) waitPing(p *harness.Proc) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if p.Exited() {
@@ -190,4 +212,125 @@ func (s *Server) Restart() {
 		time.Sleep(100 * time.Millisecond)
 	}
 	s.t.Fatalf("restarting redis-server on %s: %v", s.Addr(), err)
+}
+
+// Info returns a section of the server's INFO, as redis-cli prints it.
+func (s *Server) Info(section string) (string, error) {
+	return Cmd(s.Addr(), "INFO", section)
+}
+
+// Cmd runs a command on the server at addr through redis-cli and returns its
+// output.
+func Cmd(addr string, args ...string) (string, error) {
+	host, port, _ := net.SplitHostPort(addr)
+	out, err := exec.Command("redis-cli", append([]string{"-h", host, "-p", port}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("redis-cli %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// WaitSynced waits until the replica's link to its master is up and it has
+// caught up, so that it holds what the master held when WaitSynced was
+// called (as far as the initial sync goes).
+func (s *Server) WaitSynced(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var info string
+	for time.Now().Before(deadline) {
+		info, _ = s.Info("replication")
+		if strings.Contains(info, "master_link_status:up") && strings.Contains(info, "master_sync_in_progress:0") {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("replica %s not in sync with its master after %s:\n%s", s.Addr(), timeout, info)
+}
+
+// StartSentinel starts a sentinel (redis-server --sentinel) watching master
+// under name with the given quorum, with short timeouts so that a failover
+// takes a few seconds: down-after 1s, failover-timeout 5s. It is killed
+// when t ends.
+func StartSentinel(t testing.TB, name string, master *Server, quorum int) *Server {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatal("redis-server not found: install it with `apt-get install redis-server` (it runs sentinels too)")
+	}
+	s := &Server{t: t, dir: t.TempDir(), sentinel: &sentinelConf{name: name, master: master.Addr(), quorum: quorum}}
+	t.Cleanup(s.Kill)
+	if err := s.startFree(); err != nil {
+		t.Fatalf("starting a sentinel: %v", err)
+	}
+	return s
+}
+
+// sentinelConf is what a sentinel watches.
+type sentinelConf struct {
+	name, master string
+	quorum       int
+}
+
+func (s *Server) startSentinel() error {
+	host, port, _ := net.SplitHostPort(s.sentinel.master)
+	conf := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %s\n"+
+		"sentinel monitor %s %s %s %d\n"+
+		"sentinel down-after-milliseconds %s 1000\n"+
+		"sentinel failover-timeout %s 5000\n"+
+		"sentinel parallel-syncs %s 1\n",
+		s.port, s.dir, s.sentinel.name, host, port, s.sentinel.quorum, s.sentinel.name, s.sentinel.name, s.sentinel.name)
+	path := filepath.Join(s.dir, "sentinel.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return err
+	}
+	p, err := harness.Start(exec.Command("redis-server", path, "--sentinel"), filepath.Join(s.dir, "sentinel.log"))
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.proc = p
+	s.mu.Unlock()
+	return s.waitPing(p)
+}
+
+// MasterAddr asks a sentinel for the current master's address.
+func (s *Server) MasterAddr() (string, error) {
+	out, err := Cmd(s.Addr(), "SENTINEL", "get-master-addr-by-name", s.sentinel.name)
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(out)
+	if len(f) != 2 {
+		return "", fmt.Errorf("sentinel answered %q", out)
+	}
+	return net.JoinHostPort(f[0], f[1]), nil
+}
+
+// CreateCluster makes a Cluster of the nodes (started with Options.Cluster)
+// with redis-cli --cluster create, replicas replicas per master, and waits
+// until every node reports cluster_state:ok.
+func CreateCluster(t testing.TB, replicas int, nodes ...*Server) {
+	t.Helper()
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		t.Fatal("redis-cli not found: install it with `apt-get install redis-tools`")
+	}
+	args := []string{"--cluster", "create"}
+	for _, n := range nodes {
+		args = append(args, n.Addr())
+	}
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, n := range nodes {
+		for {
+			out, _ := Cmd(n.Addr(), "CLUSTER", "INFO")
+			if strings.Contains(out, "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster node %s not ok after 30s: %s", n.Addr(), out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 }

@@ -195,8 +195,8 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 			}
 			defer r.bodies.give(taken)
 		}
-		if r.durable > 0 {
-			return r.admitDurable(ctx, enqueue)
+		if r.durable > 0 || r.replicas > 0 {
+			return r.admitWaiting(ctx, enqueue)
 		}
 		cmds, err := r.runCmds(ctx, size, enqueue)
 		if err != nil {
@@ -270,20 +270,26 @@ func (r *Store) comingBack() bool {
 	return time.Now().UnixNano()-r.cameBack.Load() < int64(2*time.Second)
 }
 
-// admitDurable runs the admit's commands and WAITAOF in one pipeline:
-// WAITAOF waits for the writes of its own connection, so all must share one.
-func (r *Store) admitDurable(ctx context.Context, enqueue func(goredis.Pipeliner, bool) []goredis.Cmder) ([]any, error) {
-	run := func(eval bool) ([]goredis.Cmder, *goredis.Cmd) {
+// admitWaiting runs the admit's commands and then WAITAOF (durable_ack)
+// and WAIT (wait_replicas) in one pipeline: both wait for the writes of
+// their own connection, so all must share one.
+func (r *Store) admitWaiting(ctx context.Context, enqueue func(goredis.Pipeliner, bool) []goredis.Cmder) ([]any, error) {
+	run := func(eval bool) (cmds []goredis.Cmder, aof, replicas *goredis.Cmd) {
 		pipe := r.client.Pipeline()
-		cmds := enqueue(pipe, eval)
-		wait := pipe.Do(ctx, "WAITAOF", 1, 0, r.durable.Milliseconds())
+		cmds = enqueue(pipe, eval)
+		if r.durable > 0 {
+			aof = pipe.Do(ctx, "WAITAOF", 1, 0, r.durable.Milliseconds())
+		}
+		if r.replicas > 0 {
+			replicas = pipe.Do(ctx, "WAIT", r.replicas, r.replicasWait.Milliseconds())
+		}
 		_, err := pipe.Exec(ctx)
 		r.answered(err)
-		return cmds, wait
+		return cmds, aof, replicas
 	}
-	cmds, wait := run(false)
+	cmds, aof, replicas := run(false)
 	if goredis.HasErrorPrefix(cmds[len(cmds)-1].Err(), "NOSCRIPT") {
-		cmds, wait = run(true)
+		cmds, aof, replicas = run(true)
 	}
 	res, err := admitReply(cmds)
 	if err != nil {
@@ -292,12 +298,24 @@ func (r *Store) admitDurable(ctx context.Context, enqueue func(goredis.Pipeliner
 	if code, _ := res[0].(int64); code != 0 {
 		return res, nil // nothing was written
 	}
-	acks, err := wait.Int64Slice()
-	if err != nil {
-		return nil, fmt.Errorf("waiting for the AOF fsync: %w", err)
+	if aof != nil {
+		acks, err := aof.Int64Slice()
+		if err != nil {
+			return nil, fmt.Errorf("waiting for the AOF fsync: %w", err)
+		}
+		if len(acks) == 0 || acks[0] < 1 {
+			return nil, fmt.Errorf("the AOF was not fsynced within %s (the payload is in Redis memory; the sender's retry will be a duplicate)", r.durable)
+		}
 	}
-	if len(acks) == 0 || acks[0] < 1 {
-		return nil, fmt.Errorf("the AOF was not fsynced within %s (the payload is in Redis memory; the sender's retry will be a duplicate)", r.durable)
+	if replicas != nil {
+		n, err := replicas.Int64()
+		if err != nil {
+			return nil, fmt.Errorf("waiting for %d replicas: %w", r.replicas, err)
+		}
+		if n < int64(r.replicas) {
+			return nil, fmt.Errorf("only %d of the %d replicas wait_replicas asks for had the payload within %s "+
+				"(it is on the master; the sender's retry will be a duplicate if it survives)", n, r.replicas, r.replicasWait)
+		}
 	}
 	return res, nil
 }

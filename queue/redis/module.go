@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 	"go.uber.org/zap"
 
 	"github.com/hookrelay/caddy-webhook-relay/queue"
@@ -34,13 +35,15 @@ var consumerName = DefaultConsumer()
 // Backend keeps a relay's markers, queue and dead letters in Redis, so
 // several Caddy instances can share them: each key is accepted once across
 // all instances, each instance delivers a share of the queue, and the
-// entries of an instance that dies are taken over by the others after
-// VisibilityTimeout. It is as durable as the Redis behind it: run Redis with
-// appendonly yes and maxmemory-policy noeviction.
+// entries of an instance that dies are taken over by the others as soon as
+// its liveness key in Redis expires (DefaultLivenessTTL, 5s). It is as
+// durable as the Redis behind it: run Redis with appendonly yes and
+// maxmemory-policy noeviction, and with replicas set WaitReplicas.
 //
 // A single server, Sentinel or Cluster, through go-redis's UniversalClient:
-// one address is a single server; with SentinelMaster the addresses are
-// sentinels; several addresses without it are Cluster nodes.
+// one address is a single server (or a Cluster with Cluster set); with
+// SentinelMaster the addresses are sentinels; several addresses without it
+// are Cluster nodes.
 type Backend struct {
 	// URL of the server: redis://[[user]:password@]host:port[/db] or
 	// rediss:// for TLS. Placeholders such as {env.REDIS_URL} are resolved
@@ -81,9 +84,11 @@ type Backend struct {
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// VisibilityTimeout is how long a payload claimed by an instance that
-	// went quiet (crashed, partitioned) stays with it before another
-	// instance takes it over. Live instances renew their claims every 10s,
-	// so keep it well above that. Default 60s.
+	// is alive but stuck stays with it before another instance takes it
+	// over. An instance that died (killed, cut off from Redis) loses its
+	// payloads sooner: when its liveness key expires, 5s after its last
+	// renewal. Live instances renew their claims every 10s, so keep it well
+	// above that. Default 60s.
 	VisibilityTimeout caddy.Duration `json:"visibility_timeout,omitempty"`
 
 	// DurableAck makes the relay wait, before it answers 200, until Redis
@@ -92,6 +97,22 @@ type Backend struct {
 	// means the payload is in Redis's memory and, with appendfsync
 	// everysec, on disk within a second.
 	DurableAck bool `json:"durable_ack,omitempty"`
+
+	// WaitReplicas makes the relay wait, before it answers 200, until this
+	// many replicas have the payload (Redis WAIT, on the connection that
+	// wrote it), so that a failover to one of them keeps it. Fewer within
+	// WaitReplicasTimeout and the sender gets 503; its retry is answered
+	// duplicate if the payload stayed. Not with Cluster. Default 0: do not
+	// wait.
+	WaitReplicas int `json:"wait_replicas,omitempty"`
+
+	// WaitReplicasTimeout bounds the wait for the replicas. Default 1s.
+	WaitReplicasTimeout caddy.Duration `json:"wait_replicas_timeout,omitempty"`
+
+	// Cluster makes a single address a Redis Cluster (a managed cluster's
+	// configuration endpoint); several addresses without SentinelMaster are
+	// one already.
+	Cluster bool `json:"cluster,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -113,8 +134,12 @@ func (r *Backend) Provision(caddy.Context) error {
 	switch {
 	case strings.ContainsAny(r.KeyPrefix, "{}"):
 		return fmt.Errorf("redis store: key_prefix %q must not contain '{' or '}': the relay's hash tag is built from it", r.KeyPrefix)
-	case r.DB < 0, r.PoolSize < 0:
-		return fmt.Errorf("redis store: db and pool_size must not be negative")
+	case r.DB < 0, r.PoolSize < 0, r.WaitReplicas < 0:
+		return fmt.Errorf("redis store: db, pool_size and wait_replicas must not be negative")
+	case r.Cluster && r.SentinelMaster != "":
+		return fmt.Errorf("redis store: cluster and sentinel_master exclude each other")
+	case r.WaitReplicasTimeout < 0:
+		return fmt.Errorf("redis store: wait_replicas timeout must be a positive duration")
 	case r.DialTimeout < 0, r.ReadTimeout < 0, r.WriteTimeout < 0, r.VisibilityTimeout < 0:
 		return fmt.Errorf("redis store: timeouts must be positive durations")
 	case r.VisibilityTimeout != 0 && time.Duration(r.VisibilityTimeout) < 20*time.Second:
@@ -128,7 +153,11 @@ func (r *Backend) Provision(caddy.Context) error {
 // prefix, never credentials.
 func (r Backend) StoreIdentity(relayName string) string {
 	addrs := append([]string{redactURL(r.URL)}, r.Addresses...)
-	return "redis:" + strings.Join(addrs, ",") + "|master=" + r.SentinelMaster +
+	mode := ""
+	if r.Cluster {
+		mode = "|cluster"
+	}
+	return "redis:" + strings.Join(addrs, ",") + mode + "|master=" + r.SentinelMaster +
 		"|user=" + r.Username + "|db=" + strconv.Itoa(r.DB) + "|" + r.prefix() + relayName
 }
 
@@ -178,6 +207,12 @@ func (r Backend) clientOptions() (*goredis.UniversalOptions, error) {
 		// reaches Redis again: when Redis comes back, admits and claims
 		// then fail and succeed by turns for up to a second.
 		PipelinePoolSize: -1,
+		IsClusterMode:    r.Cluster,
+		// No CLIENT SETINFO at connect, nor CLIENT MAINT_NOTIFICATIONS:
+		// some servers (older or managed Redis, Valkey, proxies) refuse
+		// them, and the relay needs neither.
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
 	if r.URL != "" {
 		raw := repl.ReplaceKnown(r.URL, "")
@@ -221,19 +256,26 @@ func (r Backend) OpenStore(relayName string, opts queue.Options, logger *zap.Log
 	if err != nil {
 		return nil, err
 	}
-	if r.DurableAck && copts.MasterName == "" && len(copts.Addrs) > 1 {
-		return nil, fmt.Errorf("redis store: durable_ack is not supported with Cluster: WAITAOF must follow the write on its connection")
+	if isCluster := copts.MasterName == "" && (len(copts.Addrs) > 1 || copts.IsClusterMode); isCluster {
+		switch {
+		case r.DurableAck:
+			return nil, fmt.Errorf("redis store: durable_ack is not supported with Cluster: WAITAOF must follow the write on its connection")
+		case r.WaitReplicas > 0:
+			return nil, fmt.Errorf("redis store: wait_replicas is not supported with Cluster: WAIT must follow the write on its connection")
+		}
 	}
 	client := goredis.NewUniversalClient(copts)
 	timeout := max(copts.DialTimeout+copts.ReadTimeout, 5*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	s, err := New(ctx, client, Config{
-		Prefix:            r.prefix() + relayName,
-		Consumer:          consumerName,
-		VisibilityTimeout: time.Duration(r.VisibilityTimeout),
-		DurableAck:        r.DurableAck,
-		Logger:            logger.With(zap.String("relay", relayName), zap.String("store", r.StoreIdentity(relayName))),
+		Prefix:              r.prefix() + relayName,
+		Consumer:            consumerName,
+		VisibilityTimeout:   time.Duration(r.VisibilityTimeout),
+		DurableAck:          r.DurableAck,
+		WaitReplicas:        r.WaitReplicas,
+		WaitReplicasTimeout: time.Duration(r.WaitReplicasTimeout),
+		Logger:              logger.With(zap.String("relay", relayName), zap.String("store", r.StoreIdentity(relayName))),
 	}, opts)
 	if err != nil {
 		client.Close()
@@ -257,6 +299,8 @@ func (r Backend) OpenStore(relayName string, opts queue.Options, logger *zap.Log
 //		write_timeout      <duration>
 //		visibility_timeout <duration>
 //		durable_ack
+//		wait_replicas      <n> [<timeout>]
+//		cluster
 //	}
 func (r *Backend) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the store name
@@ -306,6 +350,28 @@ func (r *Backend) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			r.DurableAck = true
+		case "cluster":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			r.Cluster = true
+		case "wait_replicas":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.Errf("wait_replicas: want <n> [<timeout>], e.g. wait_replicas 1 1s")
+			}
+			n, convErr := strconv.Atoi(args[0])
+			if convErr != nil || n < 1 {
+				return d.Errf("wait_replicas: want a positive whole number of replicas, got '%s'", args[0])
+			}
+			r.WaitReplicas = n
+			if len(args) == 2 {
+				dur, durErr := caddy.ParseDuration(args[1])
+				if durErr != nil || dur <= 0 {
+					return d.Errf("wait_replicas: bad timeout '%s', want a positive duration such as 1s", args[1])
+				}
+				r.WaitReplicasTimeout = caddy.Duration(dur)
+			}
 		default:
 			return d.Errf("store redis: unrecognized subdirective '%s'", name)
 		}

@@ -187,3 +187,83 @@ func TestRedisStoreOpen(t *testing.T) {
 		t.Fatal("admit succeeded with Redis down")
 	}
 }
+
+func TestRedisStoreCaddyfileProduction(t *testing.T) {
+	in := `redis redis://cluster.example:6379 {
+		cluster
+		wait_replicas 2 500ms
+	}`
+	var got Backend
+	if err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
+		t.Fatal(err)
+	}
+	want := Backend{URL: "redis://cluster.example:6379", Cluster: true, WaitReplicas: 2,
+		WaitReplicasTimeout: caddy.Duration(500 * time.Millisecond)}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+	var one Backend
+	if err := one.UnmarshalCaddyfile(caddyfile.NewTestDispenser("redis redis://a {\n wait_replicas 1\n}")); err != nil {
+		t.Fatal(err)
+	}
+	if one.WaitReplicas != 1 || one.WaitReplicasTimeout != 0 {
+		t.Errorf("wait_replicas 1: got %d, %v; want 1 and the default timeout", one.WaitReplicas, one.WaitReplicasTimeout)
+	}
+	opts, err := got.clientOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !opts.IsClusterMode || len(opts.Addrs) != 1 {
+		t.Errorf("cluster with one address: IsClusterMode %v, addrs %v", opts.IsClusterMode, opts.Addrs)
+	}
+	if !opts.DisableIdentity || opts.MaintNotificationsConfig == nil || opts.MaintNotificationsConfig.Mode != "disabled" {
+		t.Errorf("optional handshakes not disabled: DisableIdentity %v, maintenance notifications %+v",
+			opts.DisableIdentity, opts.MaintNotificationsConfig)
+	}
+
+	tests := []struct{ name, in, want string }{
+		{"wait_replicas none", "redis redis://a {\n wait_replicas\n}", "wait_replicas: want <n> [<timeout>]"},
+		{"wait_replicas three", "redis redis://a {\n wait_replicas 1 1s 2s\n}", "wait_replicas: want <n> [<timeout>]"},
+		{"wait_replicas zero", "redis redis://a {\n wait_replicas 0\n}", "want a positive whole number of replicas, got '0'"},
+		{"wait_replicas timeout", "redis redis://a {\n wait_replicas 1 soon\n}", "bad timeout 'soon'"},
+		{"cluster arg", "redis redis://a {\n cluster yes\n}", "wrong argument count"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var s Backend
+			err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	// WAIT must follow the write on its connection: not with Cluster
+	cl := Backend{URL: "redis://127.0.0.1:1", Cluster: true, WaitReplicas: 1}
+	if _, err := cl.OpenStore("x", queue.Options{Window: time.Hour}, zap.NewNop()); err == nil ||
+		!strings.Contains(err.Error(), "wait_replicas is not supported with Cluster") {
+		t.Errorf("wait_replicas with cluster: %v", err)
+	}
+	if err := (&Backend{URL: "redis://a", Cluster: true, SentinelMaster: "m"}).Provision(caddy.Context{}); err == nil {
+		t.Error("cluster with sentinel_master provisioned")
+	}
+}
+
+func TestRedisServerVersion(t *testing.T) {
+	tests := []struct {
+		info, name, version string
+		major, minor        int
+		bad                 bool
+	}{
+		{"# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n", "Redis", "7.0.15", 7, 0, false},
+		{"# Server\r\nredis_version:6.2.14\r\n", "Redis", "6.2.14", 6, 2, false},
+		{"# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.1\r\n", "Valkey 8.0.1, compatible with Redis", "7.2.4", 7, 2, false},
+		{"# Server\r\nredis_mode:standalone\r\n", "Redis", "", 0, 0, true},
+		{"redis_version:seven\r\n", "Redis", "seven", 0, 0, true},
+	}
+	for _, tc := range tests {
+		name, version, major, minor, err := serverVersion(tc.info)
+		if (err != nil) != tc.bad || name != tc.name || version != tc.version || major != tc.major || minor != tc.minor {
+			t.Errorf("serverVersion(%q) = %q %q %d.%d %v", tc.info, name, version, major, minor, err)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/faultlog"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -40,6 +41,8 @@ import (
 //	{p}:dead       sorted set of dead letter ids (lexical order is id order)
 //	{p}:deadt      sorted set of dead letter ids by when they died (Unix ms)
 //	{p}:dead:<id>  hash: one dead letter
+//	{p}:alive:<c>  consumer c's liveness key, with a short TTL (liveness.go)
+//	{p}:lv         hash: consumers that keep a liveness key -> 1
 //
 // Bodies have keys of their own so that claims, replays and listings, which
 // run as scripts or touch many entries, never carry them. Data written
@@ -56,14 +59,26 @@ type Store struct {
 	consumer string
 	idle     time.Duration
 	durable  time.Duration // WAITAOF timeout; 0: do not wait
-	closed   atomic.Bool
-	calls    chan *pipeCall // to the pipeliners
-	inflight atomic.Int64   // script calls running now
-	bodies   byteBound      // body bytes on their way to or from Redis
-	stop     chan struct{}  // closed by Close
+	// replicas is how many replicas must have an admit before it is
+	// Accepted (WAIT), within replicasWait; 0: do not wait
+	replicas     int
+	replicasWait time.Duration
+	closed       atomic.Bool
+	calls        chan *pipeCall // to the pipeliners
+	inflight     atomic.Int64   // script calls running now
+	bodies       byteBound      // body bytes on their way to or from Redis
+	stop         chan struct{}  // closed by Close
 
 	stream, att, loc, deadIdx, deadTimes, deadPrefix, seenPrefix string
 	bodyPrefix, stagedPrefix, claimPrefix, keyCount              string
+	alivePrefix, liveSet                                         string
+
+	// aliveTTL is the liveness key's TTL; aliveStop, closed by stopAlive,
+	// stops renewing it (Close, and tests).
+	aliveTTL  time.Duration
+	aliveStop chan struct{}
+	aliveOnce sync.Once
+	aliveErr  faultlog.Tracker
 
 	// backfill serializes filling {p}:deadt in for legacy dead letters.
 	backfill sync.Mutex
@@ -105,6 +120,16 @@ type Config struct {
 	DurableAck bool
 	// DurableAckTimeout bounds that wait; past it Admit fails. Default 1s.
 	DurableAckTimeout time.Duration
+	// WaitReplicas makes Admit wait until this many replicas have the
+	// entry (WAIT) before it reports Accepted; fewer within
+	// WaitReplicasTimeout fail the admit. 0: do not wait.
+	WaitReplicas int
+	// WaitReplicasTimeout bounds that wait. Default 1s.
+	WaitReplicasTimeout time.Duration
+	// LivenessTTL is the TTL of the key that tells the other instances this
+	// one is alive; renewed every third of it. When it expires they take
+	// over what this one holds. Default DefaultLivenessTTL.
+	LivenessTTL time.Duration
 	// Logger gets the warnings about the server's settings, and the panics
 	// the store recovers from.
 	Logger *zap.Logger
@@ -148,6 +173,12 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 	if cfg.DurableAckTimeout <= 0 {
 		cfg.DurableAckTimeout = time.Second
 	}
+	if cfg.WaitReplicasTimeout <= 0 {
+		cfg.WaitReplicasTimeout = time.Second
+	}
+	if cfg.LivenessTTL <= 0 {
+		cfg.LivenessTTL = DefaultLivenessTTL
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -169,6 +200,12 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		stagedPrefix: tag + ":in:",
 		claimPrefix:  tag + ":clm:",
 		keyCount:     tag + ":kc",
+		alivePrefix:  tag + ":alive:",
+		liveSet:      tag + ":lv",
+		aliveTTL:     cfg.LivenessTTL,
+		aliveStop:    make(chan struct{}),
+		replicas:     cfg.WaitReplicas,
+		replicasWait: cfg.WaitReplicasTimeout,
 	}
 	r.bodies.limit = bodyBytesInFlight
 	r.SetLimits(opts.Window, opts.MaxBacklog)
@@ -189,10 +226,11 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		for range pipeliners {
 			go r.pipeliner()
 		}
+		go r.keepAlive(false)
 		return r, nil
 	}
-	for range pipeliners {
-		go r.pipeliner()
+	if err := checkVersion(ctx, client, cfg.Logger); err != nil {
+		return nil, err
 	}
 	checkEviction(ctx, client, cfg.Logger)
 	if cfg.DurableAck {
@@ -203,11 +241,18 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 	// load every script now, so the first requests need no fallback
 	for _, s := range []*goredis.Script{admitScript, claimScript, reclaimScript, attemptedScript,
 		ackScript, buryScript, replayScript, moveBodyScript, deleteDeadScript, trimDeadScript,
-		backfillDeadScript, forgetConsumerScript} {
+		backfillDeadScript, forgetConsumerScript, livenessScript} {
 		if err := s.Load(ctx, client).Err(); err != nil {
 			return nil, fmt.Errorf("redis store: loading scripts: %w", err)
 		}
 	}
+	for range pipeliners {
+		go r.pipeliner()
+	}
+	// the first round runs before New returns, so this consumer is alive
+	// before it claims anything
+	r.liveness(ctx)
+	go r.keepAlive(true)
 	return r, nil
 }
 
@@ -363,31 +408,36 @@ func (r *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	return s, nil
 }
 
-// forgetConsumerScript deletes this process's consumer from the group when
-// it holds nothing, so consumer names of past processes do not pile up.
+// forgetConsumerScript deletes this process's consumer from the group, and
+// from the consumers keeping a liveness key, when it holds nothing, so
+// consumer names of past processes do not pile up. Its liveness key is left
+// to expire: what it still holds is taken over then.
 //
 //	KEYS[1]  the stream, {p}:q
+//	KEYS[2]  the consumers keeping a liveness key, {p}:lv
 //	ARGV[1]  the consumer group
 //	ARGV[2]  this consumer
 //	returns  1, or 0 when it still holds entries
 var forgetConsumerScript = goredis.NewScript(`
 if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[2])
 return 1
 `)
 
-// Close implements Store: it closes the client. What this process holds
-// stays pending and is taken over after the visibility timeout (the engine
-// releases it first at a clean shutdown). A consumer holding nothing is
-// removed from the group.
+// Close implements Store: it stops renewing the liveness key and closes the
+// client. What this process holds stays pending and is taken over when the
+// liveness key expires (the engine releases it first at a clean shutdown).
+// A consumer holding nothing is removed from the group.
 func (r *Store) Close() error {
 	if !r.closed.CompareAndSwap(false, true) {
 		return queue.ErrClosed
 	}
 	close(r.stop)
+	r.stopAlive()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_ = forgetConsumerScript.Run(ctx, r.client, []string{r.stream}, groupName, r.consumer).Err()
+	_ = forgetConsumerScript.Run(ctx, r.client, []string{r.stream, r.liveSet}, groupName, r.consumer).Err()
 	return r.client.Close()
 }
 

@@ -1,0 +1,263 @@
+package processtest
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+)
+
+// The Redis topologies for real: two Caddy instances behind a load
+// balancer (the senders pick one at random per attempt), Runware-like
+// senders retrying every non-2xx, and the Redis master killed with kill -9
+// in the middle of the traffic. Every payload acknowledged must reach the
+// upstream. The RESULT lines are the figures the README quotes.
+
+// topologySite is a relay on the given store block.
+func topologySite(up *ChaosUpstream, store string) string {
+	return faultSite(up, store, "")
+}
+
+// topologyRun sends traffic to the instances for dur, calls fault after
+// faultAt, then waits for every acknowledged payload to be delivered and
+// reports. afterFault, when set, returns when the topology has recovered
+// (a new master), and that moment is reported.
+func topologyRun(t *testing.T, name string, up *ChaosUpstream, nodes []*Instance, dur, faultAt time.Duration,
+	fault func(), recovered func() time.Time) {
+	targets := make([]string, len(nodes))
+	for i, n := range nodes {
+		targets[i] = n.URL("/hook")
+	}
+	sim := NewSim(t, SimConfig{
+		Seed:           42,
+		Senders:        4,
+		Gap:            40 * time.Millisecond,
+		MaxOutstanding: 32,
+		BatchMax:       3,
+		Targets:        func() []string { return targets },
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), dur)
+	defer cancel()
+	start := time.Now()
+	sim.Run(ctx)
+	select {
+	case <-time.After(faultAt):
+	case <-ctx.Done():
+	}
+	killed := time.Now()
+	fault()
+	var promoted time.Time
+	if recovered != nil {
+		promoted = recovered()
+	}
+	<-ctx.Done()
+	if sim.Wait(60 * time.Second) {
+		t.Logf("%s: some payloads were still unacknowledged 60s after the traffic stopped; their retries were aborted", name)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for sim.Undelivered(up) > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	rep := sim.Compare(up)
+	statuses, _ := sim.Statuses()
+	var afterPromotion time.Duration
+	dels := up.Deliveries()
+	for _, rec := range sim.Records() {
+		if d, ok := dels[rec.P.ID]; ok && rec.Acked && !promoted.IsZero() && rec.AckedAt.After(promoted) {
+			afterPromotion = max(afterPromotion, d.first.Sub(rec.AckedAt))
+		}
+	}
+	promotion := "n/a"
+	if !promoted.IsZero() {
+		promotion = promoted.Sub(killed).Round(time.Millisecond).String()
+	}
+	t.Logf("%s: master killed at +%s; new master after %s; sender saw %s; upstream answered %v",
+		name, killed.Sub(start).Round(time.Millisecond), promotion, fmtStatuses(statuses), up.Answers())
+	t.Logf("RESULT %s: acknowledged %d / delivered %d / duplicated %d / lost %d / max delay %s / max delay of payloads acknowledged after the promotion %s (sent %d)",
+		name, rep.Acked, rep.Delivered, rep.Duplicated, rep.Lost, rep.MaxDelay.Round(time.Millisecond),
+		afterPromotion.Round(time.Millisecond), rep.Sent)
+	if rep.Acked == 0 {
+		t.Errorf("%s: nothing was acknowledged", name)
+	}
+	if rep.Lost > 0 {
+		t.Errorf("%s: %d acknowledged payloads never reached the upstream (e.g. %v)", name, rep.Lost, rep.LostIDs[:min(5, len(rep.LostIDs))])
+	}
+	if len(rep.BodyMismatch) > 0 {
+		t.Errorf("%s: %d payloads delivered with another body, e.g. %s", name, len(rep.BodyMismatch), rep.BodyMismatch[0])
+	}
+	if p := up.Problems(); len(p) > 0 {
+		t.Errorf("%s: upstream problems: %v", name, p[:min(5, len(p))])
+	}
+}
+
+// A master, a replica and three sentinels; the instances find the master
+// through the sentinels and wait for the replica (wait_replicas 1) before
+// each 200. The master is killed with kill -9; the sentinels promote the
+// replica, and the old master, restarted, becomes its replica. Nothing
+// acknowledged is lost.
+func TestRedisSentinelFailover(t *testing.T) {
+	const master = "relaymaster"
+	m := redistest.Start(t, redistest.Options{AOF: true, Appendfsync: "everysec"})
+	r := redistest.Start(t, redistest.Options{AOF: true, Appendfsync: "everysec", ReplicaOf: m})
+	if err := r.WaitSynced(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var sentinels []*redistest.Server
+	for range 3 {
+		sentinels = append(sentinels, redistest.StartSentinel(t, master, m, 2))
+	}
+	// the sentinels know each other and the replica before the fault
+	waitFor(t, 30*time.Second, func() bool {
+		for _, s := range sentinels {
+			out, err := redistest.Cmd(s.Addr(), "SENTINEL", "CKQUORUM", master)
+			if err != nil || !strings.Contains(out, "3 usable") {
+				return false
+			}
+			out, err = redistest.Cmd(s.Addr(), "SENTINEL", "REPLICAS", master)
+			if err != nil || !strings.Contains(out, r.Addr()[strings.LastIndex(r.Addr(), ":")+1:]) {
+				return false
+			}
+		}
+		return true
+	}, func() string {
+		out, err := redistest.Cmd(sentinels[0].Addr(), "SENTINEL", "CKQUORUM", master)
+		return fmt.Sprintf("sentinels not ready: %s %v", out, err)
+	})
+
+	up := NewChaosUpstream(t, 7)
+	up.Start()
+	store := fmt.Sprintf(`redis redis://%s/0 {
+			sentinel_master %s
+			addresses       %s %s
+			wait_replicas   1
+			dial_timeout    500ms
+			read_timeout    2s
+			write_timeout   500ms
+		}`, sentinels[0].Addr(), master, sentinels[1].Addr(), sentinels[2].Addr())
+	a, b := NewInstance(t), NewInstance(t)
+	a.Start(topologySite(up, store))
+	b.Start(topologySite(up, store))
+
+	topologyRun(t, "sentinel", up, []*Instance{a, b}, 20*time.Second, 5*time.Second,
+		m.Kill,
+		func() time.Time {
+			var at time.Time
+			waitFor(t, 30*time.Second, func() bool {
+				addr, err := sentinels[0].MasterAddr()
+				if err == nil && addr == r.Addr() {
+					at = time.Now()
+					return true
+				}
+				return false
+			}, func() string {
+				addr, err := sentinels[0].MasterAddr()
+				return fmt.Sprintf("no promotion: master %s %v", addr, err)
+			})
+			// the old master comes back and the sentinels make it a replica
+			// of the new one: wait_replicas 1 can be met again
+			m.Restart()
+			return at
+		})
+}
+
+// slotOwner is the node of nodes that is master of the slot of key, as
+// CLUSTER NODES on the first node tells, or an error.
+func slotOwner(key string, nodes []*redistest.Server) (*redistest.Server, error) {
+	out, err := redistest.Cmd(nodes[0].Addr(), "CLUSTER", "KEYSLOT", key)
+	if err != nil {
+		return nil, err
+	}
+	var slot int
+	if _, err := fmt.Sscan(strings.TrimSpace(out), &slot); err != nil {
+		return nil, fmt.Errorf("CLUSTER KEYSLOT answered %q", out)
+	}
+	table, err := redistest.Cmd(nodes[0].Addr(), "CLUSTER", "NODES")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(table, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") || f[7] != "connected" {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		for _, r := range f[8:] {
+			var lo, hi int
+			if n, _ := fmt.Sscanf(r, "%d-%d", &lo, &hi); n == 1 {
+				hi = lo
+			} else if n != 2 {
+				continue
+			}
+			if slot >= lo && slot <= hi {
+				for _, n := range nodes {
+					if n.Addr() == addr {
+						return n, nil
+					}
+				}
+			}
+		}
+	}
+	return nil, fmt.Errorf("no live master of slot %d among the nodes in:\n%s", slot, table)
+}
+
+// A Cluster of three masters with a replica each; one instance reaches it
+// through a single address with cluster (as a managed endpoint), the other
+// through a list of nodes. The master of the relay's slot is killed with
+// kill -9; its replica takes over.
+func TestRedisClusterFailover(t *testing.T) {
+	var nodes []*redistest.Server
+	for range 6 {
+		nodes = append(nodes, redistest.Start(t, redistest.Options{AOF: true, Appendfsync: "everysec", Cluster: true}))
+	}
+	redistest.CreateCluster(t, 1, nodes...)
+	owner, err := slotOwner("{webhook_relay:"+faultRelayName+"}:q", nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	up := NewChaosUpstream(t, 9)
+	up.Start()
+	single := fmt.Sprintf(`redis redis://%s {
+			cluster
+			dial_timeout  500ms
+			read_timeout  2s
+			write_timeout 500ms
+		}`, nodes[0].Addr())
+	list := fmt.Sprintf(`redis redis://%s {
+			addresses     %s %s
+			dial_timeout  500ms
+			read_timeout  2s
+			write_timeout 500ms
+		}`, nodes[1].Addr(), nodes[2].Addr(), nodes[3].Addr())
+	a, b := NewInstance(t), NewInstance(t)
+	a.Start(topologySite(up, single))
+	b.Start(topologySite(up, list))
+
+	topologyRun(t, "cluster", up, []*Instance{a, b}, 20*time.Second, 5*time.Second,
+		owner.Kill,
+		func() time.Time {
+			var at time.Time
+			var alive []*redistest.Server
+			for _, n := range nodes {
+				if n != owner {
+					alive = append(alive, n)
+				}
+			}
+			var ownerErr error
+			waitFor(t, 30*time.Second, func() bool {
+				out, err := redistest.Cmd(alive[0].Addr(), "CLUSTER", "INFO")
+				if err == nil && strings.Contains(out, "cluster_state:ok") {
+					if _, ownerErr = slotOwner("{webhook_relay:"+faultRelayName+"}:q", alive); ownerErr == nil {
+						at = time.Now()
+						return true
+					}
+				}
+				return false
+			}, func() string { return fmt.Sprintf("no new master of the relay's slot: %v", ownerErr) })
+			owner.Restart() // rejoins as a replica
+			return at
+		})
+}

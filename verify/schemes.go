@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash"
 	"net/http"
 	"slices"
@@ -48,7 +49,7 @@ var schemes = map[string]*scheme{
 		headers:    []string{"Stripe-Signature"},
 		tolerance:  5 * time.Minute,
 		key:        rawKey,
-		check:      checkStripe,
+		check:      checkTimestamped("Stripe-Signature", ",", "t", "v1", "."),
 	},
 	"github": {
 		name:       "github",
@@ -82,7 +83,7 @@ var schemes = map[string]*scheme{
 		// relay, so only clock skew and the network count.
 		tolerance: 5 * time.Second,
 		key:       rawKey,
-		check:     checkPaddle,
+		check:     checkTimestamped("Paddle-Signature", ";", "ts", "h1", ":"),
 	},
 	"linear": {
 		name:       "linear",
@@ -135,6 +136,20 @@ func header(h http.Header, name string) (string, error) {
 	return v, nil
 }
 
+// headerTime reads a header holding a signed timestamp in seconds since
+// 1970: its text, as signed, and its time.
+func headerTime(h http.Header, name string) (string, time.Time, error) {
+	raw, err := header(h, name)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	ts, ok := unixSeconds(raw)
+	if !ok {
+		return "", time.Time{}, failf("%s is malformed: want seconds since 1970", name)
+	}
+	return raw, ts, nil
+}
+
 // unixSeconds parses a signed timestamp in seconds since the epoch.
 func unixSeconds(s string) (time.Time, bool) {
 	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
@@ -153,17 +168,13 @@ func checkStandard(idH, tsH, sigH string) func(*Verifier, http.Header, []byte, t
 		if err != nil {
 			return err
 		}
-		tsRaw, err := header(h, tsH)
+		tsRaw, ts, err := headerTime(h, tsH)
 		if err != nil {
 			return err
 		}
 		sigRaw, err := header(h, sigH)
 		if err != nil {
 			return err
-		}
-		ts, ok := unixSeconds(tsRaw)
-		if !ok {
-			return failf("%s is malformed: want seconds since 1970", tsH)
 		}
 		if err := v.within(ts, now); err != nil {
 			return err
@@ -191,38 +202,44 @@ func checkStandard(idH, tsH, sigH string) func(*Verifier, http.Header, []byte, t
 	}
 }
 
-// checkStripe checks Stripe-Signature: "t=<timestamp>,v1=<hex>[,v1=...]"
-// over "timestamp.body"; other schemes in the header (v0) are ignored.
-func checkStripe(v *Verifier, h http.Header, body []byte, now time.Time) error {
-	const name = "Stripe-Signature"
-	raw, err := header(h, name)
-	if err != nil {
-		return err
-	}
-	var tsRaw string
-	var sigs [][]byte
-	for _, item := range strings.Split(raw, ",") {
-		k, val, _ := strings.Cut(strings.TrimSpace(item), "=")
-		switch k {
-		case "t":
-			tsRaw = val
-		case "v1":
-			if b, err := hex.DecodeString(val); err == nil {
-				sigs = append(sigs, b)
+// checkTimestamped checks a header listing a timestamp and hex signatures
+// as key=value items, each signature the HMAC-SHA256 of the timestamp, a
+// separator and the body: Stripe's "t=<ts>,v1=<hex>[,v1=...]" over
+// "ts.body" (other schemes in it, such as v0, are ignored), Paddle's
+// "ts=<ts>;h1=<hex>[;h1=...]" over "ts:body" (several while a secret is
+// rotated).
+func checkTimestamped(name, itemSep, tsKey, sigKey, joiner string) func(*Verifier, http.Header, []byte, time.Time) error {
+	form := fmt.Sprintf("%s=<timestamp>%s%s=<hex signature>", tsKey, itemSep, sigKey)
+	return func(v *Verifier, h http.Header, body []byte, now time.Time) error {
+		raw, err := header(h, name)
+		if err != nil {
+			return err
+		}
+		var tsRaw string
+		var sigs [][]byte
+		for _, item := range strings.Split(raw, itemSep) {
+			k, val, _ := strings.Cut(strings.TrimSpace(item), "=")
+			switch k {
+			case tsKey:
+				tsRaw = val
+			case sigKey:
+				if b, err := hex.DecodeString(val); err == nil {
+					sigs = append(sigs, b)
+				}
 			}
 		}
+		ts, ok := unixSeconds(tsRaw)
+		if !ok || len(sigs) == 0 {
+			return failf("%s is malformed: want %s", name, form)
+		}
+		if err := v.within(ts, now); err != nil {
+			return err
+		}
+		if !v.matches(sigs, []byte(tsRaw), []byte(joiner), body) {
+			return errNoMatch(name)
+		}
+		return nil
 	}
-	ts, ok := unixSeconds(tsRaw)
-	if !ok || len(sigs) == 0 {
-		return failf("%s is malformed: want t=<timestamp>,v1=<hex signature>", name)
-	}
-	if err := v.within(ts, now); err != nil {
-		return err
-	}
-	if !v.matches(sigs, []byte(tsRaw), []byte("."), body) {
-		return errNoMatch(name)
-	}
-	return nil
 }
 
 // checkBodyMAC checks a header that carries the HMAC-SHA256 of the body
@@ -253,13 +270,9 @@ func checkSlack(v *Verifier, h http.Header, body []byte, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	tsRaw, err := header(h, tsH)
+	tsRaw, ts, err := headerTime(h, tsH)
 	if err != nil {
 		return err
-	}
-	ts, ok := unixSeconds(tsRaw)
-	if !ok {
-		return failf("%s is malformed: want seconds since 1970", tsH)
 	}
 	enc, ok := strings.CutPrefix(strings.TrimSpace(raw), "v0=")
 	sig, err := hex.DecodeString(enc)
@@ -271,40 +284,6 @@ func checkSlack(v *Verifier, h http.Header, body []byte, now time.Time) error {
 	}
 	if !v.matches([][]byte{sig}, []byte("v0:"), []byte(tsRaw), []byte(":"), body) {
 		return errNoMatch(sigH)
-	}
-	return nil
-}
-
-// checkPaddle checks Paddle-Signature "ts=<timestamp>;h1=<hex>[;h1=...]"
-// over "timestamp:body" (several h1 while a secret is rotated).
-func checkPaddle(v *Verifier, h http.Header, body []byte, now time.Time) error {
-	const name = "Paddle-Signature"
-	raw, err := header(h, name)
-	if err != nil {
-		return err
-	}
-	var tsRaw string
-	var sigs [][]byte
-	for _, item := range strings.Split(raw, ";") {
-		k, val, _ := strings.Cut(strings.TrimSpace(item), "=")
-		switch k {
-		case "ts":
-			tsRaw = val
-		case "h1":
-			if b, err := hex.DecodeString(val); err == nil {
-				sigs = append(sigs, b)
-			}
-		}
-	}
-	ts, ok := unixSeconds(tsRaw)
-	if !ok || len(sigs) == 0 {
-		return failf("%s is malformed: want ts=<timestamp>;h1=<hex signature>", name)
-	}
-	if err := v.within(ts, now); err != nil {
-		return err
-	}
-	if !v.matches(sigs, []byte(tsRaw), []byte(":"), body) {
-		return errNoMatch(name)
 	}
 	return nil
 }

@@ -18,7 +18,15 @@ import (
 // all, with each entry's recorded attempt and body size. A body field (old
 // entries) is left out of the reply: only its size goes back. Pending
 // entries whose stream entry is gone (an ack cut off after its XDEL) leave
-// the group, with their attempts and bodies.
+// the group, with their attempts and bodies, once idle past the timeout.
+//
+// Idle entries are found with XPENDING IDLE, which reads only the pending
+// list, and taken with XCLAIM. XAUTOCLAIM, which did both, looks every
+// pending entry it steps over up in the stream before it looks at its idle
+// time: on Redis 7.0 that cost a claim tens of thousands of instructions
+// for every entry held by a live consumer, as much as the rest of the claim
+// (callgrind: 1000 entries admitted, claimed 64 at a time and held, 656k
+// instructions of Redis per entry with XAUTOCLAIM, 257k without).
 //
 // What it hands out is kept under its token for the visibility timeout: the
 // same claim sent again (its reply was lost) first hands out again what it
@@ -76,22 +84,33 @@ if prev then
     end
   end
 end
-local cursor = '0-0'
-for _ = 1, 100 do
-  if #out >= want then break end
-  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', want - #out)
-  for _, e in ipairs(r[2]) do add(e) end
-  -- pending entries whose payload is gone (an ack cut off after its XDEL)
-  -- leave the group here (Redis >= 7); their attempts and bodies go with them
-  if r[3] then
-    for _, sid in ipairs(r[3]) do
-      redis.call('HDEL', KEYS[2], sid)
-      local id = entryid(sid)
-      if id then redis.call('DEL', ARGV[5] .. id) end
+-- Take over what is idle past the visibility timeout, oldest first.
+-- XPENDING looks at the pending list alone; XAUTOCLAIM would also look up
+-- every entry it steps over in the stream, the entries this and the other
+-- live consumers hold included, which costs more than the rest of a claim.
+if #out < want then
+  local idle = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', want - #out)
+  for from = 1, #idle, 100 do
+    local batch, taken = {}, {}
+    for j = from, math.min(from + 99, #idle) do batch[#batch+1] = idle[j][1] end
+    for _, e in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(batch))) do
+      if e and e[1] then
+        taken[e[1]] = true
+        add(e)
+      end
+    end
+    -- pending entries whose payload is gone (an ack cut off after its
+    -- XDEL) leave the group (XCLAIM drops them on Redis >= 7, XACK on older
+    -- ones); their attempts and bodies go with them
+    for _, sid in ipairs(batch) do
+      if not taken[sid] and #redis.call('XRANGE', KEYS[1], sid, sid) == 0 then
+        redis.call('XACK', KEYS[1], ARGV[1], sid)
+        redis.call('HDEL', KEYS[2], sid)
+        local id = entryid(sid)
+        if id then redis.call('DEL', ARGV[5] .. id) end
+      end
     end
   end
-  cursor = r[1]
-  if cursor == '0-0' or #out >= want then break end
 end
 if #out < want then
   local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want - #out, 'STREAMS', KEYS[1], '>')

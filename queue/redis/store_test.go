@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -1124,6 +1125,36 @@ func TestRedisBodyBytesInFlight(t *testing.T) {
 	}
 	if admitted < size || most < size {
 		t.Errorf("admitting %d, reading %d body bytes in flight at most: the test saw no large body go", admitted, most)
+	}
+}
+
+// A claim takes over idle entries in batches of its own (XCLAIM of at most
+// a hundred ids), all of them, oldest first, before new ones.
+func TestRedisClaimTakesOverManyOldestFirst(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	a := openRedis(t, srv, prefix, "a", time.Minute, queue.Options{Window: time.Hour})
+	b := openRedis(t, srv, prefix, "b", time.Minute, queue.Options{Window: time.Hour})
+	const n = 250
+	want := make([]string, 0, n+1)
+	for i := range n {
+		want = append(want, admit(t, a, "k"+strconv.Itoa(i)).ID)
+	}
+	held := claimIDs(t, a, n)
+	if len(held) != n {
+		t.Fatalf("a claimed %d, want %d", len(held), n)
+	}
+	fresh := admit(t, a, "fresh") // new, never claimed
+	want = append(want, fresh.ID)
+	if err := a.Release(t.Context(), held); err != nil {
+		t.Fatal(err)
+	}
+	got := claimIDs(t, b, n+10)
+	if !slices.Equal(got, want) {
+		t.Fatalf("b claimed %d entries (first %v), want the %d released ones oldest first, then the new one", len(got), got[:min(3, len(got))], n)
+	}
+	if more := claimIDs(t, a, 10); len(more) != 0 {
+		t.Errorf("a claimed %v after b took everything", more)
 	}
 }
 

@@ -10,8 +10,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// The store needs Redis 7.0 or later: XAUTOCLAIM's reply lists the pending
-// entries whose payload is gone, and scripts replicate their effects.
+// The store needs Redis 7.0 or later: XCLAIM drops the pending entries
+// whose payload is gone, and scripts replicate their effects.
 const minMajor, minMinor = 7, 0
 
 // serverVersion reads the server's name and version from the server
@@ -64,7 +64,7 @@ func versionError(info string, log *zap.Logger) error {
 		return nil
 	}
 	if major < minMajor || major == minMajor && minor < minMinor {
-		return fmt.Errorf("redis store: the server is %s %s; the relay needs Redis >= %d.%d (XAUTOCLAIM semantics, script effects replication): upgrade it",
+		return fmt.Errorf("redis store: the server is %s %s; the relay needs Redis >= %d.%d (XCLAIM dropping deleted entries, script effects replication): upgrade it",
 			name, version, minMajor, minMinor)
 	}
 	return nil

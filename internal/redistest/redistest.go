@@ -222,6 +222,9 @@ func (s *Server) Info(section string) (string, error) {
 // Cmd runs a command on the server at addr through redis-cli and returns its
 // output.
 func Cmd(addr string, args ...string) (string, error) {
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		return "", fmt.Errorf("redis-cli not found: install it with `apt-get install redis-tools`")
+	}
 	host, port, _ := net.SplitHostPort(addr)
 	out, err := exec.Command("redis-cli", append([]string{"-h", host, "-p", port}, args...)...).CombinedOutput()
 	if err != nil {

@@ -3,6 +3,7 @@ package processtest
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -267,4 +268,57 @@ func TestRedisClusterFailover(t *testing.T) {
 			owner.Restart() // rejoins as a replica
 			return at
 		})
+}
+
+// wait_replicas through the built Caddy: with the replica up a webhook is
+// answered 200 once the replica has it; with the replica down, 503 (never
+// a 200 the replica does not back); the sender's retry once the replica is
+// back is answered duplicate, because the payload did land on the master,
+// and it is delivered once.
+func TestRedisWaitReplicasAnswers503(t *testing.T) {
+	m := redistest.Start(t, redistest.Options{})
+	r := redistest.Start(t, redistest.Options{ReplicaOf: m})
+	if err := r.WaitSynced(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	up := NewUpstream(t, 0)
+	up.Start()
+	in := NewInstance(t)
+	in.Start(fmt.Sprintf(`http://127.0.0.1:{http_port} {
+	webhook_relay %s {
+		name %s
+		key json.id
+		backoff 50ms 500ms
+		store redis %s {
+			wait_replicas 1 300ms
+			dial_timeout  500ms
+			read_timeout  2s
+			write_timeout 500ms
+		}
+	}
+}`, up.URL("/hook"), redisRelayName, m.URL()))
+
+	if resp := postResp(in.URL("/hook"), payload(0)); !resp.accepted() {
+		t.Fatalf("with the replica up: %s, want 200 accepted", resp)
+	}
+	r.Kill()
+	start := time.Now()
+	resp := postResp(in.URL("/hook"), payload(1))
+	if resp.Status != http.StatusServiceUnavailable {
+		t.Fatalf("with the replica down: %s, want 503", resp)
+	}
+	t.Logf("with the replica down: 503 after %s (wait_replicas timeout 300ms)", time.Since(start).Round(time.Millisecond))
+	r.Restart()
+	if err := r.WaitSynced(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if resp := postResp(in.URL("/hook"), payload(1)); !resp.duplicate() {
+		t.Errorf("the retry once the replica is back: %s, want 200 duplicate (the payload was on the master)", resp)
+	}
+	waitDelivered(t, up, 2, 15*time.Second)
+	for key, n := range up.Delivered() {
+		if n != 1 {
+			t.Errorf("payload %s delivered %d times", key, n)
+		}
+	}
 }

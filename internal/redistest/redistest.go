@@ -116,8 +116,11 @@ func (s *Server) start() error {
 		args = append(args, "--replicaof", "127.0.0.1", strconv.Itoa(s.opts.ReplicaOf.port))
 	}
 	if s.opts.Cluster {
+		// A replica whose link to its master looked stale (a loaded test
+		// machine) would refuse to take over and the failover never
+		// comes; validity factor 0 makes every replica eligible.
 		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "2000")
+			"--cluster-node-timeout", "2000", "--cluster-replica-validity-factor", "0")
 	}
 	p, err := harness.Start(exec.Command("redis-server", args...), filepath.Join(s.dir, "redis.log"))
 	if err != nil {

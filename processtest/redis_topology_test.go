@@ -28,6 +28,14 @@ func topologySite(up *ChaosUpstream, store string) string {
 // (a new master), and that moment is reported.
 func topologyRun(t *testing.T, name string, up *ChaosUpstream, nodes []*Instance, dur, faultAt time.Duration,
 	fault func(), recovered func() time.Time) {
+	topologyRunMayLose(t, name, up, nodes, dur, faultAt, fault, recovered, false)
+}
+
+// topologyRunMayLose is topologyRun; with mayLose, acknowledged payloads
+// that never arrive are reported, not failed: what a topology without
+// wait_replicas loses in a failover is measured, not promised.
+func topologyRunMayLose(t *testing.T, name string, up *ChaosUpstream, nodes []*Instance, dur, faultAt time.Duration,
+	fault func(), recovered func() time.Time, mayLose bool) {
 	targets := make([]string, len(nodes))
 	for i, n := range nodes {
 		targets[i] = n.URL("/hook")
@@ -83,7 +91,7 @@ func topologyRun(t *testing.T, name string, up *ChaosUpstream, nodes []*Instance
 	if rep.Acked == 0 {
 		t.Errorf("%s: nothing was acknowledged", name)
 	}
-	if rep.Lost > 0 {
+	if rep.Lost > 0 && !mayLose {
 		t.Errorf("%s: %d acknowledged payloads never reached the upstream (e.g. %v)", name, rep.Lost, rep.LostIDs[:min(5, len(rep.LostIDs))])
 	}
 	if len(rep.BodyMismatch) > 0 {
@@ -99,7 +107,14 @@ func topologyRun(t *testing.T, name string, up *ChaosUpstream, nodes []*Instance
 // each 200. The master is killed with kill -9; the sentinels promote the
 // replica, and the old master, restarted, becomes its replica. Nothing
 // acknowledged is lost.
-func TestRedisSentinelFailover(t *testing.T) {
+func TestRedisSentinelFailover(t *testing.T) { sentinelFailover(t, true) }
+
+// TestRedisSentinelFailoverWithoutWaitReplicas: the same without
+// wait_replicas, to measure the loss window the README states: a payload
+// acknowledged by the master and not yet replicated may die with it.
+func TestRedisSentinelFailoverWithoutWaitReplicas(t *testing.T) { sentinelFailover(t, false) }
+
+func sentinelFailover(t *testing.T, waitReplicas bool) {
 	const master = "relaymaster"
 	m := redistest.Start(t, redistest.Options{AOF: true, Appendfsync: "everysec"})
 	r := redistest.Start(t, redistest.Options{AOF: true, Appendfsync: "everysec", ReplicaOf: m})
@@ -130,19 +145,23 @@ func TestRedisSentinelFailover(t *testing.T) {
 
 	up := NewChaosUpstream(t, 7)
 	up.Start()
+	wait, name := "wait_replicas   1", "sentinel"
+	if !waitReplicas {
+		wait, name = "", "sentinel without wait_replicas"
+	}
 	store := fmt.Sprintf(`redis redis://%s/0 {
 			sentinel_master %s
 			addresses       %s %s
-			wait_replicas   1
+			%s
 			dial_timeout    500ms
 			read_timeout    2s
 			write_timeout   500ms
-		}`, sentinels[0].Addr(), master, sentinels[1].Addr(), sentinels[2].Addr())
+		}`, sentinels[0].Addr(), master, sentinels[1].Addr(), sentinels[2].Addr(), wait)
 	a, b := NewInstance(t), NewInstance(t)
 	a.Start(topologySite(up, store))
 	b.Start(topologySite(up, store))
 
-	topologyRun(t, "sentinel", up, []*Instance{a, b}, 20*time.Second, 5*time.Second,
+	topologyRunMayLose(t, name, up, []*Instance{a, b}, 20*time.Second, 5*time.Second,
 		m.Kill,
 		func() time.Time {
 			var at time.Time
@@ -161,7 +180,7 @@ func TestRedisSentinelFailover(t *testing.T) {
 			// of the new one: wait_replicas 1 can be met again
 			m.Restart()
 			return at
-		})
+		}, !waitReplicas)
 }
 
 // slotOwner is the node of nodes that is master of the slot of key, as

@@ -105,14 +105,27 @@ func topologyRunMayLose(t *testing.T, name string, up *ChaosUpstream, nodes []*I
 // A master, a replica and three sentinels; the instances find the master
 // through the sentinels and wait for the replica (wait_replicas 1) before
 // each 200. The master is killed with kill -9; the sentinels promote the
-// replica, and the old master, restarted, becomes its replica. Nothing
-// acknowledged is lost.
+// replica, and the old master, restarted, becomes its replica; then the new
+// master is killed too and the first one promoted again. Nothing
+// acknowledged is lost across the two failovers.
 func TestRedisSentinelFailover(t *testing.T) { sentinelFailover(t, true) }
 
 // TestRedisSentinelFailoverWithoutWaitReplicas: the same without
 // wait_replicas, to measure the loss window the README states: a payload
 // acknowledged by the master and not yet replicated may die with it.
 func TestRedisSentinelFailoverWithoutWaitReplicas(t *testing.T) { sentinelFailover(t, false) }
+
+// allNameMaster reports whether every sentinel names addr as the master.
+// Restarting the old master before they all agree lets one that has not
+// caught up turn the promoted replica back into its replica.
+func allNameMaster(sentinels []*redistest.Server, addr string) bool {
+	for _, s := range sentinels {
+		if got, err := s.MasterAddr(); err != nil || got != addr {
+			return false
+		}
+	}
+	return true
+}
 
 func sentinelFailover(t *testing.T, waitReplicas bool) {
 	const master = "relaymaster"
@@ -161,24 +174,51 @@ func sentinelFailover(t *testing.T, waitReplicas bool) {
 	a.Start(topologySite(up, store))
 	b.Start(topologySite(up, store))
 
-	topologyRunMayLose(t, name, up, []*Instance{a, b}, 20*time.Second, 5*time.Second,
+	// two failovers under traffic: a sentinel waits twice its
+	// failover-timeout (5s) before it fails the same master over again
+	traffic := 20 * time.Second
+	if waitReplicas {
+		traffic = 40 * time.Second
+	}
+	topologyRunMayLose(t, name, up, []*Instance{a, b}, traffic, 5*time.Second,
 		m.Kill,
 		func() time.Time {
 			var at time.Time
 			waitFor(t, 30*time.Second, func() bool {
 				addr, err := sentinels[0].MasterAddr()
-				if err == nil && addr == r.Addr() {
+				if err == nil && addr == r.Addr() && at.IsZero() {
 					at = time.Now()
-					return true
 				}
-				return false
+				return !at.IsZero() && allNameMaster(sentinels, r.Addr())
 			}, func() string {
 				addr, err := sentinels[0].MasterAddr()
-				return fmt.Sprintf("no promotion: master %s %v", addr, err)
+				return fmt.Sprintf("no promotion agreed by every sentinel: master %s %v", addr, err)
 			})
 			// the old master comes back and the sentinels make it a replica
 			// of the new one: wait_replicas 1 can be met again
 			m.Restart()
+			if !waitReplicas {
+				return at
+			}
+			// With wait_replicas, fail over once more, back to the first
+			// master, so that lost 0 holds across repeated failovers.
+			if err := m.WaitSynced(30 * time.Second); err != nil {
+				t.Fatalf("the old master did not come back as a replica: %v", err)
+			}
+			r.Kill()
+			first := at
+			waitFor(t, 30*time.Second, func() bool {
+				addr, err := sentinels[0].MasterAddr()
+				if err == nil && addr == m.Addr() && at == first {
+					t.Logf("second failover: new master after %s", time.Since(at).Round(time.Millisecond))
+					at = time.Now()
+				}
+				return at != first && allNameMaster(sentinels, m.Addr())
+			}, func() string {
+				addr, err := sentinels[0].MasterAddr()
+				return fmt.Sprintf("no second promotion: master %s %v", addr, err)
+			})
+			r.Restart()
 			return at
 		}, !waitReplicas)
 }

@@ -21,7 +21,8 @@ type Budget struct {
 	reserve    int64
 	used       int64         // bytes held by intake and delivery together
 	delivering int64         // of which delivery holds these
-	freed      chan struct{} // closed, and replaced, when bytes are given back
+	freed      chan struct{} // closed, and replaced, when bytes are given back to a waiter
+	waiting    int           // TakeForDelivery calls waiting on freed
 }
 
 // New returns a budget of limit bytes, of which delivery leaves reserve
@@ -81,11 +82,19 @@ func (b *Budget) TakeForDelivery(ctx context.Context, n int64) error {
 			return nil
 		}
 		freed := b.freed
+		b.waiting++
 		b.mu.Unlock()
+		var err error
 		select {
 		case <-freed:
 		case <-ctx.Done():
-			return ctx.Err()
+			err = ctx.Err()
+		}
+		b.mu.Lock()
+		b.waiting--
+		b.mu.Unlock()
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -109,7 +118,12 @@ func (b *Budget) Used() int64 {
 	return b.used
 }
 
+// wakeLocked wakes the waiting TakeForDelivery calls. With none waiting,
+// the usual case on the ack path, there is no channel to close and replace.
 func (b *Budget) wakeLocked() {
+	if b.waiting == 0 {
+		return
+	}
 	close(b.freed)
 	b.freed = make(chan struct{})
 }

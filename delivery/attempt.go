@@ -34,6 +34,9 @@ type outcome struct {
 	status     int           // upstream status, 0 without a response
 	reason     string        // for people: why it failed
 	retryAfter time.Duration // the upstream's Retry-After, if any
+	// unreachable: no answer at all (refused, reset, timed out), as
+	// opposed to an answer with a failing status
+	unreachable bool
 }
 
 // buildRequest makes the forwarded request: the body byte-identical, the
@@ -106,9 +109,9 @@ func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Ent
 	resp, err := client.Do(buildRequest(ctx, s, e, attemptNo, now))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return outcome{verdict: retry, reason: fmt.Sprintf("no answer within timeout %s", s.Timeout)}
+			return outcome{verdict: retry, unreachable: true, reason: fmt.Sprintf("no answer within timeout %s", s.Timeout)}
 		}
-		return outcome{verdict: retry, reason: describeTransportError(err)}
+		return outcome{verdict: retry, unreachable: true, reason: describeTransportError(err)}
 	}
 	// Drain a little so the connection can be reused; the upstream's answer
 	// itself is of no use to us.

@@ -28,6 +28,8 @@ type attemptRun struct {
 	taken int64
 	// reported: the loop has the entry back.
 	reported bool
+	// reach is what the attempt learnt of the upstream, for the loop.
+	reach reach
 }
 
 // deliver runs h's turn. The loop has counted it running and in flight.
@@ -85,6 +87,10 @@ func (a *attemptRun) attempt() {
 	start := a.e.cfg.Now()
 	o := a.send(start)
 	took := a.e.cfg.Now().Sub(start)
+	a.reach = answered
+	if o.unreachable {
+		a.reach = unanswered
+	}
 	// The upstream is done with it: the body goes back to the budget, and
 	// the bookkeeping below (a disk commit, a Redis round trip) must not
 	// hold a concurrency place.
@@ -305,7 +311,7 @@ func (a *attemptRun) freePlace() {
 	}
 	a.placeHeld = false
 	a.e.inFlight.Add(-1)
-	a.e.freed <- struct{}{}
+	a.e.freed <- a.reach
 }
 
 // report hands the entry back to the loop.

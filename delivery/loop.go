@@ -37,6 +37,26 @@ type result struct {
 	next time.Time // when to try again, unless done
 }
 
+// reach is what a turn learnt of the upstream. The loop takes it in with
+// the turn's concurrency place, before the bookkeeping is done, so that no
+// place freed by an unanswered attempt goes to another one unknowingly.
+type reach int8
+
+const (
+	notAsked   reach = iota // the turn did not contact the upstream
+	answered                // any HTTP answer, whatever its status
+	unanswered              // refused, reset or timed out
+)
+
+// unreachableAfter is how many attempts in a row must go unanswered
+// before the loop takes the upstream for down. While it is down, one
+// attempt at a time probes it, spaced by the backoff, instead of every
+// held payload retrying on its own schedule: an upstream that is not
+// there costs no more than one connection attempt per backoff, and when it
+// comes back it is not met by a burst of retries at once. The first answer
+// ends it, whatever its status.
+const unreachableAfter = 3
+
 // loop is the engine's claim loop. One goroutine (Engine.run) owns it: the
 // entries it holds and the counts below are touched by no one else.
 // Attempts run in goroutines of their own and report back through
@@ -52,6 +72,18 @@ type loop struct {
 	// lookForMore asks the next round to claim: woken, polled, an entry
 	// left, or the last claim came back full.
 	lookForMore bool
+
+	// unanswered counts the attempts in a row the upstream did not
+	// answer; from unreachableAfter on it is down (see there). probe is
+	// the attempt probing it, nil between probes; probeAt is when the
+	// next one may start.
+	unanswered int
+	probe      *held
+	probeAt    time.Time
+	// settings are those of the last round: new ones (a config reload,
+	// perhaps with the upstream fixed) end an outage, to be found again
+	// if it goes on.
+	settings *Settings
 
 	timer *time.Timer // fires when the first due entry is due
 	poll  *time.Ticker
@@ -135,8 +167,8 @@ func (l *loop) pause() bool {
 			return false
 		case <-l.poll.C:
 			return true
-		case <-l.e.freed:
-			l.running--
+		case r := <-l.e.freed:
+			l.freed(r)
 		case r := <-l.e.results:
 			l.finish(r)
 		}
@@ -147,6 +179,9 @@ func (l *loop) pause() bool {
 // waits for something to happen. It reports false once the engine stops.
 func (l *loop) round() bool {
 	s := l.e.settings.Load()
+	if s != l.settings {
+		l.settings, l.unanswered = s, 0
+	}
 	log := l.e.logger(s)
 	b := boundsFor(s)
 	l.claim(b, log)
@@ -195,9 +230,21 @@ func (l *loop) hold(entries []*queue.Entry) {
 	}
 }
 
-// startDue starts the attempts that are due, as many as there are places.
+// down tells whether the upstream is taken for down (see unreachableAfter).
+func (l *loop) down() bool { return l.unanswered >= unreachableAfter }
+
+// startDue starts the attempts that are due, as many as there are places;
+// while the upstream is down, only a probe when one is due.
 func (l *loop) startDue(s *Settings, now time.Time) {
 	for l.running < s.Concurrency && l.due.Len() > 0 && !l.due[0].due.After(now) {
+		top := l.due[0]
+		asksUpstream := !top.acked && top.entry.Damaged == ""
+		if asksUpstream && l.down() {
+			if l.probe != nil || l.running > 0 || now.Before(l.probeAt) {
+				return
+			}
+			l.probe = top
+		}
 		h := heap.Pop(&l.due).(*held)
 		if h.backingOff {
 			h.backingOff = false
@@ -215,8 +262,12 @@ func (l *loop) startDue(s *Settings, now time.Time) {
 // once the engine stops.
 func (l *loop) wait(s *Settings, log *zap.Logger, now time.Time) bool {
 	var fire <-chan time.Time
-	if l.due.Len() > 0 && l.running < s.Concurrency {
-		l.timer.Reset(l.due[0].due.Sub(now))
+	if l.due.Len() > 0 && l.running < s.Concurrency && (!l.down() || l.probe == nil && l.running == 0) {
+		at := l.due[0].due
+		if l.down() && l.probeAt.After(at) {
+			at = l.probeAt
+		}
+		l.timer.Reset(at.Sub(now))
 		fire = l.timer.C
 	}
 	select {
@@ -228,8 +279,8 @@ func (l *loop) wait(s *Settings, log *zap.Logger, now time.Time) bool {
 		l.lookForMore = true
 	case <-l.lease.C:
 		l.renew(log)
-	case <-l.e.freed:
-		l.running--
+	case r := <-l.e.freed:
+		l.freed(r)
 	case r := <-l.e.results:
 		l.finish(r)
 	case <-l.trim.C:
@@ -270,6 +321,9 @@ func (l *loop) renew(log *zap.Logger) {
 func (l *loop) finish(r result) {
 	l.busy--
 	r.h.attempting = false
+	if r.h == l.probe {
+		l.probe = nil
+	}
 	if r.done {
 		delete(l.holding, r.h.entry.ID)
 		l.lookForMore = true
@@ -281,13 +335,43 @@ func (l *loop) finish(r result) {
 	heap.Push(&l.due, r.h)
 }
 
+// freed takes back an attempt's concurrency place and what it learnt.
+func (l *loop) freed(r reach) {
+	l.running--
+	l.learn(r)
+}
+
+// learn takes in whether an attempt was answered: an answer ends an
+// outage; the unreachableAfter-th unanswered attempt in a row starts one,
+// and each unanswered probe puts the next one off by the backoff.
+func (l *loop) learn(r reach) {
+	switch r {
+	case answered:
+		if l.down() {
+			l.e.logger(l.e.settings.Load()).Info("upstream answering again; delivering")
+		}
+		l.unanswered = 0
+	case unanswered:
+		l.unanswered++
+		if !l.down() {
+			return
+		}
+		s := l.e.settings.Load()
+		if l.unanswered == unreachableAfter {
+			l.e.logger(s).Warn("upstream not answering; probing it with one payload at a time until it does",
+				zap.Int("unanswered_attempts", l.unanswered))
+		}
+		l.probeAt = l.e.cfg.Now().Add(s.Backoff.Delay(l.unanswered-unreachableAfter+1, l.e.cfg.Jitter()))
+	}
+}
+
 // drain waits for running attempts (Stop's grace bounds them) and gives
 // everything still held back to the store.
 func (l *loop) drain() {
 	for l.running > 0 || l.busy > 0 {
 		select {
-		case <-l.e.freed:
-			l.running--
+		case r := <-l.e.freed:
+			l.freed(r)
 		case r := <-l.e.results:
 			l.finish(r)
 		}

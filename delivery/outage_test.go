@@ -1,0 +1,96 @@
+package delivery
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+)
+
+// An upstream that takes connections but never answers is probed by one
+// attempt at a time once unreachableAfter attempts in a row went
+// unanswered, and everything is delivered once it answers again.
+func TestUnansweringUpstreamIsProbedOneAtATime(t *testing.T) {
+	const payloads, concurrency = 40, 8
+	var (
+		answering atomic.Bool
+		open      atomic.Int64
+		mu        sync.Mutex
+		overlaps  []int64 // attempts open at each unanswered one's start, in order
+		delivered = make(chan string, payloads)
+	)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if answering.Load() {
+			delivered <- r.Header.Get("Idempotency-Key")
+			return
+		}
+		n := open.Add(1)
+		mu.Lock()
+		overlaps = append(overlaps, n)
+		mu.Unlock()
+		// hold the connection a while, then drop it without an answer
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+		open.Add(-1)
+		conn.Close()
+	}))
+	defer up.Close()
+
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
+	for i := range payloads {
+		admit(t, store, fmt.Sprint("k", i), "{}")
+	}
+	s := settingsFor(t, up.URL)
+	s.Concurrency = concurrency
+	startEngine(t, store, s)
+
+	// Before the outage is known, each of the first attempts frees a place
+	// that another takes: up to concurrency+unreachableAfter-1 of them.
+	// Every one after that is a probe, alone.
+	const before, probes = concurrency + unreachableAfter - 1, 6
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(overlaps)
+		mu.Unlock()
+		if n >= before+probes {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d attempts reached the upstream within 10s", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	for i, n := range overlaps[before:] {
+		if n != 1 {
+			t.Errorf("attempt %d after the outage was found met %d attempts open at once; want 1 (all: %v)", i+1, n, overlaps)
+			break
+		}
+	}
+	mu.Unlock()
+
+	answering.Store(true)
+	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
+	seen := map[string]bool{}
+	for len(seen) < payloads {
+		select {
+		case k := <-delivered:
+			seen[k] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d payloads delivered", len(seen), payloads)
+		}
+	}
+	if st, _ := store.Stats(t.Context()); st.Dead != 0 {
+		t.Errorf("%d dead letters; want none", st.Dead)
+	}
+}

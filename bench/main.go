@@ -3,6 +3,7 @@
 //
 //	go run ./bench [-duration 10s] [-connections 8,32,64,128] [-rounds 3] [-targets respond,memory,...]
 //	go run ./bench -body-size 6MiB   # large bodies: also Caddy's peak RSS per target
+//	go run ./bench -before /tmp/caddy-old  # each relay also on an earlier build, in the same rounds
 //
 // It builds ./cmd/caddy, starts a counting upstream in-process, a private
 // redis-server, and one Caddy process with one site per target, then drives
@@ -44,6 +45,7 @@ type target struct {
 	store    string // the relay's store; "" when the target is no relay
 	live     bool   // the relay delivers to the counting upstream
 	setup    string // for the table
+	bin      string // the Caddy binary it runs on; "" for the one built from this tree
 
 	port  int
 	at    []*series // one per connection count, in the order of counts
@@ -166,6 +168,7 @@ func run() int {
 	profile := flag.Bool("pprof", false, "CPU-profile Caddy through its admin endpoint during round 1 of each target (keeps the temp dir)")
 	bodySizeFlag := flag.String("body-size", "", "large bodies: make every body about this size (bytes, or e.g. 6MiB) with a Runware-like imageBase64Data field, and report Caddy's peak RSS per target; default: ~300-byte bodies")
 	budgetFlag := flag.String("burst-budget", "4GiB", "large bodies: a burst target (upstream down, so it keeps everything) stops taking load once this much was acknowledged; its store is emptied before each run")
+	beforeBin := flag.String("before", "", "a Caddy binary built from an earlier version (git worktree add /tmp/old <rev> && cd /tmp/old && go build -o /tmp/caddy-old ./cmd/caddy): every relay target also runs on it, as <target>-before right after the target, against the same baseline run, so before and after compare within each round")
 	flag.Parse()
 	if *duration <= 0 || *rounds <= 0 {
 		fmt.Fprintln(os.Stderr, "-duration and -rounds must be positive")
@@ -214,9 +217,16 @@ func run() int {
 	var active []*target // in the table's order, whatever the flag's
 	byName := map[string]*target{}
 	for _, t := range all {
-		if chosen[t.name] {
-			active = append(active, t)
-			byName[t.name] = t
+		if !chosen[t.name] {
+			continue
+		}
+		active = append(active, t)
+		byName[t.name] = t
+		if *beforeBin != "" && t.store != "" {
+			old := *t
+			old.name, old.bin, old.setup = t.name+"-before", *beforeBin, t.setup+", earlier build"
+			active = append(active, &old)
+			byName[old.name] = &old
 		}
 	}
 
@@ -243,6 +253,9 @@ func run() int {
 	}
 	fmt.Printf("machine: %d CPUs, %s, %s, %s/%s\n", runtime.NumCPU(), cpuModel(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	fmt.Printf("caddy: %s\n", commandOutput(bin, "version"))
+	if *beforeBin != "" {
+		fmt.Printf("caddy for the -before targets: %s (%s)\n", *beforeBin, commandOutput(*beforeBin, "version"))
+	}
 
 	up, err := startUpstream()
 	if err != nil {
@@ -293,7 +306,7 @@ func run() int {
 		if err := os.WriteFile(path, []byte(cf), 0o644); err != nil {
 			return fail("%v", err)
 		}
-		if err := validateCaddyfile(c, path); err != nil {
+		if err := validateCaddyfile(on(c, t.bin), path); err != nil {
 			if t.store == "" {
 				return fail("target %s does not validate: %v", t.name, err)
 			}
@@ -330,7 +343,7 @@ func run() int {
 	// cost the next target CPU. bolt and redis queues survive the restarts,
 	// so the delivery check at the end sees them all.
 	var caddy *harness.Proc
-	restart := func(caddyfile string) error {
+	restart := func(caddyfile string, t *target) error {
 		stopCaddy(caddy, 20*time.Second)
 		if large {
 			// What a burst target stored is never delivered (its upstream
@@ -340,7 +353,7 @@ func run() int {
 			}
 		}
 		var err error
-		caddy, err = startCaddy(c, caddyfile, ports)
+		caddy, err = startCaddy(on(c, t.bin), caddyfile, ports)
 		return err
 	}
 	defer func() { stopCaddy(caddy, 20*time.Second) }()
@@ -371,7 +384,7 @@ func run() int {
 				if ctx.Err() != nil {
 					return fail("interrupted")
 				}
-				if err := restart(caddyfiles[ci]); err != nil {
+				if err := restart(caddyfiles[ci], t); err != nil {
 					return fail("%v", err)
 				}
 				s := t.at[ci]
@@ -397,7 +410,7 @@ func run() int {
 					<-profDone
 				}
 				s.runs = append(s.runs, res)
-				line := fmt.Sprintf("round %d/%d %3d conns  %-11s %8.0f req/s  p50 %s  p99 %s  non-200 %d  errors %d",
+				line := fmt.Sprintf("round %d/%d %3d conns  %-16s %8.0f req/s  p50 %s  p99 %s  non-200 %d  errors %d",
 					r+1, *rounds, n, t.name, res.rps(), ms(res.pct(0.50)), ms(res.pct(0.99)), res.non200, res.errors)
 				var drain time.Duration
 				if t.live {
@@ -444,7 +457,9 @@ func run() int {
 	}
 
 	printTable(active, counts, large)
-	if err := restart(caddyfiles[0]); err != nil { // the delivery check needs a running relay
+	// the delivery check needs a running relay; this tree's build
+	// delivers what the -before targets queued as well
+	if err := restart(caddyfiles[0], &target{}); err != nil {
 		return fail("%v", err)
 	}
 	if *profile {

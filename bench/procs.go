@@ -88,3 +88,13 @@ func commandOutput(bin string, args ...string) string {
 	}
 	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 }
+
+// on is c running bin instead, when bin is given (a -before target).
+func on(c *harness.Caddy, bin string) *harness.Caddy {
+	if bin == "" {
+		return c
+	}
+	other := *c
+	other.Bin = bin
+	return &other
+}

@@ -94,3 +94,39 @@ func TestUnansweringUpstreamIsProbedOneAtATime(t *testing.T) {
 		t.Errorf("%d dead letters; want none", st.Dead)
 	}
 }
+
+// A config reload ends an outage: payloads waiting for the probe go to the
+// new upstream at once, not after the probe's backoff.
+func TestReloadEndsOutage(t *testing.T) {
+	const payloads = 40
+	var tried atomic.Int64
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tried.Add(1)
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			conn.Close()
+		}
+	}))
+	defer silent.Close()
+	fixed := newUpstream(t, func(*http.Request, []byte) int { return 200 })
+
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
+	for i := range payloads {
+		admit(t, store, fmt.Sprint("k", i), "{}")
+	}
+	s := settingsFor(t, silent.URL)
+	s.Backoff = Backoff{Initial: time.Hour, Max: time.Hour} // the next probe: an hour away
+	e := startEngine(t, store, s)
+	// The first concurrency attempts, and one more for each unanswered one
+	// before the third, back off for an hour; the rest wait for a probe.
+	tries := int64(s.Concurrency + unreachableAfter - 1)
+	waitStats(t, store, func(queue.Stats) bool { return tried.Load() >= tries && e.InFlight() == 0 })
+
+	e.SetSettings(settingsFor(t, fixed.URL))
+	e.Wake()
+	for range payloads - tries {
+		fixed.next(t)
+	}
+	if n := tried.Load(); n != tries {
+		t.Errorf("the silent upstream saw %d attempts; want %d (one probe at a time, the next an hour away)", n, tries)
+	}
+}

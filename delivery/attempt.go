@@ -34,9 +34,10 @@ type outcome struct {
 	status     int           // upstream status, 0 without a response
 	reason     string        // for people: why it failed
 	retryAfter time.Duration // the upstream's Retry-After, if any
-	// unreachable: no answer at all (refused, reset, timed out), as
-	// opposed to an answer with a failing status
-	unreachable bool
+	// answered: the upstream answered, whatever the status. unreachable:
+	// no answer at all (refused, reset, timed out). Neither: the attempt
+	// was cut short on our side (stopping, a panic).
+	answered, unreachable bool
 }
 
 // buildRequest makes the forwarded request: the body byte-identical, the
@@ -108,8 +109,12 @@ func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Ent
 	defer cancel()
 	resp, err := client.Do(buildRequest(ctx, s, e, attemptNo, now))
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
 			return outcome{verdict: retry, unreachable: true, reason: fmt.Sprintf("no answer within timeout %s", s.Timeout)}
+		case errors.Is(err, context.Canceled):
+			// the engine is stopping: says nothing of the upstream
+			return outcome{verdict: retry, reason: describeTransportError(err)}
 		}
 		return outcome{verdict: retry, unreachable: true, reason: describeTransportError(err)}
 	}
@@ -118,7 +123,9 @@ func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Ent
 	_, _ = io.CopyN(io.Discard, resp.Body, 64<<10)
 	resp.Body.Close()
 
-	return classify(resp.StatusCode, resp.Header, now)
+	o := classify(resp.StatusCode, resp.Header, now)
+	o.answered = true
+	return o
 }
 
 // classify maps an upstream status to what happens next.

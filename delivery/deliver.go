@@ -87,8 +87,10 @@ func (a *attemptRun) attempt() {
 	start := a.e.cfg.Now()
 	o := a.send(start)
 	took := a.e.cfg.Now().Sub(start)
-	a.reach = answered
-	if o.unreachable {
+	switch {
+	case o.answered:
+		a.reach = answered
+	case o.unreachable:
 		a.reach = unanswered
 	}
 	// The upstream is done with it: the body goes back to the budget, and
@@ -311,7 +313,7 @@ func (a *attemptRun) freePlace() {
 	}
 	a.placeHeld = false
 	a.e.inFlight.Add(-1)
-	a.e.freed <- a.reach
+	a.e.freed <- freedPlace{h: a.h, s: a.s, reach: a.reach}
 }
 
 // report hands the entry back to the loop.

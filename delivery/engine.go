@@ -96,8 +96,8 @@ type Engine struct {
 	settings atomic.Pointer[Settings]
 	client   *http.Client
 	wake     chan struct{}
-	freed    chan reach  // an attempt is over: its concurrency place is free, and what it learnt
-	results  chan result // an entry's bookkeeping is over
+	freed    chan freedPlace // an attempt is over: its concurrency place is free
+	results  chan result     // an entry's bookkeeping is over
 	inFlight atomic.Int64
 	full     atomic.Bool // holding as many entries as it may
 	claimErr faultlog.Tracker
@@ -152,7 +152,7 @@ func Start(cfg Config) *Engine {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 		wake:    make(chan struct{}, 1),
-		freed:   make(chan reach),
+		freed:   make(chan freedPlace),
 		results: make(chan result),
 		done:    make(chan struct{}),
 	}

@@ -37,9 +37,17 @@ type result struct {
 	next time.Time // when to try again, unless done
 }
 
-// reach is what a turn learnt of the upstream. The loop takes it in with
-// the turn's concurrency place, before the bookkeeping is done, so that no
-// place freed by an unanswered attempt goes to another one unknowingly.
+// freedPlace is what a turn hands back with its concurrency place, before
+// its bookkeeping: what it learnt of the upstream comes with the place, so
+// that no place freed by an unanswered attempt goes to another one
+// unknowingly.
+type freedPlace struct {
+	h     *held
+	s     *Settings // the settings the turn ran with
+	reach reach
+}
+
+// reach is what a turn learnt of the upstream.
 type reach int8
 
 const (
@@ -76,10 +84,11 @@ type loop struct {
 	// unanswered counts the attempts in a row the upstream did not
 	// answer; from unreachableAfter on it is down (see there). probe is
 	// the attempt probing it, nil between probes; probeAt is when the
-	// next one may start.
-	unanswered int
-	probe      *held
-	probeAt    time.Time
+	// next one may start, after the backoff for probesFailed.
+	unanswered   int
+	probe        *held
+	probeAt      time.Time
+	probesFailed int
 	// settings are those of the last round: new ones (a config reload,
 	// perhaps with the upstream fixed) end an outage, to be found again
 	// if it goes on.
@@ -180,7 +189,7 @@ func (l *loop) pause() bool {
 func (l *loop) round() bool {
 	s := l.e.settings.Load()
 	if s != l.settings {
-		l.settings, l.unanswered = s, 0
+		l.settings, l.unanswered, l.probesFailed = s, 0, 0
 	}
 	log := l.e.logger(s)
 	b := boundsFor(s)
@@ -238,12 +247,9 @@ func (l *loop) down() bool { return l.unanswered >= unreachableAfter }
 func (l *loop) startDue(s *Settings, now time.Time) {
 	for l.running < s.Concurrency && l.due.Len() > 0 && !l.due[0].due.After(now) {
 		top := l.due[0]
-		asksUpstream := !top.acked && top.entry.Damaged == ""
-		if asksUpstream && l.down() {
-			if l.probe != nil || l.running > 0 || now.Before(l.probeAt) {
-				return
-			}
-			l.probe = top
+		probing := l.down() && !top.acked && top.entry.Damaged == ""
+		if probing && (l.probe != nil || l.running > 0 || now.Before(l.probeAt)) {
+			return
 		}
 		h := heap.Pop(&l.due).(*held)
 		if h.backingOff {
@@ -255,6 +261,9 @@ func (l *loop) startDue(s *Settings, now time.Time) {
 		l.busy++
 		l.e.inFlight.Add(1)
 		go l.e.deliver(s, h)
+		if probing {
+			l.probe = h
+		}
 	}
 }
 
@@ -321,9 +330,6 @@ func (l *loop) renew(log *zap.Logger) {
 func (l *loop) finish(r result) {
 	l.busy--
 	r.h.attempting = false
-	if r.h == l.probe {
-		l.probe = nil
-	}
 	if r.done {
 		delete(l.holding, r.h.entry.ID)
 		l.lookForMore = true
@@ -335,33 +341,45 @@ func (l *loop) finish(r result) {
 	heap.Push(&l.due, r.h)
 }
 
-// freed takes back an attempt's concurrency place and what it learnt.
-func (l *loop) freed(r reach) {
+// freed takes back a turn's concurrency place and what it learnt. A turn
+// that ran with earlier settings (before a reload) asked the upstream of
+// those, so what it learnt is not taken in.
+func (l *loop) freed(f freedPlace) {
 	l.running--
-	l.learn(r)
+	wasProbe := f.h == l.probe
+	if wasProbe {
+		l.probe = nil
+	}
+	if f.s == l.settings {
+		l.learn(f.reach, wasProbe)
+	}
 }
 
 // learn takes in whether an attempt was answered: an answer ends an
 // outage; the unreachableAfter-th unanswered attempt in a row starts one,
-// and each unanswered probe puts the next one off by the backoff.
-func (l *loop) learn(r reach) {
+// with the first probe a backoff away, and each unanswered probe puts the
+// next one off by the following step of the backoff. Attempts that were
+// running when the outage began only count.
+func (l *loop) learn(r reach, wasProbe bool) {
+	s := l.settings
 	switch r {
 	case answered:
 		if l.down() {
-			l.e.logger(l.e.settings.Load()).Info("upstream answering again; delivering")
+			l.e.logger(s).Info("upstream answering again; delivering")
 		}
-		l.unanswered = 0
+		l.unanswered, l.probesFailed = 0, 0
 	case unanswered:
 		l.unanswered++
-		if !l.down() {
-			return
-		}
-		s := l.e.settings.Load()
-		if l.unanswered == unreachableAfter {
+		switch {
+		case l.unanswered == unreachableAfter:
 			l.e.logger(s).Warn("upstream not answering; probing it with one payload at a time until it does",
 				zap.Int("unanswered_attempts", l.unanswered))
+		case wasProbe && l.down():
+			l.probesFailed++
+		default:
+			return
 		}
-		l.probeAt = l.e.cfg.Now().Add(s.Backoff.Delay(l.unanswered-unreachableAfter+1, l.e.cfg.Jitter()))
+		l.probeAt = l.e.cfg.Now().Add(s.Backoff.Delay(l.probesFailed+1, l.e.cfg.Jitter()))
 	}
 }
 

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -128,5 +129,39 @@ func TestReloadEndsOutage(t *testing.T) {
 	}
 	if n := tried.Load(); n != tries {
 		t.Errorf("the silent upstream saw %d attempts; want %d (one probe at a time, the next an hour away)", n, tries)
+	}
+}
+
+// What attempts against the upstream of an earlier config learn does not
+// count against the new one: a reload to a working upstream with less
+// concurrency, while attempts at a hanging one are still running, must
+// not take the new upstream for down before it was ever asked.
+func TestReloadIgnoresAttemptsAtTheOldUpstream(t *testing.T) {
+	hanging := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// the server notices the client giving up only once the body is read
+		_, _ = io.Copy(io.Discard, r.Body)
+		<-r.Context().Done()
+	}))
+	defer hanging.Close()
+	fixed := newUpstream(t, func(*http.Request, []byte) int { return 200 })
+
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
+	for i := range 10 {
+		admit(t, store, fmt.Sprint("k", i), "{}")
+	}
+	old := settingsFor(t, hanging.URL)
+	old.Timeout = 300 * time.Millisecond
+	old.Backoff = Backoff{Initial: time.Hour, Max: time.Hour}
+	e := startEngine(t, store, old)
+	waitStats(t, store, func(queue.Stats) bool { return e.InFlight() == old.Concurrency })
+
+	// the attempts at the hanging upstream time out after the reload
+	next := settingsFor(t, fixed.URL)
+	next.Concurrency = 1
+	next.Backoff = Backoff{Initial: time.Hour, Max: time.Hour}
+	e.SetSettings(next)
+	e.Wake()
+	for range 10 - old.Concurrency {
+		fixed.next(t)
 	}
 }

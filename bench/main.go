@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -197,6 +198,12 @@ func run() int {
 		// connections of them is another experiment (memory in flight),
 		// and four counts take four times as long. Name a list to run one.
 		*connsFlag = "64"
+	}
+	if *beforeBin != "" {
+		if err := exec.Command(*beforeBin, "version").Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "-before %q: not a Caddy binary that runs here (%v); build one at the earlier commit with go build -o <path> ./cmd/caddy\n", *beforeBin, err)
+			return 2
+		}
 	}
 	counts, err := parseCounts(*connsFlag)
 	if err != nil {

@@ -34,10 +34,10 @@ type outcome struct {
 	status     int           // upstream status, 0 without a response
 	reason     string        // for people: why it failed
 	retryAfter time.Duration // the upstream's Retry-After, if any
-	// answered: the upstream answered, whatever the status. unreachable:
-	// no answer at all (refused, reset, timed out). Neither: the attempt
-	// was cut short on our side (stopping, a panic).
-	answered, unreachable bool
+	// unreachable: no answer at all (refused, reset, timed out). With
+	// neither a status nor this, the attempt was cut short on our side
+	// (stopping, a panic) and says nothing of the upstream.
+	unreachable bool
 }
 
 // buildRequest makes the forwarded request: the body byte-identical, the
@@ -123,9 +123,7 @@ func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Ent
 	_, _ = io.CopyN(io.Discard, resp.Body, 64<<10)
 	resp.Body.Close()
 
-	o := classify(resp.StatusCode, resp.Header, now)
-	o.answered = true
-	return o
+	return classify(resp.StatusCode, resp.Header, now)
 }
 
 // classify maps an upstream status to what happens next.

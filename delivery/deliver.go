@@ -88,7 +88,7 @@ func (a *attemptRun) attempt() {
 	o := a.send(start)
 	took := a.e.cfg.Now().Sub(start)
 	switch {
-	case o.answered:
+	case o.status != 0:
 		a.reach = answered
 	case o.unreachable:
 		a.reach = unanswered

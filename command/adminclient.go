@@ -1,4 +1,4 @@
-package webhookrelay
+package command
 
 import (
 	"bytes"
@@ -16,6 +16,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	"github.com/hookrelay/caddy-webhook-relay/ops"
 )
 
 // adminClient is how the webhook-relay commands reach a running Caddy's
@@ -130,8 +132,8 @@ func unwrapURLError(err error) error {
 }
 
 // overview is GET /webhook_relay/: every relay of the running Caddy.
-func (c *adminClient) overview() ([]relayStatus, error) {
-	var out []relayStatus
+func (c *adminClient) overview() ([]ops.RelayStatus, error) {
+	var out []ops.RelayStatus
 	err := c.call(http.MethodGet, "/webhook_relay/", nil, &out)
 	if isStatus(err, http.StatusNotFound) {
 		return nil, fmt.Errorf("the Caddy at %s has no webhook_relay admin API: is it built with this module "+

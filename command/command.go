@@ -1,4 +1,7 @@
-package webhookrelay
+// Package command is the caddy webhook-relay subcommands (status, dead,
+// replay, delete) and their client of the admin API, whose JSON answers
+// they decode into the operations layer's types (package ops).
+package command
 
 import (
 	"bytes"
@@ -16,6 +19,8 @@ import (
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+
+	"github.com/hookrelay/caddy-webhook-relay/ops"
 )
 
 // Exit codes of the webhook-relay commands, for scripts.
@@ -205,12 +210,12 @@ func cmdRelayStatus(fl caddycmd.Flags) (int, error) {
 			}
 			var refused int64
 			for outcome, n := range r.Requests {
-				if outcome != OutcomeAccepted && outcome != OutcomeDuplicate {
+				if outcome != "accepted" && outcome != "duplicate" {
 					refused += n
 				}
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", r.Name, backlog, r.InFlight, dead, oldest,
-				r.Requests[OutcomeAccepted], r.Requests[OutcomeDuplicate], refused,
+				r.Requests["accepted"], r.Requests["duplicate"], refused,
 				r.Deliveries["success"], r.Deliveries["retry"], r.Deliveries["dead"], r.UpstreamHost)
 		}
 		if err := tw.Flush(); err != nil {
@@ -256,13 +261,13 @@ func cmdDead(fl caddycmd.Flags) (int, error) {
 		return showDead(c, fl, name, args[2])
 	}
 
-	var all []deadLetter
+	var all []ops.DeadLetter
 	for after := ""; ; {
-		q := url.Values{"limit": {strconv.Itoa(maxDeadPage)}}
+		q := url.Values{"limit": {strconv.Itoa(ops.MaxPage)}}
 		if after != "" {
 			q.Set("after", after)
 		}
-		var page deadPage
+		var page ops.DeadPage
 		if err := c.call(http.MethodGet, relayPath(name, "dead")+"?"+q.Encode(), nil, &page); err != nil {
 			return exitError, fmt.Errorf("listing the dead letters of %s: %v", name, err)
 		}
@@ -274,7 +279,7 @@ func cmdDead(fl caddycmd.Flags) (int, error) {
 	}
 	if fl.Bool("json") {
 		if all == nil {
-			all = []deadLetter{}
+			all = []ops.DeadLetter{}
 		}
 		return exitStatus(printJSON(all))
 	}
@@ -292,7 +297,7 @@ func cmdDead(fl caddycmd.Flags) (int, error) {
 }
 
 func showDead(c *adminClient, fl caddycmd.Flags, name, id string) (int, error) {
-	var d deadLetter
+	var d ops.DeadLetter
 	err := c.call(http.MethodGet, relayPath(name, "dead", id), nil, &d)
 	if isStatus(err, http.StatusNotFound) {
 		return exitError, fmt.Errorf("relay %s has no dead letter %q (caddy webhook-relay dead %s lists them)", name, id, name)

@@ -82,10 +82,8 @@ their dead letters, through its admin API (the routes under /webhook_relay/).
 				return usage("", "unknown subcommand %q: want status, dead, replay or delete", fl.Args()[0])
 			})
 
-			status := &cobra.Command{
-				Use:   "status [--json] [--address <admin>]",
-				Short: "Shows every relay: backlog, in flight, dead letters, oldest queued, totals",
-				Long: `
+			status := subcommand("status [--json] [--address <admin>]",
+				"Shows every relay: backlog, in flight, dead letters, oldest queued, totals", `
 Shows every relay of the running Caddy, one line each:
 
   RELAY      its name
@@ -102,17 +100,12 @@ Shows every relay of the running Caddy, one line each:
   UPSTREAM   the host deliveries go to
 
 --json prints the admin API's answer instead, for machines.
-` + commandAdminText + commandExitCodes,
-				Args: cobra.ArbitraryArgs,
-				RunE: caddycmd.WrapCommandFuncForCobra(cmdRelayStatus),
-			}
+`,
+				cmdRelayStatus)
 			status.Flags().Bool("json", false, "Print JSON, as the admin API answers")
-			cmd.AddCommand(status)
 
-			dead := &cobra.Command{
-				Use:   "dead <relay> [show <id>] [--json] [--body]",
-				Short: "Lists a relay's dead letters, or shows one with its body",
-				Long: `
+			dead := subcommand("dead <relay> [show <id>] [--json] [--body]",
+				"Lists a relay's dead letters, or shows one with its body", `
 Lists the dead letters of <relay>, oldest first, one line each: ID, AGE
 (since it was received), ATTEMPTS, STATUS (the upstream's last answer, "-"
 for none), ERROR (the last one, cut at 60 characters) and KEY. All of them
@@ -125,18 +118,13 @@ UTF-8 in base64).
 --json prints the admin API's answers instead (for a list, every entry in
 one array); --body prints only the body of show <id>, byte for byte, e.g.
 to save it: caddy webhook-relay dead runware show <id> --body > payload.json
-` + commandAdminText + commandExitCodes,
-				Args: cobra.ArbitraryArgs,
-				RunE: caddycmd.WrapCommandFuncForCobra(cmdDead),
-			}
+`,
+				cmdDead)
 			dead.Flags().Bool("json", false, "Print JSON, as the admin API answers")
 			dead.Flags().Bool("body", false, "With show <id>: print only the body, exactly as received")
-			cmd.AddCommand(dead)
 
-			replay := &cobra.Command{
-				Use:   "replay <relay> (--all | <id>...)",
-				Short: "Puts dead letters back in the queue, to be delivered again",
-				Long: `
+			replay := subcommand("replay <relay> (--all | <id>...)",
+				"Puts dead letters back in the queue, to be delivered again", `
 Puts the dead letters named (or, with --all, every dead letter of <relay>)
 back in the relay's queue, with their attempts reset: they are delivered
 like new payloads. Fix whatever made the upstream refuse them first (see
@@ -145,28 +133,33 @@ their last status and error with 'caddy webhook-relay dead <relay>').
 Prints one line per dead letter replayed (with --all, how many). An id that
 is not a dead letter of <relay> (unknown, or replayed or deleted already)
 is reported and makes the exit status 1; the other ids are still replayed.
-` + commandAdminText + commandExitCodes,
-				Args: cobra.ArbitraryArgs,
-				RunE: caddycmd.WrapCommandFuncForCobra(cmdReplay),
-			}
+`,
+				cmdReplay)
 			replay.Flags().Bool("all", false, "Replay every dead letter of the relay")
-			cmd.AddCommand(replay)
 
-			del := &cobra.Command{
-				Use:   "delete <relay> <id>...",
-				Short: "Deletes dead letters for good",
-				Long: `
+			del := subcommand("delete <relay> <id>...",
+				"Deletes dead letters for good", `
 Deletes the dead letters named from <relay>; they cannot be brought back.
 Prints one line per dead letter deleted. An id that is not a dead letter of
 <relay> is reported and makes the exit status 1; the other ids are still
 deleted.
-` + commandAdminText + commandExitCodes,
-				Args: cobra.ArbitraryArgs,
-				RunE: caddycmd.WrapCommandFuncForCobra(cmdDelete),
-			}
-			cmd.AddCommand(del)
+`,
+				cmdDelete)
+			cmd.AddCommand(status, dead, replay, del)
 		},
 	})
+}
+
+// subcommand is one of webhook-relay's subcommands; its help ends as
+// every one's does.
+func subcommand(use, short, long string, run caddycmd.CommandFunc) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  long + commandAdminText + commandExitCodes,
+		Args:  cobra.ArbitraryArgs,
+		RunE:  caddycmd.WrapCommandFuncForCobra(run),
+	}
 }
 
 // usage is a usage error of the subcommand sub (empty: of webhook-relay

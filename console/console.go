@@ -190,7 +190,7 @@ func (c *Console) serveAPI(w http.ResponseWriter, r *http.Request, endpoint stri
 		return nil
 	}
 	ae := ops.HTTPError(err)
-	return writeJSON(w, ae.HTTPStatus, map[string]string{"error": ae.Err.Error()})
+	return ops.WriteJSON(w, ae.HTTPStatus, map[string]string{"error": ae.Err.Error()})
 }
 
 // api answers the page's JSON: each endpoint is one call of the
@@ -213,13 +213,13 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 	q := r.URL.Query()
 	switch endpoint {
 	case "relays":
-		return writeJSON(w, http.StatusOK, map[string]any{"now": time.Now(), "relays": ops.List(r.Context())})
+		return ops.WriteJSON(w, http.StatusOK, map[string]any{"now": time.Now(), "relays": ops.List(r.Context())})
 	case "letter":
 		d, err := ops.ShowDead(r.Context(), q.Get("relay"), q.Get("id"))
 		if err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, d)
+		return ops.WriteJSON(w, http.StatusOK, d)
 	case "dead":
 		if _, err := ops.Find(q.Get("relay")); err != nil {
 			return err // an unknown relay before a bad limit, as the admin API
@@ -232,7 +232,7 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 		if err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, page)
+		return ops.WriteJSON(w, http.StatusOK, page)
 	}
 
 	if err := c.origin.Check(r); err != nil {
@@ -266,7 +266,7 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 			return err
 		}
 		logger.Info("console: dead letters replayed", zap.Int("replayed", n))
-		return writeJSON(w, http.StatusOK, map[string]int{"replayed": n})
+		return ops.WriteJSON(w, http.StatusOK, map[string]int{"replayed": n})
 	}
 
 	var n int
@@ -280,17 +280,11 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]int{"deleted": n})
+	return ops.WriteJSON(w, http.StatusOK, map[string]int{"deleted": n})
 }
 
 func apiError(status int, msg string) error {
 	return caddy.APIError{HTTPStatus: status, Err: errors.New(msg)}
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) error {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	return json.NewEncoder(w).Encode(v)
 }
 
 // userOf is the authenticated user of the request (basic_auth or

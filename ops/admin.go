@@ -52,7 +52,7 @@ func (adminAPI) route(w http.ResponseWriter, r *http.Request) error {
 		if r.Method != http.MethodGet {
 			return apiError(http.StatusMethodNotAllowed, "use GET")
 		}
-		return writeJSON(w, http.StatusOK, List(r.Context()))
+		return WriteJSON(w, http.StatusOK, List(r.Context()))
 	}
 
 	parts := strings.Split(path, "/")
@@ -70,7 +70,7 @@ func (adminAPI) route(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, page)
+		return WriteJSON(w, http.StatusOK, page)
 	case len(parts) == 3 && parts[1] == "dead" && parts[2] == "replay" && r.Method == http.MethodPost:
 		ids, err := replayRequest(r.Body)
 		if err != nil {
@@ -80,18 +80,18 @@ func (adminAPI) route(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, map[string]int{"replayed": n})
+		return WriteJSON(w, http.StatusOK, map[string]int{"replayed": n})
 	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodGet:
 		d, err := ShowDead(r.Context(), name, parts[2])
 		if err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, d)
+		return WriteJSON(w, http.StatusOK, d)
 	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodDelete:
 		if err := Delete(r.Context(), name, parts[2]); err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, map[string]string{"deleted": parts[2]})
+		return WriteJSON(w, http.StatusOK, map[string]string{"deleted": parts[2]})
 	}
 	if len(parts) >= 2 && len(parts) <= 3 && parts[1] == "dead" {
 		return apiError(http.StatusMethodNotAllowed, "method not allowed here; see the README's admin API section")
@@ -148,7 +148,7 @@ func apiError(status int, msg string) error {
 }
 
 // writeJSON answers v as JSON with the status.
-func writeJSON(w http.ResponseWriter, status int, v any) error {
+func WriteJSON(w http.ResponseWriter, status int, v any) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	return json.NewEncoder(w).Encode(v)

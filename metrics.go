@@ -166,9 +166,8 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	relays := ops.Relays()
 	seen := make(map[string]bool)
-	for _, r := range slices.Backward(relays) {
+	for _, r := range slices.Backward(ops.Relays()) {
 		if seen[r.Name()] {
 			continue // during a store change two generations share a name: the newest counts
 		}

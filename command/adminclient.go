@@ -164,6 +164,16 @@ func (c *adminClient) relay(name string) error {
 	return fmt.Errorf("no relay named %q in the Caddy at %s (%s; caddy webhook-relay status lists them)", name, c.addr, running)
 }
 
+// relayClient is the client of the Caddy fl names, checked to run the
+// relay called name.
+func relayClient(fl caddycmd.Flags, name string) (*adminClient, error) {
+	c, err := newAdminClient(fl)
+	if err != nil {
+		return nil, err
+	}
+	return c, c.relay(name)
+}
+
 func relayPath(name string, parts ...string) string {
 	p := "/webhook_relay/" + url.PathEscape(name)
 	for _, part := range parts {

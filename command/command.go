@@ -242,12 +242,9 @@ func cmdDead(fl caddycmd.Flags) (int, error) {
 	if fl.Bool("body") && (!show || fl.Bool("json")) {
 		return usage("dead", "--body goes with show <id>, without --json")
 	}
-	c, err := newAdminClient(fl)
-	if err != nil {
-		return exitError, err
-	}
 	name := args[0]
-	if err := c.relay(name); err != nil {
+	c, err := relayClient(fl, name)
+	if err != nil {
 		return exitError, err
 	}
 	if show {
@@ -362,12 +359,9 @@ func cmdReplay(fl caddycmd.Flags) (int, error) {
 	case !all && len(args) == 1:
 		return usage("replay", "name the dead letters to replay, or --all: caddy webhook-relay replay %s (--all | <id>...)", args[0])
 	}
-	c, err := newAdminClient(fl)
-	if err != nil {
-		return exitError, err
-	}
 	name := args[0]
-	if err := c.relay(name); err != nil {
+	c, err := relayClient(fl, name)
+	if err != nil {
 		return exitError, err
 	}
 	var out struct {
@@ -404,12 +398,9 @@ func cmdDelete(fl caddycmd.Flags) (int, error) {
 	case 1:
 		return usage("delete", "name the dead letters to delete: caddy webhook-relay delete %s <id>...", args[0])
 	}
-	c, err := newAdminClient(fl)
-	if err != nil {
-		return exitError, err
-	}
 	name := args[0]
-	if err := c.relay(name); err != nil {
+	c, err := relayClient(fl, name)
+	if err != nil {
 		return exitError, err
 	}
 	var missing []string

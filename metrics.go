@@ -3,12 +3,13 @@ package webhookrelay
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/hookrelay/caddy-webhook-relay/delivery"
+	"github.com/hookrelay/caddy-webhook-relay/ops"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
@@ -92,10 +93,15 @@ func registerMetrics(registry *prometheus.Registry) error {
 	return nil
 }
 
-// relayMetrics holds one relay's series, looked up once instead of per request.
+// relayMetrics holds one relay's series, looked up once instead of per
+// request, and its counters.
 type relayMetrics struct {
 	outcomes   map[string]prometheus.Counter
 	ackSeconds prometheus.Observer
+	results    map[string]prometheus.Counter
+	delSeconds prometheus.Observer
+	deadDrops  prometheus.Counter
+	counters   *relayCounters
 }
 
 func newRelayMetrics(name string) *relayMetrics {
@@ -103,39 +109,43 @@ func newRelayMetrics(name string) *relayMetrics {
 	m := &relayMetrics{
 		outcomes:   make(map[string]prometheus.Counter),
 		ackSeconds: metrics.ackSeconds.WithLabelValues(name),
+		results:    make(map[string]prometheus.Counter),
+		delSeconds: metrics.delSeconds.WithLabelValues(name),
+		deadDrops:  metrics.deadDrops.WithLabelValues(name),
+		counters:   countersFor(name),
 	}
-	for _, o := range []string{OutcomeAccepted, OutcomeDuplicate, OutcomeUnauthorized, OutcomeTooLarge,
-		OutcomeBadRequest, OutcomeTimeout, OutcomeUnavailable, OutcomeMethodNotAllowed} {
+	for _, o := range outcomes {
 		m.outcomes[o] = metrics.requests.WithLabelValues(name, o)
+	}
+	for _, r := range deliveryResults {
+		m.results[r] = metrics.deliveries.WithLabelValues(name, r)
 	}
 	return m
 }
 
+// request counts one answered request of the ack path.
 func (m *relayMetrics) request(outcome string, took time.Duration) {
 	m.outcomes[outcome].Inc()
+	m.counters.requests.add(outcome)
 	m.ackSeconds.Observe(took.Seconds())
 }
 
-// deliveryObserver feeds the engine's attempt results into the metrics.
-func deliveryObserver(name string) func(result string, took time.Duration) {
-	initMetrics()
-	counters := map[string]prometheus.Counter{}
-	for _, r := range []string{delivery.ResultSuccess, delivery.ResultRetry, delivery.ResultDead} {
-		counters[r] = metrics.deliveries.WithLabelValues(name, r)
-	}
-	seconds := metrics.delSeconds.WithLabelValues(name)
-	return func(result string, took time.Duration) {
-		counters[result].Inc()
-		seconds.Observe(took.Seconds())
-	}
+// delivery counts one delivery attempt (the engine's Observe).
+func (m *relayMetrics) delivery(result string, took time.Duration) {
+	m.results[result].Inc()
+	m.counters.deliveries.add(result)
+	m.delSeconds.Observe(took.Seconds())
 }
 
-// deadDroppedObserver counts the dead letters removed by the bounds.
-func deadDroppedObserver(name string) func(*queue.Entry) {
-	initMetrics()
-	dropped := metrics.deadDrops.WithLabelValues(name)
-	return func(*queue.Entry) { dropped.Inc() }
+// deadDropped counts a dead letter removed by the bounds (the engine's
+// DeadDropped).
+func (m *relayMetrics) deadDropped(*queue.Entry) {
+	m.deadDrops.Inc()
+	m.counters.deadDropped.Add(1)
 }
+
+// totals are the relay's counts since Caddy started.
+func (m *relayMetrics) totals() ops.Totals { return m.counters.totals() }
 
 // stateCollector reads backlog, oldest age and dead letters from each open
 // store when metrics are scraped, so the numbers are never stale and span
@@ -157,28 +167,26 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	seen := make(map[string]bool)
-	for _, r := range openRelays() {
-		if seen[r.name] {
-			continue // during a store change two generations share a name
+	for _, r := range slices.Backward(ops.Relays()) {
+		if seen[r.Name()] {
+			continue // during a store change two generations share a name: the newest counts
 		}
-		seen[r.name] = true
+		seen[r.Name()] = true
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		st, err := r.store.Stats(ctx)
+		s := ops.Status(ctx, r)
 		cancel()
-		// read after the store: an attempt leaves InFlight before its
-		// payload leaves the queue
-		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(r.engine.InFlight()), r.name)
-		ch <- prometheus.MustNewConstMetric(c.memory, prometheus.GaugeValue, float64(r.memory.Used()), r.name)
-		if err != nil {
+		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(s.InFlight), s.Name)
+		ch <- prometheus.MustNewConstMetric(c.memory, prometheus.GaugeValue, float64(s.MemoryBytes), s.Name)
+		if s.Error != "" {
 			continue
 		}
 		age := 0.0
-		if !st.OldestQueued.IsZero() {
-			age = max(time.Since(st.OldestQueued).Seconds(), 0)
+		if s.OldestQueued != nil {
+			age = max(time.Since(*s.OldestQueued).Seconds(), 0)
 		}
-		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(st.Backlog), r.name)
-		ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age, r.name)
-		ch <- prometheus.MustNewConstMetric(c.dead, prometheus.GaugeValue, float64(st.Dead), r.name)
-		ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(st.Keys), r.name)
+		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(s.Backlog), s.Name)
+		ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age, s.Name)
+		ch <- prometheus.MustNewConstMetric(c.dead, prometheus.GaugeValue, float64(s.DeadLetters), s.Name)
+		ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(s.Keys), s.Name)
 	}
 }

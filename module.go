@@ -166,19 +166,20 @@ type Handler struct {
 	// 720h (30 days).
 	DeadRetention caddy.Duration `json:"dead_retention,omitempty"`
 
-	keyer     *dedupe.Keyer
-	auth      []authParam
-	verifier  *verify.Verifier
-	keep      []string // canonical names of the incoming headers stored with a payload
-	signKey   []byte   // sign_upstream's key
-	settings  *delivery.Settings
-	relay     *pooledRelay
-	admitter  queue.Admitter // the relay's store, as the ack path sees it
-	poolKey   string
-	configCtx caddy.Context
-	nameTaken bool
-	metrics   *relayMetrics
-	logger    *zap.Logger
+	keyer      *dedupe.Keyer
+	auth       []authParam
+	verifier   *verify.Verifier
+	keep       []string // canonical names of the incoming headers stored with a payload
+	signKey    []byte   // sign_upstream's key
+	settings   *delivery.Settings
+	relay      *pooledRelay
+	poolConfig *relayConfig   // what the relay applies of this config
+	admitter   queue.Admitter // the relay's store, as the ack path sees it
+	poolKey    string
+	configCtx  caddy.Context
+	nameTaken  bool
+	metrics    *relayMetrics
+	logger     *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -273,15 +274,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	opts := queue.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog}
+	h.poolConfig = &relayConfig{settings: h.settings, window: time.Duration(h.Window), maxBacklog: h.MaxBacklog,
+		maxMemory: h.MaxMemory, maxBody: h.MaxBody}
 	h.poolKey = "webhook_relay:" + h.Name + ":" + store.StoreIdentity(h.Name)
-	h.relay, err = acquireRelay(h.poolKey, h, store, opts, ctx.Logger())
+	h.relay, err = acquireRelay(h.poolKey, relayOpening{
+		name:        h.Name,
+		backend:     store,
+		opts:        queue.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog},
+		logger:      ctx.Logger(),
+		observe:     h.metrics.delivery,
+		deadDropped: h.metrics.deadDropped,
+		totals:      h.metrics.totals,
+	}, h.poolConfig)
 	if err != nil {
 		h.poolKey = ""
 		return err
 	}
 	h.admitter = h.relay.store
-	h.relay.attach(h)
+	h.relay.attach(h.poolConfig)
 	return nil
 }
 
@@ -458,7 +468,7 @@ func (h *Handler) Cleanup() error {
 		releaseName(h.configCtx, h)
 	}
 	if h.relay != nil {
-		h.relay.detach(h)
+		h.relay.detach(h.poolConfig)
 	}
 	if h.poolKey != "" {
 		if _, err := relayPool.Delete(h.poolKey); err != nil {

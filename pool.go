@@ -2,7 +2,6 @@ package webhookrelay
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"github.com/hookrelay/caddy-webhook-relay/delivery"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 	"github.com/hookrelay/caddy-webhook-relay/internal/faultlog"
+	"github.com/hookrelay/caddy-webhook-relay/ops"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
@@ -26,6 +26,31 @@ var relayPool = caddy.NewUsagePool()
 // stops; whatever is left stays queued in the store.
 const shutdownGrace = 5 * time.Second
 
+// relayConfig is what the pool needs of one config of a relay: the
+// settings its store, memory budget and deliveries apply.
+type relayConfig struct {
+	settings   *delivery.Settings // the deliveries' (upstream, dead-letter bounds, ...)
+	window     time.Duration
+	maxBacklog int
+	maxMemory  int64
+	maxBody    int64
+}
+
+// relayOpening is what opening a relay takes besides its first config:
+// its store module, and where it reports what it counts.
+type relayOpening struct {
+	name    string
+	backend queue.Backend
+	opts    queue.Options
+	logger  *zap.Logger
+	// observe is told every delivery attempt's result, deadDropped every
+	// dead letter removed by the bounds; totals reads the counts since
+	// Caddy started.
+	observe     func(result string, took time.Duration)
+	deadDropped func(*queue.Entry)
+	totals      func() ops.Totals
+}
+
 // pooledRelay is the part of a webhook_relay that outlives a config: the store and
 // the delivery engine working on its queue.
 type pooledRelay struct {
@@ -36,155 +61,114 @@ type pooledRelay struct {
 	memory        *budget.Budget   // bodies in memory, intake and delivery together
 	storeErr      faultlog.Tracker // admit failures, logged once per outage
 	storeConfig   []byte           // the store module's settings it was opened with
+	totals        func() ops.Totals
 
-	mu       sync.Mutex
-	handlers []*Handler // configs using this relay, newest last
+	mu      sync.Mutex
+	configs []*relayConfig // configs using this relay, newest last
 }
 
-func acquireRelay(key string, h *Handler, mod queue.Backend, opts queue.Options, logger *zap.Logger) (*pooledRelay, error) {
-	name := h.Name
-	storeConfig, _ := json.Marshal(mod)
+// acquireRelay opens the relay under key, or finds it open, and registers
+// it with the operations while it is open.
+func acquireRelay(key string, o relayOpening, cfg *relayConfig) (*pooledRelay, error) {
+	storeConfig, _ := json.Marshal(o.backend)
 	val, loaded, err := relayPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		store, err := mod.OpenStore(name, opts, logger)
+		store, err := o.backend.OpenStore(o.name, o.opts, o.logger)
 		if err != nil {
 			return nil, err
 		}
-		r := &pooledRelay{name: name, storeIdentity: mod.StoreIdentity(name), store: store, storeConfig: storeConfig,
-			memory: budget.New(h.MaxMemory, h.MaxBody)}
+		r := &pooledRelay{name: o.name, storeIdentity: o.backend.StoreIdentity(o.name), store: store,
+			storeConfig: storeConfig, totals: o.totals, memory: budget.New(cfg.maxMemory, cfg.maxBody)}
 		r.engine = delivery.Start(delivery.Config{
 			Store:       store,
-			Settings:    h.settings,
+			Settings:    cfg.settings,
 			Budget:      r.memory,
-			Logger:      logger.With(zap.String("relay", name)),
-			Observe:     deliveryObserver(name),
-			DeadDropped: deadDroppedObserver(name),
+			Logger:      o.logger.With(zap.String("relay", o.name)),
+			Observe:     o.observe,
+			DeadDropped: o.deadDropped,
 		})
+		ops.Register(r)
 		return r, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("relay %s: opening store: %v", name, err)
+		return nil, fmt.Errorf("relay %s: opening store: %v", o.name, err)
 	}
 	r := val.(*pooledRelay)
 	if loaded && !bytes.Equal(r.storeConfig, storeConfig) {
 		// Reopening would interrupt the queue (and a bbolt file cannot be
 		// opened twice), so the open store stays as it is.
-		logger.Warn("store options changed (e.g. timeouts, durable_ack, credentials); they take effect when Caddy restarts",
-			zap.String("relay", name))
+		o.logger.Warn("store options changed (e.g. timeouts, durable_ack, credentials); they take effect when Caddy restarts",
+			zap.String("relay", o.name))
 	}
 	return r, nil
 }
 
-// attach makes h's settings the ones the store and the deliveries use.
-func (r *pooledRelay) attach(h *Handler) {
+// attach makes cfg's settings the ones the store and the deliveries use.
+func (r *pooledRelay) attach(cfg *relayConfig) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.handlers = append(r.handlers, h)
-	r.apply(h)
+	r.configs = append(r.configs, cfg)
+	r.apply(cfg)
 }
 
-func (r *pooledRelay) apply(h *Handler) {
-	r.store.SetLimits(time.Duration(h.Window), h.MaxBacklog)
-	r.memory.SetLimits(h.MaxMemory, h.MaxBody)
-	r.engine.SetSettings(h.settings)
+func (r *pooledRelay) apply(cfg *relayConfig) {
+	r.store.SetLimits(cfg.window, cfg.maxBacklog)
+	r.memory.SetLimits(cfg.maxMemory, cfg.maxBody)
+	r.engine.SetSettings(cfg.settings)
 }
 
-// detach forgets h; the newest remaining config's settings apply again, so a
-// config that failed to load does not leave its settings behind.
-func (r *pooledRelay) detach(h *Handler) {
+// detach forgets cfg; the newest remaining config's settings apply again,
+// so a config that failed to load does not leave its settings behind.
+func (r *pooledRelay) detach(cfg *relayConfig) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for i, other := range r.handlers {
-		if other == h {
-			r.handlers = append(r.handlers[:i], r.handlers[i+1:]...)
+	for i, other := range r.configs {
+		if other == cfg {
+			r.configs = append(r.configs[:i], r.configs[i+1:]...)
 			break
 		}
 	}
-	if n := len(r.handlers); n > 0 {
-		r.apply(r.handlers[n-1])
+	if n := len(r.configs); n > 0 {
+		r.apply(r.configs[n-1])
 	}
-}
-
-// newest is the handler of the newest config using this relay, or nil.
-func (r *pooledRelay) newest() *Handler {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if n := len(r.handlers); n > 0 {
-		return r.handlers[n-1]
-	}
-	return nil
-}
-
-// upstreamHost is the host deliveries go to under the newest config.
-func (r *pooledRelay) upstreamHost() string {
-	if h := r.newest(); h != nil {
-		return h.settings.Upstream.Host
-	}
-	return ""
 }
 
 // Destruct stops the deliveries and closes the store, when the last config
 // using this relay is gone.
 func (r *pooledRelay) Destruct() error {
+	ops.Unregister(r)
 	r.engine.Stop(shutdownGrace)
 	return r.store.Close()
 }
 
-// namesInUse tracks the relay names of each config being loaded, keyed by
-// the config's context, so that two different relays cannot share a name.
+// The pooled relay as the operations see it (ops.Relay).
+
+func (r *pooledRelay) Name() string          { return r.name }
+func (r *pooledRelay) StoreIdentity() string { return r.storeIdentity }
+func (r *pooledRelay) Store() ops.Store      { return r.store }
+func (r *pooledRelay) InFlight() int         { return r.engine.InFlight() }
+func (r *pooledRelay) MemoryUsed() int64     { return r.memory.Used() }
+func (r *pooledRelay) Wake()                 { r.engine.Wake() }
+func (r *pooledRelay) Totals() ops.Totals    { return r.totals() }
+
+// Bounds are the newest config's.
+func (r *pooledRelay) Bounds() (ops.Bounds, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := len(r.configs)
+	if n == 0 {
+		return ops.Bounds{}, false
+	}
+	cfg := r.configs[n-1]
+	return ops.Bounds{
+		UpstreamHost:  cfg.settings.Upstream.Host,
+		MaxMemory:     cfg.maxMemory,
+		MaxDead:       cfg.settings.MaxDead,
+		DeadRetention: cfg.settings.DeadRetention,
+	}, true
+}
+
+// Interface guards
 var (
-	namesMu    sync.Mutex
-	namesInUse = make(map[context.Context]map[string]namedRelay)
+	_ caddy.Destructor = (*pooledRelay)(nil)
+	_ ops.Relay        = (*pooledRelay)(nil)
 )
-
-// namedRelay is the handler that took a name, and its settings as JSON at
-// that moment (loading the store module clears StoreRaw afterwards).
-type namedRelay struct {
-	h        *Handler
-	settings []byte
-}
-
-// claimName registers h's name in its config. The same relay listed twice
-// (one site block serving several addresses becomes one handler per server)
-// has identical settings and may share the name; a different relay may not.
-func claimName(ctx caddy.Context, h *Handler) error {
-	namesMu.Lock()
-	defer namesMu.Unlock()
-	names := namesInUse[ctx.Context]
-	if names == nil {
-		names = make(map[string]namedRelay)
-		namesInUse[ctx.Context] = names
-	}
-	settings, err := json.Marshal(h)
-	if err != nil {
-		return err
-	}
-	if other, ok := names[h.Name]; ok && !bytes.Equal(other.settings, settings) {
-		return fmt.Errorf("two webhook_relay handlers with different settings are both named %q "+
-			"(an unnamed one is named %q): give each its own name", h.Name, DefaultName)
-	} else if !ok {
-		names[h.Name] = namedRelay{h: h, settings: settings}
-	}
-	return nil
-}
-
-func releaseName(ctx caddy.Context, h *Handler) {
-	namesMu.Lock()
-	defer namesMu.Unlock()
-	names := namesInUse[ctx.Context]
-	if names[h.Name].h == h {
-		delete(names, h.Name)
-	}
-	if len(names) == 0 {
-		delete(namesInUse, ctx.Context)
-	}
-}
-
-// openRelays lists the relays open in this process.
-func openRelays() []*pooledRelay {
-	var out []*pooledRelay
-	relayPool.Range(func(_, v any) bool {
-		out = append(out, v.(*pooledRelay))
-		return true
-	})
-	return out
-}

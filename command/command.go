@@ -1,4 +1,7 @@
-package webhookrelay
+// Package command is the caddy webhook-relay subcommands (status, dead,
+// replay, delete) and their client of the admin API, whose JSON answers
+// they decode into the operations layer's types (package ops).
+package command
 
 import (
 	"bytes"
@@ -16,6 +19,8 @@ import (
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+
+	"github.com/hookrelay/caddy-webhook-relay/ops"
 )
 
 // Exit codes of the webhook-relay commands, for scripts.
@@ -77,10 +82,8 @@ their dead letters, through its admin API (the routes under /webhook_relay/).
 				return usage("", "unknown subcommand %q: want status, dead, replay or delete", fl.Args()[0])
 			})
 
-			status := &cobra.Command{
-				Use:   "status [--json] [--address <admin>]",
-				Short: "Shows every relay: backlog, in flight, dead letters, oldest queued, totals",
-				Long: `
+			status := subcommand("status [--json] [--address <admin>]",
+				"Shows every relay: backlog, in flight, dead letters, oldest queued, totals", `
 Shows every relay of the running Caddy, one line each:
 
   RELAY      its name
@@ -97,17 +100,12 @@ Shows every relay of the running Caddy, one line each:
   UPSTREAM   the host deliveries go to
 
 --json prints the admin API's answer instead, for machines.
-` + commandAdminText + commandExitCodes,
-				Args: cobra.ArbitraryArgs,
-				RunE: caddycmd.WrapCommandFuncForCobra(cmdRelayStatus),
-			}
+`,
+				cmdRelayStatus)
 			status.Flags().Bool("json", false, "Print JSON, as the admin API answers")
-			cmd.AddCommand(status)
 
-			dead := &cobra.Command{
-				Use:   "dead <relay> [show <id>] [--json] [--body]",
-				Short: "Lists a relay's dead letters, or shows one with its body",
-				Long: `
+			dead := subcommand("dead <relay> [show <id>] [--json] [--body]",
+				"Lists a relay's dead letters, or shows one with its body", `
 Lists the dead letters of <relay>, oldest first, one line each: ID, AGE
 (since it was received), ATTEMPTS, STATUS (the upstream's last answer, "-"
 for none), ERROR (the last one, cut at 60 characters) and KEY. All of them
@@ -120,18 +118,13 @@ UTF-8 in base64).
 --json prints the admin API's answers instead (for a list, every entry in
 one array); --body prints only the body of show <id>, byte for byte, e.g.
 to save it: caddy webhook-relay dead runware show <id> --body > payload.json
-` + commandAdminText + commandExitCodes,
-				Args: cobra.ArbitraryArgs,
-				RunE: caddycmd.WrapCommandFuncForCobra(cmdDead),
-			}
+`,
+				cmdDead)
 			dead.Flags().Bool("json", false, "Print JSON, as the admin API answers")
 			dead.Flags().Bool("body", false, "With show <id>: print only the body, exactly as received")
-			cmd.AddCommand(dead)
 
-			replay := &cobra.Command{
-				Use:   "replay <relay> (--all | <id>...)",
-				Short: "Puts dead letters back in the queue, to be delivered again",
-				Long: `
+			replay := subcommand("replay <relay> (--all | <id>...)",
+				"Puts dead letters back in the queue, to be delivered again", `
 Puts the dead letters named (or, with --all, every dead letter of <relay>)
 back in the relay's queue, with their attempts reset: they are delivered
 like new payloads. Fix whatever made the upstream refuse them first (see
@@ -140,28 +133,33 @@ their last status and error with 'caddy webhook-relay dead <relay>').
 Prints one line per dead letter replayed (with --all, how many). An id that
 is not a dead letter of <relay> (unknown, or replayed or deleted already)
 is reported and makes the exit status 1; the other ids are still replayed.
-` + commandAdminText + commandExitCodes,
-				Args: cobra.ArbitraryArgs,
-				RunE: caddycmd.WrapCommandFuncForCobra(cmdReplay),
-			}
+`,
+				cmdReplay)
 			replay.Flags().Bool("all", false, "Replay every dead letter of the relay")
-			cmd.AddCommand(replay)
 
-			del := &cobra.Command{
-				Use:   "delete <relay> <id>...",
-				Short: "Deletes dead letters for good",
-				Long: `
+			del := subcommand("delete <relay> <id>...",
+				"Deletes dead letters for good", `
 Deletes the dead letters named from <relay>; they cannot be brought back.
 Prints one line per dead letter deleted. An id that is not a dead letter of
 <relay> is reported and makes the exit status 1; the other ids are still
 deleted.
-` + commandAdminText + commandExitCodes,
-				Args: cobra.ArbitraryArgs,
-				RunE: caddycmd.WrapCommandFuncForCobra(cmdDelete),
-			}
-			cmd.AddCommand(del)
+`,
+				cmdDelete)
+			cmd.AddCommand(status, dead, replay, del)
 		},
 	})
+}
+
+// subcommand is one of webhook-relay's subcommands; its help ends as
+// every one's does.
+func subcommand(use, short, long string, run caddycmd.CommandFunc) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  long + commandAdminText + commandExitCodes,
+		Args:  cobra.ArbitraryArgs,
+		RunE:  caddycmd.WrapCommandFuncForCobra(run),
+	}
 }
 
 // usage is a usage error of the subcommand sub (empty: of webhook-relay
@@ -205,12 +203,12 @@ func cmdRelayStatus(fl caddycmd.Flags) (int, error) {
 			}
 			var refused int64
 			for outcome, n := range r.Requests {
-				if outcome != OutcomeAccepted && outcome != OutcomeDuplicate {
+				if outcome != "accepted" && outcome != "duplicate" {
 					refused += n
 				}
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", r.Name, backlog, r.InFlight, dead, oldest,
-				r.Requests[OutcomeAccepted], r.Requests[OutcomeDuplicate], refused,
+				r.Requests["accepted"], r.Requests["duplicate"], refused,
 				r.Deliveries["success"], r.Deliveries["retry"], r.Deliveries["dead"], r.UpstreamHost)
 		}
 		if err := tw.Flush(); err != nil {
@@ -244,25 +242,22 @@ func cmdDead(fl caddycmd.Flags) (int, error) {
 	if fl.Bool("body") && (!show || fl.Bool("json")) {
 		return usage("dead", "--body goes with show <id>, without --json")
 	}
-	c, err := newAdminClient(fl)
-	if err != nil {
-		return exitError, err
-	}
 	name := args[0]
-	if err := c.relay(name); err != nil {
+	c, err := relayClient(fl, name)
+	if err != nil {
 		return exitError, err
 	}
 	if show {
 		return showDead(c, fl, name, args[2])
 	}
 
-	var all []deadLetter
+	var all []ops.DeadLetter
 	for after := ""; ; {
-		q := url.Values{"limit": {strconv.Itoa(maxDeadPage)}}
+		q := url.Values{"limit": {strconv.Itoa(ops.MaxPage)}}
 		if after != "" {
 			q.Set("after", after)
 		}
-		var page deadPage
+		var page ops.DeadPage
 		if err := c.call(http.MethodGet, relayPath(name, "dead")+"?"+q.Encode(), nil, &page); err != nil {
 			return exitError, fmt.Errorf("listing the dead letters of %s: %v", name, err)
 		}
@@ -274,7 +269,7 @@ func cmdDead(fl caddycmd.Flags) (int, error) {
 	}
 	if fl.Bool("json") {
 		if all == nil {
-			all = []deadLetter{}
+			all = []ops.DeadLetter{}
 		}
 		return exitStatus(printJSON(all))
 	}
@@ -292,7 +287,7 @@ func cmdDead(fl caddycmd.Flags) (int, error) {
 }
 
 func showDead(c *adminClient, fl caddycmd.Flags, name, id string) (int, error) {
-	var d deadLetter
+	var d ops.DeadLetter
 	err := c.call(http.MethodGet, relayPath(name, "dead", id), nil, &d)
 	if isStatus(err, http.StatusNotFound) {
 		return exitError, fmt.Errorf("relay %s has no dead letter %q (caddy webhook-relay dead %s lists them)", name, id, name)
@@ -364,12 +359,9 @@ func cmdReplay(fl caddycmd.Flags) (int, error) {
 	case !all && len(args) == 1:
 		return usage("replay", "name the dead letters to replay, or --all: caddy webhook-relay replay %s (--all | <id>...)", args[0])
 	}
-	c, err := newAdminClient(fl)
-	if err != nil {
-		return exitError, err
-	}
 	name := args[0]
-	if err := c.relay(name); err != nil {
+	c, err := relayClient(fl, name)
+	if err != nil {
 		return exitError, err
 	}
 	var out struct {
@@ -406,12 +398,9 @@ func cmdDelete(fl caddycmd.Flags) (int, error) {
 	case 1:
 		return usage("delete", "name the dead letters to delete: caddy webhook-relay delete %s <id>...", args[0])
 	}
-	c, err := newAdminClient(fl)
-	if err != nil {
-		return exitError, err
-	}
 	name := args[0]
-	if err := c.relay(name); err != nil {
+	c, err := relayClient(fl, name)
+	if err != nil {
 		return exitError, err
 	}
 	var missing []string

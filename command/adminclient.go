@@ -1,4 +1,4 @@
-package webhookrelay
+package command
 
 import (
 	"bytes"
@@ -16,6 +16,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	"github.com/hookrelay/caddy-webhook-relay/ops"
 )
 
 // adminClient is how the webhook-relay commands reach a running Caddy's
@@ -130,8 +132,8 @@ func unwrapURLError(err error) error {
 }
 
 // overview is GET /webhook_relay/: every relay of the running Caddy.
-func (c *adminClient) overview() ([]relayStatus, error) {
-	var out []relayStatus
+func (c *adminClient) overview() ([]ops.RelayStatus, error) {
+	var out []ops.RelayStatus
 	err := c.call(http.MethodGet, "/webhook_relay/", nil, &out)
 	if isStatus(err, http.StatusNotFound) {
 		return nil, fmt.Errorf("the Caddy at %s has no webhook_relay admin API: is it built with this module "+
@@ -160,6 +162,16 @@ func (c *adminClient) relay(name string) error {
 		running = "running: " + strings.Join(names, ", ")
 	}
 	return fmt.Errorf("no relay named %q in the Caddy at %s (%s; caddy webhook-relay status lists them)", name, c.addr, running)
+}
+
+// relayClient is the client of the Caddy fl names, checked to run the
+// relay called name.
+func relayClient(fl caddycmd.Flags, name string) (*adminClient, error) {
+	c, err := newAdminClient(fl)
+	if err != nil {
+		return nil, err
+	}
+	return c, c.relay(name)
 }
 
 func relayPath(name string, parts ...string) string {

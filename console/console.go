@@ -1,8 +1,11 @@
-package webhookrelay
+// Package console is the webhook_relay_console handler: an operator's web
+// page of the relays running in this Caddy, with its assets embedded. Its
+// JSON endpoints are thin over the operations layer (package ops), as the
+// admin API's routes are.
+package console
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
@@ -20,6 +23,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/hookrelay/caddy-webhook-relay/ops"
 )
 
 func init() {
@@ -82,7 +87,7 @@ func (c *Console) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-//go:embed console
+//go:embed index.html console.js console.css
 var consoleFiles embed.FS
 
 // consoleAsset is one embedded file, with its type and a validator.
@@ -95,7 +100,7 @@ type consoleAsset struct {
 // consoleAssets are the page's files by the last element of their path.
 var consoleAssets = func() map[string]consoleAsset {
 	out := make(map[string]consoleAsset)
-	err := fs.WalkDir(consoleFiles, "console", func(p string, d fs.DirEntry, err error) error {
+	err := fs.WalkDir(consoleFiles, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -184,14 +189,12 @@ func (c *Console) serveAPI(w http.ResponseWriter, r *http.Request, endpoint stri
 	if err == nil {
 		return nil
 	}
-	status := http.StatusInternalServerError
-	var ae caddy.APIError
-	if errors.As(err, &ae) {
-		status, err = ae.HTTPStatus, ae.Err
-	}
-	return writeJSON(w, status, map[string]string{"error": err.Error()})
+	ae := ops.HTTPError(err)
+	return ops.WriteJSON(w, ae.HTTPStatus, map[string]string{"error": ae.Err.Error()})
 }
 
+// api answers the page's JSON: each endpoint is one call of the
+// operations, as the admin API's routes are.
 func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) error {
 	var want string
 	switch endpoint {
@@ -206,33 +209,30 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 		w.Header().Set("Allow", want)
 		return apiError(http.StatusMethodNotAllowed, fmt.Sprintf("api/%s takes %s, not %s", endpoint, want, r.Method))
 	}
-	write := want == http.MethodPost
 
 	q := r.URL.Query()
-	if !write {
-		if endpoint == "relays" {
-			return writeJSON(w, http.StatusOK, map[string]any{"now": time.Now(), "relays": overview(r.Context())})
-		}
-		rl, err := relayNamed(q.Get("relay"))
+	switch endpoint {
+	case "relays":
+		return ops.WriteJSON(w, http.StatusOK, map[string]any{"now": time.Now(), "relays": ops.List(r.Context())})
+	case "letter":
+		d, err := ops.ShowDead(r.Context(), q.Get("relay"), q.Get("id"))
 		if err != nil {
 			return err
 		}
-		if endpoint == "letter" {
-			d, err := getDead(r.Context(), rl, q.Get("id"))
-			if err != nil {
-				return err
-			}
-			return writeJSON(w, http.StatusOK, d)
+		return ops.WriteJSON(w, http.StatusOK, d)
+	case "dead":
+		if _, err := ops.Find(q.Get("relay")); err != nil {
+			return err // an unknown relay before a bad limit, as the admin API
 		}
-		limit, err := parseLimit(q.Get("limit"))
+		limit, err := ops.ParseLimit(q.Get("limit"))
 		if err != nil {
 			return err
 		}
-		page, err := listDead(r.Context(), rl, q.Get("after"), limit)
+		page, err := ops.ListDead(r.Context(), q.Get("relay"), q.Get("after"), limit)
 		if err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, page)
+		return ops.WriteJSON(w, http.StatusOK, page)
 	}
 
 	if err := c.origin.Check(r); err != nil {
@@ -250,11 +250,10 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 	if act.All == (act.IDs != nil) {
 		return apiError(http.StatusBadRequest, `name the dead letters with "ids", or set "all": true, not both`)
 	}
-	rl, err := relayNamed(act.Relay)
-	if err != nil {
+	if _, err := ops.Find(act.Relay); err != nil {
 		return err
 	}
-	logger := c.logger.With(zap.String("relay", rl.name), zap.Bool("all", act.All), zap.Int("ids", len(act.IDs)),
+	logger := c.logger.With(zap.String("relay", act.Relay), zap.Bool("all", act.All), zap.Int("ids", len(act.IDs)),
 		zap.String("user", userOf(r)), zap.String("remote_ip", remoteIP(r)))
 
 	if endpoint == "replay" {
@@ -262,68 +261,30 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 		if act.All {
 			ids = nil // Replay's "all"
 		}
-		n, err := replayDead(r.Context(), rl, ids)
+		n, err := ops.Replay(r.Context(), act.Relay, ids)
 		if err != nil {
 			return err
 		}
 		logger.Info("console: dead letters replayed", zap.Int("replayed", n))
-		return writeJSON(w, http.StatusOK, map[string]int{"replayed": n})
+		return ops.WriteJSON(w, http.StatusOK, map[string]int{"replayed": n})
 	}
 
 	var n int
+	var err error
 	if act.All {
-		n, err = deleteAllDead(r.Context(), rl, time.Now())
+		n, err = ops.DeleteAll(r.Context(), act.Relay, time.Now())
 	} else {
-		n, err = deleteSomeDead(r.Context(), rl, act.IDs)
+		n, err = ops.DeleteSome(r.Context(), act.Relay, act.IDs)
 	}
 	logger.Info("console: dead letters deleted", zap.Int("deleted", n))
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]int{"deleted": n})
+	return ops.WriteJSON(w, http.StatusOK, map[string]int{"deleted": n})
 }
 
-// deleteSomeDead deletes the dead letters in ids, skipping those already
-// gone, and says how many it deleted.
-func deleteSomeDead(ctx context.Context, rl *pooledRelay, ids []string) (int, error) {
-	n := 0
-	for _, id := range ids {
-		err := deleteDead(ctx, rl, id)
-		var ae caddy.APIError
-		switch {
-		case err == nil:
-			n++
-		case errors.As(err, &ae) && ae.HTTPStatus == http.StatusNotFound:
-			// replayed or deleted meanwhile
-		default:
-			return n, err
-		}
-	}
-	return n, nil
-}
-
-// deleteAllDead deletes every dead letter that died by cutoff (the moment
-// the operator asked), page by page; one that dies meanwhile stays.
-func deleteAllDead(ctx context.Context, rl *pooledRelay, cutoff time.Time) (int, error) {
-	n, after := 0, ""
-	for {
-		entries, err := rl.deadLetters().Dead(ctx, after, maxDeadPage)
-		if err != nil {
-			return n, storeError(err, "")
-		}
-		var ids []string
-		for _, e := range entries {
-			if !e.Died.After(cutoff) {
-				ids = append(ids, e.ID)
-			}
-		}
-		m, err := deleteSomeDead(ctx, rl, ids)
-		n += m
-		if err != nil || len(entries) < maxDeadPage {
-			return n, err
-		}
-		after = entries[len(entries)-1].ID
-	}
+func apiError(status int, msg string) error {
+	return caddy.APIError{HTTPStatus: status, Err: errors.New(msg)}
 }
 
 // userOf is the authenticated user of the request (basic_auth or

@@ -1,4 +1,4 @@
-package webhookrelay
+package console
 
 import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"

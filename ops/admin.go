@@ -1,0 +1,158 @@
+package ops
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// adminAPI shows every relay's queue and manages its dead letters through
+// Caddy's admin endpoint:
+//
+//	GET    /webhook_relay/                        every relay
+//	GET    /webhook_relay/<name>/dead             dead letters, paged (?after=<id>&limit=<n>)
+//	GET    /webhook_relay/<name>/dead/<id>        one dead letter with its body
+//	POST   /webhook_relay/<name>/dead/replay      replay all, or {"ids":[...]}
+//	DELETE /webhook_relay/<name>/dead/<id>        delete one dead letter
+//
+// An error is answered with its status and {"error": "..."}.
+type adminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.webhook_relay",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Routes implements caddy.AdminRouter.
+func (a adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/webhook_relay/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	if err := a.route(w, r); err != nil {
+		return HTTPError(err)
+	}
+	return nil
+}
+
+func (adminAPI) route(w http.ResponseWriter, r *http.Request) error {
+	path := strings.Trim(strings.TrimPrefix(r.URL.Path, "/webhook_relay/"), "/")
+	if path == "" {
+		if r.Method != http.MethodGet {
+			return apiError(http.StatusMethodNotAllowed, "use GET")
+		}
+		return WriteJSON(w, http.StatusOK, List(r.Context()))
+	}
+
+	parts := strings.Split(path, "/")
+	name := parts[0]
+	if _, err := Find(name); err != nil {
+		return err
+	}
+	switch {
+	case len(parts) == 2 && parts[1] == "dead" && r.Method == http.MethodGet:
+		limit, err := ParseLimit(r.URL.Query().Get("limit"))
+		if err != nil {
+			return err
+		}
+		page, err := ListDead(r.Context(), name, r.URL.Query().Get("after"), limit)
+		if err != nil {
+			return err
+		}
+		return WriteJSON(w, http.StatusOK, page)
+	case len(parts) == 3 && parts[1] == "dead" && parts[2] == "replay" && r.Method == http.MethodPost:
+		ids, err := replayRequest(r.Body)
+		if err != nil {
+			return err
+		}
+		n, err := Replay(r.Context(), name, ids)
+		if err != nil {
+			return err
+		}
+		return WriteJSON(w, http.StatusOK, map[string]int{"replayed": n})
+	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodGet:
+		d, err := ShowDead(r.Context(), name, parts[2])
+		if err != nil {
+			return err
+		}
+		return WriteJSON(w, http.StatusOK, d)
+	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodDelete:
+		if err := Delete(r.Context(), name, parts[2]); err != nil {
+			return err
+		}
+		return WriteJSON(w, http.StatusOK, map[string]string{"deleted": parts[2]})
+	}
+	if len(parts) >= 2 && len(parts) <= 3 && parts[1] == "dead" {
+		return apiError(http.StatusMethodNotAllowed, "method not allowed here; see the README's admin API section")
+	}
+	return apiError(http.StatusNotFound, "unknown route; see the README's admin API section")
+}
+
+// replayRequest reads the admin API's replay body: none replays all,
+// {"ids":[...]} those ids. Any other JSON object replays nothing, never
+// everything.
+func replayRequest(body io.Reader) ([]string, error) {
+	var req struct {
+		IDs []string `json:"ids"`
+	}
+	b, err := io.ReadAll(io.LimitReader(body, 1<<20))
+	if err != nil {
+		return nil, apiError(http.StatusBadRequest, "reading the request: "+err.Error())
+	}
+	if len(strings.TrimSpace(string(b))) == 0 {
+		return nil, nil
+	}
+	if err := json.Unmarshal(b, &req); err != nil {
+		return nil, apiError(http.StatusBadRequest, `want no body (replay all) or {"ids":["<id>", ...]}`)
+	}
+	if req.IDs == nil {
+		req.IDs = []string{} // {"ids":null} or {} replays nothing, never everything
+	}
+	return req.IDs, nil
+}
+
+// HTTPError is the answer to an operation's error: its status by its kind
+// (ErrNoRelay and ErrNotFound 404, ErrInvalid 400, ErrStore 503, anything
+// else 500) and its message. An error that is already a caddy.APIError
+// keeps its status. The console answers the same.
+func HTTPError(err error) caddy.APIError {
+	var ae caddy.APIError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, ErrNoRelay), errors.Is(err, ErrNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, ErrInvalid):
+		status = http.StatusBadRequest
+	case errors.Is(err, ErrStore):
+		status = http.StatusServiceUnavailable
+	}
+	return caddy.APIError{HTTPStatus: status, Err: err}
+}
+
+func apiError(status int, msg string) error {
+	return caddy.APIError{HTTPStatus: status, Err: errors.New(msg)}
+}
+
+// writeJSON answers v as JSON with the status.
+func WriteJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+// Interface guard
+var _ caddy.AdminRouter = (*adminAPI)(nil)

@@ -1,0 +1,215 @@
+package ops
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+)
+
+// DeadLetter is a dead letter as the admin API and the console show it.
+type DeadLetter struct {
+	ID         string    `json:"id"`
+	Key        string    `json:"key"`
+	Received   time.Time `json:"received"`
+	Attempts   int       `json:"attempts"`
+	LastStatus int       `json:"last_status"`
+	LastError  string    `json:"last_error"`
+	Died       time.Time `json:"died,omitzero"`
+	BodySize   int       `json:"body_size"`
+	// Request is set for a single dead letter: what was kept of the
+	// original request for its delivery.
+	Request *KeptRequest `json:"request,omitempty"`
+	// Body is set for a single dead letter: the body as text when it is
+	// UTF-8, otherwise BodyBase64 holds it.
+	Body       *string `json:"body,omitempty"`
+	BodyBase64 []byte  `json:"body_base64,omitempty"`
+}
+
+// KeptRequest is what a dead letter kept of its original request, field
+// by field: only what is listed here is ever shown (the auth parameters
+// were removed from the query before it was stored).
+type KeptRequest struct {
+	Query        string `json:"query,omitempty"`
+	ContentType  string `json:"content_type,omitempty"`
+	UserAgent    string `json:"user_agent,omitempty"`
+	ForwardedFor string `json:"forwarded_for,omitempty"`
+	// Headers are the incoming headers kept for the upstream: the verify
+	// scheme's own (signatures, never secrets) and forward_headers.
+	Headers []queue.HeaderField `json:"headers,omitempty"`
+}
+
+// DeadPage is one page of a relay's dead letters; Next, when set, is the
+// after of the next page.
+type DeadPage struct {
+	Entries []DeadLetter `json:"entries"`
+	Next    string       `json:"next,omitempty"`
+}
+
+// MaxPage bounds one page of dead letters; DefaultPage is a page's size
+// when none is asked for.
+const MaxPage, DefaultPage = 1000, 100
+
+// ParseLimit reads a page size given as text; empty is DefaultPage.
+func ParseLimit(v string) (int, error) {
+	if v == "" {
+		return DefaultPage, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxPage {
+		return 0, errLimit()
+	}
+	return n, nil
+}
+
+func errLimit() error { return fail(ErrInvalid, "limit: want a whole number from 1 to %d", MaxPage) }
+
+// ListDead is one page of the relay's dead letters, without bodies, in id
+// order after the id after (empty: from the first), at most limit.
+func ListDead(ctx context.Context, relay, after string, limit int) (DeadPage, error) {
+	r, err := Find(relay)
+	if err != nil {
+		return DeadPage{}, err
+	}
+	if limit < 1 || limit > MaxPage {
+		return DeadPage{}, errLimit()
+	}
+	entries, err := r.Store().Dead(ctx, after, limit)
+	if err != nil {
+		return DeadPage{}, storeError(err, "")
+	}
+	page := DeadPage{Entries: []DeadLetter{}}
+	for _, e := range entries {
+		page.Entries = append(page.Entries, view(e, false))
+	}
+	if len(entries) == limit {
+		page.Next = entries[len(entries)-1].ID
+	}
+	return page, nil
+}
+
+// ShowDead is one dead letter of the relay with its body and kept request.
+func ShowDead(ctx context.Context, relay, id string) (DeadLetter, error) {
+	r, err := Find(relay)
+	if err != nil {
+		return DeadLetter{}, err
+	}
+	e, err := r.Store().DeadEntry(ctx, id)
+	if err != nil {
+		return DeadLetter{}, storeError(err, id)
+	}
+	return view(e, true), nil
+}
+
+// Replay puts the relay's dead letters in ids (nil: all of them) back in
+// its queue, wakes its deliveries, and says how many went back; unknown ids
+// are skipped.
+func Replay(ctx context.Context, relay string, ids []string) (int, error) {
+	r, err := Find(relay)
+	if err != nil {
+		return 0, err
+	}
+	n, err := r.Store().Replay(ctx, ids)
+	if err != nil {
+		return 0, storeError(err, "")
+	}
+	r.Wake()
+	return n, nil
+}
+
+// Delete removes one dead letter of the relay.
+func Delete(ctx context.Context, relay, id string) error {
+	r, err := Find(relay)
+	if err != nil {
+		return err
+	}
+	return deleteOne(ctx, r, id)
+}
+
+func deleteOne(ctx context.Context, r Relay, id string) error {
+	if err := r.Store().DeleteDead(ctx, id); err != nil {
+		return storeError(err, id)
+	}
+	return nil
+}
+
+// DeleteSome deletes the relay's dead letters in ids, skipping those
+// already gone (replayed or deleted meanwhile), and says how many it
+// deleted.
+func DeleteSome(ctx context.Context, relay string, ids []string) (int, error) {
+	r, err := Find(relay)
+	if err != nil {
+		return 0, err
+	}
+	return deleteSome(ctx, r, ids)
+}
+
+func deleteSome(ctx context.Context, r Relay, ids []string) (int, error) {
+	n := 0
+	for _, id := range ids {
+		err := deleteOne(ctx, r, id)
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, ErrNotFound):
+		default:
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// DeleteAll deletes every dead letter of the relay that died by cutoff
+// (the moment the operator asked), page by page; one that dies meanwhile
+// stays. It says how many it deleted, also when it fails part way.
+func DeleteAll(ctx context.Context, relay string, cutoff time.Time) (int, error) {
+	r, err := Find(relay)
+	if err != nil {
+		return 0, err
+	}
+	n, after := 0, ""
+	for {
+		entries, err := r.Store().Dead(ctx, after, MaxPage)
+		if err != nil {
+			return n, storeError(err, "")
+		}
+		var ids []string
+		for _, e := range entries {
+			if !e.Died.After(cutoff) {
+				ids = append(ids, e.ID)
+			}
+		}
+		m, err := deleteSome(ctx, r, ids)
+		n += m
+		if err != nil || len(entries) < MaxPage {
+			return n, err
+		}
+		after = entries[len(entries)-1].ID
+	}
+}
+
+func view(e *queue.Entry, withBody bool) DeadLetter {
+	d := DeadLetter{
+		ID: e.ID, Key: e.Key, Received: e.Received, Attempts: e.Attempts, Died: e.Died,
+		LastStatus: e.LastStatus, LastError: e.LastError, BodySize: max(e.BodySize, len(e.Body)),
+	}
+	if withBody {
+		d.Request = &KeptRequest{
+			Query:        e.Request.RawQuery,
+			ContentType:  e.Request.ContentType,
+			UserAgent:    e.Request.UserAgent,
+			ForwardedFor: e.Request.ForwardedFor,
+			Headers:      e.Request.Headers,
+		}
+		if utf8.Valid(e.Body) {
+			s := string(e.Body)
+			d.Body = &s
+		} else {
+			d.BodyBase64 = e.Body
+		}
+	}
+	return d
+}

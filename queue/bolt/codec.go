@@ -14,13 +14,15 @@ import (
 const (
 	boltMaxRawKey   = 512 // longer dedupe keys are stored as their SHA-256
 	boltIDWidth     = 20  // digits of an id: uint64 fits, and ids sort as strings
-	boltEntryFormat = 3   // 2: the same without Headers; 1: without Died either
+	boltEntryFormat = 1   // the first byte of every entry record
 )
 
-// Entry encoding: a format byte, then ID, Key and the request fields as
-// length-prefixed strings, Received and Queued as Unix nanoseconds,
-// Attempts, LastStatus and LastError. Bodies are kept raw in their own
-// bucket, so recording an attempt or burying never rewrites them.
+// Entry encoding: the format byte boltEntryFormat, then ID, Key and the
+// request fields as length-prefixed strings, Received and Queued as Unix
+// nanoseconds, Attempts, LastStatus, LastError, Died (Unix nanoseconds, 0
+// while queued) and the kept headers (queue.AppendHeaders). A record of any
+// other format is malformed. Bodies are kept raw in their own bucket, so
+// recording an attempt or burying never rewrites them.
 
 func boltEncode(e *queue.Entry) []byte {
 	n := 1 + 10*8 + len(e.ID) + len(e.Key) + len(e.Request.RawQuery) + len(e.Request.ContentType) +
@@ -49,7 +51,7 @@ var errBoltEntry = errors.New("malformed entry")
 
 // boltEntryID reads only the ID of an encoded entry, "" if it is malformed.
 func boltEntryID(v []byte) string {
-	if len(v) < 2 || v[0] < 1 || v[0] > boltEntryFormat {
+	if len(v) < 2 || v[0] != boltEntryFormat {
 		return ""
 	}
 	n, w := binary.Uvarint(v[1:])
@@ -60,7 +62,7 @@ func boltEntryID(v []byte) string {
 }
 
 func boltDecode(v []byte) (*queue.Entry, error) {
-	if len(v) < 1 || v[0] < 1 || v[0] > boltEntryFormat {
+	if len(v) < 1 || v[0] != boltEntryFormat {
 		return nil, errBoltEntry
 	}
 	d := boltDecoder{buf: v[1:]}
@@ -79,19 +81,15 @@ func boltDecode(v []byte) (*queue.Entry, error) {
 	e.Attempts = int(d.varint())
 	e.LastStatus = int(d.varint())
 	e.LastError = d.str()
-	if v[0] >= 2 {
-		if died := d.varint(); died != 0 {
-			e.Died = time.Unix(0, died)
-		}
+	if died := d.varint(); died != 0 {
+		e.Died = time.Unix(0, died)
 	}
 	if d.bad {
 		return nil, errBoltEntry
 	}
-	if v[0] >= 3 {
-		var err error
-		if e.Request.Headers, _, err = queue.ReadHeaders(d.buf); err != nil {
-			return nil, errBoltEntry
-		}
+	var err error
+	if e.Request.Headers, _, err = queue.ReadHeaders(d.buf); err != nil {
+		return nil, errBoltEntry
 	}
 	return e, nil
 }

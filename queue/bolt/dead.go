@@ -105,11 +105,7 @@ func (b *Store) DeleteDead(ctx context.Context, id string) error {
 // place in the index by death.
 func boltDeleteDead(tx *bbolt.Tx, id string, v []byte) error {
 	if e, err := boltDecode(v); err == nil {
-		died := e.Died
-		if died.IsZero() {
-			died = e.Queued // as boltIndexDead indexed it
-		}
-		if err := tx.Bucket(boltDeadAt).Delete(boltDeadAtKey(died, id)); err != nil {
+		if err := tx.Bucket(boltDeadAt).Delete(boltDeadAtKey(e.Died, id)); err != nil {
 			return err
 		}
 	}
@@ -238,11 +234,7 @@ func (b *Store) replay(ids []string) (int, error) {
 			if err != nil {
 				e = &queue.Entry{ID: id} // the body is what matters, and it is intact
 			}
-			died := e.Died
-			if died.IsZero() {
-				died = e.Queued
-			}
-			if err := tx.Bucket(boltDeadAt).Delete(boltDeadAtKey(died, id)); err != nil {
+			if err := tx.Bucket(boltDeadAt).Delete(boltDeadAtKey(e.Died, id)); err != nil {
 				return err
 			}
 			e.Attempts, e.LastStatus, e.LastError = 0, 0, ""

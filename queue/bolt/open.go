@@ -112,7 +112,8 @@ func (b *Store) init() (err error) {
 	err = b.db.Update(func(tx *bbolt.Tx) error {
 		if meta := tx.Bucket(boltMeta); meta != nil {
 			if f := meta.Get(boltFormatKey); !bytes.Equal(f, boltFormat) {
-				return fmt.Errorf("unknown format %q, want %q (written by a newer version?); it was left as it is", f, boltFormat)
+				return fmt.Errorf("the file's format is %q, this version reads %q only; it was left as it is: "+
+					"move it aside to start with an empty store (formats are not migrated before the first release)", f, boltFormat)
 			}
 		} else {
 			// a bbolt file with buckets but no meta belongs to someone else
@@ -136,9 +137,6 @@ func (b *Store) init() (err error) {
 		b.backlog = boltCountKeys(tx.Bucket(boltQueue))
 		b.dead = boltCountKeys(tx.Bucket(boltDead))
 		b.keys = boltCountKeys(tx.Bucket(boltSeen))
-		if boltCountKeys(tx.Bucket(boltDeadAt)) != b.dead {
-			return boltIndexDead(tx)
-		}
 		return nil
 	})
 	if err != nil {
@@ -148,29 +146,6 @@ func (b *Store) init() (err error) {
 }
 
 var errBoltForeign = errors.New("foreign bucket")
-
-// boltIndexDead rebuilds the index of dead letters by time of death, for a
-// file written before there was one: a letter with no Died counts from
-// when it was last queued.
-func boltIndexDead(tx *bbolt.Tx) error {
-	if err := tx.DeleteBucket(boltDeadAt); err != nil {
-		return err
-	}
-	idx, err := tx.CreateBucket(boltDeadAt)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(boltDead).ForEach(func(k, v []byte) error {
-		died := time.Time{}
-		if e, err := boltDecode(v); err == nil {
-			died = e.Died
-			if died.IsZero() {
-				died = e.Queued
-			}
-		}
-		return idx.Put(boltDeadAtKey(died, string(k)), nil)
-	})
-}
 
 func boltCountKeys(bk *bbolt.Bucket) int {
 	n := 0

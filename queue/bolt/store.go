@@ -87,11 +87,8 @@ var (
 	boltDeadAt   = []byte("deadAt")   // died (Unix ns) + id -> nothing, oldest first
 
 	boltFormatKey = []byte("format")
-	boltFormat    = []byte("webhook_relay/bolt/1")
+	boltFormat    = []byte("webhook_relay/bolt/2")
 )
-
-// Path returns the file the store lives in.
-func (b *Store) Path() string { return b.path }
 
 func (b *Store) usable(ctx context.Context) error {
 	if b.closed.Load() {

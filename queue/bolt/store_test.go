@@ -279,6 +279,40 @@ func TestBoltForeignFile(t *testing.T) {
 	}
 }
 
+// A store file of another format (an earlier build's) is refused at Open,
+// saying so, and left as it is.
+func TestBoltOtherFormat(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		meta, err := tx.CreateBucket([]byte("meta"))
+		if err != nil {
+			return err
+		}
+		return meta.Put([]byte("format"), []byte("webhook_relay/bolt/1"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	s, err := bolt.Open(path, queue.Options{Window: time.Hour})
+	if err == nil {
+		_ = s.Close()
+		t.Fatal("bolt.Open read a file of another format")
+	}
+	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), `"webhook_relay/bolt/1"`) {
+		t.Errorf("error %q does not name the file and its format", err)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Error("the file was changed")
+	}
+}
+
 // A file held by another opener (flock is per open file, so a second Open
 // in the same process is refused as another process would be) fails fast
 // with an error naming the file.

@@ -97,37 +97,8 @@ func (r *Store) Body(ctx context.Context, id string) ([]byte, error) {
 			case ok:
 				return body, nil
 			}
-			return r.legacyBody(ctx, id)
+			return nil, fmt.Errorf("body of %s: %w", id, queue.ErrNotFound)
 		}
 	}
 	return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
-}
-
-// legacyBody reads the body of an entry queued before bodies had keys of
-// their own, from its stream entry.
-func (r *Store) legacyBody(ctx context.Context, id string) ([]byte, error) {
-	sid, ok := r.movedTo(id)
-	if !ok {
-		loc, err := r.client.HGet(ctx, r.loc, id).Result()
-		switch {
-		case err == nil:
-			sid = loc
-		case errors.Is(err, goredis.Nil):
-			sid = parseID(id)
-		default:
-			return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
-		}
-	}
-	if sid != "" {
-		msgs, err := r.client.XRangeN(ctx, r.stream, sid, sid, 1).Result()
-		if err != nil {
-			return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
-		}
-		if len(msgs) > 0 {
-			if b, ok := msgs[0].Values["b"].(string); ok {
-				return bytesOf(b), nil
-			}
-		}
-	}
-	return nil, fmt.Errorf("body of %s: %w", id, queue.ErrNotFound)
 }

@@ -195,11 +195,11 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	admit := func() ([]any, error) {
 		if len(e.Body) > inlineBodyMax {
 			// staged: a body SET of its own, within the store's bound
-			taken, err := r.bodies.take(ctx, int64(len(e.Body)))
+			release, err := r.takeBodyBytes(ctx, len(e.Body))
 			if err != nil {
 				return nil, err
 			}
-			defer r.bodies.give(taken)
+			defer release()
 		}
 		if r.durable > 0 || r.replicas > 0 {
 			return r.admitWaiting(ctx, enqueue)

@@ -20,6 +20,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 )
 
 // Store is a queue.Store kept in Redis, shared by every Caddy instance pointing at
@@ -62,10 +63,10 @@ type Store struct {
 	replicas     int
 	replicasWait time.Duration
 	closed       atomic.Bool
-	calls        chan *pipeCall // to the pipeliners
-	inflight     atomic.Int64   // script calls running now
-	bodies       byteBound      // body bytes on their way to or from Redis
-	stop         chan struct{}  // closed by Close
+	calls        chan *pipeCall      // to the pipeliners
+	inflight     atomic.Int64        // script calls running now
+	bodies       *semaphore.Weighted // body bytes on their way to or from Redis; see takeBodyBytes
+	stop         chan struct{}       // closed by Close
 
 	stream, att, loc, deadIdx, deadTimes, deadPrefix, seenPrefix string
 	bodyPrefix, stagedPrefix, claimPrefix, keyCount              string
@@ -202,7 +203,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		replicas:     cfg.WaitReplicas,
 		replicasWait: cfg.WaitReplicasTimeout,
 	}
-	r.bodies.limit = bodyBytesInFlight
+	r.bodies = semaphore.NewWeighted(bodyBytesInFlight)
 	r.SetLimits(opts.Window, opts.MaxBacklog)
 	if cfg.DurableAck {
 		r.durable = cfg.DurableAckTimeout

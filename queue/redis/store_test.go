@@ -173,6 +173,7 @@ func TestRedisRestartWithAOF(t *testing.T) {
 	}
 }
 
+// Consumers sharing the relay's keys claim disjoint entries.
 func TestRedisTwoConsumersDisjoint(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := uniquePrefix()
@@ -187,37 +188,7 @@ func TestRedisTwoConsumersDisjoint(t *testing.T) {
 		}
 		admit(t, s, "k"+strconv.Itoa(i))
 	}
-	var mu sync.Mutex
-	seen := make(map[string]int)
-	var wg sync.WaitGroup
-	for _, s := range []queue.Store{a, b, a, b} {
-		wg.Go(func() {
-			for {
-				es, err := s.Claim(context.Background(), 7)
-				if err != nil {
-					t.Errorf("Claim: %v", err)
-					return
-				}
-				if len(es) == 0 {
-					return
-				}
-				mu.Lock()
-				for _, e := range es {
-					seen[e.ID]++
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if len(seen) != n {
-		t.Fatalf("%d distinct entries claimed, want %d", len(seen), n)
-	}
-	for id, c := range seen {
-		if c != 1 {
-			t.Errorf("%s claimed %d times", id, c)
-		}
-	}
+	storetest.ClaimsDisjoint(t, n, 7, a, b, a, b)
 }
 
 // A consumer that dies holding entries loses them to another after the

@@ -229,18 +229,17 @@ func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 //	ARGV[4]  the cutoff, Unix ms, or "" for none
 //	ARGV[5]  the cutoff (stamp)
 //	ARGV[6]  limit: at most this many removed
-//	returns  {{id, key, died stamp or "", died index score, attempts, status,
-//	         error}...}
+//	returns  {{id, key, died stamp, attempts, status, error}...}
 var trimDeadScript = goredis.NewScript(`
 local limit = tonumber(ARGV[6])
 local out = {}
-local function remove(id, score)
+local function remove(id)
   local h = ARGV[1] .. id
   local f = redis.call('HMGET', h, 'k', 'd', 'n', 's', 'e')
   redis.call('DEL', h, ARGV[2] .. id)
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
-  out[#out+1] = {id, f[1] or '', f[2] or '', score, f[3] or '', f[4] or '', f[5] or ''}
+  out[#out+1] = {id, f[1] or '', f[2] or '', f[3] or '', f[4] or '', f[5] or ''}
 end
 if ARGV[4] ~= '' then
   local cut, skip = tonumber(ARGV[4]), 0
@@ -249,7 +248,7 @@ if ARGV[4] ~= '' then
     if #r == 0 then break end
     for j = 1, #r, 2 do
       local d = redis.call('HGET', ARGV[1] .. r[j], 'd')
-      if tonumber(r[j+1]) < cut or (d and d < ARGV[5]) then remove(r[j], r[j+1]) else skip = skip + 1 end
+      if tonumber(r[j+1]) < cut or (d and d < ARGV[5]) then remove(r[j]) else skip = skip + 1 end
     end
   end
 end
@@ -259,7 +258,7 @@ while max > 0 and #out < limit do
   if excess <= 0 then break end
   local r = redis.call('ZRANGE', KEYS[2], 0, math.min(excess, limit - #out) - 1, 'WITHSCORES')
   if #r == 0 then break end
-  for j = 1, #r, 2 do remove(r[j], r[j+1]) end
+  for j = 1, #r, 2 do remove(r[j]) end
 end
 return out
 `)
@@ -285,16 +284,16 @@ func (r *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 	out := make([]*queue.Entry, 0, len(res))
 	for _, item := range res {
 		f, _ := item.([]any)
-		if len(f) < 7 {
+		if len(f) < 6 {
 			return out, fmt.Errorf("redis store: trimming dead letters: unexpected reply %v", item)
 		}
 		s := make([]string, len(f))
 		for i, v := range f {
 			s[i], _ = v.(string)
 		}
-		e := &queue.Entry{ID: s[0], Key: s[1], LastError: s[6], Died: unstamp(s[2])}
-		e.Attempts, _ = strconv.Atoi(s[4])
-		e.LastStatus, _ = strconv.Atoi(s[5])
+		e := &queue.Entry{ID: s[0], Key: s[1], LastError: s[5], Died: unstamp(s[2])}
+		e.Attempts, _ = strconv.Atoi(s[3])
+		e.LastStatus, _ = strconv.Atoi(s[4])
 		out = append(out, e)
 	}
 	return out, nil

@@ -2,7 +2,6 @@ package queue_test
 
 import (
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
@@ -20,23 +19,6 @@ func TestMemory(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, opts queue.Options) queue.Store {
 		return newMemory(t, opts)
 	})
-}
-
-// The suite only asks for ids in admission order; Memory's also sort as
-// strings, which is what its Dead paging relies on.
-func TestMemoryIDsSortAsStrings(t *testing.T) {
-	s := newMemory(t, queue.Options{Window: time.Hour})
-	prev := ""
-	for i := range 1100 {
-		e := &queue.Entry{Key: "k" + strconv.Itoa(i)}
-		if _, err := s.Admit(t.Context(), e); err != nil {
-			t.Fatal(err)
-		}
-		if e.ID <= prev {
-			t.Fatalf("id %q after %q does not sort after it", e.ID, prev)
-		}
-		prev = e.ID
-	}
 }
 
 func BenchmarkMemoryAdmit(b *testing.B) {

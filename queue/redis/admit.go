@@ -45,13 +45,14 @@ const markerTTLMin = 20 * time.Second
 // delivery. A staged body that is not there (its SET failed) stores nothing.
 //
 // The marker holds its expiry time, the admit's token and the stream id it
-// stored ("<expires> <token> <stream id>"; older versions wrote the expiry
-// alone). It is judged against the caller's now, so the window follows the
-// store's clock; its TTL (never shorter than the window, nor than
-// markerTTLMin) only cleans up. The token makes the script idempotent: run
-// again (a lost reply, a NOSCRIPT fallback) it finds its own marker and
-// answers what it answered the first time. A new marker is counted under
-// its expiry minute.
+// stored ("<expires> <token> <stream id>"). It is judged against the
+// caller's now, so the window follows the store's clock; its TTL (never
+// shorter than the window, nor than markerTTLMin) only cleans up. The token
+// makes the script idempotent: run again (a lost reply, a NOSCRIPT
+// fallback) it finds its own marker and answers what it answered the first
+// time. A new marker is counted under its expiry minute; the first marker
+// counted under a minute deletes the counts of the minutes gone by, so the
+// count hash holds about a window's worth of minutes.
 //
 //	KEYS[1]  the stream, {p}:q
 //	KEYS[2]  the key's marker, {p}:seen:<key>
@@ -84,7 +85,7 @@ if seen then
     drop()
     return {0, prev}
   end
-  if (expires or seen) > ARGV[1] then
+  if expires and expires > ARGV[1] then
     drop()
     return {1}
   end
@@ -107,7 +108,12 @@ else
   redis.call('SET', body, ARGV[14])
 end
 redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[12] .. ' ' .. sid, 'PX', ARGV[3])
-redis.call('HINCRBY', KEYS[3], ARGV[11], 1)
+if redis.call('HINCRBY', KEYS[3], ARGV[11], 1) == 1 then
+  local minute = math.floor(tonumber(string.sub(ARGV[1], 1, -10)) / 60)
+  for _, m in ipairs(redis.call('HKEYS', KEYS[3])) do
+    if (tonumber(m) or 0) < minute then redis.call('HDEL', KEYS[3], m) end
+  end
+end
 return {0, sid}
 `)
 
@@ -189,11 +195,11 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	admit := func() ([]any, error) {
 		if len(e.Body) > inlineBodyMax {
 			// staged: a body SET of its own, within the store's bound
-			taken, err := r.bodies.take(ctx, int64(len(e.Body)))
+			release, err := r.takeBodyBytes(ctx, len(e.Body))
 			if err != nil {
 				return nil, err
 			}
-			defer r.bodies.give(taken)
+			defer release()
 		}
 		if r.durable > 0 || r.replicas > 0 {
 			return r.admitWaiting(ctx, enqueue)

@@ -20,6 +20,28 @@ const (
 	bodyChunk  = 256 << 10
 )
 
+// bodyBytesInFlight bounds the bytes of bodies on their way to or from
+// Redis at once, over all of a store's admits and body reads: staged body
+// SETs and body chunks beyond the first (bodies small enough to travel in
+// the shared pipelines are bounded by pipelineBytes there). Redis reads a
+// large argument and writes a large reply as fast as the sockets let it,
+// one event-loop turn for every client with data waiting; with sixteen 6
+// MiB bodies arriving at once, one turn took it hundreds of milliseconds,
+// and every other client (a PING, another relay's admit) waited that long.
+// A body larger than the bound goes alone.
+const bodyBytesInFlight = 4 << 20
+
+// takeBodyBytes waits until n more bytes of bodies may be on their way, at
+// most the whole bound (a larger body goes alone, once nothing else is on
+// its way), first come first served. It returns what gives them back.
+func (r *Store) takeBodyBytes(ctx context.Context, n int) (release func(), err error) {
+	w := min(int64(n), bodyBytesInFlight) // Acquire of more than the bound would wait for ever
+	if err := r.bodies.Acquire(ctx, w); err != nil {
+		return nil, err
+	}
+	return func() { r.bodies.Release(w) }, nil
+}
+
 // readBody finishes a read of the body key that began with first, a
 // GETRANGE of its first chunk: a shorter reply is the whole body. ok is
 // false when there is no body key, or it went while being read.
@@ -53,12 +75,12 @@ func (r *Store) readBody(ctx context.Context, key string, first *goredis.StringC
 	off := copy(body, head)
 	for off < n {
 		end := min(off+bodyChunk, n)
-		taken, err := r.bodies.take(ctx, int64(end-off))
+		release, err := r.takeBodyBytes(ctx, end-off)
 		if err != nil {
 			return nil, false, err
 		}
 		chunk, err := r.client.GetRange(ctx, key, int64(off), int64(end-1)).Result()
-		r.bodies.give(taken)
+		release()
 		if err != nil {
 			return nil, false, err
 		}
@@ -97,37 +119,8 @@ func (r *Store) Body(ctx context.Context, id string) ([]byte, error) {
 			case ok:
 				return body, nil
 			}
-			return r.legacyBody(ctx, id)
+			return nil, fmt.Errorf("body of %s: %w", id, queue.ErrNotFound)
 		}
 	}
 	return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
-}
-
-// legacyBody reads the body of an entry queued before bodies had keys of
-// their own, from its stream entry.
-func (r *Store) legacyBody(ctx context.Context, id string) ([]byte, error) {
-	sid, ok := r.movedTo(id)
-	if !ok {
-		loc, err := r.client.HGet(ctx, r.loc, id).Result()
-		switch {
-		case err == nil:
-			sid = loc
-		case errors.Is(err, goredis.Nil):
-			sid = parseID(id)
-		default:
-			return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
-		}
-	}
-	if sid != "" {
-		msgs, err := r.client.XRangeN(ctx, r.stream, sid, sid, 1).Result()
-		if err != nil {
-			return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
-		}
-		if len(msgs) > 0 {
-			if b, ok := msgs[0].Values["b"].(string); ok {
-				return bytesOf(b), nil
-			}
-		}
-	}
-	return nil, fmt.Errorf("body of %s: %w", id, queue.ErrNotFound)
 }

@@ -15,8 +15,7 @@ import (
 
 // claimScript takes over entries idle past the visibility timeout (held by
 // a consumer that died, or released), then reads new ones, up to count in
-// all, with each entry's recorded attempt and body size. A body field (old
-// entries) is left out of the reply: only its size goes back. Pending
+// all, with each entry's recorded attempt and body size. Pending
 // entries whose stream entry is gone (an ack cut off after its XDEL) leave
 // the group, with their attempts and bodies, once idle past the timeout.
 //
@@ -49,17 +48,9 @@ local want = tonumber(ARGV[4])
 local out, sids = {}, {}
 local function add(e)
   if not (e and e[1]) then return end
-  local f, id, legacy = e[2] or {}, nil, nil
+  local f, id = e[2] or {}, nil
   for j = 1, #f, 2 do
-    if f[j] == 'i' then id = f[j+1] elseif f[j] == 'b' then legacy = j end
-  end
-  if legacy then -- leave the body out
-    local raw = f
-    f = {}
-    for j = 1, #raw, 2 do
-      if j ~= legacy then f[#f+1] = raw[j]; f[#f+1] = raw[j+1] end
-    end
-    legacy = #raw[legacy+1]
+    if f[j] == 'i' then id = f[j+1] end
   end
   id = id or entryid(e[1])
   local size = -1
@@ -67,7 +58,6 @@ local function add(e)
     size = redis.call('STRLEN', ARGV[5] .. id)
     if size == 0 and redis.call('EXISTS', ARGV[5] .. id) == 0 then size = -1 end
   end
-  if size < 0 and legacy then size = legacy end
   out[#out+1] = {e[1], f, redis.call('HGET', KEYS[2], e[1]), size}
   sids[#sids+1] = e[1]
 end

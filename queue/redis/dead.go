@@ -50,11 +50,9 @@ func (r *Store) Dead(ctx context.Context, after string, limit int) ([]*queue.Ent
 	pipe := r.client.Pipeline()
 	cmds := make([]*goredis.SliceCmd, len(ids))
 	sizes := make([]*goredis.IntCmd, len(ids))
-	legacy := make([]*goredis.IntCmd, len(ids))
 	for i, id := range ids {
 		cmds[i] = pipe.HMGet(ctx, r.deadPrefix+id, deadFields...)
 		sizes[i] = pipe.StrLen(ctx, r.bodyPrefix+id)
-		legacy[i] = pipe.HStrLen(ctx, r.deadPrefix+id, "b")
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("redis store: listing dead letters: %w", err)
@@ -75,7 +73,7 @@ func (r *Store) Dead(ctx context.Context, after string, limit int) ([]*queue.Ent
 		if err != nil {
 			return nil, err
 		}
-		e.BodySize = int(sizes[j].Val() + legacy[j].Val()) // one of them is 0
+		e.BodySize = int(sizes[j].Val())
 		out = append(out, e)
 	}
 	return out, nil
@@ -108,7 +106,7 @@ func (r *Store) DeadEntry(ctx context.Context, id string) (*queue.Entry, error) 
 	case ok:
 		e.Body = body
 	default:
-		e.Body = []byte(f["b"]) // legacy, or none
+		e.Body = []byte{} // buried without one (a damaged entry)
 	}
 	e.BodySize = len(e.Body)
 	return e, nil
@@ -151,7 +149,7 @@ const replayBatch = 256
 
 // replayScript puts dead letters back at the end of the queue under their
 // original ids, attempts reset, queued now. It moves only their metadata:
-// the body keys stay (Replay gives old letters one first).
+// the body keys stay.
 //
 //	KEYS[1]  the stream, {p}:q
 //	KEYS[2]  the dead index, {p}:dead
@@ -202,9 +200,6 @@ func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 	for len(ids) > 0 {
 		batch := ids[:min(len(ids), replayBatch)]
 		ids = ids[len(batch):]
-		if err := r.moveLegacyBodies(ctx, batch); err != nil {
-			return total, fmt.Errorf("redis store: replay: %w", err)
-		}
 		keys := []string{r.stream, r.deadIdx, r.loc, r.deadTimes}
 		args := []any{now}
 		for _, id := range batch {
@@ -218,43 +213,6 @@ func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 		}
 	}
 	return total, nil
-}
-
-// moveBodyScript moves an old dead letter's body from its hash to its body
-// key.
-//
-//	KEYS[1]  the dead letter's hash, {p}:dead:<id>
-//	KEYS[2]  its body key, {p}:b:<id>
-//	returns  1, or 0 when the hash has no body
-var moveBodyScript = goredis.NewScript(`
-local b = redis.call('HGET', KEYS[1], 'b')
-if not b then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], b) end
-redis.call('HDEL', KEYS[1], 'b')
-return 1
-`)
-
-// moveLegacyBodies gives the dead letters among ids that still keep their
-// body in their hash (written by an older version) a body key, one script
-// per letter so that no step carries more than one body.
-func (r *Store) moveLegacyBodies(ctx context.Context, ids []string) error {
-	pipe := r.client.Pipeline()
-	has := make([]*goredis.BoolCmd, len(ids))
-	for i, id := range ids {
-		has[i] = pipe.HExists(ctx, r.deadPrefix+id, "b")
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return err
-	}
-	for i, id := range ids {
-		if !has[i].Val() {
-			continue
-		}
-		if err := moveBodyScript.Run(ctx, r.client, []string{r.deadPrefix + id, r.bodyPrefix + id}).Err(); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // trimDeadScript removes up to limit dead letters, oldest death first:
@@ -271,18 +229,17 @@ func (r *Store) moveLegacyBodies(ctx context.Context, ids []string) error {
 //	ARGV[4]  the cutoff, Unix ms, or "" for none
 //	ARGV[5]  the cutoff (stamp)
 //	ARGV[6]  limit: at most this many removed
-//	returns  {{id, key, died stamp or "", died index score, attempts, status,
-//	         error}...}
+//	returns  {{id, key, died stamp, attempts, status, error}...}
 var trimDeadScript = goredis.NewScript(`
 local limit = tonumber(ARGV[6])
 local out = {}
-local function remove(id, score)
+local function remove(id)
   local h = ARGV[1] .. id
   local f = redis.call('HMGET', h, 'k', 'd', 'n', 's', 'e')
   redis.call('DEL', h, ARGV[2] .. id)
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
-  out[#out+1] = {id, f[1] or '', f[2] or '', score, f[3] or '', f[4] or '', f[5] or ''}
+  out[#out+1] = {id, f[1] or '', f[2] or '', f[3] or '', f[4] or '', f[5] or ''}
 end
 if ARGV[4] ~= '' then
   local cut, skip = tonumber(ARGV[4]), 0
@@ -291,7 +248,7 @@ if ARGV[4] ~= '' then
     if #r == 0 then break end
     for j = 1, #r, 2 do
       local d = redis.call('HGET', ARGV[1] .. r[j], 'd')
-      if tonumber(r[j+1]) < cut or (d and d < ARGV[5]) then remove(r[j], r[j+1]) else skip = skip + 1 end
+      if tonumber(r[j+1]) < cut or (d and d < ARGV[5]) then remove(r[j]) else skip = skip + 1 end
     end
   end
 end
@@ -301,7 +258,7 @@ while max > 0 and #out < limit do
   if excess <= 0 then break end
   local r = redis.call('ZRANGE', KEYS[2], 0, math.min(excess, limit - #out) - 1, 'WITHSCORES')
   if #r == 0 then break end
-  for j = 1, #r, 2 do remove(r[j], r[j+1]) end
+  for j = 1, #r, 2 do remove(r[j]) end
 end
 return out
 `)
@@ -315,17 +272,6 @@ func (r *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 	if limit <= 0 {
 		return []*queue.Entry{}, nil
 	}
-	pipe := r.client.Pipeline()
-	dead := pipe.ZCard(ctx, r.deadIdx)
-	timed := pipe.ZCard(ctx, r.deadTimes)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, fmt.Errorf("redis store: trimming dead letters: %w", err)
-	}
-	if dead.Val() > timed.Val() {
-		if err := r.backfillDeadTimes(ctx); err != nil {
-			return nil, fmt.Errorf("redis store: trimming dead letters: %w", err)
-		}
-	}
 	cutMS, cutStamp := "", ""
 	if !cutoff.IsZero() {
 		cutMS, cutStamp = strconv.FormatInt(cutoff.UnixMilli(), 10), stamp(cutoff)
@@ -338,69 +284,17 @@ func (r *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 	out := make([]*queue.Entry, 0, len(res))
 	for _, item := range res {
 		f, _ := item.([]any)
-		if len(f) < 7 {
+		if len(f) < 6 {
 			return out, fmt.Errorf("redis store: trimming dead letters: unexpected reply %v", item)
 		}
 		s := make([]string, len(f))
 		for i, v := range f {
 			s[i], _ = v.(string)
 		}
-		e := &queue.Entry{ID: s[0], Key: s[1], LastError: s[6]}
-		if s[2] != "" {
-			e.Died = unstamp(s[2])
-		} else if ms, err := strconv.ParseFloat(s[3], 64); err == nil {
-			e.Died = time.UnixMilli(int64(ms)) // a legacy letter: when it was queued
-		}
-		e.Attempts, _ = strconv.Atoi(s[4])
-		e.LastStatus, _ = strconv.Atoi(s[5])
+		e := &queue.Entry{ID: s[0], Key: s[1], LastError: s[5], Died: unstamp(s[2])}
+		e.Attempts, _ = strconv.Atoi(s[3])
+		e.LastStatus, _ = strconv.Atoi(s[4])
 		out = append(out, e)
 	}
 	return out, nil
-}
-
-// backfillBatch bounds the dead letters one backfill step looks at.
-const backfillBatch = 256
-
-// backfillDeadScript gives up to count dead letters after the id in after
-// that are missing from the died index (written by older versions) an
-// entry there, scored by their queued time.
-//
-//	KEYS[1]  the dead index, {p}:dead
-//	KEYS[2]  the died index, {p}:deadt
-//	ARGV[1]  the dead letter hash prefix, {p}:dead:
-//	ARGV[2]  after: the last id of the step before, "" from the start
-//	ARGV[3]  count
-//	returns  the last id looked at, or "" when done
-var backfillDeadScript = goredis.NewScript(`
-local min = '-'
-if ARGV[2] ~= '' then min = '(' .. ARGV[2] end
-local count = tonumber(ARGV[3])
-local ids = redis.call('ZRANGEBYLEX', KEYS[1], min, '+', 'LIMIT', 0, count)
-for _, id in ipairs(ids) do
-  if not redis.call('ZSCORE', KEYS[2], id) then
-    local u = redis.call('HGET', ARGV[1] .. id, 'u') or ''
-    redis.call('ZADD', KEYS[2], tonumber(string.sub(u, 1, -7)) or 0, id)
-  end
-end
-if #ids < count then return '' end
-return ids[#ids]
-`)
-
-// backfillDeadTimes gives dead letters written by an older version, which
-// have no entry in {p}:deadt, one: their queued time, the best there is.
-func (r *Store) backfillDeadTimes(ctx context.Context) error {
-	r.backfill.Lock()
-	defer r.backfill.Unlock()
-	after := ""
-	for {
-		next, err := backfillDeadScript.Run(ctx, r.client, []string{r.deadIdx, r.deadTimes},
-			r.deadPrefix, after, backfillBatch).Text()
-		if err != nil {
-			return fmt.Errorf("indexing old dead letters by time: %w", err)
-		}
-		if next == "" {
-			return nil
-		}
-		after = next
-	}
 }

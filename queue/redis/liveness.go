@@ -17,9 +17,8 @@ import (
 // released (idle past any visibility timeout), so the next claim of any
 // store takes them, and then removes the dead consumer from the group. The
 // expiry is Redis's own, so the hosts' clocks do not matter. A consumer
-// that never kept a key (an older version of the relay) is not listed and
-// keeps the visibility timeout, which also still bounds a live store that
-// is stuck: its key goes on being renewed.
+// that is not listed keeps the visibility timeout, which also still bounds
+// a live store that is stuck: its key goes on being renewed.
 //
 // A store whose own key had expired (Redis was unreachable for it, or for
 // every store at once) only renews it in that round: the others may have

@@ -84,6 +84,11 @@ func TestRedisStoreCaddyfileErrors(t *testing.T) {
 		{"write_timeout zero", "redis redis://a {\n write_timeout 0s\n}", "write_timeout: bad duration '0s', want a positive duration"},
 		{"visibility two args", "redis redis://a {\n visibility_timeout 1m 2m\n}", "wrong argument count"},
 		{"durable_ack arg", "redis redis://a {\n durable_ack yes\n}", "wrong argument count"},
+		{"wait_replicas none", "redis redis://a {\n wait_replicas\n}", "wait_replicas: want <n> [<timeout>]"},
+		{"wait_replicas three", "redis redis://a {\n wait_replicas 1 1s 2s\n}", "wait_replicas: want <n> [<timeout>]"},
+		{"wait_replicas zero", "redis redis://a {\n wait_replicas 0\n}", "want a positive whole number of replicas, got '0'"},
+		{"wait_replicas timeout", "redis redis://a {\n wait_replicas 1 soon\n}", "bad timeout 'soon'"},
+		{"cluster arg", "redis redis://a {\n cluster yes\n}", "wrong argument count"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -222,22 +227,6 @@ func TestRedisStoreCaddyfileProduction(t *testing.T) {
 			opts.DisableIdentity, opts.MaintNotificationsConfig)
 	}
 
-	tests := []struct{ name, in, want string }{
-		{"wait_replicas none", "redis redis://a {\n wait_replicas\n}", "wait_replicas: want <n> [<timeout>]"},
-		{"wait_replicas three", "redis redis://a {\n wait_replicas 1 1s 2s\n}", "wait_replicas: want <n> [<timeout>]"},
-		{"wait_replicas zero", "redis redis://a {\n wait_replicas 0\n}", "want a positive whole number of replicas, got '0'"},
-		{"wait_replicas timeout", "redis redis://a {\n wait_replicas 1 soon\n}", "bad timeout 'soon'"},
-		{"cluster arg", "redis redis://a {\n cluster yes\n}", "wrong argument count"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			var s Backend
-			err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error = %v, want one containing %q", err, tc.want)
-			}
-		})
-	}
 	if err := (&Backend{URL: "redis://a", Cluster: true, SentinelMaster: "m"}).Provision(caddy.Context{}); err == nil {
 		t.Error("cluster with sentinel_master provisioned")
 	}

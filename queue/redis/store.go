@@ -20,6 +20,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 )
 
 // Store is a queue.Store kept in Redis, shared by every Caddy instance pointing at
@@ -45,9 +46,7 @@ import (
 //	{p}:lv         hash: consumers that keep a liveness key -> 1
 //
 // Bodies have keys of their own so that claims, replays and listings, which
-// run as scripts or touch many entries, never carry them. Data written
-// before that kept the body in the stream entry's and the dead letter's
-// field b; reads fall back to it.
+// run as scripts or touch many entries, never carry them.
 //
 // It is as durable as the Redis it points at: run Redis with AOF
 // (appendfsync everysec or always) and maxmemory-policy noeviction.
@@ -64,10 +63,10 @@ type Store struct {
 	replicas     int
 	replicasWait time.Duration
 	closed       atomic.Bool
-	calls        chan *pipeCall // to the pipeliners
-	inflight     atomic.Int64   // script calls running now
-	bodies       byteBound      // body bytes on their way to or from Redis
-	stop         chan struct{}  // closed by Close
+	calls        chan *pipeCall      // to the pipeliners
+	inflight     atomic.Int64        // script calls running now
+	bodies       *semaphore.Weighted // body bytes on their way to or from Redis; see takeBodyBytes
+	stop         chan struct{}       // closed by Close
 
 	stream, att, loc, deadIdx, deadTimes, deadPrefix, seenPrefix string
 	bodyPrefix, stagedPrefix, claimPrefix, keyCount              string
@@ -79,9 +78,6 @@ type Store struct {
 	aliveStop chan struct{}
 	aliveOnce sync.Once
 	aliveErr  faultlog.Tracker
-
-	// backfill serializes filling {p}:deadt in for legacy dead letters.
-	backfill sync.Mutex
 
 	// retryClaim is the token of a claim whose reply never came, though it
 	// may have run (Redis died after running it, a timeout): the next claim
@@ -207,7 +203,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		replicas:     cfg.WaitReplicas,
 		replicasWait: cfg.WaitReplicasTimeout,
 	}
-	r.bodies.limit = bodyBytesInFlight
+	r.bodies = semaphore.NewWeighted(bodyBytesInFlight)
 	r.SetLimits(opts.Window, opts.MaxBacklog)
 	if cfg.DurableAck {
 		r.durable = cfg.DurableAckTimeout
@@ -240,8 +236,8 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 	}
 	// load every script now, so the first requests need no fallback
 	for _, s := range []*goredis.Script{admitScript, claimScript, reclaimScript, attemptedScript,
-		ackScript, buryScript, replayScript, moveBodyScript, deleteDeadScript, trimDeadScript,
-		backfillDeadScript, forgetConsumerScript, livenessScript} {
+		ackScript, buryScript, replayScript, deleteDeadScript, trimDeadScript,
+		forgetConsumerScript, livenessScript} {
 		if err := s.Load(ctx, client).Err(); err != nil {
 			return nil, fmt.Errorf("redis store: loading scripts: %w", err)
 		}
@@ -363,8 +359,9 @@ func bytesOf(s string) []byte {
 // smallCall is what a call without a body counts for in a shared pipeline.
 const smallCall = 256
 
-// Stats implements Store. Keys counts the markers by the minute they
-// expire in, so a marker counts until the end of that minute.
+// Stats implements Store; it only reads. Keys counts the markers by the
+// minute they expire in, so a marker counts until the end of that minute;
+// the minutes gone by are skipped (the admit script deletes them).
 func (r *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	if err := r.usable(ctx); err != nil {
 		return queue.Stats{}, err
@@ -372,7 +369,6 @@ func (r *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	pipe := r.client.Pipeline()
 	backlog := pipe.XLen(ctx, r.stream)
 	dead := pipe.ZCard(ctx, r.deadIdx)
-	timed := pipe.ZCard(ctx, r.deadTimes)
 	first := pipe.XRangeN(ctx, r.stream, "-", "+", 1)
 	counts := pipe.HGetAll(ctx, r.keyCount)
 	if _, err := pipe.Exec(ctx); err != nil {
@@ -385,24 +381,10 @@ func (r *Store) Stats(ctx context.Context) (queue.Stats, error) {
 		}
 	}
 	minute := r.now().UnixMilli() / 60000
-	var stale []string
 	for field, n := range counts.Val() {
-		m, err := strconv.ParseInt(field, 10, 64)
-		if err != nil || m < minute {
-			stale = append(stale, field)
-			continue
-		}
-		c, _ := strconv.Atoi(n)
-		s.Keys += c
-	}
-	if len(stale) > 0 {
-		if err := r.client.HDel(ctx, r.keyCount, stale...).Err(); err != nil {
-			return queue.Stats{}, fmt.Errorf("redis store: stats: %w", err)
-		}
-	}
-	if dead.Val() > timed.Val() {
-		if err := r.backfillDeadTimes(ctx); err != nil {
-			return queue.Stats{}, fmt.Errorf("redis store: stats: %w", err)
+		if m, err := strconv.ParseInt(field, 10, 64); err == nil && m >= minute {
+			c, _ := strconv.Atoi(n)
+			s.Keys += c
 		}
 	}
 	return s, nil
@@ -454,7 +436,7 @@ var _ queue.Store = (*Store)(nil)
 //
 // Stream entry fields: k key, q raw query, c content type, a user agent, x
 // forwarded for, r received, u queued, i the entry's original id (only on
-// replayed entries), and b the body on entries written by older versions.
+// replayed entries), h the kept headers.
 // A dead letter hash has the same fields plus i, and n attempts, s last
 // status, e last error, d died.
 

@@ -173,6 +173,7 @@ func TestRedisRestartWithAOF(t *testing.T) {
 	}
 }
 
+// Consumers sharing the relay's keys claim disjoint entries.
 func TestRedisTwoConsumersDisjoint(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := uniquePrefix()
@@ -187,37 +188,7 @@ func TestRedisTwoConsumersDisjoint(t *testing.T) {
 		}
 		admit(t, s, "k"+strconv.Itoa(i))
 	}
-	var mu sync.Mutex
-	seen := make(map[string]int)
-	var wg sync.WaitGroup
-	for _, s := range []queue.Store{a, b, a, b} {
-		wg.Go(func() {
-			for {
-				es, err := s.Claim(context.Background(), 7)
-				if err != nil {
-					t.Errorf("Claim: %v", err)
-					return
-				}
-				if len(es) == 0 {
-					return
-				}
-				mu.Lock()
-				for _, e := range es {
-					seen[e.ID]++
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if len(seen) != n {
-		t.Fatalf("%d distinct entries claimed, want %d", len(seen), n)
-	}
-	for id, c := range seen {
-		if c != 1 {
-			t.Errorf("%s claimed %d times", id, c)
-		}
-	}
+	storetest.ClaimsDisjoint(t, n, 7, a, b, a, b)
 }
 
 // A consumer that dies holding entries loses them to another after the
@@ -466,9 +437,7 @@ func openHooked(t *testing.T, srv *redistest.Server, prefix string, hook goredis
 	return s
 }
 
-// stampOf and entryID write times and ids as the store does.
-func stampOf(t time.Time) string { return fmt.Sprintf("%020d", t.UnixNano()) }
-
+// entryID writes an id as the store does.
 func entryID(sid string) string {
 	ms, seq, _ := strings.Cut(sid, "-")
 	a, _ := strconv.ParseUint(ms, 10, 64)
@@ -591,116 +560,6 @@ func admitTwice(t *testing.T, srv *redistest.Server, prefix string, body []byte)
 	}
 }
 
-// walkStrings calls fn on every string in a script reply.
-func walkStrings(v any, fn func(string)) {
-	switch v := v.(type) {
-	case string:
-		fn(v)
-	case []any:
-		for _, x := range v {
-			walkStrings(x, fn)
-		}
-	}
-}
-
-// Entries and dead letters written before bodies had keys of their own keep
-// the body in field b: the claim script never returns it, and Body,
-// DeadEntry, Dead and Replay still find it.
-func TestRedisLegacyBody(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	prefix := uniquePrefix()
-	tag := "{" + prefix + "}"
-	s := openRedis(t, srv, prefix, "c1", time.Minute, queue.Options{Window: time.Hour})
-	raw := newClient(srv.Addr())
-	defer raw.Close()
-	ctx := t.Context()
-
-	body := "LEGACY:" + strings.Repeat("b", 4000)
-	now := stampOf(time.Now())
-	sid, err := raw.XAdd(ctx, &goredis.XAddArgs{Stream: tag + ":q", Values: []any{
-		"k", "old", "b", body, "q", "x=1", "c", "application/json", "a", "ua", "x", "192.0.2.1", "r", now, "u", now,
-	}}).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	claimRaw := func() []any {
-		t.Helper()
-		script, keys, args := redis.ClaimScript(s, 10, "t"+strconv.FormatInt(prefixSeq.Add(1), 10))
-		v, err := script.Run(ctx, raw, keys, args...).Slice()
-		if err != nil {
-			t.Fatal(err)
-		}
-		walkStrings(v, func(s string) {
-			if strings.Contains(s, "LEGACY:") {
-				t.Fatalf("the claim script's reply carries the body: %.40q...", s)
-			}
-		})
-		if len(v) != 1 {
-			t.Fatalf("claim script reply %v, want one entry", v)
-		}
-		item := v[0].([]any)
-		if item[0] != sid || item[3] != int64(len(body)) {
-			t.Fatalf("claim script reply: stream id %v, body size %v; want %s, %d", item[0], item[3], sid, len(body))
-		}
-		return v
-	}
-	claimRaw() // a new entry (XREADGROUP)
-	id := entryID(sid)
-	if err := s.Release(ctx, []string{id}); err != nil {
-		t.Fatal(err)
-	}
-	claimRaw() // taken over (XAUTOCLAIM)
-	if err := s.Release(ctx, []string{id}); err != nil {
-		t.Fatal(err)
-	}
-
-	es, err := s.Claim(ctx, 10)
-	if err != nil || len(es) != 1 || es[0].ID != id {
-		t.Fatalf("Claim = %v, %v; want the legacy entry %s", es, err, id)
-	}
-	if e := es[0]; e.Body != nil || e.BodySize != len(body) || e.Damaged != "" || e.Key != "old" {
-		t.Fatalf("claimed legacy entry: %d body bytes, BodySize %d, Damaged %q, Key %q; want none, %d, none, old",
-			len(e.Body), e.BodySize, e.Damaged, e.Key, len(body))
-	}
-	if got, err := s.Body(ctx, id); err != nil || string(got) != body {
-		t.Fatalf("Body of the legacy entry: %d bytes, %v; want its %d bytes", len(got), err, len(body))
-	}
-
-	// buried, the dead letter keeps the body in its hash
-	es[0].Attempts, es[0].LastStatus = 2, 422
-	if err := s.Bury(ctx, es[0]); err != nil {
-		t.Fatal(err)
-	}
-	if d, err := s.DeadEntry(ctx, id); err != nil || string(d.Body) != body || d.Attempts != 2 {
-		t.Fatalf("DeadEntry of the legacy letter: %d bytes, attempts %v, %v; want its body", len(d.Body), d.Attempts, err)
-	}
-	if l, err := s.Dead(ctx, "", 10); err != nil || len(l) != 1 || l[0].BodySize != len(body) {
-		t.Fatalf("Dead = %v, %v; want the letter with BodySize %d", l, err, len(body))
-	}
-
-	// replayed, it gets a body key and comes back whole
-	if n, err := s.Replay(ctx, nil); err != nil || n != 1 {
-		t.Fatalf("Replay = %d, %v", n, err)
-	}
-	if b, err := raw.Get(ctx, tag+":b:"+id).Result(); err != nil || b != body {
-		t.Fatalf("body key after the replay: %d bytes, %v; want the body", len(b), err)
-	}
-	claimed := claimIDs(t, s, 10)
-	if len(claimed) != 1 || claimed[0] != id {
-		t.Fatalf("Claim after the replay = %v, want [%s]", claimed, id)
-	}
-	if got, err := s.Body(ctx, id); err != nil || string(got) != body {
-		t.Fatalf("Body after the replay: %d bytes, %v", len(got), err)
-	}
-	if err := s.Ack(ctx, id); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := raw.Exists(ctx, tag+":b:"+id).Result(); err != nil || n != 0 {
-		t.Errorf("body key after the ack: exists %d, %v; want gone", n, err)
-	}
-}
-
 // Concurrent admits share pipelines of at most RedisPipelineBytes of
 // bodies; an admit with a body larger than that goes alone.
 func TestRedisPipelineByteBound(t *testing.T) {
@@ -772,107 +631,6 @@ func TestRedisPipelineByteBound(t *testing.T) {
 	t.Logf("%d pipelines, %d shared", len(log), shared)
 }
 
-// Dead letters written before {p}:deadt existed are trimmed too, oldest
-// queued first, with their bodies.
-func TestRedisTrimLegacyDeadLetters(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	prefix := uniquePrefix()
-	tag := "{" + prefix + "}"
-	clock := storetest.NewClock()
-	s := openRedis(t, srv, prefix, "c1", time.Minute, queue.Options{Window: time.Hour, Now: clock.Now})
-	raw := newClient(srv.Addr())
-	defer raw.Close()
-	ctx := t.Context()
-
-	start := clock.Now()
-	var legacy []string
-	for i := range 3 {
-		id := fmt.Sprintf("%016d-%010d", start.UnixMilli()+int64(i), 0)
-		queued := stampOf(start.Add(time.Duration(i) * time.Minute))
-		if err := raw.HSet(ctx, tag+":dead:"+id, "i", id, "k", "old"+strconv.Itoa(i), "b", "legacy body",
-			"r", queued, "u", queued, "n", "5", "s", "500", "e", "upstream answered 500").Err(); err != nil {
-			t.Fatal(err)
-		}
-		if err := raw.ZAdd(ctx, tag+":dead", goredis.Z{Member: id}).Err(); err != nil {
-			t.Fatal(err)
-		}
-		legacy = append(legacy, id)
-	}
-	clock.Advance(time.Hour)
-	fresh := admit(t, s, "new")
-	if got := claimIDs(t, s, 1); len(got) != 1 {
-		t.Fatalf("claimed %v", got)
-	}
-	if err := s.Bury(ctx, fresh); err != nil {
-		t.Fatal(err)
-	}
-
-	// by count: the two oldest legacy letters, by their queued time
-	gone, err := s.TrimDead(ctx, 2, time.Time{}, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(gone) != 2 || gone[0].ID != legacy[0] || gone[1].ID != legacy[1] {
-		t.Fatalf("TrimDead(max 2) removed %v, want %v", gone, legacy[:2])
-	}
-	if e := gone[0]; e.Key != "old0" || e.Attempts != 5 || e.LastStatus != 500 || e.LastError != "upstream answered 500" ||
-		!e.Died.Equal(start) || e.Body != nil {
-		t.Errorf("trimmed legacy letter = %+v; want key old0, its attempt, Died at its queued time %v, no body", e, start)
-	}
-	for _, id := range legacy[:2] {
-		if n, _ := raw.Exists(ctx, tag+":dead:"+id).Result(); n != 0 {
-			t.Errorf("the hash of trimmed %s is still there", id)
-		}
-	}
-	// by age: the last legacy letter died (was queued) before the cutoff,
-	// the fresh one after it
-	gone, err = s.TrimDead(ctx, 0, start.Add(30*time.Minute), 10)
-	if err != nil || len(gone) != 1 || gone[0].ID != legacy[2] {
-		t.Fatalf("TrimDead(cutoff) = %v, %v; want [%s]", gone, err, legacy[2])
-	}
-	left, err := s.Dead(ctx, "", 10)
-	if err != nil || len(left) != 1 || left[0].ID != fresh.ID || !left[0].Died.Equal(clock.Now()) {
-		t.Fatalf("Dead after trimming = %v, %v; want only %s, died %v", left, err, fresh.ID, clock.Now())
-	}
-	if st, err := s.Stats(ctx); err != nil || st.Dead != 1 {
-		t.Fatalf("Stats = %+v, %v; want 1 dead letter", st, err)
-	}
-	if n, err := raw.ZCard(ctx, tag+":deadt").Result(); err != nil || n != 1 {
-		t.Errorf("died index holds %d, %v; want 1", n, err)
-	}
-}
-
-// Stats fills the died index in for legacy dead letters too.
-func TestRedisStatsIndexesLegacyDeadLetters(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	prefix := uniquePrefix()
-	tag := "{" + prefix + "}"
-	s := openRedis(t, srv, prefix, "c1", time.Minute, queue.Options{Window: time.Hour})
-	raw := newClient(srv.Addr())
-	defer raw.Close()
-	ctx := t.Context()
-	const n = 600 // more than one backfill step
-	pipe := raw.Pipeline()
-	for i := range n {
-		id := fmt.Sprintf("%016d-%010d", 1700000000000+i, 0)
-		pipe.HSet(ctx, tag+":dead:"+id, "i", id, "k", "k"+strconv.Itoa(i), "u", stampOf(time.UnixMilli(1700000000000+int64(i))))
-		pipe.ZAdd(ctx, tag+":dead", goredis.Z{Member: id})
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if st, err := s.Stats(ctx); err != nil || st.Dead != n {
-		t.Fatalf("Stats = %+v, %v", st, err)
-	}
-	if got, err := raw.ZCard(ctx, tag+":deadt").Result(); err != nil || got != n {
-		t.Fatalf("died index holds %d, %v; want %d", got, err, n)
-	}
-	gone, err := s.TrimDead(ctx, n-1, time.Time{}, 10)
-	if err != nil || len(gone) != 1 || gone[0].Key != "k0" {
-		t.Fatalf("TrimDead(max %d) = %v, %v; want the oldest, k0", n-1, gone, err)
-	}
-}
-
 // Claim hands out what it cannot read as Damaged instead of failing, and
 // Bury buries it.
 func TestRedisDamagedEntries(t *testing.T) {
@@ -919,7 +677,7 @@ func TestRedisDamagedEntries(t *testing.T) {
 }
 
 // Keys are counted by the minute they expire in; past it they are not, and
-// the count's stale fields go.
+// the next admit that counts a new minute deletes the stale fields.
 func TestRedisKeysExpireByTheMinute(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := uniquePrefix()
@@ -938,31 +696,17 @@ func TestRedisKeysExpireByTheMinute(t *testing.T) {
 	if st, err = s.Stats(t.Context()); err != nil || st.Keys != 1 {
 		t.Fatalf("Stats an hour on = %+v, %v; want 1 key", st, err)
 	}
-	if n, err := raw.HLen(t.Context(), "{"+prefix+"}:kc").Result(); err != nil || n != 1 {
-		t.Errorf("key count hash has %d fields, %v; want the stale one gone", n, err)
+	// Stats only reads; the next admit that counts a new minute deletes
+	// the minutes gone by
+	if n, err := raw.HLen(t.Context(), "{"+prefix+"}:kc").Result(); err != nil || n != 2 {
+		t.Errorf("key count hash has %d fields, %v; want both, Stats deletes nothing", n, err)
 	}
-}
-
-// Markers written by older versions hold their expiry time alone; they
-// still make duplicates until then.
-func TestRedisOldMarkers(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	prefix := uniquePrefix()
-	clock := storetest.NewClock()
-	s := openRedis(t, srv, prefix, "c1", time.Minute, queue.Options{Window: time.Hour, Now: clock.Now})
-	raw := newClient(srv.Addr())
-	defer raw.Close()
-	marker := "{" + prefix + "}:seen:old"
-	if err := raw.Set(t.Context(), marker, stampOf(clock.Now().Add(time.Minute)), time.Hour).Err(); err != nil {
-		t.Fatal(err)
+	admit(t, s, "c")
+	if n, err := raw.HLen(t.Context(), "{"+prefix+"}:kc").Result(); err != nil || n != 2 {
+		t.Errorf("key count hash has %d fields after an admit, %v; want b's and c's, a's gone", n, err)
 	}
-	if got, err := s.Admit(t.Context(), &queue.Entry{Key: "old", Body: []byte(`{}`)}); err != nil || got != queue.Duplicate {
-		t.Fatalf("Admit under an old marker = %v, %v; want duplicate", got, err)
-	}
-	clock.Advance(2 * time.Minute)
-	admit(t, s, "old")
-	if v, err := raw.Get(t.Context(), marker).Result(); err != nil || !strings.HasPrefix(v, stampOf(clock.Now().Add(time.Hour))+" ") {
-		t.Errorf("marker after the admit = %q, %v; want its expiry first", v, err)
+	if st, err = s.Stats(t.Context()); err != nil || st.Keys != 2 {
+		t.Fatalf("Stats after the admit = %+v, %v; want 2 keys", st, err)
 	}
 }
 

@@ -75,6 +75,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"ClaimOldestFirst", testClaimOldestFirst},
 		{"ClaimAfterReleaseInTheMiddle", testClaimAfterReleaseInTheMiddle},
 		{"ConcurrentClaimsDisjoint", testConcurrentClaimsDisjoint},
+		{"IDsSortAsStrings", testIDsSortAsStrings},
 		{"Release", testRelease},
 		{"Attempted", testAttempted},
 		{"Ack", testAck},
@@ -527,16 +528,29 @@ func testConcurrentClaimsDisjoint(t *testing.T, newStore Factory) {
 	for i := range entries {
 		f.accept("k" + strconv.Itoa(i))
 	}
+	claimers := make([]queue.Claimer, workers)
+	for i := range claimers {
+		claimers[i] = f.s
+	}
+	ClaimsDisjoint(t, entries, 4, claimers...)
+}
 
+// ClaimsDisjoint has every claimer claim, all at once, batch entries at a
+// time until the queue is empty, and checks that the want entries queued
+// were handed out once each. The suite runs it with one store several
+// times over; a shared store's own tests run it with several stores over
+// the same data.
+func ClaimsDisjoint(t *testing.T, want, batch int, claimers ...queue.Claimer) {
+	t.Helper()
 	var (
 		mu      sync.Mutex
 		claimed = make(map[string]int)
 	)
-	race(workers, func(int) {
+	race(len(claimers), func(i int) {
 		// bounded, so a store that hands entries out again fails instead
 		// of spinning forever
-		for range entries {
-			es, err := f.s.Claim(f.ctx, 4)
+		for range want {
+			es, err := claimers[i].Claim(t.Context(), batch)
 			if err != nil {
 				t.Errorf("Claim: %v", err)
 				return
@@ -552,13 +566,27 @@ func testConcurrentClaimsDisjoint(t *testing.T, newStore Factory) {
 		}
 	})
 
-	if len(claimed) != entries {
-		t.Errorf("%d distinct entries claimed, want %d", len(claimed), entries)
+	if len(claimed) != want {
+		t.Errorf("%d distinct entries claimed, want %d", len(claimed), want)
 	}
 	for id, n := range claimed {
 		if n != 1 {
 			t.Errorf("%s handed out %d times", id, n)
 		}
+	}
+}
+
+// testIDsSortAsStrings: ids sort as strings in admission order (Entry.ID),
+// past 10 and 100, where a number printed without padding gets longer.
+func testIDsSortAsStrings(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	prev := ""
+	for i := range 150 {
+		e := f.accept("k" + strconv.Itoa(i))
+		if e.ID <= prev {
+			t.Fatalf("id %q after %q does not sort after it", e.ID, prev)
+		}
+		prev = e.ID
 	}
 }
 

@@ -1,0 +1,142 @@
+package bolt
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+)
+
+const (
+	boltMaxRawKey   = 512 // longer dedupe keys are stored as their SHA-256
+	boltIDWidth     = 20  // digits of an id: uint64 fits, and ids sort as strings
+	boltEntryFormat = 1   // the first byte of every entry record
+)
+
+// Entry encoding: the format byte boltEntryFormat, then ID, Key and the
+// request fields as length-prefixed strings, Received and Queued as Unix
+// nanoseconds, Attempts, LastStatus, LastError, Died (Unix nanoseconds, 0
+// while queued) and the kept headers (queue.AppendHeaders). A record of any
+// other format is malformed. Bodies are kept raw in their own bucket, so
+// recording an attempt or burying never rewrites them.
+
+func boltEncode(e *queue.Entry) []byte {
+	n := 1 + 10*8 + len(e.ID) + len(e.Key) + len(e.Request.RawQuery) + len(e.Request.ContentType) +
+		len(e.Request.UserAgent) + len(e.Request.ForwardedFor) + len(e.LastError)
+	buf := make([]byte, 0, n)
+	buf = append(buf, boltEntryFormat)
+	for _, s := range []string{e.ID, e.Key, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor} {
+		buf = binary.AppendUvarint(buf, uint64(len(s)))
+		buf = append(buf, s...)
+	}
+	buf = binary.AppendVarint(buf, e.Received.UnixNano())
+	buf = binary.AppendVarint(buf, e.Queued.UnixNano())
+	buf = binary.AppendVarint(buf, int64(e.Attempts))
+	buf = binary.AppendVarint(buf, int64(e.LastStatus))
+	buf = binary.AppendUvarint(buf, uint64(len(e.LastError)))
+	buf = append(buf, e.LastError...)
+	var died int64
+	if !e.Died.IsZero() {
+		died = e.Died.UnixNano()
+	}
+	buf = binary.AppendVarint(buf, died)
+	return queue.AppendHeaders(buf, e.Request.Headers)
+}
+
+var errBoltEntry = errors.New("malformed entry")
+
+// boltEntryID reads only the ID of an encoded entry, "" if it is malformed.
+func boltEntryID(v []byte) string {
+	if len(v) < 2 || v[0] != boltEntryFormat {
+		return ""
+	}
+	n, w := binary.Uvarint(v[1:])
+	if w <= 0 || uint64(len(v)-1-w) < n {
+		return ""
+	}
+	return string(v[1+w : 1+w+int(n)])
+}
+
+func boltDecode(v []byte) (*queue.Entry, error) {
+	if len(v) < 1 || v[0] != boltEntryFormat {
+		return nil, errBoltEntry
+	}
+	d := boltDecoder{buf: v[1:]}
+	e := &queue.Entry{
+		ID:  d.str(),
+		Key: d.str(),
+		Request: queue.RequestMeta{
+			RawQuery:     d.str(),
+			ContentType:  d.str(),
+			UserAgent:    d.str(),
+			ForwardedFor: d.str(),
+		},
+	}
+	e.Received = time.Unix(0, d.varint())
+	e.Queued = time.Unix(0, d.varint())
+	e.Attempts = int(d.varint())
+	e.LastStatus = int(d.varint())
+	e.LastError = d.str()
+	if died := d.varint(); died != 0 {
+		e.Died = time.Unix(0, died)
+	}
+	if d.bad {
+		return nil, errBoltEntry
+	}
+	var err error
+	if e.Request.Headers, _, err = queue.ReadHeaders(d.buf); err != nil {
+		return nil, errBoltEntry
+	}
+	return e, nil
+}
+
+type boltDecoder struct {
+	buf []byte
+	bad bool
+}
+
+func (d *boltDecoder) str() string {
+	n, w := binary.Uvarint(d.buf)
+	if w <= 0 || uint64(len(d.buf)-w) < n {
+		d.bad = true
+		return ""
+	}
+	s := string(d.buf[w : w+int(n)])
+	d.buf = d.buf[w+int(n):]
+	return s
+}
+
+func (d *boltDecoder) varint() int64 {
+	v, w := binary.Varint(d.buf)
+	if w <= 0 {
+		d.bad = true
+		return 0
+	}
+	d.buf = d.buf[w:]
+	return v
+}
+
+// boltDeadAtKey is an entry's key in the index of dead letters by death.
+func boltDeadAtKey(died time.Time, id string) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, uint64(died.UnixNano())), id...)
+}
+
+// boltMarkerKey is the seen bucket's key for a dedupe key: the key itself, or
+// its SHA-256 when it is long (bbolt keys are bounded). The first byte keeps
+// the two kinds apart and makes an empty key a valid bbolt key.
+func boltMarkerKey(key string) []byte {
+	if len(key) <= boltMaxRawKey {
+		return append([]byte{0}, key...)
+	}
+	sum := sha256.Sum256([]byte(key))
+	return append([]byte{1}, sum[:]...)
+}
+
+func boltID(seq uint64) string {
+	s := strconv.FormatUint(seq, 10)
+	return string(bytes.Repeat([]byte{'0'}, boltIDWidth-len(s))) + s
+}

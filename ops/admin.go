@@ -147,7 +147,7 @@ func apiError(status int, msg string) error {
 	return caddy.APIError{HTTPStatus: status, Err: errors.New(msg)}
 }
 
-// writeJSON answers v as JSON with the status.
+// WriteJSON answers v as JSON with the status.
 func WriteJSON(w http.ResponseWriter, status int, v any) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)

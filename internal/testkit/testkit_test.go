@@ -184,3 +184,36 @@ func TestPanicLogged(t *testing.T) {
 		t.Errorf("a stack through another file: failed with %q", msg)
 	}
 }
+
+func TestUpstreamUntilAndOpen(t *testing.T) {
+	release := make(chan struct{})
+	u := NewUpstream(t, func(*Request) Answer { return Answer{Status: 201, Until: release} })
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			resp, err := post(t, u.URL, "k", "x")
+			if err == nil && resp.StatusCode != 201 {
+				err = fmt.Errorf("status %d, want 201", resp.StatusCode)
+			}
+			done <- err
+		}()
+	}
+	reqs := u.WaitFor(t, 5*time.Second, "two requests", func(reqs []*Request) bool { return len(reqs) == 2 })
+	if reqs[0].Open != 1 || reqs[1].Open != 2 || reqs[0].Status != 0 {
+		t.Errorf("open %d, %d and status %d before release; want 1, 2 and 0", reqs[0].Open, reqs[1].Open, reqs[0].Status)
+	}
+	close(release)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	for _, r := range u.Requests() {
+		if r.Status != 201 {
+			t.Errorf("recorded status %d after release, want 201", r.Status)
+		}
+	}
+	if reqs[0].Status != 0 {
+		t.Error("a snapshot taken before the answer changed")
+	}
+}

@@ -27,6 +27,9 @@ type Request struct {
 	Attempt int
 	// Nth counts the requests with this Key so far, this one included.
 	Nth int
+	// Open counts the requests not yet answered when this one arrived,
+	// this one included.
+	Open int
 	// Status is what the upstream answered: 0 for a hang, a dropped
 	// connection, a delayed answer not yet written, or one whose client
 	// left before it was.
@@ -42,14 +45,23 @@ type Answer struct {
 	// Status is the answer's status; 0 means 200.
 	Status int
 	Header http.Header
-	// Delay is how long to take before answering. A client that gives up
-	// meanwhile gets nothing, and the request's Status stays 0.
+	// Delay is how long to take before answering (or hanging, or
+	// dropping). A client that gives up meanwhile gets nothing, and the
+	// request's Status stays 0.
 	Delay time.Duration
+	// Until, if not nil, holds the answer (or the hang, or the drop) back
+	// until it is closed, as Delay does.
+	Until <-chan struct{}
 	// Hang keeps the request open, unanswered, until the client gives up
 	// or the upstream stops.
 	Hang bool
 	// Drop closes the connection without an answer.
 	Drop bool
+}
+
+// Always answers every request with status.
+func Always(status int) func(*Request) Answer {
+	return func(*Request) Answer { return Answer{Status: status} }
 }
 
 // Upstream is a real HTTP server on 127.0.0.1 standing in for the
@@ -191,25 +203,58 @@ func (u *Upstream) handle(w http.ResponseWriter, r *http.Request) {
 	u.mu.Lock()
 	u.perKey[req.Key]++
 	req.Nth = u.perKey[req.Key]
+	u.inFlight++
+	req.Open = u.inFlight
 	a := u.answer(req)
 	status := a.Status
 	if status == 0 {
 		status = http.StatusOK
 	}
-	if !a.Hang && !a.Drop && a.Delay <= 0 {
+	waits := a.Delay > 0 || a.Until != nil
+	if !a.Hang && !a.Drop && !waits {
 		req.Status = status
 	}
 	n := len(u.reqs)
 	u.reqs = append(u.reqs, req)
-	u.inFlight++
 	u.notify()
 	u.mu.Unlock()
-	defer func() {
+	// answered ends the request's count in flight, before the client can
+	// see its answer (or its end) and send another.
+	answered := sync.OnceFunc(func() {
 		u.mu.Lock()
 		u.inFlight--
 		u.mu.Unlock()
-	}()
+	})
+	defer answered()
 
+	if waits {
+		var timer <-chan time.Time
+		if a.Delay > 0 {
+			t := time.NewTimer(a.Delay)
+			defer t.Stop()
+			timer = t.C
+		}
+		for timer != nil || a.Until != nil {
+			select {
+			case <-timer:
+				timer = nil
+			case <-a.Until:
+				a.Until = nil
+			case <-r.Context().Done():
+				return // the client gave up on this request: not answered
+			case <-stop:
+				return
+			}
+		}
+		if !a.Hang && !a.Drop {
+			u.mu.Lock()
+			done := *u.reqs[n]
+			done.Status = status
+			u.reqs[n] = &done // a new value: snapshots handed out stay as they were
+			u.notify()
+			u.mu.Unlock()
+		}
+	}
 	switch {
 	case a.Hang:
 		select {
@@ -219,29 +264,15 @@ func (u *Upstream) handle(w http.ResponseWriter, r *http.Request) {
 		return
 	case a.Drop:
 		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			answered()
 			conn.Close()
 		}
 		return
-	case a.Delay > 0:
-		t := time.NewTimer(a.Delay)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			return // the client gave up on this request: not answered
-		case <-stop:
-			return
-		}
-		u.mu.Lock()
-		done := *u.reqs[n]
-		done.Status = status
-		u.reqs[n] = &done // a new value: snapshots handed out stay as they were
-		u.notify()
-		u.mu.Unlock()
 	}
 	for name, values := range a.Header {
 		w.Header()[name] = values
 	}
+	answered()
 	w.WriteHeader(status)
 }
 
@@ -258,8 +289,8 @@ func (u *Upstream) Requests() []*Request {
 	return append([]*Request(nil), u.reqs...)
 }
 
-// InFlight returns how many requests are being answered right now (hanging
-// or delayed ones included).
+// InFlight returns how many requests are not answered yet: delayed,
+// hanging, or about to be answered.
 func (u *Upstream) InFlight() int {
 	u.mu.Lock()
 	defer u.mu.Unlock()

@@ -18,18 +18,18 @@
 //     `caddy run`, waiting until both the admin endpoint and the HTTP port
 //     answer. Process.Kill is SIGKILL, Process.Stop is SIGTERM and waits.
 //     Each process's output goes to a file that is printed if the test fails.
-//   - NewUpstream is a recording upstream on 127.0.0.1 that can be stopped
-//     and started again on the same port, answers a chosen status after a
-//     chosen delay, and counts deliveries by Idempotency-Key.
+//   - NewUpstream is internal/testkit's recording upstream on 127.0.0.1,
+//     stopped and started again on the same port, answering a chosen status
+//     after a chosen delay and counting deliveries by Idempotency-Key.
 //
-// Nothing here sleeps for correctness: waits poll with deadlines (Eventually).
+// Nothing here sleeps for correctness: waits poll with deadlines
+// (testkit.Eventually).
 package processtest
 
 import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // caddyBinary is the path of the Caddy built by TestMain.
@@ -74,19 +75,6 @@ func FreePort(t testing.TB) int {
 		t.Fatalf("finding a free port: %v", err)
 	}
 	return port
-}
-
-// Eventually polls cond every 20ms until it is true or timeout passes, then
-// fails the test with the message.
-func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: "+format, append([]any{timeout}, args...)...)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // Instance is one Caddy installation: a private home and data directory
@@ -293,7 +281,7 @@ func (p *portServer) Start() {
 	var ln net.Listener
 	var err error
 	// the port may linger for a moment after Stop
-	Eventually(p.t, 5*time.Second, func() bool {
+	testkit.Eventually(p.t, 5*time.Second, func() bool {
 		ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p.Port))
 		return err == nil
 	}, "cannot listen on port %d again", p.Port)
@@ -315,32 +303,29 @@ func (p *portServer) Stop() {
 	}
 }
 
-// Upstream is a recording webhook receiver on 127.0.0.1 that can be stopped
-// and started again on the same port.
+// Upstream is a recording webhook receiver on 127.0.0.1 (a testkit
+// upstream) that can be stopped and started again on the same port.
 type Upstream struct {
-	portServer
+	*testkit.Upstream
 
 	status atomic.Int32 // status to answer
 	delay  atomic.Int64 // how long to take before answering
-
-	mu        sync.Mutex
-	delivered map[string]int // Idempotency-Key -> 2xx answers written
-	attempts  int
-	inFlight  int
 }
 
-// NewUpstream makes an upstream on a free port (port 0) or the given one,
-// not yet started. It answers 200 at once until told otherwise.
-func NewUpstream(t testing.TB, port int) *Upstream {
-	if port == 0 {
-		port = FreePort(t)
-	}
-	u := &Upstream{portServer: portServer{t: t, Port: port}, delivered: make(map[string]int)}
-	u.handler = u.serve
+// NewUpstream makes an upstream on a free port, not yet started. It
+// answers 200 at once until told otherwise.
+func NewUpstream(t testing.TB) *Upstream {
+	u := &Upstream{}
 	u.status.Store(http.StatusOK)
-	t.Cleanup(u.Stop)
+	u.Upstream = testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer {
+		return testkit.Answer{Status: int(u.status.Load()), Delay: time.Duration(u.delay.Load())}
+	})
+	u.Stop()
 	return u
 }
+
+// URL is the upstream's address plus path.
+func (u *Upstream) URL(path string) string { return u.Upstream.URL + path }
 
 // Answer sets the status the upstream answers with.
 func (u *Upstream) Answer(status int) { u.status.Store(int32(status)) }
@@ -348,47 +333,21 @@ func (u *Upstream) Answer(status int) { u.status.Store(int32(status)) }
 // Delay makes every answer take d.
 func (u *Upstream) Delay(d time.Duration) { u.delay.Store(int64(d)) }
 
-func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
-	_, _ = io.Copy(io.Discard, r.Body)
-	key := r.Header.Get("Idempotency-Key")
-	u.mu.Lock()
-	u.attempts++
-	u.inFlight++
-	u.mu.Unlock()
-	defer func() {
-		u.mu.Lock()
-		u.inFlight--
-		u.mu.Unlock()
-	}()
-	if d := time.Duration(u.delay.Load()); d > 0 {
-		select {
-		case <-time.After(d):
-		case <-r.Context().Done():
-			return // the relay gave up on this attempt: not delivered
-		}
-	}
-	status := int(u.status.Load())
-	w.WriteHeader(status)
-	if status/100 == 2 {
-		u.mu.Lock()
-		u.delivered[key]++
-		u.mu.Unlock()
-	}
-}
-
 // Delivered returns how many times each Idempotency-Key was answered 2xx.
 func (u *Upstream) Delivered() map[string]int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return maps.Clone(u.delivered)
+	delivered := make(map[string]int)
+	for _, r := range u.Requests() {
+		if r.Status/100 == 2 {
+			delivered[r.Key]++
+		}
+	}
+	return delivered
 }
 
 // Attempts returns how many requests reached the upstream, and how many are
 // being answered right now.
 func (u *Upstream) Attempts() (total, inFlight int) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.attempts, u.inFlight
+	return len(u.Requests()), u.InFlight()
 }
 
 // errExit reports whether err is a process exit with a non-zero status.

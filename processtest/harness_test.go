@@ -30,13 +30,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -248,60 +246,22 @@ func (r response) duplicate() bool {
 
 var httpClient = &http.Client{Timeout: 15 * time.Second}
 
-// portServer serves a handler on a fixed 127.0.0.1 port and can be stopped
-// (connections refused) and started again on the same port: an upstream
-// going down and coming back.
+// portServer is a testkit.Server on a free port of 127.0.0.1 whose URL
+// takes a path: an upstream with a handler of its own, stopped and started
+// again on the same port.
 type portServer struct {
-	t       testing.TB
-	Port    int
-	handler http.HandlerFunc
+	*testkit.Server
+}
 
-	srvMu sync.Mutex
-	srv   *http.Server
+// newPortServer makes a server of h on a free port, not yet started.
+func newPortServer(t testing.TB, h http.HandlerFunc) portServer {
+	s := testkit.NewServer(t, "127.0.0.1:0", h)
+	s.Stop()
+	return portServer{s}
 }
 
 // URL is the server's address plus path.
-func (p *portServer) URL(path string) string {
-	return fmt.Sprintf("http://127.0.0.1:%d%s", p.Port, path)
-}
-
-// Running reports whether the server listens.
-func (p *portServer) Running() bool {
-	p.srvMu.Lock()
-	defer p.srvMu.Unlock()
-	return p.srv != nil
-}
-
-// Start listens on the port (again); starting a running server does nothing.
-func (p *portServer) Start() {
-	p.t.Helper()
-	if p.Running() {
-		return
-	}
-	var ln net.Listener
-	var err error
-	// the port may linger for a moment after Stop
-	testkit.Eventually(p.t, 5*time.Second, func() bool {
-		ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p.Port))
-		return err == nil
-	}, "cannot listen on port %d again", p.Port)
-	srv := &http.Server{Handler: p.handler}
-	p.srvMu.Lock()
-	p.srv = srv
-	p.srvMu.Unlock()
-	go func() { _ = srv.Serve(ln) }()
-}
-
-// Stop closes the listener and every connection at once.
-func (p *portServer) Stop() {
-	p.srvMu.Lock()
-	srv := p.srv
-	p.srv = nil
-	p.srvMu.Unlock()
-	if srv != nil {
-		_ = srv.Close()
-	}
-}
+func (p portServer) URL(path string) string { return p.Server.URL + path }
 
 // Upstream is a recording webhook receiver on 127.0.0.1 (a testkit
 // upstream) that can be stopped and started again on the same port.

@@ -562,10 +562,8 @@ type lbArrival struct {
 }
 
 func newLBUpstream(t *testing.T) *lbUpstream {
-	u := &lbUpstream{portServer: portServer{t: t, Port: FreePort(t)},
-		got: make(map[[32]byte]*lbArrival), failed: make(map[string]time.Time)}
-	u.handler = u.serve
-	t.Cleanup(u.Stop)
+	u := &lbUpstream{got: make(map[[32]byte]*lbArrival), failed: make(map[string]time.Time)}
+	u.portServer = newPortServer(t, u.serve)
 	return u
 }
 

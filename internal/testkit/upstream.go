@@ -1,10 +1,8 @@
 package testkit
 
 import (
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -69,11 +67,7 @@ func Always(status int) func(*Request) Answer {
 // its answer function says, and can be stopped (connections refused) and
 // started again on the same port. Its methods are safe for concurrent use.
 type Upstream struct {
-	// URL is http://<Addr>, no path.
-	URL  string
-	Addr string
-
-	t testing.TB
+	*Server
 
 	mu       sync.Mutex
 	answer   func(*Request) Answer
@@ -82,10 +76,6 @@ type Upstream struct {
 	changed  chan struct{} // closed and replaced on every change of reqs
 	inFlight int
 	next     int // the first request Next has not returned
-
-	srvMu sync.Mutex
-	srv   *http.Server
-	stop  chan struct{} // closed by Stop: hanging and delayed requests end
 }
 
 // NewUpstream starts an upstream on a free port of 127.0.0.1. answer picks
@@ -101,29 +91,14 @@ func NewUpstream(t testing.TB, answer func(*Request) Answer) *Upstream {
 // moment ago: it tries again for 5s while the port lingers.
 func ListenUpstream(t testing.TB, addr string, answer func(*Request) Answer) *Upstream {
 	t.Helper()
-	ln := listen(t, addr)
-	u := &Upstream{
-		URL:     "http://" + ln.Addr().String(),
-		Addr:    ln.Addr().String(),
-		t:       t,
-		perKey:  make(map[string]int),
-		changed: make(chan struct{}),
-	}
+	u := &Upstream{perKey: make(map[string]int), changed: make(chan struct{})}
 	u.SetAnswer(answer)
-	u.serve(ln)
-	t.Cleanup(u.Stop)
+	// u.Server is set before the handler can run
+	s, ln := bind(t, addr, http.HandlerFunc(u.handle))
+	u.Server = s
+	s.serve(ln)
+	t.Cleanup(s.Stop)
 	return u
-}
-
-func listen(t testing.TB, addr string) net.Listener {
-	t.Helper()
-	var ln net.Listener
-	var err error
-	Eventually(t, 5*time.Second, func() bool {
-		ln, err = net.Listen("tcp", addr)
-		return err == nil
-	}, "cannot listen on %s: %v", addr, Lazy(func() string { return fmt.Sprint(err) }))
-	return ln
 }
 
 // SetAnswer replaces the answer function (nil: 200 to every request).
@@ -136,54 +111,8 @@ func (u *Upstream) SetAnswer(answer func(*Request) Answer) {
 	u.mu.Unlock()
 }
 
-func (u *Upstream) serve(ln net.Listener) {
-	srv := &http.Server{Handler: http.HandlerFunc(u.handle), ReadHeaderTimeout: time.Minute}
-	stop := make(chan struct{})
-	u.srvMu.Lock()
-	u.srv, u.stop = srv, stop
-	u.srvMu.Unlock()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			u.t.Errorf("upstream %s: %v", u.Addr, err)
-		}
-	}()
-}
-
-// Running reports whether the upstream listens.
-func (u *Upstream) Running() bool {
-	u.srvMu.Lock()
-	defer u.srvMu.Unlock()
-	return u.srv != nil
-}
-
-// Stop closes the listener and every connection at once, and ends the
-// requests that hang or wait to be answered. Stopping a stopped upstream
-// does nothing.
-func (u *Upstream) Stop() {
-	u.srvMu.Lock()
-	srv, stop := u.srv, u.stop
-	u.srv, u.stop = nil, nil
-	u.srvMu.Unlock()
-	if srv != nil {
-		close(stop)
-		_ = srv.Close()
-	}
-}
-
-// Start listens on the upstream's address again; starting a running
-// upstream does nothing.
-func (u *Upstream) Start() {
-	u.t.Helper()
-	if u.Running() {
-		return
-	}
-	u.serve(listen(u.t, u.Addr))
-}
-
 func (u *Upstream) handle(w http.ResponseWriter, r *http.Request) {
-	u.srvMu.Lock()
-	stop := u.stop
-	u.srvMu.Unlock()
+	stop := u.Stopped()
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)

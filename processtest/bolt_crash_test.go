@@ -59,14 +59,8 @@ func sendAll(t *testing.T, in *Instance, n int) {
 // was delivered twice.
 func waitDelivered(t *testing.T, up *Upstream, n int, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for len(up.Delivered()) < n {
-		if time.Now().After(deadline) {
-			// counted now, not when the wait began
-			t.Fatalf("after %s: %d of %d payloads delivered", timeout, len(up.Delivered()), n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, timeout, func() bool { return len(up.Delivered()) >= n },
+		"%s of %d payloads delivered", testkit.Lazy(func() string { return fmt.Sprint(len(up.Delivered())) }), n)
 	got := up.Delivered()
 	if len(got) != n {
 		t.Errorf("%d distinct keys delivered, want %d", len(got), n)

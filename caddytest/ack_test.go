@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"unicode"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // TestAck walks the ack path's table (README, "Responses") through a
@@ -218,10 +220,10 @@ func TestAck(t *testing.T) {
 		// the relay removes a payload from the backlog a moment after the
 		// upstream's 200: retry like a sender until there is room
 		var a2 answer
-		waitUntil(t, "room in the backlog", func() bool {
+		testkit.Eventually(t, waitTimeout, func() bool {
 			a2 = post(t, full, third)
 			return a2.status != http.StatusServiceUnavailable
-		})
+		}, "waiting for room in the backlog")
 		expectStatus(t, a2, http.StatusOK, "accepted")
 		down.waitDelivered(t, third)
 	})

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // TestReloadUnderTraffic reloads the config (same relay name, a different
@@ -67,9 +69,9 @@ func TestReloadUnderTraffic(t *testing.T) {
 
 	// reload at evenly spread points of the traffic
 	for i := 1; i <= reloads; i++ {
-		waitUntil(t, fmt.Sprintf("%d payloads answered before reload %d", i*minPayloads/(reloads+1), i), func() bool {
-			return answered.Load() >= int64(i*minPayloads/(reloads+1))
-		})
+		want := int64(i * minPayloads / (reloads + 1))
+		testkit.Eventually(t, waitTimeout, func() bool { return answered.Load() >= want },
+			"waiting for %d payloads answered before reload %d", want, i)
 		reload(t, tester, config(i))
 	}
 	duringReloads := answered.Load()
@@ -184,18 +186,6 @@ func distinctDelivered(hits []*hit) int {
 		}
 	}
 	return len(keys)
-}
-
-// waitUntil polls cond until it holds, for state the upstream does not see.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", waitTimeout, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 // TestReloadAppliesMaxBacklog: a reload keeps the relay's queue, and the

@@ -88,12 +88,12 @@ func FuzzKey(f *testing.F) {
 		for i, k := range keyers {
 			key, err := k.Key(h, q, body)
 			if err != nil {
-				if !errors.Is(err, ErrNotJSON) || !k.NeedsJSON() || valid {
-					t.Fatalf("%q: Key: %v (NeedsJSON %v, valid %v)", fuzzKeyers[i], err, k.NeedsJSON(), valid)
+				if !errors.Is(err, ErrNotJSON) || !k.needsJSON || valid {
+					t.Fatalf("%q: Key: %v (needsJSON %v, valid %v)", fuzzKeyers[i], err, k.needsJSON, valid)
 				}
 				continue
 			}
-			if k.NeedsJSON() && !valid {
+			if k.needsJSON && !valid {
 				t.Fatalf("%q: invalid JSON keyed %q", fuzzKeyers[i], key)
 			}
 			checkKey(t, key)

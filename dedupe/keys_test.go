@@ -83,7 +83,9 @@ func TestNewKeyerErrors(t *testing.T) {
 	}
 }
 
-func TestNeedsJSON(t *testing.T) {
+// TestKeyNotJSONBySource checks that a body that is not JSON fails with
+// ErrNotJSON exactly for the source lists that read the JSON body.
+func TestKeyNotJSONBySource(t *testing.T) {
 	for _, tt := range []struct {
 		sources []string
 		want    bool
@@ -97,8 +99,9 @@ func TestNeedsJSON(t *testing.T) {
 		{[]string{"query.id", "body"}, false},
 		{[]string{"body"}, false},
 	} {
-		if got := mustKeyer(t, tt.sources...).NeedsJSON(); got != tt.want {
-			t.Errorf("NeedsJSON(%q) = %v, want %v", tt.sources, got, tt.want)
+		_, err := mustKeyer(t, tt.sources...).Key(nil, nil, []byte("not json"))
+		if got := errors.Is(err, ErrNotJSON); got != tt.want {
+			t.Errorf("Key(%q) of a body that is not JSON: %v; want ErrNotJSON %v", tt.sources, err, tt.want)
 		}
 	}
 }

@@ -3,15 +3,14 @@ package delivery
 import (
 	"bytes"
 	"context"
-	"io"
-	"net/http"
-	"net/http/httptest"
+	"fmt"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
@@ -20,22 +19,7 @@ import (
 func TestBudgetBoundsBodiesInFlight(t *testing.T) {
 	const size = 100 << 10
 	release := make(chan struct{})
-	arrived := make(chan int, 100)
-	var mu sync.Mutex
-	inFlight, most := 0, 0
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		mu.Lock()
-		inFlight++
-		most = max(most, inFlight)
-		mu.Unlock()
-		arrived <- len(body)
-		<-release
-		mu.Lock()
-		inFlight--
-		mu.Unlock()
-	}))
-	t.Cleanup(up.Close)
+	up := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer { return testkit.Answer{Until: release} })
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.Concurrency = 8
@@ -48,21 +32,18 @@ func TestBudgetBoundsBodiesInFlight(t *testing.T) {
 
 	// three arrive and hold on; no fourth while they do
 	for range 3 {
-		select {
-		case <-arrived:
-		case <-time.After(10 * time.Second):
-			t.Fatal("fewer than three bodies reached the upstream within 10s")
-		}
+		up.Next(t)
 	}
-	select {
-	case n := <-arrived:
-		t.Fatalf("a fourth body (%d bytes) was sent while three held the whole budget", n)
-	case <-time.After(100 * time.Millisecond):
+	time.Sleep(100 * time.Millisecond)
+	if reqs := up.Requests(); len(reqs) > 3 {
+		t.Fatalf("a fourth body (%d bytes) was sent while three held the whole budget", len(reqs[3].Body))
 	}
 	close(release)
 	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
-	mu.Lock()
-	defer mu.Unlock()
+	most := 0
+	for _, r := range up.Requests() {
+		most = max(most, r.Open)
+	}
 	if most > 3 {
 		t.Errorf("%d bodies of %d bytes were out at once within a budget of %d", most, size, 3*size)
 	}
@@ -89,7 +70,7 @@ func (s *damagingStore) Claim(ctx context.Context, max int) ([]*queue.Entry, err
 }
 
 func TestDamagedEntryIsBuriedAndTheRestFlows(t *testing.T) {
-	up := newUpstream(t, func(*http.Request, []byte) int { return 200 })
+	up := testkit.NewUpstream(t, testkit.Always(200))
 	mem := queue.NewMemory(queue.Options{Window: time.Hour})
 	store := &damagingStore{Store: mem}
 	bad := admit(t, mem, "bad", `"bad"`)
@@ -107,14 +88,14 @@ func TestDamagedEntryIsBuriedAndTheRestFlows(t *testing.T) {
 		t.Errorf("dead letter reason %q, want the damage", d.LastError)
 	}
 	for range 2 {
-		if got := up.next(t); string(got.body) == `"bad"` {
+		if got := up.Next(t); string(got.Body) == `"bad"` {
 			t.Error("the damaged entry was sent upstream")
 		}
 	}
 }
 
 func TestDeadLettersTrimmedToMaxDead(t *testing.T) {
-	up := newUpstream(t, func(*http.Request, []byte) int { return 422 })
+	up := testkit.NewUpstream(t, testkit.Always(422))
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.MaxDead = 2
@@ -131,23 +112,16 @@ func TestDeadLettersTrimmedToMaxDead(t *testing.T) {
 		admit(t, store, "k"+strconv.Itoa(i), `{}`)
 	}
 	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 && st.Dead == 2 })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	n := func() int {
 		mu.Lock()
-		n := len(dropped)
-		mu.Unlock()
-		if n == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d dead letters reported dropped, want 3", n)
-		}
-		time.Sleep(5 * time.Millisecond)
+		defer mu.Unlock()
+		return len(dropped)
 	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return n() == 3 }, "%s dead letters reported dropped, want 3", testkit.Lazy(func() string { return fmt.Sprint(n()) }))
 }
 
 func TestDeadLettersPastRetentionRemoved(t *testing.T) {
-	up := newUpstream(t, func(*http.Request, []byte) int { return 422 })
+	up := testkit.NewUpstream(t, testkit.Always(422))
 	clock := struct {
 		sync.Mutex
 		now time.Time

@@ -3,12 +3,9 @@ package delivery
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,50 +13,10 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 	"github.com/hookrelay/caddy-webhook-relay/queue/redis"
 )
-
-// upstream is a real HTTP server on loopback that answers from a script
-// and records what it got.
-type upstream struct {
-	*httptest.Server
-	mu       sync.Mutex
-	answer   func(r *http.Request, body []byte) int
-	received chan received
-}
-
-type received struct {
-	header http.Header
-	query  string
-	body   []byte
-	status int
-}
-
-func newUpstream(t *testing.T, answer func(r *http.Request, body []byte) int) *upstream {
-	u := &upstream{answer: answer, received: make(chan received, 1000)}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		u.mu.Lock()
-		status := u.answer(r, body)
-		u.mu.Unlock()
-		u.received <- received{header: r.Header.Clone(), query: r.URL.RawQuery, body: body, status: status}
-		w.WriteHeader(status)
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func (u *upstream) next(t *testing.T) received {
-	t.Helper()
-	select {
-	case r := <-u.received:
-		return r
-	case <-time.After(10 * time.Second):
-		t.Fatal("upstream got nothing within 10s")
-		return received{}
-	}
-}
 
 func settingsFor(t *testing.T, rawURL string) *Settings {
 	u, err := url.Parse(rawURL)
@@ -100,35 +57,30 @@ func admit(t *testing.T, store queue.Store, key string, body string) *queue.Entr
 
 func waitStats(t *testing.T, store queue.Store, ok func(queue.Stats) bool) queue.Stats {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, err := store.Stats(context.Background())
-		if err != nil {
+	var st queue.Stats
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		var err error
+		if st, err = store.Stats(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if ok(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("store never reached the wanted state; last: %+v", st)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return ok(st)
+	}, "store never reached the wanted state; last: %+v", testkit.Lazy(func() string { return fmt.Sprintf("%+v", st) }))
+	return st
 }
 
 func TestForwardedRequestShape(t *testing.T) {
-	up := newUpstream(t, func(*http.Request, []byte) int { return 200 })
+	up := testkit.NewUpstream(t, testkit.Always(200))
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL+"/hook?fixed=1")
 	startEngine(t, store, s)
 	admit(t, store, "rw:task/img", `{"taskUUID":"t"}`)
 
-	got := up.next(t)
-	if string(got.body) != `{"taskUUID":"t"}` {
-		t.Errorf("body %q", got.body)
+	got := up.Next(t)
+	if string(got.Body) != `{"taskUUID":"t"}` {
+		t.Errorf("body %q", got.Body)
 	}
-	if got.query != "fixed=1&a=1&b=%20x" {
-		t.Errorf("query %q, want the upstream's own then the incoming one", got.query)
+	if got.RawQuery != "fixed=1&a=1&b=%20x" {
+		t.Errorf("query %q, want the upstream's own then the incoming one", got.RawQuery)
 	}
 	for field, want := range map[string]string{
 		"Content-Type":    "application/json",
@@ -138,7 +90,7 @@ func TestForwardedRequestShape(t *testing.T) {
 		AttemptHeader:     "1",
 		"X-Extra":         "yes",
 	} {
-		if v := got.header.Get(field); v != want {
+		if v := got.Header.Get(field); v != want {
 			t.Errorf("%s: %q, want %q", field, v, want)
 		}
 	}
@@ -148,21 +100,21 @@ func TestForwardedRequestShape(t *testing.T) {
 func TestRetriesUntilSuccess(t *testing.T) {
 	answers := []int{503, 500, 429, 408, 200}
 	n := 0
-	up := newUpstream(t, func(*http.Request, []byte) int { n++; return answers[n-1] })
+	up := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer { n++; return testkit.Answer{Status: answers[n-1]} })
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	startEngine(t, store, settingsFor(t, up.URL))
 	admit(t, store, "k", `{}`)
 
 	for i, want := range answers {
-		got := up.next(t)
-		if a := got.header.Get(AttemptHeader); a != fmt.Sprint(i+1) {
+		got := up.Next(t)
+		if a := got.Header.Get(AttemptHeader); a != fmt.Sprint(i+1) {
 			t.Errorf("attempt header %q, want %d", a, i+1)
 		}
-		if got.header.Get("Idempotency-Key") != "k" {
-			t.Errorf("attempt %d: Idempotency-Key %q", i+1, got.header.Get("Idempotency-Key"))
+		if got.Header.Get("Idempotency-Key") != "k" {
+			t.Errorf("attempt %d: Idempotency-Key %q", i+1, got.Header.Get("Idempotency-Key"))
 		}
-		if got.status != want {
-			t.Fatalf("script out of step: %d", got.status)
+		if got.Status != want {
+			t.Fatalf("script out of step: %d", got.Status)
 		}
 	}
 	st := waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
@@ -172,11 +124,11 @@ func TestRetriesUntilSuccess(t *testing.T) {
 }
 
 func TestPermanentFailureIsDeadAtOnce(t *testing.T) {
-	up := newUpstream(t, func(_ *http.Request, body []byte) int {
-		if string(body) == `"bad"` {
-			return 422
+	up := testkit.NewUpstream(t, func(r *testkit.Request) testkit.Answer {
+		if string(r.Body) == `"bad"` {
+			return testkit.Answer{Status: 422}
 		}
-		return 200
+		return testkit.Answer{}
 	})
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	startEngine(t, store, settingsFor(t, up.URL))
@@ -192,15 +144,15 @@ func TestPermanentFailureIsDeadAtOnce(t *testing.T) {
 	}
 	// A later payload goes through and the 422 one is not tried again.
 	admit(t, store, "good", `"good"`)
-	for got := up.next(t); string(got.body) != `"good"`; got = up.next(t) {
-		if string(got.body) == `"bad"` && got.header.Get(AttemptHeader) != "1" {
+	for got := up.Next(t); string(got.Body) != `"good"`; got = up.Next(t) {
+		if string(got.Body) == `"bad"` && got.Header.Get(AttemptHeader) != "1" {
 			t.Fatal("a dead-lettered payload was retried")
 		}
 	}
 }
 
 func TestGivesUpAfterDeadline(t *testing.T) {
-	up := newUpstream(t, func(*http.Request, []byte) int { return 503 })
+	up := testkit.NewUpstream(t, testkit.Always(503))
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.GiveUpAfter = 30 * time.Millisecond
@@ -218,11 +170,11 @@ func TestGivesUpAfterDeadline(t *testing.T) {
 }
 
 func TestOneFailingPayloadDoesNotBlockOthers(t *testing.T) {
-	up := newUpstream(t, func(_ *http.Request, body []byte) int {
-		if string(body) == `"stuck"` {
-			return 503
+	up := testkit.NewUpstream(t, func(r *testkit.Request) testkit.Answer {
+		if string(r.Body) == `"stuck"` {
+			return testkit.Answer{Status: 503}
 		}
-		return 200
+		return testkit.Answer{}
 	})
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
@@ -236,23 +188,9 @@ func TestOneFailingPayloadDoesNotBlockOthers(t *testing.T) {
 }
 
 func TestTimeoutIsRetried(t *testing.T) {
-	release := make(chan struct{})
-	first := true
-	var mu sync.Mutex
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		hang := first
-		first = false
-		mu.Unlock()
-		if hang {
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
-		}
-	}))
-	defer up.Close()
-	defer close(release)
+	up := testkit.NewUpstream(t, func(r *testkit.Request) testkit.Answer {
+		return testkit.Answer{Hang: r.Nth == 1}
+	})
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.Timeout = 50 * time.Millisecond
@@ -262,26 +200,26 @@ func TestTimeoutIsRetried(t *testing.T) {
 }
 
 func TestSettingsSwapSendsBacklogToNewUpstream(t *testing.T) {
-	down := newUpstream(t, func(*http.Request, []byte) int { return 503 })
-	up := newUpstream(t, func(*http.Request, []byte) int { return 200 })
+	down := testkit.NewUpstream(t, testkit.Always(503))
+	up := testkit.NewUpstream(t, testkit.Always(200))
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	e := startEngine(t, store, settingsFor(t, down.URL))
 	for i := range 10 {
 		admit(t, store, fmt.Sprint(i), "{}")
 	}
-	down.next(t)
+	down.Next(t)
 	e.SetSettings(settingsFor(t, up.URL))
 	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
 }
 
 func TestStopReleasesHeldEntries(t *testing.T) {
-	up := newUpstream(t, func(*http.Request, []byte) int { return 503 })
+	up := testkit.NewUpstream(t, testkit.Always(503))
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.Backoff = Backoff{Initial: time.Hour, Max: time.Hour}
 	e := Start(Config{Store: store, Settings: s})
 	admit(t, store, "k", "{}")
-	up.next(t)
+	up.Next(t)
 	e.Stop(time.Second)
 
 	// Released: a new claimant gets it at once.
@@ -292,11 +230,9 @@ func TestStopReleasesHeldEntries(t *testing.T) {
 }
 
 func TestRetryAfterNeverPastGiveUp(t *testing.T) {
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "31536000") // a year
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}))
-	defer up.Close()
+	up := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer {
+		return testkit.Answer{Status: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {"31536000"}}} // a year
+	})
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.GiveUpAfter = 100 * time.Millisecond
@@ -306,16 +242,12 @@ func TestRetryAfterNeverPastGiveUp(t *testing.T) {
 }
 
 func TestFailingPayloadsDoNotStopClaims(t *testing.T) {
-	up := newUpstream(t, func(_ *http.Request, body []byte) int {
-		if strings.Contains(string(body), "bad") {
-			return http.StatusInternalServerError
+	up := testkit.NewUpstream(t, func(r *testkit.Request) testkit.Answer {
+		if strings.Contains(string(r.Body), "bad") {
+			return testkit.Answer{Status: http.StatusInternalServerError}
 		}
-		return http.StatusOK
+		return testkit.Answer{}
 	})
-	go func() {
-		for range up.received {
-		}
-	}()
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
 	s.Concurrency = 1 // keeps 4 ready: exactly the failing ones
@@ -343,13 +275,13 @@ func TestRedisClaimLapseDoesNotDoubleDeliver(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = store.Close() })
 	var slowHits atomic.Int64
-	up := newUpstream(t, func(_ *http.Request, body []byte) int {
-		if strings.Contains(string(body), "slow") {
+	up := testkit.NewUpstream(t, func(r *testkit.Request) testkit.Answer {
+		if strings.Contains(string(r.Body), "slow") {
 			slowHits.Add(1)
-			time.Sleep(400 * time.Millisecond) // past the visibility timeout
-			return http.StatusBadRequest       // dead letter at once
+			// past the visibility timeout; a dead letter at once
+			return testkit.Answer{Status: http.StatusBadRequest, Delay: 400 * time.Millisecond}
 		}
-		return http.StatusOK
+		return testkit.Answer{}
 	})
 	e := Start(Config{Store: store, Settings: settingsFor(t, up.URL), PollInterval: 20 * time.Millisecond, LeaseRefresh: time.Hour})
 	t.Cleanup(func() { e.Stop(time.Second) })
@@ -358,7 +290,7 @@ func TestRedisClaimLapseDoesNotDoubleDeliver(t *testing.T) {
 
 	// A later payload goes through after many polls; the slow one was sent once.
 	admit(t, store, "later", `"later"`)
-	for got := up.next(t); string(got.body) != `"later"`; got = up.next(t) {
+	for got := up.Next(t); string(got.Body) != `"later"`; got = up.Next(t) {
 	}
 	if n := slowHits.Load(); n != 1 {
 		t.Fatalf("the payload was sent %d times; want once", n)

@@ -47,24 +47,6 @@ type freedPlace struct {
 	reach reach
 }
 
-// reach is what a turn learnt of the upstream.
-type reach int8
-
-const (
-	notAsked   reach = iota // the turn did not contact the upstream
-	answered                // any HTTP answer, whatever its status
-	unanswered              // refused, reset or timed out
-)
-
-// unreachableAfter is how many attempts in a row must go unanswered
-// before the loop takes the upstream for down. While it is down, one
-// attempt at a time probes it, spaced by the backoff, instead of every
-// held payload retrying on its own schedule: an upstream that is not
-// there costs no more than one connection attempt per backoff, and when it
-// comes back it is not met by a burst of retries at once. The first answer
-// ends it, whatever its status.
-const unreachableAfter = 3
-
 // loop is the engine's claim loop. One goroutine (Engine.run) owns it: the
 // entries it holds and the counts below are touched by no one else.
 // Attempts run in goroutines of their own and report back through
@@ -81,18 +63,9 @@ type loop struct {
 	// left, or the last claim came back full.
 	lookForMore bool
 
-	// unanswered counts the attempts in a row the upstream did not
-	// answer; from unreachableAfter on it is down (see there). probe is
-	// the attempt probing it, nil between probes; probeAt is when the
-	// next one may start, after the backoff for probesFailed.
-	unanswered   int
-	probe        *held
-	probeAt      time.Time
-	probesFailed int
-	// settings are those of the last round: new ones (a config reload,
-	// perhaps with the upstream fixed) end an outage, to be found again
-	// if it goes on.
-	settings *Settings
+	// outage tells whether the upstream is taken for down, and paces
+	// the probes while it is.
+	outage outage
 
 	timer *time.Timer // fires when the first due entry is due
 	poll  *time.Ticker
@@ -105,6 +78,7 @@ func newLoop(e *Engine) *loop {
 		e:           e,
 		holding:     make(map[string]*held),
 		lookForMore: true,
+		outage:      outage{now: e.cfg.Now, jitter: e.cfg.Jitter},
 		timer:       time.NewTimer(time.Hour),
 		poll:        time.NewTicker(e.cfg.PollInterval),
 		lease:       time.NewTicker(e.cfg.LeaseRefresh),
@@ -188,9 +162,7 @@ func (l *loop) pause() bool {
 // waits for something to happen. It reports false once the engine stops.
 func (l *loop) round() bool {
 	s := l.e.settings.Load()
-	if s != l.settings {
-		l.settings, l.unanswered, l.probesFailed = s, 0, 0
-	}
+	l.outage.use(s)
 	log := l.e.logger(s)
 	b := boundsFor(s)
 	l.claim(b, log)
@@ -239,16 +211,13 @@ func (l *loop) hold(entries []*queue.Entry) {
 	}
 }
 
-// down tells whether the upstream is taken for down (see unreachableAfter).
-func (l *loop) down() bool { return l.unanswered >= unreachableAfter }
-
 // startDue starts the attempts that are due, as many as there are places;
 // while the upstream is down, only a probe when one is due.
 func (l *loop) startDue(s *Settings, now time.Time) {
 	for l.running < s.Concurrency && l.due.Len() > 0 && !l.due[0].due.After(now) {
 		top := l.due[0]
-		probing := l.down() && !top.acked && top.entry.Damaged == ""
-		if probing && (l.probe != nil || l.running > 0 || now.Before(l.probeAt)) {
+		probing := l.outage.down() && !top.acked && top.entry.Damaged == ""
+		if probing && !l.outage.mayProbe(l.running, now) {
 			return
 		}
 		h := heap.Pop(&l.due).(*held)
@@ -262,7 +231,7 @@ func (l *loop) startDue(s *Settings, now time.Time) {
 		l.e.inFlight.Add(1)
 		go l.e.deliver(s, h)
 		if probing {
-			l.probe = h
+			l.outage.probing(h)
 		}
 	}
 }
@@ -271,13 +240,11 @@ func (l *loop) startDue(s *Settings, now time.Time) {
 // once the engine stops.
 func (l *loop) wait(s *Settings, log *zap.Logger, now time.Time) bool {
 	var fire <-chan time.Time
-	if l.due.Len() > 0 && l.running < s.Concurrency && (!l.down() || l.probe == nil && l.running == 0) {
-		at := l.due[0].due
-		if l.down() && l.probeAt.After(at) {
-			at = l.probeAt
+	if l.due.Len() > 0 && l.running < s.Concurrency {
+		if at, ok := l.outage.startAt(l.due[0].due, l.running); ok {
+			l.timer.Reset(at.Sub(now))
+			fire = l.timer.C
 		}
-		l.timer.Reset(at.Sub(now))
-		fire = l.timer.C
 	}
 	select {
 	case <-l.e.ctx.Done():
@@ -341,45 +308,16 @@ func (l *loop) finish(r result) {
 	heap.Push(&l.due, r.h)
 }
 
-// freed takes back a turn's concurrency place and what it learnt. A turn
-// that ran with earlier settings (before a reload) asked the upstream of
-// those, so what it learnt is not taken in.
+// freed takes back a turn's concurrency place and what it learnt of the
+// upstream.
 func (l *loop) freed(f freedPlace) {
 	l.running--
-	wasProbe := f.h == l.probe
-	if wasProbe {
-		l.probe = nil
-	}
-	if f.s == l.settings {
-		l.learn(f.reach, wasProbe)
-	}
-}
-
-// learn takes in whether an attempt was answered: an answer ends an
-// outage; the unreachableAfter-th unanswered attempt in a row starts one,
-// with the first probe a backoff away, and each unanswered probe puts the
-// next one off by the following step of the backoff. Attempts that were
-// running when the outage began only count.
-func (l *loop) learn(r reach, wasProbe bool) {
-	s := l.settings
-	switch r {
-	case answered:
-		if l.down() {
-			l.e.logger(s).Info("upstream answering again; delivering")
-		}
-		l.unanswered, l.probesFailed = 0, 0
-	case unanswered:
-		l.unanswered++
-		switch {
-		case l.unanswered == unreachableAfter:
-			l.e.logger(s).Warn("upstream not answering; probing it with one payload at a time until it does",
-				zap.Int("unanswered_attempts", l.unanswered))
-		case wasProbe && l.down():
-			l.probesFailed++
-		default:
-			return
-		}
-		l.probeAt = l.e.cfg.Now().Add(s.Backoff.Delay(l.probesFailed+1, l.e.cfg.Jitter()))
+	switch l.outage.freed(f.h, f.s, f.reach) {
+	case wentDown:
+		l.e.logger(f.s).Warn("upstream not answering; probing it with one payload at a time until it does",
+			zap.Int("unanswered_attempts", l.outage.unanswered))
+	case cameBack:
+		l.e.logger(f.s).Info("upstream answering again; delivering")
 	}
 }
 

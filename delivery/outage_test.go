@@ -2,14 +2,11 @@ package delivery
 
 import (
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
@@ -18,33 +15,14 @@ import (
 // unanswered, and everything is delivered once it answers again.
 func TestUnansweringUpstreamIsProbedOneAtATime(t *testing.T) {
 	const payloads, concurrency = 40, 8
-	var (
-		answering atomic.Bool
-		open      atomic.Int64
-		mu        sync.Mutex
-		overlaps  []int64 // attempts open at each unanswered one's start, in order
-		delivered = make(chan string, payloads)
-	)
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var answering atomic.Bool
+	up := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer {
 		if answering.Load() {
-			delivered <- r.Header.Get("Idempotency-Key")
-			return
+			return testkit.Answer{}
 		}
-		n := open.Add(1)
-		mu.Lock()
-		overlaps = append(overlaps, n)
-		mu.Unlock()
 		// hold the connection a while, then drop it without an answer
-		conn, _, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-		open.Add(-1)
-		conn.Close()
-	}))
-	defer up.Close()
+		return testkit.Answer{Delay: 20 * time.Millisecond, Drop: true}
+	})
 
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	for i := range payloads {
@@ -56,41 +34,34 @@ func TestUnansweringUpstreamIsProbedOneAtATime(t *testing.T) {
 
 	// Before the outage is known, each of the first attempts frees a place
 	// that another takes: up to concurrency+unreachableAfter-1 of them.
-	// Every one after that is a probe, alone.
+	// Every one after that is a probe, alone: the only request open when it
+	// arrives.
 	const before, probes = concurrency + unreachableAfter - 1, 6
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		mu.Lock()
-		n := len(overlaps)
-		mu.Unlock()
-		if n >= before+probes {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d attempts reached the upstream within 10s", n)
-		}
-		time.Sleep(5 * time.Millisecond)
+	reqs := up.WaitFor(t, 10*time.Second, fmt.Sprint(before+probes, " attempts"), func(reqs []*testkit.Request) bool {
+		return len(reqs) >= before+probes
+	})
+	answering.Store(true)
+	var overlaps []int // requests open at each unanswered one's arrival, in order
+	for _, r := range reqs {
+		overlaps = append(overlaps, r.Open)
 	}
-	mu.Lock()
 	for i, n := range overlaps[before:] {
 		if n != 1 {
 			t.Errorf("attempt %d after the outage was found met %d attempts open at once; want 1 (all: %v)", i+1, n, overlaps)
 			break
 		}
 	}
-	mu.Unlock()
 
-	answering.Store(true)
 	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
-	seen := map[string]bool{}
-	for len(seen) < payloads {
-		select {
-		case k := <-delivered:
-			seen[k] = true
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%d of %d payloads delivered", len(seen), payloads)
+	up.WaitFor(t, 10*time.Second, fmt.Sprint(payloads, " payloads delivered"), func(reqs []*testkit.Request) bool {
+		seen := map[string]bool{}
+		for _, r := range reqs {
+			if r.Status == 200 {
+				seen[r.Key] = true
+			}
 		}
-	}
+		return len(seen) == payloads
+	})
 	if st, _ := store.Stats(t.Context()); st.Dead != 0 {
 		t.Errorf("%d dead letters; want none", st.Dead)
 	}
@@ -101,14 +72,11 @@ func TestUnansweringUpstreamIsProbedOneAtATime(t *testing.T) {
 func TestReloadEndsOutage(t *testing.T) {
 	const payloads = 40
 	var tried atomic.Int64
-	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	silent := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer {
 		tried.Add(1)
-		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
-			conn.Close()
-		}
-	}))
-	defer silent.Close()
-	fixed := newUpstream(t, func(*http.Request, []byte) int { return 200 })
+		return testkit.Answer{Drop: true}
+	})
+	fixed := testkit.NewUpstream(t, nil)
 
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	for i := range payloads {
@@ -125,7 +93,7 @@ func TestReloadEndsOutage(t *testing.T) {
 	e.SetSettings(settingsFor(t, fixed.URL))
 	e.Wake()
 	for range payloads - tries {
-		fixed.next(t)
+		fixed.Next(t)
 	}
 	if n := tried.Load(); n != tries {
 		t.Errorf("the silent upstream saw %d attempts; want %d (one probe at a time, the next an hour away)", n, tries)
@@ -137,13 +105,8 @@ func TestReloadEndsOutage(t *testing.T) {
 // concurrency, while attempts at a hanging one are still running, must
 // not take the new upstream for down before it was ever asked.
 func TestReloadIgnoresAttemptsAtTheOldUpstream(t *testing.T) {
-	hanging := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// the server notices the client giving up only once the body is read
-		_, _ = io.Copy(io.Discard, r.Body)
-		<-r.Context().Done()
-	}))
-	defer hanging.Close()
-	fixed := newUpstream(t, func(*http.Request, []byte) int { return 200 })
+	hanging := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer { return testkit.Answer{Hang: true} })
+	fixed := testkit.NewUpstream(t, nil)
 
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	for i := range 10 {
@@ -162,6 +125,6 @@ func TestReloadIgnoresAttemptsAtTheOldUpstream(t *testing.T) {
 	e.SetSettings(next)
 	e.Wake()
 	for range 10 - old.Concurrency {
-		fixed.next(t)
+		fixed.Next(t)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
@@ -87,31 +88,6 @@ func (s *panickyStore) TrimDead(ctx context.Context, max int, cutoff time.Time, 
 	return s.Memory.TrimDead(ctx, max, cutoff, limit)
 }
 
-// checkPanicLogged checks that exactly the panics named (by what guard says
-// was running) were logged, each once, with its value and a stack through
-// this file.
-func checkPanicLogged(t *testing.T, logs *observer.ObservedLogs, want map[string]string) {
-	t.Helper()
-	stacks := logs.FilterFieldKey("stack").All()
-	if len(stacks) != len(want) {
-		t.Fatalf("%d log entries with a stack, want %d: %v", len(stacks), len(want), stacks)
-	}
-	for _, e := range stacks {
-		f := e.ContextMap()
-		what := strings.TrimSuffix(strings.TrimPrefix(e.Message, "panic in "), "; recovered, Caddy keeps running")
-		value, ok := want[what]
-		switch {
-		case !ok:
-			t.Errorf("logged a panic in %q (%v), want one in each of %v", what, f["panic"], want)
-		case f["panic"] != value:
-			t.Errorf("panic in %s logged with value %v, want %q", what, f["panic"], value)
-		case !strings.Contains(f["stack"].(string), "panic_test.go"):
-			t.Errorf("panic in %s logged without the stack of the panic:\n%s", what, f["stack"])
-		}
-		delete(want, what)
-	}
-}
-
 // checkNothingHeld checks that no attempt is counted in flight and no body
 // holds the memory budget.
 func checkNothingHeld(t *testing.T, e *Engine, mem *budget.Budget) {
@@ -151,7 +127,7 @@ func TestStorePanicsAreRecovered(t *testing.T) {
 	} {
 		t.Run(tc.method, func(t *testing.T) {
 			n := 0
-			up := newUpstream(t, func(*http.Request, []byte) int { n++; return tc.answer(n) })
+			up := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer { n++; return testkit.Answer{Status: tc.answer(n)} })
 			store := newPanickyStore(tc.method, 1)
 			core, logs := observer.New(zap.DebugLevel)
 			mem := budget.New(1<<20, 0)
@@ -167,14 +143,14 @@ func TestStorePanicsAreRecovered(t *testing.T) {
 				t.Fatalf("%s never panicked", tc.method)
 			}
 			for range tc.hits {
-				if got := up.next(t); string(got.body) != `{"a":1}` {
-					t.Fatalf("upstream got %q", got.body)
+				if got := up.Next(t); string(got.Body) != `{"a":1}` {
+					t.Fatalf("upstream got %q", got.Body)
 				}
 			}
-			if extra := len(up.received); extra != 0 {
+			if extra := len(up.Requests()) - tc.hits; extra != 0 {
 				t.Errorf("upstream got %d requests more than the %d wanted", extra, tc.hits)
 			}
-			checkPanicLogged(t, logs, map[string]string{"the store's " + tc.method: "injected panic in " + tc.method})
+			testkit.PanicLogged(t, logs, "panic_test.go", testkit.Panic{Running: "the store's " + tc.method, Value: "injected panic in " + tc.method})
 			checkNothingHeld(t, e, mem)
 		})
 	}
@@ -184,37 +160,32 @@ func TestStorePanicsAreRecovered(t *testing.T) {
 // and the attempt going.
 func TestExtendPanicKeepsTheLoop(t *testing.T) {
 	store := newPanickyStore("Extend", 1)
-	up := newUpstream(t, func(r *http.Request, _ []byte) int {
-		select { // answers once the loop tried to extend the claim
-		case <-store.panicked:
-		case <-r.Context().Done():
-		}
-		return 200
-	})
+	// answers once the loop tried to extend the claim
+	up := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer { return testkit.Answer{Until: store.panicked} })
 	core, logs := observer.New(zap.DebugLevel)
 	e := Start(Config{Store: store, Settings: settingsFor(t, up.URL), Logger: zap.New(core),
 		PollInterval: 20 * time.Millisecond, LeaseRefresh: 5 * time.Millisecond})
 	t.Cleanup(func() { e.Stop(time.Second) })
 	admit(t, store.Memory, "k", `{}`)
 
-	up.next(t)
+	up.Next(t)
 	waitStats(t, store.Memory, func(st queue.Stats) bool { return st.Backlog == 0 })
-	checkPanicLogged(t, logs, map[string]string{"the store's Extend": "injected panic in Extend"})
+	testkit.PanicLogged(t, logs, "panic_test.go", testkit.Panic{Running: "the store's Extend", Value: "injected panic in Extend"})
 }
 
 // Release runs at Stop: its panic is logged and Stop still returns.
 func TestReleasePanicAtStop(t *testing.T) {
-	up := newUpstream(t, func(*http.Request, []byte) int { return 503 })
+	up := testkit.NewUpstream(t, testkit.Always(503))
 	store := newPanickyStore("Release", 1)
 	core, logs := observer.New(zap.DebugLevel)
 	s := settingsFor(t, up.URL)
 	s.Backoff = Backoff{Initial: time.Hour, Max: time.Hour}
 	e := Start(Config{Store: store, Settings: s, Logger: zap.New(core)})
 	admit(t, store.Memory, "k", `{}`)
-	up.next(t)
+	up.Next(t)
 	e.Stop(time.Second)
 
-	checkPanicLogged(t, logs, map[string]string{"the store's Release": "injected panic in Release"})
+	testkit.PanicLogged(t, logs, "panic_test.go", testkit.Panic{Running: "the store's Release", Value: "injected panic in Release"})
 	if logs.FilterMessageSnippet("cannot release queued payloads at shutdown").Len() != 1 {
 		t.Errorf("the failed release was not reported: %v", logs.All())
 	}
@@ -234,7 +205,7 @@ func (p *panickyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // A panic in the attempt itself is a failed attempt: counted, recorded and
 // retried after the backoff, with nothing left held.
 func TestAttemptPanicIsAFailedAttempt(t *testing.T) {
-	up := newUpstream(t, func(*http.Request, []byte) int { return 200 })
+	up := testkit.NewUpstream(t, testkit.Always(200))
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	core, logs := observer.New(zap.DebugLevel)
 	mem := budget.New(1<<20, 0)
@@ -243,11 +214,11 @@ func TestAttemptPanicIsAFailedAttempt(t *testing.T) {
 	t.Cleanup(func() { e.Stop(time.Second) })
 	admit(t, store, "k", `{}`)
 
-	if got := up.next(t); got.header.Get(AttemptHeader) != "2" {
-		t.Errorf("the upstream got attempt %q, want 2: the one that panicked counts", got.header.Get(AttemptHeader))
+	if got := up.Next(t); got.Header.Get(AttemptHeader) != "2" {
+		t.Errorf("the upstream got attempt %q, want 2: the one that panicked counts", got.Header.Get(AttemptHeader))
 	}
 	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
-	checkPanicLogged(t, logs, map[string]string{"a delivery attempt": "injected panic in the transport"})
+	testkit.PanicLogged(t, logs, "panic_test.go", testkit.Panic{Running: "a delivery attempt", Value: "injected panic in the transport"})
 	retried := logs.FilterMessage("delivery failed; will retry").All()
 	if len(retried) != 1 || !strings.Contains(retried[0].ContextMap()["reason"].(string), "panicked") {
 		t.Errorf("the panicked attempt was not recorded as a failure: %v", retried)
@@ -292,7 +263,7 @@ func (c panickingCore) Write(e zapcore.Entry, f []zapcore.Field) error {
 // hands the entry back to the loop: it is tried again, never stuck.
 func TestBookkeepingPanicRetries(t *testing.T) {
 	n := 0
-	up := newUpstream(t, func(*http.Request, []byte) int { n++; return failOnce(n) })
+	up := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer { n++; return testkit.Answer{Status: failOnce(n)} })
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	log, logs := newPanickingLogger("delivery failed; will retry")
 	mem := budget.New(1<<20, 0)
@@ -301,12 +272,12 @@ func TestBookkeepingPanicRetries(t *testing.T) {
 	t.Cleanup(func() { e.Stop(time.Second) })
 	admit(t, store, "k", `{}`)
 
-	up.next(t)
-	if got := up.next(t); got.header.Get(AttemptHeader) != "2" {
-		t.Errorf("second request is attempt %q, want 2", got.header.Get(AttemptHeader))
+	up.Next(t)
+	if got := up.Next(t); got.Header.Get(AttemptHeader) != "2" {
+		t.Errorf("second request is attempt %q, want 2", got.Header.Get(AttemptHeader))
 	}
 	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
-	checkPanicLogged(t, logs, map[string]string{"a delivery attempt's bookkeeping": "injected panic in the log"})
+	testkit.PanicLogged(t, logs, "panic_test.go", testkit.Panic{Running: "a delivery attempt's bookkeeping", Value: "injected panic in the log"})
 	checkNothingHeld(t, e, mem)
 }
 
@@ -314,7 +285,7 @@ func TestBookkeepingPanicRetries(t *testing.T) {
 // (here as it logs that the store is readable again, right after loading the
 // body) gives both back.
 func TestPanicWhileHoldingTheBody(t *testing.T) {
-	up := newUpstream(t, func(*http.Request, []byte) int { return 200 })
+	up := testkit.NewUpstream(t, testkit.Always(200))
 	store := newPanickyStore("Body", 1) // so that the next Body logs the recovery
 	log, logs := newPanickingLogger("store readable again; delivering")
 	mem := budget.New(1<<20, 0)
@@ -323,14 +294,13 @@ func TestPanicWhileHoldingTheBody(t *testing.T) {
 	t.Cleanup(func() { e.Stop(time.Second) })
 	admit(t, store.Memory, "k", `{"a":1}`)
 
-	if got := up.next(t); string(got.body) != `{"a":1}` {
-		t.Fatalf("upstream got %q", got.body)
+	if got := up.Next(t); string(got.Body) != `{"a":1}` {
+		t.Fatalf("upstream got %q", got.Body)
 	}
 	waitStats(t, store.Memory, func(st queue.Stats) bool { return st.Backlog == 0 })
-	checkPanicLogged(t, logs, map[string]string{
-		"the store's Body":                 "injected panic in Body",
-		"a delivery attempt's bookkeeping": "injected panic in the log",
-	})
+	testkit.PanicLogged(t, logs, "panic_test.go",
+		testkit.Panic{Running: "the store's Body", Value: "injected panic in Body"},
+		testkit.Panic{Running: "a delivery attempt's bookkeeping", Value: "injected panic in the log"})
 	checkNothingHeld(t, e, mem)
 }
 
@@ -339,7 +309,7 @@ func TestPanicWhileHoldingTheBody(t *testing.T) {
 func TestLoopPanicKeepsDelivering(t *testing.T) {
 	n := 0
 	// the first payload is held, backing off, when the loop panics
-	up := newUpstream(t, func(*http.Request, []byte) int { n++; return failOnce(n) })
+	up := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer { n++; return testkit.Answer{Status: failOnce(n)} })
 	store := newPanickyStore("", 0)
 	store.failClaim = 2
 	log, logs := newPanickingLogger("cannot read the queue from the store; retrying")
@@ -349,13 +319,13 @@ func TestLoopPanicKeepsDelivering(t *testing.T) {
 	e := Start(Config{Store: store, Settings: s, Logger: log, PollInterval: 20 * time.Millisecond})
 	t.Cleanup(func() { e.Stop(time.Second) })
 
-	up.next(t)
+	up.Next(t)
 	admit(t, store.Memory, "second", `"second"`)
 	waitStats(t, store.Memory, func(st queue.Stats) bool { return st.Backlog == 0 })
 	if store.claims.Load() < 3 {
 		t.Fatalf("%d claims; the second should have failed and a third gone through", store.claims.Load())
 	}
-	checkPanicLogged(t, logs, map[string]string{"the delivery loop": "injected panic in the log"})
+	testkit.PanicLogged(t, logs, "panic_test.go", testkit.Panic{Running: "the delivery loop", Value: "injected panic in the log"})
 	if e.InFlight() != 0 {
 		t.Errorf("%d attempts in flight after the backlog emptied", e.InFlight())
 	}
@@ -365,7 +335,7 @@ func TestLoopPanicKeepsDelivering(t *testing.T) {
 // dead letters still end within max_dead, and each one removed is logged
 // and reported.
 func TestTrimmerSurvivesPanics(t *testing.T) {
-	up := newUpstream(t, func(*http.Request, []byte) int { return 422 })
+	up := testkit.NewUpstream(t, testkit.Always(422))
 	store := newPanickyStore("TrimDead", 1)
 	core, logs := observer.New(zap.DebugLevel)
 	s := settingsFor(t, up.URL)
@@ -384,10 +354,9 @@ func TestTrimmerSurvivesPanics(t *testing.T) {
 
 	waitStats(t, store.Memory, func(st queue.Stats) bool { return st.Backlog == 0 && st.Dead == 1 && dropped.Load() == 2 })
 	e.Stop(time.Second) // no trim runs while the logs are read
-	checkPanicLogged(t, logs, map[string]string{
-		"the store's TrimDead":     "injected panic in TrimDead",
-		"the dead-letter observer": "injected panic in DeadDropped",
-	})
+	testkit.PanicLogged(t, logs, "panic_test.go",
+		testkit.Panic{Running: "the store's TrimDead", Value: "injected panic in TrimDead"},
+		testkit.Panic{Running: "the dead-letter observer", Value: "injected panic in DeadDropped"})
 	if n := logs.FilterMessageSnippet("dead letter removed").Len(); n != 2 {
 		t.Errorf("%d dead letters logged as removed, want 2", n)
 	}

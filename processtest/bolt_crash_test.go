@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // relaySite is a Caddyfile site with one bolt-backed relay named "crash"
@@ -57,14 +59,8 @@ func sendAll(t *testing.T, in *Instance, n int) {
 // was delivered twice.
 func waitDelivered(t *testing.T, up *Upstream, n int, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for len(up.Delivered()) < n {
-		if time.Now().After(deadline) {
-			// counted now, not when the wait began
-			t.Fatalf("after %s: %d of %d payloads delivered", timeout, len(up.Delivered()), n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, timeout, func() bool { return len(up.Delivered()) >= n },
+		"%s of %d payloads delivered", testkit.Lazy(func() string { return fmt.Sprint(len(up.Delivered())) }), n)
 	got := up.Delivered()
 	if len(got) != n {
 		t.Errorf("%d distinct keys delivered, want %d", len(got), n)
@@ -81,7 +77,7 @@ func waitDelivered(t *testing.T, up *Upstream, n int, timeout time.Duration) {
 func TestBoltSurvivesKill9(t *testing.T) {
 	const n = 200
 	in := NewInstance(t)
-	up := NewUpstream(t, 0) // down: not started
+	up := NewUpstream(t) // down: not started
 	p := in.Start(relaySite(up))
 
 	start := time.Now()
@@ -109,13 +105,13 @@ func TestBoltSurvivesKill9(t *testing.T) {
 func TestBoltGracefulStopInFlight(t *testing.T) {
 	const n = 60
 	in := NewInstance(t)
-	up := NewUpstream(t, 0)
+	up := NewUpstream(t)
 	up.Delay(2 * time.Second)
 	up.Start()
 	p := in.Start(relaySite(up))
 
 	sendAll(t, in, n)
-	Eventually(t, 10*time.Second, func() bool { _, busy := up.Attempts(); return busy > 0 },
+	testkit.Eventually(t, 10*time.Second, func() bool { _, busy := up.Attempts(); return busy > 0 },
 		"no delivery in flight")
 	_, busy := up.Attempts()
 	took := p.Stop(15 * time.Second)
@@ -141,7 +137,7 @@ func TestBoltGracefulStopInFlight(t *testing.T) {
 // saying another process holds it; the first keeps working.
 func TestBoltSecondProcessFailsFast(t *testing.T) {
 	in := NewInstance(t)
-	up := NewUpstream(t, 0)
+	up := NewUpstream(t)
 	up.Start()
 	first := in.Start(relaySite(up))
 
@@ -175,7 +171,7 @@ func TestBoltSecondProcessFailsFast(t *testing.T) {
 // disturbs the running instance.
 func TestBoltValidateNextToRunning(t *testing.T) {
 	in := NewInstance(t)
-	up := NewUpstream(t, 0)
+	up := NewUpstream(t)
 	up.Start()
 	p := in.Start(relaySite(up))
 	if status, body := Post(t, in.URL("/hook"), payload(1)); status != http.StatusOK || body != `{"status":"accepted"}` {

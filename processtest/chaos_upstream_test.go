@@ -71,14 +71,12 @@ type ChaosUpstream struct {
 // started; its random choices come from seed.
 func NewChaosUpstream(t testing.TB, seed uint64) *ChaosUpstream {
 	u := &ChaosUpstream{
-		portServer: portServer{t: t, Port: FreePort(t)},
-		rng:        rand.New(rand.NewPCG(seed, 0xc4a05)),
-		delivered:  make(map[string]*chaosDelivery),
-		keyOwner:   make(map[string]string),
-		answers:    make(map[string]int),
+		rng:       rand.New(rand.NewPCG(seed, 0xc4a05)),
+		delivered: make(map[string]*chaosDelivery),
+		keyOwner:  make(map[string]string),
+		answers:   make(map[string]int),
 	}
-	u.handler = u.serve
-	t.Cleanup(u.Stop)
+	u.portServer = newPortServer(t, u.serve)
 	return u
 }
 

@@ -18,31 +18,30 @@
 //     `caddy run`, waiting until both the admin endpoint and the HTTP port
 //     answer. Process.Kill is SIGKILL, Process.Stop is SIGTERM and waits.
 //     Each process's output goes to a file that is printed if the test fails.
-//   - NewUpstream is a recording upstream on 127.0.0.1 that can be stopped
-//     and started again on the same port, answers a chosen status after a
-//     chosen delay, and counts deliveries by Idempotency-Key.
+//   - NewUpstream is internal/testkit's recording upstream on 127.0.0.1,
+//     stopped and started again on the same port, answering a chosen status
+//     after a chosen delay and counting deliveries by Idempotency-Key.
 //
-// Nothing here sleeps for correctness: waits poll with deadlines (Eventually).
+// Nothing here sleeps for correctness: waits poll with deadlines
+// (testkit.Eventually).
 package processtest
 
 import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // caddyBinary is the path of the Caddy built by TestMain.
@@ -74,19 +73,6 @@ func FreePort(t testing.TB) int {
 		t.Fatalf("finding a free port: %v", err)
 	}
 	return port
-}
-
-// Eventually polls cond every 20ms until it is true or timeout passes, then
-// fails the test with the message.
-func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: "+format, append([]any{timeout}, args...)...)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // Instance is one Caddy installation: a private home and data directory
@@ -260,87 +246,46 @@ func (r response) duplicate() bool {
 
 var httpClient = &http.Client{Timeout: 15 * time.Second}
 
-// portServer serves a handler on a fixed 127.0.0.1 port and can be stopped
-// (connections refused) and started again on the same port: an upstream
-// going down and coming back.
+// portServer is a testkit.Server on a free port of 127.0.0.1 whose URL
+// takes a path: an upstream with a handler of its own, stopped and started
+// again on the same port.
 type portServer struct {
-	t       testing.TB
-	Port    int
-	handler http.HandlerFunc
+	*testkit.Server
+}
 
-	srvMu sync.Mutex
-	srv   *http.Server
+// newPortServer makes a server of h on a free port, not yet started.
+func newPortServer(t testing.TB, h http.HandlerFunc) portServer {
+	s := testkit.NewServer(t, "127.0.0.1:0", h)
+	s.Stop()
+	return portServer{s}
 }
 
 // URL is the server's address plus path.
-func (p *portServer) URL(path string) string {
-	return fmt.Sprintf("http://127.0.0.1:%d%s", p.Port, path)
-}
+func (p portServer) URL(path string) string { return p.Server.URL + path }
 
-// Running reports whether the server listens.
-func (p *portServer) Running() bool {
-	p.srvMu.Lock()
-	defer p.srvMu.Unlock()
-	return p.srv != nil
-}
-
-// Start listens on the port (again); starting a running server does nothing.
-func (p *portServer) Start() {
-	p.t.Helper()
-	if p.Running() {
-		return
-	}
-	var ln net.Listener
-	var err error
-	// the port may linger for a moment after Stop
-	Eventually(p.t, 5*time.Second, func() bool {
-		ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p.Port))
-		return err == nil
-	}, "cannot listen on port %d again", p.Port)
-	srv := &http.Server{Handler: p.handler}
-	p.srvMu.Lock()
-	p.srv = srv
-	p.srvMu.Unlock()
-	go func() { _ = srv.Serve(ln) }()
-}
-
-// Stop closes the listener and every connection at once.
-func (p *portServer) Stop() {
-	p.srvMu.Lock()
-	srv := p.srv
-	p.srv = nil
-	p.srvMu.Unlock()
-	if srv != nil {
-		_ = srv.Close()
-	}
-}
-
-// Upstream is a recording webhook receiver on 127.0.0.1 that can be stopped
-// and started again on the same port.
+// Upstream is a recording webhook receiver on 127.0.0.1 (a testkit
+// upstream) that can be stopped and started again on the same port.
 type Upstream struct {
-	portServer
+	*testkit.Upstream
 
 	status atomic.Int32 // status to answer
 	delay  atomic.Int64 // how long to take before answering
-
-	mu        sync.Mutex
-	delivered map[string]int // Idempotency-Key -> 2xx answers written
-	attempts  int
-	inFlight  int
 }
 
-// NewUpstream makes an upstream on a free port (port 0) or the given one,
-// not yet started. It answers 200 at once until told otherwise.
-func NewUpstream(t testing.TB, port int) *Upstream {
-	if port == 0 {
-		port = FreePort(t)
-	}
-	u := &Upstream{portServer: portServer{t: t, Port: port}, delivered: make(map[string]int)}
-	u.handler = u.serve
+// NewUpstream makes an upstream on a free port, not yet started. It
+// answers 200 at once until told otherwise.
+func NewUpstream(t testing.TB) *Upstream {
+	u := &Upstream{}
 	u.status.Store(http.StatusOK)
-	t.Cleanup(u.Stop)
+	u.Upstream = testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer {
+		return testkit.Answer{Status: int(u.status.Load()), Delay: time.Duration(u.delay.Load())}
+	})
+	u.Stop()
 	return u
 }
+
+// URL is the upstream's address plus path.
+func (u *Upstream) URL(path string) string { return u.Upstream.URL + path }
 
 // Answer sets the status the upstream answers with.
 func (u *Upstream) Answer(status int) { u.status.Store(int32(status)) }
@@ -348,47 +293,21 @@ func (u *Upstream) Answer(status int) { u.status.Store(int32(status)) }
 // Delay makes every answer take d.
 func (u *Upstream) Delay(d time.Duration) { u.delay.Store(int64(d)) }
 
-func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
-	_, _ = io.Copy(io.Discard, r.Body)
-	key := r.Header.Get("Idempotency-Key")
-	u.mu.Lock()
-	u.attempts++
-	u.inFlight++
-	u.mu.Unlock()
-	defer func() {
-		u.mu.Lock()
-		u.inFlight--
-		u.mu.Unlock()
-	}()
-	if d := time.Duration(u.delay.Load()); d > 0 {
-		select {
-		case <-time.After(d):
-		case <-r.Context().Done():
-			return // the relay gave up on this attempt: not delivered
-		}
-	}
-	status := int(u.status.Load())
-	w.WriteHeader(status)
-	if status/100 == 2 {
-		u.mu.Lock()
-		u.delivered[key]++
-		u.mu.Unlock()
-	}
-}
-
 // Delivered returns how many times each Idempotency-Key was answered 2xx.
 func (u *Upstream) Delivered() map[string]int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return maps.Clone(u.delivered)
+	delivered := make(map[string]int)
+	for _, r := range u.Requests() {
+		if r.Status/100 == 2 {
+			delivered[r.Key]++
+		}
+	}
+	return delivered
 }
 
 // Attempts returns how many requests reached the upstream, and how many are
 // being answered right now.
 func (u *Upstream) Attempts() (total, inFlight int) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.attempts, u.inFlight
+	return len(u.Requests()), u.InFlight()
 }
 
 // errExit reports whether err is a process exit with a non-zero status.

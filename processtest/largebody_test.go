@@ -26,6 +26,7 @@ import (
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // Large bodies: Runware's imageInference results can carry the image
@@ -174,10 +175,10 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 	snd.run(lbPayloads, lbConcurrency)
 
 	// Phase 1: the upstream answers 503 while every payload is sent.
-	waitFor(t, lbAckBound, snd.allAcked, func() string {
+	testkit.Eventually(t, lbAckBound, snd.allAcked, "%s", testkit.Lazy(func() string {
 		return fmt.Sprintf("%s: not every payload was acknowledged within %s while the upstream failed: %s; relay %s",
 			storeName, lbAckBound, snd.summary(), lbOverview(in))
-	})
+	}))
 	ackedAt := time.Now()
 	// Keep failing until the relay has tried (and had refused) every
 	// payload, so that each body was loaded to send while the others
@@ -203,18 +204,18 @@ func runLargeBody(t *testing.T, storeName string, srv *redistest.Server) {
 		}
 		return out
 	}
-	waitFor(t, lbDrainBound, func() bool { return len(undelivered()) == 0 }, func() string {
+	testkit.Eventually(t, lbDrainBound, func() bool { return len(undelivered()) == 0 }, "%s", testkit.Lazy(func() string {
 		u := undelivered()
 		return fmt.Sprintf("%s: %d of %d acknowledged payloads not delivered %s after the upstream recovered (e.g. payloads %v); relay %s; upstream %s",
 			storeName, len(u), lbPayloads, lbDrainBound, u[:min(8, len(u))], lbOverview(in), up.summary())
-	})
+	}))
 	drain := time.Since(recovered)
 	var ov relayOverviewEntry
-	waitFor(t, 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		var err error
 		ov, err = faultOverview(in, lbRelayName)
 		return err == nil && ov.Backlog == 0 && ov.InFlight == 0
-	}, func() string { return storeName + ": backlog not empty after every delivery: relay " + lbOverview(in) })
+	}, "%s", testkit.Lazy(func() string { return storeName + ": backlog not empty after every delivery: relay " + lbOverview(in) }))
 
 	memRes := mem.stop()
 	var pr lbPingResult
@@ -561,10 +562,8 @@ type lbArrival struct {
 }
 
 func newLBUpstream(t *testing.T) *lbUpstream {
-	u := &lbUpstream{portServer: portServer{t: t, Port: FreePort(t)},
-		got: make(map[[32]byte]*lbArrival), failed: make(map[string]time.Time)}
-	u.handler = u.serve
-	t.Cleanup(u.Stop)
+	u := &lbUpstream{got: make(map[[32]byte]*lbArrival), failed: make(map[string]time.Time)}
+	u.portServer = newPortServer(t, u.serve)
 	return u
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // redisRelayName is the relay name every instance of the Redis tests uses:
@@ -113,19 +114,6 @@ func relayOverview(in *Instance) (requests, deliveries map[string]int64, err err
 	return nil, nil, fmt.Errorf("no relay %q in the admin overview", redisRelayName)
 }
 
-// waitFor is Eventually with a message built when it fails, so that it
-// shows the state at the deadline rather than at the start.
-func waitFor(t *testing.T, timeout time.Duration, cond func() bool, msg func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", timeout, msg())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // queueString reads the queue for a message.
 func queueString(c *redis.Client) string {
 	q, err := readQueue(c)
@@ -138,8 +126,8 @@ func queueString(c *redis.Client) string {
 // waitQueueEmpty waits until Redis holds no queued and no pending entry.
 func waitQueueEmpty(t *testing.T, c *redis.Client, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, timeout, func() bool {
+	testkit.Eventually(t, timeout, func() bool {
 		q, err := readQueue(c)
 		return err == nil && q.Len == 0 && q.Pending == 0
-	}, func() string { return "queue in Redis not empty after every delivery: " + queueString(c) })
+	}, "%s", testkit.Lazy(func() string { return "queue in Redis not empty after every delivery: " + queueString(c) }))
 }

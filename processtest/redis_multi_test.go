@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // Several Caddy processes on one Redis with the same relay name share one
@@ -21,7 +22,7 @@ func TestRedisInstancesShareOneQueue(t *testing.T) {
 	const n, instances = 300, 3
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	rc := inspector(t, srv)
-	up := NewUpstream(t, 0)
+	up := NewUpstream(t)
 	up.Start()
 
 	ins := make([]*Instance, instances)
@@ -109,7 +110,7 @@ func TestRedisInstanceKilledWithBacklog(t *testing.T) {
 	const n = 30 // below the 4 x concurrency (64) one process claims at once: A holds all of it
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	rc := inspector(t, srv)
-	up := NewUpstream(t, 0)
+	up := NewUpstream(t)
 	up.Answer(http.StatusServiceUnavailable)
 	up.Start()
 
@@ -118,11 +119,11 @@ func TestRedisInstanceKilledWithBacklog(t *testing.T) {
 	sendAll(t, a, n)
 
 	// A claims every entry and keeps retrying it against the 503
-	waitFor(t, 15*time.Second, func() bool {
+	testkit.Eventually(t, 15*time.Second, func() bool {
 		q, err := readQueue(rc)
 		return err == nil && q.Len == n && q.Pending == n && len(q.ByOwner) == 1
-	}, func() string { return fmt.Sprintf("A did not claim all %d entries: %s", n, queueString(rc)) })
-	Eventually(t, 15*time.Second, func() bool { total, _ := up.Attempts(); return total >= n },
+	}, "%s", testkit.Lazy(func() string { return fmt.Sprintf("A did not claim all %d entries: %s", n, queueString(rc)) }))
+	testkit.Eventually(t, 15*time.Second, func() bool { total, _ := up.Attempts(); return total >= n },
 		"A made fewer than %d attempts", n)
 	before := mustQueue(t, rc)
 	t.Logf("A accepted %d and holds them: %v", n, before)
@@ -138,16 +139,16 @@ func TestRedisInstanceKilledWithBacklog(t *testing.T) {
 	}
 
 	var first time.Duration
-	waitFor(t, 15*time.Second, func() bool {
+	testkit.Eventually(t, 15*time.Second, func() bool {
 		d := len(up.Delivered())
 		if d > 0 && first == 0 {
 			first = time.Since(killed)
 		}
 		return d >= n
-	}, func() string {
+	}, "%s", testkit.Lazy(func() string {
 		return fmt.Sprintf("B delivered %d of %d payloads of the killed A within 15s of the kill; queue: %s",
 			len(up.Delivered()), n, queueString(rc))
-	})
+	}))
 	all := time.Since(killed)
 	waitDelivered(t, up, n, time.Second)
 	t.Logf("after kill -9 of A: B's first delivery %s after the kill, all %d delivered %s after the kill (liveness TTL 5s, visibility_timeout 20s)",
@@ -155,13 +156,13 @@ func TestRedisInstanceKilledWithBacklog(t *testing.T) {
 
 	waitQueueEmpty(t, rc, 10*time.Second)
 	// the killed A's consumer left the group once it held nothing
-	waitFor(t, 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		cs, err := rc.XInfoConsumers(t.Context(), redisStream, "relay").Result()
 		return err == nil && len(cs) == 1
-	}, func() string {
+	}, "%s", testkit.Lazy(func() string {
 		cs, err := rc.XInfoConsumers(t.Context(), redisStream, "relay").Result()
 		return fmt.Sprintf("consumers %v (%v): want only B's", cs, err)
-	})
+	}))
 	for _, i := range []int{0, n - 1} {
 		if r := postResp(b.URL("/hook"), payload(i)); !r.duplicate() {
 			t.Errorf("re-sending payload %d to B: %s, want 200 duplicate", i, r)
@@ -176,7 +177,7 @@ func TestRedisInstanceKilledWithBacklog(t *testing.T) {
 func TestRedisDownAnswers503(t *testing.T) {
 	const n = 20
 	srv := redistest.Start(t, redistest.Options{AOF: true})
-	up := NewUpstream(t, 0)
+	up := NewUpstream(t)
 	up.Answer(http.StatusServiceUnavailable)
 	up.Start()
 	in := NewInstance(t)
@@ -222,11 +223,11 @@ func TestRedisDownAnswers503(t *testing.T) {
 
 	var last response
 	tries := 0
-	waitFor(t, 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		tries++
 		last = postResp(in.URL("/hook"), payload(1000))
 		return last.Status == http.StatusOK
-	}, func() string { return fmt.Sprintf("no 200 after Redis came back; last answer %s", last) })
+	}, "%s", testkit.Lazy(func() string { return fmt.Sprintf("no 200 after Redis came back; last answer %s", last) }))
 	t.Logf("first 200 %s after the restart, after %d tries: %s", time.Since(restarted).Round(time.Millisecond), tries, last)
 	if !last.accepted() {
 		t.Errorf("payload 1000 after Redis came back: %s, want accepted (every earlier try was refused, so nothing stored it)", last)
@@ -256,16 +257,16 @@ func TestRedisRestartKeepsQueue(t *testing.T) {
 	const n = 100 // more than the 64 one process claims: some claimed, some not yet read
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	rc := inspector(t, srv)
-	up := NewUpstream(t, 0)
+	up := NewUpstream(t)
 	up.Answer(http.StatusServiceUnavailable)
 	up.Start()
 	in := NewInstance(t)
 	p := in.Start(redisSite(up, srv))
 	sendAll(t, in, n)
-	waitFor(t, 15*time.Second, func() bool {
+	testkit.Eventually(t, 15*time.Second, func() bool {
 		q, err := readQueue(rc)
 		return err == nil && q.Len == n && q.Pending > 0
-	}, func() string { return fmt.Sprintf("relay did not claim any of the %d entries: %s", n, queueString(rc)) })
+	}, "%s", testkit.Lazy(func() string { return fmt.Sprintf("relay did not claim any of the %d entries: %s", n, queueString(rc)) }))
 	before := mustQueue(t, rc)
 
 	srv.Kill()
@@ -318,7 +319,7 @@ func TestRedisHungDefaultTimeoutsWithinAdmitTimeout(t *testing.T) {
 // payload was delivered once.
 func hungRedis(t *testing.T, site func(*Upstream, *redistest.Server) string, bound time.Duration, deliveries bool) {
 	srv := redistest.Start(t, redistest.Options{AOF: true})
-	up := NewUpstream(t, 0)
+	up := NewUpstream(t)
 	up.Start()
 	in := NewInstance(t)
 	p := in.Start(site(up, srv))
@@ -366,9 +367,9 @@ func hungRedis(t *testing.T, site func(*Upstream, *redistest.Server) string, bou
 
 	resume()
 	acc, dup := 0, 0
-	waitFor(t, 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		return postResp(in.URL("/hook"), payload(5)).Status == http.StatusOK
-	}, func() string { return "no 200 after Redis resumed" })
+	}, "no 200 after Redis resumed")
 	for j := range m {
 		switch r := postResp(in.URL("/hook"), payload(2000+j)); {
 		case r.accepted():

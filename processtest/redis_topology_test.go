@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // The Redis topologies for real: two Caddy instances behind a load
@@ -139,7 +140,7 @@ func sentinelFailover(t *testing.T, waitReplicas bool) {
 		sentinels = append(sentinels, redistest.StartSentinel(t, master, m, 2))
 	}
 	// the sentinels know each other and the replica before the fault
-	waitFor(t, 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, func() bool {
 		for _, s := range sentinels {
 			out, err := redistest.Cmd(s.Addr(), "SENTINEL", "CKQUORUM", master)
 			if err != nil || !strings.Contains(out, "3 usable") {
@@ -151,10 +152,10 @@ func sentinelFailover(t *testing.T, waitReplicas bool) {
 			}
 		}
 		return true
-	}, func() string {
+	}, "%s", testkit.Lazy(func() string {
 		out, err := redistest.Cmd(sentinels[0].Addr(), "SENTINEL", "CKQUORUM", master)
 		return fmt.Sprintf("sentinels not ready: %s %v", out, err)
-	})
+	}))
 
 	up := NewChaosUpstream(t, 7)
 	up.Start()
@@ -184,16 +185,16 @@ func sentinelFailover(t *testing.T, waitReplicas bool) {
 		m.Kill,
 		func() time.Time {
 			var at time.Time
-			waitFor(t, 30*time.Second, func() bool {
+			testkit.Eventually(t, 30*time.Second, func() bool {
 				addr, err := sentinels[0].MasterAddr()
 				if err == nil && addr == r.Addr() && at.IsZero() {
 					at = time.Now()
 				}
 				return !at.IsZero() && allNameMaster(sentinels, r.Addr())
-			}, func() string {
+			}, "%s", testkit.Lazy(func() string {
 				addr, err := sentinels[0].MasterAddr()
 				return fmt.Sprintf("no promotion agreed by every sentinel: master %s %v", addr, err)
-			})
+			}))
 			// the old master comes back and the sentinels make it a replica
 			// of the new one: wait_replicas 1 can be met again
 			m.Restart()
@@ -207,17 +208,17 @@ func sentinelFailover(t *testing.T, waitReplicas bool) {
 			}
 			r.Kill()
 			first := at
-			waitFor(t, 30*time.Second, func() bool {
+			testkit.Eventually(t, 30*time.Second, func() bool {
 				addr, err := sentinels[0].MasterAddr()
 				if err == nil && addr == m.Addr() && at == first {
 					t.Logf("second failover: new master after %s", time.Since(at).Round(time.Millisecond))
 					at = time.Now()
 				}
 				return at != first && allNameMaster(sentinels, m.Addr())
-			}, func() string {
+			}, "%s", testkit.Lazy(func() string {
 				addr, err := sentinels[0].MasterAddr()
 				return fmt.Sprintf("no second promotion: master %s %v", addr, err)
-			})
+			}))
 			r.Restart()
 			return at
 		}, !waitReplicas)
@@ -310,7 +311,7 @@ func TestRedisClusterFailover(t *testing.T) {
 				}
 			}
 			var ownerErr error
-			waitFor(t, 45*time.Second, func() bool {
+			testkit.Eventually(t, 45*time.Second, func() bool {
 				for i := range alive {
 					// any node's view: each learns of the failover by gossip
 					view := append([]*redistest.Server{alive[i]}, alive...)
@@ -320,10 +321,10 @@ func TestRedisClusterFailover(t *testing.T) {
 					}
 				}
 				return false
-			}, func() string {
+			}, "%s", testkit.Lazy(func() string {
 				info, _ := redistest.Cmd(alive[0].Addr(), "CLUSTER", "INFO")
 				return fmt.Sprintf("no new master of the relay's slot: %v\n%s", ownerErr, info)
-			})
+			}))
 			owner.Restart() // rejoins as a replica
 			return at
 		})
@@ -340,7 +341,7 @@ func TestRedisWaitReplicasAnswers503(t *testing.T) {
 	if err := r.WaitSynced(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	up := NewUpstream(t, 0)
+	up := NewUpstream(t)
 	up.Start()
 	in := NewInstance(t)
 	in.Start(fmt.Sprintf(`http://127.0.0.1:{http_port} {

@@ -8,6 +8,7 @@
 package verify
 
 import (
+	"cmp"
 	"crypto/hmac"
 	"fmt"
 	"hash"
@@ -74,7 +75,7 @@ func New(cfg Config, resolve func(string) (string, error)) (*Verifier, error) {
 	if cfg.Tolerance != 0 && s.tolerance == 0 {
 		return nil, fmt.Errorf("verify %s: the scheme signs no timestamp, so tolerance does not apply", cfg.Scheme)
 	}
-	v := &Verifier{scheme: s, tolerance: cmpOr(time.Duration(cfg.Tolerance), s.tolerance), newHash: sha256New}
+	v := &Verifier{scheme: s, tolerance: cmp.Or(time.Duration(cfg.Tolerance), s.tolerance), newHash: sha256New}
 	if s.name == "hmac" {
 		p, newHash, err := newHMACParams(cfg)
 		if err != nil {
@@ -159,11 +160,4 @@ func (v *Verifier) within(ts, now time.Time) error {
 // all wrong.
 func errNoMatch(header string) error {
 	return failf("no signature in %s matches the configured secret(s): a wrong or rotated secret, or a body changed on the way", header)
-}
-
-func cmpOr(a, b time.Duration) time.Duration {
-	if a != 0 {
-		return a
-	}
-	return b
 }

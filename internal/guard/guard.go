@@ -12,7 +12,8 @@ import (
 )
 
 // Run calls fn and reports whether it panicked. A panic is logged at error
-// level, naming what was running, with the panic value and its stack.
+// level, naming what was running (also in the field "running"), with the
+// panic value and its stack.
 func Run(logger *zap.Logger, what string, fn func()) (panicked bool) {
 	defer func() {
 		if v := recover(); v != nil {
@@ -38,5 +39,5 @@ func logPanic(logger *zap.Logger, what string, v any) {
 		logger = zap.NewNop()
 	}
 	logger.Error("panic in "+what+"; recovered, Caddy keeps running",
-		zap.String("panic", fmt.Sprint(v)), zap.ByteString("stack", debug.Stack()))
+		zap.String("running", what), zap.String("panic", fmt.Sprint(v)), zap.ByteString("stack", debug.Stack()))
 }

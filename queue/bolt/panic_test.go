@@ -4,7 +4,6 @@ import (
 	"errors"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 	"github.com/hookrelay/caddy-webhook-relay/queue/storetest"
 )
@@ -26,22 +26,6 @@ func openHooked(t *testing.T, path string, opts queue.Options, hooks testHooks) 
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s, logs
-}
-
-// checkPanicLogged checks that one panic was logged, in what, with its
-// value and a stack through this file.
-func checkPanicLogged(t *testing.T, logs *observer.ObservedLogs, what, value string) {
-	t.Helper()
-	stacks := logs.FilterFieldKey("stack").All()
-	if len(stacks) != 1 {
-		t.Fatalf("%d log entries with a stack, want 1: %v", len(stacks), stacks)
-	}
-	e := stacks[0]
-	f := e.ContextMap()
-	if !strings.HasPrefix(e.Message, "panic in "+what+";") || f["panic"] != value ||
-		!strings.Contains(f["stack"].(string), "panic_test.go") {
-		t.Errorf("logged %q %v; want the panic in %s, %q and its stack", e.Message, f, what, value)
-	}
 }
 
 // A panic in a group commit fails the calls of that group, and only those:
@@ -92,7 +76,7 @@ func TestCommitterPanicFailsItsGroup(t *testing.T) {
 	if failed == 0 {
 		t.Fatal("no admit saw the panic")
 	}
-	checkPanicLogged(t, logs, "the bolt store's committer", "injected panic in the commit")
+	testkit.PanicLogged(t, logs, "panic_test.go", testkit.Panic{Running: "the bolt store's committer", Value: "injected panic in the commit"})
 	if st, err := s.Stats(ctx); err != nil || st.Backlog != n || st.Keys != n {
 		t.Errorf("Stats = %+v, %v; want backlog and keys %d: the failed admits' reservations given back", st, err, n)
 	}
@@ -144,5 +128,5 @@ func TestSweeperPanicSweepsLater(t *testing.T) {
 	if st, err := s.Stats(ctx); err != nil || st.Keys != 0 {
 		t.Errorf("Stats = %+v, %v; want the expired marker swept", st, err)
 	}
-	checkPanicLogged(t, logs, "the bolt store's sweep of expired markers", "injected panic in the sweep")
+	testkit.PanicLogged(t, logs, "panic_test.go", testkit.Panic{Running: "the bolt store's sweep of expired markers", Value: "injected panic in the sweep"})
 }

@@ -1,0 +1,88 @@
+package dedupe
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestLookupJSON(t *testing.T) {
+	path := func(p string) []pathElem {
+		var out []pathElem
+		for _, e := range strings.Split(p, ".") {
+			out = append(out, pathElem{name: e, index: arrayIndex(e)})
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		doc, path, want string // want "" for nil
+	}{
+		{`{"a":{"b":"x"}}`, "a.b", `"x"`},
+		{` { "a" : { "b" : 12 } } `, "a.b", `12`},
+		{`{"a":[{"id":1},{"id":2}]}`, "a.1.id", `2`},
+		{`[10,20,30]`, "2", `30`},
+		{`[10,20,30]`, "3", ""},
+		{`{"a":[1]}`, "a.01", ""},   // not a canonical index
+		{`{"a":1,"a":2}`, "a", `2`}, // the last duplicate wins
+		{`{"\u0061":"esc"}`, "a", `"esc"`},
+		{`{"a\"b":"q","a":"plain"}`, "a", `"plain"`},
+		{`{"a":"x \"}\" y"}`, "a", `"x \"}\" y"`},
+		{`{"a":{"b":[1,{"c":true}]}}`, "a.b", `[1,{"c":true}]`},
+		{`{"a":null}`, "a", ""},
+		{`{"a":false}`, "a", ""},
+		{`{"a":""}`, "a", ""},
+		{`{"a":1}`, "b", ""},
+		{`{"a":1}`, "a.b", ""},
+		{`"scalar"`, "a", ""},
+	} {
+		got := lookupJSON([]byte(tt.doc), path(tt.path))
+		if string(got) != tt.want || (got == nil) != (tt.want == "") {
+			t.Errorf("lookupJSON(%s, %s) = %q, want %q", tt.doc, tt.path, got, tt.want)
+		}
+	}
+}
+
+func TestValueEnd(t *testing.T) {
+	for _, tt := range []struct {
+		b    string
+		want int
+	}{
+		{`"abc",`, 5},
+		{`"a\"b",`, 6},
+		{`"a\\",`, 5},
+		{`"a\\\"",`, 7},
+		{`"open`, 5},
+		{`{"a":"}"},`, 9},
+		{`[1,[2,3]] x`, 9},
+		{`123 ,`, 3},
+		{`true}`, 4},
+		{`[1,2`, 4}, // unterminated: the end of the input
+	} {
+		if got := valueEnd([]byte(tt.b), 0); got != tt.want {
+			t.Errorf("valueEnd(%s) = %d, want %d", tt.b, got, tt.want)
+		}
+	}
+}
+
+func TestIterate(t *testing.T) {
+	it := iterate([]byte(`{ "a" : 1 , "b\"c" : [2, 3] , "d":{} }`))
+	var got []string
+	for {
+		k, v, ok := it.next()
+		if !ok {
+			break
+		}
+		got = append(got, string(k)+"="+string(v))
+	}
+	if want := `a=1|b\"c=[2, 3]|d={}`; strings.Join(got, "|") != want {
+		t.Errorf("members %q, want %q", strings.Join(got, "|"), want)
+	}
+	// malformed input ends the walk instead of running out of bounds
+	for _, b := range []string{`{"a" 1}`, `{1:2}`, `{"a":}`, `[`, `{`, `{"a`} {
+		it := iterate([]byte(b))
+		for range 10 {
+			if _, _, ok := it.next(); !ok {
+				break
+			}
+		}
+	}
+}

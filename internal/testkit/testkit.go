@@ -1,0 +1,35 @@
+// Package testkit is the one test support package of the relay's tests:
+// waiting for a condition (Eventually), a recording upstream on 127.0.0.1
+// (NewUpstream), and checking that a recovered panic was logged
+// (PanicLogged). Only tests import it.
+package testkit
+
+import (
+	"testing"
+	"time"
+)
+
+// Eventually polls cond until it holds, and fails the test once timeout has
+// passed with "after <timeout>: " and the message. The message is formatted
+// only then, so an argument that is a fmt.Stringer (see Lazy) shows the
+// state at the deadline rather than at the start. Polls start at a
+// millisecond apart and slow down to 20ms, so a condition that holds soon
+// is seen soon and an expensive one is not run in a tight loop.
+func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	pause := time.Millisecond
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: "+format, append([]any{timeout}, args...)...)
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 20*time.Millisecond)
+	}
+}
+
+// Lazy is a message built when it is printed: an argument of Eventually
+// that describes the state at the deadline.
+type Lazy func() string
+
+func (f Lazy) String() string { return f() }

@@ -2,6 +2,7 @@ package webhookrelay
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path"
+	"runtime"
 	"strings"
 	"time"
 
@@ -51,27 +54,125 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		repl.Set("http.webhook_relay.outcome", outcome)
 		repl.Set("http.webhook_relay.key", key)
 	}
+	if err != nil {
+		answerError(w, r, err)
+	}
 	return err
+}
+
+// refusal is an error answer's reason: err is what the log says (it may
+// name a relay, a limit, the auth parameters), tell what the sender is told
+// in the body (never a secret or an expected value).
+type refusal struct {
+	err  error
+	tell string
+}
+
+func (e *refusal) Error() string { return e.err.Error() }
+func (e *refusal) Unwrap() error { return e.err }
+
+// refuse is the error the ack path returns for an answer other than 200:
+// a caddyhttp.HandlerError with status, which Caddy logs and handle_errors
+// sees. tell is what the sender reads; "" tells it err's own message.
+func refuse(status int, tell string, err error) error {
+	if tell == "" {
+		tell = err.Error()
+	}
+	he := caddyhttp.HandlerError{StatusCode: status, Err: &refusal{err: err, tell: tell}}
+	// the log's err_trace names the line that refused, as caddyhttp.Error
+	// would called from there
+	if pc, file, line, ok := runtime.Caller(1); ok {
+		he.Trace = fmt.Sprintf("%s (%s:%d)", path.Base(runtime.FuncForPC(pc).Name()), path.Base(file), line)
+	}
+	return caddyhttp.Error(status, he) // adds the error ID
+}
+
+// errorBody is the JSON an error answer carries.
+type errorBody struct {
+	Status string `json:"status"` // always "error"
+	Error  string `json:"error"`
+}
+
+// answerError writes err's answer, {"status":"error","error":"..."} with
+// its status, unless the server's handle_errors routes answer it: then
+// they own the answer and nothing is written here. The handler still
+// returns err, so Caddy logs it as for any handler; with nothing to answer
+// it only writes the status again, which the written answer keeps.
+func answerError(w http.ResponseWriter, r *http.Request, err error) {
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) {
+		return
+	}
+	tell := http.StatusText(he.StatusCode)
+	if ref, ok := errors.AsType[*refusal](err); ok {
+		tell = ref.tell
+	}
+	if errorRoutesAnswer(r, err) {
+		return
+	}
+	body, _ := json.Marshal(errorBody{Status: "error", Error: tell})
+	w.Header()["Content-Type"] = []string{"application/json"}
+	w.WriteHeader(he.StatusCode)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// errorRoutesAnswer reports whether the handle_errors routes of the server
+// serving r would answer err: a route whose matchers take the request (as
+// the server restores it for them, with err's placeholders set) and that
+// does more than pass it on to routes that do not. Every site on the same
+// address shares one server, and with it the error routes: another site's
+// handle_errors has a host matcher that does not take this request, and
+// `handle_errors 404` a status matcher that does not take a 401.
+func errorRoutesAnswer(r *http.Request, err error) bool {
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil || srv.Errors == nil || len(srv.Errors.Routes) == 0 {
+		return false
+	}
+	if _, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); !ok {
+		return true // WithError needs it; the server's routes do too
+	}
+	er := srv.Errors.WithError(r, err)
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		u := *orig.URL
+		er.Method, er.RemoteAddr, er.RequestURI, er.URL = orig.Method, orig.RemoteAddr, orig.RequestURI, &u
+	}
+	return routesAnswer(srv.Errors.Routes, er)
+}
+
+func routesAnswer(routes caddyhttp.RouteList, r *http.Request) bool {
+	for _, route := range routes {
+		if ok, err := route.MatcherSets.AnyMatchWithError(r); err != nil || !ok {
+			continue
+		}
+		for _, h := range route.Handlers {
+			sub, ok := h.(*caddyhttp.Subroute)
+			if !ok || routesAnswer(sub.Routes, r) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key string, err error) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return OutcomeMethodNotAllowed, "", caddyhttp.Error(http.StatusMethodNotAllowed,
+		return OutcomeMethodNotAllowed, "", refuse(http.StatusMethodNotAllowed, "",
 			fmt.Errorf("webhooks are delivered with POST, not %s", r.Method))
 	}
 
 	rawQuery, err := h.checkQuery(r.URL.RawQuery)
 	switch {
 	case errors.Is(err, errWrongAuth):
-		return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized,
+		// the sender is not told which parameter is expected
+		return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, err.Error(),
 			fmt.Errorf("%v (%s)", err, h.authParamNames()))
 	case err != nil:
-		return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized, err)
+		return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "", err)
 	}
 
 	if c, at := illegalQueryByte(rawQuery); at >= 0 {
-		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
+		return OutcomeBadRequest, "", refuse(http.StatusBadRequest, "",
 			fmt.Errorf("the query string holds %q at byte %d, which a URL may not carry as is: percent-encode it", c, at))
 	}
 
@@ -91,19 +192,20 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 			return OutcomeTooLarge, "", tooLarge(h.MaxBody)
 		case errors.Is(err, errNoMemory):
 			w.Header().Set("Retry-After", retryAfterSeconds)
-			return OutcomeUnavailable, "", caddyhttp.Error(http.StatusServiceUnavailable,
+			return OutcomeUnavailable, "", refuse(http.StatusServiceUnavailable,
+				"max_memory is taken by other webhooks being received or delivered; retry later",
 				fmt.Errorf("relay %s: max_memory (%d bytes) is taken by other webhooks being received or delivered; retry later", h.Name, h.MaxMemory))
 		case isTimeout(err):
-			return OutcomeTimeout, "", caddyhttp.Error(http.StatusRequestTimeout,
+			return OutcomeTimeout, "", refuse(http.StatusRequestTimeout, "",
 				fmt.Errorf("the body did not arrive within body_timeout (%s)", time.Duration(h.BodyTimeout)))
 		}
-		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
+		return OutcomeBadRequest, "", refuse(http.StatusBadRequest, "",
 			fmt.Errorf("reading the request body: %v", err))
 	}
 
 	if h.verifier != nil {
 		if err := h.verifier.Verify(r.Header, body, time.Now()); err != nil {
-			return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized,
+			return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "",
 				fmt.Errorf("verify %s: %v", h.verifier.Scheme(), err))
 		}
 	}
@@ -114,7 +216,7 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	}
 	key, err = h.keyer.Key(r.Header, query, body)
 	if err != nil {
-		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
+		return OutcomeBadRequest, "", refuse(http.StatusBadRequest, "",
 			errors.New("the body is not valid JSON; this relay's key reads JSON (send JSON, or configure key body to accept any body)"))
 	}
 
@@ -136,11 +238,11 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	if err != nil {
 		w.Header().Set("Retry-After", retryAfterSeconds)
 		if errors.Is(err, queue.ErrBacklogFull) {
-			return OutcomeUnavailable, key, caddyhttp.Error(http.StatusServiceUnavailable,
+			return OutcomeUnavailable, key, refuse(http.StatusServiceUnavailable, "backlog full; retry later",
 				fmt.Errorf("relay %s: backlog full (%d payloads waiting for the upstream); retry later", h.Name, h.MaxBacklog))
 		}
 		h.relay.storeErr.Fail(h.logger, "cannot store webhooks; answering 503", err, zap.String("relay", h.Name))
-		return OutcomeUnavailable, key, caddyhttp.Error(http.StatusServiceUnavailable,
+		return OutcomeUnavailable, key, refuse(http.StatusServiceUnavailable, "store unavailable; retry later",
 			fmt.Errorf("relay %s: store unavailable; retry later", h.Name))
 	}
 	h.relay.storeErr.Ok(h.logger, "store reachable again; accepting webhooks")
@@ -170,7 +272,7 @@ func isTimeout(err error) bool {
 }
 
 func tooLarge(limit int64) error {
-	return caddyhttp.Error(http.StatusRequestEntityTooLarge,
+	return refuse(http.StatusRequestEntityTooLarge, "",
 		fmt.Errorf("body larger than max_body (%d bytes)", limit))
 }
 

@@ -2,6 +2,7 @@ package caddytest
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -214,3 +215,12 @@ func testdata(t *testing.T, name string) []byte {
 	}
 	return b
 }
+
+// js quotes s as a JavaScript string (or a JSON one).
+func js(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// indent indents every line of s by two spaces, for failure messages.
+func indent(s string) string { return "  " + strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n  ") }

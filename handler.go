@@ -51,27 +51,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		repl.Set("http.webhook_relay.outcome", outcome)
 		repl.Set("http.webhook_relay.key", key)
 	}
+	if err != nil {
+		answerError(w, r, err)
+	}
 	return err
 }
 
 func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key string, err error) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return OutcomeMethodNotAllowed, "", caddyhttp.Error(http.StatusMethodNotAllowed,
+		return OutcomeMethodNotAllowed, "", refuse(http.StatusMethodNotAllowed, "",
 			fmt.Errorf("webhooks are delivered with POST, not %s", r.Method))
 	}
 
 	rawQuery, err := h.checkQuery(r.URL.RawQuery)
 	switch {
 	case errors.Is(err, errWrongAuth):
-		return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized,
+		// the sender is not told which parameter is expected
+		return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, err.Error(),
 			fmt.Errorf("%v (%s)", err, h.authParamNames()))
 	case err != nil:
-		return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized, err)
+		return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "", err)
 	}
 
 	if c, at := illegalQueryByte(rawQuery); at >= 0 {
-		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
+		return OutcomeBadRequest, "", refuse(http.StatusBadRequest, "",
 			fmt.Errorf("the query string holds %q at byte %d, which a URL may not carry as is: percent-encode it", c, at))
 	}
 
@@ -91,19 +95,20 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 			return OutcomeTooLarge, "", tooLarge(h.MaxBody)
 		case errors.Is(err, errNoMemory):
 			w.Header().Set("Retry-After", retryAfterSeconds)
-			return OutcomeUnavailable, "", caddyhttp.Error(http.StatusServiceUnavailable,
+			return OutcomeUnavailable, "", refuse(http.StatusServiceUnavailable,
+				"max_memory is taken by other webhooks being received or delivered; retry later",
 				fmt.Errorf("relay %s: max_memory (%d bytes) is taken by other webhooks being received or delivered; retry later", h.Name, h.MaxMemory))
 		case isTimeout(err):
-			return OutcomeTimeout, "", caddyhttp.Error(http.StatusRequestTimeout,
+			return OutcomeTimeout, "", refuse(http.StatusRequestTimeout, "",
 				fmt.Errorf("the body did not arrive within body_timeout (%s)", time.Duration(h.BodyTimeout)))
 		}
-		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
+		return OutcomeBadRequest, "", refuse(http.StatusBadRequest, "",
 			fmt.Errorf("reading the request body: %v", err))
 	}
 
 	if h.verifier != nil {
 		if err := h.verifier.Verify(r.Header, body, time.Now()); err != nil {
-			return OutcomeUnauthorized, "", caddyhttp.Error(http.StatusUnauthorized,
+			return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "",
 				fmt.Errorf("verify %s: %v", h.verifier.Scheme(), err))
 		}
 	}
@@ -114,7 +119,7 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	}
 	key, err = h.keyer.Key(r.Header, query, body)
 	if err != nil {
-		return OutcomeBadRequest, "", caddyhttp.Error(http.StatusBadRequest,
+		return OutcomeBadRequest, "", refuse(http.StatusBadRequest, "",
 			errors.New("the body is not valid JSON; this relay's key reads JSON (send JSON, or configure key body to accept any body)"))
 	}
 
@@ -136,11 +141,11 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	if err != nil {
 		w.Header().Set("Retry-After", retryAfterSeconds)
 		if errors.Is(err, queue.ErrBacklogFull) {
-			return OutcomeUnavailable, key, caddyhttp.Error(http.StatusServiceUnavailable,
+			return OutcomeUnavailable, key, refuse(http.StatusServiceUnavailable, "backlog full; retry later",
 				fmt.Errorf("relay %s: backlog full (%d payloads waiting for the upstream); retry later", h.Name, h.MaxBacklog))
 		}
 		h.relay.storeErr.Fail(h.logger, "cannot store webhooks; answering 503", err, zap.String("relay", h.Name))
-		return OutcomeUnavailable, key, caddyhttp.Error(http.StatusServiceUnavailable,
+		return OutcomeUnavailable, key, refuse(http.StatusServiceUnavailable, "store unavailable; retry later",
 			fmt.Errorf("relay %s: store unavailable; retry later", h.Name))
 	}
 	h.relay.storeErr.Ok(h.logger, "store reachable again; accepting webhooks")
@@ -170,7 +175,7 @@ func isTimeout(err error) bool {
 }
 
 func tooLarge(limit int64) error {
-	return caddyhttp.Error(http.StatusRequestEntityTooLarge,
+	return refuse(http.StatusRequestEntityTooLarge, "",
 		fmt.Errorf("body larger than max_body (%d bytes)", limit))
 }
 

@@ -2,6 +2,7 @@ package caddytest
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,7 +18,30 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/hookrelay/caddy-webhook-relay"
+	"github.com/hookrelay/caddy-webhook-relay/internal/caddyhome"
 )
+
+// TestMain gives the in-process Caddy, and every caddy the tests run, config
+// and data folders of their own, removed afterwards: the tests' configs
+// (with their secrets) never overwrite the user's autosave.json, and their
+// CA and files never land in the user's data folder.
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "caddytest-home-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "caddytest:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := caddyhome.Use(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "caddytest:", err)
+		return 1
+	}
+	return m.Run()
+}
 
 // relayPort is where the test Caddy serves the relays. The admin endpoint
 // is the harness's, localhost:2999.
@@ -191,3 +215,12 @@ func testdata(t *testing.T, name string) []byte {
 	}
 	return b
 }
+
+// js quotes s as a JavaScript string (or a JSON one).
+func js(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// indent indents every line of s by two spaces, for failure messages.
+func indent(s string) string { return "  " + strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n  ") }

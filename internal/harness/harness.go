@@ -61,9 +61,18 @@ func BuildCaddy(dir string) (string, error) {
 	if gomod == "" || gomod == os.DevNull {
 		return "", errors.New("not inside a Go module: run from the repository")
 	}
-	bin := filepath.Join(dir, "caddy")
+	return BuildCaddyIn(filepath.Dir(gomod), dir)
+}
+
+// BuildCaddyIn is BuildCaddy for the module in root, e.g. ".." from the
+// browser tests' module (browsertest/), which is a module of its own.
+func BuildCaddyIn(root, dir string) (string, error) {
+	bin, err := filepath.Abs(filepath.Join(dir, "caddy"))
+	if err != nil {
+		return "", err
+	}
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
-	cmd.Dir = filepath.Dir(gomod)
+	cmd.Dir = root
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/caddy: %v", err)

@@ -1,10 +1,11 @@
-package caddytest
+package browsertest
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -16,7 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 )
 
-// browser is a headless Chromium driven through the DevTools protocol,
+// browser is a headless Chromium (or Chrome) driven through the DevTools protocol,
 // recording every request the page makes and everything it logs.
 type browser struct {
 	t   *testing.T
@@ -27,17 +28,42 @@ type browser struct {
 	messages []chromedp.ConsoleMessage
 }
 
-// chromiumPath finds Chromium, or fails the test saying how to install it.
+// browserNames are the commands a Chromium or a Chrome goes by, and
+// browserPaths where one lives off the PATH.
+var (
+	browserNames = []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"}
+	browserPaths = []string{
+		"/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
+		"/Applications/Chromium.app/Contents/MacOS/Chromium",
+		"/opt/google/chrome/chrome",
+		"/snap/bin/chromium",
+	}
+)
+
+// chromiumPath finds the browser: CHROME_PATH (./scripts/test sets it to
+// the one it found), else any Chromium or Chrome there is. Without one it
+// fails the test saying how to install one.
 func chromiumPath(t *testing.T) string {
 	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser"} {
+	if p := os.Getenv("CHROME_PATH"); p != "" {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Fatalf("CHROME_PATH=%s: %v", p, err)
+		}
+		return p
+	}
+	for _, name := range browserNames {
 		if p, err := exec.LookPath(name); err == nil {
 			return p
 		}
 	}
-	t.Fatal("chromium is not installed: the console tests drive a real browser. " +
-		"Install it with `apt-get install chromium` (Debian, Ubuntu; ./scripts/test does) " +
-		"or your system's package manager, and run the tests again")
+	for _, p := range browserPaths {
+		if _, err := exec.LookPath(p); err == nil {
+			return p
+		}
+	}
+	t.Fatalf("no Chromium or Chrome found (%s, or CHROME_PATH): the console test drives a real browser. "+
+		"Install one, e.g. `apt-get install chromium` (Debian; ./scripts/test does when none is there), "+
+		"or set CHROME_PATH to one, and run the tests again", strings.Join(browserNames, ", "))
 	return ""
 }
 

@@ -46,7 +46,7 @@ func TestUserFoldersUntouched(t *testing.T) {
 		}
 	}
 
-	up := NewUpstream(t, 0)
+	up := NewUpstream(t)
 	up.Start()
 	in.Start(`:{http_port} {
 	webhook_relay /in {

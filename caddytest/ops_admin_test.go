@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -12,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // opsAdmin is the harness's admin endpoint.
@@ -132,17 +135,12 @@ func opsOverview(t *testing.T, name string) *opsRelayStatus {
 // called name, and returns that state.
 func opsWaitOverview(t *testing.T, name, what string, cond func(s *opsRelayStatus) bool) *opsRelayStatus {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		s := opsOverview(t, name)
-		if s != nil && cond(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; relay %s is %+v", waitTimeout, what, name, s)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var s *opsRelayStatus
+	testkit.Eventually(t, waitTimeout, func() bool {
+		s = opsOverview(t, name)
+		return s != nil && cond(s)
+	}, "still waiting for %s; relay %s is %v", what, name, testkit.Lazy(func() string { return fmt.Sprintf("%+v", s) }))
+	return s
 }
 
 func intOf(p *int) int {

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // opsLogGlobals is globalOptions plus a default log that sends every
@@ -83,21 +85,19 @@ func opsReadLog(t *testing.T, file string) []opsLogLine {
 // opsWaitLog polls file until cond holds for its lines, and returns them.
 func opsWaitLog(t *testing.T, file, what string, cond func([]opsLogLine) bool) []opsLogLine {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		lines := opsReadLog(t, file)
-		if cond(lines) {
-			return lines
+	var lines []opsLogLine
+	testkit.Eventually(t, waitTimeout, func() bool {
+		lines = opsReadLog(t, file)
+		return cond(lines)
+	}, "still waiting for %s in %s; it holds %v", what, file, testkit.Lazy(func() string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%d lines:\n", len(lines))
+		for _, l := range lines {
+			fmt.Fprintf(&b, "  %s\n", l)
 		}
-		if time.Now().After(deadline) {
-			var b strings.Builder
-			for _, l := range lines {
-				fmt.Fprintf(&b, "  %s\n", l)
-			}
-			t.Fatalf("timed out after %s waiting for %s in %s; it holds %d lines:\n%s", waitTimeout, what, file, len(lines), b.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return b.String()
+	}))
+	return lines
 }
 
 func opsHasMsg(lines []opsLogLine, logger, msg string) bool {
@@ -454,10 +454,10 @@ func TestOpsLogsFollowReload(t *testing.T) {
 		{"payload moved to the dead letters", "warn"},
 		{"will retry", "debug"},
 	} {
-		deadline := time.Now().Add(2 * time.Second) // the line is written before the state above changes; this is slack
-		for !opsHasMsg(opsReadLog(t, second), "http.handlers.webhook_relay", want.msg) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		// the line is written before the state above changes; this is slack
+		testkit.Poll(2*time.Second, func() bool {
+			return opsHasMsg(opsReadLog(t, second), "http.handlers.webhook_relay", want.msg)
+		})
 		if opsHasMsg(opsReadLog(t, second), "http.handlers.webhook_relay", want.msg) {
 			continue
 		}

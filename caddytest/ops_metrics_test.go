@@ -6,11 +6,12 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // opsScrape is one scrape of the admin endpoint's /metrics.
@@ -177,18 +178,14 @@ func (w opsMetricsWant) diff(t *testing.T, s opsScrape, relay string) []string {
 // and fails the test with the differences after waitTimeout.
 func opsWaitMetrics(t *testing.T, relay, what string, want opsMetricsWant) opsScrape {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		s := opsScrapeMetrics(t)
-		diffs := want.diff(t, s, relay)
-		if len(diffs) == 0 {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: after %s the metrics of relay %s still differ:\n  %s", what, waitTimeout, relay, strings.Join(diffs, "\n  "))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	var s opsScrape
+	var diffs []string
+	testkit.Eventually(t, waitTimeout, func() bool {
+		s = opsScrapeMetrics(t)
+		diffs = want.diff(t, s, relay)
+		return len(diffs) == 0
+	}, "%s: the metrics of relay %s still differ:\n  %s", what, relay, testkit.Lazy(func() string { return strings.Join(diffs, "\n  ") }))
+	return s
 }
 
 // TestOpsMetrics scrapes the admin endpoint's /metrics after a known
@@ -317,14 +314,7 @@ func TestOpsMetrics(t *testing.T) {
 		t.Errorf("%s = %v with one payload waiting since a moment ago, want a small positive age", opsOldest, v)
 	}
 	// the age grows while it waits
-	deadline := time.Now().Add(waitTimeout)
-	for first := s.value(t, opsOldest, r); ; {
-		if v := opsScrapeMetrics(t).value(t, opsOldest, r); v > first {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not grow in %s", opsOldest, waitTimeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	age := s.value(t, opsOldest, r)
+	testkit.Eventually(t, waitTimeout, func() bool { return opsScrapeMetrics(t).value(t, opsOldest, r) > age },
+		"%s did not grow from %v", opsOldest, age)
 }

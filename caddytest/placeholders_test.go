@@ -10,7 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
-	"time"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // TestPlaceholdersInAccessLog: {http.webhook_relay.outcome} and
@@ -49,10 +50,10 @@ func TestPlaceholdersInAccessLog(t *testing.T) {
 		Status  int    `json:"status"`
 	}
 	var entries []entry
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	var data []byte
+	testkit.Eventually(t, waitTimeout, func() bool {
 		entries = entries[:0]
-		data, _ := os.ReadFile(logFile)
+		data, _ = os.ReadFile(logFile)
 		sc := bufio.NewScanner(bytes.NewReader(data))
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
@@ -61,14 +62,8 @@ func TestPlaceholdersInAccessLog(t *testing.T) {
 				entries = append(entries, e)
 			}
 		}
-		if len(entries) >= 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("access log holds %d requests after %s, want 3:\n%s", len(entries), waitTimeout, data)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return len(entries) >= 3
+	}, "access log holds %v", testkit.Lazy(func() string { return fmt.Sprintf("%d requests, want 3:\n%s", len(entries), data) }))
 
 	// each line is written after its response went out, so the three may
 	// be logged in any order

@@ -1,6 +1,6 @@
 // Package testkit is the one test support package of the relay's tests:
-// waiting for a condition (Eventually), a recording upstream on 127.0.0.1
-// (NewUpstream), and checking that a recovered panic was logged
+// waiting for a condition (Eventually, Poll), a recording upstream on
+// 127.0.0.1 (NewUpstream), and checking that a recovered panic was logged
 // (PanicLogged). Only tests import it.
 package testkit
 
@@ -17,15 +17,26 @@ import (
 // is seen soon and an expensive one is not run in a tight loop.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
 	t.Helper()
+	if !Poll(timeout, cond) {
+		t.Fatalf("after %s: "+format, append([]any{timeout}, args...)...)
+	}
+}
+
+// Poll polls cond as Eventually does and reports whether it held before
+// timeout passed, without failing: for a test that checks the outcome
+// itself (e.g. with t.Errorf, to go on), and for goroutines other than
+// the test's.
+func Poll(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	pause := time.Millisecond
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("after %s: "+format, append([]any{timeout}, args...)...)
+			return false
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, 20*time.Millisecond)
 	}
+	return true
 }
 
 // Lazy is a message built when it is printed: an argument of Eventually

@@ -55,6 +55,20 @@ func TestEventually(t *testing.T) {
 	}
 }
 
+func TestPoll(t *testing.T) {
+	var n atomic.Int32
+	if !Poll(5*time.Second, func() bool { return n.Add(1) == 5 }) {
+		t.Error("Poll reported false for a condition that came to hold")
+	}
+	start := time.Now()
+	if Poll(30*time.Millisecond, func() bool { return false }) {
+		t.Error("Poll reported true for a condition that never held")
+	}
+	if took := time.Since(start); took < 30*time.Millisecond {
+		t.Errorf("Poll gave up after %s, before its timeout", took)
+	}
+}
+
 func post(t *testing.T, url, key, body string) (*http.Response, error) {
 	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 	if err != nil {

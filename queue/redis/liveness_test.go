@@ -3,6 +3,7 @@ package redis_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 	"github.com/hookrelay/caddy-webhook-relay/queue/redis"
 )
@@ -46,19 +48,19 @@ func consumers(t *testing.T, srv *redistest.Server, prefix string) []string {
 	return names
 }
 
-// claimUntil claims with s until it has taken want entries or the deadline
-// passes, and returns what it took.
-func claimUntil(t *testing.T, s queue.Store, want int, within time.Duration) []string {
+// claimDuring claims with s every 20ms for d, or until it takes an entry,
+// and returns what it took: that a store takes nothing for a while is
+// proved by letting the while pass.
+func claimDuring(t *testing.T, s queue.Store, d time.Duration) []string {
 	t.Helper()
-	var got []string
-	deadline := time.Now().Add(within)
-	for len(got) < want && time.Now().Before(deadline) {
-		got = append(got, claimIDs(t, s, want-len(got))...)
-		if len(got) < want {
-			time.Sleep(20 * time.Millisecond)
+	end := time.Now().Add(d)
+	for {
+		got := claimIDs(t, s, 1)
+		if len(got) > 0 || !time.Now().Before(end) {
+			return got
 		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return got
 }
 
 // A store whose liveness key expires loses what it holds to the others at
@@ -79,30 +81,32 @@ func TestRedisLivenessTakeover(t *testing.T) {
 		t.Fatalf("a claimed %v, want 3 entries", got)
 	}
 	// a stays alive for several TTLs: b takes nothing
-	if got := claimUntil(t, b, 1, 3*ttl); len(got) != 0 {
+	if got := claimDuring(t, b, 3*ttl); len(got) != 0 {
 		t.Fatalf("b took %v from a live consumer", got)
 	}
 
 	a.StopLiveness() // as if a were killed
 	stopped := time.Now()
-	got := claimUntil(t, b, 3, 10*time.Second)
+	var got []string
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		got = append(got, claimIDs(t, b, len(want)-len(got))...)
+		return len(got) == len(want)
+	}, "b took over %v since a's liveness stopped, want %v", testkit.Lazy(func() string { return fmt.Sprint(got) }), want)
 	took := time.Since(stopped)
 	slices.Sort(got)
 	if !slices.Equal(got, want) {
-		t.Fatalf("b took over %v within 10s of a's liveness stopping, want %v", got, want)
+		t.Fatalf("b took over %v after a's liveness stopped, want %v", got, want)
 	}
 	t.Logf("b took over a's 3 entries %v after a stopped renewing (liveness TTL %v)", took.Round(time.Millisecond), ttl)
 	if err := a.Extend(t.Context(), want); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("a's Extend after the takeover = %v, want ErrNotFound", err)
 	}
 	// a held nothing any more, so it left the group
-	deadline := time.Now().Add(5 * time.Second)
-	for slices.Contains(consumers(t, srv, prefix), "a") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if names := consumers(t, srv, prefix); slices.Contains(names, "a") {
-		t.Errorf("consumers %v: the dead consumer a is still in the group", names)
-	}
+	var names []string
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		names = consumers(t, srv, prefix)
+		return !slices.Contains(names, "a")
+	}, "consumers %v: the dead consumer a is still in the group", testkit.Lazy(func() string { return fmt.Sprint(names) }))
 }
 
 // A consumer that never kept a liveness key (an older relay) is not taken
@@ -122,7 +126,11 @@ func TestRedisLivenessLeavesUnlistedConsumers(t *testing.T) {
 		t.Fatalf("XREADGROUP as old: %v", err)
 	}
 	claimedAt := time.Now()
-	got := claimUntil(t, b, 1, 10*time.Second)
+	var got []string
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		got = claimIDs(t, b, 1)
+		return len(got) > 0
+	}, "b took nothing, want [%s] after the visibility timeout", x.ID)
 	if len(got) != 1 || got[0] != x.ID {
 		t.Fatalf("b took %v, want [%s] after the visibility timeout", got, x.ID)
 	}

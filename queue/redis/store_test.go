@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 	"github.com/hookrelay/caddy-webhook-relay/queue/redis"
 	"github.com/hookrelay/caddy-webhook-relay/queue/storetest"
@@ -143,13 +144,11 @@ func TestRedisRestartWithAOF(t *testing.T) {
 	// the marker survived too
 	var got queue.Admission
 	var err error
-	for range 50 { // the pool may hand out a dead connection first
-		if got, err = s.Admit(t.Context(), &queue.Entry{Key: "k0"}); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil || got != queue.Duplicate {
+	testkit.Eventually(t, 10*time.Second, func() bool { // the pool may hand out a dead connection first
+		got, err = s.Admit(t.Context(), &queue.Entry{Key: "k0"})
+		return err == nil
+	}, "Admit(k0) after restart still fails: %v", testkit.Lazy(func() string { return fmt.Sprint(err) }))
+	if got != queue.Duplicate {
 		t.Fatalf("Admit(k0) after restart = %v, %v; want duplicate", got, err)
 	}
 	st, err := s.Stats(t.Context())
@@ -308,19 +307,15 @@ func TestRedisOpensWhileDown(t *testing.T) {
 
 	srv.Restart()
 	var admitted *queue.Entry
-	deadline := time.Now().Add(10 * time.Second)
-	for admitted == nil {
+	var a queue.Admission
+	var err error
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		e := &queue.Entry{Key: "k", Body: []byte("{}")}
-		a, err := s.Admit(ctx, e)
-		if err == nil && a == queue.Accepted {
+		if a, err = s.Admit(ctx, e); err == nil && a == queue.Accepted {
 			admitted = e
-			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("admit after Redis came back: %v %v", a, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return admitted != nil
+	}, "admit after Redis came back: %v", testkit.Lazy(func() string { return fmt.Sprintf("%v %v", a, err) }))
 	got, err := s.Claim(ctx, 10)
 	if err != nil || len(got) != 1 || got[0].ID != admitted.ID {
 		t.Fatalf("Claim = %v, %v; want the admitted entry", got, err)

@@ -69,7 +69,7 @@ func (c commandRunner) run(env []string, args ...string) ran {
 // admin runs a webhook-relay subcommand against the test Caddy.
 func (c commandRunner) admin(args ...string) ran {
 	c.t.Helper()
-	return c.run(nil, append(append([]string{"webhook-relay"}, args...), "--address", "localhost:2999")...)
+	return c.run(nil, append(append([]string{"webhook-relay"}, args...), "--address", adminAddr)...)
 }
 
 // expect checks the exit code and that stderr (for errors) or stdout
@@ -249,10 +249,10 @@ func TestCommands(t *testing.T) {
 
 	t.Run("finding the admin endpoint", func(t *testing.T) {
 		// as caddy reload does: $CADDY_ADMIN, or the config file's admin address
-		expect(t, c.run([]string{"CADDY_ADMIN=localhost:2999"}, "webhook-relay", "status"), 0, main)
+		expect(t, c.run([]string{"CADDY_ADMIN=" + adminAddr}, "webhook-relay", "status"), 0, main)
 		dir := t.TempDir()
 		cfg := filepath.Join(dir, "Caddyfile")
-		if err := os.WriteFile(cfg, []byte("{\n\tadmin localhost:2999\n}\n:1 {\n\trespond 1\n}\n"), 0o644); err != nil {
+		if err := os.WriteFile(cfg, []byte("{\n\tadmin "+adminAddr+"\n}\n:1 {\n\trespond 1\n}\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		expect(t, c.run(nil, "webhook-relay", "status", "--config", cfg), 0, main)

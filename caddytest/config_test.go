@@ -34,7 +34,7 @@ func validate(t *testing.T, caddyfile string) error {
 // admin endpoint's error, or "" when the config loaded.
 func loadError(t *testing.T, caddyfile string) string {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, "http://localhost:2999/load", strings.NewReader(caddyfile))
+	req, err := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/load", strings.NewReader(caddyfile))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -157,7 +157,7 @@ func TestConsoleRefusesCrossSiteWrites(t *testing.T) {
 	}{
 		{"from another site", all, []string{"Origin: https://evil.example", "Sec-Fetch-Site: cross-site"}, 403, "refused"},
 		{"from a sibling site", all, []string{"Origin: http://other." + host, "Sec-Fetch-Site: same-site"}, 403, "refused"},
-		{"another origin, older browser", one, []string{"Origin: http://127.0.0.2:9480"}, 403, "refused"},
+		{"another origin, older browser", one, []string{fmt.Sprintf("Origin: http://127.0.0.2:%d", relayPort)}, 403, "refused"},
 		{"a plain form post", all, []string{"Content-Type: application/x-www-form-urlencoded"}, 415, "application/json"},
 		{"text/plain", all, []string{"Content-Type: text/plain"}, 415, "application/json"},
 		{"neither ids nor all", fmt.Sprintf(`{"relay":%q}`, name), nil, 400, `"all": true`},

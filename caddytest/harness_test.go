@@ -19,6 +19,7 @@ import (
 
 	_ "github.com/hookrelay/caddy-webhook-relay"
 	"github.com/hookrelay/caddy-webhook-relay/internal/caddyhome"
+	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
 )
 
 // TestMain gives the in-process Caddy, and every caddy the tests run, config
@@ -43,9 +44,24 @@ func runTests(m *testing.M) int {
 	return m.Run()
 }
 
-// relayPort is where the test Caddy serves the relays. The admin endpoint
-// is the harness's, localhost:2999.
-const relayPort = 9480
+// The test Caddy's ports: relayPort serves the relays, adminAddr is its
+// admin endpoint. They are free ports picked when the tests start, so that
+// two runs of the suite on one machine never load configs into each
+// other's Caddy.
+var (
+	relayPort = freePort()
+	httpsPort = freePort()
+	adminPort = freePort()
+	adminAddr = fmt.Sprintf("localhost:%d", adminPort)
+)
+
+func freePort() int {
+	port, err := harness.FreePort()
+	if err != nil {
+		panic("caddytest: no free port: " + err.Error())
+	}
+	return port
+}
 
 // waitTimeout bounds every wait for something the relay does in the
 // background. It is generous: the tests wait on events, never on it.
@@ -55,12 +71,12 @@ const waitTimeout = 10 * time.Second
 // with.
 var globalOptions = fmt.Sprintf(`{
 	skip_install_trust
-	admin localhost:2999
+	admin %s
 	http_port %d
 	https_port %d
 	grace_period 1s
 }
-`, relayPort, relayPort+1)
+`, adminAddr, relayPort, httpsPort)
 
 // site wraps handler directives in the one site the tests use, with a 404
 // for everything no relay matches.
@@ -77,7 +93,7 @@ func site(directives string) string {
 // first use, and fails the test if the config does not become active.
 func startCaddy(t *testing.T, cfg string) *caddytester.Tester {
 	t.Helper()
-	tester := caddytester.NewTester(t)
+	tester := caddytester.NewTester(t).WithDefaultOverrides(caddytester.Config{AdminPort: adminPort})
 	tester.InitServer(cfg, "caddyfile")
 	if t.Failed() {
 		t.FailNow()

@@ -18,7 +18,7 @@ import (
 )
 
 // opsAdmin is the harness's admin endpoint.
-const opsAdmin = "http://localhost:2999"
+var opsAdmin = "http://" + adminAddr
 
 // opsReply is one answer of the admin endpoint.
 type opsReply struct {

@@ -22,7 +22,7 @@ import (
 func opsLogGlobals(file, level string) string {
 	return fmt.Sprintf(`{
 	skip_install_trust
-	admin localhost:2999
+	admin %s
 	http_port %d
 	https_port %d
 	grace_period 1s
@@ -32,7 +32,7 @@ func opsLogGlobals(file, level string) string {
 		format json
 	}
 }
-`, relayPort, relayPort+1, file, level)
+`, adminAddr, relayPort, httpsPort, file, level)
 }
 
 // opsLogLine is one line of a JSON log file.

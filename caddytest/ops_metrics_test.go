@@ -17,7 +17,7 @@ import (
 // opsScrape is one scrape of the admin endpoint's /metrics.
 type opsScrape map[string]*dto.MetricFamily
 
-// opsScrapeMetrics scrapes http://localhost:2999/metrics and parses the
+// opsScrapeMetrics scrapes the admin endpoint's /metrics and parses the
 // text exposition.
 func opsScrapeMetrics(t *testing.T) opsScrape {
 	t.Helper()

@@ -19,6 +19,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 var consoleScreenshots = flag.String("console.screenshots", "",
@@ -33,21 +35,21 @@ const consoleUser, consolePassword = "ops", "correct horse battery staple"
 // everything else; once fixed it takes all.
 type consoleApp struct {
 	fixed atomic.Bool
-	*upstream
+	*testkit.Upstream
 }
 
 func newConsoleApp(t *testing.T) *consoleApp {
 	app := &consoleApp{}
-	app.upstream = newUpstream(t, func(body []byte) int {
+	app.Upstream = testkit.NewUpstream(t, func(r *testkit.Request) testkit.Answer {
 		switch {
 		case app.fixed.Load():
-			return http.StatusOK
-		case bytes.Contains(body, []byte(`"imageBase64Data"`)), bytes.Contains(body, []byte(`"imageDataURI"`)):
-			return http.StatusUnprocessableEntity
-		case bytes.Contains(body, []byte(`"errors"`)):
-			return http.StatusBadRequest
+			return testkit.Answer{Status: http.StatusOK}
+		case bytes.Contains(r.Body, []byte(`"imageBase64Data"`)), bytes.Contains(r.Body, []byte(`"imageDataURI"`)):
+			return testkit.Answer{Status: http.StatusUnprocessableEntity}
+		case bytes.Contains(r.Body, []byte(`"errors"`)):
+			return testkit.Answer{Status: http.StatusBadRequest}
 		}
-		return http.StatusOK
+		return testkit.Answer{Status: http.StatusOK}
 	})
 	return app
 }
@@ -142,7 +144,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	for _, b := range [][]byte{withBase64, withDataURI, refusedError, fine} {
 		mustAccept(t, in, b, "User-Agent: Runware-Webhooks/1.0")
 	}
-	app.waitDelivered(t, fine)
+	waitDelivered(t, app.Upstream, fine)
 	opsWaitOverview(t, name, "3 dead letters", func(s *opsRelayStatus) bool {
 		return intOf(s.DeadLetters) == 3 && intOf(s.Backlog) == 0
 	})
@@ -340,7 +342,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		b.do("replaying it", chromedp.Click(chromedp.ID("letter-replay")))
 		b.waitFor("the confirmation", `document.getElementById('confirm').open && document.getElementById('confirm-text').textContent.includes(`+js("Replay dead letter "+id)+`)`)
 		b.do("confirming", chromedp.Click(chromedp.ID("confirm-ok")))
-		app.waitDelivered(t, withBase64)
+		waitDelivered(t, app.Upstream, withBase64)
 		b.waitFor("the notice", `document.getElementById('notice').textContent === `+js("Replayed 1 dead letter of "+name+"."))
 		b.waitFor("back to the list, without it", `!document.getElementById('dead-section').hidden && `+deadRows+`.length === 2 && !document.querySelector('#dead tr[data-id=`+js(id)+`]')`)
 		b.waitFor("the backlog drained and 2 dead letters left", cell("dead")+` === '2' && `+cell("backlog")+` === '0'`)
@@ -353,7 +355,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		b.do("replaying the selected", chromedp.Click(chromedp.ID("replay-selected")))
 		b.waitFor("the confirmation", `document.getElementById('confirm').open`)
 		b.do("confirming", chromedp.Click(chromedp.ID("confirm-ok")))
-		app.waitDelivered(t, withDataURI)
+		waitDelivered(t, app.Upstream, withDataURI)
 		b.waitFor("only the error result left", deadRows+`.length === 1 && `+deadRows+`[0].dataset.id === `+js(ids["error"]))
 		b.waitFor("1 dead letter left", cell("dead")+` === '1' && `+cell("backlog")+` === '0'`)
 	})
@@ -369,8 +371,8 @@ func TestConsoleInBrowser(t *testing.T) {
 		if s := opsOverview(t, name); intOf(s.DeadLetters) != 0 || intOf(s.Backlog) != 0 {
 			t.Errorf("after deleting all: %d dead letters, backlog %d", intOf(s.DeadLetters), intOf(s.Backlog))
 		}
-		barrier(t, app.upstream, in)
-		if n := len(withBody(app.all(), refusedError)); n != 1 {
+		barrier(t, app.Upstream, in)
+		if n := withBody(app.Requests(), refusedError); n != 1 {
 			t.Errorf("the deleted dead letter reached the application %d times, want only its first attempt", n)
 		}
 	})

@@ -6,19 +6,18 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // waitTimeout bounds every wait for something the relay or the page does
@@ -183,76 +182,34 @@ func payload(t *testing.T, extra ...string) []byte {
 	return []byte("{" + strings.Join(append(fields, extra...), ",") + "}")
 }
 
-// hit is one request the upstream received, and its answer.
-type hit struct {
-	Body   []byte
-	Status int
-}
-
-// upstream is the application behind the relay, on 127.0.0.1, answering
-// what respond says and recording every request.
-type upstream struct {
-	URL  string // http://127.0.0.1:<port>
-	Addr string // 127.0.0.1:<port>
-
-	mu   sync.Mutex
-	hits []hit
-}
-
-func newUpstream(t *testing.T, respond func(body []byte) int) *upstream {
-	u := &upstream{}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		status := respond(body)
-		u.mu.Lock()
-		u.hits = append(u.hits, hit{Body: body, Status: status})
-		u.mu.Unlock()
-		w.WriteHeader(status)
-	}))
-	t.Cleanup(srv.Close)
-	u.URL, u.Addr = srv.URL, srv.Listener.Addr().String()
-	return u
-}
-
-// all returns what the upstream received so far.
-func (u *upstream) all() []hit {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return slices.Clone(u.hits)
-}
-
 // waitDelivered waits until the upstream answered 2xx to body.
-func (u *upstream) waitDelivered(t *testing.T, body []byte) {
+func waitDelivered(t *testing.T, u *testkit.Upstream, body []byte) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("a 2xx answer to %.80s", body), func() bool {
-		return slices.ContainsFunc(withBody(u.all(), body), func(h hit) bool { return h.Status/100 == 2 })
+	u.WaitFor(t, waitTimeout, fmt.Sprintf("a 2xx answer to %.80s", body), func(reqs []*testkit.Request) bool {
+		return slices.ContainsFunc(reqs, func(r *testkit.Request) bool {
+			return bytes.Equal(r.Body, body) && r.Status/100 == 2
+		})
 	})
 }
 
-// withBody keeps the requests whose body is body.
-func withBody(hits []hit, body []byte) []hit {
-	return slices.DeleteFunc(hits, func(h hit) bool { return !bytes.Equal(h.Body, body) })
+// withBody counts the requests whose body is body.
+func withBody(reqs []*testkit.Request, body []byte) int {
+	n := 0
+	for _, r := range reqs {
+		if bytes.Equal(r.Body, body) {
+			n++
+		}
+	}
+	return n
 }
 
 // barrier sends a fresh payload and waits until the upstream took it:
 // everything accepted before it has been attempted by then.
-func barrier(t *testing.T, u *upstream, url string) {
+func barrier(t *testing.T, u *testkit.Upstream, url string) {
 	t.Helper()
 	body := payload(t, `"barrier":true`)
 	mustAccept(t, url, body)
-	u.waitDelivered(t, body)
-}
-
-// eventually polls cond until it holds, failing the test after waitTimeout.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", waitTimeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitDelivered(t, u, body)
 }
 
 // adminGet decodes the JSON answer of GET path on the admin API.
@@ -291,10 +248,10 @@ func opsOverview(t *testing.T, name string) *opsRelayStatus {
 // called name.
 func opsWaitOverview(t *testing.T, name, what string, cond func(s *opsRelayStatus) bool) {
 	t.Helper()
-	eventually(t, what, func() bool {
+	testkit.Eventually(t, waitTimeout, func() bool {
 		s := opsOverview(t, name)
 		return s != nil && cond(s)
-	})
+	}, "waiting for %s", what)
 }
 
 func intOf(p *int) int {

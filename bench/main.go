@@ -6,9 +6,10 @@
 //	go run ./bench -before /tmp/caddy-old  # each relay also on an earlier build, in the same rounds
 //
 // It builds ./cmd/caddy, starts a counting upstream in-process, a private
-// redis-server, and one Caddy process with one site per target, then drives
-// closed-loop POST load at each target in turn, at each connection count,
-// round after round, all on 127.0.0.1. See the README's Performance section.
+// redis-server, and a Caddy config with one site per target (a fresh Caddy
+// process for every measurement), then drives closed-loop POST load at each
+// target in turn, at each connection count, round after round, all on
+// 127.0.0.1. docs/performance.md explains the figures and shows a run.
 package main
 
 import (
@@ -165,7 +166,7 @@ func run() int {
 	rounds := flag.Int("rounds", 3, "rounds; each round runs every target once at each connection count, in turn")
 	names := flag.String("targets", "respond,memory,bolt,redis,proxy,bolt-live,redis-live", "targets to run, comma separated (memory-live is also available)")
 	drainTimeout := flag.Duration("drain-timeout", 60*time.Second, "how long to wait for a live relay to deliver everything")
-	redisAOF := flag.Bool("redis-aof", true, "run Redis with appendonly yes, appendfsync everysec, as the README recommends (false: no persistence)")
+	redisAOF := flag.Bool("redis-aof", true, "run Redis with appendonly yes, appendfsync everysec, as docs/redis.md recommends (false: no persistence)")
 	profile := flag.Bool("pprof", false, "CPU-profile Caddy through its admin endpoint during round 1 of each target (keeps the temp dir)")
 	bodySizeFlag := flag.String("body-size", "", "large bodies: make every body about this size (bytes, or e.g. 6MiB) with a Runware-like imageBase64Data field, and report Caddy's peak RSS per target; default: ~300-byte bodies")
 	budgetFlag := flag.String("burst-budget", "4GiB", "large bodies: a burst target (upstream down, so it keeps everything) stops taking load once this much was acknowledged; its store is emptied before each run")

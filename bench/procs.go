@@ -18,9 +18,9 @@ import (
 // internal/redistest's (redis-server), the same the process tests run.
 
 // startRedis starts a private redis-server on a free port with its own
-// directory, and waits until it answers PING. With aof it persists as the
-// README asks of a production Redis (appendonly, fsync every second);
-// without, it keeps nothing.
+// directory, and waits until it answers PING. With aof it persists as
+// docs/redis.md asks of a production Redis (appendonly, fsync every
+// second); without, it keeps nothing.
 func startRedis(dir string, aof bool) (*redistest.Server, error) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		return nil, errors.New("redis-server not found: install redis-server (apt-get install redis-server), or leave out the redis targets with -targets")

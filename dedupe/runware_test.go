@@ -102,7 +102,9 @@ func TestRunwareEveryFixtureKeyed(t *testing.T) {
 	}
 }
 
-// The pair rules of the fixtures README.
+// Pairs of fixtures that must, or must not, share a key: a bare item and
+// the same item wrapped (compact or pretty-printed) share one; two results
+// of one task (batch items, prompt enhancements, text inferences) do not.
 func TestRunwareFixturePairs(t *testing.T) {
 	for _, tt := range []struct {
 		a, b string

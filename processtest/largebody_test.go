@@ -127,7 +127,7 @@ func TestLargeBodyBolt(t *testing.T) {
 // Without it, what holds Redis is what the relay sends it at once (one
 // 6 MiB SET at a time: 13 ms; four: 106 ms; sixteen: 430 ms). Durability
 // is not what this test is about; -largebody.appendfsync=everysec runs it
-// with the AOF the README recommends.
+// with the AOF docs/redis.md recommends.
 var lbAppendfsync = flag.String("largebody.appendfsync", "off", "TestLargeBodyRedis: Redis's appendfsync (always, everysec, no), or \"off\" for no AOF at all")
 
 func TestLargeBodyRedis(t *testing.T) {

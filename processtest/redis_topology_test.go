@@ -16,7 +16,8 @@ import (
 // balancer (the senders pick one at random per attempt), Runware-like
 // senders retrying every non-2xx, and the Redis master killed with kill -9
 // in the middle of the traffic. Every payload acknowledged must reach the
-// upstream. The RESULT lines are the figures the README quotes.
+// upstream. The RESULT lines are the figures docs/redis.md quotes
+// ("Failover, measured").
 
 // topologySite is a relay on the given store block.
 func topologySite(up *ChaosUpstream, store string) string {
@@ -112,8 +113,9 @@ func topologyRunMayLose(t *testing.T, name string, up *ChaosUpstream, nodes []*I
 func TestRedisSentinelFailover(t *testing.T) { sentinelFailover(t, true) }
 
 // TestRedisSentinelFailoverWithoutWaitReplicas: the same without
-// wait_replicas, to measure the loss window the README states: a payload
-// acknowledged by the master and not yet replicated may die with it.
+// wait_replicas, to measure the loss window docs/redis.md states: a
+// payload acknowledged by the master and not yet replicated may die with
+// it.
 func TestRedisSentinelFailoverWithoutWaitReplicas(t *testing.T) { sentinelFailover(t, false) }
 
 // allNameMaster reports whether every sentinel names addr as the master.

@@ -9,8 +9,8 @@
 //	go run ./bench/fsync                    # 1, 6, 18 and 34 pages per commit, one file
 //	go run ./bench/fsync -files 1,2,4       # several files committing in parallel
 //
-// The README's "Where the time goes" explains what the numbers mean for
-// the bolt store.
+// docs/performance.md ("Where the time goes") explains what the numbers
+// mean for the bolt store.
 package main
 
 import (

@@ -26,7 +26,7 @@ type Options struct {
 	// nothing that was acknowledged.
 	AOF bool
 	// Appendfsync is the AOF's fsync policy instead of always: "everysec"
-	// is what the README recommends in production and what the bench
+	// is what docs/redis.md recommends in production and what the bench
 	// measures, "no" leaves it to the kernel.
 	Appendfsync string
 	// ReplicaOf makes the server a replica of that one (replicaof).

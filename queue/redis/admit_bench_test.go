@@ -18,7 +18,7 @@ import (
 // BenchmarkRedisAdmitBody measures what an admit costs Redis (its main
 // thread's CPU time per admit) with the body inside the admit script
 // (inline-redis-µs/op) and staged under a key of its own first
-// (staged-redis-µs/op), around inlineBodyMax, with the AOF the README
+// (staged-redis-µs/op), around inlineBodyMax, with the AOF docs/redis.md
 // recommends and 16 admits at a time. The two alternate in blocks, so that
 // the drift of a shared machine hits both alike:
 //

@@ -15,6 +15,8 @@ import (
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // browser is a headless Chromium (or Chrome) driven through the DevTools protocol,
@@ -157,19 +159,15 @@ func eval[T any](b *browser, expr string) T {
 // fails the test after waitTimeout.
 func (b *browser) waitFor(what, cond string) {
 	b.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	var err error
+	testkit.Eventually(b.t, waitTimeout, func() bool {
 		ctx, cancel := context.WithTimeout(b.ctx, waitTimeout)
-		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool]("!!("+cond+")"))
-		cancel()
-		if err == nil && ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.t.Fatalf("browser: timed out after %s waiting for %s (%s; last error %v)\n%s", waitTimeout, what, cond, err, b.state())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		defer cancel()
+		var ok bool
+		ok, err = chromedp.Run(ctx, chromedp.Evaluate[bool]("!!("+cond+")"))
+		return err == nil && ok
+	}, "browser: waiting for %s (%s; last error %v)\n%s",
+		what, cond, testkit.Lazy(func() string { return fmt.Sprint(err) }), testkit.Lazy(b.state))
 }
 
 // state describes what the page shows, for failure messages.
@@ -202,16 +200,9 @@ func (b *browser) requestsMade() []string {
 // prefix ("METHOD URL"), after the first n it made.
 func (b *browser) waitForRequest(what string, n int, prefix string) {
 	b.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		if slices.ContainsFunc(b.requestsMade()[n:], func(r string) bool { return strings.HasPrefix(r, prefix) }) {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.t.Fatalf("browser: timed out after %s waiting for %s (%s...)\n%s", waitTimeout, what, prefix, b.state())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.Eventually(b.t, waitTimeout, func() bool {
+		return slices.ContainsFunc(b.requestsMade()[n:], func(r string) bool { return strings.HasPrefix(r, prefix) })
+	}, "browser: waiting for %s (%s...)\n%s", what, prefix, testkit.Lazy(b.state))
 }
 
 // problems is every error and exception the page logged so far.

@@ -117,7 +117,7 @@ UTF-8 in base64).
 
 --json prints the admin API's answers instead (for a list, every entry in
 one array); --body prints only the body of show <id>, byte for byte, e.g.
-to save it: caddy webhook-relay dead runware show <id> --body > payload.json
+to save it: caddy webhook-relay dead default show <id> --body > payload.json
 `,
 				cmdDead)
 			dead.Flags().Bool("json", false, "Print JSON, as the admin API answers")

@@ -144,14 +144,15 @@ func (v *Verifier) matches(signatures [][]byte, parts ...[]byte) bool {
 }
 
 // within fails unless the signed time ts is within the tolerance of now, in
-// either direction.
+// either direction. It compares times, not their difference: a Duration
+// holds 292 years, now.Sub saturates beyond that, and negating the
+// saturated minimum overflows back to a negative, which would pass.
 func (v *Verifier) within(ts, now time.Time) error {
-	d := now.Sub(ts)
 	switch {
-	case d > v.tolerance:
-		return failf("the signed timestamp is %s old, outside the tolerance of %s (a replay, or the clocks disagree)", d.Round(time.Second), v.tolerance)
-	case -d > v.tolerance:
-		return failf("the signed timestamp is %s in the future, outside the tolerance of %s (the clocks disagree)", (-d).Round(time.Second), v.tolerance)
+	case ts.Before(now.Add(-v.tolerance)):
+		return failf("the signed timestamp is %s old, outside the tolerance of %s (a replay, or the clocks disagree)", now.Sub(ts).Round(time.Second), v.tolerance)
+	case ts.After(now.Add(v.tolerance)):
+		return failf("the signed timestamp is %s in the future, outside the tolerance of %s (the clocks disagree)", ts.Sub(now).Round(time.Second), v.tolerance)
 	}
 	return nil
 }

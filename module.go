@@ -59,7 +59,8 @@ const (
 type Handler struct {
 	// Upstream is the URL payloads are forwarded to (http or https),
 	// e.g. "http://localhost:3000/hooks/runware". Its own query parameters
-	// are kept; the incoming ones, minus the auth parameters, are added.
+	// are kept; the incoming ones, minus the auth parameters and any named
+	// like one of its own, are added.
 	// Placeholders such as {env.UPSTREAM} are resolved at provision time.
 	// Required.
 	Upstream string `json:"upstream,omitempty"`

@@ -70,7 +70,8 @@ func init() {
 // shows the upstream's host only.
 type Console struct {
 	// AllowAnonymous serves requests that no authentication handler
-	// (basic_auth, forward_auth with copy_headers, ...) has authenticated.
+	// (basic_auth, or another provider of Caddy's authentication handler)
+	// has authenticated, i.e. whose {http.auth.user.id} is empty.
 	// Without it such a request gets 403 and a page saying how to put
 	// basic_auth in front: the console shows payloads and can delete them.
 	// Set it when access is restricted otherwise (a private network, a
@@ -218,7 +219,7 @@ webhook_relay_console {
 // refuseAnonymous answers 403: with the page above, or for the page's JSON
 // a JSON error saying the same.
 func (c *Console) refuseAnonymous(w http.ResponseWriter, r *http.Request, isAPI bool) error {
-	c.logger.Debug("console: anonymous request refused", zap.String("remote_ip", remoteIP(r)), zap.String("uri", r.RequestURI))
+	c.logger.Debug("console: anonymous request refused", zap.String("remote_ip", remoteIP(r)), zap.String("path", r.URL.Path))
 	if isAPI {
 		w.Header().Set("Cache-Control", "no-store")
 		return ops.WriteJSON(w, http.StatusForbidden, map[string]string{"error": "the console needs authentication in front of it: " +

@@ -59,7 +59,8 @@ const (
 type Handler struct {
 	// Upstream is the URL payloads are forwarded to (http or https),
 	// e.g. "http://localhost:3000/hooks/runware". Its own query parameters
-	// are kept; the incoming ones, minus the auth parameters, are added.
+	// are kept; the incoming ones, minus the auth parameters and any named
+	// like one of its own, are added.
 	// Placeholders such as {env.UPSTREAM} are resolved at provision time.
 	// Required.
 	Upstream string `json:"upstream,omitempty"`
@@ -220,14 +221,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.logger.Warn("no auth_query or verify configured: anyone who finds this URL can queue payloads", zap.String("relay", h.Name))
 	}
 	keySources := h.Key
-	if len(keySources) == 0 && h.verifier != nil && h.verifier.DefaultKey() != "" {
-		keySources = []string{h.verifier.DefaultKey()}
+	if len(keySources) == 0 && h.verifier != nil {
+		keySources = h.verifier.DefaultKey()
 	}
 	if h.keyer, err = dedupe.NewKeyer(keySources); err != nil {
 		return fmt.Errorf("key: %v", err)
 	}
 	if err := checkKeyHasNoSecret(keySources, h.AuthQuery); err != nil {
 		return err
+	}
+	if h.verifier != nil && time.Duration(h.Window) < h.verifier.Tolerance() {
+		h.logger.Warn("window is shorter than the verify scheme's tolerance: a captured request replayed after its key "+
+			"is forgotten, and still within the tolerance, is accepted again; make window at least the tolerance",
+			zap.String("relay", h.Name), zap.String("scheme", h.verifier.Scheme()),
+			zap.Stringer("window", time.Duration(h.Window)), zap.Stringer("tolerance", h.verifier.Tolerance()))
 	}
 	headerUp, err := resolveHeaderUp(repl, h.HeaderUp)
 	if err != nil {
@@ -382,11 +389,20 @@ func resolveUpstream(repl *caddy.Replacer, raw string) (*url.URL, error) {
 	return u, nil
 }
 
+// credentialHeaders carry a client's credentials: a key or forward_headers
+// naming one would store them with every payload and show them in the
+// console and the admin API.
+var credentialHeaders = map[string]bool{"Authorization": true, "Proxy-Authorization": true, "Cookie": true}
+
 // checkKeyHasNoSecret refuses a key source that reads an auth_query
-// parameter: the secret would become the dedupe key, which is sent
-// upstream as the Idempotency-Key, stored, and shown by the admin API.
+// parameter or a credentials header: the secret would become the dedupe
+// key, which is sent upstream as the Idempotency-Key, stored, and shown by
+// the admin API and the console.
 func checkKeyHasNoSecret(sources []string, authQuery map[string][]string) error {
 	for _, src := range sources {
+		if name, ok := strings.CutPrefix(src, "header."); ok && credentialHeaders[http.CanonicalHeaderKey(name)] {
+			return fmt.Errorf("key %s reads credentials: they would become the dedupe key (sent upstream, stored, shown by the admin API and the console); key on something else", src)
+		}
 		if name, ok := strings.CutPrefix(src, "query."); ok {
 			if _, secret := authQuery[name]; secret {
 				return fmt.Errorf("key %s reads the auth_query parameter %s: its secret would become the dedupe key (sent upstream, stored, shown by the admin API); key on something else", src, name)
@@ -406,6 +422,10 @@ func resolveHeaderUp(repl *caddy.Replacer, cfg http.Header) (http.Header, error)
 		if !httpguts.ValidHeaderFieldName(field) {
 			return nil, fmt.Errorf("header_up %q: not a valid header name", field)
 		}
+		if hopByHop(field) {
+			return nil, fmt.Errorf("header_up %s: a hop-by-hop header, which Go's client refuses or rewrites "+
+				"(every attempt would fail as unreachable); set an end-to-end header instead", field)
+		}
 		for _, v := range values {
 			v = repl.ReplaceKnown(v, "")
 			if !httpguts.ValidHeaderFieldValue(v) {
@@ -415,6 +435,18 @@ func resolveHeaderUp(repl *caddy.Replacer, cfg http.Header) (http.Header, error)
 		}
 	}
 	return out, nil
+}
+
+// hopByHop reports whether a header belongs to one connection (RFC 9110
+// 7.6.1) rather than to the request: Connection, Keep-Alive, Te, Trailer,
+// Transfer-Encoding, Upgrade, and every Proxy-* header.
+func hopByHop(field string) bool {
+	switch f := http.CanonicalHeaderKey(field); f {
+	case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	default:
+		return strings.HasPrefix(f, "Proxy-")
+	}
 }
 
 // setByRelay are the headers of a forwarded request that the relay writes
@@ -438,6 +470,9 @@ func keptHeaders(v *verify.Verifier, forward []string) ([]string, error) {
 			return nil, fmt.Errorf("forward_headers %q: not a valid header name", f)
 		case setByRelay[http.CanonicalHeaderKey(f)]:
 			return nil, fmt.Errorf("forward_headers %s: the relay sets this header itself", f)
+		case credentialHeaders[http.CanonicalHeaderKey(f)]:
+			return nil, fmt.Errorf("forward_headers %s: it carries credentials, which would be stored with every payload "+
+				"and shown in the console; to authenticate to the upstream use header_up", f)
 		}
 		names = append(names, f)
 	}

@@ -233,6 +233,14 @@ func TestConfigErrorBadHeaderUp(t *testing.T) {
 	for _, tc := range []struct{ name, line, want string }{
 		{"value with a newline", fmt.Sprintf(`header_up Authorization "Bearer {env.%s}"`, setVar), "header_up Authorization: its value"},
 		{"bad name", `header_up "X Bad" v`, `header_up "X Bad": not a valid header name`},
+		// hop-by-hop: Go's client refuses or rewrites them, and every
+		// attempt would fail as "unreachable", starting outage mode
+		{"Connection", `header_up Connection close`, "header_up Connection: a hop-by-hop header"},
+		{"Te", `header_up te trailers`, "header_up Te: a hop-by-hop header"},
+		{"Upgrade", `header_up Upgrade websocket`, "header_up Upgrade: a hop-by-hop header"},
+		{"Transfer-Encoding", `header_up Transfer-Encoding chunked`, "header_up Transfer-Encoding: a hop-by-hop header"},
+		{"Keep-Alive", `header_up Keep-Alive timeout=5`, "header_up Keep-Alive: a hop-by-hop header"},
+		{"Proxy-*", `header_up Proxy-Authorization "Basic x"`, "header_up Proxy-Authorization: a hop-by-hop header"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := validate(t, site(fmt.Sprintf(`
@@ -259,6 +267,11 @@ func TestConfigErrorForwardHeaders(t *testing.T) {
 		{"relay's own header", "forward_headers X-Trace Idempotency-Key", "forward_headers Idempotency-Key: the relay sets this header itself"},
 		{"hop-by-hop", "forward_headers connection", "forward_headers connection: the relay sets this header itself"},
 		{"bad name", `forward_headers "X Trace"`, `forward_headers "X Trace": not a valid header name`},
+		// credentials would be stored and shown in the console
+		{"Authorization", "forward_headers X-Trace authorization", "forward_headers authorization: it carries credentials"},
+		{"Cookie", "forward_headers Cookie", "forward_headers Cookie: it carries credentials"},
+		{"key Authorization", "key header.Authorization", "key header.Authorization reads credentials"},
+		{"key Cookie", "key json.id header.cookie", "key header.cookie reads credentials"},
 		{"sign_upstream not whsec", "sign_upstream not-base64!", `sign_upstream: want "whsec_"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

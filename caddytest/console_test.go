@@ -2,6 +2,7 @@ package caddytest
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -46,13 +47,20 @@ func newConsoleApp(t *testing.T) *consoleApp {
 	return app
 }
 
+// consolePassword is consoleUser's password; consoleHash its bcrypt hash
+// (caddy hash-password), for basic_auth.
+const (
+	consolePassword = "console test password"
+	consoleHash     = "$2a$04$ag8OuUH68qXf/NUHMawZOO/BQtMT/Y87rd8SwRWYWjAfAxDzRzkzW"
+)
+
 // consoleConfig is a relay at /in guarded by a token, with a secret
-// header_up, and the console at /ops/ behind basic_auth (when hash is
-// set).
+// header_up, and the console at /ops/ behind basic_auth when hash is set,
+// else with allow_anonymous.
 func consoleConfig(t *testing.T, upstreamURL, hash string) string {
-	auth := ""
+	auth := "webhook_relay_console {\n\t\t\tallow_anonymous\n\t\t}"
 	if hash != "" {
-		auth = fmt.Sprintf("basic_auth {\n\t\t\t%s %s\n\t\t}", consoleUser, hash)
+		auth = fmt.Sprintf("basic_auth {\n\t\t\t%s %s\n\t\t}\n\t\twebhook_relay_console", consoleUser, hash)
 	}
 	return site(fmt.Sprintf(`
 	webhook_relay /in {
@@ -65,7 +73,6 @@ func consoleConfig(t *testing.T, upstreamURL, hash string) string {
 	}
 	handle_path /ops/* {
 		%s
-		webhook_relay_console
 	}
 	redir /ops /ops/`, upstreamURL, relayName(t), auth))
 }
@@ -275,7 +282,7 @@ func TestConsolePaths(t *testing.T) {
 	}
 	// mounted at /console*, /console itself is stripped to nothing: it
 	// gets its slash, then the page
-	startCaddy(t, site("\thandle_path /console* {\n\t\twebhook_relay_console\n\t}"))
+	startCaddy(t, site("\thandle_path /console* {\n\t\twebhook_relay_console {\n\t\t\tallow_anonymous\n\t\t}\n\t}"))
 	resp, err = noFollow.Get(relayURL("/console", ""))
 	if err != nil {
 		t.Fatal(err)
@@ -289,11 +296,13 @@ func TestConsolePaths(t *testing.T) {
 	}
 }
 
-// TestConsoleCaddyfile: the directive takes nothing, and needs no order.
+// TestConsoleCaddyfile: the directive takes allow_anonymous only, and
+// needs no order.
 func TestConsoleCaddyfile(t *testing.T) {
 	for _, c := range []struct{ directive, says string }{
 		{"webhook_relay_console extra", "wrong argument count"},
-		{"webhook_relay_console {\n\t\tpath /x\n\t}", "takes no block"},
+		{"webhook_relay_console {\n\t\tpath /x\n\t}", "unrecognized subdirective 'path'"},
+		{"webhook_relay_console {\n\t\tallow_anonymous yes\n\t}", "wrong argument count"},
 	} {
 		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(":8080 {\n\t"+c.directive+"\n}\n"), nil)
 		if err == nil || !strings.Contains(err.Error(), c.says) || !strings.Contains(err.Error(), "Caddyfile:") {
@@ -307,5 +316,92 @@ func TestConsoleCaddyfile(t *testing.T) {
 	}
 	if i, j := bytes.Index(out, []byte(`"webhook_relay_console"`)), bytes.Index(out, []byte(`"static_response"`)); i < 0 || j < 0 || i > j {
 		t.Errorf("webhook_relay_console is not ordered before respond:\n%s", out)
+	}
+}
+
+// TestConsoleAccess: the console serves only requests an authentication
+// handler has authenticated, unless allow_anonymous is set; a request
+// without one gets 403 and a page saying how to put basic_auth in front.
+func TestConsoleAccess(t *testing.T) {
+	consoleSecrets(t)
+	app := newConsoleApp(t)
+	credentials := "Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(consoleUser+":"+consolePassword))
+
+	// behind basic_auth: 401 without credentials, 200 with
+	startCaddy(t, consoleConfig(t, app.URL, consoleHash))
+	for _, p := range []string{"", "api/relays"} {
+		if a := consoleCall(t, http.MethodGet, p, ""); a.status != http.StatusUnauthorized {
+			t.Errorf("behind basic_auth, GET /ops/%s without credentials: %d, want 401", p, a.status)
+		}
+		if a := consoleCall(t, http.MethodGet, p, "", credentials); a.status != http.StatusOK {
+			t.Errorf("behind basic_auth, GET /ops/%s with credentials: %d %.200s, want 200", p, a.status, a.body)
+		}
+	}
+
+	// no authentication in front: 403, the page says what to do, the
+	// JSON and the writes are refused too
+	startCaddy(t, site(fmt.Sprintf(`
+	webhook_relay /in {
+		upstream %s/hook
+		name %s
+		store memory
+	}
+	handle_path /ops/* {
+		webhook_relay_console
+	}`, app.URL, relayName(t))))
+	page := consoleCall(t, http.MethodGet, "", "")
+	if page.status != http.StatusForbidden || !strings.HasPrefix(page.header.Get("Content-Type"), "text/html") {
+		t.Errorf("anonymous GET /ops/: %d %q, want 403 and a page", page.status, page.header.Get("Content-Type"))
+	}
+	for _, says := range []string{"basic_auth {", "webhook_relay_console", "caddy hash-password", "allow_anonymous"} {
+		if !strings.Contains(page.body, says) {
+			t.Errorf("the 403 page does not say %q:\n%s", says, page.body)
+		}
+	}
+	if strings.Contains(page.body, "console.js") {
+		t.Errorf("the 403 page is the console page")
+	}
+	consoleError(t, "anonymous api/relays", consoleCall(t, http.MethodGet, "api/relays", ""), 403, "basic_auth")
+	consoleError(t, "anonymous delete all", consoleCall(t, http.MethodPost, "api/delete", `{"relay":"x","all":true}`,
+		"Content-Type: application/json"), 403, "basic_auth")
+	if a := consoleCall(t, http.MethodGet, "console.js", ""); a.status != http.StatusForbidden {
+		t.Errorf("anonymous GET console.js: %d, want 403", a.status)
+	}
+
+	// allow_anonymous: served
+	startCaddy(t, consoleConfig(t, app.URL, ""))
+	for _, p := range []string{"", "api/relays"} {
+		if a := consoleCall(t, http.MethodGet, p, ""); a.status != http.StatusOK {
+			t.Errorf("allow_anonymous, GET /ops/%s: %d, want 200", p, a.status)
+		}
+	}
+}
+
+// TestConsoleRedirectsToItsOwnPaths: mounted at a site's root, the console
+// adds the page's slash to a path, and never to one that a browser reads
+// as another host's address (//host, /\host).
+func TestConsoleRedirectsToItsOwnPaths(t *testing.T) {
+	startCaddy(t, globalOptions+fmt.Sprintf(`
+:%d {
+	webhook_relay_console {
+		allow_anonymous
+	}
+}`, relayPort))
+	noFollow := &http.Client{Transport: client.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, c := range []struct{ path, want string }{
+		{"//evilhost", "/evilhost/"},
+		{"//evil.example/x?y=1", "/evil.example/x/?y=1"},
+		{"/%5Cevil.example/x", "/evil.example/x/"},
+		{"/\\/evil.example/x", "/evil.example/x/"},
+		{"/sub", "/sub/"},
+	} {
+		resp, err := noFollow.Get(relayURL("", "") + c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != c.want {
+			t.Errorf("GET %s: %d to %q, want 301 to %q", c.path, resp.StatusCode, resp.Header.Get("Location"), c.want)
+		}
 	}
 }

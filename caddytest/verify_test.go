@@ -96,6 +96,10 @@ var signatureHeader = map[string]string{
 	"paddle": "Paddle-Signature", "linear": "Linear-Signature",
 }
 
+// unsignedID is the delivery id header of the schemes whose signature does
+// not cover it.
+var unsignedID = map[string]string{"github": "X-GitHub-Delivery", "shopify": "X-Shopify-Webhook-Id", "linear": "Linear-Delivery"}
+
 var timestamped = map[string]bool{"standard_webhooks": true, "svix": true, "stripe": true, "slack": true, "paddle": true, "linear": true}
 
 // TestVerifySchemes: each scheme's requests, signed by the provider's own
@@ -133,7 +137,8 @@ func TestVerifySchemes(t *testing.T) {
 	newReq := func(scheme, secret string, ts int64) signRequest {
 		n++
 		id := fmt.Sprintf("evt_%s_%d", scheme, n)
-		body := fmt.Sprintf(`{"id":%q,"event_id":%q,"webhookTimestamp":%d,"type":"test.event","data":{"n":%d}}`, id, id, ts*1000, n)
+		body := fmt.Sprintf(`{"id":%q,"event_id":%q,"webhookTimestamp":%d,"type":"test.event","action":"create",`+
+			`"createdAt":"2026-12-06T18:00:00.%03dZ","data":{"id":"ent-%d","n":%d}}`, id, id, ts*1000, n%1000, n, n)
 		return signRequest{Scheme: scheme, Secret: secret, Body: body, ID: id, Timestamp: ts}
 	}
 	for scheme, secrets := range schemeSecrets {
@@ -157,6 +162,28 @@ func TestVerifySchemes(t *testing.T) {
 					}
 					return b, kept
 				}, 401, "missing"},
+			}
+			if h := unsignedID[scheme]; h != "" {
+				// a captured request replayed with a new id of its own: the
+				// default key is signed content, so it is still a duplicate
+				checks = append(checks, check{"replayed with a new " + h, valid, func(b string, hs []string) (string, []string) {
+					var out []string
+					for _, f := range hs {
+						if strings.EqualFold(strings.SplitN(f, ":", 2)[0], h) {
+							f = h + ": replayed-" + fmt.Sprint(time.Now().UnixNano())
+						}
+						out = append(out, f)
+					}
+					return b, out
+				}, 200, "duplicate"})
+			}
+			if scheme == "linear" {
+				// Linear's retry of one event: signed again with a new
+				// webhookTimestamp, a new Linear-Delivery
+				retry := valid
+				retry.Body = strings.Replace(valid.Body, fmt.Sprintf(`"webhookTimestamp":%d`, now*1000), fmt.Sprintf(`"webhookTimestamp":%d`, now*1000+1500), 1)
+				retry.ID = valid.ID + "-retry"
+				checks = append(checks, check{"Linear's retry", retry, nil, 200, "duplicate"})
 			}
 			if timestamped[scheme] {
 				checks = append(checks, check{"stale timestamp", newReq(scheme, secrets[0], now-3600), nil, 401, "outside the tolerance"})
@@ -300,5 +327,44 @@ func TestSignUpstreamVerifiedByLibrary(t *testing.T) {
 	}
 	if results[len(hits)].OK {
 		t.Error("standardwebhooks accepted a tampered body: the check proves nothing")
+	}
+}
+
+// TestVerifyWarnsWhenWindowIsShorterThanTolerance: a window shorter than
+// the scheme's tolerance forgets a key while a replay of its request is
+// still accepted; the relay says so once, at load, and not for a window
+// that covers the tolerance.
+func TestVerifyWarnsWhenWindowIsShorterThanTolerance(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "caddy.log")
+	opsLoadBack(t)
+	short, long := relayName(t, "short"), relayName(t, "long")
+	startCaddy(t, opsLogGlobals(file, "WARN")+fmt.Sprintf(`
+:%d {
+	webhook_relay /short http://127.0.0.1:9/hook {
+		name %s
+		store memory
+		window 1m
+		verify stripe whsec_test
+	}
+	webhook_relay /long http://127.0.0.1:9/hook {
+		name %s
+		store memory
+		window 5m
+		verify stripe whsec_test
+	}
+}`, relayPort, short, long))
+	const msg = "window is shorter than the verify scheme's tolerance"
+	lines := opsWaitLog(t, file, "the warning", func(l []opsLogLine) bool { return opsHasMsg(l, "http.handlers.webhook_relay", msg) })
+	var warned []string
+	for _, l := range lines {
+		if l.fromModule() && strings.Contains(l.msg(), msg) {
+			if l.level() != "warn" || l.str("scheme") != "stripe" || l.str("tolerance") == "" {
+				t.Errorf("warning line %s: want level warn with the scheme and the tolerance", l)
+			}
+			warned = append(warned, l.str("relay"))
+		}
+	}
+	if len(warned) != 1 || warned[0] != short {
+		t.Errorf("warned for %q, want once for %s", warned, short)
 	}
 }

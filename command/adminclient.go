@@ -102,11 +102,11 @@ func (c *adminClient) call(method, uri string, body, out any) error {
 			"If its admin endpoint listens elsewhere, pass --address <host:port> or --config <its config file>", c.addr, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("reading the answer of %s %s: %v", method, uri, err)
-	}
 	if resp.StatusCode >= 400 {
+		b, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorAnswer))
+		if err != nil {
+			return fmt.Errorf("reading the answer of %s %s: %v", method, uri, err)
+		}
 		var e struct {
 			Error string `json:"error"`
 		}
@@ -115,13 +115,25 @@ func (c *adminClient) call(method, uri string, body, out any) error {
 		}
 		return &adminError{status: resp.StatusCode, msg: e.Error}
 	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s: the answer is not the JSON expected (%v); is %s a Caddy with the webhook_relay module?", method, uri, err, c.addr)
+	if out == nil {
+		_, _ = io.CopyN(io.Discard, resp.Body, maxErrorAnswer)
+		return nil
+	}
+	// No cap on a successful answer: a dead letter's body is bounded by
+	// the relay's max_body, and as JSON it takes up to 6 times that
+	// (\u003c for each "<"), 4/3 in base64; a fixed cap refused the
+	// letters that the relay itself had accepted.
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("reading the answer of %s %s: %v", method, uri, err)
 		}
+		return fmt.Errorf("%s %s: the answer is not the JSON expected (%v); is %s a Caddy with the webhook_relay module?", method, uri, err, c.addr)
 	}
 	return nil
 }
+
+// maxErrorAnswer bounds what is read of an error answer.
+const maxErrorAnswer = 1 << 20
 
 func unwrapURLError(err error) error {
 	var ue *url.Error

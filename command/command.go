@@ -4,10 +4,12 @@
 package command
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -15,6 +17,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
@@ -113,7 +116,8 @@ are listed, page after page of the admin API.
 
 With show <id>, prints that dead letter: its fields, the request headers
 kept for its delivery, and its body (JSON indented; a body that is not
-UTF-8 in base64).
+UTF-8 in base64). Control characters that came from the sender are shown
+escaped (\x1b), so no escape sequence reaches the terminal.
 
 --json prints the admin API's answers instead (for a list, every entry in
 one array); --body prints only the body of show <id>, byte for byte, e.g.
@@ -277,11 +281,11 @@ func cmdDead(fl caddycmd.Flags) (int, error) {
 		fmt.Fprintf(os.Stderr, "relay %s has no dead letters\n", name)
 		return exitOK, nil
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tAGE\tATTEMPTS\tSTATUS\tERROR\tKEY")
 	for _, d := range all {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", d.ID, ageText(time.Since(d.Received)), d.Attempts,
-			statusText(d.LastStatus), cut(oneLine(d.LastError), 60), d.Key)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", terminalSafe(d.ID, false), ageText(time.Since(d.Received)), d.Attempts,
+			statusText(d.LastStatus), terminalSafe(cut(oneLine(d.LastError), 60), false), terminalSafe(d.Key, false))
 	}
 	return exitStatus(tw.Flush())
 }
@@ -303,10 +307,14 @@ func showDead(c *adminClient, fl caddycmd.Flags, name, id string) (int, error) {
 	case fl.Bool("json"):
 		return exitStatus(printJSON(d))
 	case fl.Bool("body"):
-		_, err := os.Stdout.Write(body)
+		_, err := stdout.Write(body)
 		return exitStatus(err)
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	// Everything below comes from the sender (the body, the key, the
+	// request's fields) or from its answers: control characters are
+	// shown escaped, so that no escape sequence reaches the terminal
+	// (colours, cursor moves, OSC 52 writing the clipboard).
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	died := "-"
 	if !d.Died.IsZero() {
 		died = timeText(d.Died)
@@ -324,29 +332,76 @@ func showDead(c *adminClient, fl caddycmd.Flags, name, id string) (int, error) {
 		if row[1] == "" {
 			row[1] = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
+		fmt.Fprintf(tw, "%s\t%s\n", row[0], terminalSafe(row[1], false))
 	}
 	if err := tw.Flush(); err != nil {
 		return exitError, err
 	}
-	fmt.Println()
+	w := bufio.NewWriter(stdout)
+	fmt.Fprintln(w)
 	switch {
 	case d.Body == nil && len(body) > 0:
-		fmt.Printf("(the body is not UTF-8: %d bytes in base64; --body prints them as they are)\n", len(body))
+		fmt.Fprintf(w, "(the body is not UTF-8: %d bytes in base64; --body prints them as they are)\n", len(body))
 		enc := base64.StdEncoding.EncodeToString(body)
 		for len(enc) > 76 {
-			fmt.Println(enc[:76])
+			fmt.Fprintln(w, enc[:76])
 			enc = enc[76:]
 		}
-		fmt.Println(enc)
+		fmt.Fprintln(w, enc)
 	case json.Valid(body):
 		var out bytes.Buffer
 		_ = json.Indent(&out, body, "", "  ")
-		fmt.Println(out.String())
+		fmt.Fprintln(w, terminalSafe(out.String(), true))
 	default:
-		fmt.Println(string(body))
+		fmt.Fprintln(w, terminalSafe(string(body), true))
 	}
-	return exitOK, nil
+	if controlChars(body) {
+		fmt.Fprintln(w, "(control characters are shown escaped, e.g. \\x1b; --body prints the body as it is)")
+	}
+	return exitStatus(w.Flush())
+}
+
+// terminalSafe shows s with its control characters escaped: C0 (but, with
+// lines set, tab and newline), DEL, C1 (U+0080-U+009F, which some
+// terminals obey as ESC sequences), Unicode's bidirectional controls (text
+// shown in an order other than its own), and invalid UTF-8. A backslash
+// stays as it is.
+func terminalSafe(s string, lines bool) string {
+	i := strings.IndexFunc(s, func(r rune) bool { return unsafeRune(r, lines) })
+	if i < 0 {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s) + 16)
+	b.WriteString(s[:i])
+	for _, r := range s[i:] {
+		switch {
+		case !unsafeRune(r, lines):
+			b.WriteRune(r)
+		case r == utf8.RuneError:
+			b.WriteString(`\ufffd`)
+		case r < 0x100:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		}
+	}
+	return b.String()
+}
+
+func unsafeRune(r rune, lines bool) bool {
+	switch {
+	case lines && (r == '\t' || r == '\n'):
+		return false
+	case r < 0x20, r >= 0x7f && r <= 0x9f, r == utf8.RuneError:
+		return true
+	}
+	return unicode.Is(unicode.Bidi_Control, r)
+}
+
+// controlChars reports whether body holds anything terminalSafe escapes.
+func controlChars(body []byte) bool {
+	return bytes.IndexFunc(body, func(r rune) bool { return unsafeRune(r, true) }) >= 0
 }
 
 func cmdReplay(fl caddycmd.Flags) (int, error) {
@@ -439,10 +494,35 @@ func exitStatus(err error) (int, error) {
 	return exitOK, nil
 }
 
+// stdout is where the commands print; a test's buffer in tests.
+var stdout io.Writer = os.Stdout
+
+// printJSON prints v as indented JSON. encoding/json leaves DEL, the C1
+// controls and the bidirectional ones as they are in strings; they are
+// escaped too (\u009b), which is the same JSON, so that printing a dead
+// letter sends no escape sequence to the terminal.
 func printJSON(v any) error {
-	enc := json.NewEncoder(os.Stdout)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	b := buf.Bytes()
+	if i := bytes.IndexFunc(b, func(r rune) bool { return unsafeRune(r, true) }); i >= 0 {
+		var out bytes.Buffer
+		out.Write(b[:i])
+		for _, r := range string(b[i:]) {
+			if unsafeRune(r, true) {
+				fmt.Fprintf(&out, `\u%04x`, r) // only inside strings: JSON's own characters are ASCII
+			} else {
+				out.WriteRune(r)
+			}
+		}
+		b = out.Bytes()
+	}
+	_, err := stdout.Write(b)
+	return err
 }
 
 // ageText is a duration as the commands print ages: 42s, 3m12s, 5h3m, 2d4h.

@@ -1,6 +1,9 @@
 package command
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -8,6 +11,8 @@ import (
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+
+	"github.com/hookrelay/caddy-webhook-relay/ops"
 )
 
 // fakeAdmin answers the admin API's routes of relay "main" as canned.
@@ -28,6 +33,15 @@ func fakeAdmin(t *testing.T, overviewStatus int) string {
 			answer(403, `{"error":"host not allowed"}`)
 		case "GET /webhook_relay/main/dead/gone", "DELETE /webhook_relay/main/dead/gone":
 			answer(404, `{"error":"no dead letter with id \"gone\""}`)
+		case "GET /webhook_relay/main/dead/hostile":
+			b, _ := json.Marshal(hostileLetter())
+			answer(200, string(b))
+		case "GET /webhook_relay/main/dead":
+			b, _ := json.Marshal(ops.DeadPage{Entries: []ops.DeadLetter{*hostileLetter()}})
+			answer(200, string(b))
+		case "GET /webhook_relay/main/dead/big":
+			b, _ := json.Marshal(bigLetter())
+			answer(200, string(b))
 		default:
 			answer(404, `{"error":"unknown route"}`)
 		}
@@ -85,5 +99,75 @@ func TestOverviewErrors(t *testing.T) {
 	code, err = cmdRelayStatus(flags(t, fakeAdmin(t, 404)))
 	if code != exitError || err == nil || !strings.Contains(err.Error(), "no webhook_relay admin API") {
 		t.Errorf("status with the route missing: exit %d, %v", code, err)
+	}
+}
+
+// hostileBody is what a sender may post: escape sequences that colour,
+// clear the screen, and write the clipboard (OSC 52), a C1 CSI, a bidi
+// override.
+const hostileBody = "{\"id\":\"evt\"}\x1b]52;c;ZXZpbA==\x07\x1b[2J\x1b[31mred\u009b1m\u202eevil"
+
+func hostileLetter() *ops.DeadLetter {
+	body := hostileBody
+	return &ops.DeadLetter{ID: "hostile", Key: "k\x1b[2Jey", LastStatus: 400, LastError: "upstream said \u009b31m no",
+		BodySize: len(body), Body: &body, Request: &ops.KeptRequest{UserAgent: "ua\x1b]0;title\x07", Query: "a=\u202e1"}}
+}
+
+// bigLetter is a dead letter of 32 MiB (DefaultMaxBody) whose JSON is
+// twice that, each '"' escaped: past the 64 MiB the client used to read.
+func bigLetter() *ops.DeadLetter {
+	body := strings.Repeat(`"`, 32<<20)
+	return &ops.DeadLetter{ID: "big", Key: "k", BodySize: len(body), Body: &body}
+}
+
+// captureStdout sends what the commands print to a buffer while the test
+// runs.
+func captureStdout(t *testing.T) *bytes.Buffer {
+	var buf bytes.Buffer
+	old := stdout
+	stdout = &buf
+	t.Cleanup(func() { stdout = old })
+	return &buf
+}
+
+// TestShowEscapesControlCharacters: dead show (and the list, and --json)
+// print a sender's control characters escaped; --body prints the body
+// byte for byte.
+func TestShowEscapesControlCharacters(t *testing.T) {
+	addr := fakeAdmin(t, 200)
+	raw := func(out string) []string {
+		var found []string
+		for _, c := range []string{"\x1b", "\x07", "\u009b", "\u202e"} {
+			if strings.Contains(out, c) {
+				found = append(found, fmt.Sprintf("%q", c))
+			}
+		}
+		return found
+	}
+	for _, args := range [][]string{{"main", "show", "hostile"}, {"main", "show", "hostile", "--json"}, {"main"}, {"main", "--json"}} {
+		out := captureStdout(t)
+		if code, err := cmdDead(flags(t, addr, args...)); code != exitOK {
+			t.Fatalf("dead %s: exit %d, %v", strings.Join(args, " "), code, err)
+		}
+		if found := raw(out.String()); len(found) > 0 {
+			t.Errorf("dead %s printed %s raw:\n%q", strings.Join(args, " "), found, out)
+		}
+		if len(args) == 3 && !strings.Contains(out.String(), `\x1b]52;c;ZXZpbA==\x07`) {
+			t.Errorf("dead show does not show the escape sequence escaped:\n%s", out)
+		}
+	}
+	out := captureStdout(t)
+	if code, err := cmdDead(flags(t, addr, "main", "show", "hostile", "--body")); code != exitOK || out.String() != hostileBody {
+		t.Errorf("dead show --body: exit %d, %v, printed %q, want the body as it is", code, err, out)
+	}
+}
+
+// TestShowsA32MiBDeadLetter: a dead letter as large as max_body's default
+// is shown, though its JSON is larger than 64 MiB.
+func TestShowsA32MiBDeadLetter(t *testing.T) {
+	out := captureStdout(t)
+	code, err := cmdDead(flags(t, fakeAdmin(t, 200), "main", "show", "big", "--body"))
+	if code != exitOK || out.Len() != 32<<20 {
+		t.Fatalf("dead show of a 32 MiB letter: exit %d, %v, %d bytes printed", code, err, out.Len())
 	}
 }

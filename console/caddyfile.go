@@ -19,16 +19,24 @@ func parseConsoleCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 
 // UnmarshalCaddyfile sets up the console from Caddyfile tokens. Syntax:
 //
-//	webhook_relay_console [<matcher>]
-//
-// It takes no arguments and no block.
+//	webhook_relay_console [<matcher>] [{
+//		allow_anonymous
+//	}]
 func (c *Console) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	if d.NextBlock(0) {
-		return d.Errf("webhook_relay_console takes no block (unrecognized subdirective '%s')", d.Val())
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "allow_anonymous":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			c.AllowAnonymous = true
+		default:
+			return d.Errf("webhook_relay_console: unrecognized subdirective '%s' (the only one is allow_anonymous)", d.Val())
+		}
 	}
 	return nil
 }

@@ -36,8 +36,9 @@ func init() {
 // relay's dead letters, one dead letter with its body, and replaying or
 // deleting them. It works on the relays of this process, as the admin API
 // does, and serves the page, its script and style, and the JSON the page
-// reads, at any path: mount it in a site behind basic_auth or
-// forward_auth, e.g.
+// reads, at any path: mount it in a site behind basic_auth (a request that
+// no authentication handler has authenticated gets 403, unless
+// AllowAnonymous is set), e.g.
 //
 //	ops.example.com {
 //		basic_auth {
@@ -68,6 +69,15 @@ func init() {
 // is shown: its auth parameters never reach the store, and the console
 // shows the upstream's host only.
 type Console struct {
+	// AllowAnonymous serves requests that no authentication handler
+	// (basic_auth, or another provider of Caddy's authentication handler)
+	// has authenticated, i.e. whose {http.auth.user.id} is empty.
+	// Without it such a request gets 403 and a page saying how to put
+	// basic_auth in front: the console shows payloads and can delete them.
+	// Set it when access is restricted otherwise (a private network, a
+	// forward_auth that sets no user).
+	AllowAnonymous bool `json:"allow_anonymous,omitempty"`
+
 	logger *zap.Logger
 	origin *http.CrossOriginProtection
 }
@@ -138,7 +148,11 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 	p := r.URL.Path
 	dir, last := path.Split(p)
-	if path.Base(dir) == "api" && last != "" {
+	isAPI := path.Base(dir) == "api" && last != ""
+	if !c.AllowAnonymous && userOf(r) == "" {
+		return c.refuseAnonymous(w, r, isAPI)
+	}
+	if isAPI {
 		return c.serveAPI(w, r, last)
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -160,11 +174,64 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if last == "" && strings.HasSuffix(seen, "/") {
 		return serveAsset(w, r, consoleAssets["index.html"])
 	}
-	target := seen + "/"
+	// The target is a path of this site only: a path that starts with
+	// "//" (or "/\", which browsers read the same) would be another
+	// host's address (GET //evil.example -> Location: //evil.example/).
+	target := "/" + strings.TrimLeft(seen, "/\\") + "/"
 	if r.URL.RawQuery != "" {
 		target += "?" + r.URL.RawQuery
 	}
-	http.Redirect(w, r, target, http.StatusMovedPermanently)
+	h.Set("Location", target)
+	w.WriteHeader(http.StatusMovedPermanently)
+	return nil
+}
+
+// anonymousPage is the answer to a request no authentication handler has
+// authenticated.
+const anonymousPage = `<!doctype html>
+<html lang="en">
+<meta charset="utf-8">
+<title>Webhook relay console: sign-in required</title>
+<h1>This console needs authentication in front of it</h1>
+<p>The webhook relay console shows the payloads of your relays and can
+replay and delete them, so it refuses requests that no authentication
+handler has authenticated. Put <code>basic_auth</code> in front of it in
+your Caddyfile (hash a password with <code>caddy hash-password</code>):</p>
+<pre>
+ops.example.com {
+	basic_auth {
+		ops &lt;the hash&gt;
+	}
+	webhook_relay_console
+}
+</pre>
+<p>If access is already restricted otherwise (a private network, or a
+<code>forward_auth</code> that sets no user), allow anonymous requests on
+purpose:</p>
+<pre>
+webhook_relay_console {
+	allow_anonymous
+}
+</pre>
+</html>
+`
+
+// refuseAnonymous answers 403: with the page above, or for the page's JSON
+// a JSON error saying the same.
+func (c *Console) refuseAnonymous(w http.ResponseWriter, r *http.Request, isAPI bool) error {
+	c.logger.Debug("console: anonymous request refused", zap.String("remote_ip", remoteIP(r)), zap.String("path", r.URL.Path))
+	if isAPI {
+		w.Header().Set("Cache-Control", "no-store")
+		return ops.WriteJSON(w, http.StatusForbidden, map[string]string{"error": "the console needs authentication in front of it: " +
+			"put basic_auth before webhook_relay_console, or set allow_anonymous"})
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusForbidden)
+	if r.Method != http.MethodHead {
+		_, _ = io.WriteString(w, anonymousPage)
+	}
 	return nil
 }
 

@@ -21,7 +21,7 @@ func TestAssetsEmbedded(t *testing.T) {
 // TestAPIErrors: the console answers the operations' errors as the admin
 // API does, with a JSON body.
 func TestAPIErrors(t *testing.T) {
-	c := &Console{logger: zap.NewNop(), origin: http.NewCrossOriginProtection()}
+	c := &Console{AllowAnonymous: true, logger: zap.NewNop(), origin: http.NewCrossOriginProtection()}
 	for _, tc := range []struct {
 		method, target string
 		status         int
@@ -39,6 +39,21 @@ func TestAPIErrors(t *testing.T) {
 		}
 		if w.Code != tc.status || !strings.Contains(w.Body.String(), tc.has) || w.Header().Get("Content-Type") != "application/json" {
 			t.Errorf("%s %s: %d %s, want %d with %s", tc.method, tc.target, w.Code, w.Body, tc.status, tc.has)
+		}
+	}
+}
+
+// TestAnonymousRefused: without a user set by an authentication handler
+// and without AllowAnonymous, the page and the JSON are refused with 403.
+func TestAnonymousRefused(t *testing.T) {
+	c := &Console{logger: zap.NewNop(), origin: http.NewCrossOriginProtection()}
+	for target, ct := range map[string]string{"/": "text/html", "/api/relays": "application/json"} {
+		w := httptest.NewRecorder()
+		if err := c.ServeHTTP(w, httptest.NewRequest("GET", target, nil), nil); err != nil {
+			t.Fatal(err)
+		}
+		if w.Code != 403 || !strings.HasPrefix(w.Header().Get("Content-Type"), ct) || !strings.Contains(w.Body.String(), "basic_auth") {
+			t.Errorf("GET %s: %d %q %.100s, want 403 %s saying basic_auth", target, w.Code, w.Header().Get("Content-Type"), w.Body, ct)
 		}
 	}
 }

@@ -51,7 +51,7 @@ func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int,
 	if q, _, _ := strings.Cut(e.Request.RawQuery, "#"); q != "" {
 		if u.RawQuery == "" {
 			u.RawQuery = q
-		} else {
+		} else if q = withoutOwnParams(q, u.RawQuery); q != "" {
 			u.RawQuery += "&" + q
 		}
 	}
@@ -101,6 +101,55 @@ func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int,
 		req.Body, req.GetBody = http.NoBody, func() (io.ReadCloser, error) { return http.NoBody, nil }
 	}
 	return req.WithContext(ctx)
+}
+
+// withoutOwnParams drops from the incoming query every parameter named
+// like one of the upstream URL's own: in a framework where the last value
+// wins, a sender could otherwise override the upstream's (a tenant, a
+// token). Names compare as frameworks read them: unescaped, without
+// case, and up to a "[" (PHP's and Rails' a[]=, a[x]=); ";" separates
+// parameters too (some frameworks split on it). The rest is kept byte for
+// byte.
+func withoutOwnParams(incoming, own string) string {
+	var owned []string
+	for _, part := range strings.FieldsFunc(own, isQuerySep) {
+		owned = append(owned, paramName(part))
+	}
+	var b strings.Builder
+	dropped := false
+	for _, part := range strings.Split(incoming, "&") {
+		clash := false
+		for _, sub := range strings.Split(part, ";") {
+			name := paramName(sub)
+			for _, o := range owned {
+				clash = clash || (name != "" && strings.EqualFold(name, o))
+			}
+		}
+		if clash {
+			dropped = true
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(part)
+	}
+	if !dropped {
+		return incoming
+	}
+	return b.String()
+}
+
+func isQuerySep(r rune) bool { return r == '&' || r == ';' }
+
+// paramName is the name of a "name=value" query part as frameworks read it.
+func paramName(part string) string {
+	name, _, _ := strings.Cut(part, "=")
+	if n, err := url.QueryUnescape(name); err == nil {
+		name = n
+	}
+	name, _, _ = strings.Cut(name, "[")
+	return strings.TrimSpace(name)
 }
 
 // attempt sends e to the upstream once and classifies the answer.

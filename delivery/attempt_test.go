@@ -56,6 +56,24 @@ func TestBuildRequest(t *testing.T) {
 		t.Errorf("a query with #: request target %q, want /in?fixed=1&b=1", got)
 	}
 
+	// the upstream's own parameters win: an incoming one of the same name
+	// is dropped, however it is spelt, the others are kept as they came
+	for _, c := range []struct{ upstream, incoming, want string }{
+		{"fixed=1&tenant=acme", "tenant=evil&b=%20x", "fixed=1&tenant=acme&b=%20x"},
+		{"tenant=acme", "TENANT=evil&Tenant[]=evil&tenant[x]=evil&%74enant=evil&b=1", "tenant=acme&b=1"},
+		{"tenant=acme", "b=1;tenant=evil&c=2", "tenant=acme&c=2"},
+		{"tenant=acme", "tenant=evil", "tenant=acme"},
+		{"tenant=acme", "tenants=1&x=tenant", "tenant=acme&tenants=1&x=tenant"},
+		{"", "tenant=x", "tenant=x"},
+	} {
+		up, _ := url.Parse("http://127.0.0.1/in?" + c.upstream)
+		e.Request.RawQuery = c.incoming
+		got := buildRequest(context.Background(), &Settings{Upstream: up}, e, 1, time.Now()).URL.RawQuery
+		if got != c.want {
+			t.Errorf("upstream ?%s, incoming ?%s: forwarded ?%s, want ?%s", c.upstream, c.incoming, got, c.want)
+		}
+	}
+
 	e.Body = nil
 	req = buildRequest(context.Background(), s, e, 1, time.Now())
 	if req.Body != http.NoBody || req.ContentLength != 0 {

@@ -19,7 +19,7 @@ import (
 // scheme is one sender's way of signing.
 type scheme struct {
 	name       string
-	defaultKey string
+	defaultKey []string      // dedupe key sources, each covered by the signature
 	headers    []string      // read by the check; stored and forwarded
 	tolerance  time.Duration // for a signed timestamp; 0: none is signed
 	key        func(secret string) ([]byte, error)
@@ -29,7 +29,7 @@ type scheme struct {
 var schemes = map[string]*scheme{
 	"standard_webhooks": {
 		name:       "standard_webhooks",
-		defaultKey: "header.webhook-id",
+		defaultKey: []string{"header.webhook-id"},
 		headers:    []string{"webhook-id", "webhook-timestamp", "webhook-signature"},
 		tolerance:  5 * time.Minute,
 		key:        whsecKey,
@@ -37,7 +37,7 @@ var schemes = map[string]*scheme{
 	},
 	"svix": {
 		name:       "svix",
-		defaultKey: "header.svix-id",
+		defaultKey: []string{"header.svix-id"},
 		headers:    []string{"svix-id", "svix-timestamp", "svix-signature"},
 		tolerance:  5 * time.Minute,
 		key:        whsecKey,
@@ -45,7 +45,7 @@ var schemes = map[string]*scheme{
 	},
 	"stripe": {
 		name:       "stripe",
-		defaultKey: "json.id",
+		defaultKey: []string{"json.id"},
 		headers:    []string{"Stripe-Signature"},
 		tolerance:  5 * time.Minute,
 		key:        rawKey,
@@ -53,7 +53,7 @@ var schemes = map[string]*scheme{
 	},
 	"github": {
 		name:       "github",
-		defaultKey: "header.X-GitHub-Delivery",
+		defaultKey: []string{"body"}, // X-GitHub-Delivery is not signed: a replay with a new one would pass
 		headers: []string{"X-Hub-Signature-256", "X-GitHub-Event", "X-GitHub-Delivery", "X-GitHub-Hook-ID",
 			"X-GitHub-Hook-Installation-Target-ID", "X-GitHub-Hook-Installation-Target-Type"},
 		key:   rawKey,
@@ -61,7 +61,7 @@ var schemes = map[string]*scheme{
 	},
 	"shopify": {
 		name:       "shopify",
-		defaultKey: "header.X-Shopify-Webhook-Id",
+		defaultKey: []string{"body"}, // X-Shopify-Webhook-Id is not signed
 		headers: []string{"X-Shopify-Hmac-Sha256", "X-Shopify-Topic", "X-Shopify-Shop-Domain", "X-Shopify-Webhook-Id",
 			"X-Shopify-Event-Id", "X-Shopify-API-Version", "X-Shopify-Triggered-At"},
 		key:   rawKey,
@@ -69,7 +69,7 @@ var schemes = map[string]*scheme{
 	},
 	"slack": {
 		name:       "slack",
-		defaultKey: "json.event_id",
+		defaultKey: []string{"json.event_id"},
 		headers:    []string{"X-Slack-Signature", "X-Slack-Request-Timestamp"},
 		tolerance:  5 * time.Minute,
 		key:        rawKey,
@@ -77,7 +77,7 @@ var schemes = map[string]*scheme{
 	},
 	"paddle": {
 		name:       "paddle",
-		defaultKey: "json.event_id",
+		defaultKey: []string{"json.event_id"},
 		headers:    []string{"Paddle-Signature"},
 		// Paddle's SDKs allow five seconds: Paddle sends straight to the
 		// relay, so only clock skew and the network count.
@@ -87,7 +87,7 @@ var schemes = map[string]*scheme{
 	},
 	"linear": {
 		name:       "linear",
-		defaultKey: "header.Linear-Delivery",
+		defaultKey: linearKey,
 		headers:    []string{"Linear-Signature", "Linear-Delivery", "Linear-Event"},
 		// Linear signs the body, which carries webhookTimestamp; its SDK
 		// allows a minute.
@@ -101,6 +101,12 @@ var schemes = map[string]*scheme{
 		check: checkHMAC,
 	},
 }
+
+// linearKey is Linear's default dedupe key. Linear-Delivery is not signed,
+// and each retry is signed again with a new webhookTimestamp, so neither it
+// nor the body hash will do: the event's own signed fields, which a retry
+// repeats (webhookId names the webhook, not the event).
+var linearKey = []string{"json.type", "json.action", "json.data.id", "json.createdAt"}
 
 // SchemeNames lists the schemes, sorted.
 func SchemeNames() []string {

@@ -108,9 +108,14 @@ func (v *Verifier) Verify(h http.Header, body []byte, now time.Time) error {
 	return v.scheme.check(v, h, body, now)
 }
 
-// DefaultKey is the dedupe key source of the scheme's delivery or event id,
-// e.g. "header.webhook-id"; empty for hmac, which has none.
-func (v *Verifier) DefaultKey() string { return v.scheme.defaultKey }
+// DefaultKey are the dedupe key sources of the scheme: its delivery or
+// event id where the signature covers one (e.g. "header.webhook-id"), else
+// signed content that the sender's retries repeat; none for hmac.
+func (v *Verifier) DefaultKey() []string { return slices.Clone(v.scheme.defaultKey) }
+
+// Tolerance is how far a signed timestamp may be from now; 0 for the
+// schemes that sign none.
+func (v *Verifier) Tolerance() time.Duration { return v.tolerance }
 
 // Headers are the incoming headers the scheme's own verification reads
 // (signature, timestamp, id, event type), to be stored with the payload and
@@ -144,14 +149,15 @@ func (v *Verifier) matches(signatures [][]byte, parts ...[]byte) bool {
 }
 
 // within fails unless the signed time ts is within the tolerance of now, in
-// either direction.
+// either direction. It compares times, not their difference: a Duration
+// holds 292 years, now.Sub saturates beyond that, and negating the
+// saturated minimum overflows back to a negative, which would pass.
 func (v *Verifier) within(ts, now time.Time) error {
-	d := now.Sub(ts)
 	switch {
-	case d > v.tolerance:
-		return failf("the signed timestamp is %s old, outside the tolerance of %s (a replay, or the clocks disagree)", d.Round(time.Second), v.tolerance)
-	case -d > v.tolerance:
-		return failf("the signed timestamp is %s in the future, outside the tolerance of %s (the clocks disagree)", (-d).Round(time.Second), v.tolerance)
+	case ts.Before(now.Add(-v.tolerance)):
+		return failf("the signed timestamp is %s old, outside the tolerance of %s (a replay, or the clocks disagree)", now.Sub(ts).Round(time.Second), v.tolerance)
+	case ts.After(now.Add(v.tolerance)):
+		return failf("the signed timestamp is %s in the future, outside the tolerance of %s (the clocks disagree)", ts.Sub(now).Round(time.Second), v.tolerance)
 	}
 	return nil
 }

@@ -140,6 +140,11 @@ func TestSchemes(t *testing.T) {
 				future := now.Add(v.tolerance + time.Minute)
 				soon := bodyAt(future)
 				wantFail("future timestamp", check(s.sign(s.secrets[0], soon, future), soon), "in the future")
+				// further ahead than a time.Duration reaches: now.Sub
+				// saturates, and negating the minimum overflows
+				farAhead := now.AddDate(300, 0, 0)
+				far := bodyAt(farAhead)
+				wantFail("timestamp 300 years ahead", check(s.sign(s.secrets[0], far, farAhead), far), "in the future")
 			}
 		})
 	}

@@ -27,9 +27,14 @@ type held struct {
 	// be extended any more.
 	leaving atomic.Bool
 	// attempting is set while the entry's turn runs, from its start to its
-	// report: held, but not in the due queue. Like due it is the loop's own
-	// field.
+	// report: held, but not in the due queue. Like due and again it is the
+	// loop's own field.
 	attempting bool
+	// again is the entry as a claim handed it out again while its turn
+	// ran: the turn gave it back to the store (Retry) and it fell due before
+	// the turn's report came, or (a shared store) the claim lapsed. The
+	// loop holds it once the turn has reported.
+	again *queue.Entry
 }
 
 // result is what a finished attempt reports to the loop.
@@ -264,10 +269,15 @@ func (l *loop) releaseWaiting(log *zap.Logger) {
 func (l *loop) hold(entries []*queue.Entry) {
 	now := l.e.cfg.Now()
 	for _, ent := range entries {
-		if _, ok := l.holding[ent.ID]; ok {
-			// A shared store hands an entry out again when its claim lapsed
-			// (the store was unreachable longer than the visibility
-			// timeout): it is still ours.
+		if h, ok := l.holding[ent.ID]; ok {
+			// Handed out again while held: its turn gave it back and it
+			// is due again, or (a shared store) its claim lapsed, the
+			// store unreachable longer than the visibility timeout. Either
+			// way it is ours; what to do with it is decided when the turn
+			// reports (finish).
+			if h.attempting {
+				h.again = ent
+			}
 			continue
 		}
 		h := &held{entry: ent, due: now}
@@ -398,11 +408,21 @@ func (l *loop) renew(log *zap.Logger) {
 func (l *loop) finish(r result) {
 	l.busy--
 	r.h.attempting = false
+	again := r.h.again
+	r.h.again = nil
 	if r.done {
 		delete(l.holding, r.h.entry.ID)
 		l.lookForMore = true
 		if !r.retried.IsZero() && l.dueKnown && (l.nextDue.IsZero() || r.retried.Before(l.nextDue)) {
 			l.nextDue = r.retried
+		}
+		if again != nil {
+			// claimed again meanwhile: held now, not before it is due (a
+			// lapsed claim handed out before the Retry is not due yet);
+			// one that left the queue finds its body gone and is dropped
+			h := &held{entry: again, due: later(l.e.cfg.Now(), r.retried)}
+			l.holding[again.ID] = h
+			heap.Push(&l.due, h)
 		}
 		return
 	}

@@ -239,13 +239,10 @@ func (l *loop) probeHeld() bool {
 // What the store cannot take back stays held.
 func (l *loop) releaseWaiting(log *zap.Logger) {
 	var ids []string
-	keep := l.due[:0]
 	for _, h := range l.due {
-		if h.acked || h.entry.Damaged != "" {
-			keep = append(keep, h)
-			continue
+		if !h.acked && h.entry.Damaged == "" {
+			ids = append(ids, h.entry.ID)
 		}
-		ids = append(ids, h.entry.ID)
 	}
 	if len(ids) == 0 {
 		return
@@ -257,8 +254,13 @@ func (l *loop) releaseWaiting(log *zap.Logger) {
 			zap.Int("count", len(ids)), zap.Error(err))
 		return
 	}
-	for _, id := range ids {
-		delete(l.holding, id)
+	keep := l.due[:0]
+	for _, h := range l.due {
+		if h.acked || h.entry.Damaged != "" {
+			keep = append(keep, h)
+		} else {
+			delete(l.holding, h.entry.ID)
+		}
 	}
 	clear(l.due[len(keep):])
 	l.due = keep
@@ -354,13 +356,16 @@ func (l *loop) wakeAt(s *Settings) (time.Time, bool) {
 	}
 	retry, next := l.dueKnown && !l.nextDue.IsZero(), l.nextDue
 	if l.outage.down() {
-		// the probe comes from the store only when none is held, and not
-		// before its backoff is over; not knowing what the store holds,
-		// the loop looks then
-		if l.probeHeld() || l.outage.probe != nil || l.running > 0 || (l.dueKnown && !retry) {
+		// The probe comes from the store only when none is held: the
+		// loop looks when its backoff is over (something may be due
+		// then), and after that when a retry falls due; a payload queued
+		// meanwhile wakes it.
+		if l.probeHeld() || l.outage.probe != nil || l.running > 0 {
 			return at, ok
 		}
-		retry, next = true, later(next, l.outage.probeAt)
+		if l.outage.probeAt.After(l.e.cfg.Now()) {
+			retry, next = true, l.outage.probeAt
+		}
 	}
 	if retry && (!ok || next.Before(at)) {
 		at, ok = next, true

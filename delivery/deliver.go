@@ -232,8 +232,9 @@ func (a *attemptRun) dead(took time.Duration) {
 	}
 }
 
-// failed records a failed attempt and makes the entry due again after the
-// backoff, or after the upstream's Retry-After when that is longer.
+// failed gives a failed entry back to the store, with its attempt, due
+// again after the backoff, or after the upstream's Retry-After when that
+// is longer.
 func (a *attemptRun) failed(o outcome, start time.Time, took time.Duration) {
 	ent := a.h.entry
 	a.e.observe(a.log, ResultRetry, took)
@@ -246,18 +247,26 @@ func (a *attemptRun) failed(o outcome, start time.Time, took time.Duration) {
 	if giveUp := ent.Queued.Add(a.s.GiveUpAfter); next.After(giveUp) {
 		next = giveUp
 	}
+	// The entry waits in the store, not here: the engine holds only what
+	// it attempts, however many payloads fail.
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	if err := a.e.store.Attempted(ctx, ent); errors.Is(err, queue.ErrNotFound) {
+	err := a.e.store.Retry(ctx, ent, next)
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
 		a.report(result{h: a.h, done: true}) // gone from the queue, see Bury
 		return
-	} else if err != nil {
-		a.log.Warn("cannot record a failed attempt", zap.String("id", ent.ID), zap.Error(err))
+	case err != nil:
+		// the store keeps it claimed: it waits here instead
+		a.log.Warn("cannot give a failed payload back to the store; retrying it from memory",
+			zap.String("id", ent.ID), zap.Error(err))
+		a.report(result{h: a.h, next: next})
+		return
 	}
 	a.log.Debug("delivery failed; will retry",
 		zap.String("id", ent.ID), zap.Int("attempt", ent.Attempts),
 		zap.String("reason", o.reason), zap.Time("next", next))
-	a.report(result{h: a.h, next: next})
+	a.report(result{h: a.h, done: true, retried: next})
 }
 
 // buryDamaged moves an entry whose stored record cannot be read to the

@@ -75,7 +75,9 @@ type Config struct {
 	// DeadRetention. Default 1m.
 	TrimInterval time.Duration
 	// PollInterval is how often the engine looks for payloads it was not
-	// woken for (queued by another process, or released). Default 1s.
+	// woken for (queued or given back to retry by another process, or
+	// released), and asks the store again when the next retry is due.
+	// Default 1s.
 	PollInterval time.Duration
 	// LeaseRefresh is how often held claims are extended. Default 10s.
 	LeaseRefresh time.Duration
@@ -87,9 +89,10 @@ type Config struct {
 }
 
 // Engine delivers the queue of one store. It claims a bounded number of
-// entries, attempts each when it is due with at most Concurrency attempts at
-// once, and reschedules failures with backoff, so one failing payload holds
-// one place and never blocks the others.
+// due entries, attempts them with at most Concurrency attempts at once, and
+// gives each failure back to the store, due again after the backoff: it
+// holds only what it attempts, so failing payloads, however many, never
+// block the others.
 type Engine struct {
 	cfg      Config
 	store    safeStore // cfg.Store, its panics turned into errors

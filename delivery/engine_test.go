@@ -212,20 +212,28 @@ func TestSettingsSwapSendsBacklogToNewUpstream(t *testing.T) {
 	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == 0 })
 }
 
+// Stop gives back what the engine holds: the entry waiting for a place is
+// claimable at once; the one whose attempt Stop cut short waits in the
+// store for its backoff, with its attempt recorded.
 func TestStopReleasesHeldEntries(t *testing.T) {
-	up := testkit.NewUpstream(t, testkit.Always(503))
+	up := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer { return testkit.Answer{Hang: true} })
 	store := queue.NewMemory(queue.Options{Window: time.Hour})
 	s := settingsFor(t, up.URL)
+	s.Concurrency = 1
 	s.Backoff = Backoff{Initial: time.Hour, Max: time.Hour}
 	e := Start(Config{Store: store, Settings: s})
-	admit(t, store, "k", "{}")
+	first := admit(t, store, "k1", "{}")
+	second := admit(t, store, "k2", "{}")
 	up.Next(t)
-	e.Stop(time.Second)
+	e.Stop(10 * time.Millisecond)
 
-	// Released: a new claimant gets it at once.
 	got, err := store.Claim(context.Background(), 10)
-	if err != nil || len(got) != 1 || got[0].Attempts != 1 {
-		t.Fatalf("after Stop: claimed %v (err %v), want the entry with 1 attempt recorded", got, err)
+	if err != nil || len(got) != 1 || got[0].ID != second.ID || got[0].Attempts != 0 {
+		t.Fatalf("after Stop: claimed %v (err %v), want only %s, never attempted", got, err, second.ID)
+	}
+	next, err := store.NextDue(context.Background())
+	if err != nil || time.Until(next) < 30*time.Minute {
+		t.Fatalf("after Stop: next retry due %v (err %v), want %s's, about an hour away", next, err, first.ID)
 	}
 }
 
@@ -294,5 +302,43 @@ func TestRedisClaimLapseDoesNotDoubleDeliver(t *testing.T) {
 	}
 	if n := slowHits.Load(); n != 1 {
 		t.Fatalf("the payload was sent %d times; want once", n)
+	}
+}
+
+// Failed payloads wait in the store, not in the engine: however many fail
+// (here 200 with an hour's backoff, past the 16 x 4 x concurrency the
+// engine used to hold), a healthy one behind them is delivered, and none
+// of them is tried again before it is due.
+func TestManyFailingPayloadsDoNotHoldUpTheOthers(t *testing.T) {
+	up := testkit.NewUpstream(t, func(r *testkit.Request) testkit.Answer {
+		if strings.Contains(string(r.Body), "bad") {
+			return testkit.Answer{Status: http.StatusInternalServerError}
+		}
+		return testkit.Answer{}
+	})
+	store := queue.NewMemory(queue.Options{Window: time.Hour})
+	s := settingsFor(t, up.URL)
+	s.Concurrency = 1
+	s.Backoff = Backoff{Initial: time.Hour, Max: time.Hour}
+	const bad = 200
+	for i := range bad {
+		admit(t, store, fmt.Sprint("bad", i), fmt.Sprintf(`{"bad":%d}`, i))
+	}
+	good := admit(t, store, "good", `{"good":true}`)
+	e := startEngine(t, store, s)
+
+	waitStats(t, store, func(st queue.Stats) bool { return st.Backlog == bad })
+	reqs := up.Requests()
+	if last := reqs[len(reqs)-1]; last.Status != http.StatusOK || !strings.Contains(string(last.Body), "good") {
+		t.Errorf("last request %v, want %s delivered after the failing ones", last, good.ID)
+	}
+	if len(reqs) != bad+1 {
+		t.Errorf("the upstream got %d requests, want %d: each failing payload once (its retry is an hour away), the healthy one once", len(reqs), bad+1)
+	}
+	if next, err := store.NextDue(t.Context()); err != nil || time.Until(next) < 30*time.Minute {
+		t.Errorf("next retry due %v (err %v), want about an hour away", next, err)
+	}
+	if n := e.InFlight(); n != 0 {
+		t.Errorf("%d attempts in flight", n)
 	}
 }

@@ -13,7 +13,11 @@ import (
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
-// held is an entry the engine has claimed.
+// held is an entry the engine has claimed: one it is attempting, or about
+// to attempt once a concurrency place is free. A failed attempt gives its
+// entry back to the store (Store.Retry), which keeps it until it is due
+// again; only an entry the store could not take back (it was unreachable)
+// stays held, waiting out the backoff here.
 type held struct {
 	entry *queue.Entry
 	due   time.Time
@@ -22,19 +26,25 @@ type held struct {
 	// leaving is set while the entry's Ack or Bury runs: its claim must not
 	// be extended any more.
 	leaving atomic.Bool
-	// backingOff marks an entry waiting out its backoff after a failure.
-	backingOff bool
 	// attempting is set while the entry's turn runs, from its start to its
-	// report: held, but not in the due queue. Like due and backingOff it
-	// is the loop's own field.
+	// report: held, but not in the due queue. Like due and again it is the
+	// loop's own field.
 	attempting bool
+	// again is the entry as a claim handed it out again while its turn
+	// ran: the turn gave it back to the store (Retry) and it fell due before
+	// the turn's report came, or (a shared store) the claim lapsed. The
+	// loop holds it once the turn has reported.
+	again *queue.Entry
 }
 
 // result is what a finished attempt reports to the loop.
 type result struct {
 	h    *held
-	done bool      // the entry left the queue (delivered or buried)
+	done bool      // the entry left the engine (delivered, buried, or given back)
 	next time.Time // when to try again, unless done
+	// retried is when the entry given back to the store (done) is due
+	// again; zero for one that left the queue.
+	retried time.Time
 }
 
 // freedPlace is what a turn hands back with its concurrency place, before
@@ -57,11 +67,16 @@ type loop struct {
 	due     dueQueue         // held entries waiting for their attempt
 	running int              // attempts talking to the upstream, bounded by Concurrency
 	busy    int              // attempt goroutines that have not reported their result
-	// backingOff counts the held entries waiting out a backoff.
-	backingOff int
 	// lookForMore asks the next round to claim: woken, polled, an entry
-	// left, or the last claim came back full.
+	// left, a retry fell due, or the last claim came back full.
 	lookForMore bool
+	// nextDue is when the earliest retry waiting in the store is due, as
+	// far as the loop knows (zero: none), if dueKnown. The store tells it
+	// after a claim that came back short; retries this engine gives back
+	// lower it; the poll forgets it, since other processes of a shared
+	// store give back retries too.
+	nextDue  time.Time
+	dueKnown bool
 
 	// outage tells whether the upstream is taken for down, and paces
 	// the probes while it is.
@@ -95,17 +110,17 @@ func (l *loop) stopTimers() {
 
 // bounds are how many entries the loop holds. It keeps up to four times the
 // concurrency ready to go, and claims in batches of a quarter of that rather
-// than one entry per finished delivery. Entries waiting out a backoff do not
-// count, so failing payloads never keep the others from being claimed; held
-// bounds how many are held in all. Held entries carry no body: it is loaded
-// for an attempt only, within the memory budget.
+// than one entry per finished delivery. Failed entries wait in the store,
+// not here, so failing payloads never keep the others from being claimed.
+// Held entries carry no body: it is loaded for an attempt only, within the
+// memory budget.
 type bounds struct {
-	ready, batch, held int
+	ready, batch int
 }
 
 func boundsFor(s *Settings) bounds {
 	ready := 4 * s.Concurrency
-	return bounds{ready: ready, batch: max(ready/4, 1), held: 16 * ready}
+	return bounds{ready: ready, batch: max(ready/4, 1)}
 }
 
 // serve runs rounds until the engine stops (true), or until a panic cuts
@@ -119,19 +134,15 @@ func (l *loop) serve() bool {
 
 // rebuild puts the loop back in order after a panic cut a round short,
 // wherever it was: every held entry whose turn is not running waits in the
-// due queue (counted if it backs off), and the next round claims. Turns that
+// due queue, and the next round claims. Turns that
 // are running report as usual. Nothing held is dropped, so no entry stays
 // claimed without the loop knowing it.
 func (l *loop) rebuild() {
 	clear(l.due)
 	l.due = l.due[:0]
-	l.backingOff = 0
 	for _, h := range l.holding {
 		if h.attempting {
 			continue
-		}
-		if h.backingOff {
-			l.backingOff++
 		}
 		l.due = append(l.due, h)
 	}
@@ -165,25 +176,34 @@ func (l *loop) round() bool {
 	l.outage.use(s)
 	log := l.e.logger(s)
 	b := boundsFor(s)
-	l.claim(b, log)
-	l.e.full.Store(len(l.holding)-l.backingOff > b.ready-b.batch || len(l.holding) >= b.held)
 	now := l.e.cfg.Now()
+	l.claim(b, log, now)
+	l.e.full.Store(len(l.holding) > b.ready-b.batch)
 	l.startDue(s, now)
 	return l.wait(s, log, now)
 }
 
 // claim takes more entries from the store when asked to and there is room.
-func (l *loop) claim(b bounds, log *zap.Logger) {
-	active := len(l.holding) - l.backingOff
-	if !l.lookForMore || active > b.ready-b.batch || len(l.holding) >= b.held {
+// While the upstream is down it claims the probe only, when one may start
+// and nothing held can be it: the others stay in the store.
+func (l *loop) claim(b bounds, log *zap.Logger, now time.Time) {
+	if !l.lookForMore {
 		return
 	}
-	want := min(b.ready-active, b.held-len(l.holding))
+	want := b.ready - len(l.holding)
+	if l.outage.down() {
+		if !l.outage.mayProbe(l.running, now) || l.probeHeld() {
+			return
+		}
+		want = 1
+	} else if len(l.holding) > b.ready-b.batch {
+		return
+	}
 	ctx, cancel := context.WithTimeout(l.e.ctx, storeTimeout)
 	entries, err := l.e.store.Claim(ctx, want)
-	cancel()
 	l.lookForMore = false
 	if err != nil {
+		cancel()
 		if l.e.ctx.Err() == nil {
 			l.e.claimErr.Fail(log, "cannot read the queue from the store; retrying", err)
 		}
@@ -191,18 +211,75 @@ func (l *loop) claim(b bounds, log *zap.Logger) {
 	}
 	l.e.claimErr.Ok(log, "store reachable again; delivering")
 	l.hold(entries)
-	// A full batch suggests more is waiting.
+	// A full batch suggests more is waiting; a short one that nothing else
+	// is due before the next retry, which the store is asked for.
 	l.lookForMore = len(entries) == want
+	if !l.lookForMore && !l.dueKnown {
+		next, err := l.e.store.NextDue(ctx)
+		if err == nil {
+			l.nextDue, l.dueKnown = next, true
+		}
+	}
+	cancel()
+}
+
+// probeHeld tells whether a held entry waits that can be the probe (an
+// entry whose Ack or Bury is left over cannot).
+func (l *loop) probeHeld() bool {
+	for _, h := range l.due {
+		if !h.acked && h.entry.Damaged == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// releaseWaiting gives the held entries that wait for a place back to the
+// store when the upstream went down: only the probe is held while it is.
+// What the store cannot take back stays held.
+func (l *loop) releaseWaiting(log *zap.Logger) {
+	var ids []string
+	for _, h := range l.due {
+		if !h.acked && h.entry.Damaged == "" {
+			ids = append(ids, h.entry.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(l.e.ctx, storeTimeout)
+	defer cancel()
+	if err := l.e.store.Release(ctx, ids); err != nil {
+		log.Warn("cannot give queued payloads back to the store while the upstream is down; holding them",
+			zap.Int("count", len(ids)), zap.Error(err))
+		return
+	}
+	keep := l.due[:0]
+	for _, h := range l.due {
+		if h.acked || h.entry.Damaged != "" {
+			keep = append(keep, h)
+		} else {
+			delete(l.holding, h.entry.ID)
+		}
+	}
+	clear(l.due[len(keep):])
+	l.due = keep
+	heap.Init(&l.due)
 }
 
 // hold takes claimed entries in, due at once.
 func (l *loop) hold(entries []*queue.Entry) {
 	now := l.e.cfg.Now()
 	for _, ent := range entries {
-		if _, ok := l.holding[ent.ID]; ok {
-			// A shared store hands an entry out again when its claim lapsed
-			// (the store was unreachable longer than the visibility
-			// timeout): it is still ours.
+		if h, ok := l.holding[ent.ID]; ok {
+			// Handed out again while held: its turn gave it back and it
+			// is due again, or (a shared store) its claim lapsed, the
+			// store unreachable longer than the visibility timeout. Either
+			// way it is ours; what to do with it is decided when the turn
+			// reports (finish).
+			if h.attempting {
+				h.again = ent
+			}
 			continue
 		}
 		h := &held{entry: ent, due: now}
@@ -221,10 +298,6 @@ func (l *loop) startDue(s *Settings, now time.Time) {
 			return
 		}
 		h := heap.Pop(&l.due).(*held)
-		if h.backingOff {
-			h.backingOff = false
-			l.backingOff--
-		}
 		h.attempting = true
 		l.running++
 		l.busy++
@@ -240,11 +313,9 @@ func (l *loop) startDue(s *Settings, now time.Time) {
 // once the engine stops.
 func (l *loop) wait(s *Settings, log *zap.Logger, now time.Time) bool {
 	var fire <-chan time.Time
-	if l.due.Len() > 0 && l.running < s.Concurrency {
-		if at, ok := l.outage.startAt(l.due[0].due, l.running); ok {
-			l.timer.Reset(at.Sub(now))
-			fire = l.timer.C
-		}
+	if at, ok := l.wakeAt(s); ok {
+		l.timer.Reset(at.Sub(now))
+		fire = l.timer.C
 	}
 	select {
 	case <-l.e.ctx.Done():
@@ -253,6 +324,7 @@ func (l *loop) wait(s *Settings, log *zap.Logger, now time.Time) bool {
 		l.lookForMore = true
 	case <-l.poll.C:
 		l.lookForMore = true
+		l.dueKnown = false
 	case <-l.lease.C:
 		l.renew(log)
 	case r := <-l.e.freed:
@@ -262,8 +334,51 @@ func (l *loop) wait(s *Settings, log *zap.Logger, now time.Time) bool {
 	case <-l.trim.C:
 		l.e.trimDead()
 	case <-fire:
+		if now := l.e.cfg.Now(); l.dueKnown && !l.nextDue.IsZero() && !now.Before(l.nextDue) {
+			// a retry fell due: claim it, and ask the store for the next
+			l.lookForMore, l.dueKnown = true, false
+		}
+		if l.outage.down() && !now.Before(l.outage.probeAt) {
+			l.lookForMore = true
+		}
 	}
 	return true
+}
+
+// wakeAt is when the loop has something to do unless woken before: start
+// the first held entry that is due, or claim a retry that falls due (while
+// the upstream is down: the next probe, once its backoff is over).
+func (l *loop) wakeAt(s *Settings) (time.Time, bool) {
+	var at time.Time
+	ok := false
+	if l.due.Len() > 0 && l.running < s.Concurrency {
+		at, ok = l.outage.startAt(l.due[0].due, l.running)
+	}
+	retry, next := l.dueKnown && !l.nextDue.IsZero(), l.nextDue
+	if l.outage.down() {
+		// The probe comes from the store only when none is held: the
+		// loop looks when its backoff is over (something may be due
+		// then), and after that when a retry falls due; a payload queued
+		// meanwhile wakes it.
+		if l.probeHeld() || l.outage.probe != nil || l.running > 0 {
+			return at, ok
+		}
+		if l.outage.probeAt.After(l.e.cfg.Now()) {
+			retry, next = true, l.outage.probeAt
+		}
+	}
+	if retry && (!ok || next.Before(at)) {
+		at, ok = next, true
+	}
+	return at, ok
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // renew extends the claims on the held entries, but not on those whose Ack
@@ -292,19 +407,31 @@ func (l *loop) renew(log *zap.Logger) {
 	}
 }
 
-// finish takes in what an attempt reported: its entry left the queue, or it
-// waits out a backoff.
+// finish takes in what an attempt reported: its entry left the engine
+// (the queue, or back to the store as a retry), or it waits out a backoff
+// here because the store could not take it back.
 func (l *loop) finish(r result) {
 	l.busy--
 	r.h.attempting = false
+	again := r.h.again
+	r.h.again = nil
 	if r.done {
 		delete(l.holding, r.h.entry.ID)
 		l.lookForMore = true
+		if !r.retried.IsZero() && l.dueKnown && (l.nextDue.IsZero() || r.retried.Before(l.nextDue)) {
+			l.nextDue = r.retried
+		}
+		if again != nil {
+			// claimed again meanwhile: held now, not before it is due (a
+			// lapsed claim handed out before the Retry is not due yet);
+			// one that left the queue finds its body gone and is dropped
+			h := &held{entry: again, due: later(l.e.cfg.Now(), r.retried)}
+			l.holding[again.ID] = h
+			heap.Push(&l.due, h)
+		}
 		return
 	}
 	r.h.due = r.next
-	r.h.backingOff = true
-	l.backingOff++
 	heap.Push(&l.due, r.h)
 }
 
@@ -316,6 +443,7 @@ func (l *loop) freed(f freedPlace) {
 	case wentDown:
 		l.e.logger(f.s).Warn("upstream not answering; probing it with one payload at a time until it does",
 			zap.Int("unanswered_attempts", l.outage.unanswered))
+		l.releaseWaiting(l.e.logger(f.s))
 	case cameBack:
 		l.e.logger(f.s).Info("upstream answering again; delivering")
 	}

@@ -1,7 +1,9 @@
 package delivery
 
 import (
+	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -126,5 +128,86 @@ func TestReloadIgnoresAttemptsAtTheOldUpstream(t *testing.T) {
 	e.Wake()
 	for range 10 - old.Concurrency {
 		fixed.Next(t)
+	}
+}
+
+// claimCounter is a memory store that counts the entries claimed and not
+// yet given back: what the engine holds.
+type claimCounter struct {
+	*queue.Memory
+	mu   sync.Mutex
+	held map[string]bool
+}
+
+func (s *claimCounter) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
+	es, err := s.Memory.Claim(ctx, max)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range es {
+		s.held[e.ID] = true
+	}
+	return es, err
+}
+
+func (s *claimCounter) drop(ids ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		delete(s.held, id)
+	}
+}
+
+func (s *claimCounter) Retry(ctx context.Context, e *queue.Entry, due time.Time) error {
+	s.drop(e.ID)
+	return s.Memory.Retry(ctx, e, due)
+}
+
+func (s *claimCounter) Release(ctx context.Context, ids []string) error {
+	s.drop(ids...)
+	return s.Memory.Release(ctx, ids)
+}
+
+func (s *claimCounter) Ack(ctx context.Context, id string) error {
+	s.drop(id)
+	return s.Memory.Ack(ctx, id)
+}
+
+func (s *claimCounter) Bury(ctx context.Context, e *queue.Entry) error {
+	s.drop(e.ID)
+	return s.Memory.Bury(ctx, e)
+}
+
+func (s *claimCounter) holding() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.held)
+}
+
+// While the upstream is down the engine holds the probe and nothing else:
+// the payloads waiting for it stay in the store, where another process of
+// a shared store may take them.
+func TestOutageHoldsOnlyTheProbe(t *testing.T) {
+	const payloads, concurrency = 40, 8
+	up := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer {
+		return testkit.Answer{Delay: 20 * time.Millisecond, Drop: true}
+	})
+	store := &claimCounter{Memory: queue.NewMemory(queue.Options{Window: time.Hour}), held: map[string]bool{}}
+	for i := range payloads {
+		admit(t, store.Memory, fmt.Sprint("k", i), "{}")
+	}
+	s := settingsFor(t, up.URL)
+	s.Concurrency = concurrency
+	startEngine(t, store, s)
+
+	const before = concurrency + unreachableAfter - 1
+	most := 0
+	up.WaitFor(t, 10*time.Second, "probes", func(reqs []*testkit.Request) bool {
+		if len(reqs) > before+1 {
+			most = max(most, store.holding())
+		}
+		return len(reqs) >= before+6
+	})
+	if most > 1 {
+		t.Errorf("the engine held %d payloads while the upstream was down; want the probe only", most)
 	}
 }

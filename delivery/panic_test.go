@@ -68,6 +68,16 @@ func (s *panickyStore) Attempted(ctx context.Context, e *queue.Entry) error {
 	return s.Memory.Attempted(ctx, e)
 }
 
+func (s *panickyStore) Retry(ctx context.Context, e *queue.Entry, due time.Time) error {
+	s.maybePanic("Retry")
+	return s.Memory.Retry(ctx, e, due)
+}
+
+func (s *panickyStore) NextDue(ctx context.Context) (time.Time, error) {
+	s.maybePanic("NextDue")
+	return s.Memory.NextDue(ctx)
+}
+
 func (s *panickyStore) Ack(ctx context.Context, id string) error {
 	s.maybePanic("Ack")
 	return s.Memory.Ack(ctx, id)
@@ -122,7 +132,9 @@ func TestStorePanicsAreRecovered(t *testing.T) {
 		{method: "Body", answer: func(int) int { return 200 }, hits: 1},
 		// delivered, then the Ack is done again; not sent again
 		{method: "Ack", answer: func(int) int { return 200 }, hits: 1},
-		{method: "Attempted", answer: failOnce, hits: 2},
+		// the failed entry stays held and is tried again from memory
+		{method: "Retry", answer: failOnce, hits: 2},
+		{method: "NextDue", answer: func(int) int { return 200 }, hits: 1},
 		{method: "Bury", answer: func(int) int { return 422 }, hits: 2, dead: 1},
 	} {
 		t.Run(tc.method, func(t *testing.T) {
@@ -173,17 +185,21 @@ func TestExtendPanicKeepsTheLoop(t *testing.T) {
 	testkit.PanicLogged(t, logs, "panic_test.go", testkit.Panic{Running: "the store's Extend", Value: "injected panic in Extend"})
 }
 
-// Release runs at Stop: its panic is logged and Stop still returns.
+// Release runs at Stop: its panic is logged and Stop still returns. The
+// entry released is one held waiting for a place (failed ones wait in the
+// store, not in the engine).
 func TestReleasePanicAtStop(t *testing.T) {
-	up := testkit.NewUpstream(t, testkit.Always(503))
+	up := testkit.NewUpstream(t, func(*testkit.Request) testkit.Answer { return testkit.Answer{Hang: true} })
 	store := newPanickyStore("Release", 1)
 	core, logs := observer.New(zap.DebugLevel)
 	s := settingsFor(t, up.URL)
+	s.Concurrency = 1
 	s.Backoff = Backoff{Initial: time.Hour, Max: time.Hour}
 	e := Start(Config{Store: store, Settings: s, Logger: zap.New(core)})
-	admit(t, store.Memory, "k", `{}`)
+	admit(t, store.Memory, "k1", `{}`)
+	admit(t, store.Memory, "k2", `{}`)
 	up.Next(t)
-	e.Stop(time.Second)
+	e.Stop(10 * time.Millisecond)
 
 	testkit.PanicLogged(t, logs, "panic_test.go", testkit.Panic{Running: "the store's Release", Value: "injected panic in Release"})
 	if logs.FilterMessageSnippet("cannot release queued payloads at shutdown").Len() != 1 {

@@ -18,8 +18,8 @@ var errStorePanicked = errors.New("the store panicked (logged with its stack)")
 // safeStore is the engine's view of its store: every call that panics is
 // logged once with its stack and returns errStorePanicked, so the engine
 // handles it as it handles a store that cannot be reached. A failed Claim
-// is tried again at the next poll, a failed Body or Attempted costs one
-// attempt, a failed Ack or Bury is done again later, a failed Release
+// (or NextDue) is tried again at the next poll, a failed Body costs one
+// attempt, a failed Retry keeps the entry held until its next attempt, a failed Ack or Bury is done again later, a failed Release
 // leaves the entries claimed until the store hands them out again (a shared
 // store after its visibility timeout, an embedded one at the next start). The loop's bookkeeping never
 // sees a panic halfway, and no goroutine that holds a place or bytes of the
@@ -80,6 +80,16 @@ func (s safeStore) Ack(ctx context.Context, id string) error {
 // Bury implements queue.Claimer.
 func (s safeStore) Bury(ctx context.Context, e *queue.Entry) error {
 	return storeCallErr(s, "Bury", func() error { return s.store.Bury(ctx, e) })
+}
+
+// Retry implements queue.Claimer.
+func (s safeStore) Retry(ctx context.Context, e *queue.Entry, due time.Time) error {
+	return storeCallErr(s, "Retry", func() error { return s.store.Retry(ctx, e, due) })
+}
+
+// NextDue implements queue.Claimer.
+func (s safeStore) NextDue(ctx context.Context) (time.Time, error) {
+	return storeCall(s, "NextDue", func() (time.Time, error) { return s.store.NextDue(ctx) })
 }
 
 // Release implements queue.Claimer.

@@ -44,6 +44,17 @@ type marker struct {
 type queued struct {
 	e       Entry
 	claimed bool
+	// due is when Retry made the entry due again; zero: since it was
+	// queued.
+	due time.Time
+}
+
+// dueAt is when q is due: the time Retry gave, else when it was queued.
+func (q *queued) dueAt() time.Time {
+	if !q.due.IsZero() {
+		return q.due
+	}
+	return q.e.Queued
 }
 
 // NewMemory returns an empty in-memory store that enforces opts.
@@ -122,26 +133,69 @@ func (m *Memory) sweep(nowNS int64) {
 	}
 }
 
-// Claim implements Store. Claims last until Ack, Bury or Release: nothing
-// else can take them over within one process.
+// Claim implements Store. Claims last until Ack, Bury, Retry or Release:
+// nothing else can take them over within one process. It looks at every
+// queued entry: the memory store is for tests and development.
 func (m *Memory) Claim(ctx context.Context, max int) ([]*Entry, error) {
+	max = maxOf(max, 0)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.usable(ctx); err != nil {
 		return nil, err
 	}
-	var out []*Entry
-	for el := m.queue.Front(); el != nil && len(out) < max; el = el.Next() {
-		q := el.Value.(*queued)
-		if q.claimed {
-			continue
+	now := m.now()
+	var due []*queued
+	for el := m.queue.Front(); el != nil; el = el.Next() {
+		if q := el.Value.(*queued); !q.claimed && !q.dueAt().After(now) {
+			due = append(due, q)
 		}
+	}
+	// stable: entries due at the same time go in queue order
+	slices.SortStableFunc(due, func(a, b *queued) int { return a.dueAt().Compare(b.dueAt()) })
+	if len(due) > max {
+		due = due[:max]
+	}
+	var out []*Entry
+	for _, q := range due {
 		q.claimed = true
 		e := q.e
 		e.BodySize, e.Body = len(e.Body), nil
 		out = append(out, &e)
 	}
 	return out, nil
+}
+
+// Retry implements Store.
+func (m *Memory) Retry(ctx context.Context, e *Entry, due time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return err
+	}
+	el, ok := m.queued[e.ID]
+	if !ok {
+		return fmt.Errorf("retrying %s: %w", e.ID, ErrNotFound)
+	}
+	q := el.Value.(*queued)
+	q.e.Attempts, q.e.LastStatus, q.e.LastError = e.Attempts, e.LastStatus, e.LastError
+	q.claimed, q.due = false, due
+	return nil
+}
+
+// NextDue implements Store.
+func (m *Memory) NextDue(ctx context.Context) (time.Time, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return time.Time{}, err
+	}
+	var next time.Time
+	for el := m.queue.Front(); el != nil; el = el.Next() {
+		if q := el.Value.(*queued); !q.claimed && !q.due.IsZero() && (next.IsZero() || q.due.Before(next)) {
+			next = q.due
+		}
+	}
+	return next, nil
 }
 
 // Body implements Store.
@@ -408,4 +462,11 @@ func paddedID(n uint64) string {
 		n /= 10
 	}
 	return string(b[:])
+}
+
+func maxOf(a, b int) int {
+	if a > b {
+		return a
+	}
+	return b
 }

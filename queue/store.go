@@ -169,16 +169,18 @@ type Admitter interface {
 //
 // A worker Claims entries; a claimed entry is not handed out again while
 // its claim is alive. The worker then ends the claim with exactly one of Ack
-// (delivered), Bury (dead letter) or Release (give it back to the queue,
-// e.g. at shutdown). While it retries it calls Attempted to record progress
-// and Extend to keep the claim alive. A claim held by a process that died is
+// (delivered), Bury (dead letter), Retry (a failed attempt: the entry waits
+// in the store until it is due again) or Release (give it back to the queue
+// unchanged, e.g. at shutdown). While it holds a claim it calls Extend to
+// keep it alive. A claim held by a process that died is
 // handed out again (after a visibility timeout in shared stores; at the next
 // start in embedded ones). The engine that makes dead letters also keeps
 // them within their bounds (TrimDead).
 type Claimer interface {
-	// Claim hands out up to max queued entries that nobody holds, oldest
-	// first, without their bodies (BodySize is set). It does not block
-	// waiting for entries. An entry whose record cannot be read comes back
+	// Claim hands out up to max queued entries that nobody holds and that
+	// are due, oldest due first, without their bodies (BodySize is set). An
+	// entry is due from its admission (or replay) until Retry puts it off;
+	// then from the time Retry gave. It does not block waiting for entries. An entry whose record cannot be read comes back
 	// with Damaged set instead of failing the claim.
 	Claim(ctx context.Context, max int) ([]*Entry, error)
 	// Body returns the body of a queued entry, or ErrNotFound when it is
@@ -193,6 +195,14 @@ type Claimer interface {
 	// Bury moves a claimed entry to the dead letters, keeping its Attempts,
 	// LastStatus and LastError, and sets Died to the store's now.
 	Bury(ctx context.Context, e *Entry) error
+	// Retry ends the claim on a failed entry: it records e's Attempts,
+	// LastStatus and LastError as Attempted does, and the entry is not
+	// handed out again before due (any process of a shared store may then
+	// claim it). ErrNotFound when the entry is not queued any more.
+	Retry(ctx context.Context, e *Entry, due time.Time) error
+	// NextDue reports when the earliest entry put off by Retry that nobody
+	// holds is due, zero when none waits. The engine sleeps until then.
+	NextDue(ctx context.Context) (time.Time, error)
 	// Release gives claimed entries back to the queue unchanged.
 	Release(ctx context.Context, ids []string) error
 

@@ -129,7 +129,7 @@ func (b *Store) init() (err error) {
 				return err
 			}
 		}
-		for _, name := range [][]byte{boltQueue, boltRequeued, boltBodies, boltSeen, boltExpiry, boltDead, boltDeadAt} {
+		for _, name := range [][]byte{boltQueue, boltRequeued, boltBodies, boltSeen, boltExpiry, boltDead, boltDeadAt, boltWaiting, boltDueOf} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("bucket %s: %w", name, err)
 			}

@@ -85,6 +85,11 @@ var (
 	boltExpiry   = []byte("expiry")   // expiry + marker key -> nothing
 	boltDead     = []byte("dead")     // id -> entry (no body)
 	boltDeadAt   = []byte("deadAt")   // died (Unix ns) + id -> nothing, oldest first
+	// Entries put off by Retry stay in the queue bucket and are indexed by
+	// when they are due, so Claim finds the due ones without stepping over
+	// those that wait. An entry is in both or neither.
+	boltWaiting = []byte("waiting") // due (Unix ns) + id -> nothing, earliest first
+	boltDueOf   = []byte("dueOf")   // id -> due (Unix ns), for entries in waiting
 
 	boltFormatKey = []byte("format")
 	boltFormat    = []byte("webhook_relay/bolt/2")
@@ -240,45 +245,108 @@ func boltQueueKey(tx *bbolt.Tx, id string) []byte {
 	return qk
 }
 
-// Claim implements Store. Claims live in this process until Ack, Bury or
-// Release; after a restart nothing is claimed.
+// Claim implements Store. Claims live in this process until Ack, Bury,
+// Retry or Release; after a restart nothing is claimed. It merges two
+// ordered walks: the waiting index up to now (entries put off by Retry,
+// by due time) and the queue from claimFrom (the others, due since they
+// were queued), taking the earlier due of the two each time.
 func (b *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 	if err := b.usable(ctx); err != nil {
 		return nil, err
 	}
 	b.claimMu.Lock()
 	defer b.claimMu.Unlock()
+	now := b.now().UnixNano()
 	var out []*queue.Entry
 	err := b.db.View(func(tx *bbolt.Tx) error {
-		bodies := tx.Bucket(boltBodies)
-		c := tx.Bucket(boltQueue).Cursor()
+		bodies, queued, dueOf := tx.Bucket(boltBodies), tx.Bucket(boltQueue), tx.Bucket(boltDueOf)
 		out = out[:0]
-		var last []byte
-		defer func() {
-			if last != nil {
-				// appending a zero byte makes the smallest key after last
-				b.claimFrom = append(bytes.Clone(last), 0)
-			}
-		}()
-		k, v := c.First()
-		if b.claimFrom != nil {
-			k, v = c.Seek(b.claimFrom)
-		}
-		for ; k != nil && len(out) < max; k, v = c.Next() {
-			last = k
+		read := func(k, v []byte) *queue.Entry {
 			id := boltEntryID(v)
 			if id == "" {
 				id = string(k) // damaged: it goes by its queue key
-			}
-			if _, held := b.claims[id]; held {
-				continue
 			}
 			e, err := boltDecode(v)
 			if err != nil {
 				e = &queue.Entry{ID: id, Damaged: fmt.Sprintf("the stored record of queued entry %s cannot be read: %v", k, err)}
 			}
 			e.BodySize = len(bodies.Get([]byte(e.ID)))
-			out = append(out, e)
+			return e
+		}
+
+		// the next due entry of the waiting index, nobody's
+		wc := tx.Bucket(boltWaiting).Cursor()
+		var wait *queue.Entry
+		var waitDue int64
+		wk, _ := wc.First()
+		nextWaiting := func() {
+			for wait = nil; wk != nil && len(wk) > 8; wk, _ = wc.Next() {
+				waitDue = int64(binary.BigEndian.Uint64(wk))
+				if waitDue > now {
+					wk = nil
+					return
+				}
+				id := string(wk[8:])
+				if _, held := b.claims[id]; held {
+					continue
+				}
+				qk := boltQueueKey(tx, id)
+				if qk == nil {
+					continue // not queued: the index is put right when it is written next
+				}
+				wait = read(qk, queued.Get(qk))
+				wk, _ = wc.Next()
+				return
+			}
+		}
+
+		// the next entry of the queue from claimFrom, nobody's and not
+		// waiting; everything before claimFrom is either
+		qc := queued.Cursor()
+		var fresh *queue.Entry
+		var freshKey, last []byte
+		qk, qv := qc.First()
+		if b.claimFrom != nil {
+			qk, qv = qc.Seek(b.claimFrom)
+		}
+		nextFresh := func() {
+			for fresh = nil; qk != nil; qk, qv = qc.Next() {
+				last = qk
+				id := boltEntryID(qv)
+				if id == "" {
+					id = string(qk)
+				}
+				if _, held := b.claims[id]; held || dueOf.Get([]byte(id)) != nil {
+					continue
+				}
+				fresh, freshKey = read(qk, qv), bytes.Clone(qk)
+				qk, qv = qc.Next()
+				return
+			}
+		}
+
+		nextWaiting()
+		nextFresh()
+		for len(out) < max && (wait != nil || fresh != nil) {
+			if fresh == nil || (wait != nil && waitDue <= fresh.Queued.UnixNano()) {
+				out, wait = append(out, wait), nil
+				if len(out) < max {
+					nextWaiting()
+				}
+				continue
+			}
+			out, fresh = append(out, fresh), nil
+			if len(out) < max {
+				nextFresh()
+			}
+		}
+		switch {
+		case fresh != nil:
+			// looked at but not taken: the next claim starts at it
+			b.claimFrom = freshKey
+		case last != nil:
+			// appending a zero byte makes the smallest key after last
+			b.claimFrom = append(bytes.Clone(last), 0)
 		}
 		return nil
 	})
@@ -415,10 +483,13 @@ func (b *Store) Ack(ctx context.Context, id string) error {
 	return nil
 }
 
-// boltDelete takes entry id (at queue key qk) out of the queue, and out of
-// the other buckets named.
+// boltDelete takes entry id (at queue key qk) out of the queue and the
+// waiting index, and out of the other buckets named.
 func boltDelete(tx *bbolt.Tx, qk []byte, id string, others ...[]byte) error {
 	if err := tx.Bucket(boltQueue).Delete(qk); err != nil {
+		return err
+	}
+	if err := boltUnwait(tx, id); err != nil {
 		return err
 	}
 	others = append(others, boltRequeued)
@@ -466,6 +537,75 @@ func (b *Store) Bury(ctx context.Context, e *queue.Entry) error {
 	b.unclaim(id)
 	b.count(-1, +1)
 	return nil
+}
+
+// boltUnwait takes entry id out of the waiting index, if it is in it.
+func boltUnwait(tx *bbolt.Tx, id string) error {
+	dueOf := tx.Bucket(boltDueOf)
+	due := dueOf.Get([]byte(id))
+	if due == nil {
+		return nil
+	}
+	if err := tx.Bucket(boltWaiting).Delete(append(bytes.Clone(due), id...)); err != nil {
+		return err
+	}
+	return dueOf.Delete([]byte(id))
+}
+
+// Retry implements Store. The record and its place in the waiting index
+// are one commit, so a restart finds the entry waiting with its attempt.
+func (b *Store) Retry(ctx context.Context, e *queue.Entry, due time.Time) error {
+	if err := b.usable(ctx); err != nil {
+		return err
+	}
+	id := e.ID
+	at := binary.BigEndian.AppendUint64(nil, uint64(due.UnixNano()))
+	found, err := b.updateQueued(e, func(tx *bbolt.Tx, qk []byte, stored *queue.Entry) error {
+		if err := tx.Bucket(boltQueue).Put(qk, boltEncode(stored)); err != nil {
+			return err
+		}
+		if err := boltUnwait(tx, id); err != nil {
+			return err
+		}
+		if err := tx.Bucket(boltWaiting).Put(append(bytes.Clone(at), id...), nil); err != nil {
+			return err
+		}
+		return tx.Bucket(boltDueOf).Put([]byte(id), at)
+	})
+	if err != nil {
+		return err
+	}
+	b.unclaim(id)
+	if !found {
+		return fmt.Errorf("retrying %s: %w", id, queue.ErrNotFound)
+	}
+	return nil
+}
+
+// NextDue implements Store: the first key of the waiting index that
+// nobody holds (the held ones it steps over are at most what the engine
+// holds).
+func (b *Store) NextDue(ctx context.Context) (time.Time, error) {
+	if err := b.usable(ctx); err != nil {
+		return time.Time{}, err
+	}
+	b.claimMu.Lock()
+	defer b.claimMu.Unlock()
+	var next time.Time
+	err := b.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(boltWaiting).Cursor()
+		for k, _ := c.First(); k != nil && len(k) > 8; k, _ = c.Next() {
+			if _, held := b.claims[string(k[8:])]; !held {
+				next = time.Unix(0, int64(binary.BigEndian.Uint64(k)))
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return time.Time{}, b.storeErr(err)
+	}
+	return next, nil
 }
 
 // Release implements Store. Ids that are not claimed are skipped.

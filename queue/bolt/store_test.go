@@ -396,3 +396,21 @@ func TestBoltDamagedEntryDoesNotHaltClaims(t *testing.T) {
 		t.Fatalf("Stats = %+v, want backlog 2, dead 1", st)
 	}
 }
+
+// A retry waits in the file: after a restart it is still there, due when
+// it was, with its attempt; what was held is handed out again at once.
+func TestBoltRetrySurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "relay.db")
+	clock := storetest.NewClock()
+	opts := queue.Options{Window: time.Hour, Now: clock.Now}
+	first, err := bolt.Open(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.RetryHandover(t, clock, first, func() queue.Store {
+		if err := first.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return openBolt(t, path, opts)
+	})
+}

@@ -35,14 +35,22 @@ import (
 //	KEYS[1]  the stream, {p}:q
 //	KEYS[2]  the attempts hash, {p}:att
 //	KEYS[3]  the claim's token key, {p}:clm:<token>
+//	KEYS[4]  the retries waiting, {p}:due
 //	ARGV[1]  the consumer group
 //	ARGV[2]  this consumer
 //	ARGV[3]  the visibility timeout, ms (min idle for a takeover)
 //	ARGV[4]  count: at most this many entries
 //	ARGV[5]  the body key prefix, {p}:b:
 //	ARGV[6]  the idle time Release gives, ms
+//	ARGV[7]  now, Unix ms: retries due by then are handed out first
 //	returns  {{stream id, fields, attempt or false, body size or -1 when
 //	         there is no body}...}, oldest first; at most count
+//
+// Retries due (Retry acknowledged them, so they are in no consumer's
+// pending list, and listed them in {p}:due) come first, earliest due
+// first: XCLAIM FORCE makes them pending for this consumer again, so from
+// then on they are held as any claimed entry, and taken over if this
+// consumer dies.
 var claimScript = goredis.NewScript(idLua + `
 local want = tonumber(ARGV[4])
 local out, sids = {}, {}
@@ -71,6 +79,18 @@ if prev then
       else
         redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, sid, 'IDLE', ARGV[6], 'JUSTID')
       end
+    end
+  end
+end
+if #out < want then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[7], 'LIMIT', 0, want - #out)
+  for _, sid in ipairs(due) do
+    redis.call('ZREM', KEYS[4], sid)
+    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, sid, 'FORCE')
+    if got[1] and got[1][1] then
+      add(got[1])
+    else
+      redis.call('HDEL', KEYS[2], sid) -- gone from the stream meanwhile
     end
   end
 end
@@ -116,8 +136,8 @@ return out
 
 // claimArgs are the claim script's keys and arguments.
 func (r *Store) claimArgs(max int, token string) ([]string, []any) {
-	return []string{r.stream, r.att, r.claimPrefix + token},
-		[]any{groupName, r.consumer, r.idle.Milliseconds(), max, r.bodyPrefix, releasedIdle.Milliseconds()}
+	return []string{r.stream, r.att, r.claimPrefix + token, r.due},
+		[]any{groupName, r.consumer, r.idle.Milliseconds(), max, r.bodyPrefix, releasedIdle.Milliseconds(), r.now().UnixMilli()}
 }
 
 // claimToken returns the token of the claim to send again, or a new one.
@@ -390,6 +410,75 @@ func (r *Store) Attempted(ctx context.Context, e *queue.Entry) error {
 		return fmt.Errorf("recording attempt on %s: %w", e.ID, queue.ErrNotFound)
 	}
 	return nil
+}
+
+// retryScript ends this consumer's claim on a failed entry: it records the
+// attempt, acknowledges the entry (it stays in the stream, in no pending
+// list, so no takeover hands it out) and lists it in {p}:due under the
+// time it is due, where any consumer's claim finds it then. Sent again
+// after it ran (a lost reply), it finds the entry listed and does nothing.
+//
+//	KEYS[1]  the stream, {p}:q
+//	KEYS[2]  the attempts hash, {p}:att
+//	KEYS[3]  the location hash, {p}:loc
+//	KEYS[4]  the retries waiting, {p}:due
+//	ARGV[1]  the consumer group
+//	ARGV[2]  this consumer
+//	ARGV[3]  the entry id
+//	ARGV[4]  the stream id parsed from it
+//	ARGV[5]  the attempt: "attempts status error" (formatAttempt)
+//	ARGV[6]  when it is due, Unix ms
+//	returns  1, or 0 when this consumer does not hold it (delivered, or
+//	         taken over)
+var retryScript = goredis.NewScript(resolveLua + `
+local sid = resolve(KEYS[3], ARGV[3], ARGV[4])
+if sid == '' then return 0 end
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], sid, sid, 1)
+if not (p[1] and p[1][2] == ARGV[2]) then
+  if redis.call('ZSCORE', KEYS[4], sid) then return 1 end
+  return 0
+end
+if #redis.call('XRANGE', KEYS[1], sid, sid) == 0 then return 0 end
+redis.call('HSET', KEYS[2], sid, ARGV[5])
+redis.call('XACK', KEYS[1], ARGV[1], sid)
+redis.call('ZADD', KEYS[4], ARGV[6], sid)
+return 1
+`)
+
+// Retry implements Store.
+func (r *Store) Retry(ctx context.Context, e *queue.Entry, due time.Time) error {
+	if err := r.usable(ctx); err != nil {
+		return err
+	}
+	attempt := formatAttempt(e)
+	v, err := r.runScript(ctx, smallCall+len(attempt), retryScript, []string{r.stream, r.att, r.loc, r.due},
+		[]any{groupName, r.consumer, e.ID, parseID(e.ID), attempt, due.UnixMilli()})
+	n, _ := v.(int64)
+	if err != nil {
+		return fmt.Errorf("redis store: retrying %s: %w", e.ID, err)
+	}
+	r.forgetMoved(e.ID)
+	if n == 0 {
+		return fmt.Errorf("retrying %s: %w", e.ID, queue.ErrNotFound)
+	}
+	return nil
+}
+
+// NextDue implements Store: the earliest score in {p}:due (a claim takes
+// what it hands out off the list, so nothing there is held).
+func (r *Store) NextDue(ctx context.Context) (time.Time, error) {
+	if err := r.usable(ctx); err != nil {
+		return time.Time{}, err
+	}
+	first, err := r.client.ZRangeWithScores(ctx, r.due, 0, 0).Result()
+	r.answered(err)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("redis store: next due retry: %w", err)
+	}
+	if len(first) == 0 {
+		return time.Time{}, nil
+	}
+	return time.UnixMilli(int64(first[0].Score)), nil
 }
 
 // ackScript removes a delivered replayed entry: XACK, XDEL, its body and its

@@ -14,6 +14,7 @@ import (
 	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 	"github.com/hookrelay/caddy-webhook-relay/queue/redis"
+	"github.com/hookrelay/caddy-webhook-relay/queue/storetest"
 )
 
 // openLive opens a store with a short liveness TTL, closed when t ends.
@@ -137,4 +138,28 @@ func TestRedisLivenessLeavesUnlistedConsumers(t *testing.T) {
 	if waited := time.Since(claimedAt); waited < visibility-100*time.Millisecond {
 		t.Errorf("b took the old consumer's entry after %v, before the visibility timeout %v", waited, visibility)
 	}
+}
+
+// A retry given back by a consumer that then dies is neither lost nor
+// held: any consumer claims it when it is due (it is in no pending list),
+// and what the dead one held is taken over when its liveness key expires.
+func TestRedisRetrySurvivesTakeover(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	clock := storetest.NewClock()
+	open := func(consumer string) *redis.Store {
+		s, err := redis.New(context.Background(), newClient(srv.Addr()), redis.Config{
+			Prefix: prefix, Consumer: consumer, VisibilityTimeout: time.Hour, LivenessTTL: 600 * time.Millisecond,
+		}, queue.Options{Window: time.Hour, Now: clock.Now})
+		if err != nil {
+			t.Fatalf("redis.New: %v", err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	a := open("a")
+	storetest.RetryHandover(t, clock, a, func() queue.Store {
+		a.StopLiveness() // killed: its key expires, nothing else happens
+		return open("b")
+	})
 }

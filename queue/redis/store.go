@@ -39,6 +39,7 @@ import (
 //	{p}:clm:<tok>  stream ids a claim handed out, for the visibility timeout, so that it can run twice
 //	{p}:att        hash: stream id -> last attempt of a queued entry
 //	{p}:loc        hash: entry id -> stream id, for replayed entries only
+//	{p}:due        sorted set: stream ids of entries waiting to be retried, by when they are due (Unix ms)
 //	{p}:dead       sorted set of dead letter ids (lexical order is id order)
 //	{p}:deadt      sorted set of dead letter ids by when they died (Unix ms)
 //	{p}:dead:<id>  hash: one dead letter
@@ -68,9 +69,9 @@ type Store struct {
 	bodies       *semaphore.Weighted // body bytes on their way to or from Redis; see takeBodyBytes
 	stop         chan struct{}       // closed by Close
 
-	stream, att, loc, deadIdx, deadTimes, deadPrefix, seenPrefix string
-	bodyPrefix, stagedPrefix, claimPrefix, keyCount              string
-	alivePrefix, liveSet                                         string
+	stream, att, loc, due, deadIdx, deadTimes, deadPrefix, seenPrefix string
+	bodyPrefix, stagedPrefix, claimPrefix, keyCount                   string
+	alivePrefix, liveSet                                              string
 
 	// aliveTTL is the liveness key's TTL; aliveStop, closed by stopAlive,
 	// stops renewing it (Close, and tests).
@@ -188,6 +189,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		stream:       tag + ":q",
 		att:          tag + ":att",
 		loc:          tag + ":loc",
+		due:          tag + ":due",
 		deadIdx:      tag + ":dead",
 		deadTimes:    tag + ":deadt",
 		deadPrefix:   tag + ":dead:",
@@ -235,7 +237,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		}
 	}
 	// load every script now, so the first requests need no fallback
-	for _, s := range []*goredis.Script{admitScript, claimScript, reclaimScript, attemptedScript,
+	for _, s := range []*goredis.Script{admitScript, claimScript, reclaimScript, attemptedScript, retryScript,
 		ackScript, buryScript, replayScript, deleteDeadScript, trimDeadScript,
 		forgetConsumerScript, livenessScript} {
 		if err := s.Load(ctx, client).Err(); err != nil {

@@ -78,6 +78,10 @@ func Run(t *testing.T, newStore Factory) {
 		{"IDsSortAsStrings", testIDsSortAsStrings},
 		{"Release", testRelease},
 		{"Attempted", testAttempted},
+		{"RetryNotClaimableBeforeDue", testRetryNotClaimableBeforeDue},
+		{"RetryDueOrder", testRetryDueOrder},
+		{"RetryKeepsAttempt", testRetryKeepsAttempt},
+		{"RetryEndsTheClaim", testRetryEndsTheClaim},
 		{"Ack", testAck},
 		{"Bury", testBury},
 		{"DeadPaging", testDeadPaging},
@@ -634,6 +638,165 @@ func testAttempted(t *testing.T, newStore Factory) {
 	if got.Attempts != 2 || got.LastStatus != 0 || got.LastError != e.LastError {
 		t.Errorf("after Release: Attempts %d, LastStatus %d, LastError %q; want 2, 0, %q",
 			got.Attempts, got.LastStatus, got.LastError, e.LastError)
+	}
+}
+
+func (f *fixture) retry(e *queue.Entry, due time.Time) {
+	f.t.Helper()
+	if err := f.s.Retry(f.ctx, e, due); err != nil {
+		f.t.Fatalf("Retry(%s, %v): %v", e.ID, due, err)
+	}
+}
+
+func (f *fixture) wantNextDue(want time.Time) {
+	f.t.Helper()
+	got, err := f.s.NextDue(f.ctx)
+	if err != nil {
+		f.t.Fatalf("NextDue: %v", err)
+	}
+	if !got.Equal(want) {
+		f.t.Fatalf("NextDue = %v, want %v", got, want)
+	}
+}
+
+// A retried entry is handed out again once it is due, not before; the
+// others flow meanwhile.
+func testRetryNotClaimableBeforeDue(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	a := f.accept("a")
+	e := f.wantClaim(1, a)[0]
+	f.wantNextDue(time.Time{})
+	due := f.clock.Now().Add(time.Minute)
+	e.Attempts, e.LastStatus, e.LastError = 1, 500, "upstream answered 500"
+	f.retry(e, due)
+	f.wantNextDue(due)
+
+	b := f.accept("b")
+	f.wantClaim(10, b)
+	f.clock.Advance(time.Minute - time.Second)
+	f.wantClaim(10)
+	f.wantCounts(2, 0)
+
+	f.clock.Advance(time.Second)
+	got := f.wantClaim(10, a)[0]
+	sameEntry(t, got, a, true)
+	f.wantNextDue(time.Time{}) // held now: nothing waits
+	f.wantClaim(10)
+}
+
+// Due entries come out earliest due first, whatever order they were
+// queued or retried in; an entry never attempted is due from when it was
+// queued.
+func testRetryDueOrder(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	a, b, c := f.accept("a"), f.accept("b"), f.accept("c")
+	claimed := f.wantClaim(10, a, b, c)
+	now := f.clock.Now()
+	f.retry(claimed[2], now.Add(1*time.Second))
+	f.retry(claimed[0], now.Add(3*time.Second))
+	f.retry(claimed[1], now.Add(2*time.Second))
+	f.wantNextDue(now.Add(time.Second))
+
+	f.clock.Advance(2 * time.Second)
+	f.wantClaim(1, c)
+	f.wantNextDue(now.Add(2 * time.Second)) // due already, not claimed yet
+	f.clock.Advance(3 * time.Second)
+	d := f.accept("d") // due now: after the three
+	f.wantClaim(2, b, a)
+	f.wantClaim(10, d)
+}
+
+// Attempts, last status and last error survive the wait, and the retried
+// entry is delivered, buried or released like any claimed one.
+func testRetryKeepsAttempt(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	a, b := f.accept("a"), f.accept("b")
+	es := f.wantClaim(10, a, b)
+	es[0].Attempts, es[0].LastStatus, es[0].LastError = 3, 503, "upstream answered 503"
+	es[1].Attempts, es[1].LastStatus, es[1].LastError = 1, 0, "dial tcp 192.0.2.9:443: connection refused"
+	f.retry(es[0], f.clock.Now().Add(time.Second))
+	f.retry(es[1], f.clock.Now().Add(time.Second))
+	f.clock.Advance(time.Second)
+
+	got := f.wantClaim(10, a, b)
+	for i, want := range es {
+		if got[i].Attempts != want.Attempts || got[i].LastStatus != want.LastStatus || got[i].LastError != want.LastError {
+			t.Errorf("%s after the retry: Attempts %d, LastStatus %d, LastError %q; want %d, %d, %q", want.ID,
+				got[i].Attempts, got[i].LastStatus, got[i].LastError, want.Attempts, want.LastStatus, want.LastError)
+		}
+	}
+	f.release(got[0])
+	again := f.wantClaim(10, a)[0]
+	if again.Attempts != 3 {
+		t.Errorf("Attempts = %d after a release, want 3", again.Attempts)
+	}
+	again.Attempts++
+	f.bury(again)
+	if d := f.deadEntry(a.ID); d.Attempts != 4 || d.LastStatus != 503 {
+		t.Errorf("dead letter: Attempts %d, LastStatus %d; want 4, 503", d.Attempts, d.LastStatus)
+	}
+	f.ack(got[1])
+	f.wantCounts(0, 1)
+	f.wantNextDue(time.Time{})
+	f.clock.Advance(time.Hour)
+	f.wantClaim(10)
+}
+
+// Retry ends the claim: an entry no longer queued is ErrNotFound, and a
+// retried entry is not the caller's to Retry again until it claims it.
+func testRetryEndsTheClaim(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	a := f.accept("a")
+	e := f.wantClaim(1, a)[0]
+	f.ack(e)
+	if err := f.s.Retry(f.ctx, e, f.clock.Now()); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("Retry of an acked entry: %v, want ErrNotFound", err)
+	}
+	b := f.accept("b")
+	e = f.wantClaim(1, b)[0]
+	f.retry(e, f.clock.Now().Add(time.Minute))
+	f.wantCounts(1, 0)
+	if st := f.stats(); !st.OldestQueued.Equal(b.Queued) {
+		t.Errorf("OldestQueued = %v with only a retry waiting, want its Queued %v", st.OldestQueued, b.Queued)
+	}
+}
+
+// RetryHandover checks that retries outlive the process that gave them
+// back: first admits x and y, claims both, gives x back due in a minute
+// and still holds y when handover ends it (a restart: close and reopen; a
+// takeover: first dies, another consumer takes over). The store handover
+// returns must then hand out y (handover returns once the takeover is
+// possible; RetryHandover claims until it gets y, for up to 30s), and x
+// only once it is due, with its attempt.
+func RetryHandover(t *testing.T, clock *Clock, first queue.Store, handover func() queue.Store) {
+	t.Helper()
+	f := &fixture{t: t, ctx: t.Context(), s: first, clock: clock}
+	x, y := f.accept("x"), f.accept("y")
+	es := f.wantClaim(10, x, y)
+	es[0].Attempts, es[0].LastStatus, es[0].LastError = 2, 500, "upstream answered 500"
+	due := clock.Now().Add(time.Minute)
+	f.retry(es[0], due)
+
+	f.s = handover()
+	var got []*queue.Entry
+	end := time.Now().Add(30 * time.Second)
+	for len(got) == 0 && time.Now().Before(end) {
+		if got = f.claim(10); len(got) == 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if !slicesEqual(ids(got), []string{y.ID}) {
+		t.Fatalf("after the handover: claimed %v, want the held %s only (%s is not due)", ids(got), y.ID, x.ID)
+	}
+	f.wantNextDue(due)
+	clock.Advance(time.Minute - time.Second)
+	f.wantClaim(10)
+	clock.Advance(time.Second)
+	back := f.wantClaim(10, x)[0]
+	sameEntry(t, back, x, true)
+	if back.Attempts != 2 || back.LastStatus != 500 || back.LastError != "upstream answered 500" {
+		t.Errorf("after the handover: Attempts %d, LastStatus %d, LastError %q; want 2, 500, the reason",
+			back.Attempts, back.LastStatus, back.LastError)
 	}
 }
 

@@ -47,16 +47,17 @@ const markerTTLMin = 20 * time.Second
 // With ARGV[14] set (wait_replicas or durable_ack), an answer that wrote
 // nothing (a duplicate, or this token's earlier run) first writes the
 // marker again as it is (SET ... KEEPTTL: same value, same TTL). WAIT and
-// WAITAOF are documented to wait for the writes of their own connection
-// (Redis 7.0 in fact takes the offset after its last command of any kind,
-// but does not promise it), and the write that stored the payload may have
-// come from another connection or instance. Redis remembers, per
-// connection, the offset of its last write in the master's one replication
-// stream, and WAIT (WAITAOF) returns once replicas (the AOF fsync) have
-// reached that offset; the original admit ran before this script, so it
-// lies earlier in that stream and is covered too. Without that, a
-// duplicate could be answered 200 on no replica, and a failover would lose
-// the payload.
+// WAITAOF wait for the writes of their own connection, and the write that
+// stored the payload may have come from another connection or instance.
+// Redis remembers, per connection, the offset of its last write in the
+// master's one replication stream, and WAIT (WAITAOF) returns once
+// replicas (the AOF fsync) have reached that offset; the original admit
+// ran before this script, so it lies earlier in that stream and is covered
+// too. Redis 7.0 takes that offset after any command, a read too, but 7.2
+// and later (and Valkey) only after one that wrote: there, without this
+// write, a duplicate reaching another connection was answered 200 at the
+// offset of that connection's last write, on no replica
+// (TestRedisWaitReplicasDuplicateOnAnotherConnection on Redis 7.2.6).
 //
 // The marker holds its expiry time, the admit's token and the stream id it
 // stored ("<expires> <token> <stream id>"). It is judged against the

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 	"github.com/hookrelay/caddy-webhook-relay/queue/redis"
 )
@@ -93,7 +94,9 @@ func TestRedisWaitReplicas(t *testing.T) {
 // own connection: the duplicate's admit writes too, so that its WAIT
 // covers the original write, which came before it. The same for an admit
 // run again under its token (its reply lost, sent again on another
-// connection).
+// connection). (Redis 7.0 takes a connection's offset after reads too, so
+// there this test passes without that write; on Redis 7.2.6 it fails
+// without it.)
 func TestRedisWaitReplicasDuplicateOnAnotherConnection(t *testing.T) {
 	master := redistest.Start(t, redistest.Options{})
 	replica := redistest.Start(t, redistest.Options{ReplicaOf: master})
@@ -147,5 +150,55 @@ func TestRedisWaitReplicasDuplicateOnAnotherConnection(t *testing.T) {
 		if err != nil || strings.TrimSpace(out) != "1" {
 			t.Errorf("key %s answered 200 but not on the replica: %q %v", k, out, err)
 		}
+	}
+}
+
+// With DurableAck a duplicate's 200 waits for the AOF fsync too: with the
+// AOF turned off under the relay (WAITAOF then fails), the first send and
+// its retries fail; once it is on again, the retry is Duplicate. Needs
+// Redis >= 7.2 (WAITAOF): run it with such a redis-server first on PATH.
+func TestRedisDurableAckDuplicate(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	c := newClient(srv.Addr())
+	s, err := redis.New(t.Context(), c, redis.Config{
+		Prefix: uniquePrefix(), Consumer: "c", DurableAck: true, DurableAckTimeout: 300 * time.Millisecond,
+	}, queue.Options{Window: time.Hour})
+	if err != nil {
+		c.Close()
+		if strings.Contains(err.Error(), "lacks") {
+			info, _ := srv.Info("server")
+			_, version, _ := strings.Cut(info, "redis_version:")
+			version, _, _ = strings.Cut(version, "\n")
+			t.Skipf("durable_ack needs WAITAOF (Redis >= 7.2); this redis-server is %s", strings.TrimSpace(version))
+		}
+		t.Fatal(err)
+	}
+	defer s.Close()
+	admit(t, s, "a")
+
+	aof := func(on string) {
+		t.Helper()
+		if out, err := redistest.Cmd(srv.Addr(), "CONFIG", "SET", "appendonly", on); err != nil || strings.TrimSpace(out) != "OK" {
+			t.Fatalf("CONFIG SET appendonly %s: %q %v", on, out, err)
+		}
+	}
+	aof("no")
+	d := func() *queue.Entry { return &queue.Entry{Key: "d", Body: []byte(`{}`)} }
+	for i := range 3 { // the first send, then two retries
+		if got, err := s.Admit(t.Context(), d()); err == nil {
+			t.Errorf("admit %d of d with the AOF off = %v; want an error (503), not a 200", i+1, got)
+		}
+	}
+	if got, err := s.Admit(t.Context(), &queue.Entry{Key: "a", Body: []byte(`{}`)}); err == nil {
+		t.Errorf("retry of a (fsynced before) with the AOF off = %v; want an error: this 200 is not backed either", got)
+	}
+	aof("yes")
+	var got queue.Admission
+	ok := testkit.Poll(10*time.Second, func() bool {
+		got, err = s.Admit(t.Context(), d())
+		return err == nil
+	})
+	if !ok || got != queue.Duplicate {
+		t.Errorf("retry of d once the AOF is on again = %v, %v; want Duplicate", got, err)
 	}
 }

@@ -333,10 +333,11 @@ func TestRedisClusterFailover(t *testing.T) {
 }
 
 // wait_replicas through the built Caddy: with the replica up a webhook is
-// answered 200 once the replica has it; with the replica down, 503 (never
-// a 200 the replica does not back); the sender's retry once the replica is
-// back is answered duplicate, because the payload did land on the master,
-// and it is delivered once.
+// answered 200 once the replica has it; with the replica down, 503, and so
+// are the sender's retries (never a 200 the replica does not back, a
+// duplicate's neither); the retry once the replica is back is answered 200
+// (duplicate: the payload did land on the master), and it is delivered
+// once.
 func TestRedisWaitReplicasAnswers503(t *testing.T) {
 	m := redistest.Start(t, redistest.Options{})
 	r := redistest.Start(t, redistest.Options{ReplicaOf: m})
@@ -370,6 +371,11 @@ func TestRedisWaitReplicasAnswers503(t *testing.T) {
 		t.Fatalf("with the replica down: %s, want 503", resp)
 	}
 	t.Logf("with the replica down: 503 after %s (wait_replicas timeout 300ms)", time.Since(start).Round(time.Millisecond))
+	for i := range 2 {
+		if resp := postResp(in.URL("/hook"), payload(1)); resp.Status != http.StatusServiceUnavailable {
+			t.Errorf("retry %d with the replica down: %s, want 503 (the payload is on the master only)", i+1, resp)
+		}
+	}
 	r.Restart()
 	if err := r.WaitSynced(15 * time.Second); err != nil {
 		t.Fatal(err)

@@ -44,6 +44,21 @@ const markerTTLMin = 20 * time.Second
 // be a lost webhook, a payload without a marker only a possible duplicate
 // delivery. A staged body that is not there (its SET failed) stores nothing.
 //
+// With ARGV[14] set (wait_replicas or durable_ack), an answer that wrote
+// nothing (a duplicate, or this token's earlier run) first writes the
+// marker again as it is (SET ... KEEPTTL: same value, same TTL). WAIT and
+// WAITAOF wait for the writes of their own connection, and the write that
+// stored the payload may have come from another connection or instance.
+// Redis remembers, per connection, the offset of its last write in the
+// master's one replication stream, and WAIT (WAITAOF) returns once
+// replicas (the AOF fsync) have reached that offset; the original admit
+// ran before this script, so it lies earlier in that stream and is covered
+// too. Redis 7.0 takes that offset after any command, a read too, but 7.2
+// and later (and Valkey) only after one that wrote: there, without this
+// write, a duplicate reaching another connection was answered 200 at the
+// offset of that connection's last write, on no replica
+// (TestRedisWaitReplicasDuplicateOnAnotherConnection on Redis 7.2.6).
+//
 // The marker holds its expiry time, the admit's token and the stream id it
 // stored ("<expires> <token> <stream id>"). It is judged against the
 // caller's now, so the window follows the store's clock; its TTL (never
@@ -69,7 +84,8 @@ const markerTTLMin = 20 * time.Second
 //	ARGV[11] the marker's expiry minute (Unix minutes), its field in KEYS[3]
 //	ARGV[12] the admit's token
 //	ARGV[13] the kept headers (queue.AppendHeaders; stream field h), "" for none
-//	ARGV[14] the body, only when it was not staged
+//	ARGV[14] "1" when the admit waits (WAIT, WAITAOF) after the script, else ""
+//	ARGV[15] the body, only when it was not staged
 //	returns  {0, stream id} accepted (now or by this token's earlier run),
 //	         {1} duplicate, {2} backlog full, {3} the staged body is missing
 //	         (nothing stored)
@@ -81,13 +97,16 @@ end
 local seen = redis.call('GET', KEYS[2])
 if seen then
   local expires, token, prev = string.match(seen, '^(%d+) (%S+) (%S+)$')
+  local answer
   if token == ARGV[12] then
-    drop()
-    return {0, prev}
+    answer = {0, prev}
+  elseif expires and expires > ARGV[1] then
+    answer = {1}
   end
-  if expires and expires > ARGV[1] then
+  if answer then
     drop()
-    return {1}
+    if ARGV[14] ~= '' then redis.call('SET', KEYS[2], seen, 'KEEPTTL') end
+    return answer
   end
 end
 local max = tonumber(ARGV[4])
@@ -105,7 +124,7 @@ if staged then
   redis.call('RENAME', staged, body)
   redis.call('PERSIST', body)
 else
-  redis.call('SET', body, ARGV[14])
+  redis.call('SET', body, ARGV[15])
 end
 redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[12] .. ' ' .. sid, 'PX', ARGV[3])
 if redis.call('HINCRBY', KEYS[3], ARGV[11], 1) == 1 then
@@ -128,7 +147,10 @@ func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(gore
 	keys := []string{r.stream, r.seenPrefix + e.Key, r.keyCount}
 	args := []any{stamp(now), stamp(expires), ttl, r.MaxBacklog(),
 		e.Key, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor,
-		r.bodyPrefix, expires.UnixMilli() / 60000, token, headersArg(e.Request.Headers)}
+		r.bodyPrefix, expires.UnixMilli() / 60000, token, headersArg(e.Request.Headers), ""}
+	if r.durable > 0 || r.replicas > 0 {
+		args[13] = "1"
+	}
 	staged := ""
 	if len(e.Body) <= inlineBodyMax {
 		args = append(args, e.Body)
@@ -280,6 +302,9 @@ func (r *Store) comingBack() bool {
 // and WAIT (wait_replicas) in one pipeline: both wait for the writes of
 // their own connection, so all must share one. On Cluster that is a
 // pipeline of the master of the relay's slot, which holds all its keys.
+// A duplicate waits too, for the marker the script wrote again, so that
+// its 200 holds what the first one would have: the payload on the
+// replicas (in the AOF), whichever connection stored it.
 func (r *Store) admitWaiting(ctx context.Context, enqueue func(goredis.Pipeliner, bool) []goredis.Cmder) ([]any, error) {
 	var pipe func() goredis.Pipeliner
 	cluster, isCluster := r.client.(*goredis.ClusterClient)
@@ -318,8 +343,12 @@ func (r *Store) admitWaiting(ctx context.Context, enqueue func(goredis.Pipeliner
 		}
 		return nil, err
 	}
-	if code, _ := res[0].(int64); code != 0 {
-		return res, nil // nothing was written
+	switch code, _ := res[0].(int64); code {
+	case 0, 1:
+		// accepted, or a duplicate: both are answered 200, so both wait
+		// (the script wrote the duplicate's marker again for that)
+	default:
+		return res, nil // no 200, nothing to wait for
 	}
 	if aof != nil {
 		acks, err := aof.Int64Slice()
@@ -327,7 +356,8 @@ func (r *Store) admitWaiting(ctx context.Context, enqueue func(goredis.Pipeliner
 			return nil, fmt.Errorf("waiting for the AOF fsync: %w", err)
 		}
 		if len(acks) == 0 || acks[0] < 1 {
-			return nil, fmt.Errorf("the AOF was not fsynced within %s (the payload is in Redis memory; the sender's retry will be a duplicate)", r.durable)
+			return nil, fmt.Errorf("the AOF was not fsynced within %s (the payload is in Redis memory; "+
+				"the sender's retry is answered 200 once it is fsynced)", r.durable)
 		}
 	}
 	if replicas != nil {
@@ -337,7 +367,7 @@ func (r *Store) admitWaiting(ctx context.Context, enqueue func(goredis.Pipeliner
 		}
 		if n < int64(r.replicas) {
 			return nil, fmt.Errorf("only %d of the %d replicas wait_replicas asks for had the payload within %s "+
-				"(it is on the master; the sender's retry will be a duplicate if it survives)", n, r.replicas, r.replicasWait)
+				"(it is on the master; the sender's retry is answered 200 once they have it)", n, r.replicas, r.replicasWait)
 		}
 	}
 	return res, nil

@@ -91,9 +91,9 @@ type Backend struct {
 	// above that. Default 60s.
 	VisibilityTimeout caddy.Duration `json:"visibility_timeout,omitempty"`
 
-	// DurableAck makes the relay wait, before it answers 200, until Redis
-	// has fsynced the payload to its append-only file (WAITAOF; needs
-	// Redis >= 7.2 with appendonly yes). Without it a 200
+	// DurableAck makes the relay wait, before it answers 200 (a duplicate's
+	// too), until Redis has fsynced the payload to its append-only file
+	// (WAITAOF; needs Redis >= 7.2 with appendonly yes). Without it a 200
 	// means the payload is in Redis's memory and, with appendfsync
 	// everysec, on disk within a second.
 	DurableAck bool `json:"durable_ack,omitempty"`
@@ -101,8 +101,9 @@ type Backend struct {
 	// WaitReplicas makes the relay wait, before it answers 200, until this
 	// many replicas have the payload (Redis WAIT, on the connection that
 	// wrote it), so that a failover to one of them keeps it. Fewer within
-	// WaitReplicasTimeout and the sender gets 503; its retry is answered
-	// duplicate if the payload stayed. On Cluster they are the replicas of
+	// WaitReplicasTimeout and the sender gets 503, and so do its retries
+	// until the replicas have the payload: a duplicate is answered 200 only
+	// then too. On Cluster they are the replicas of
 	// the master of the relay's slot. Default 0: do not wait.
 	WaitReplicas int `json:"wait_replicas,omitempty"`
 

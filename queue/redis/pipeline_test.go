@@ -75,6 +75,13 @@ func AdmitOnce(ctx context.Context, r *Store, c goredis.UniversalClient, e *queu
 	return admitReply(cmds)
 }
 
+// AdmitWaitingOnce runs an admit of e under token at now as a store with
+// wait_replicas or durable_ack does, on a connection of r's own, and
+// returns the admit script's reply or the wait's error.
+func AdmitWaitingOnce(ctx context.Context, r *Store, e *queue.Entry, token string, now time.Time) ([]any, error) {
+	return r.admitWaiting(ctx, r.admitCall(e, token, now))
+}
+
 // ClaimScript returns the claim script with its keys and arguments
 // under token.
 func ClaimScript(r *Store, max int, token string) (*goredis.Script, []string, []any) {

@@ -113,12 +113,12 @@ type Config struct {
 	VisibilityTimeout time.Duration
 	// DurableAck makes Admit wait until Redis has written the entry to its
 	// append-only file (WAITAOF, Redis >= 7.2 with appendonly yes) before
-	// it reports Accepted.
+	// it reports Accepted or Duplicate.
 	DurableAck bool
 	// DurableAckTimeout bounds that wait; past it Admit fails. Default 1s.
 	DurableAckTimeout time.Duration
 	// WaitReplicas makes Admit wait until this many replicas have the
-	// entry (WAIT) before it reports Accepted; fewer within
+	// entry (WAIT) before it reports Accepted or Duplicate; fewer within
 	// WaitReplicasTimeout fail the admit. 0: do not wait.
 	WaitReplicas int
 	// WaitReplicasTimeout bounds that wait. Default 1s.

@@ -197,3 +197,10 @@ func (b *Budget) wakeLocked() {
 	close(b.freed)
 	b.freed = make(chan struct{})
 }
+
+// Limits reports the budget's limits.
+func (b *Budget) Limits() Limits {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.limits
+}

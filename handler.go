@@ -59,6 +59,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 }
 
 func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key string, err error) {
+	bodyRead := false
+	defer func() {
+		if err != nil && !bodyRead {
+			closeUnread(w, r)
+		}
+	}()
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		return OutcomeMethodNotAllowed, "", refuse(http.StatusMethodNotAllowed, "",
@@ -121,6 +127,8 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 			fmt.Errorf("reading the request body: %v", err))
 	}
 
+	bodyRead = true
+
 	if h.verifier != nil {
 		if err := h.verifier.Verify(r.Header, body, time.Now()); err != nil {
 			return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "",
@@ -178,6 +186,24 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 }
 
 var errTooLarge = errors.New("body too large")
+
+// closeUnread makes the answer to a request refused before its body was
+// read whole (all of it but a Content-Length of 0) go out at once, and
+// closes the connection after it. Over HTTP/1 that connection cannot
+// serve another request anyway, and without this net/http would first
+// read up to 256 KiB of what is left (Caddy wraps the body, so net/http
+// cannot see how much that is), holding the answer, a 503 with its
+// Retry-After, until a slow sender sent it or body_timeout passed. HTTP/2
+// resets the stream instead; its connection goes on.
+func closeUnread(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor != 1 || r.ContentLength == 0 {
+		return
+	}
+	w.Header().Set("Connection", "close")
+	// nothing more is read: the drain net/http does after the answer
+	// fails at once instead of waiting on the sender
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+}
 
 // isTimeout tells a read deadline that passed (body_timeout) from other
 // read errors.

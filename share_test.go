@@ -146,8 +146,9 @@ func TestOneClientHoldsItsShare(t *testing.T) {
 func TestReceivingLeavesTheDeliveryReserve(t *testing.T) {
 	const MiB = 1 << 20
 	h := provisioned(t, "share-reserve", func(h *Handler) { h.MaxMemory, h.MaxBody = 8*MiB, MiB })
-	l := h.relay.memory.Limits()
-	clients := (l.Total - l.ForDelivery) / MiB // 6
+	// max_memory 8 MiB keeps a quarter, 2 MiB, for delivery: six clients
+	// sending max_body each fill what intake may hold
+	const clients, reserve = 6, 2 * MiB
 	var releases []func()
 	for i := range clients {
 		release, _ := stalled(t, h, "192.0.2."+strconv.Itoa(int(i)+1), MiB)
@@ -160,10 +161,10 @@ func TestReceivingLeavesTheDeliveryReserve(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if err := h.relay.memory.TakeForDelivery(ctx, l.ForDelivery); err != nil {
+	if err := h.relay.memory.TakeForDelivery(ctx, reserve); err != nil {
 		t.Errorf("delivery could not take its reserve while intake was full: %v", err)
 	} else {
-		h.relay.memory.GiveFromDelivery(l.ForDelivery)
+		h.relay.memory.GiveFromDelivery(reserve)
 	}
 	for _, release := range releases {
 		release()

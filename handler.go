@@ -229,8 +229,8 @@ func tooLarge(limit int64) error {
 // body and stalls holds little memory (and, through body_timeout, holds its
 // share of the budget only for so long). Without a Content-Length the
 // budget is taken as the buffer grows. Either way a body of limit bytes
-// takes limit bytes: the end is seen by reading one byte more into a byte
-// of the stack.
+// takes limit bytes (a client's share may be exactly max_body): the end is
+// seen by reading one byte more into a probe outside the buffer.
 func readBody(r *http.Request, limit int64, mem *budget.Budget, client string) (body []byte, taken int64, err error) {
 	want := limit // the bytes the buffer may grow to
 	if r.ContentLength >= 0 {

@@ -204,7 +204,7 @@ func TestBadInputBufferDoubles(t *testing.T) {
 		r.ContentLength = 32 << 20
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		_, taken, err := readBody(r, 32<<20, mem)
+		_, taken, err := readBody(r, 32<<20, mem, "c")
 		runtime.ReadMemStats(&after)
 		if !errors.Is(err, io.ErrUnexpectedEOF) {
 			t.Fatalf("%d bytes of 32 MiB arrived: err %v", tc.arrived, err)
@@ -212,34 +212,34 @@ func TestBadInputBufferDoubles(t *testing.T) {
 		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > tc.maxAlloc {
 			t.Errorf("%d bytes of 32 MiB arrived: %d bytes allocated, want at most %d", tc.arrived, alloc, tc.maxAlloc)
 		}
-		if taken != 32<<20+1 {
+		if taken != 32<<20 {
 			t.Errorf("%d bytes of 32 MiB arrived: %d bytes taken from the budget, want the announced length", tc.arrived, taken)
 		}
-		mem.Give(taken)
+		mem.Give("c", taken)
 	}
 
 	// all or nothing: a body announced larger than what is free is refused
 	// before anything is read or taken
-	if !mem.TryTake(40 << 20) {
-		t.Fatal("take refused")
+	if err := mem.Take("other", 40<<20); err != nil {
+		t.Fatal(err)
 	}
 	r := httptest.NewRequest(http.MethodPost, "/", untouchable{t})
 	r.ContentLength = 30 << 20
-	if _, taken, err := readBody(r, 32<<20, mem); !errors.Is(err, errNoMemory) || taken != 0 {
-		t.Errorf("30 MiB announced with 24 MiB free: taken %d, err %v; want nothing taken and errNoMemory", taken, err)
+	if _, taken, err := readBody(r, 32<<20, mem, "c"); !errors.Is(err, budget.ErrFull) || taken != 0 {
+		t.Errorf("30 MiB announced with 24 MiB free: taken %d, err %v; want nothing taken and budget.ErrFull", taken, err)
 	}
-	mem.Give(40 << 20)
+	mem.Give("other", 40<<20)
 	if used := mem.Used(); used != 0 {
 		t.Errorf("budget holds %d bytes after every body was given back", used)
 	}
 
 	full := bytes.Repeat([]byte(" "), 5<<20)
 	r = httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(full))
-	body, taken, err := readBody(r, 32<<20, mem)
+	body, taken, err := readBody(r, 32<<20, mem, "c")
 	if err != nil || !bytes.Equal(body, full) {
 		t.Fatalf("a whole 5 MiB body: %d bytes, %v", len(body), err)
 	}
-	if want := int64(len(full)) + 1; taken != want {
-		t.Errorf("a whole 5 MiB body took %d bytes of the budget, want %d (its Content-Length and the byte that shows the end)", taken, want)
+	if want := int64(len(full)); taken != want {
+		t.Errorf("a whole 5 MiB body took %d bytes of the budget, want %d (its Content-Length)", taken, want)
 	}
 }

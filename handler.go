@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -58,6 +59,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 }
 
 func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key string, err error) {
+	bodyRead := false
+	defer func() {
+		if err != nil && !bodyRead {
+			closeUnread(w, r)
+		}
+	}()
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		return OutcomeMethodNotAllowed, "", refuse(http.StatusMethodNotAllowed, "",
@@ -73,6 +80,14 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	case err != nil:
 		return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "", err)
 	}
+	// what the signature headers alone show, before a byte of the body
+	// is read or a byte of max_memory taken
+	if h.verifier != nil {
+		if err := h.verifier.CheckHeaders(r.Header, time.Now()); err != nil {
+			return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "",
+				fmt.Errorf("verify %s: %v", h.verifier.Scheme(), err))
+		}
+	}
 
 	if c, at := illegalQueryByte(rawQuery); at >= 0 {
 		return OutcomeBadRequest, "", refuse(http.StatusBadRequest, "",
@@ -87,13 +102,19 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 		// server's own read timeouts are all there is
 		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Duration(h.BodyTimeout)))
 	}
-	body, taken, err := readBody(r, h.MaxBody, h.relay.memory)
-	defer h.relay.memory.Give(taken)
+	client := clientKey(r)
+	body, taken, err := readBody(r, h.MaxBody, h.relay.memory, client)
+	defer h.relay.memory.Give(client, taken)
 	if err != nil {
 		switch {
 		case errors.Is(err, errTooLarge):
 			return OutcomeTooLarge, "", tooLarge(h.MaxBody)
-		case errors.Is(err, errNoMemory):
+		case errors.Is(err, budget.ErrShare):
+			w.Header().Set("Retry-After", retryAfterSeconds)
+			return OutcomeUnavailable, "", refuse(http.StatusServiceUnavailable,
+				"this client address is sending as many webhook bytes at once as one address may (its share of max_memory); retry when they have arrived",
+				fmt.Errorf("relay %s: client %s holds its share of max_memory (%d bytes) with bodies still arriving; retry later", h.Name, client, h.relay.memory.Limits().Share))
+		case errors.Is(err, budget.ErrFull):
 			w.Header().Set("Retry-After", retryAfterSeconds)
 			return OutcomeUnavailable, "", refuse(http.StatusServiceUnavailable,
 				"max_memory is taken by other webhooks being received or delivered; retry later",
@@ -105,6 +126,8 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 		return OutcomeBadRequest, "", refuse(http.StatusBadRequest, "",
 			fmt.Errorf("reading the request body: %v", err))
 	}
+
+	bodyRead = true
 
 	if h.verifier != nil {
 		if err := h.verifier.Verify(r.Header, body, time.Now()); err != nil {
@@ -162,10 +185,25 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	return OutcomeAccepted, key, nil
 }
 
-var (
-	errTooLarge = errors.New("body too large")
-	errNoMemory = errors.New("no room in max_memory")
-)
+var errTooLarge = errors.New("body too large")
+
+// closeUnread makes the answer to a request refused before its body was
+// read whole (all of it but a Content-Length of 0) go out at once, and
+// closes the connection after it. Over HTTP/1 that connection cannot
+// serve another request anyway, and without this net/http would first
+// read up to 256 KiB of what is left (Caddy wraps the body, so net/http
+// cannot see how much that is), holding the answer, a 503 with its
+// Retry-After, until a slow sender sent it or body_timeout passed. HTTP/2
+// resets the stream instead; its connection goes on.
+func closeUnread(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor != 1 || r.ContentLength == 0 {
+		return
+	}
+	w.Header().Set("Connection", "close")
+	// nothing more is read: the drain net/http does after the answer
+	// fails at once instead of waiting on the sender
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+}
 
 // isTimeout tells a read deadline that passed (body_timeout) from other
 // read errors.
@@ -180,7 +218,9 @@ func tooLarge(limit int64) error {
 }
 
 // readBody reads the whole body, at most limit bytes, and returns it with
-// the bytes it took from the memory budget, for the caller to give back.
+// the bytes it took from the memory budget under client's key, for the
+// caller to give back. It fails with budget.ErrShare or budget.ErrFull when
+// the budget refuses.
 //
 // An announced Content-Length is taken from the budget whole, before a byte
 // is read: all or nothing, so that many large bodies arriving at once never
@@ -188,50 +228,99 @@ func tooLarge(limit int64) error {
 // small and doubles up to that length, so a sender who announces a large
 // body and stalls holds little memory (and, through body_timeout, holds its
 // share of the budget only for so long). Without a Content-Length the
-// budget is taken as the buffer grows.
-func readBody(r *http.Request, limit int64, mem *budget.Budget) (body []byte, taken int64, err error) {
-	const firstChunk = 64 << 10
-	want := limit + 1 // one byte more than allowed shows an oversized body
+// budget is taken as the buffer grows. Either way a body of limit bytes
+// takes limit bytes (a client's share may be exactly max_body): the end is
+// seen by reading one byte more into a probe outside the buffer.
+func readBody(r *http.Request, limit int64, mem *budget.Budget, client string) (body []byte, taken int64, err error) {
+	want := limit // the bytes the buffer may grow to
 	if r.ContentLength >= 0 {
-		want = min(r.ContentLength+1, want)
-		if !mem.TryTake(want) {
-			return nil, 0, errNoMemory
+		want = min(r.ContentLength, limit)
+		if err := mem.Take(client, want); err != nil {
+			return nil, 0, err
 		}
 		taken = want
 	}
-	var buf []byte
+	buf := []byte{}
 	for {
-		if len(buf) == cap(buf) {
-			if int64(len(buf)) > limit {
+		if len(buf) == cap(buf) && int64(len(buf)) >= want {
+			// all that was announced (or the limit) is here: the body
+			// must end now
+			var probe [1]byte
+			n, err := io.ReadFull(r.Body, probe[:])
+			if err == io.EOF {
+				return buf, taken, nil
+			}
+			if err != nil {
+				return nil, taken, err
+			}
+			if int64(len(buf)) >= limit {
 				return nil, taken, errTooLarge
 			}
-			if int64(cap(buf)) >= want {
-				want = limit + 1 // more than was announced: go on doubling to the limit
+			// more than was announced: go on doubling to the limit
+			want = limit
+			if buf, err = grow(buf, want, mem, client, &taken); err != nil {
+				return nil, taken, err
 			}
-			size := min(max(2*int64(cap(buf)), firstChunk), want)
-			if more := size - taken; more > 0 {
-				if !mem.TryTake(more) {
-					return nil, taken, errNoMemory
-				}
-				taken += more
+			buf = append(buf, probe[:n]...)
+			continue
+		}
+		if len(buf) == cap(buf) {
+			if buf, err = grow(buf, want, mem, client, &taken); err != nil {
+				return nil, taken, err
 			}
-			grown := make([]byte, len(buf), size)
-			copy(grown, buf)
-			buf = grown
 		}
 		n, err := r.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if err == io.EOF {
-			break
+			return buf, taken, nil
 		}
 		if err != nil {
 			return nil, taken, err
 		}
 	}
-	if int64(len(buf)) > limit {
-		return nil, taken, errTooLarge
+}
+
+// grow doubles buf's capacity, from 64 KiB up to want, taking from the
+// budget what *taken does not cover yet.
+func grow(buf []byte, want int64, mem *budget.Budget, client string, taken *int64) ([]byte, error) {
+	const firstChunk = 64 << 10
+	size := min(max(2*int64(cap(buf)), firstChunk), want)
+	if more := size - *taken; more > 0 {
+		if err := mem.Take(client, more); err != nil {
+			return nil, err
+		}
+		*taken += more
 	}
-	return buf, taken, nil
+	grown := make([]byte, len(buf), size)
+	copy(grown, buf)
+	return grown, nil
+}
+
+// clientKey is the key of the client's share of max_memory: Caddy's
+// client IP (the address after trusted_proxies), or the connection's
+// address where it is not set. An IPv6 client counts by its /64, the
+// block one host usually holds, so that a host cannot take a share per
+// address it makes up.
+func clientKey(r *http.Request) string {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	if ip == "" {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			host = r.RemoteAddr
+		}
+		ip = host
+	}
+	addr, err := netip.ParseAddr(ip)
+	switch {
+	case err != nil:
+		return ip
+	case addr.Is4():
+		return ip
+	case addr.Is4In6():
+		return addr.Unmap().String()
+	}
+	p, _ := addr.WithZone("").Prefix(64)
+	return p.String()
 }
 
 // forwardedFor is the incoming X-Forwarded-For chain plus the client.

@@ -149,7 +149,10 @@ type Handler struct {
 	// once: bodies being received and stored, and bodies loaded to be sent
 	// upstream (payloads waiting for delivery are held without them). A
 	// request that would go past it gets 503 with Retry-After. Delivery
-	// always leaves MaxBody of it to incoming webhooks. At least MaxBody.
+	// always leaves MaxBody of it to incoming webhooks; receiving never
+	// takes a quarter of it (at least MaxBody), and one client address
+	// holds at most an eighth of it (at least MaxBody) while its bodies
+	// arrive. At least MaxBody.
 	// Default 256 MiB.
 	MaxMemory int64 `json:"max_memory,omitempty"`
 

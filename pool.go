@@ -112,7 +112,7 @@ func (r *pooledRelay) attach(cfg *relayConfig) {
 
 func (r *pooledRelay) apply(cfg *relayConfig) {
 	r.store.SetLimits(cfg.window, cfg.maxBacklog)
-	r.memory.SetLimits(cfg.maxMemory, cfg.maxBody)
+	r.memory.SetLimits(budget.RelayLimits(cfg.maxMemory, cfg.maxBody))
 	r.engine.SetSettings(cfg.settings)
 }
 

@@ -90,7 +90,7 @@ func TestBoundsMaxMemory(t *testing.T) {
 	// the body, and an ordinary client may see its write cut off first
 	resp := rawPost(t, "/big", body)
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("a 1 MiB body with 0.5 MiB of max_memory free: status %d, Retry-After %q; want 503 with Retry-After",
+		t.Fatalf("a 1 MiB body while a stalled one holds all receiving may use of max_memory (and the client's share): status %d, Retry-After %q; want 503 with Retry-After",
 			resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 

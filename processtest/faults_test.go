@@ -82,6 +82,7 @@ type relayOverviewEntry struct {
 	Backlog     int              `json:"backlog"`
 	InFlight    int              `json:"in_flight"`
 	DeadLetters int              `json:"dead_letters"`
+	MemoryBytes int64            `json:"memory_bytes"`
 	Requests    map[string]int64 `json:"requests"`
 	Deliveries  map[string]int64 `json:"deliveries"`
 	Error       string           `json:"error"`

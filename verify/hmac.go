@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"hash"
 	"net/http"
-	"strings"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -54,19 +53,7 @@ func newHMACParams(cfg Config) (*hmacParams, func() hash.Hash, error) {
 	return p, newHash, nil
 }
 
-func checkHMAC(v *Verifier, h http.Header, body []byte, _ time.Time) error {
+func parseHMAC(v *Verifier, h http.Header, _ time.Time) (signed, error) {
 	p := v.hmac
-	raw, err := header(h, p.header)
-	if err != nil {
-		return err
-	}
-	enc, ok := strings.CutPrefix(strings.TrimSpace(raw), p.prefix)
-	sig, err := p.decode(enc)
-	if !ok || err != nil || len(sig) == 0 {
-		return failf("%s is malformed: want %s", p.header, p.form)
-	}
-	if !v.matches([][]byte{sig}, body) {
-		return errNoMatch(p.header)
-	}
-	return nil
+	return bodyMAC(h, p.header, p.prefix, p.decode, p.form)
 }

@@ -23,7 +23,21 @@ type scheme struct {
 	headers    []string      // read by the check; stored and forwarded
 	tolerance  time.Duration // for a signed timestamp; 0: none is signed
 	key        func(secret string) ([]byte, error)
-	check      func(v *Verifier, h http.Header, body []byte, now time.Time) error
+	// parse checks what the headers alone show (present, well formed, the
+	// signed timestamp in tolerance) and returns what the body is checked
+	// against.
+	parse func(v *Verifier, h http.Header, now time.Time) (signed, error)
+	// after checks what only a signed body shows (Linear's timestamp);
+	// nil for most.
+	after func(v *Verifier, body []byte, now time.Time) error
+}
+
+// signed is what a request's headers say was signed: the signatures, the
+// header they came in, and the parts signed before the body.
+type signed struct {
+	sigs   [][]byte
+	header string
+	before [][]byte
 }
 
 var schemes = map[string]*scheme{
@@ -33,7 +47,7 @@ var schemes = map[string]*scheme{
 		headers:    []string{"webhook-id", "webhook-timestamp", "webhook-signature"},
 		tolerance:  5 * time.Minute,
 		key:        whsecKey,
-		check:      checkStandard("webhook-id", "webhook-timestamp", "webhook-signature"),
+		parse:      parseStandard("webhook-id", "webhook-timestamp", "webhook-signature"),
 	},
 	"svix": {
 		name:       "svix",
@@ -41,7 +55,7 @@ var schemes = map[string]*scheme{
 		headers:    []string{"svix-id", "svix-timestamp", "svix-signature"},
 		tolerance:  5 * time.Minute,
 		key:        whsecKey,
-		check:      checkStandard("svix-id", "svix-timestamp", "svix-signature"),
+		parse:      parseStandard("svix-id", "svix-timestamp", "svix-signature"),
 	},
 	"stripe": {
 		name:       "stripe",
@@ -49,7 +63,7 @@ var schemes = map[string]*scheme{
 		headers:    []string{"Stripe-Signature"},
 		tolerance:  5 * time.Minute,
 		key:        rawKey,
-		check:      checkTimestamped("Stripe-Signature", ",", "t", "v1", "."),
+		parse:      parseTimestamped("Stripe-Signature", ",", "t", "v1", "."),
 	},
 	"github": {
 		name:       "github",
@@ -57,7 +71,7 @@ var schemes = map[string]*scheme{
 		headers: []string{"X-Hub-Signature-256", "X-GitHub-Event", "X-GitHub-Delivery", "X-GitHub-Hook-ID",
 			"X-GitHub-Hook-Installation-Target-ID", "X-GitHub-Hook-Installation-Target-Type"},
 		key:   rawKey,
-		check: checkBodyMAC("X-Hub-Signature-256", "sha256=", hex.DecodeString, "sha256=<hex>"),
+		parse: parseBodyMAC("X-Hub-Signature-256", "sha256=", hex.DecodeString, "sha256=<hex>"),
 	},
 	"shopify": {
 		name:       "shopify",
@@ -65,7 +79,7 @@ var schemes = map[string]*scheme{
 		headers: []string{"X-Shopify-Hmac-Sha256", "X-Shopify-Topic", "X-Shopify-Shop-Domain", "X-Shopify-Webhook-Id",
 			"X-Shopify-Event-Id", "X-Shopify-API-Version", "X-Shopify-Triggered-At"},
 		key:   rawKey,
-		check: checkBodyMAC("X-Shopify-Hmac-Sha256", "", base64.StdEncoding.DecodeString, "<base64>"),
+		parse: parseBodyMAC("X-Shopify-Hmac-Sha256", "", base64.StdEncoding.DecodeString, "<base64>"),
 	},
 	"slack": {
 		name:       "slack",
@@ -73,7 +87,7 @@ var schemes = map[string]*scheme{
 		headers:    []string{"X-Slack-Signature", "X-Slack-Request-Timestamp"},
 		tolerance:  5 * time.Minute,
 		key:        rawKey,
-		check:      checkSlack,
+		parse:      parseSlack,
 	},
 	"paddle": {
 		name:       "paddle",
@@ -83,7 +97,7 @@ var schemes = map[string]*scheme{
 		// relay, so only clock skew and the network count.
 		tolerance: 5 * time.Second,
 		key:       rawKey,
-		check:     checkTimestamped("Paddle-Signature", ";", "ts", "h1", ":"),
+		parse:     parseTimestamped("Paddle-Signature", ";", "ts", "h1", ":"),
 	},
 	"linear": {
 		name:       "linear",
@@ -93,12 +107,13 @@ var schemes = map[string]*scheme{
 		// allows a minute.
 		tolerance: time.Minute,
 		key:       rawKey,
-		check:     checkLinear,
+		parse:     parseLinear,
+		after:     linearTimestamp,
 	},
 	"hmac": {
 		name:  "hmac",
 		key:   rawKey,
-		check: checkHMAC,
+		parse: parseHMAC,
 	},
 }
 
@@ -165,31 +180,31 @@ func unixSeconds(s string) (time.Time, bool) {
 	return time.Unix(n, 0), true
 }
 
-// checkStandard checks a Standard Webhooks signature (Svix's is the same
+// parseStandard reads a Standard Webhooks signature (Svix's is the same
 // under other header names): HMAC-SHA256 of "id.timestamp.body", sent as a
 // space-separated list of "v1,<base64>".
-func checkStandard(idH, tsH, sigH string) func(*Verifier, http.Header, []byte, time.Time) error {
-	return func(v *Verifier, h http.Header, body []byte, now time.Time) error {
+func parseStandard(idH, tsH, sigH string) func(*Verifier, http.Header, time.Time) (signed, error) {
+	return func(v *Verifier, h http.Header, now time.Time) (signed, error) {
 		id, err := header(h, idH)
 		if err != nil {
-			return err
+			return signed{}, err
 		}
 		tsRaw, ts, err := headerTime(h, tsH)
 		if err != nil {
-			return err
+			return signed{}, err
 		}
 		sigRaw, err := header(h, sigH)
 		if err != nil {
-			return err
+			return signed{}, err
 		}
 		if err := v.within(ts, now); err != nil {
-			return err
+			return signed{}, err
 		}
 		var sigs [][]byte
 		for _, part := range strings.Fields(sigRaw) {
 			version, sig, ok := strings.Cut(part, ",")
 			if !ok {
-				return failf("%s is malformed: want space-separated v1,<base64> signatures", sigH)
+				return signed{}, failf("%s is malformed: want space-separated v1,<base64> signatures", sigH)
 			}
 			if version != "v1" {
 				continue // other versions are not HMAC-SHA256
@@ -199,27 +214,24 @@ func checkStandard(idH, tsH, sigH string) func(*Verifier, http.Header, []byte, t
 			}
 		}
 		if len(sigs) == 0 {
-			return failf("%s is malformed: no v1,<base64> signature in it", sigH)
+			return signed{}, failf("%s is malformed: no v1,<base64> signature in it", sigH)
 		}
-		if !v.matches(sigs, []byte(id), []byte("."), []byte(tsRaw), []byte("."), body) {
-			return errNoMatch(sigH)
-		}
-		return nil
+		return signed{sigs: sigs, header: sigH, before: [][]byte{[]byte(id), []byte("."), []byte(tsRaw), []byte(".")}}, nil
 	}
 }
 
-// checkTimestamped checks a header listing a timestamp and hex signatures
+// parseTimestamped reads a header listing a timestamp and hex signatures
 // as key=value items, each signature the HMAC-SHA256 of the timestamp, a
 // separator and the body: Stripe's "t=<ts>,v1=<hex>[,v1=...]" over
 // "ts.body" (other schemes in it, such as v0, are ignored), Paddle's
 // "ts=<ts>;h1=<hex>[;h1=...]" over "ts:body" (several while a secret is
 // rotated).
-func checkTimestamped(name, itemSep, tsKey, sigKey, joiner string) func(*Verifier, http.Header, []byte, time.Time) error {
+func parseTimestamped(name, itemSep, tsKey, sigKey, joiner string) func(*Verifier, http.Header, time.Time) (signed, error) {
 	form := fmt.Sprintf("%s=<timestamp>%s%s=<hex signature>", tsKey, itemSep, sigKey)
-	return func(v *Verifier, h http.Header, body []byte, now time.Time) error {
+	return func(v *Verifier, h http.Header, now time.Time) (signed, error) {
 		raw, err := header(h, name)
 		if err != nil {
-			return err
+			return signed{}, err
 		}
 		var tsRaw string
 		var sigs [][]byte
@@ -236,80 +248,68 @@ func checkTimestamped(name, itemSep, tsKey, sigKey, joiner string) func(*Verifie
 		}
 		ts, ok := unixSeconds(tsRaw)
 		if !ok || len(sigs) == 0 {
-			return failf("%s is malformed: want %s", name, form)
+			return signed{}, failf("%s is malformed: want %s", name, form)
 		}
 		if err := v.within(ts, now); err != nil {
-			return err
+			return signed{}, err
 		}
-		if !v.matches(sigs, []byte(tsRaw), []byte(joiner), body) {
-			return errNoMatch(name)
-		}
-		return nil
+		return signed{sigs: sigs, header: name, before: [][]byte{[]byte(tsRaw), []byte(joiner)}}, nil
 	}
 }
 
-// checkBodyMAC checks a header that carries the HMAC-SHA256 of the body
+// parseBodyMAC reads a header that carries the HMAC-SHA256 of the body
 // alone, after a fixed prefix (GitHub's "sha256=", none for Shopify).
-func checkBodyMAC(name, prefix string, decode func(string) ([]byte, error), form string) func(*Verifier, http.Header, []byte, time.Time) error {
-	return func(v *Verifier, h http.Header, body []byte, _ time.Time) error {
-		raw, err := header(h, name)
-		if err != nil {
-			return err
-		}
-		enc, ok := strings.CutPrefix(strings.TrimSpace(raw), prefix)
-		sig, err := decode(enc)
-		if !ok || err != nil || len(sig) == 0 {
-			return failf("%s is malformed: want %s", name, form)
-		}
-		if !v.matches([][]byte{sig}, body) {
-			return errNoMatch(name)
-		}
-		return nil
+func parseBodyMAC(name, prefix string, decode func(string) ([]byte, error), form string) func(*Verifier, http.Header, time.Time) (signed, error) {
+	return func(v *Verifier, h http.Header, _ time.Time) (signed, error) {
+		return bodyMAC(h, name, prefix, decode, form)
 	}
 }
 
-// checkSlack checks X-Slack-Signature "v0=<hex>" over
+func bodyMAC(h http.Header, name, prefix string, decode func(string) ([]byte, error), form string) (signed, error) {
+	raw, err := header(h, name)
+	if err != nil {
+		return signed{}, err
+	}
+	enc, ok := strings.CutPrefix(strings.TrimSpace(raw), prefix)
+	sig, err := decode(enc)
+	if !ok || err != nil || len(sig) == 0 {
+		return signed{}, failf("%s is malformed: want %s", name, form)
+	}
+	return signed{sigs: [][]byte{sig}, header: name}, nil
+}
+
+// parseSlack reads X-Slack-Signature "v0=<hex>" over
 // "v0:timestamp:body", the timestamp in X-Slack-Request-Timestamp.
-func checkSlack(v *Verifier, h http.Header, body []byte, now time.Time) error {
+func parseSlack(v *Verifier, h http.Header, now time.Time) (signed, error) {
 	const sigH, tsH = "X-Slack-Signature", "X-Slack-Request-Timestamp"
 	raw, err := header(h, sigH)
 	if err != nil {
-		return err
+		return signed{}, err
 	}
 	tsRaw, ts, err := headerTime(h, tsH)
 	if err != nil {
-		return err
+		return signed{}, err
 	}
 	enc, ok := strings.CutPrefix(strings.TrimSpace(raw), "v0=")
 	sig, err := hex.DecodeString(enc)
 	if !ok || err != nil || len(sig) == 0 {
-		return failf("%s is malformed: want v0=<hex>", sigH)
+		return signed{}, failf("%s is malformed: want v0=<hex>", sigH)
 	}
 	if err := v.within(ts, now); err != nil {
-		return err
+		return signed{}, err
 	}
-	if !v.matches([][]byte{sig}, []byte("v0:"), []byte(tsRaw), []byte(":"), body) {
-		return errNoMatch(sigH)
-	}
-	return nil
+	return signed{sigs: [][]byte{sig}, header: sigH, before: [][]byte{[]byte("v0:"), []byte(tsRaw), []byte(":")}}, nil
 }
 
-// checkLinear checks Linear-Signature, the hex HMAC-SHA256 of the body, and
-// the body's webhookTimestamp (milliseconds), which the signature covers.
-func checkLinear(v *Verifier, h http.Header, body []byte, now time.Time) error {
-	const name = "Linear-Signature"
-	raw, err := header(h, name)
-	if err != nil {
-		return err
-	}
-	sig, err := hex.DecodeString(strings.TrimSpace(raw))
-	if err != nil || len(sig) == 0 {
-		return failf("%s is malformed: want <hex>", name)
-	}
-	if !v.matches([][]byte{sig}, body) {
-		return errNoMatch(name)
-	}
-	// Only a signed body is worth parsing for its timestamp.
+// parseLinear reads Linear-Signature, the hex HMAC-SHA256 of the body; the
+// timestamp is in the body (linearTimestamp).
+func parseLinear(v *Verifier, h http.Header, _ time.Time) (signed, error) {
+	return bodyMAC(h, "Linear-Signature", "", hex.DecodeString, "<hex>")
+}
+
+// linearTimestamp checks the signed body's webhookTimestamp
+// (milliseconds).
+func linearTimestamp(v *Verifier, body []byte, now time.Time) error {
 	var doc struct {
 		WebhookTimestamp json.Number `json:"webhookTimestamp"`
 	}

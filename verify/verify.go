@@ -105,7 +105,26 @@ func New(cfg Config, resolve func(string) (string, error)) (*Verifier, error) {
 // Verify checks r's signature over body, the raw bytes as received, at now.
 // A failure is an *Error.
 func (v *Verifier) Verify(h http.Header, body []byte, now time.Time) error {
-	return v.scheme.check(v, h, body, now)
+	s, err := v.scheme.parse(v, h, now)
+	if err != nil {
+		return err
+	}
+	if !v.matches(s.sigs, append(s.before, body)...) {
+		return errNoMatch(s.header)
+	}
+	if v.scheme.after != nil {
+		return v.scheme.after(v, body, now)
+	}
+	return nil
+}
+
+// CheckHeaders checks what the signature headers show without the body:
+// present, well formed, and a signed timestamp within the tolerance of now.
+// A request that fails it would fail Verify too, so its body need not be
+// read. A failure is an *Error.
+func (v *Verifier) CheckHeaders(h http.Header, now time.Time) error {
+	_, err := v.scheme.parse(v, h, now)
+	return err
 }
 
 // DefaultKey are the dedupe key sources of the scheme: its delivery or

@@ -144,6 +144,13 @@ func (m *relayMetrics) deadDropped(*queue.Entry) {
 	m.counters.deadDropped.Add(1)
 }
 
+// deadEvicted counts n dead letters that gave way to a new payload under
+// max_stored (the store's Evicted).
+func (m *relayMetrics) deadEvicted(n int) {
+	m.deadDrops.Add(float64(n))
+	m.counters.deadDropped.Add(int64(n))
+}
+
 // totals are the relay's counts since Caddy started.
 func (m *relayMetrics) totals() ops.Totals { return m.counters.totals() }
 

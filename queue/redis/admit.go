@@ -75,10 +75,10 @@ const markerTTLMin = 20 * time.Second
 //	ARGV[15] max stored bytes, 0 for none
 //	ARGV[16] what the payload counts against it (queue.StoredSize)
 //	ARGV[17] the dead letter hash prefix, {p}:dead:
-//	returns  {0, stream id, evicted} accepted (now or by this token's
-//	         earlier run), {1} duplicate, {2} backlog full, {3} the staged
-//	         body is missing (nothing stored), {4, evicted} store full;
-//	         evicted is how many dead letters gave way
+//	returns  {0, stream id} accepted (now or by this token's earlier run),
+//	         {0, stream id, evicted} accepted after evicted dead letters
+//	         gave way, {1} duplicate, {2} backlog full, {3} the staged body
+//	         is missing (nothing stored), {4, evicted} store full
 //
 // Over max stored bytes, the oldest dead letters (died index) give way one
 // at a time until the payload fits or none is left; each one goes with its
@@ -146,7 +146,8 @@ if redis.call('HINCRBY', KEYS[3], ARGV[11], 1) == 1 then
     if (tonumber(m) or 0) < minute then redis.call('HDEL', KEYS[3], m) end
   end
 end
-return {0, sid, evicted}
+if evicted > 0 then return {0, sid, evicted} end
+return {0, sid}
 `)
 
 // admitCall returns the commands of an admit of e under token: the admit

@@ -66,7 +66,7 @@ func (r *Store) unstore(ctx context.Context, id string) error {
 }
 
 // reportEvicted tells Options.Evicted how many dead letters an admit
-// script's reply says gave way: {0, sid, n} or {4, n}.
+// script's reply says gave way: {0, sid, n} or {4, n} (none in {0, sid}).
 func (r *Store) reportEvicted(res []any) {
 	at := 2
 	switch code, _ := res[0].(int64); code {

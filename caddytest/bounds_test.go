@@ -190,6 +190,13 @@ func TestBoundsMaxStored(t *testing.T) {
 	if intOf(s.DeadLetters) != 0 || s.DeadDropped != 3 {
 		t.Fatalf("after 3 payloads over max_stored: %d dead letters, %d dropped; want 0 and 3", intOf(s.DeadLetters), s.DeadDropped)
 	}
+	m := opsScrapeMetrics(t)
+	if got := m.value(t, "caddy_webhook_relay_dead_dropped_total", "relay="+name); got != 3 {
+		t.Errorf("caddy_webhook_relay_dead_dropped_total = %v, want 3", got)
+	}
+	if got := m.value(t, "caddy_webhook_relay_stored_bytes", "relay="+name); got < 900<<10 || got > 1<<20 {
+		t.Errorf("caddy_webhook_relay_stored_bytes = %v, want about 900 KiB", got)
+	}
 
 	refused := sized(false)
 	a := post(t, relayURL("/big", ""), refused)

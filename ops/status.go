@@ -10,7 +10,7 @@ import (
 type Totals struct {
 	Requests    map[string]int64 // by outcome of the ack path
 	Deliveries  map[string]int64 // attempts by result
-	DeadDropped int64            // dead letters removed by max_dead or dead_retention
+	DeadDropped int64            // dead letters removed by max_dead, dead_retention or max_stored
 }
 
 // Bounds are what the status shows of a relay's newest config.

@@ -136,8 +136,9 @@ func (b *Store) count(backlog, dead int) {
 	b.dead += dead
 }
 
-// Admit implements Store. The seen check, the backlog check, the payload and
-// the marker are one transaction, committed to disk before Admit returns.
+// Admit implements Store. The seen check, the backlog check, the max_stored
+// check with the dead letters that give way to it, the payload and the
+// marker are one transaction, committed to disk before Admit returns.
 // The backlog is checked against a count kept in memory: an accepted entry
 // reserves its place before its commit, so concurrent admits never overshoot
 // MaxBacklog.

@@ -51,6 +51,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		body_timeout  <duration>
 //		max_dead      <n>
 //		dead_retention <duration>
+//		max_stored    <size>
 //	}
 //
 // auth_query and header_up may be repeated; every other subdirective may
@@ -158,6 +159,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.BodyTimeout = caddy.Duration(dur)
+
+		case "max_stored":
+			size, err := caddyfilearg.Size(d, "2GiB")
+			if err != nil {
+				return err
+			}
+			h.MaxStored = size
 
 		case "max_dead":
 			n, err := caddyfilearg.Int(d, 1)

@@ -167,6 +167,11 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 			return OutcomeUnavailable, key, refuse(http.StatusServiceUnavailable, "backlog full; retry later",
 				fmt.Errorf("relay %s: backlog full (%d payloads waiting for the upstream); retry later", h.Name, h.MaxBacklog))
 		}
+		if errors.Is(err, queue.ErrStoreFull) {
+			return OutcomeUnavailable, key, refuse(http.StatusServiceUnavailable, "store full (max_stored); retry later",
+				fmt.Errorf("relay %s: store full (max_stored %d bytes of queued payloads and dead letters); retry later",
+					h.Name, h.MaxStored))
+		}
 		h.relay.storeErr.Fail(h.logger, "cannot store webhooks; answering 503", err, zap.String("relay", h.Name))
 		return OutcomeUnavailable, key, refuse(http.StatusServiceUnavailable, "store unavailable; retry later",
 			fmt.Errorf("relay %s: store unavailable; retry later", h.Name))

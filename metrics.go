@@ -54,7 +54,7 @@ func initMetrics() {
 		metrics.deadDrops = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "dead_dropped_total",
-			Help: "Dead letters removed because of max_dead or dead_retention.",
+			Help: "Dead letters removed because of max_dead, dead_retention or max_stored.",
 		}, []string{"relay"})
 		metrics.state = &stateCollector{
 			backlog: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_backlog",
@@ -69,6 +69,8 @@ func initMetrics() {
 				"Dedupe markers held: keys seen within the window.", []string{"relay"}, nil),
 			memory: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_memory_bytes",
 				"Bytes of bodies held in memory now (received and being delivered), bounded by max_memory.", []string{"relay"}, nil),
+			stored: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_stored_bytes",
+				"Bytes the store keeps of queued payloads and dead letters (bodies and kept headers), bounded by max_stored.", []string{"relay"}, nil),
 		}
 	})
 }
@@ -144,6 +146,13 @@ func (m *relayMetrics) deadDropped(*queue.Entry) {
 	m.counters.deadDropped.Add(1)
 }
 
+// deadEvicted counts n dead letters that gave way to a new payload under
+// max_stored (the store's Evicted).
+func (m *relayMetrics) deadEvicted(n int) {
+	m.deadDrops.Add(float64(n))
+	m.counters.deadDropped.Add(int64(n))
+}
+
 // totals are the relay's counts since Caddy started.
 func (m *relayMetrics) totals() ops.Totals { return m.counters.totals() }
 
@@ -151,7 +160,7 @@ func (m *relayMetrics) totals() ops.Totals { return m.counters.totals() }
 // store when metrics are scraped, so the numbers are never stale and span
 // every process sharing a store.
 type stateCollector struct {
-	backlog, oldest, dead, inFlight, keys, memory *prometheus.Desc
+	backlog, oldest, dead, inFlight, keys, memory, stored *prometheus.Desc
 }
 
 // Describe implements prometheus.Collector.
@@ -162,6 +171,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.inFlight
 	ch <- c.keys
 	ch <- c.memory
+	ch <- c.stored
 }
 
 // Collect implements prometheus.Collector.
@@ -188,5 +198,6 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age, s.Name)
 		ch <- prometheus.MustNewConstMetric(c.dead, prometheus.GaugeValue, float64(s.DeadLetters), s.Name)
 		ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(s.Keys), s.Name)
+		ch <- prometheus.MustNewConstMetric(c.stored, prometheus.GaugeValue, float64(s.StoredBytes), s.Name)
 	}
 }

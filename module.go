@@ -51,6 +51,7 @@ const (
 	DefaultBodyTimeout    = 30 * time.Second
 	DefaultMaxDead        = 100000
 	DefaultDeadRetention  = 720 * time.Hour
+	DefaultMaxStored      = 2 << 30
 )
 
 // Handler receives webhooks, acknowledges them once they are stored and
@@ -170,6 +171,14 @@ type Handler struct {
 	// 720h (30 days).
 	DeadRetention caddy.Duration `json:"dead_retention,omitempty"`
 
+	// MaxStored bounds the bytes the relay keeps in its store: the bodies
+	// and kept headers of queued payloads and of dead letters. A payload
+	// that would go past it makes the oldest dead letters give way (each
+	// counted in caddy_webhook_relay_dead_dropped_total, logged once while
+	// it goes on); when that is not enough it gets 503 with Retry-After.
+	// At least MaxBody. Default 2 GiB.
+	MaxStored int64 `json:"max_stored,omitempty"`
+
 	keyer      *dedupe.Keyer
 	auth       []authParam
 	verifier   *verify.Verifier
@@ -285,15 +294,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.poolConfig = &relayConfig{settings: h.settings, window: time.Duration(h.Window), maxBacklog: h.MaxBacklog,
-		maxMemory: h.MaxMemory, maxBody: h.MaxBody}
+		maxMemory: h.MaxMemory, maxBody: h.MaxBody, maxStored: h.MaxStored}
 	h.poolKey = "webhook_relay:" + h.Name + ":" + store.StoreIdentity(h.Name)
 	h.relay, err = acquireRelay(h.poolKey, relayOpening{
 		name:        h.Name,
 		backend:     store,
-		opts:        queue.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog},
+		opts:        queue.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog, MaxStored: h.MaxStored},
 		logger:      ctx.Logger(),
 		observe:     h.metrics.delivery,
 		deadDropped: h.metrics.deadDropped,
+		deadEvicted: h.metrics.deadEvicted,
 		totals:      h.metrics.totals,
 	}, h.poolConfig)
 	if err != nil {
@@ -345,6 +355,9 @@ func (h *Handler) applyDefaults() {
 	if h.DeadRetention == 0 {
 		h.DeadRetention = caddy.Duration(DefaultDeadRetention)
 	}
+	if h.MaxStored == 0 {
+		h.MaxStored = DefaultMaxStored
+	}
 }
 
 // checkSettings rejects values that cannot work, before anything is opened.
@@ -362,6 +375,11 @@ func (h *Handler) checkSettings() error {
 	case h.MaxBody > h.MaxMemory:
 		return fmt.Errorf("max_body (%d bytes) is larger than max_memory (%d bytes): such a body could never be held; "+
 			"raise max_memory or lower max_body", h.MaxBody, h.MaxMemory)
+	case h.MaxStored < 0:
+		return fmt.Errorf("max_stored must be positive")
+	case h.MaxBody > h.MaxStored:
+		return fmt.Errorf("max_body (%d bytes) is larger than max_stored (%d bytes): such a body could never be stored; "+
+			"raise max_stored or lower max_body", h.MaxBody, h.MaxStored)
 	case h.MaxDead < 0:
 		return fmt.Errorf("max_dead must be positive")
 	case h.MaxBacklog < 0:

@@ -34,6 +34,7 @@ type relayConfig struct {
 	maxBacklog int
 	maxMemory  int64
 	maxBody    int64
+	maxStored  int64
 }
 
 // relayOpening is what opening a relay takes besides its first config:
@@ -48,6 +49,9 @@ type relayOpening struct {
 	// Caddy started.
 	observe     func(result string, took time.Duration)
 	deadDropped func(*queue.Entry)
+	// deadEvicted is told how many dead letters gave way to a new payload
+	// under max_stored.
+	deadEvicted func(n int)
 	totals      func() ops.Totals
 }
 
@@ -72,7 +76,9 @@ type pooledRelay struct {
 func acquireRelay(key string, o relayOpening, cfg *relayConfig) (*pooledRelay, error) {
 	storeConfig, _ := json.Marshal(o.backend)
 	val, loaded, err := relayPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		store, err := o.backend.OpenStore(o.name, o.opts, o.logger)
+		opts := o.opts
+		opts.Evicted = newEvictions(o.logger.With(zap.String("relay", o.name)), o.deadEvicted).evicted
+		store, err := o.backend.OpenStore(o.name, opts, o.logger)
 		if err != nil {
 			return nil, err
 		}
@@ -112,6 +118,7 @@ func (r *pooledRelay) attach(cfg *relayConfig) {
 
 func (r *pooledRelay) apply(cfg *relayConfig) {
 	r.store.SetLimits(cfg.window, cfg.maxBacklog)
+	r.store.SetMaxStored(cfg.maxStored)
 	r.memory.SetLimits(budget.RelayLimits(cfg.maxMemory, cfg.maxBody))
 	r.engine.SetSettings(cfg.settings)
 }
@@ -163,6 +170,7 @@ func (r *pooledRelay) Bounds() (ops.Bounds, bool) {
 		UpstreamHost:  cfg.settings.Upstream.Host,
 		MaxMemory:     cfg.maxMemory,
 		MaxDead:       cfg.settings.MaxDead,
+		MaxStored:     cfg.maxStored,
 		DeadRetention: cfg.settings.DeadRetention,
 	}, true
 }

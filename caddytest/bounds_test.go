@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -133,4 +134,87 @@ func TestConfigErrorMaxBodyOverMaxMemory(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "max_memory") {
 		t.Fatalf("max_body 512MiB over the default max_memory: error %v, want one naming max_memory", err)
 	}
+}
+
+func TestConfigErrorMaxBodyOverMaxStored(t *testing.T) {
+	err := validate(t, site(fmt.Sprintf(`
+	webhook_relay /in {
+		upstream http://127.0.0.1:1
+		name %s
+		store memory
+		max_body 2MiB
+		max_stored 1MiB
+	}`, relayName(t))))
+	if err == nil || !strings.Contains(err.Error(), "max_stored") {
+		t.Fatalf("max_body 2MiB over max_stored 1MiB: error %v, want one naming max_stored", err)
+	}
+}
+
+// TestBoundsMaxStored: the bytes kept are bounded by max_stored. A payload
+// over it makes the oldest dead letters give way (counted as dropped),
+// and with none left it gets 503 with Retry-After and a JSON error; once
+// deliveries free the bytes the sender's retry is accepted. The overview
+// shows the bytes kept and the bound.
+func TestBoundsMaxStored(t *testing.T) {
+	var healthy atomic.Bool
+	up := newUpstream(t, func(h *hit) reply {
+		switch {
+		case bytes.Contains(h.Body, []byte(`"dead":true`)):
+			return reply{status: http.StatusUnprocessableEntity} // never succeeds: a dead letter
+		case healthy.Load():
+			return reply{status: http.StatusOK}
+		}
+		return reply{status: http.StatusInternalServerError} // retried, stays queued
+	})
+	startCaddy(t, boundsConfig(t, up.URL, "max_stored 1MiB"))
+	name := relayName(t)
+	sized := func(dead bool) []byte {
+		p := payload(t, fmt.Sprintf(`"dead":%t`, dead), `"pad":"`+strings.Repeat("x", 300<<10)+`"`)
+		return p
+	}
+
+	for range 3 {
+		mustAccept(t, relayURL("/big", ""), sized(true))
+	}
+	s := opsWaitOverview(t, name, "three dead letters", func(s *opsRelayStatus) bool { return intOf(s.DeadLetters) == 3 })
+	if s.MaxStored != 1<<20 || s.StoredBytes < 900<<10 || s.StoredBytes > 1<<20 {
+		t.Fatalf("overview shows stored_bytes %d of max_stored %d; want about 900 KiB of 1 MiB", s.StoredBytes, s.MaxStored)
+	}
+
+	// each held payload takes the place of the oldest dead letter
+	held := [][]byte{sized(false), sized(false), sized(false)}
+	for _, p := range held {
+		mustAccept(t, relayURL("/big", ""), p)
+	}
+	s = opsOverview(t, name)
+	if intOf(s.DeadLetters) != 0 || s.DeadDropped != 3 {
+		t.Fatalf("after 3 payloads over max_stored: %d dead letters, %d dropped; want 0 and 3", intOf(s.DeadLetters), s.DeadDropped)
+	}
+	m := opsScrapeMetrics(t)
+	if got := m.value(t, "caddy_webhook_relay_dead_dropped_total", "relay="+name); got != 3 {
+		t.Errorf("caddy_webhook_relay_dead_dropped_total = %v, want 3", got)
+	}
+	if got := m.value(t, "caddy_webhook_relay_stored_bytes", "relay="+name); got < 900<<10 || got > 1<<20 {
+		t.Errorf("caddy_webhook_relay_stored_bytes = %v, want about 900 KiB", got)
+	}
+
+	refused := sized(false)
+	a := post(t, relayURL("/big", ""), refused)
+	expectErrorBody(t, a, http.StatusServiceUnavailable, "store full")
+	if a.header.Get("Retry-After") == "" {
+		t.Errorf("no Retry-After on the 503; headers %v", a.header)
+	}
+	if got := opsOverview(t, name).Requests["unavailable"]; got != 1 {
+		t.Errorf("requests by outcome unavailable = %d, want 1", got)
+	}
+
+	healthy.Store(true)
+	for _, p := range held {
+		up.waitDelivered(t, p)
+	}
+	opsWaitOverview(t, name, "the delivered bytes to be given back", func(s *opsRelayStatus) bool {
+		return intOf(s.Backlog) == 0 && s.StoredBytes == 0
+	})
+	mustAccept(t, relayURL("/big", ""), refused) // the sender's retry
+	up.waitDelivered(t, refused)
 }

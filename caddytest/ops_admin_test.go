@@ -115,6 +115,8 @@ type opsRelayStatus struct {
 	MaxMemory     int64            `json:"max_memory"`
 	MaxDead       int              `json:"max_dead"`
 	DeadRetention string           `json:"dead_retention"`
+	StoredBytes   int64            `json:"stored_bytes"`
+	MaxStored     int64            `json:"max_stored"`
 }
 
 // opsOverview returns the relay called name from GET /webhook_relay/, or

@@ -10,7 +10,7 @@ import (
 type Totals struct {
 	Requests    map[string]int64 // by outcome of the ack path
 	Deliveries  map[string]int64 // attempts by result
-	DeadDropped int64            // dead letters removed by max_dead or dead_retention
+	DeadDropped int64            // dead letters removed by max_dead, dead_retention or max_stored
 }
 
 // Bounds are what the status shows of a relay's newest config.
@@ -19,6 +19,7 @@ type Bounds struct {
 	MaxMemory     int64
 	MaxDead       int
 	DeadRetention time.Duration
+	MaxStored     int64
 }
 
 // RelayStatus is one relay in the overview.
@@ -34,10 +35,14 @@ type RelayStatus struct {
 	// memory now.
 	Keys        int   `json:"keys"`
 	MemoryBytes int64 `json:"memory_bytes"`
+	// StoredBytes is what the store keeps of payloads and dead letters
+	// (bodies and kept headers), counted against MaxStored.
+	StoredBytes int64 `json:"stored_bytes"`
 	DeadDropped int64 `json:"dead_dropped"`
 	// The bounds in force, from the newest config.
 	MaxMemory     int64            `json:"max_memory"`
 	MaxDead       int              `json:"max_dead"`
+	MaxStored     int64            `json:"max_stored"`
 	DeadRetention string           `json:"dead_retention"`
 	Requests      map[string]int64 `json:"requests"`
 	Deliveries    map[string]int64 `json:"deliveries"`
@@ -68,13 +73,13 @@ func Status(ctx context.Context, r Relay) RelayStatus {
 	if err != nil {
 		s.Error = "store unavailable: " + err.Error()
 	} else {
-		s.Backlog, s.DeadLetters, s.Keys = st.Backlog, st.Dead, st.Keys
+		s.Backlog, s.DeadLetters, s.Keys, s.StoredBytes = st.Backlog, st.Dead, st.Keys, st.Stored
 		if !st.OldestQueued.IsZero() {
 			s.OldestQueued = &st.OldestQueued
 		}
 	}
 	if b, ok := r.Bounds(); ok {
-		s.UpstreamHost, s.MaxMemory, s.MaxDead = b.UpstreamHost, b.MaxMemory, b.MaxDead
+		s.UpstreamHost, s.MaxMemory, s.MaxDead, s.MaxStored = b.UpstreamHost, b.MaxMemory, b.MaxDead, b.MaxStored
 		s.DeadRetention = b.DeadRetention.String()
 	}
 	return s

@@ -19,6 +19,10 @@ type Memory struct {
 	Limits
 	closed bool
 	lastID uint64
+	// stored is StoredSize of every queued payload and dead letter;
+	// evicted is Options.Evicted.
+	stored  int64
+	evicted func(n int)
 
 	// seen maps a key to when its marker expires (Unix nanoseconds: no
 	// pointer for the garbage collector to follow in a map that holds a
@@ -65,8 +69,11 @@ func NewMemory(opts Options) *Memory {
 		queue:  list.New(),
 		queued: make(map[string]*list.Element),
 		dead:   make(map[string]*Entry),
+
+		evicted: opts.Evicted,
 	}
 	m.SetLimits(opts.Window, opts.MaxBacklog)
+	m.SetMaxStored(opts.MaxStored)
 	return m
 }
 
@@ -81,6 +88,12 @@ func (m *Memory) usable(ctx context.Context) error {
 // Admit implements Store. The body is copied, so the caller may reuse its
 // buffer afterwards, as it could with a store that writes to disk.
 func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
+	evicted := 0
+	defer func() {
+		if evicted > 0 && m.evicted != nil {
+			m.evicted(evicted) // deferred first, so it runs after the unlock
+		}
+	}()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.usable(ctx); err != nil {
@@ -98,6 +111,13 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	if max := m.MaxBacklog(); max > 0 && m.queue.Len() >= max {
 		return 0, ErrBacklogFull
 	}
+	size := StoredSize(len(e.Body), e.Request.Headers)
+	if max := m.MaxStored(); max > 0 && m.stored+size > max {
+		evicted = m.evict(m.stored + size - max)
+		if m.stored+size > max {
+			return 0, ErrStoreFull
+		}
+	}
 
 	m.lastID++
 	// fixed width, so string order is admission order and Dead can page by id
@@ -107,11 +127,43 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	q.e.Body = bytes.Clone(e.Body)
 	q.e.Request.Headers = slices.Clone(e.Request.Headers)
 	m.queued[e.ID] = m.queue.PushBack(q)
+	m.stored += size
 
 	expires := now.Add(m.Window()).UnixNano()
 	m.seen[e.Key] = expires
 	m.expiring = append(m.expiring, marker{key: e.Key, expires: expires})
 	return Accepted, nil
+}
+
+// evict removes the oldest dead letters (by Died) until need bytes are
+// freed or none is left, and returns how many it removed. It must be
+// called with m.mu held.
+func (m *Memory) evict(need int64) int {
+	byDeath := slices.Clone(m.deadIDs)
+	slices.SortStableFunc(byDeath, func(a, b string) int { return m.dead[a].Died.Compare(m.dead[b].Died) })
+	n := 0
+	for _, id := range byDeath {
+		if need <= 0 {
+			break
+		}
+		freed := m.storedSize(m.dead[id])
+		m.stored -= freed
+		need -= freed
+		delete(m.dead, id)
+		n++
+	}
+	if n > 0 {
+		m.deadIDs = slices.DeleteFunc(m.deadIDs, func(id string) bool {
+			_, ok := m.dead[id]
+			return !ok
+		})
+	}
+	return n
+}
+
+// storedSize is what e counts against MaxStored.
+func (m *Memory) storedSize(e *Entry) int64 {
+	return StoredSize(len(e.Body), e.Request.Headers)
 }
 
 // sweep forgets expired markers. The window is fixed, so markers expire in
@@ -255,6 +307,7 @@ func (m *Memory) Ack(ctx context.Context, id string) error {
 	if el, ok := m.queued[id]; ok {
 		m.queue.Remove(el)
 		delete(m.queued, id)
+		m.stored -= m.storedSize(&el.Value.(*queued).e)
 	}
 	return nil
 }
@@ -345,9 +398,11 @@ func (m *Memory) DeleteDead(ctx context.Context, id string) error {
 	if err := m.usable(ctx); err != nil {
 		return err
 	}
-	if _, ok := m.dead[id]; !ok {
+	d, ok := m.dead[id]
+	if !ok {
 		return fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
 	}
+	m.stored -= m.storedSize(d)
 	delete(m.dead, id)
 	i, _ := slices.BinarySearch(m.deadIDs, id)
 	m.deadIDs = slices.Delete(m.deadIDs, i, i+1)
@@ -373,6 +428,7 @@ func (m *Memory) TrimDead(ctx context.Context, max int, cutoff time.Time, limit 
 			break
 		}
 		delete(m.dead, id)
+		m.stored -= m.storedSize(d)
 		e := *d
 		e.BodySize, e.Body = len(e.Body), nil
 		out = append(out, &e)
@@ -430,7 +486,7 @@ func (m *Memory) Stats(ctx context.Context) (Stats, error) {
 		return Stats{}, err
 	}
 	m.sweep(m.now().UnixNano())
-	s := Stats{Backlog: m.queue.Len(), Dead: len(m.dead), Keys: len(m.seen)}
+	s := Stats{Backlog: m.queue.Len(), Dead: len(m.dead), Keys: len(m.seen), Stored: m.stored}
 	if front := m.queue.Front(); front != nil {
 		s.OldestQueued = front.Value.(*queued).e.Queued
 	}

@@ -91,6 +91,12 @@ var (
 	// ErrBacklogFull is returned by Admit when the queue already holds
 	// MaxBacklog payloads. The sender should retry later.
 	ErrBacklogFull = errors.New("backlog full")
+	// ErrStoreFull is returned by Admit when the payload does not fit
+	// within MaxStored bytes even after every dead letter gave way for it.
+	// The payload was not stored and its key is not marked seen; the dead
+	// letters removed on the way stay removed (queued payloads come
+	// first). The sender should retry later.
+	ErrStoreFull = errors.New("store full")
 	// ErrNotFound is returned for an unknown dead letter id.
 	ErrNotFound = errors.New("not found")
 	// ErrClosed is returned by a store after Close.
@@ -104,6 +110,13 @@ type Options struct {
 	// MaxBacklog bounds how many payloads may be queued (admitted, not yet
 	// delivered nor dead). Zero means no bound.
 	MaxBacklog int
+	// MaxStored bounds the bytes the store keeps (StoredSize of every
+	// queued payload and dead letter). Zero means no bound.
+	MaxStored int64
+	// Evicted, if set, is told after an Admit that removed dead letters to
+	// make room under MaxStored, how many it removed. It is called
+	// outside the store's locks and must not call the store.
+	Evicted func(n int)
 	// Now is the store's clock; nil means time.Now. Tests inject their own.
 	Now func() time.Time
 }
@@ -128,6 +141,21 @@ type Stats struct {
 	// Keys counts the dedupe markers held (keys seen within the window).
 	// Shared stores may count to the nearest minute of expiry.
 	Keys int `json:"keys"`
+	// Stored is the bytes counted against MaxStored: StoredSize of every
+	// queued payload and dead letter.
+	Stored int64 `json:"stored"`
+}
+
+// StoredSize is what one payload counts against MaxStored: its body and its
+// kept headers (names and values). The store counts it when the payload is
+// admitted and gives it back when it is delivered or its dead letter is
+// removed; a replay or a burial moves it without changing the count.
+func StoredSize(body int, headers []HeaderField) int64 {
+	n := int64(body)
+	for _, h := range headers {
+		n += int64(len(h.Name) + len(h.Value))
+	}
+	return n
 }
 
 // Store holds the dedupe markers, the delivery queue and the dead letters of
@@ -145,6 +173,9 @@ type Store interface {
 	// SetLimits applies a new window and backlog bound to later admits
 	// (a config reload changed them).
 	SetLimits(window time.Duration, maxBacklog int)
+	// SetMaxStored applies a new bound on the bytes kept (MaxStored) to
+	// later admits.
+	SetMaxStored(maxStored int64)
 
 	// Stats reports what the store holds.
 	Stats(ctx context.Context) (Stats, error)
@@ -157,7 +188,11 @@ type Store interface {
 type Admitter interface {
 	// Admit atomically either finds e.Key seen within the window (Duplicate)
 	// or stores e and marks e.Key seen, both or neither.
-	// ErrBacklogFull when the queue is full; any other error means the
+	// ErrBacklogFull when the queue is full, ErrStoreFull when the payload
+	// does not fit within MaxStored bytes. Before that, in the same atomic
+	// step, the oldest dead letters (oldest Died first) give way one by one
+	// until it fits or none is left; Admit reports how many to
+	// Options.Evicted. Any other error means the
 	// store could not be reached and nothing was stored. On Accepted the
 	// store sets e.ID, and e.Received and e.Queued to its clock's now.
 	// The caller's ctx may have no deadline: a store that waits on a server

@@ -104,6 +104,9 @@ func (b *Store) DeleteDead(ctx context.Context, id string) error {
 // boltDeleteDead removes dead letter id (its record v), its body and its
 // place in the index by death.
 func boltDeleteDead(tx *bbolt.Tx, id string, v []byte) error {
+	if err := boltAddStored(tx, -boltSizeOf(tx, id, v)); err != nil {
+		return err
+	}
 	if e, err := boltDecode(v); err == nil {
 		if err := tx.Bucket(boltDeadAt).Delete(boltDeadAtKey(e.Died, id)); err != nil {
 			return err
@@ -149,6 +152,9 @@ func (b *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 				e = &queue.Entry{ID: id}
 			}
 			e.BodySize = len(tx.Bucket(boltBodies).Get([]byte(id)))
+			if err := boltAddStored(tx, -boltSizeOf(tx, id, v)); err != nil {
+				return err
+			}
 			if err := deadBk.Delete([]byte(id)); err != nil {
 				return err
 			}

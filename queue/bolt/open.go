@@ -60,8 +60,10 @@ func open(path string, opts queue.Options, logger *zap.Logger, hooks testHooks) 
 		claims:   make(map[string]struct{}),
 		logger:   logger,
 		hooks:    hooks,
+		evicted:  opts.Evicted,
 	}
 	b.SetLimits(opts.Window, opts.MaxBacklog)
+	b.SetMaxStored(opts.MaxStored)
 	if err := b.init(); err != nil {
 		_ = db.Close()
 		return nil, err

@@ -57,6 +57,9 @@ type Store struct {
 	// (set by Backend.OpenStore); Close calls it.
 	release func()
 
+	// evicted is queue.Options.Evicted.
+	evicted func(n int)
+
 	// logger gets the panics of the background goroutines.
 	logger *zap.Logger
 	hooks  testHooks
@@ -92,7 +95,7 @@ var (
 	boltDueOf   = []byte("dueOf")   // id -> due (Unix ns), for entries in waiting
 
 	boltFormatKey = []byte("format")
-	boltFormat    = []byte("webhook_relay/bolt/2")
+	boltFormat    = []byte("webhook_relay/bolt/3")
 )
 
 func (b *Store) usable(ctx context.Context) error {
@@ -138,8 +141,9 @@ func (b *Store) count(backlog, dead int) {
 	b.dead += dead
 }
 
-// Admit implements Store. The seen check, the backlog check, the payload and
-// the marker are one transaction, committed to disk before Admit returns.
+// Admit implements Store. The seen check, the backlog check, the max_stored
+// check with the dead letters that give way to it, the payload and the
+// marker are one transaction, committed to disk before Admit returns.
 // The backlog is checked against a count kept in memory: an accepted entry
 // reserves its place before its commit, so concurrent admits never overshoot
 // MaxBacklog.
@@ -154,15 +158,19 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	meta := queue.Entry{Key: e.Key, Request: e.Request, Received: now, Queued: now}
 	body := e.Body
 
+	size := queue.StoredSize(len(body), e.Request.Headers)
+
 	var (
 		outcome   queue.Admission
 		full      bool
+		storeFull bool
+		evicted   int
 		id        string
 		reserved  bool
 		newMarker bool
 	)
 	err := b.writeSized(len(body), func(tx *bbolt.Tx) error {
-		outcome, full, id = 0, false, ""
+		outcome, full, storeFull, evicted, id = 0, false, false, 0, ""
 		seen := tx.Bucket(boltSeen)
 		v := seen.Get(mk)
 		newMarker = v == nil
@@ -182,6 +190,26 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 				return nil
 			}
 			reserved = true
+		}
+		stored := boltStored(tx)
+		if bound := b.MaxStored(); bound > 0 && stored+size > bound {
+			// the oldest dead letters give way, in this transaction, and
+			// stay removed even if that is not enough
+			n, freed, err := boltEvict(tx, stored+size-bound)
+			if err != nil {
+				return err
+			}
+			evicted, stored = n, max(stored-freed, 0)
+			if err := boltAddStored(tx, -freed); err != nil {
+				return err
+			}
+			if stored+size > bound {
+				storeFull = true
+				return nil
+			}
+		}
+		if err := boltAddStored(tx, size); err != nil {
+			return err
 		}
 		qb := tx.Bucket(boltQueue)
 		seq, err := qb.NextSequence()
@@ -214,11 +242,19 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 			b.count(-1, 0)
 		}
 	}
+	if err == nil && evicted > 0 {
+		b.count(0, -evicted)
+		if b.evicted != nil {
+			b.evicted(evicted)
+		}
+	}
 	switch {
 	case err != nil:
 		return 0, err
 	case full:
 		return 0, queue.ErrBacklogFull
+	case storeFull:
+		return 0, queue.ErrStoreFull
 	case outcome == queue.Accepted:
 		e.ID, e.Received, e.Queued = id, now, now
 		if newMarker {
@@ -471,6 +507,9 @@ func (b *Store) Ack(ctx context.Context, id string) error {
 			return nil
 		}
 		found = true
+		if err := boltAddStored(tx, -boltSizeOf(tx, id, tx.Bucket(boltQueue).Get(qk))); err != nil {
+			return err
+		}
 		return boltDelete(tx, qk, id, boltBodies)
 	})
 	if err != nil {
@@ -628,6 +667,7 @@ func (b *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	}
 	var s queue.Stats
 	err := b.db.View(func(tx *bbolt.Tx) error {
+		s.Stored = boltStored(tx)
 		_, v := tx.Bucket(boltQueue).Cursor().First()
 		if v == nil {
 			return nil

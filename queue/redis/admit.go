@@ -72,7 +72,9 @@ const markerTTLMin = 20 * time.Second
 //	KEYS[1]  the stream, {p}:q
 //	KEYS[2]  the key's marker, {p}:seen:<key>
 //	KEYS[3]  the key count hash, {p}:kc
-//	KEYS[4]  the staging key {p}:in:<token>, only when the body was staged
+//	KEYS[4]  the sizes hash, {p}:sz, KEYS[5] the stored total, {p}:stored
+//	KEYS[6]  the dead index, {p}:dead, KEYS[7] the died index, {p}:deadt
+//	KEYS[8]  the staging key {p}:in:<token>, only when the body was staged
 //	ARGV[1]  now (stamp)
 //	ARGV[2]  when the marker expires: now + window (stamp)
 //	ARGV[3]  the marker's TTL, ms
@@ -85,12 +87,21 @@ const markerTTLMin = 20 * time.Second
 //	ARGV[12] the admit's token
 //	ARGV[13] the kept headers (queue.AppendHeaders; stream field h), "" for none
 //	ARGV[14] "1" when the admit waits (WAIT, WAITAOF) after the script, else ""
-//	ARGV[15] the body, only when it was not staged
+//	ARGV[15] the body, "" when it was staged
+//	ARGV[16] max stored bytes, 0 for none
+//	ARGV[17] what the payload counts against it (queue.StoredSize)
+//	ARGV[18] the dead letter hash prefix, {p}:dead:
 //	returns  {0, stream id} accepted (now or by this token's earlier run),
-//	         {1} duplicate, {2} backlog full, {3} the staged body is missing
-//	         (nothing stored)
-var admitScript = goredis.NewScript(idLua + `
-local staged = KEYS[4]
+//	         {0, stream id, evicted} accepted after evicted dead letters
+//	         gave way, {1} duplicate, {2} backlog full, {3} the staged body
+//	         is missing (nothing stored), {4, evicted} store full
+//
+// Over max stored bytes, the oldest dead letters (died index) give way one
+// at a time until the payload fits or none is left; each one goes with its
+// hash, body, index entries and size. They stay removed when that was not
+// enough and the answer is {4}: queued payloads come first.
+var admitScript = goredis.NewScript(idLua + unstoreLua + `
+local staged = KEYS[8]
 local function drop()
   if staged then redis.call('DEL', staged) end
 end
@@ -115,6 +126,25 @@ if max > 0 and redis.call('XLEN', KEYS[1]) >= max then
   return {2}
 end
 if staged and redis.call('EXISTS', staged) == 0 then return {3} end
+local bound, size, evicted = tonumber(ARGV[16]), tonumber(ARGV[17]), 0
+if bound > 0 then
+  local stored = tonumber(redis.call('GET', KEYS[5]) or '0')
+  while stored + size > bound do
+    local old = redis.call('ZRANGE', KEYS[7], 0, 0)
+    if #old == 0 then break end
+    local id = old[1]
+    redis.call('ZREM', KEYS[6], id)
+    redis.call('ZREM', KEYS[7], id)
+    redis.call('DEL', ARGV[18] .. id, ARGV[10] .. id)
+    unstore(KEYS[4], KEYS[5], id)
+    evicted = evicted + 1
+    stored = tonumber(redis.call('GET', KEYS[5]) or '0')
+  end
+  if stored + size > bound then
+    drop()
+    return {4, evicted}
+  end
+end
 local f = {'k', ARGV[5], 'q', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'x', ARGV[9],
   'r', ARGV[1], 'u', ARGV[1]}
 if ARGV[13] ~= '' then f[#f+1] = 'h'; f[#f+1] = ARGV[13] end
@@ -126,6 +156,8 @@ if staged then
 else
   redis.call('SET', body, ARGV[15])
 end
+redis.call('HSET', KEYS[4], entryid(sid), size)
+redis.call('INCRBY', KEYS[5], size)
 redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[12] .. ' ' .. sid, 'PX', ARGV[3])
 if redis.call('HINCRBY', KEYS[3], ARGV[11], 1) == 1 then
   local minute = math.floor(tonumber(string.sub(ARGV[1], 1, -10)) / 60)
@@ -133,6 +165,7 @@ if redis.call('HINCRBY', KEYS[3], ARGV[11], 1) == 1 then
     if (tonumber(m) or 0) < minute then redis.call('HDEL', KEYS[3], m) end
   end
 end
+if evicted > 0 then return {0, sid, evicted} end
 return {0, sid}
 `)
 
@@ -144,7 +177,7 @@ func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(gore
 	window := r.Window()
 	expires := now.Add(window)
 	ttl := max(window, markerTTLMin).Milliseconds() + 1000 // never shorter than the window
-	keys := []string{r.stream, r.seenPrefix + e.Key, r.keyCount}
+	keys := []string{r.stream, r.seenPrefix + e.Key, r.keyCount, r.sizes, r.stored, r.deadIdx, r.deadTimes}
 	args := []any{stamp(now), stamp(expires), ttl, r.MaxBacklog(),
 		e.Key, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor,
 		r.bodyPrefix, expires.UnixMilli() / 60000, token, headersArg(e.Request.Headers), ""}
@@ -157,7 +190,9 @@ func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(gore
 	} else {
 		staged = r.stagedPrefix + token
 		keys = append(keys, staged)
+		args = append(args, "")
 	}
+	args = append(args, r.MaxStored(), queue.StoredSize(len(e.Body), e.Request.Headers), r.deadPrefix)
 	return func(pipe goredis.Pipeliner, eval bool) []goredis.Cmder {
 		ctx := context.Background() // the pipeline's context is the one that counts
 		var cmds []goredis.Cmder
@@ -249,11 +284,14 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	if err != nil {
 		return 0, fmt.Errorf("redis store: admit: %w", err)
 	}
+	r.reportEvicted(res)
 	switch code, _ := res[0].(int64); code {
 	case 1:
 		return queue.Duplicate, nil
 	case 2:
 		return 0, queue.ErrBacklogFull
+	case 4:
+		return 0, queue.ErrStoreFull
 	case 3:
 		return 0, errors.New("redis store: admit: the body did not reach Redis; nothing was stored")
 	}

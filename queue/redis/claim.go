@@ -518,6 +518,9 @@ func (r *Store) Ack(ctx context.Context, id string) error {
 			return fmt.Errorf("redis store: ack %s: %w", id, err)
 		}
 		r.forgetMoved(id)
+		if err := r.unstore(ctx, id); err != nil {
+			return err
+		}
 		return nil
 	}
 	// The common case needs no script, which costs Redis more than the
@@ -550,18 +553,20 @@ func (r *Store) Ack(ctx context.Context, id string) error {
 // entry makes Redis look for the new first one, stepping over every entry
 // deleted before it in the same stream node (up to a hundred); one XDEL of
 // many ids does that once, not once per id.
-func (r *Store) queueAcks(pipe goredis.Pipeliner, acks []*pipeCall) []goredis.Cmder {
+func (r *Store) queueAcks(pipe goredis.Pipeliner, acks []*pipeCall, eval bool) []goredis.Cmder {
 	ctx := context.Background() // the pipeline's context is the one that counts
 	sids := make([]string, len(acks))
 	bodies := make([]string, len(acks))
+	ids := make([]string, len(acks))
 	for i, call := range acks {
-		sids[i], bodies[i] = parseID(call.ack), r.bodyPrefix+call.ack
+		sids[i], bodies[i], ids[i] = parseID(call.ack), r.bodyPrefix+call.ack, call.ack
 	}
 	return []goredis.Cmder{
 		pipe.XDel(ctx, r.stream, sids...),
 		pipe.Del(ctx, bodies...),
 		pipe.XAck(ctx, r.stream, groupName, sids...),
 		pipe.HDel(ctx, r.att, sids...),
+		r.queueUnstore(pipe, eval, ids), // after the bodies: see stored.go
 	}
 }
 

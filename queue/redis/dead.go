@@ -118,12 +118,14 @@ func (r *Store) DeadEntry(ctx context.Context, id string) (*queue.Entry, error) 
 //	KEYS[2]  the dead letter's hash, {p}:dead:<id>
 //	KEYS[3]  the died index, {p}:deadt
 //	KEYS[4]  its body key, {p}:b:<id>
+//	KEYS[5]  the sizes hash, {p}:sz, KEYS[6] the stored total, {p}:stored
 //	ARGV[1]  the entry id
 //	returns  1, or 0 when there is no such dead letter
-var deleteDeadScript = goredis.NewScript(`
+var deleteDeadScript = goredis.NewScript(unstoreLua + `
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[2], KEYS[4])
+unstore(KEYS[5], KEYS[6], ARGV[1])
 return 1
 `)
 
@@ -133,7 +135,7 @@ func (r *Store) DeleteDead(ctx context.Context, id string) error {
 		return err
 	}
 	n, err := deleteDeadScript.Run(ctx, r.client,
-		[]string{r.deadIdx, r.deadPrefix + id, r.deadTimes, r.bodyPrefix + id}, id).Int()
+		[]string{r.deadIdx, r.deadPrefix + id, r.deadTimes, r.bodyPrefix + id, r.sizes, r.stored}, id).Int()
 	if err != nil {
 		return fmt.Errorf("redis store: deleting dead letter %s: %w", id, err)
 	}
@@ -223,6 +225,7 @@ func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 //
 //	KEYS[1]  the dead index, {p}:dead
 //	KEYS[2]  the died index, {p}:deadt
+//	KEYS[3]  the sizes hash, {p}:sz, KEYS[4] the stored total, {p}:stored
 //	ARGV[1]  the dead letter hash prefix, {p}:dead:
 //	ARGV[2]  the body key prefix, {p}:b:
 //	ARGV[3]  max letters to keep, 0 for no bound
@@ -230,13 +233,14 @@ func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 //	ARGV[5]  the cutoff (stamp)
 //	ARGV[6]  limit: at most this many removed
 //	returns  {{id, key, died stamp, attempts, status, error}...}
-var trimDeadScript = goredis.NewScript(`
+var trimDeadScript = goredis.NewScript(unstoreLua + `
 local limit = tonumber(ARGV[6])
 local out = {}
 local function remove(id)
   local h = ARGV[1] .. id
   local f = redis.call('HMGET', h, 'k', 'd', 'n', 's', 'e')
   redis.call('DEL', h, ARGV[2] .. id)
+  unstore(KEYS[3], KEYS[4], id)
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
   out[#out+1] = {id, f[1] or '', f[2] or '', f[3] or '', f[4] or '', f[5] or ''}
@@ -276,7 +280,7 @@ func (r *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 	if !cutoff.IsZero() {
 		cutMS, cutStamp = strconv.FormatInt(cutoff.UnixMilli(), 10), stamp(cutoff)
 	}
-	res, err := trimDeadScript.Run(ctx, r.client, []string{r.deadIdx, r.deadTimes},
+	res, err := trimDeadScript.Run(ctx, r.client, []string{r.deadIdx, r.deadTimes, r.sizes, r.stored},
 		r.deadPrefix, r.bodyPrefix, max, cutMS, cutStamp, limit).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("redis store: trimming dead letters: %w", err)

@@ -203,7 +203,7 @@ func (r *Store) exec(calls []*pipeCall, eval bool) {
 		call.cmds = call.enqueue(pipe, eval)
 	}
 	if len(acks) > 0 {
-		cmds := r.queueAcks(pipe, acks)
+		cmds := r.queueAcks(pipe, acks, eval)
 		for _, call := range acks {
 			call.cmds = cmds
 		}

@@ -72,6 +72,10 @@ type Store struct {
 	stream, att, loc, due, deadIdx, deadTimes, deadPrefix, seenPrefix string
 	bodyPrefix, stagedPrefix, claimPrefix, keyCount                   string
 	alivePrefix, liveSet                                              string
+	sizes, stored                                                     string // see stored.go
+
+	// evicted is queue.Options.Evicted.
+	evicted func(n int)
 
 	// aliveTTL is the liveness key's TTL; aliveStop, closed by stopAlive,
 	// stops renewing it (Close, and tests).
@@ -200,6 +204,9 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		keyCount:     tag + ":kc",
 		alivePrefix:  tag + ":alive:",
 		liveSet:      tag + ":lv",
+		sizes:        tag + ":sz",
+		stored:       tag + ":stored",
+		evicted:      opts.Evicted,
 		aliveTTL:     cfg.LivenessTTL,
 		aliveStop:    make(chan struct{}),
 		replicas:     cfg.WaitReplicas,
@@ -207,6 +214,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 	}
 	r.bodies = semaphore.NewWeighted(bodyBytesInFlight)
 	r.SetLimits(opts.Window, opts.MaxBacklog)
+	r.SetMaxStored(opts.MaxStored)
 	if cfg.DurableAck {
 		r.durable = cfg.DurableAckTimeout
 	}
@@ -239,7 +247,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 	// load every script now, so the first requests need no fallback
 	for _, s := range []*goredis.Script{admitScript, claimScript, reclaimScript, attemptedScript, retryScript,
 		ackScript, buryScript, replayScript, deleteDeadScript, trimDeadScript,
-		forgetConsumerScript, livenessScript} {
+		forgetConsumerScript, livenessScript, unstoreScript} {
 		if err := s.Load(ctx, client).Err(); err != nil {
 			return nil, fmt.Errorf("redis store: loading scripts: %w", err)
 		}
@@ -373,10 +381,12 @@ func (r *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	dead := pipe.ZCard(ctx, r.deadIdx)
 	first := pipe.XRangeN(ctx, r.stream, "-", "+", 1)
 	counts := pipe.HGetAll(ctx, r.keyCount)
-	if _, err := pipe.Exec(ctx); err != nil {
+	stored := pipe.Get(ctx, r.stored)
+	if _, err := pipe.Exec(ctx); err != nil && err != goredis.Nil {
 		return queue.Stats{}, fmt.Errorf("redis store: stats: %w", err)
 	}
 	s := queue.Stats{Backlog: int(backlog.Val()), Dead: int(dead.Val())}
+	s.Stored, _ = stored.Int64()
 	if msgs := first.Val(); len(msgs) > 0 {
 		if u, ok := msgs[0].Values["u"].(string); ok {
 			s.OldestQueued = unstamp(u)

@@ -23,7 +23,7 @@ import (
 )
 
 // Factory makes a fresh, empty store for one subtest. The store must use
-// opts as given (Window, MaxBacklog, Now). The factory arranges for the
+// opts as given (Window, MaxBacklog, MaxStored, Evicted, Now). The factory arranges for the
 // store to be closed when t ends; the suite may already have closed it.
 type Factory func(t *testing.T, opts queue.Options) queue.Store
 
@@ -102,6 +102,10 @@ func Run(t *testing.T, newStore Factory) {
 		{"KeysCounted", testKeysCounted},
 		{"ReplayManyInSteps", testReplayManyInSteps},
 		{"Closed", testClosed},
+		{"StoredCounted", testStoredCounted},
+		{"StoredEvictsOldestDead", testStoredEvictsOldestDead},
+		{"StoredFullWithoutDead", testStoredFullWithoutDead},
+		{"StoredDeleteFrees", testStoredDeleteFrees},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
@@ -89,6 +90,9 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	}
 	body, taken, err := readBody(r, h.MaxBody, h.relay.memory)
 	defer h.relay.memory.Give(taken)
+	// Nothing keeps the body past the admit: the stores copy it (or have
+	// written it) before Admit returns, and the key is a string of its own.
+	defer bodybuf.Free(body)
 	if err != nil {
 		switch {
 		case errors.Is(err, errTooLarge):
@@ -180,15 +184,19 @@ func tooLarge(limit int64) error {
 }
 
 // readBody reads the whole body, at most limit bytes, and returns it with
-// the bytes it took from the memory budget, for the caller to give back.
+// the bytes it took from the memory budget, for the caller to give back,
+// and to bodybuf.Free once nothing uses the body any more.
 //
 // An announced Content-Length is taken from the budget whole, before a byte
 // is read: all or nothing, so that many large bodies arriving at once never
-// each hold a part of the budget and all starve. The buffer itself starts
-// small and doubles up to that length, so a sender who announces a large
-// body and stalls holds little memory (and, through body_timeout, holds its
-// share of the budget only for so long). Without a Content-Length the
-// budget is taken as the buffer grows.
+// each hold a part of the budget and all starve. The buffer is then made
+// of the announced length at once: a large one is mapped outside Go's heap
+// (bodybuf), where only the pages written take memory, so a sender who
+// announces a large body and stalls holds no more than it sent (and,
+// through body_timeout, its share of the budget only for so long), and no
+// copies are left behind for the collector. Without a Content-Length (or
+// with more bytes than announced) the buffer doubles from 64 KiB, and the
+// budget is taken as it grows.
 func readBody(r *http.Request, limit int64, mem *budget.Budget) (body []byte, taken int64, err error) {
 	const firstChunk = 64 << 10
 	want := limit + 1 // one byte more than allowed shows an oversized body
@@ -200,23 +208,32 @@ func readBody(r *http.Request, limit int64, mem *budget.Budget) (body []byte, ta
 		taken = want
 	}
 	var buf []byte
+	defer func() {
+		if err != nil {
+			bodybuf.Free(buf)
+		}
+	}()
 	for {
 		if len(buf) == cap(buf) {
 			if int64(len(buf)) > limit {
 				return nil, taken, errTooLarge
 			}
-			if int64(cap(buf)) >= want {
-				want = limit + 1 // more than was announced: go on doubling to the limit
+			size := want // the announced length, at once
+			if cap(buf) > 0 || r.ContentLength < 0 {
+				if int64(cap(buf)) >= want {
+					want = limit + 1 // more than was announced: go on doubling to the limit
+				}
+				size = min(max(2*int64(cap(buf)), firstChunk), want)
 			}
-			size := min(max(2*int64(cap(buf)), firstChunk), want)
 			if more := size - taken; more > 0 {
 				if !mem.TryTake(more) {
 					return nil, taken, errNoMemory
 				}
 				taken += more
 			}
-			grown := make([]byte, len(buf), size)
+			grown := bodybuf.Alloc(int(size))[:len(buf)]
 			copy(grown, buf)
+			bodybuf.Free(buf)
 			buf = grown
 		}
 		n, err := r.Body.Read(buf[len(buf):cap(buf)])

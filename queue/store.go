@@ -203,6 +203,17 @@ type Claimer interface {
 	TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*Entry, error)
 }
 
+// BodyReader is a Claimer that can hand out a large body outside Go's
+// heap, so that the engine gives its memory back the moment an attempt is
+// over instead of at some later collection (see internal/bodybuf). The
+// bolt and Redis stores are; the engine uses Body with others.
+type BodyReader interface {
+	// ReadBody is Body, except that a body of bodybuf.Threshold bytes or
+	// more may be in a buffer of bodybuf.Alloc: the caller must
+	// bodybuf.Free it once nothing uses it, and must not use it after.
+	ReadBody(ctx context.Context, id string) ([]byte, error)
+}
+
 // DeadLetters is the operator's view of a store, through the admin API.
 type DeadLetters interface {
 	// Dead lists dead letters in id order, starting after the id in after

@@ -34,10 +34,10 @@ import (
 // Large bodies: Runware's imageInference results can carry the image
 // inline, as base64 (outputType base64Data), so one webhook is megabytes.
 // While the upstream fails, Runware-like senders post 96 distinct 6 MiB
-// payloads, 16 at a time, retrying every non-2xx; then the upstream
+// payloads, 24 at a time, retrying every non-2xx; then the upstream
 // recovers and every acknowledged payload must reach it byte for byte.
-// Throughout, Caddy's memory must stay within max_memory plus a fixed
-// allowance: the relay holds a body only while it receives, admits or
+// Throughout, Caddy's anonymous memory must stay within what it had
+// before, plus max_memory, plus the README's overhead: the relay holds a body only while it receives, admits or
 // sends it, never for an entry waiting out a backoff (before max_memory
 // it held every claimed body, and Caddy reached 1.7-1.9 GiB here). On
 // Redis a second client PINGs all along: 6 MiB writes and reads must not
@@ -49,8 +49,11 @@ import (
 // relay's, not those of whatever else the package runs meanwhile.
 
 const (
-	lbPayloads    = 96      // distinct payloads sent
-	lbConcurrency = 16      // payloads being sent at once (each retried until acknowledged)
+	lbPayloads = 96 // distinct payloads sent
+	// lbConcurrency is how many payloads are sent at once (each retried
+	// until acknowledged): 24 bodies arriving while 16 are delivered is
+	// about max_memory held, so the bound below is checked near full.
+	lbConcurrency = 24
 	lbImageLen    = 6 << 20 // bytes of base64 in imageBase64Data: 6 MiB
 	lbBatch       = 4       // consecutive payloads share a taskUUID, like numberResults 4
 	lbRelayName   = "largebody"

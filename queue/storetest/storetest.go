@@ -98,6 +98,8 @@ func Run(t *testing.T, newStore Factory) {
 		{"KeysCounted", testKeysCounted},
 		{"ReplayManyInSteps", testReplayManyInSteps},
 		{"Closed", testClosed},
+		{"AdmitKeepsNoBody", testAdmitKeepsNoBody},
+		{"ReadBody", testReadBody},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })

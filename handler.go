@@ -231,7 +231,14 @@ func readBody(r *http.Request, limit int64, mem *budget.Budget) (body []byte, ta
 				}
 				taken += more
 			}
-			grown := bodybuf.Alloc(int(size))[:len(buf)]
+			var grown []byte
+			if size <= firstChunk {
+				// the heap: a mapping of the first chunk would cost every
+				// small body without a Content-Length two system calls
+				grown = make([]byte, len(buf), size)
+			} else {
+				grown = bodybuf.Alloc(int(size))[:len(buf)]
+			}
 			copy(grown, buf)
 			bodybuf.Free(buf)
 			buf = grown

@@ -161,7 +161,9 @@ type Admitter interface {
 	// store could not be reached and nothing was stored. On Accepted the
 	// store sets e.ID, and e.Received and e.Queued to its clock's now.
 	// The caller's ctx may have no deadline: a store that waits on a server
-	// gives up after AdmitTimeout at the latest.
+	// gives up after AdmitTimeout at the latest. The store does not use
+	// e.Body once Admit returns, whatever the outcome: the caller frees it
+	// then (a large one is unmapped, see internal/bodybuf).
 	Admit(ctx context.Context, e *Entry) (Admission, error)
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
@@ -186,11 +187,12 @@ func TestBadInputStoredQueryHasNoToken(t *testing.T) {
 	}
 }
 
-// TestBadInputBufferDoubles: the buffer of a body that stalls grows by
-// doubling with what arrived, not to the announced Content-Length in one
-// step; the announced length is taken from the budget whole, up front, and
-// given back whatever happens.
-func TestBadInputBufferDoubles(t *testing.T) {
+// TestBadInputBodyBuffer: a body that stalls holds about what arrived on
+// the heap, not the announced Content-Length (a large buffer is a mapping,
+// whose pages take memory only once written); the announced length is
+// taken from the budget whole, up front, and given back whatever happens;
+// a whole body is read into one buffer of its length, outside the heap.
+func TestBadInputBodyBuffer(t *testing.T) {
 	mem := budget.New(64<<20, 0)
 	for _, tc := range []struct {
 		arrived  int
@@ -235,9 +237,27 @@ func TestBadInputBufferDoubles(t *testing.T) {
 
 	full := bytes.Repeat([]byte(" "), 5<<20)
 	r = httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(full))
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	mapped := bodybuf.Mapped()
 	body, taken, err := readBody(r, 32<<20, mem, "c")
+	runtime.ReadMemStats(&after)
 	if err != nil || !bytes.Equal(body, full) {
 		t.Fatalf("a whole 5 MiB body: %d bytes, %v", len(body), err)
+	}
+	// one buffer of the announced length, outside Go's heap: no doubling
+	// copies left for the collector, and gone at Free
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
+		t.Errorf("reading a 5 MiB body allocated %d bytes on the heap; want it outside (bodybuf)", alloc)
+	}
+	if runtime.GOOS == "linux" {
+		if got := bodybuf.Mapped() - mapped; got != int64(len(full)) {
+			t.Errorf("reading a 5 MiB body mapped %d bytes; want one buffer of its length", got)
+		}
+		bodybuf.Free(body)
+		if bodybuf.Mapped() != mapped {
+			t.Errorf("Free left %d bytes mapped", bodybuf.Mapped()-mapped)
+		}
 	}
 	if want := int64(len(full)); taken != want {
 		t.Errorf("a whole 5 MiB body took %d bytes of the budget, want %d (its Content-Length)", taken, want)

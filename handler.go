@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
@@ -105,6 +106,9 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	client := clientKey(r)
 	body, taken, err := readBody(r, h.MaxBody, h.relay.memory, client)
 	defer h.relay.memory.Give(client, taken)
+	// Nothing keeps the body past the admit: the stores copy it (or have
+	// written it) before Admit returns, and the key is a string of its own.
+	defer bodybuf.Free(body)
 	if err != nil {
 		switch {
 		case errors.Is(err, errTooLarge):
@@ -224,18 +228,22 @@ func tooLarge(limit int64) error {
 
 // readBody reads the whole body, at most limit bytes, and returns it with
 // the bytes it took from the memory budget under client's key, for the
-// caller to give back. It fails with budget.ErrShare or budget.ErrFull when
-// the budget refuses.
+// caller to give back, and to bodybuf.Free once nothing uses the body any
+// more. It fails with budget.ErrShare or budget.ErrFull when the budget
+// refuses.
 //
 // An announced Content-Length is taken from the budget whole, before a byte
 // is read: all or nothing, so that many large bodies arriving at once never
-// each hold a part of the budget and all starve. The buffer itself starts
-// small and doubles up to that length, so a sender who announces a large
-// body and stalls holds little memory (and, through body_timeout, holds its
-// share of the budget only for so long). Without a Content-Length the
-// budget is taken as the buffer grows. Either way a body of limit bytes
-// takes limit bytes (a client's share may be exactly max_body): the end is
-// seen by reading one byte more into a probe outside the buffer.
+// each hold a part of the budget and all starve. The buffer is then made
+// of the announced length at once: a large one is mapped outside Go's heap
+// (bodybuf), where only the pages written take memory, so a sender who
+// announces a large body and stalls holds no more than it sent (and,
+// through body_timeout, its share of the budget only for so long), and no
+// copies are left behind for the collector. Without a Content-Length (or
+// with more bytes than announced) the buffer doubles from 64 KiB, and the
+// budget is taken as it grows. Either way a body of limit bytes takes limit
+// bytes (a client's share may be exactly max_body): the end is seen by
+// reading one byte more into a probe outside the buffer.
 func readBody(r *http.Request, limit int64, mem *budget.Budget, client string) (body []byte, taken int64, err error) {
 	want := limit // the bytes the buffer may grow to
 	if r.ContentLength >= 0 {
@@ -246,6 +254,11 @@ func readBody(r *http.Request, limit int64, mem *budget.Budget, client string) (
 		taken = want
 	}
 	buf := []byte{}
+	defer func() {
+		if err != nil {
+			bodybuf.Free(buf)
+		}
+	}()
 	for {
 		if len(buf) == cap(buf) && int64(len(buf)) >= want {
 			// all that was announced (or the limit) is here: the body
@@ -263,16 +276,23 @@ func readBody(r *http.Request, limit int64, mem *budget.Budget, client string) (
 			}
 			// more than was announced: go on doubling to the limit
 			want = limit
-			if buf, err = grow(buf, want, mem, client, &taken); err != nil {
+			grown, err := grow(buf, doubled(buf, want), mem, client, &taken)
+			if err != nil {
 				return nil, taken, err
 			}
-			buf = append(buf, probe[:n]...)
+			buf = append(grown, probe[:n]...)
 			continue
 		}
 		if len(buf) == cap(buf) {
-			if buf, err = grow(buf, want, mem, client, &taken); err != nil {
+			size := want // the announced length, at once
+			if cap(buf) > 0 || r.ContentLength < 0 {
+				size = doubled(buf, want)
+			}
+			grown, err := grow(buf, size, mem, client, &taken)
+			if err != nil {
 				return nil, taken, err
 			}
+			buf = grown
 		}
 		n, err := r.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -285,19 +305,35 @@ func readBody(r *http.Request, limit int64, mem *budget.Budget, client string) (
 	}
 }
 
-// grow doubles buf's capacity, from 64 KiB up to want, taking from the
-// budget what *taken does not cover yet.
-func grow(buf []byte, want int64, mem *budget.Budget, client string, taken *int64) ([]byte, error) {
-	const firstChunk = 64 << 10
-	size := min(max(2*int64(cap(buf)), firstChunk), want)
+// firstChunk is the first buffer of a body whose length is not known.
+const firstChunk = 64 << 10
+
+// doubled is the size buf grows to: twice its capacity, from firstChunk,
+// up to want.
+func doubled(buf []byte, want int64) int64 {
+	return min(max(2*int64(cap(buf)), firstChunk), want)
+}
+
+// grow moves buf into a buffer of size bytes, taking from the budget what
+// *taken does not cover yet, and frees buf. A large buffer is mapped
+// outside the heap (bodybuf); the first chunk of a body without a length
+// stays on the heap, since a mapping would cost every small chunked body
+// two system calls. On an error buf is left as it was.
+func grow(buf []byte, size int64, mem *budget.Budget, client string, taken *int64) ([]byte, error) {
 	if more := size - *taken; more > 0 {
 		if err := mem.Take(client, more); err != nil {
 			return nil, err
 		}
 		*taken += more
 	}
-	grown := make([]byte, len(buf), size)
+	var grown []byte
+	if size <= firstChunk {
+		grown = make([]byte, len(buf), size)
+	} else {
+		grown = bodybuf.Alloc(int(size))[:len(buf)]
+	}
 	copy(grown, buf)
+	bodybuf.Free(buf)
 	return grown, nil
 }
 

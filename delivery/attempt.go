@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/queue"
@@ -44,7 +45,10 @@ type outcome struct {
 // upstream URL plus the stored (auth-free) query, and the headers the README
 // lists under Delivery. It is put together field by field rather than through
 // http.NewRequest, which would print the URL only to parse it again.
-func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int, now time.Time) *http.Request {
+//
+// The request's bodies are opened through sent, which tells when the
+// transport has closed each (see sentBodies).
+func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int, now time.Time, sent *sentBodies) *http.Request {
 	u := *s.Upstream
 	// A "#" has no place in a request target; what follows it was never
 	// part of the query (http.NewRequest would have cut it off as well).
@@ -91,13 +95,14 @@ func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int,
 		ProtoMinor:    1,
 		Header:        h,
 		Host:          strings.TrimSuffix(u.Host, ":"), // as http.NewRequest: an empty port is dropped
-		Body:          io.NopCloser(bytes.NewReader(body)),
+		Body:          sent.open(body),
 		ContentLength: int64(len(body)),
 		// lets the transport send it again on a fresh connection when a
 		// kept-alive one turns out to be closed
-		GetBody: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil },
+		GetBody: func() (io.ReadCloser, error) { return sent.open(body), nil },
 	}
 	if len(body) == 0 {
+		req.Body.Close()
 		req.Body, req.GetBody = http.NoBody, func() (io.ReadCloser, error) { return http.NoBody, nil }
 	}
 	return req.WithContext(ctx)
@@ -152,11 +157,24 @@ func paramName(part string) string {
 	return strings.TrimSpace(name)
 }
 
-// attempt sends e to the upstream once and classifies the answer.
-func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Entry, attemptNo int, now time.Time) outcome {
+// attempt sends e to the upstream once and classifies the answer. It
+// returns once the transport is done with e.Body, so that the caller may
+// free it (bodybuf): the transport may go on writing a request's body after
+// the answer came (an upstream that answers before reading it all), and
+// closes it when it stops. If that takes longer than sentBodiesWait,
+// keep is set: the body must then be left alone (never freed).
+func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Entry, attemptNo int, now time.Time) (o outcome, keep bool) {
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()
-	resp, err := client.Do(buildRequest(ctx, s, e, attemptNo, now))
+	sent := new(sentBodies)
+	o = roundTrip(client, s, buildRequest(ctx, s, e, attemptNo, now, sent), now)
+	cancel() // a write still going on stops with the request's context
+	return o, !sent.wait(sentBodiesWait)
+}
+
+// roundTrip sends req and classifies the answer.
+func roundTrip(client *http.Client, s *Settings, req *http.Request, now time.Time) outcome {
+	resp, err := client.Do(req)
 	if err != nil {
 		switch {
 		case errors.Is(err, context.DeadlineExceeded):
@@ -173,6 +191,49 @@ func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Ent
 	resp.Body.Close()
 
 	return classify(resp.StatusCode, resp.Header, now)
+}
+
+// sentBodiesWait bounds how long attempt waits for the transport to close a
+// request's bodies after its context ended: normally at once.
+const sentBodiesWait = 10 * time.Second
+
+// sentBodies counts the readers of a body the transport has not closed.
+type sentBodies struct {
+	pending sync.WaitGroup
+}
+
+// open returns a reader of body that the transport closes when done.
+func (s *sentBodies) open(body []byte) io.ReadCloser {
+	s.pending.Add(1)
+	return &sentBody{Reader: bytes.NewReader(body), done: s.pending.Done}
+}
+
+// wait reports whether every reader was closed within d.
+func (s *sentBodies) wait(d time.Duration) bool {
+	closed := make(chan struct{})
+	go func() {
+		s.pending.Wait()
+		close(closed)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-closed:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+type sentBody struct {
+	*bytes.Reader
+	once sync.Once
+	done func()
+}
+
+func (b *sentBody) Close() error {
+	b.once.Do(b.done)
+	return nil
 }
 
 // classify maps an upstream status to what happens next.

@@ -17,7 +17,7 @@ func TestBuildRequest(t *testing.T) {
 	s := &Settings{Upstream: up, HeaderUp: http.Header{"X-Extra": {"yes"}, "Idempotency-Key": {"not this"}}}
 	e := &queue.Entry{Key: "k", Body: []byte(`{"a":1}`),
 		Request: queue.RequestMeta{RawQuery: "b=%20x", ContentType: "application/json", UserAgent: "", ForwardedFor: "10.0.0.1"}}
-	req := buildRequest(context.Background(), s, e, 3, time.Now())
+	req := buildRequest(context.Background(), s, e, 3, time.Now(), new(sentBodies))
 
 	if got := req.URL.String(); got != "http://127.0.0.1:/in?fixed=1&b=%20x" {
 		t.Errorf("URL %s", got)
@@ -52,7 +52,7 @@ func TestBuildRequest(t *testing.T) {
 	}
 
 	e.Request.RawQuery = "b=1#frag&c=2"
-	if got := buildRequest(context.Background(), s, e, 1, time.Now()).URL.RequestURI(); got != "/in?fixed=1&b=1" {
+	if got := buildRequest(context.Background(), s, e, 1, time.Now(), new(sentBodies)).URL.RequestURI(); got != "/in?fixed=1&b=1" {
 		t.Errorf("a query with #: request target %q, want /in?fixed=1&b=1", got)
 	}
 
@@ -68,14 +68,14 @@ func TestBuildRequest(t *testing.T) {
 	} {
 		up, _ := url.Parse("http://127.0.0.1/in?" + c.upstream)
 		e.Request.RawQuery = c.incoming
-		got := buildRequest(context.Background(), &Settings{Upstream: up}, e, 1, time.Now()).URL.RawQuery
+		got := buildRequest(context.Background(), &Settings{Upstream: up}, e, 1, time.Now(), new(sentBodies)).URL.RawQuery
 		if got != c.want {
 			t.Errorf("upstream ?%s, incoming ?%s: forwarded ?%s, want ?%s", c.upstream, c.incoming, got, c.want)
 		}
 	}
 
 	e.Body = nil
-	req = buildRequest(context.Background(), s, e, 1, time.Now())
+	req = buildRequest(context.Background(), s, e, 1, time.Now(), new(sentBodies))
 	if req.Body != http.NoBody || req.ContentLength != 0 {
 		t.Errorf("empty body: Body %v, ContentLength %d; want http.NoBody, 0", req.Body, req.ContentLength)
 	}
@@ -98,7 +98,7 @@ func TestBuildRequestKeptHeadersAndSignature(t *testing.T) {
 		{Name: "Idempotency-Key", Value: "forged"}, {Name: "Webhook-Signature", Value: "v1,forged"},
 	}}}
 	at := time.Unix(1_800_000_000, 0)
-	h := buildRequest(context.Background(), s, e, 2, at).Header
+	h := buildRequest(context.Background(), s, e, 2, at, new(sentBodies)).Header
 	for name, want := range map[string]string{
 		"X-Github-Event": "push", "X-Team": "from-header-up", "Idempotency-Key": "rw:k1",
 		"Webhook-Id": "rw:k1", "Webhook-Timestamp": "1800000000",

@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
@@ -26,6 +27,9 @@ type attemptRun struct {
 	placeHeld bool
 	// taken is the bytes of the memory budget held for the body.
 	taken int64
+	// keepBody: the transport may still read the body; it must never be
+	// freed (see freeBody).
+	keepBody bool
 	// reported: the loop has the entry back.
 	reported bool
 	// reach is what the attempt learnt of the upstream, for the loop.
@@ -53,7 +57,10 @@ func (a *attemptRun) afterPanic() {
 	if a.reported {
 		return
 	}
-	a.h.entry.Body = nil
+	if a.h.entry.Body != nil {
+		a.keepBody = true // where the panic left it is unknown: never freed
+		a.freeBody()
+	}
 	a.h.leaving.Store(false)
 	a.report(result{h: a.h, next: a.retryIn()})
 }
@@ -93,10 +100,10 @@ func (a *attemptRun) attempt() {
 	case o.unreachable:
 		a.reach = unanswered
 	}
-	// The upstream is done with it: the body goes back to the budget, and
-	// the bookkeeping below (a disk commit, a Redis round trip) must not
-	// hold a concurrency place.
-	ent.Body = nil
+	// The upstream is done with it: the body goes back to the budget (and
+	// its memory to the system, see loadBody), and the bookkeeping below
+	// (a disk commit, a Redis round trip) must not hold a concurrency place.
+	a.freeBody()
 	a.giveBack()
 	a.freePlace()
 	ent.LastStatus, ent.LastError = o.status, o.reason
@@ -120,12 +127,28 @@ func (a *attemptRun) attempt() {
 // counted against give_up_after.
 func (a *attemptRun) send(start time.Time) (o outcome) {
 	ent := a.h.entry
+	a.keepBody = true // until attempt says otherwise: a panic leaves it in doubt
 	if guard.Run(a.log, "a delivery attempt", func() {
-		o = attempt(a.e.attemptCx, a.e.client, a.s, ent, ent.Attempts, start)
+		o, a.keepBody = attempt(a.e.attemptCx, a.e.client, a.s, ent, ent.Attempts, start)
 	}) {
 		return outcome{verdict: retry, reason: "the attempt panicked (its stack is in the log)"}
 	}
+	if a.keepBody {
+		a.log.Warn("the HTTP transport still held a request body long after its attempt ended; leaving its memory to it",
+			zap.String("id", ent.ID), zap.Int("bytes", len(ent.Body)))
+	}
 	return o
+}
+
+// freeBody drops the entry's body, and gives a mapped one (bodybuf) back
+// to the system, unless the transport may still read it (keepBody): then
+// it is left alone, for good, rather than freed under the transport.
+func (a *attemptRun) freeBody() {
+	if !a.keepBody {
+		bodybuf.Free(a.h.entry.Body)
+	}
+	a.h.entry.Body = nil
+	a.keepBody = false
 }
 
 // loadBody waits until the body fits in the memory budget, then reads it
@@ -143,7 +166,9 @@ func (a *attemptRun) loadBody() error {
 	}
 	ctx, cancel := context.WithTimeout(a.e.ctx, storeTimeout)
 	defer cancel()
-	body, err := a.e.store.Body(ctx, ent.ID)
+	// ReadBody: a large body outside Go's heap, freed by freeBody the
+	// moment the attempt is over, so that memory follows the budget
+	body, err := a.e.store.ReadBody(ctx, ent.ID)
 	if more := int64(len(body)) - a.taken; err == nil && more > 0 && b != nil {
 		// the claim understated it (a record from an older version):
 		// account for what is really held
@@ -152,6 +177,7 @@ func (a *attemptRun) loadBody() error {
 		}
 	}
 	if err != nil {
+		bodybuf.Free(body)
 		a.giveBack()
 		return err
 	}

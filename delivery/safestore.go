@@ -62,6 +62,14 @@ func (s safeStore) Body(ctx context.Context, id string) ([]byte, error) {
 	return storeCall(s, "Body", func() ([]byte, error) { return s.store.Body(ctx, id) })
 }
 
+// ReadBody is the store's queue.BodyReader, or its Body if it has none.
+func (s safeStore) ReadBody(ctx context.Context, id string) ([]byte, error) {
+	if r, ok := s.store.(queue.BodyReader); ok {
+		return storeCall(s, "Body", func() ([]byte, error) { return r.ReadBody(ctx, id) })
+	}
+	return s.Body(ctx, id)
+}
+
 // Extend implements queue.Claimer.
 func (s safeStore) Extend(ctx context.Context, ids []string) error {
 	return storeCallErr(s, "Extend", func() error { return s.store.Extend(ctx, ids) })

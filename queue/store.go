@@ -196,7 +196,9 @@ type Admitter interface {
 	// store could not be reached and nothing was stored. On Accepted the
 	// store sets e.ID, and e.Received and e.Queued to its clock's now.
 	// The caller's ctx may have no deadline: a store that waits on a server
-	// gives up after AdmitTimeout at the latest.
+	// gives up after AdmitTimeout at the latest. The store does not use
+	// e.Body once Admit returns, whatever the outcome: the caller frees it
+	// then (a large one is unmapped, see internal/bodybuf).
 	Admit(ctx context.Context, e *Entry) (Admission, error)
 }
 
@@ -246,6 +248,17 @@ type Claimer interface {
 	// than max remain (0: no bound), at most limit in one call. It returns
 	// the removed letters without bodies; fewer than limit means it is done.
 	TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*Entry, error)
+}
+
+// BodyReader is a Claimer that can hand out a large body outside Go's
+// heap, so that the engine gives its memory back the moment an attempt is
+// over instead of at some later collection (see internal/bodybuf). The
+// bolt and Redis stores are; the engine uses Body with others.
+type BodyReader interface {
+	// ReadBody is Body, except that a body of bodybuf.Threshold bytes or
+	// more may be in a buffer of bodybuf.Alloc: the caller must
+	// bodybuf.Free it once nothing uses it, and must not use it after.
+	ReadBody(ctx context.Context, id string) ([]byte, error)
 }
 
 // DeadLetters is the operator's view of a store, through the admin API.

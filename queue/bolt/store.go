@@ -14,6 +14,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 	"go.uber.org/zap"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
@@ -398,6 +399,17 @@ func (b *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 
 // Body implements Store.
 func (b *Store) Body(ctx context.Context, id string) ([]byte, error) {
+	return b.body(ctx, id, func(n int) []byte { return make([]byte, n) })
+}
+
+// ReadBody implements queue.BodyReader: a large body is copied out of the
+// memory map into a mapping of bodybuf rather than onto the heap.
+func (b *Store) ReadBody(ctx context.Context, id string) ([]byte, error) {
+	return b.body(ctx, id, bodybuf.Alloc)
+}
+
+// body reads id's body into a buffer of alloc.
+func (b *Store) body(ctx context.Context, id string, alloc func(int) []byte) ([]byte, error) {
 	if err := b.usable(ctx); err != nil {
 		return nil, err
 	}
@@ -407,13 +419,13 @@ func (b *Store) Body(ctx context.Context, id string) ([]byte, error) {
 			return nil
 		}
 		// a copy: the value lives in the memory map only as long as tx
-		body = bytes.Clone(tx.Bucket(boltBodies).Get([]byte(id)))
-		if body == nil {
-			body = []byte{}
-		}
+		v := tx.Bucket(boltBodies).Get([]byte(id))
+		body = alloc(len(v))
+		copy(body, v)
 		return nil
 	})
 	if err != nil {
+		bodybuf.Free(body)
 		return nil, b.storeErr(err)
 	}
 	if body == nil {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -261,11 +262,11 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		if r.durable > 0 || r.replicas > 0 {
 			return r.admitWaiting(ctx, enqueue)
 		}
-		cmds, err := r.runCmds(ctx, size, enqueue)
-		if err != nil {
+		call := &pipeCall{ctx: ctx, size: size, enqueue: enqueue, borrowed: len(e.Body) >= bodybuf.Threshold}
+		if err := r.send(call); err != nil {
 			return nil, err
 		}
-		return admitReply(cmds)
+		return admitReply(call.cmds)
 	}
 	res, err := admit()
 	// A dial that failed sent nothing, so the admit may be tried again. Just

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -44,8 +45,10 @@ func (r *Store) takeBodyBytes(ctx context.Context, n int) (release func(), err e
 
 // readBody finishes a read of the body key that began with first, a
 // GETRANGE of its first chunk: a shorter reply is the whole body. ok is
-// false when there is no body key, or it went while being read.
-func (r *Store) readBody(ctx context.Context, key string, first *goredis.StringCmd) (body []byte, ok bool, err error) {
+// false when there is no body key, or it went while being read. A body
+// longer than the first chunk is read into a buffer of alloc, which it
+// frees itself when it returns none.
+func (r *Store) readBody(ctx context.Context, key string, first *goredis.StringCmd, alloc func(int) []byte) (body []byte, ok bool, err error) {
 	if err := first.Err(); err != nil {
 		return nil, false, err
 	}
@@ -71,7 +74,13 @@ func (r *Store) readBody(ctx context.Context, key string, first *goredis.StringC
 	case n == len(head):
 		return bytesOf(head), true, nil
 	}
-	body = make([]byte, n)
+	body = alloc(n)
+	defer func() {
+		if !ok || err != nil {
+			bodybuf.Free(body)
+			body = nil
+		}
+	}()
 	off := copy(body, head)
 	for off < n {
 		end := min(off+bodyChunk, n)
@@ -96,6 +105,20 @@ func (r *Store) readBody(ctx context.Context, key string, first *goredis.StringC
 // trip that reads most bodies whole asks the dead index: the body key is
 // kept while the entry is dead too, and the index tells the two apart.
 func (r *Store) Body(ctx context.Context, id string) ([]byte, error) {
+	return r.body(ctx, id, heapBuffer)
+}
+
+// heapBuffer is a buffer on Go's heap, for a body whose caller does not
+// free it (Body, DeadEntry).
+func heapBuffer(n int) []byte { return make([]byte, n) }
+
+// ReadBody implements queue.BodyReader: a body longer than the first chunk
+// is put together in a mapping of bodybuf rather than on the heap.
+func (r *Store) ReadBody(ctx context.Context, id string) ([]byte, error) {
+	return r.body(ctx, id, bodybuf.Alloc)
+}
+
+func (r *Store) body(ctx context.Context, id string, alloc func(int) []byte) ([]byte, error) {
 	if err := r.usable(ctx); err != nil {
 		return nil, err
 	}
@@ -112,7 +135,7 @@ func (r *Store) Body(ctx context.Context, id string) ([]byte, error) {
 			return nil, fmt.Errorf("body of %s: a dead letter: %w", id, queue.ErrNotFound)
 		}
 		if errors.Is(err, goredis.Nil) {
-			body, ok, err := r.readBody(ctx, key, first)
+			body, ok, err := r.readBody(ctx, key, first, alloc)
 			switch {
 			case err != nil:
 				return nil, fmt.Errorf("redis store: body of %s: %w", id, err)

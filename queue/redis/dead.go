@@ -99,7 +99,7 @@ func (r *Store) DeadEntry(ctx context.Context, id string) (*queue.Entry, error) 
 	if err != nil {
 		return nil, err
 	}
-	body, ok, err := r.readBody(ctx, key, first)
+	body, ok, err := r.readBody(ctx, key, first, heapBuffer)
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("redis store: dead letter %s: %w", id, err)

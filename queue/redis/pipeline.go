@@ -40,6 +40,10 @@ type pipeCall struct {
 	// err, when set, is why the call has no results: see runBatch.
 	err  error
 	done chan struct{}
+	// borrowed: the call's arguments hold memory its caller frees once the
+	// call returns (a large body, see bodybuf), so the call returns only
+	// once the pipeline is done with them, deadline or not.
+	borrowed bool
 }
 
 // runScript runs script, whose arguments take about size bytes, sharing a
@@ -97,6 +101,11 @@ func (r *Store) send(call *pipeCall) error {
 	case <-call.done:
 		return call.err
 	case <-ctx.Done():
+		if call.borrowed {
+			// not long: the batch's own deadline is the latest of its
+			// calls', and the client's timeouts bound it too
+			<-call.done
+		}
 		return fmt.Errorf("no answer before the deadline: %w", ctx.Err())
 	}
 }

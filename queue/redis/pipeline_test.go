@@ -203,3 +203,33 @@ func TestPipelinerSurvivesPanic(t *testing.T) {
 // BodyBytesInFlight bounds the bytes of large bodies on their way to or from
 // Redis at once.
 const BodyBytesInFlight = bodyBytesInFlight
+
+// An admit whose body the caller frees once Admit returns (borrowed) does
+// not return while a pipeline may still write it, even past its deadline;
+// other calls stop waiting at their deadline.
+func TestSendBorrowedWaitsForThePipeline(t *testing.T) {
+	for _, borrowed := range []bool{false, true} {
+		r := &Store{calls: make(chan *pipeCall), stop: make(chan struct{})}
+		r.inflight.Add(1) // another call running: this one is handed over
+		var written atomic.Bool
+		go func() {
+			call := <-r.calls
+			<-call.ctx.Done()
+			time.Sleep(50 * time.Millisecond) // the pipeline still writing past the deadline
+			written.Store(true)
+			close(call.done)
+		}()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Millisecond)
+		err := r.send(&pipeCall{ctx: ctx, borrowed: borrowed})
+		cancel()
+		if err == nil {
+			t.Errorf("borrowed %v: send past its deadline returned no error", borrowed)
+		}
+		if borrowed && !written.Load() {
+			t.Error("a call with a borrowed body returned while the pipeline still had it")
+		}
+		if !borrowed && written.Load() {
+			t.Error("a call without a borrowed body waited for the pipeline past its deadline")
+		}
+	}
+}

@@ -106,6 +106,8 @@ func Run(t *testing.T, newStore Factory) {
 		{"StoredEvictsOldestDead", testStoredEvictsOldestDead},
 		{"StoredFullWithoutDead", testStoredFullWithoutDead},
 		{"StoredDeleteFrees", testStoredDeleteFrees},
+		{"AdmitKeepsNoBody", testAdmitKeepsNoBody},
+		{"ReadBody", testReadBody},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })

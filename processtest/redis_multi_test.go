@@ -109,11 +109,12 @@ func TestRedisInstancesShareOneQueue(t *testing.T) {
 // backlog loses nothing: another process on the same Redis and relay name
 // delivers all of it, once each, within the 15s the README promises. A
 // failed attempt gives its entry back to the store ({p}:due) until it is
-// due, so at the kill A holds only what it is attempting (here payload 0,
-// whose attempt the upstream leaves unanswered) and the rest waits in the
-// due set: B takes those when they are due, without waiting for anything
-// of A's, and takes payload 0 over once A's liveness key has expired (5s),
-// long before the visibility timeout (20s).
+// due, so at the kill A holds only what it claimed to attempt (payload 0,
+// whose attempt the upstream leaves unanswered, and whatever else it had
+// just claimed) and the rest waits in the due set: B takes those when they
+// are due, without waiting for anything of A's, and takes what A held over
+// only once A's liveness key has expired (5s), long before the visibility
+// timeout (20s).
 func TestRedisInstanceKilledWithBacklog(t *testing.T) {
 	const n = 30
 	held := []byte(`"id":"payload-0000"`) // its attempt hangs on A until A is killed

@@ -1,14 +1,18 @@
 package processtest
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
 	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
@@ -101,58 +105,162 @@ func TestRedisInstancesShareOneQueue(t *testing.T) {
 	t.Logf("successful deliveries by instance (admin API): %v", byInstance)
 }
 
-// A Caddy process killed with kill -9 while it holds a backlog (upstream
-// down) leaves it claimed in Redis; another process on the same Redis and
-// relay name takes it over as soon as the killed one's liveness key expires
-// (5s), long before the visibility timeout (20s), and delivers all of it,
-// once each, within the 15s the README promises.
+// A Caddy process killed with kill -9 while the upstream refuses its
+// backlog loses nothing: another process on the same Redis and relay name
+// delivers all of it, once each, within the 15s the README promises. A
+// failed attempt gives its entry back to the store ({p}:due) until it is
+// due, so at the kill A holds only what it claimed to attempt (payload 0,
+// whose attempt the upstream leaves unanswered, and whatever else it had
+// just claimed) and the rest waits in the due set: B takes those when they
+// are due, without waiting for anything of A's, and takes what A held over
+// only once A's liveness key has expired (5s), long before the visibility
+// timeout (20s).
 func TestRedisInstanceKilledWithBacklog(t *testing.T) {
-	const n = 30 // below the 4 x concurrency (64) one process claims at once: A holds all of it
+	const n = 30
+	held := []byte(`"id":"payload-0000"`) // its attempt hangs on A until A is killed
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	rc := inspector(t, srv)
-	up := NewUpstream(t)
-	up.Answer(http.StatusServiceUnavailable)
-	up.Start()
+	due := "{webhook_relay:" + redisRelayName + "}:due"
+	var hold atomic.Bool
+	hold.Store(true)
+	up := &Upstream{}
+	up.status.Store(http.StatusServiceUnavailable)
+	up.Upstream = testkit.NewUpstream(t, func(r *testkit.Request) testkit.Answer {
+		if hold.Load() && bytes.Contains(r.Body, held) {
+			return testkit.Answer{Hang: true}
+		}
+		return testkit.Answer{Status: int(up.status.Load())}
+	})
 
 	a := NewInstance(t)
 	pa := a.Start(redisSite(up, srv))
 	sendAll(t, a, n)
 
-	// A claims every entry and keeps retrying it against the 503
+	// A attempted every entry; each is pending on A (being attempted) or
+	// waits in the due set; payload 0's attempt is open
+	attempted := func() int {
+		keys := map[string]bool{}
+		for _, r := range up.Requests() {
+			keys[r.Key] = true
+		}
+		return len(keys)
+	}
+	var q queueState
+	var waiting int64
 	testkit.Eventually(t, 15*time.Second, func() bool {
-		q, err := readQueue(rc)
-		return err == nil && q.Len == n && q.Pending == n && len(q.ByOwner) == 1
-	}, "%s", testkit.Lazy(func() string { return fmt.Sprintf("A did not claim all %d entries: %s", n, queueString(rc)) }))
-	testkit.Eventually(t, 15*time.Second, func() bool { total, _ := up.Attempts(); return total >= n },
-		"A made fewer than %d attempts", n)
-	before := mustQueue(t, rc)
-	t.Logf("A accepted %d and holds them: %v", n, before)
+		var err error
+		if q, err = readQueue(rc); err != nil {
+			return false
+		}
+		waiting, err = rc.ZCard(t.Context(), due).Result()
+		return err == nil && attempted() == n && up.InFlight() >= 1 &&
+			q.Len == n && q.Pending+waiting == n && len(q.ByOwner) == 1
+	}, "%s", testkit.Lazy(func() string {
+		return fmt.Sprintf("A did not attempt all %d entries with payload 0 open: %d attempted, %d open; %s, %d in the due set",
+			n, attempted(), up.InFlight(), q, waiting)
+	}))
+	var consumerA string
+	for c := range q.ByOwner {
+		consumerA = c
+	}
+	t.Logf("A accepted and attempted all %d: %s, %d in the due set", n, q, waiting)
 
 	b := NewInstance(t)
 	pb := b.Start(redisSite(up, srv))
 
 	pa.Kill()
 	killed := time.Now()
+	// what the killed A holds: its pending list stays as it was until B
+	// takes it over
+	pend, err := rc.XPendingExt(t.Context(), &redis.XPendingExtArgs{Stream: redisStream, Group: "relay",
+		Start: "-", End: "+", Count: n, Consumer: consumerA}).Result()
+	if err != nil {
+		t.Fatalf("A's pending list: %v", err)
+	}
+	heldByA := map[string]bool{}
+	for _, p := range pend {
+		msgs, err := rc.XRange(t.Context(), redisStream, p.ID, p.ID).Result()
+		if err != nil || len(msgs) != 1 {
+			t.Fatalf("stream entry %s pending on A: %v %v", p.ID, msgs, err)
+		}
+		k, _ := msgs[0].Values["k"].(string)
+		heldByA[k] = true
+	}
+	heldKey := ""
+	for _, r := range up.Requests() {
+		if bytes.Contains(r.Body, held) {
+			heldKey = r.Key
+		}
+	}
+	if !heldByA[heldKey] {
+		t.Fatalf("A's pending list at the kill %v does not hold payload 0 (key %q), whose attempt was open", heldByA, heldKey)
+	}
+	hold.Store(false)
 	up.Answer(http.StatusOK)
 	if got := len(up.Delivered()); got != 0 {
 		t.Fatalf("%d payloads delivered while the upstream answered 503", got)
 	}
 
-	var first time.Duration
+	// A's liveness key: the last moment it was seen, and when it was gone
+	var lastAlive, gone time.Time
+	aliveKey := "{webhook_relay:" + redisRelayName + "}:alive:" + consumerA
 	testkit.Eventually(t, 15*time.Second, func() bool {
-		d := len(up.Delivered())
-		if d > 0 && first == 0 {
-			first = time.Since(killed)
+		at := time.Now()
+		n, err := rc.Exists(t.Context(), aliveKey).Result()
+		if err != nil {
+			return false
 		}
-		return d >= n
-	}, "%s", testkit.Lazy(func() string {
-		return fmt.Sprintf("B delivered %d of %d payloads of the killed A within 15s of the kill; queue: %s",
-			len(up.Delivered()), n, queueString(rc))
-	}))
+		if n == 1 {
+			lastAlive = at
+			return false
+		}
+		gone = time.Now()
+		return true
+	}, "A's liveness key %s did not expire", aliveKey)
+	if lastAlive.IsZero() {
+		t.Fatalf("A's liveness key %s was gone at once after the kill; it lives 5s", aliveKey)
+	}
+
+	testkit.Eventually(t, 15*time.Second-time.Since(killed), func() bool { return len(up.Delivered()) >= n },
+		"%s", testkit.Lazy(func() string {
+			return fmt.Sprintf("B delivered %d of %d payloads of the killed A within 15s of the kill; queue: %s",
+				len(up.Delivered()), n, queueString(rc))
+		}))
 	all := time.Since(killed)
 	waitDelivered(t, up, n, time.Second)
-	t.Logf("after kill -9 of A: B's first delivery %s after the kill, all %d delivered %s after the kill (liveness TTL 5s, visibility_timeout 20s)",
-		first.Round(time.Millisecond), n, all.Round(time.Millisecond))
+	var heldAt, dueFirst, dueLast time.Duration
+	dueBefore := 0
+	for _, r := range up.Requests() {
+		if r.Status/100 != 2 {
+			continue
+		}
+		at := r.At.Sub(killed)
+		if heldByA[r.Key] {
+			heldAt = max(heldAt, at)
+			// taken over only once A's key expired
+			if !r.At.After(lastAlive) {
+				t.Errorf("%s, held by A at the kill, delivered %s after the kill, while A's liveness key still lived (seen %s after the kill)",
+					r.Key, at.Round(time.Millisecond), lastAlive.Sub(killed).Round(time.Millisecond))
+			}
+			continue
+		}
+		if dueFirst == 0 || at < dueFirst {
+			dueFirst = at
+		}
+		dueLast = max(dueLast, at)
+		if r.At.Before(lastAlive) {
+			dueBefore++
+		}
+	}
+	t.Logf("after kill -9 of A (%d held by A, %d waiting in the due set): A's liveness key gone %s after the kill (last seen %s); "+
+		"the waiting ones delivered by B %s to %s after the kill (%d before A's key expired); the held ones %s after; all %d by %s "+
+		"(liveness TTL 5s, visibility_timeout 20s)",
+		len(heldByA), n-len(heldByA), gone.Sub(killed).Round(time.Millisecond), lastAlive.Sub(killed).Round(time.Millisecond),
+		dueFirst.Round(time.Millisecond), dueLast.Round(time.Millisecond), dueBefore, heldAt.Round(time.Millisecond),
+		n, all.Round(time.Millisecond))
+	if n > len(heldByA) && dueBefore == 0 {
+		t.Errorf("none of the %d entries waiting in the due set was delivered before A's liveness key expired; B takes them when due", n-len(heldByA))
+	}
 
 	waitQueueEmpty(t, rc, 10*time.Second)
 	// the killed A's consumer left the group once it held nothing

@@ -14,8 +14,8 @@ import (
 )
 
 // claimScript takes over entries idle past the visibility timeout (held by
-// a consumer that died, or released), then reads new ones, up to count in
-// all, with each entry's recorded attempt and body size. Pending
+// a consumer that died, or released), then hands out due retries and new
+// entries merged by due time, up to count in all, with each entry's recorded attempt and body size. Pending
 // entries whose stream entry is gone (an ack cut off after its XDEL) leave
 // the group, with their attempts and bodies, once idle past the timeout.
 //
@@ -42,15 +42,21 @@ import (
 //	ARGV[4]  count: at most this many entries
 //	ARGV[5]  the body key prefix, {p}:b:
 //	ARGV[6]  the idle time Release gives, ms
-//	ARGV[7]  now, Unix ms: retries due by then are handed out first
+//	ARGV[7]  now, Unix ms: retries due by then are handed out
 //	returns  {{stream id, fields, attempt or false, body size or -1 when
-//	         there is no body}...}, oldest first; at most count
+//	         there is no body}...}, oldest due first; at most count
 //
 // Retries due (Retry acknowledged them, so they are in no consumer's
-// pending list, and listed them in {p}:due) come first, earliest due
-// first: XCLAIM FORCE makes them pending for this consumer again, so from
-// then on they are held as any claimed entry, and taken over if this
-// consumer dies.
+// pending list, and listed them in {p}:due) and new entries come out
+// oldest due first, a new entry being due from when it was queued (the
+// store's clock, as the due times are): a retry due before the next new
+// entry was queued goes first, else the new entry. Handing every due retry
+// out before any new entry let thousands of failing payloads, retried every
+// second or two, starve the new ones (TestRetriesWaitInTheStoreRedis: 0 of
+// 50 healthy payloads delivered). The next new entries are read (XRANGE
+// after the group's last-delivered-id) only while a retry is due. XCLAIM
+// FORCE makes a due retry pending for this consumer again, so from then on
+// it is held as any claimed entry, and taken over if this consumer dies.
 var claimScript = goredis.NewScript(idLua + `
 local want = tonumber(ARGV[4])
 local out, sids = {}, {}
@@ -82,18 +88,6 @@ if prev then
     end
   end
 end
-if #out < want then
-  local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[7], 'LIMIT', 0, want - #out)
-  for _, sid in ipairs(due) do
-    redis.call('ZREM', KEYS[4], sid)
-    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, sid, 'FORCE')
-    if got[1] and got[1][1] then
-      add(got[1])
-    else
-      redis.call('HDEL', KEYS[2], sid) -- gone from the stream meanwhile
-    end
-  end
-end
 -- Take over what is idle past the visibility timeout, oldest first.
 -- XPENDING looks at the pending list alone; XAUTOCLAIM would also look up
 -- every entry it steps over in the stream, the entries this and the other
@@ -122,9 +116,69 @@ if #out < want then
     end
   end
 end
+-- Due retries and new entries, merged by due time: a new entry is due
+-- from when it was queued (its 'u' field, the store's clock, as the due
+-- times are; the stream id's time when it has none). Without retries due,
+-- new entries alone, as they come.
 if #out < want then
-  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want - #out, 'STREAMS', KEYS[1], '>')
-  if r then for _, e in ipairs(r[1][2]) do add(e) end end
+  local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[7], 'WITHSCORES', 'LIMIT', 0, want - #out)
+  local fresh = want - #out
+  local order = {}
+  if #due > 0 then
+    local last = nil
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      local name, lid = nil, nil
+      for j = 1, #g, 2 do
+        if g[j] == 'name' then name = g[j+1] elseif g[j] == 'last-delivered-id' then lid = g[j+1] end
+      end
+      if name == ARGV[1] then last = lid end
+    end
+    local nxt = {}
+    if last then nxt = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', want - #out) end
+    local function queued(e)
+      local f = e[2] or {}
+      for j = 1, #f, 2 do
+        if f[j] == 'u' and #f[j+1] > 6 then return tonumber(string.sub(f[j+1], 1, -7)) end
+      end
+      return tonumber(string.match(e[1], '^(%d+)')) or 0
+    end
+    local i, j = 1, 1
+    fresh = 0
+    while #order < want - #out and (i <= #due or j <= #nxt) do
+      if i <= #due and (j > #nxt or tonumber(due[i+1]) < queued(nxt[j])) then
+        order[#order+1] = due[i]
+        i = i + 2
+      else
+        order[#order+1] = false
+        fresh = fresh + 1
+        j = j + 1
+      end
+    end
+  end
+  local new = {}
+  if fresh > 0 then
+    local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', fresh, 'STREAMS', KEYS[1], '>')
+    if r then new = r[1][2] end
+  end
+  if #due == 0 then
+    for _, e in ipairs(new) do add(e) end
+  else
+    local n = 1
+    for _, sid in ipairs(order) do
+      if sid then
+        redis.call('ZREM', KEYS[4], sid)
+        local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, sid, 'FORCE')
+        if got[1] and got[1][1] then
+          add(got[1])
+        else
+          redis.call('HDEL', KEYS[2], sid) -- gone from the stream meanwhile
+        end
+      else
+        add(new[n])
+        n = n + 1
+      end
+    end
+  end
 end
 if #sids > 0 then
   redis.call('SET', KEYS[3], table.concat(sids, ','), 'PX', ARGV[3])
@@ -153,8 +207,9 @@ func (r *Store) claimToken() string {
 }
 
 // Claim implements Store. It first takes over entries idle past the
-// visibility timeout (a dead consumer's, or released ones), then reads new
-// ones. Bodies stay in Redis: Body fetches them.
+// visibility timeout (a dead consumer's, or released ones), then hands out
+// due retries and new entries, oldest due first. Bodies stay in Redis:
+// Body fetches them.
 func (r *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 	if err := r.usable(ctx); err != nil {
 		return nil, err

@@ -80,6 +80,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"Attempted", testAttempted},
 		{"RetryNotClaimableBeforeDue", testRetryNotClaimableBeforeDue},
 		{"RetryDueOrder", testRetryDueOrder},
+		{"RetryMergedWithNew", testRetryMergedWithNew},
 		{"RetryKeepsAttempt", testRetryKeepsAttempt},
 		{"RetryEndsTheClaim", testRetryEndsTheClaim},
 		{"Ack", testAck},
@@ -710,6 +711,44 @@ func testRetryDueOrder(t *testing.T, newStore Factory) {
 	d := f.accept("d") // due now: after the three
 	f.wantClaim(2, b, a)
 	f.wantClaim(10, d)
+}
+
+// Retries and new entries come out in one due order: a new entry queued
+// before a retry is due goes first, a retry due before a new entry was
+// queued goes first, whether they are claimed one at a time or together.
+// (A store that handed out every due retry before any new entry would let
+// a steady stream of failing payloads starve the healthy ones.)
+func testRetryMergedWithNew(t *testing.T, newStore Factory) {
+	for _, batch := range []int{1, 10} {
+		t.Run(fmt.Sprintf("claim%d", batch), func(t *testing.T) {
+			f := setup(t, newStore, 0)
+			t0 := f.clock.Now()
+			claimed := f.wantClaim(10, f.accept("r1"), f.accept("r2"))
+			r1, r2 := claimed[0], claimed[1]
+			r1.Attempts, r2.Attempts = 1, 1
+			f.retry(r1, t0.Add(2*time.Second))
+			f.retry(r2, t0.Add(6*time.Second))
+			f.clock.Advance(time.Second)
+			n1 := f.accept("n1") // queued at t0+1s: before r1 is due
+			f.clock.Advance(3 * time.Second)
+			n2 := f.accept("n2") // queued at t0+4s: after r1, before r2 is due
+			f.clock.Advance(4 * time.Second)
+			want := []*queue.Entry{n1, r1, n2, r2}
+			var got []*queue.Entry
+			for len(got) < len(want) {
+				es := f.claim(batch)
+				if len(es) == 0 {
+					break
+				}
+				got = append(got, es...)
+			}
+			if !slicesEqual(ids(got), ids(want)) {
+				t.Fatalf("claimed %v (Claim(%d) until empty), want %v: n1 (queued t0+1s), r1 (due t0+2s), n2 (queued t0+4s), r2 (due t0+6s)",
+					ids(got), batch, ids(want))
+			}
+			f.wantClaim(10)
+		})
+	}
 }
 
 // Attempts, last status and last error survive the wait, and the retried

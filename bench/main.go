@@ -332,18 +332,30 @@ func run() int {
 	if len(active) == 0 {
 		return fail("no target left to run")
 	}
-	// One Caddyfile per connection count: the live relays' concurrency
-	// follows the count unless -delivery-concurrency fixes it.
-	caddyfiles := make([]string, len(counts))
+	// One Caddyfile per connection count and build, with the sites of that
+	// build's targets only: a build never opens another build's stores,
+	// whose formats may differ; the live relays' concurrency follows the
+	// count unless -delivery-concurrency fixes it.
+	caddyfiles := make([]map[string]string, len(counts)) // by build (target.bin)
 	for i, n := range counts {
 		e.deliveryConcurrency = deliveryAt(n)
-		var sites strings.Builder
+		sites := map[string]*strings.Builder{}
 		for _, t := range active {
-			sites.WriteString(t.site(e) + "\n")
+			if sites[t.bin] == nil {
+				sites[t.bin] = &strings.Builder{}
+			}
+			sites[t.bin].WriteString(t.site(e) + "\n")
 		}
-		caddyfiles[i] = filepath.Join(dir, fmt.Sprintf("Caddyfile-%d", n))
-		if err := os.WriteFile(caddyfiles[i], []byte(c.Config(sites.String())), 0o644); err != nil {
-			return fail("%v", err)
+		caddyfiles[i] = map[string]string{}
+		for bin, b := range sites {
+			name := fmt.Sprintf("Caddyfile-%d", n)
+			if bin != "" {
+				name += "-before"
+			}
+			caddyfiles[i][bin] = filepath.Join(dir, name)
+			if err := os.WriteFile(caddyfiles[i][bin], []byte(c.Config(b.String())), 0o644); err != nil {
+				return fail("%v", err)
+			}
 		}
 	}
 	// A fresh Caddy process for every measurement: what one target leaves
@@ -351,7 +363,7 @@ func run() int {
 	// cost the next target CPU. bolt and redis queues survive the restarts,
 	// so the delivery check at the end sees them all.
 	var caddy *harness.Proc
-	restart := func(caddyfile string, t *target) error {
+	restart := func(ci int, t *target) error {
 		stopCaddy(caddy, 20*time.Second)
 		if large {
 			// What a burst target stored is never delivered (its upstream
@@ -360,8 +372,14 @@ func run() int {
 				return err
 			}
 		}
+		var buildPorts []int
+		for _, o := range active {
+			if o.bin == t.bin {
+				buildPorts = append(buildPorts, o.port)
+			}
+		}
 		var err error
-		caddy, err = startCaddy(on(c, t.bin), caddyfile, ports)
+		caddy, err = startCaddy(on(c, t.bin), caddyfiles[ci][t.bin], buildPorts)
 		return err
 	}
 	defer func() { stopCaddy(caddy, 20*time.Second) }()
@@ -392,7 +410,7 @@ func run() int {
 				if ctx.Err() != nil {
 					return fail("interrupted")
 				}
-				if err := restart(caddyfiles[ci], t); err != nil {
+				if err := restart(ci, t); err != nil {
 					return fail("%v", err)
 				}
 				s := t.at[ci]
@@ -465,9 +483,10 @@ func run() int {
 	}
 
 	printTable(active, counts, large)
-	// the delivery check needs a running relay; this tree's build
-	// delivers what the -before targets queued as well
-	if err := restart(caddyfiles[0], &target{}); err != nil {
+	// the delivery check needs a running relay: this tree's build, whose
+	// live targets may still hold a backlog (the -before ones drained
+	// after each of their runs, or the check reports what they lost)
+	if err := restart(0, &target{}); err != nil {
 		return fail("%v", err)
 	}
 	if *profile {

@@ -296,6 +296,12 @@ func readBody(r *http.Request, limit int64, mem *budget.Budget, client string) (
 		}
 		n, err := r.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
+		if err == io.EOF && r.ContentLength >= 0 && int64(len(buf)) < r.ContentLength {
+			// a body shorter than announced (HTTP/3, or a handler before
+			// this one that replaced it) is cut, as net/http's own
+			// HTTP/1 and HTTP/2 readers say
+			return nil, taken, io.ErrUnexpectedEOF
+		}
 		if err == io.EOF {
 			return buf, taken, nil
 		}

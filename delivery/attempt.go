@@ -205,7 +205,9 @@ type sentBodies struct {
 // open returns a reader of body that the transport closes when done.
 func (s *sentBodies) open(body []byte) io.ReadCloser {
 	s.pending.Add(1)
-	return &sentBody{Reader: bytes.NewReader(body), done: s.pending.Done}
+	b := &sentBody{done: s.pending.Done}
+	b.r.Reset(body)
+	return b
 }
 
 // wait reports whether every reader was closed within d.
@@ -225,14 +227,39 @@ func (s *sentBodies) wait(d time.Duration) bool {
 	}
 }
 
+// errBodyClosed is what a read of a closed sentBody returns.
+var errBodyClosed = errors.New("request body closed")
+
+// sentBody is the reader of a body the transport sends. Close waits for a
+// Read in progress and makes every later one fail, so that once it is
+// closed nothing reads the body again: HTTP/2's writer may call Read after
+// the transport closed the body from another goroutine (an upstream that
+// answers before reading it all), and a freed bodybuf must never be read.
 type sentBody struct {
-	*bytes.Reader
-	once sync.Once
-	done func()
+	mu     sync.Mutex
+	r      bytes.Reader
+	closed bool
+	done   func()
+}
+
+func (b *sentBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, errBodyClosed
+	}
+	return b.r.Read(p)
 }
 
 func (b *sentBody) Close() error {
-	b.once.Do(b.done)
+	b.mu.Lock()
+	first := !b.closed
+	b.closed = true
+	b.r.Reset(nil)
+	b.mu.Unlock()
+	if first {
+		b.done()
+	}
 	return nil
 }
 

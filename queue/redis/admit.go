@@ -262,7 +262,7 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		if r.durable > 0 || r.replicas > 0 {
 			return r.admitWaiting(ctx, enqueue)
 		}
-		call := &pipeCall{ctx: ctx, size: size, enqueue: enqueue, borrowed: len(e.Body) >= bodybuf.Threshold}
+		call := &pipeCall{ctx: ctx, size: size, enqueue: enqueue, borrowed: cap(e.Body) >= bodybuf.Threshold}
 		if err := r.send(call); err != nil {
 			return nil, err
 		}

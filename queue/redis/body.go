@@ -74,13 +74,14 @@ func (r *Store) readBody(ctx context.Context, key string, first *goredis.StringC
 	case n == len(head):
 		return bytesOf(head), true, nil
 	}
-	body = alloc(n)
+	buf := alloc(n)
 	defer func() {
 		if !ok || err != nil {
-			bodybuf.Free(body)
+			bodybuf.Free(buf) // the local: every failing return set body to nil
 			body = nil
 		}
 	}()
+	body = buf
 	off := copy(body, head)
 	for off < n {
 		end := min(off+bodyChunk, n)

@@ -15,15 +15,15 @@ import (
 // may do (net/http's does, writing a body the upstream answered before
 // reading).
 type lateTransport struct {
-	read chan int64 // what it read of a body, once it closed it
+	read chan int64 // what it read of a body, just before it closed it (buffered)
 }
 
 func (l *lateTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	go func() {
 		time.Sleep(50 * time.Millisecond)
 		n, _ := io.Copy(io.Discard, r.Body)
+		l.read <- n // before Close: attempt may return the moment it closes
 		r.Body.Close()
-		l.read <- n
 	}()
 	return &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
 }

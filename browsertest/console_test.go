@@ -6,9 +6,6 @@ import (
 	"encoding/base64"
 	"flag"
 	"fmt"
-	"image"
-	"image/color"
-	"image/png"
 	"net/http"
 	"net/url"
 	"os"
@@ -54,60 +51,10 @@ func newConsoleApp(t *testing.T) *consoleApp {
 	return app
 }
 
-// consoleConfig is a relay at /in guarded by a token, with a secret
-// header_up, and the console at /ops/ behind basic_auth.
+// consoleConfig is the console test's site (testkit.ConsoleDirectives),
+// the console behind basic_auth.
 func consoleConfig(t *testing.T, upstreamURL, hash string) string {
-	return site(fmt.Sprintf(`
-	webhook_relay /in {
-		upstream %s/hook
-		name %s
-		store memory
-		backoff 10ms 50ms
-		auth_query token {env.CONSOLE_TEST_TOKEN}
-		header_up X-App-Token {env.CONSOLE_TEST_APP_TOKEN}
-	}
-	handle_path /ops/* {
-		basic_auth {
-			%s %s
-		}
-		webhook_relay_console
-	}
-	redir /ops /ops/`, upstreamURL, relayName(t), consoleUser, hash))
-}
-
-// consoleSecrets sets the relay's secrets and returns them.
-func consoleSecrets(t *testing.T) []string {
-	token := "tok-" + strings.Repeat("q7", 12)
-	appToken := "app-" + strings.Repeat("z9", 12)
-	t.Setenv("CONSOLE_TEST_TOKEN", token)
-	t.Setenv("CONSOLE_TEST_APP_TOKEN", appToken)
-	return []string{token, appToken}
-}
-
-// testPNG is a small picture with a gradient, encoded as PNG.
-func testPNG(t *testing.T, w, h int) []byte {
-	img := image.NewRGBA(image.Rect(0, 0, w, h))
-	for y := range h {
-		for x := range w {
-			img.Set(x, y, color.RGBA{R: uint8(40 + 200*x/w), G: uint8(90 + 120*y/h), B: 200, A: 255})
-		}
-	}
-	var buf bytes.Buffer
-	if err := png.Encode(&buf, img); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-// runwareResult is a Runware imageInference result with extra fields.
-func runwareResult(task, image string, extra ...string) []byte {
-	fields := append([]string{
-		`"taskType":"imageInference"`,
-		fmt.Sprintf(`"taskUUID":%q`, task),
-		fmt.Sprintf(`"imageUUID":%q`, image),
-	}, extra...)
-	fields = append(fields, `"seed":4172364925`, `"cost":0.0013`)
-	return []byte(`{"data":[{` + strings.Join(fields, ",") + `}]}`)
+	return site(testkit.ConsoleDirectives(upstreamURL, relayName(t), consoleUser, hash))
 }
 
 // TestConsoleInBrowser opens the console in headless Chromium: dead letters
@@ -116,7 +63,7 @@ func runwareResult(task, image string, extra ...string) []byte {
 // thumbnail, and once the application is fixed, replaying from the page
 // drains them; deleting needs a confirmation and removes for good.
 func TestConsoleInBrowser(t *testing.T) {
-	secrets := consoleSecrets(t)
+	secrets := testkit.ConsoleSecrets(t)
 	app := newConsoleApp(t)
 	name := relayName(t)
 	hash, err := bcrypt.GenerateFromPassword([]byte(consolePassword), bcrypt.MinCost)
@@ -126,23 +73,23 @@ func TestConsoleInBrowser(t *testing.T) {
 	startCaddy(t, consoleConfig(t, app.URL, string(hash)))
 	in := relayURL("/in", "token="+secrets[0]+"&source=runware")
 
-	pic := testPNG(t, 160, 112)
+	pic := testkit.PNG(t, 160, 112)
 	picB64 := base64.StdEncoding.EncodeToString(pic)
 	// ids of this run's own: the relay's dedupe state outlives a test
 	// (go test -count=2)
 	run := payloadSeq.Add(1)
 	uuid := func(prefix string, n int64) string { return fmt.Sprintf("%s-%012x", prefix, run*16+n) }
 	imageUUID := uuid("b7f4c2d8-6a0e-4b1f-8c3d", 2)
-	withBase64 := runwareResult(uuid("5e9a3b0c-1f2d-4c39-9a57", 1), imageUUID,
+	withBase64 := testkit.RunwareResult(uuid("5e9a3b0c-1f2d-4c39-9a57", 1), imageUUID,
 		`"imageBase64Data":"`+picB64+`"`)
-	withDataURI := runwareResult(uuid("0c3d9f1e-7b2a-4e58-b6c1", 3), uuid("e2a81f5c-3d7b-4c9e-a016", 4),
+	withDataURI := testkit.RunwareResult(uuid("0c3d9f1e-7b2a-4e58-b6c1", 3), uuid("e2a81f5c-3d7b-4c9e-a016", 4),
 		`"imageDataURI":"data:image/png;base64,`+picB64+`"`)
 	refusedError := []byte(`{"errors":[{"code":"invalidPositivePrompt","message":"Invalid value for positivePrompt parameter.",` +
 		`"parameter":"positivePrompt","taskType":"imageInference","taskUUID":"` + uuid("9d4b7e2a-5c1f-4a83-b0e6", 5) + `"}]}`)
-	fine := runwareResult(uuid("a1b2c3d4-0000-4e5f-8a9b", 6), uuid("f0e1d2c3-1111-4b5a-9c8d", 7),
+	fine := testkit.RunwareResult(uuid("a1b2c3d4-0000-4e5f-8a9b", 6), uuid("f0e1d2c3-1111-4b5a-9c8d", 7),
 		`"imageURL":"https://im.runware.ai/image/ws/0.5/ii/f0e1d2c3.jpg"`)
 	for _, b := range [][]byte{withBase64, withDataURI, refusedError, fine} {
-		mustAccept(t, in, b, "User-Agent: Runware-Webhooks/1.0")
+		testkit.MustAccept(t, in, b, "User-Agent: Runware-Webhooks/1.0")
 	}
 	waitDelivered(t, app.Upstream, fine)
 	opsWaitOverview(t, name, "3 dead letters", func(s *opsRelayStatus) bool {
@@ -179,10 +126,10 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	// traffic while the page is open: the rates come from the refreshes
 	for _, b := range [][]byte{payload(t), payload(t)} {
-		mustAccept(t, in, b)
-		expectStatus(t, post(t, in, b), http.StatusOK, "duplicate")
+		testkit.MustAccept(t, in, b)
+		testkit.ExpectStatus(t, testkit.Post(t, in, b), http.StatusOK, "duplicate")
 	}
-	expectStatus(t, post(t, relayURL("/in", "token=wrong"), payload(t)), http.StatusUnauthorized, "")
+	testkit.ExpectStatus(t, testkit.Post(t, relayURL("/in", "token=wrong"), payload(t)), http.StatusUnauthorized, "")
 	for _, class := range []string{"rate-accepted", "rate-duplicate", "rate-unauthorized"} {
 		b.waitFor("a rate in "+class+" refreshed without a reload", `/^[0-9.]+\/s$/.test(`+cell(class)+`) && `+cell(class)+` !== '0/s'`)
 	}
@@ -295,11 +242,11 @@ func TestConsoleInBrowser(t *testing.T) {
 		var answers []string
 		for _, path := range []string{"api/relays", "api/dead?relay=" + name,
 			"api/letter?relay=" + name + "&id=" + ids["base64"], "api/letter?relay=" + name + "&id=" + ids["error"]} {
-			a, err := send(http.MethodGet, consoleURL+path, nil, "Authorization: "+auth)
-			if err != nil || a.status != http.StatusOK {
-				t.Fatalf("GET %s: %v %d %s", path, err, a.status, a.body)
+			a, err := testkit.Send(http.MethodGet, consoleURL+path, nil, "Authorization: "+auth)
+			if err != nil || a.Status != http.StatusOK {
+				t.Fatalf("GET %s: %v %d %s", path, err, a.Status, a.Body)
 			}
-			answers = append(answers, a.body)
+			answers = append(answers, a.Body)
 		}
 		for _, s := range append(secrets, consolePassword) {
 			if strings.Contains(html, s) {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -105,69 +104,6 @@ func relayURL(path, query string) string {
 	return u
 }
 
-var client = &http.Client{Timeout: waitTimeout}
-
-// answer is one response, read whole.
-type answer struct {
-	status int
-	header http.Header
-	body   string
-}
-
-// send makes one request and reads the whole answer. header holds
-// "Name: value" pairs.
-func send(method, url string, body io.Reader, header ...string) (answer, error) {
-	req, err := http.NewRequest(method, url, body)
-	if err != nil {
-		return answer{}, err
-	}
-	for _, h := range header {
-		name, value, _ := strings.Cut(h, ":")
-		req.Header.Set(strings.TrimSpace(name), strings.TrimSpace(value))
-	}
-	if req.Header.Get("Content-Type") == "" && body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return answer{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return answer{}, err
-	}
-	return answer{status: resp.StatusCode, header: resp.Header, body: string(b)}, nil
-}
-
-// post sends body to the relay and fails the test if no answer comes.
-func post(t *testing.T, url string, body []byte, header ...string) answer {
-	t.Helper()
-	a, err := send(http.MethodPost, url, bytes.NewReader(body), header...)
-	if err != nil {
-		t.Fatalf("POST %s: %v", url, err)
-	}
-	return a
-}
-
-// mustAccept posts body and fails the test unless the relay accepts it.
-func mustAccept(t *testing.T, url string, body []byte, header ...string) {
-	t.Helper()
-	expectStatus(t, post(t, url, body, header...), http.StatusOK, "accepted")
-}
-
-// expectStatus checks the status and, when jsonStatus is set, the JSON
-// status field.
-func expectStatus(t *testing.T, a answer, status int, jsonStatus string) {
-	t.Helper()
-	if a.status != status {
-		t.Fatalf("status %d, want %d (body %q)", a.status, status, a.body)
-	}
-	if want := fmt.Sprintf(`{"status":%q}`, jsonStatus); jsonStatus != "" && strings.TrimSpace(a.body) != want {
-		t.Fatalf("body %q, want %s", a.body, want)
-	}
-}
-
 var payloadSeq atomic.Int64
 
 // payload returns a Runware-shaped image result no other payload of the
@@ -208,19 +144,19 @@ func withBody(reqs []*testkit.Request, body []byte) int {
 func barrier(t *testing.T, u *testkit.Upstream, url string) {
 	t.Helper()
 	body := payload(t, `"barrier":true`)
-	mustAccept(t, url, body)
+	testkit.MustAccept(t, url, body)
 	waitDelivered(t, u, body)
 }
 
 // adminGet decodes the JSON answer of GET path on the admin API.
 func adminGet(t *testing.T, path string, v any) {
 	t.Helper()
-	a, err := send(http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", adminPort, path), nil)
-	if err != nil || a.status != http.StatusOK {
-		t.Fatalf("GET %s: %v %d %s", path, err, a.status, a.body)
+	a, err := testkit.Send(http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", adminPort, path), nil)
+	if err != nil || a.Status != http.StatusOK {
+		t.Fatalf("GET %s: %v %d %s", path, err, a.Status, a.Body)
 	}
-	if err := json.Unmarshal([]byte(a.body), v); err != nil {
-		t.Fatalf("GET %s: %v: %s", path, err, a.body)
+	if err := json.Unmarshal([]byte(a.Body), v); err != nil {
+		t.Fatalf("GET %s: %v: %s", path, err, a.Body)
 	}
 }
 

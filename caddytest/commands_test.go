@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // buildCaddy builds ./cmd/caddy, the Caddy with this module, into the
@@ -150,7 +152,7 @@ func rowOf(rows []map[string]string, col, value string) map[string]string {
 // and messages of every error.
 func TestCommands(t *testing.T) {
 	c := commandRunner{t: t, bin: buildCaddy(t)}
-	secrets := consoleSecrets(t)
+	secrets := testkit.ConsoleSecrets(t)
 	app := newConsoleApp(t)
 	main, bulk := relayName(t, "main"), relayName(t, "bulk")
 	startCaddy(t, site(fmt.Sprintf(`
@@ -184,11 +186,11 @@ func TestCommands(t *testing.T) {
 		}
 		return fmt.Sprint(counts[key] + delta)
 	}
-	pic := testPNG(t, 8, 8)
-	withImage := runwareResult(uuid(1), uuid(2), `"imageBase64Data":"`+base64.StdEncoding.EncodeToString(pic)+`"`)
+	pic := testkit.PNG(t, 8, 8)
+	withImage := testkit.RunwareResult(uuid(1), uuid(2), `"imageBase64Data":"`+base64.StdEncoding.EncodeToString(pic)+`"`)
 	refusedError := []byte(`{"errors":[{"code":"invalidSeed","taskUUID":"` + uuid(3) + `"}]}`)
-	withDataURI := runwareResult(uuid(4), uuid(5), `"imageDataURI":"data:image/png;base64,AAAA"`)
-	fine := runwareResult(uuid(6), uuid(7))
+	withDataURI := testkit.RunwareResult(uuid(4), uuid(5), `"imageDataURI":"data:image/png;base64,AAAA"`)
+	fine := testkit.RunwareResult(uuid(6), uuid(7))
 	for _, b := range [][]byte{withImage, refusedError, withDataURI, fine} {
 		mustAccept(t, in, b)
 	}

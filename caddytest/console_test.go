@@ -5,11 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"image"
-	"image/color"
-	"image/png"
 	"io"
-
 	"net/http"
 	"os"
 	"strings"
@@ -17,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // consoleUser guards the console in the tests (with basic_auth), as the
@@ -54,62 +52,11 @@ const (
 	consoleHash     = "$2a$04$ag8OuUH68qXf/NUHMawZOO/BQtMT/Y87rd8SwRWYWjAfAxDzRzkzW"
 )
 
-// consoleConfig is a relay at /in guarded by a token, with a secret
-// header_up, and the console at /ops/ behind basic_auth when hash is set,
-// else with allow_anonymous.
+// consoleConfig is the console tests' site (testkit.ConsoleDirectives):
+// the console behind basic_auth when hash is set, else with
+// allow_anonymous.
 func consoleConfig(t *testing.T, upstreamURL, hash string) string {
-	auth := "webhook_relay_console {\n\t\t\tallow_anonymous\n\t\t}"
-	if hash != "" {
-		auth = fmt.Sprintf("basic_auth {\n\t\t\t%s %s\n\t\t}\n\t\twebhook_relay_console", consoleUser, hash)
-	}
-	return site(fmt.Sprintf(`
-	webhook_relay /in {
-		upstream %s/hook
-		name %s
-		store memory
-		backoff 10ms 50ms
-		auth_query token {env.CONSOLE_TEST_TOKEN}
-		header_up X-App-Token {env.CONSOLE_TEST_APP_TOKEN}
-	}
-	handle_path /ops/* {
-		%s
-	}
-	redir /ops /ops/`, upstreamURL, relayName(t), auth))
-}
-
-// consoleSecrets sets the relay's secrets and returns them.
-func consoleSecrets(t *testing.T) []string {
-	token := "tok-" + strings.Repeat("q7", 12)
-	appToken := "app-" + strings.Repeat("z9", 12)
-	t.Setenv("CONSOLE_TEST_TOKEN", token)
-	t.Setenv("CONSOLE_TEST_APP_TOKEN", appToken)
-	return []string{token, appToken}
-}
-
-// testPNG is a small picture with a gradient, encoded as PNG.
-func testPNG(t *testing.T, w, h int) []byte {
-	img := image.NewRGBA(image.Rect(0, 0, w, h))
-	for y := range h {
-		for x := range w {
-			img.Set(x, y, color.RGBA{R: uint8(40 + 200*x/w), G: uint8(90 + 120*y/h), B: 200, A: 255})
-		}
-	}
-	var buf bytes.Buffer
-	if err := png.Encode(&buf, img); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-// runwareResult is a Runware imageInference result with extra fields.
-func runwareResult(task, image string, extra ...string) []byte {
-	fields := append([]string{
-		`"taskType":"imageInference"`,
-		fmt.Sprintf(`"taskUUID":%q`, task),
-		fmt.Sprintf(`"imageUUID":%q`, image),
-	}, extra...)
-	fields = append(fields, `"seed":4172364925`, `"cost":0.0013`)
-	return []byte(`{"data":[{` + strings.Join(fields, ",") + `}]}`)
+	return site(testkit.ConsoleDirectives(upstreamURL, relayName(t), consoleUser, hash))
 }
 
 // consoleCall makes one request to the console (mounted at /ops/, no
@@ -142,7 +89,7 @@ func consoleError(t *testing.T, what string, a answer, status int, says string) 
 // sends from another site, or as a plain form, does nothing; the same from
 // the console's own origin, or from a client that is no browser, works.
 func TestConsoleRefusesCrossSiteWrites(t *testing.T) {
-	consoleSecrets(t)
+	testkit.ConsoleSecrets(t)
 	app := newConsoleApp(t)
 	name := relayName(t)
 	startCaddy(t, consoleConfig(t, app.URL, ""))
@@ -210,7 +157,7 @@ func TestConsoleRefusesCrossSiteWrites(t *testing.T) {
 // TestConsolePaths: the page, its files and its JSON at any mount point,
 // with headers that keep it to itself.
 func TestConsolePaths(t *testing.T) {
-	consoleSecrets(t)
+	testkit.ConsoleSecrets(t)
 	app := newConsoleApp(t)
 	name := relayName(t)
 	startCaddy(t, consoleConfig(t, app.URL, ""))
@@ -323,7 +270,7 @@ func TestConsoleCaddyfile(t *testing.T) {
 // handler has authenticated, unless allow_anonymous is set; a request
 // without one gets 403 and a page saying how to put basic_auth in front.
 func TestConsoleAccess(t *testing.T) {
-	consoleSecrets(t)
+	testkit.ConsoleSecrets(t)
 	app := newConsoleApp(t)
 	credentials := "Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(consoleUser+":"+consolePassword))
 

@@ -1,7 +1,6 @@
 package caddytest
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 	_ "github.com/hookrelay/caddy-webhook-relay"
 	"github.com/hookrelay/caddy-webhook-relay/internal/caddyhome"
 	"github.com/hookrelay/caddy-webhook-relay/internal/harness"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // TestMain gives the in-process Caddy, and every caddy the tests run, config
@@ -133,78 +133,41 @@ func relayURL(path, query string) string {
 	return u
 }
 
-// client sends the webhooks. No keep-alive: a config reload closes idle
-// connections, and every request here should say something about the
-// relay, not about a connection the old server just closed.
-var client = &http.Client{
-	Timeout:   waitTimeout,
-	Transport: &http.Transport{DisableKeepAlives: true},
-}
+// client sends the webhooks (testkit.Client: no keep-alive).
+var client = testkit.Client
 
-// answer is the relay's response to one request.
+// answer is the relay's response to one request: testkit.Reply under the
+// field names the tests use.
 type answer struct {
 	status int
 	header http.Header
 	body   string
 }
 
-// send makes one request to the relay and reads the whole answer. header
-// holds "Name: value" pairs.
+func answerOf(r testkit.Reply) answer { return answer{r.Status, r.Header, r.Body} }
+
+// send is testkit.Send.
 func send(method, url string, body io.Reader, header ...string) (answer, error) {
-	req, err := http.NewRequest(method, url, body)
-	if err != nil {
-		return answer{}, err
-	}
-	for _, h := range header {
-		name, value, _ := strings.Cut(h, ":")
-		req.Header.Set(strings.TrimSpace(name), strings.TrimSpace(value))
-	}
-	if req.Header.Get("Content-Type") == "" && body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return answer{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return answer{}, err
-	}
-	return answer{status: resp.StatusCode, header: resp.Header, body: string(b)}, nil
+	r, err := testkit.Send(method, url, body, header...)
+	return answerOf(r), err
 }
 
-// post sends body to the relay and fails the test if no answer comes.
+// post is testkit.Post.
 func post(t *testing.T, url string, body []byte, header ...string) answer {
 	t.Helper()
-	a, err := send(http.MethodPost, url, bytes.NewReader(body), header...)
-	if err != nil {
-		t.Fatalf("POST %s: %v", url, err)
-	}
-	return a
+	return answerOf(testkit.Post(t, url, body, header...))
 }
 
-// mustAccept posts body and fails the test unless the relay accepts it.
+// mustAccept is testkit.MustAccept.
 func mustAccept(t *testing.T, url string, body []byte, header ...string) {
 	t.Helper()
-	expectStatus(t, post(t, url, body, header...), http.StatusOK, "accepted")
+	testkit.MustAccept(t, url, body, header...)
 }
 
-// expectStatus checks the status and, for 200s, the JSON status field.
+// expectStatus is testkit.ExpectStatus.
 func expectStatus(t *testing.T, a answer, status int, jsonStatus string) {
 	t.Helper()
-	if a.status != status {
-		t.Fatalf("status %d, want %d (body %q)", a.status, status, a.body)
-	}
-	if jsonStatus == "" {
-		return
-	}
-	if want := fmt.Sprintf(`{"status":%q}`, jsonStatus); strings.TrimSpace(a.body) != want {
-		t.Fatalf("body %q, want %s", a.body, want)
-	}
-	if ct := a.header.Get("Content-Type"); ct != "application/json" {
-		t.Fatalf("Content-Type %q, want application/json", ct)
-	}
+	testkit.ExpectStatus(t, testkit.Reply{Status: a.status, Header: a.header, Body: a.body}, status, jsonStatus)
 }
 
 var payloadSeq atomic.Int64

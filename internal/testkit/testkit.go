@@ -1,7 +1,9 @@
 // Package testkit is the one test support package of the relay's tests:
 // waiting for a condition (Eventually, Poll), a recording upstream on
-// 127.0.0.1 (NewUpstream), and checking that a recovered panic was logged
-// (PanicLogged). Only tests import it.
+// 127.0.0.1 (NewUpstream), checking that a recovered panic was logged
+// (PanicLogged), a client for the relay (Send, Post, ExpectStatus) and the
+// console tests' fixtures (ConsoleSecrets, PNG, RunwareResult). Only tests
+// import it.
 package testkit
 
 import (

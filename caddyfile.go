@@ -33,6 +33,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		upstream      <url>
 //		name          <name>
 //		auth_query    <param> <secret...>
+//		auth_header   <field> <value...>
+//		auth_basic    <user> <password...>
 //		verify        <scheme> <secret...> [{ tolerance <duration> }]
 //		verify        hmac { header <field>; algorithm <alg>; encoding <enc>; prefix <text>; secret <secret...> }
 //		key           <source...>
@@ -54,8 +56,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_stored    <size>
 //	}
 //
-// auth_query and header_up may be repeated; every other subdirective may
-// appear once.
+// auth_query, auth_header, auth_basic and header_up may be repeated (once
+// per parameter, field or user); every other subdirective may appear once.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
@@ -68,7 +70,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		sub := d.Val()
-		if seen[sub] && sub != "auth_query" && sub != "header_up" {
+		if seen[sub] && sub != "auth_query" && sub != "auth_header" && sub != "auth_basic" && sub != "header_up" {
 			return d.Errf("subdirective '%s' given twice", sub)
 		}
 		seen[sub] = true
@@ -103,6 +105,28 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.AuthQuery = make(map[string][]string)
 			}
 			h.AuthQuery[param] = secrets
+
+		case "auth_header", "auth_basic":
+			what, example := "value", `"Bearer {env.WEBHOOK_TOKEN}"`
+			m := &h.AuthHeader
+			if sub == "auth_basic" {
+				what, example, m = "password", "{env.WEBHOOK_PASSWORD}", &h.AuthBasic
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			values := d.RemainingArgs()
+			if len(values) == 0 {
+				return d.Errf("%s %s: give at least one %s, e.g. %s", sub, name, what, example)
+			}
+			if _, dup := (*m)[name]; dup {
+				return d.Errf("%s %s given twice; list all its %ss on one line", sub, name, what)
+			}
+			if *m == nil {
+				*m = make(map[string][]string)
+			}
+			(*m)[name] = values
 
 		case "verify":
 			cfg, err := parseVerify(d)

@@ -81,6 +81,13 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	case err != nil:
 		return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "", err)
 	}
+	if err := h.checkAuthHeaders(r.Header); err != nil {
+		return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "", err)
+	}
+	if !h.checkBasic(r.Header) {
+		w.Header().Set("WWW-Authenticate", basicChallenge)
+		return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "", errWrongBasic)
+	}
 	// what the signature headers alone show, before a byte of the body
 	// is read or a byte of max_memory taken
 	if h.verifier != nil {

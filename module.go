@@ -80,6 +80,26 @@ type Handler struct {
 	// one that resolves to empty is a configuration error.
 	AuthQuery map[string][]string `json:"auth_query,omitempty"`
 
+	// AuthHeader maps request header names to the values they may carry,
+	// e.g. {"Authorization": ["Bearer {env.LEONARDO_TOKEN}"]}. A request
+	// passes only if every listed header is present once and equals one of
+	// its values (several allow rotation), compared in constant time before
+	// the body is read. Values are written as placeholders; one that
+	// resolves to empty is a configuration error. The header is never
+	// stored or forwarded: naming it in forward_headers or key is a
+	// configuration error.
+	AuthHeader map[string][]string `json:"auth_header,omitempty"`
+
+	// AuthBasic maps HTTP Basic user names to the passwords they may use,
+	// e.g. {"deepgram": ["{env.DEEPGRAM_PASSWORD}"]}. A request passes only
+	// with one Authorization header carrying Basic credentials of a listed
+	// user and one of its passwords (several allow rotation), compared in
+	// constant time over SHA-256 digests (no bcrypt per request) before the
+	// body is read; otherwise 401 with WWW-Authenticate: Basic
+	// realm="webhook_relay". Passwords are written as placeholders; one that
+	// resolves to empty is a configuration error.
+	AuthBasic map[string][]string `json:"auth_basic,omitempty"`
+
 	// Verify checks the sender's signature on the raw body before anything
 	// is stored: a provider's scheme (standard_webhooks, svix, stripe,
 	// github, shopify, slack, paddle, linear) or a generic hmac. A request
@@ -179,20 +199,22 @@ type Handler struct {
 	// At least MaxBody. Default 2 GiB.
 	MaxStored int64 `json:"max_stored,omitempty"`
 
-	keyer      *dedupe.Keyer
-	auth       []authParam
-	verifier   *verify.Verifier
-	keep       []string // canonical names of the incoming headers stored with a payload
-	signKey    []byte   // sign_upstream's key
-	settings   *delivery.Settings
-	relay      *pooledRelay
-	poolConfig *relayConfig   // what the relay applies of this config
-	admitter   queue.Admitter // the relay's store, as the ack path sees it
-	poolKey    string
-	configCtx  caddy.Context
-	nameTaken  bool
-	metrics    *relayMetrics
-	logger     *zap.Logger
+	keyer       *dedupe.Keyer
+	auth        []authParam
+	authHeaders []authHeader
+	basicUsers  []basicUser
+	verifier    *verify.Verifier
+	keep        []string // canonical names of the incoming headers stored with a payload
+	signKey     []byte   // sign_upstream's key
+	settings    *delivery.Settings
+	relay       *pooledRelay
+	poolConfig  *relayConfig   // what the relay applies of this config
+	admitter    queue.Admitter // the relay's store, as the ack path sees it
+	poolKey     string
+	configCtx   caddy.Context
+	nameTaken   bool
+	metrics     *relayMetrics
+	logger      *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -223,14 +245,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.auth, err = compileAuth(repl, h.AuthQuery); err != nil {
 		return err
 	}
+	if h.authHeaders, err = compileAuthHeaders(repl, h.AuthHeader); err != nil {
+		return err
+	}
+	if h.basicUsers, err = compileAuthBasic(repl, h.AuthBasic); err != nil {
+		return err
+	}
 	if h.Verify != nil {
 		resolve := func(s string) (string, error) { return repl.ReplaceOrErr(s, true, true) }
 		if h.verifier, err = verify.New(*h.Verify, resolve); err != nil {
 			return err
 		}
 	}
-	if len(h.auth) == 0 && h.verifier == nil {
-		h.logger.Warn("no auth_query or verify configured: anyone who finds this URL can queue payloads", zap.String("relay", h.Name))
+	if len(h.auth) == 0 && len(h.authHeaders) == 0 && len(h.basicUsers) == 0 && h.verifier == nil {
+		h.logger.Warn("no auth_query, auth_header, auth_basic or verify configured: anyone who finds this URL can queue payloads", zap.String("relay", h.Name))
 	}
 	keySources := h.Key
 	if len(keySources) == 0 && h.verifier != nil {
@@ -240,6 +268,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("key: %v", err)
 	}
 	if err := checkKeyHasNoSecret(keySources, h.AuthQuery); err != nil {
+		return err
+	}
+	var verifyHeaders []string
+	if h.verifier != nil {
+		verifyHeaders = h.verifier.Headers()
+	}
+	if err := checkAuthHeaderConflicts(h.authHeaders, len(h.basicUsers) > 0, verifyHeaders, h.ForwardHeaders, keySources); err != nil {
 		return err
 	}
 	if h.verifier != nil && time.Duration(h.Window) < h.verifier.Tolerance() {

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
 
 // rssAnon is this process's anonymous resident memory, in bytes.
@@ -13,7 +15,7 @@ func rssAnon(t *testing.T) int64 {
 	t.Helper()
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		t.Skip("no /proc/self/status:", err)
+		testkit.Unavailable(t, "no /proc/self/status: %v", err)
 	}
 	for line := range strings.SplitSeq(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
@@ -24,7 +26,7 @@ func rssAnon(t *testing.T) int64 {
 			return kb << 10
 		}
 	}
-	t.Skip("no RssAnon")
+	testkit.Unavailable(t, "no RssAnon in /proc/self/status")
 	return 0
 }
 
@@ -32,7 +34,7 @@ func rssAnon(t *testing.T) int64 {
 // leaves the process at once, without a collection.
 func TestLargeLeavesAtFree(t *testing.T) {
 	if runtime.GOOS != "linux" {
-		t.Skip("mapped buffers are Linux only")
+		testkit.Unavailable(t, "mapped buffers are Linux only")
 	}
 	const n = 64 << 20
 	before := rssAnon(t)

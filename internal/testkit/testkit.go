@@ -7,6 +7,7 @@
 package testkit
 
 import (
+	"os"
 	"testing"
 	"time"
 )
@@ -46,3 +47,14 @@ func Poll(timeout time.Duration, cond func() bool) bool {
 type Lazy func() string
 
 func (f Lazy) String() string { return f() }
+
+// Unavailable ends a test that cannot run here (a platform without what it
+// measures): a skip on a developer's machine, a failure under CI (the
+// environment variable CI set), where every test must run.
+func Unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf("cannot run under CI: "+format, args...)
+	}
+	t.Skipf(format, args...)
+}

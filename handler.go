@@ -91,7 +91,7 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	// what the signature headers alone show, before a byte of the body
 	// is read or a byte of max_memory taken
 	if h.verifier != nil {
-		if err := h.verifier.CheckHeaders(r.Header, time.Now()); err != nil {
+		if err := h.verifier.CheckHeaders(r, time.Now()); err != nil {
 			return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "",
 				fmt.Errorf("verify %s: %v", h.verifier.Scheme(), err))
 		}
@@ -141,7 +141,7 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	bodyRead = true
 
 	if h.verifier != nil {
-		if err := h.verifier.Verify(r.Header, body, time.Now()); err != nil {
+		if err := h.verifier.Verify(r, body, time.Now()); err != nil {
 			return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "",
 				fmt.Errorf("verify %s: %v", h.verifier.Scheme(), err))
 		}

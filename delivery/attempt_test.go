@@ -111,7 +111,7 @@ func TestBuildRequestKeptHeadersAndSignature(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := v.Verify(h, e.Body, at.Add(time.Minute)); err != nil {
+	if err := v.Verify(&http.Request{Header: h}, e.Body, at.Add(time.Minute)); err != nil {
 		t.Errorf("the attempt's signature does not verify: %v", err)
 	}
 }

@@ -37,25 +37,25 @@ func TestCheckHeaders(t *testing.T) {
 			body := bodyAt(now)
 			secret := s.cfg.Secrets[0]
 
-			if err := v.CheckHeaders(s.sign(secret, body, now), now); err != nil {
+			if err := v.CheckHeaders(req(s.sign(secret, body, now)), now); err != nil {
 				t.Errorf("valid headers: %v", err)
 			}
 			// the body is not looked at: a wrong secret or another body
 			// passes here and fails Verify later
-			if err := v.CheckHeaders(s.sign("another secret", body, now), now); err != nil {
+			if err := v.CheckHeaders(req(s.sign("another secret", body, now)), now); err != nil {
 				t.Errorf("well-formed headers with a wrong signature: %v, want nil (the body decides)", err)
 			}
 
 			refused := func(what string, h http.Header, want string) {
 				t.Helper()
-				err := v.CheckHeaders(h, now)
+				err := v.CheckHeaders(req(h), now)
 				if err == nil || !strings.Contains(err.Error(), want) {
 					t.Errorf("%s: CheckHeaders = %v, want an error saying %q", what, err, want)
 				}
 				if _, ok := err.(*Error); err != nil && !ok {
 					t.Errorf("%s: error %T, want *Error", what, err)
 				}
-				if err := v.Verify(h, []byte(body), now); err == nil {
+				if err := v.Verify(req(h), []byte(body), now); err == nil {
 					t.Errorf("%s: CheckHeaders refuses what Verify passes", what)
 				}
 			}
@@ -73,16 +73,16 @@ func TestCheckHeaders(t *testing.T) {
 			switch {
 			case name == "linear":
 				// Linear's signed time is in the body: only Verify sees it
-				if err := v.CheckHeaders(h, now); err != nil {
+				if err := v.CheckHeaders(req(h), now); err != nil {
 					t.Errorf("headers signed an hour ago: %v, want nil (the time is in the body)", err)
 				}
-				if err := v.Verify(h, []byte(bodyAt(old)), now); err == nil {
+				if err := v.Verify(req(h), []byte(bodyAt(old)), now); err == nil {
 					t.Errorf("a body signed an hour ago passed Verify")
 				}
 			case v.scheme.tolerance > 0:
 				refused("signed an hour ago", h, "outside the tolerance")
 			default:
-				if err := v.CheckHeaders(h, now); err != nil {
+				if err := v.CheckHeaders(req(h), now); err != nil {
 					t.Errorf("the scheme signs no time, yet: %v", err)
 				}
 			}
@@ -103,7 +103,7 @@ func TestCheckHeadersNamesEachMissingHeader(t *testing.T) {
 		for _, missing := range headers {
 			h := s.sign(s.secrets[0], "{}", now)
 			h.Del(missing)
-			err := v.CheckHeaders(h, now)
+			err := v.CheckHeaders(req(h), now)
 			if err == nil || !strings.Contains(err.Error(), missing) {
 				t.Errorf("%s without %s: %v, want an error naming it", name, missing, err)
 			}

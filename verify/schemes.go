@@ -27,6 +27,10 @@ type scheme struct {
 	// signed timestamp in tolerance) and returns what the body is checked
 	// against.
 	parse func(v *Verifier, h http.Header, now time.Time) (signed, error)
+	// check replaces the HMAC comparison of what parse returned, for the
+	// schemes that sign otherwise (Ed25519, ECDSA, the URL Twilio called,
+	// a plain token); nil for the HMAC schemes.
+	check func(v *Verifier, s signed, r *http.Request, body []byte) error
 	// after checks what only a signed body shows (Linear's timestamp);
 	// nil for most.
 	after func(v *Verifier, body []byte, now time.Time) error

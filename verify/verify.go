@@ -41,6 +41,18 @@ type Config struct {
 	Algorithm string `json:"algorithm,omitempty"`
 	Encoding  string `json:"encoding,omitempty"`
 	Prefix    string `json:"prefix,omitempty"`
+
+	// VerifyToken is the token Meta's subscription handshake (a GET with
+	// hub.verify_token) must carry, for verify meta; usually a
+	// placeholder such as {env.META_VERIFY_TOKEN}.
+	VerifyToken string `json:"verify_token,omitempty"`
+	// BaseURL replaces the scheme and host of the URL Twilio signed, for
+	// verify twilio behind another proxy: "https://example.com" (with a
+	// port where Twilio was given one). Default: the request's own.
+	BaseURL string `json:"base_url,omitempty"`
+	// JWKS is the address of the key set fal signs with, for verify fal.
+	// Default: fal's own.
+	JWKS string `json:"jwks,omitempty"`
 }
 
 // Verifier checks the requests of one sender.
@@ -103,13 +115,18 @@ func New(cfg Config, resolve func(string) (string, error)) (*Verifier, error) {
 }
 
 // Verify checks r's signature over body, the raw bytes as received, at now.
-// A failure is an *Error.
-func (v *Verifier) Verify(h http.Header, body []byte, now time.Time) error {
-	s, err := v.scheme.parse(v, h, now)
+// It reads r's headers and, for the schemes that sign it, the URL the
+// sender called; never r.Body. A failure is an *Error.
+func (v *Verifier) Verify(r *http.Request, body []byte, now time.Time) error {
+	s, err := v.scheme.parse(v, r.Header, now)
 	if err != nil {
 		return err
 	}
-	if !v.matches(s.sigs, append(s.before, body)...) {
+	if v.scheme.check != nil {
+		if err := v.scheme.check(v, s, r, body); err != nil {
+			return err
+		}
+	} else if !v.matches(s.sigs, append(s.before, body)...) {
 		return errNoMatch(s.header)
 	}
 	if v.scheme.after != nil {
@@ -122,8 +139,8 @@ func (v *Verifier) Verify(h http.Header, body []byte, now time.Time) error {
 // present, well formed, and a signed timestamp within the tolerance of now.
 // A request that fails it would fail Verify too, so its body need not be
 // read. A failure is an *Error.
-func (v *Verifier) CheckHeaders(h http.Header, now time.Time) error {
-	_, err := v.scheme.parse(v, h, now)
+func (v *Verifier) CheckHeaders(r *http.Request, now time.Time) error {
+	_, err := v.scheme.parse(v, r.Header, now)
 	return err
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -111,7 +112,7 @@ func TestSchemes(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			v := newVerifier(t, Config{Scheme: name, Secrets: []string{s.secrets[0], s.secrets[1]}})
 			body := bodyAt(now)
-			check := func(h http.Header, body string) error { return v.Verify(h, []byte(body), now) }
+			check := func(h http.Header, body string) error { return v.Verify(req(h), []byte(body), now) }
 
 			if err := check(s.sign(s.secrets[0], body, now), body); err != nil {
 				t.Errorf("valid: %v", err)
@@ -155,7 +156,7 @@ func TestErrorsRevealNoSecretOrExpectedValue(t *testing.T) {
 		v := newVerifier(t, Config{Scheme: name, Secrets: []string{s.secrets[0]}})
 		body := bodyAt(now)
 		good := s.sign(s.secrets[0], body, now)
-		err := v.Verify(s.sign("other", body, now), []byte(body), now)
+		err := v.Verify(req(s.sign("other", body, now)), []byte(body), now)
 		if err == nil {
 			t.Fatalf("%s: a wrong secret passed", name)
 		}
@@ -178,7 +179,7 @@ func TestToleranceOverride(t *testing.T) {
 	s := signers["stripe"]
 	v := newVerifier(t, Config{Scheme: "stripe", Secrets: []string{s.secrets[0]}, Tolerance: caddy.Duration(time.Hour)})
 	ts := now.Add(-30 * time.Minute)
-	if err := v.Verify(s.sign(s.secrets[0], "{}", ts), []byte("{}"), now); err != nil {
+	if err := v.Verify(req(s.sign(s.secrets[0], "{}", ts)), []byte("{}"), now); err != nil {
 		t.Errorf("30 min old with tolerance 1h: %v", err)
 	}
 }
@@ -198,10 +199,10 @@ func TestGenericHMAC(t *testing.T) {
 		v := newVerifier(t, tc.cfg)
 		h := http.Header{}
 		h.Set(tc.cfg.Header, tc.sign)
-		if err := v.Verify(h, []byte(body), now); err != nil {
+		if err := v.Verify(req(h), []byte(body), now); err != nil {
 			t.Errorf("%+v: %v", tc.cfg, err)
 		}
-		if err := v.Verify(h, []byte(body+" "), now); err == nil {
+		if err := v.Verify(req(h), []byte(body+" "), now); err == nil {
 			t.Errorf("%+v: a changed body passed", tc.cfg)
 		}
 		if got := v.Headers(); len(got) != 1 || got[0] != http.CanonicalHeaderKey(tc.cfg.Header) {
@@ -247,10 +248,15 @@ func TestSignStandardVerifies(t *testing.T) {
 	h.Set("webhook-id", "rw:abc")
 	h.Set("webhook-timestamp", strconv.FormatInt(now.Unix(), 10))
 	h.Set("webhook-signature", SignStandard(key, "rw:abc", now, body))
-	if err := v.Verify(h, body, now); err != nil {
+	if err := v.Verify(req(h), body, now); err != nil {
 		t.Errorf("the relay's own signature fails its check: %v", err)
 	}
 	if _, err := StandardKey("whsec_%%%"); err == nil {
 		t.Error("StandardKey accepted a secret that is not base64")
 	}
+}
+
+// req is a POST carrying h, as the handler passes it to the checks.
+func req(h http.Header) *http.Request {
+	return &http.Request{Method: http.MethodPost, Header: h, URL: &url.URL{Path: "/"}, Host: "example.com"}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
+	"github.com/hookrelay/caddy-webhook-relay/verify"
 )
 
 // Outcomes of the ack path, as set in {http.webhook_relay.outcome}.
@@ -92,8 +93,7 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	// is read or a byte of max_memory taken
 	if h.verifier != nil {
 		if err := h.verifier.CheckHeaders(r, time.Now()); err != nil {
-			return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "",
-				fmt.Errorf("verify %s: %v", h.verifier.Scheme(), err))
+			return h.verifyRefused(w, err)
 		}
 	}
 
@@ -142,8 +142,7 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 
 	if h.verifier != nil {
 		if err := h.verifier.Verify(r, body, time.Now()); err != nil {
-			return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "",
-				fmt.Errorf("verify %s: %v", h.verifier.Scheme(), err))
+			return h.verifyRefused(w, err)
 		}
 	}
 
@@ -202,6 +201,25 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 }
 
 var errTooLarge = errors.New("body too large")
+
+// verifyRefused answers a request the verify scheme refused: 401 for a
+// failed check, or the status the scheme gives (503 with Retry-After when
+// it cannot get the keys to check with: the sender retries).
+func (h *Handler) verifyRefused(w http.ResponseWriter, err error) (outcome, key string, _ error) {
+	status := http.StatusUnauthorized
+	if ve, ok := errors.AsType[*verify.Error](err); ok {
+		status = ve.Status()
+	}
+	err = fmt.Errorf("verify %s: %v", h.verifier.Scheme(), err)
+	switch status {
+	case http.StatusUnauthorized:
+		return OutcomeUnauthorized, "", refuse(status, "", err)
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		return OutcomeUnavailable, "", refuse(status, "", err)
+	}
+	return OutcomeBadRequest, "", refuse(status, "", err)
+}
 
 // closeUnread makes the answer to a request refused before its body was
 // read whole (all of it but a Content-Length of 0) go out at once, and

@@ -34,6 +34,12 @@ type scheme struct {
 	// after checks what only a signed body shows (Linear's timestamp);
 	// nil for most.
 	after func(v *Verifier, body []byte, now time.Time) error
+	// get answers the scheme's GET handshake; nil: the scheme has none,
+	// and GET is refused (405).
+	get func(v *Verifier, r *http.Request) (*Answer, error)
+	// handshake answers a verified POST that is the scheme's handshake;
+	// nil, nil for a payload. nil: the scheme has none.
+	handshake func(v *Verifier, r *http.Request, body []byte) (*Answer, error)
 }
 
 // signed is what a request's headers say was signed: the signatures, the

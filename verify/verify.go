@@ -66,11 +66,30 @@ type Verifier struct {
 
 // Error says why a request failed the check, for the sender's operator. It
 // holds no secret and no expected signature.
-type Error struct{ msg string }
+type Error struct {
+	msg    string
+	status int // 0: 401
+}
 
 func (e *Error) Error() string { return e.msg }
 
-func failf(format string, args ...any) error { return &Error{fmt.Sprintf(format, args...)} }
+// Status is the HTTP status to answer: 401 for a failed check, 400 or 403
+// for a refused handshake, 503 when the keys to check with cannot be had
+// now (the sender retries).
+func (e *Error) Status() int {
+	if e.status == 0 {
+		return http.StatusUnauthorized
+	}
+	return e.status
+}
+
+// failf is a failed check: 401.
+func failf(format string, args ...any) error { return &Error{msg: fmt.Sprintf(format, args...)} }
+
+// refusef is a refusal with another status than 401.
+func refusef(status int, format string, args ...any) error {
+	return &Error{msg: fmt.Sprintf(format, args...), status: status}
+}
 
 // New builds the verifier cfg describes. resolve turns a configured secret
 // into its value (placeholders); a secret that resolves to empty, or that

@@ -36,6 +36,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		auth_header   <field> <value...>
 //		auth_basic    <user> <password...>
 //		verify        <scheme> <secret...> [{ tolerance <duration> }]
+//		verify        fal [{ tolerance <duration>; jwks <url> }]
 //		verify        hmac { header <field>; algorithm <alg>; encoding <enc>; prefix <text>; secret <secret...> }
 //		key           <source...>
 //		window        <duration>
@@ -275,7 +276,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// parseVerify reads `verify <scheme> <secret...> [{ tolerance <d> }]`, or
+// parseVerify reads `verify <scheme> <secret...> [{ tolerance <d> }]`,
+// `verify fal [{ tolerance <d>; jwks <url> }]`, or
 // `verify hmac { header, algorithm, encoding, prefix, secret }`.
 func parseVerify(d *caddyfile.Dispenser) (*verify.Config, error) {
 	if !d.NextArg() {
@@ -286,8 +288,11 @@ func parseVerify(d *caddyfile.Dispenser) (*verify.Config, error) {
 	if hmac && len(cfg.Secrets) > 0 {
 		return nil, d.Err("verify hmac: give the secrets in its block: secret <secret...>")
 	}
-	if !hmac && len(cfg.Secrets) == 0 {
+	if !hmac && len(cfg.Secrets) == 0 && verify.TakesSecrets(cfg.Scheme) {
 		return nil, d.Errf("verify %s: give at least one secret, e.g. {env.WEBHOOK_SECRET}", cfg.Scheme)
+	}
+	if len(cfg.Secrets) > 0 && !verify.TakesSecrets(cfg.Scheme) {
+		return nil, d.Errf("verify %s: takes no secret: it checks with the keys the sender publishes", cfg.Scheme)
 	}
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
@@ -310,6 +315,10 @@ func parseVerify(d *caddyfile.Dispenser) (*verify.Config, error) {
 			cfg.Encoding, err = caddyfilearg.String(d)
 		case opt == "prefix" && hmac:
 			cfg.Prefix, err = caddyfilearg.String(d)
+		case opt == "jwks" && cfg.Scheme == "fal":
+			cfg.JWKS, err = caddyfilearg.String(d)
+		case opt == "jwks":
+			return nil, d.Errf("verify %s: jwks is for verify fal only", cfg.Scheme)
 		case opt == "secret" && hmac:
 			if cfg.Secrets = d.RemainingArgs(); len(cfg.Secrets) == 0 {
 				return nil, d.ArgErr()

@@ -253,7 +253,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Verify != nil {
 		resolve := func(s string) (string, error) { return repl.ReplaceOrErr(s, true, true) }
-		if h.verifier, err = verify.New(*h.Verify, resolve); err != nil {
+		if h.verifier, err = verify.New(*h.Verify, resolve, verify.WithLogger(h.logger.With(zap.String("relay", h.Name)))); err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"crypto"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -23,6 +24,14 @@ type scheme struct {
 	headers    []string      // read by the check; stored and forwarded
 	tolerance  time.Duration // for a signed timestamp; 0: none is signed
 	key        func(secret string) ([]byte, error)
+	// publicKey decodes a configured public key, for the schemes that
+	// sign with a key pair; it replaces key.
+	publicKey func(secret string) (crypto.PublicKey, error)
+	// noSecret: the scheme is configured with no secret (fal publishes
+	// its keys).
+	noSecret bool
+	// setup reads the scheme's own settings from the config; nil for most.
+	setup func(v *Verifier, cfg Config, resolve func(string) (string, error)) error
 	// parse checks what the headers alone show (present, well formed, the
 	// signed timestamp in tolerance) and returns what the body is checked
 	// against.
@@ -48,6 +57,7 @@ type signed struct {
 	sigs   [][]byte
 	header string
 	before [][]byte
+	at     time.Time // when the check runs, for the schemes that fetch keys (fal)
 }
 
 var schemes = map[string]*scheme{
@@ -120,6 +130,9 @@ var schemes = map[string]*scheme{
 		parse:     parseLinear,
 		after:     linearTimestamp,
 	},
+	"discord":  discord,
+	"sendgrid": sendgrid,
+	"fal":      fal,
 	"hmac": {
 		name:  "hmac",
 		key:   rawKey,
@@ -132,6 +145,14 @@ var schemes = map[string]*scheme{
 // nor the body hash will do: the event's own signed fields, which a retry
 // repeats (webhookId names the webhook, not the event).
 var linearKey = []string{"json.type", "json.action", "json.data.id", "json.createdAt"}
+
+// TakesSecrets reports whether the scheme is configured with secrets (all
+// but fal, which fetches the keys it signs with); true for a name that is
+// no scheme, which New refuses anyway.
+func TakesSecrets(scheme string) bool {
+	s, ok := schemes[scheme]
+	return !ok || !s.noSecret
+}
 
 // SchemeNames lists the schemes, sorted.
 func SchemeNames() []string {

@@ -1,6 +1,7 @@
 // Package verify checks a webhook sender's signature on the raw request, the
 // way each sender documents it (Standard Webhooks, Svix, Stripe, GitHub,
-// Shopify, Slack, Paddle, Linear), or a generic HMAC of the body.
+// Shopify, Slack, Paddle, Linear with an HMAC; Discord and fal with
+// Ed25519, SendGrid with ECDSA), or a generic HMAC of the body.
 //
 // A check never reveals an expected value: its errors say what was wrong
 // with the request (a header missing or malformed, a timestamp outside the
@@ -9,6 +10,7 @@ package verify
 
 import (
 	"cmp"
+	"crypto"
 	"crypto/hmac"
 	"fmt"
 	"hash"
@@ -18,16 +20,20 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 // Config is the JSON form of a relay's `verify`.
 type Config struct {
 	// Scheme is one of standard_webhooks, svix, stripe, github, shopify,
-	// slack, paddle, linear, or hmac.
+	// slack, paddle, linear, discord, sendgrid, fal, or hmac.
 	Scheme string `json:"scheme"`
 	// Secrets are the signing secrets, usually placeholders such as
 	// {env.STRIPE_WEBHOOK_SECRET}; a request passes when it was signed
-	// with any of them, so a secret can be rotated.
+	// with any of them, so a secret can be rotated. For discord, the
+	// application's public key as the Developer Portal shows it (64 hex
+	// digits); for sendgrid, the verification key as SendGrid shows it
+	// (base64). fal takes none: it signs with keys it publishes (JWKS).
 	Secrets []string `json:"secrets,omitempty"`
 	// Tolerance is how far a signed timestamp may be from now, for the
 	// schemes that sign one. Default: the provider's own.
@@ -50,8 +56,11 @@ type Config struct {
 	// verify twilio behind another proxy: "https://example.com" (with a
 	// port where Twilio was given one). Default: the request's own.
 	BaseURL string `json:"base_url,omitempty"`
-	// JWKS is the address of the key set fal signs with, for verify fal.
-	// Default: fal's own.
+	// JWKS is the address of the key set fal signs with, for verify fal:
+	// an http or https URL, or a placeholder. The keys are fetched on the
+	// first request, cached, and fetched again when a signature matches
+	// none of them (at most once every 30s) or they are a day old.
+	// Default: https://rest.alpha.fal.ai/.well-known/jwks.json.
 	JWKS string `json:"jwks,omitempty"`
 }
 
@@ -62,7 +71,19 @@ type Verifier struct {
 	tolerance time.Duration
 	newHash   func() hash.Hash
 	hmac      *hmacParams // the hmac scheme's settings; nil otherwise
+	// pubKeys are the decoded public keys of the schemes that sign with
+	// a key pair (ed25519.PublicKey, *ecdsa.PublicKey); keys is empty then.
+	pubKeys []crypto.PublicKey
+	jwks    *jwks // fal's published keys; nil for the other schemes
+	logger  *zap.Logger
 }
+
+// Option sets up a Verifier beyond its Config.
+type Option func(*Verifier)
+
+// WithLogger gives the verifier a logger, for what goes wrong outside a
+// request's own check (fal's keys cannot be fetched). Default: none.
+func WithLogger(l *zap.Logger) Option { return func(v *Verifier) { v.logger = l } }
 
 // Error says why a request failed the check, for the sender's operator. It
 // holds no secret and no expected signature.
@@ -95,7 +116,7 @@ func refusef(status int, format string, args ...any) error {
 // into its value (placeholders); a secret that resolves to empty, or that
 // does not have the scheme's format, is an error naming the secret by its
 // position, never by its value.
-func New(cfg Config, resolve func(string) (string, error)) (*Verifier, error) {
+func New(cfg Config, resolve func(string) (string, error), opts ...Option) (*Verifier, error) {
 	s, ok := schemes[cfg.Scheme]
 	if !ok {
 		return nil, fmt.Errorf("verify: unknown scheme %q: use one of %s", cfg.Scheme, strings.Join(SchemeNames(), ", "))
@@ -106,7 +127,10 @@ func New(cfg Config, resolve func(string) (string, error)) (*Verifier, error) {
 	if cfg.Tolerance != 0 && s.tolerance == 0 {
 		return nil, fmt.Errorf("verify %s: the scheme signs no timestamp, so tolerance does not apply", cfg.Scheme)
 	}
-	v := &Verifier{scheme: s, tolerance: cmp.Or(time.Duration(cfg.Tolerance), s.tolerance), newHash: sha256New}
+	v := &Verifier{scheme: s, tolerance: cmp.Or(time.Duration(cfg.Tolerance), s.tolerance), newHash: sha256New, logger: zap.NewNop()}
+	for _, o := range opts {
+		o(v)
+	}
 	if s.name == "hmac" {
 		p, newHash, err := newHMACParams(cfg)
 		if err != nil {
@@ -116,13 +140,32 @@ func New(cfg Config, resolve func(string) (string, error)) (*Verifier, error) {
 	} else if cfg.Header != "" || cfg.Algorithm != "" || cfg.Encoding != "" || cfg.Prefix != "" {
 		return nil, fmt.Errorf("verify %s: header, algorithm, encoding and prefix are for verify hmac only", cfg.Scheme)
 	}
-	if len(cfg.Secrets) == 0 {
+	if cfg.JWKS != "" && s.setup == nil {
+		return nil, fmt.Errorf("verify %s: jwks is for verify fal only", cfg.Scheme)
+	}
+	if s.setup != nil {
+		if err := s.setup(v, cfg, resolve); err != nil {
+			return nil, err
+		}
+	}
+	switch {
+	case s.noSecret && len(cfg.Secrets) > 0:
+		return nil, fmt.Errorf("verify %s: takes no secret: it checks with the keys the sender publishes", cfg.Scheme)
+	case !s.noSecret && len(cfg.Secrets) == 0:
 		return nil, fmt.Errorf("verify %s: no secret given", cfg.Scheme)
 	}
 	for i, raw := range cfg.Secrets {
 		secret, err := resolve(raw)
 		if err != nil || secret == "" {
 			return nil, fmt.Errorf("verify %s: secret #%d resolves to empty or has an empty placeholder; set it", cfg.Scheme, i+1)
+		}
+		if s.publicKey != nil {
+			key, err := s.publicKey(secret)
+			if err != nil {
+				return nil, fmt.Errorf("verify %s: key #%d: %v", cfg.Scheme, i+1, err)
+			}
+			v.pubKeys = append(v.pubKeys, key)
+			continue
 		}
 		key, err := s.key(secret)
 		if err != nil {

@@ -113,9 +113,9 @@ func message(before [][]byte, body []byte) []byte {
 // which a relay that answers before the app sees the request cannot give.
 func discordPing(_ *Verifier, _ *http.Request, body []byte) (*Answer, error) {
 	var doc struct {
-		Type *json.Number `json:"type"`
+		Type json.RawMessage `json:"type"`
 	}
-	if json.Unmarshal(body, &doc) != nil || doc.Type == nil || doc.Type.String() != "0" {
+	if json.Unmarshal(body, &doc) != nil || string(doc.Type) != "0" {
 		return nil, nil
 	}
 	return &Answer{Status: http.StatusNoContent}, nil

@@ -11,7 +11,19 @@
 // With the argument "verify-standard", it instead reads a list of
 // {"secret", "body", "headers"} and verifies each as a Standard Webhooks
 // signature, printing for each {"ok": true} or {"ok": false, "error"}.
-import { createHmac } from "node:crypto";
+//
+// The schemes that sign with a key pair (discord, sendgrid, fal) take as
+// "secret" a private key, PKCS#8 DER in base64, which the argument
+// "keypair" makes: it reads a list of {"scheme"} and prints for each
+// {"private", "public"}, the public key as the provider shows it (Discord:
+// hex; SendGrid: base64 DER; fal: the JWK's x, base64url). Their
+// signatures are made with node's crypto as the providers document them,
+// and for Discord and SendGrid checked with the provider's own library
+// before they are printed: sign.mjs fails if the library refuses one.
+// fal's also take "user", the X-Fal-Webhook-User-Id.
+import { createHash, createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, sign as cryptoSign } from "node:crypto";
+import { verifyKey as discordVerifyKey } from "discord-interactions";
+import sendgridEventWebhook from "@sendgrid/eventwebhook";
 import { Webhook as StandardWebhook } from "standardwebhooks";
 import { Webhook as SvixWebhook } from "svix";
 import Stripe from "stripe";
@@ -25,7 +37,35 @@ const input = JSON.parse(await new Promise((resolve) => {
 
 const hmacHex = (secret, content) => createHmac("sha256", secret).update(content).digest("hex");
 
-async function sign({ scheme, secret, body, id, timestamp }) {
+const privateKey = (secret) => createPrivateKey({ key: Buffer.from(secret, "base64"), format: "der", type: "pkcs8" });
+
+// keypair makes a key pair for scheme, the public key as the provider
+// shows it.
+function keypair({ scheme }) {
+  const { publicKey, privateKey } = scheme === "sendgrid"
+    ? generateKeyPairSync("ec", { namedCurve: "prime256v1" })
+    : generateKeyPairSync("ed25519");
+  const priv = privateKey.export({ format: "der", type: "pkcs8" }).toString("base64");
+  switch (scheme) {
+    case "discord": // the Developer Portal's "Public Key": 32 bytes, hex
+      return { private: priv, public: Buffer.from(publicKey.export({ format: "jwk" }).x, "base64url").toString("hex") };
+    case "sendgrid": // the verification key: SubjectPublicKeyInfo DER, base64
+      return { private: priv, public: publicKey.export({ format: "der", type: "spki" }).toString("base64") };
+    case "fal": // as in fal's JWKS
+      return { private: priv, public: publicKey.export({ format: "jwk" }).x };
+  }
+  throw new Error(`no key pair for scheme ${scheme}`);
+}
+
+// publicOf is the provider's form of the public key of a private one.
+function publicOf(scheme, secret) {
+  const pub = createPublicKey(privateKey(secret));
+  return scheme === "sendgrid"
+    ? pub.export({ format: "der", type: "spki" }).toString("base64")
+    : Buffer.from(pub.export({ format: "jwk" }).x, "base64url").toString("hex");
+}
+
+async function sign({ scheme, secret, body, id, timestamp, user }) {
   const when = new Date(timestamp * 1000);
   switch (scheme) {
     case "standard_webhooks":
@@ -61,6 +101,30 @@ async function sign({ scheme, secret, body, id, timestamp }) {
       return { "Paddle-Signature": `ts=${timestamp};h1=${hmacHex(secret, `${timestamp}:${body}`)}` };
     case "linear": // hex HMAC-SHA256 of the body, which carries webhookTimestamp
       return { "Linear-Signature": hmacHex(secret, body), "Linear-Delivery": id, "Linear-Event": "Issue" };
+    case "discord": { // hex Ed25519 of timestamp + body
+      const sig = cryptoSign(null, Buffer.from(`${timestamp}${body}`), privateKey(secret)).toString("hex");
+      if (!(await discordVerifyKey(body, sig, String(timestamp), publicOf(scheme, secret)))) {
+        throw new Error("discord-interactions' verifyKey refused the signature");
+      }
+      return { "X-Signature-Ed25519": sig, "X-Signature-Timestamp": String(timestamp) };
+    }
+    case "sendgrid": { // base64 DER ECDSA P-256 SHA-256 of timestamp + body
+      const sig = cryptoSign("sha256", Buffer.from(`${timestamp}${body}`), privateKey(secret)).toString("base64");
+      const ew = new sendgridEventWebhook.EventWebhook();
+      if (!ew.verifySignature(ew.convertPublicKeyToECDSA(publicOf(scheme, secret)), body, sig, String(timestamp))) {
+        throw new Error("@sendgrid/eventwebhook's verifySignature refused the signature");
+      }
+      return { "X-Twilio-Email-Event-Webhook-Signature": sig, "X-Twilio-Email-Event-Webhook-Timestamp": String(timestamp) };
+    }
+    case "fal": { // hex Ed25519 of request id, user id, timestamp, hex SHA-256 of the body, joined by newlines
+      const message = [id, user, String(timestamp), createHash("sha256").update(body).digest("hex")].join("\n");
+      return {
+        "X-Fal-Webhook-Request-Id": id,
+        "X-Fal-Webhook-User-Id": user,
+        "X-Fal-Webhook-Timestamp": String(timestamp),
+        "X-Fal-Webhook-Signature": cryptoSign(null, Buffer.from(message), privateKey(secret)).toString("hex"),
+      };
+    }
   }
   throw new Error(`unknown scheme ${scheme}`);
 }
@@ -76,6 +140,15 @@ function verifyStandard({ secret, body, headers }) {
 
 const out = [];
 for (const item of input) {
-  out.push(process.argv[2] === "verify-standard" ? verifyStandard(item) : await sign(item));
+  switch (process.argv[2]) {
+    case "verify-standard":
+      out.push(verifyStandard(item));
+      break;
+    case "keypair":
+      out.push(keypair(item));
+      break;
+    default:
+      out.push(await sign(item));
+  }
 }
 process.stdout.write(JSON.stringify(out));

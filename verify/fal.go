@@ -100,7 +100,8 @@ func checkFal(v *Verifier, s signed, r *http.Request, body []byte) error {
 		}
 		switch {
 		case err != nil:
-			return refusef(http.StatusServiceUnavailable, "fal's signing keys cannot be fetched from %s now, so the signature cannot be checked; retry later", v.jwks.url)
+			// the address and the cause are logged, for the operator
+			return refusef(http.StatusServiceUnavailable, "fal's signing keys cannot be fetched now, so the signature cannot be checked; retry later")
 		case missed != 0 || gen == 0:
 			// these keys were fetched again already, or cannot be yet
 			return failf("no signature in %s matches fal's published keys: a forged request, or a body changed on the way", s.header)

@@ -83,7 +83,13 @@ type Option func(*Verifier)
 
 // WithLogger gives the verifier a logger, for what goes wrong outside a
 // request's own check (fal's keys cannot be fetched). Default: none.
-func WithLogger(l *zap.Logger) Option { return func(v *Verifier) { v.logger = l } }
+func WithLogger(l *zap.Logger) Option {
+	return func(v *Verifier) {
+		if l != nil {
+			v.logger = l
+		}
+	}
+}
 
 // Error says why a request failed the check, for the sender's operator. It
 // holds no secret and no expected signature.
@@ -140,7 +146,7 @@ func New(cfg Config, resolve func(string) (string, error), opts ...Option) (*Ver
 	} else if cfg.Header != "" || cfg.Algorithm != "" || cfg.Encoding != "" || cfg.Prefix != "" {
 		return nil, fmt.Errorf("verify %s: header, algorithm, encoding and prefix are for verify hmac only", cfg.Scheme)
 	}
-	if cfg.JWKS != "" && s.setup == nil {
+	if cfg.JWKS != "" && s != fal {
 		return nil, fmt.Errorf("verify %s: jwks is for verify fal only", cfg.Scheme)
 	}
 	if s.setup != nil {

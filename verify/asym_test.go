@@ -576,3 +576,29 @@ func TestFalConfig(t *testing.T) {
 		t.Error("TakesSecrets: want false for fal only")
 	}
 }
+
+// TestFalConcurrentFirstRequests: requests arriving together before any
+// key is cached share one fetch.
+func TestFalConcurrentFirstRequests(t *testing.T) {
+	pub, priv := newEd25519(t)
+	srv := newJWKSServer(t, pub)
+	v := newFal(t, srv.URL)
+	body := `{"status":"OK"}`
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := range 20 {
+		wg.Go(func() {
+			errs <- v.Verify(req(falSign(priv, fmt.Sprint("r", i), body, now)), []byte(body), now)
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if n := srv.hits.Load(); n != 1 {
+		t.Errorf("%d fetches for 20 requests arriving together, want 1", n)
+	}
+}

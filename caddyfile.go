@@ -36,6 +36,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		auth_header   <field> <value...>
 //		auth_basic    <user> <password...>
 //		verify        <scheme> <secret...> [{ tolerance <duration> }]
+//		verify        meta <secret...> { verify_token <token> }
+//		verify        twilio <secret...> { base_url <scheme://host[:port]> }
 //		verify        hmac { header <field>; algorithm <alg>; encoding <enc>; prefix <text>; secret <secret...> }
 //		key           <source...>
 //		window        <duration>
@@ -275,7 +277,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// parseVerify reads `verify <scheme> <secret...> [{ tolerance <d> }]`, or
+// parseVerify reads `verify <scheme> <secret...> [{ tolerance <d> }]` (with
+// verify_token for meta, base_url for twilio), or
 // `verify hmac { header, algorithm, encoding, prefix, secret }`.
 func parseVerify(d *caddyfile.Dispenser) (*verify.Config, error) {
 	if !d.NextArg() {
@@ -310,6 +313,12 @@ func parseVerify(d *caddyfile.Dispenser) (*verify.Config, error) {
 			cfg.Encoding, err = caddyfilearg.String(d)
 		case opt == "prefix" && hmac:
 			cfg.Prefix, err = caddyfilearg.String(d)
+		case opt == "verify_token" && cfg.Scheme == "meta":
+			cfg.VerifyToken, err = caddyfilearg.String(d)
+		case opt == "base_url" && cfg.Scheme == "twilio":
+			cfg.BaseURL, err = caddyfilearg.String(d)
+		case opt == "verify_token" || opt == "base_url":
+			return nil, d.Errf("verify %s: %s is for verify %s only", cfg.Scheme, opt, map[string]string{"verify_token": "meta", "base_url": "twilio"}[opt])
 		case opt == "secret" && hmac:
 			if cfg.Secrets = d.RemainingArgs(); len(cfg.Secrets) == 0 {
 				return nil, d.ArgErr()

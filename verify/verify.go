@@ -1,6 +1,9 @@
 // Package verify checks a webhook sender's signature on the raw request, the
 // way each sender documents it (Standard Webhooks, Svix, Stripe, GitHub,
-// Shopify, Slack, Paddle, Linear), or a generic HMAC of the body.
+// Shopify, Slack, Paddle, Linear, Zoom, Meta, X, ElevenLabs, GitLab's
+// token, Twilio; OpenAI and Replicate as Standard Webhooks, Clerk and Resend
+// as Svix), or a generic HMAC of the body, and answers the URL handshakes of
+// the senders that make one (Zoom, Meta, X).
 //
 // A check never reveals an expected value: its errors say what was wrong
 // with the request (a header missing or malformed, a timestamp outside the
@@ -13,6 +16,7 @@ import (
 	"fmt"
 	"hash"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -23,7 +27,9 @@ import (
 // Config is the JSON form of a relay's `verify`.
 type Config struct {
 	// Scheme is one of standard_webhooks, svix, stripe, github, shopify,
-	// slack, paddle, linear, or hmac.
+	// slack, paddle, linear, zoom, meta, twitter, elevenlabs, gitlab,
+	// twilio, openai and replicate (Standard Webhooks), clerk and resend
+	// (Svix), or hmac.
 	Scheme string `json:"scheme"`
 	// Secrets are the signing secrets, usually placeholders such as
 	// {env.STRIPE_WEBHOOK_SECRET}; a request passes when it was signed
@@ -62,6 +68,10 @@ type Verifier struct {
 	tolerance time.Duration
 	newHash   func() hash.Hash
 	hmac      *hmacParams // the hmac scheme's settings; nil otherwise
+
+	verifyToken *[32]byte // SHA-256 of Meta's verify_token; nil: none set
+	baseURL     *url.URL  // Twilio's base_url: scheme and host; nil: the request's
+	answersGET  bool      // the scheme's GET handshake is answered
 }
 
 // Error says why a request failed the check, for the sender's operator. It
@@ -129,6 +139,9 @@ func New(cfg Config, resolve func(string) (string, error)) (*Verifier, error) {
 			return nil, fmt.Errorf("verify %s: secret #%d: %v", cfg.Scheme, i+1, err)
 		}
 		v.keys = append(v.keys, key)
+	}
+	if err := v.setOptions(cfg, resolve); err != nil {
+		return nil, err
 	}
 	return v, nil
 }

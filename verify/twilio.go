@@ -110,19 +110,23 @@ func (v *Verifier) twilioMatches(sig []byte, base *url.URL, uri, params string) 
 // URI as Caddy received it: before any handle_path or uri strip rewrote
 // it, with its query. base_url replaces the scheme and host.
 func (v *Verifier) twilioURL(r *http.Request) (*url.URL, string) {
-	orig := r
+	// Caddy keeps the original request's URI (not its host or TLS state,
+	// which no handler rewrites) under OriginalRequestCtxKey.
+	uri := r.RequestURI
 	if o, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
-		orig = &o
+		uri = o.RequestURI
+		if !strings.HasPrefix(uri, "/") && o.URL != nil {
+			uri = o.URL.RequestURI()
+		}
 	}
-	uri := orig.RequestURI
-	if !strings.HasPrefix(uri, "/") && orig.URL != nil {
-		uri = orig.URL.RequestURI()
+	if !strings.HasPrefix(uri, "/") && r.URL != nil {
+		uri = r.URL.RequestURI()
 	}
 	if v.baseURL != nil {
 		return v.baseURL, uri
 	}
-	base := &url.URL{Scheme: "http", Host: orig.Host}
-	if orig.TLS != nil {
+	base := &url.URL{Scheme: "http", Host: r.Host}
+	if r.TLS != nil {
 		base.Scheme = "https"
 	}
 	return base, uri

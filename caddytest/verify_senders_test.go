@@ -136,6 +136,12 @@ func TestVerifySenders(t *testing.T) {
 			if senderTimestamped[scheme] {
 				checks = append(checks, check{"stale timestamp", newReq(scheme, secrets[0], now-3*3600), nil, 401, "outside the tolerance"})
 			}
+			if scheme == "twitter" {
+				// only JSON objects, so that no CRC answer signs a body
+				notObject := newReq(scheme, secrets[0], now)
+				notObject.Body = "12345"
+				checks = append(checks, check{"signed body that is not a JSON object", notObject, nil, 400, "not a JSON object"})
+			}
 			reqs := make([]signRequest, len(checks))
 			for i, c := range checks {
 				reqs[i] = c.req
@@ -154,6 +160,8 @@ func TestVerifySenders(t *testing.T) {
 					t.Errorf("%s: answered %q, want %s", c.name, a.body, c.want)
 				case c.status == 401 && !(strings.HasPrefix(a.body, "401 [unauthorized] verify "+scheme) && strings.Contains(a.body, c.want)):
 					t.Errorf("%s: 401 says %q, want the scheme and %q", c.name, a.body, c.want)
+				case c.status == 400 && !strings.Contains(a.body, c.want):
+					t.Errorf("%s: 400 says %q, want %q", c.name, a.body, c.want)
 				}
 				if strings.Contains(a.body, secrets[0]) || strings.Contains(a.body, secrets[1]) {
 					t.Errorf("%s: the answer %q shows a secret", c.name, a.body)

@@ -235,6 +235,23 @@ func TestVerifySenderOptions(t *testing.T) {
 	}
 }
 
+// TestVerifySenderOptionsAdapt: verify_token and base_url reach the JSON
+// config as its verify_token and base_url fields.
+func TestVerifySenderOptionsAdapt(t *testing.T) {
+	for block, want := range map[string]string{
+		"verify meta s {\n\t\tverify_token {env.META_VERIFY_TOKEN}\n\t}":      `"verify_token":"{env.META_VERIFY_TOKEN}"`,
+		"verify twilio s {\n\t\tbase_url https://hooks.example.com:8443\n\t}": `"base_url":"https://hooks.example.com:8443"`,
+	} {
+		js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(site(`
+	webhook_relay /in http://127.0.0.1:9/hook {
+		`+block+`
+	}`)), nil)
+		if err != nil || !strings.Contains(string(js), want) {
+			t.Errorf("%s: adapted to %s (%v), want %s", block, js, err, want)
+		}
+	}
+}
+
 // twilioURL is the URL Twilio calls on the test Caddy.
 func twilioURL(path, query string) string { return relayURL(path, query) }
 

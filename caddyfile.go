@@ -37,6 +37,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		auth_basic    <user> <password...>
 //		verify        <scheme> <secret...> [{ tolerance <duration> }]
 //		verify        fal [{ tolerance <duration>; jwks <url> }]
+//		verify        meta <secret...> { verify_token <token> }
+//		verify        twilio <secret...> { base_url <scheme://host[:port]> }
 //		verify        hmac { header <field>; algorithm <alg>; encoding <enc>; prefix <text>; secret <secret...> }
 //		key           <source...>
 //		window        <duration>
@@ -276,8 +278,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// parseVerify reads `verify <scheme> <secret...> [{ tolerance <d> }]`,
-// `verify fal [{ tolerance <d>; jwks <url> }]`, or
+// parseVerify reads `verify <scheme> <secret...> [{ tolerance <d> }]` (with
+// verify_token for meta, base_url for twilio), `verify fal [{ tolerance <d>;
+// jwks <url> }]`, or
 // `verify hmac { header, algorithm, encoding, prefix, secret }`.
 func parseVerify(d *caddyfile.Dispenser) (*verify.Config, error) {
 	if !d.NextArg() {
@@ -319,6 +322,12 @@ func parseVerify(d *caddyfile.Dispenser) (*verify.Config, error) {
 			cfg.JWKS, err = caddyfilearg.String(d)
 		case opt == "jwks":
 			return nil, d.Errf("verify %s: jwks is for verify fal only", cfg.Scheme)
+		case opt == "verify_token" && cfg.Scheme == "meta":
+			cfg.VerifyToken, err = caddyfilearg.String(d)
+		case opt == "base_url" && cfg.Scheme == "twilio":
+			cfg.BaseURL, err = caddyfilearg.String(d)
+		case opt == "verify_token" || opt == "base_url":
+			return nil, d.Errf("verify %s: %s is for verify %s only", cfg.Scheme, opt, map[string]string{"verify_token": "meta", "base_url": "twilio"}[opt])
 		case opt == "secret" && hmac:
 			if cfg.Secrets = d.RemainingArgs(); len(cfg.Secrets) == 0 {
 				return nil, d.ArgErr()

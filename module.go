@@ -277,6 +277,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := checkAuthHeaderConflicts(h.authHeaders, len(h.basicUsers) > 0, verifyHeaders, h.ForwardHeaders, keySources); err != nil {
 		return err
 	}
+	if h.verifier != nil {
+		if err := checkVerifySecretHeaders(h.verifier, h.authHeaders, h.ForwardHeaders, keySources); err != nil {
+			return err
+		}
+	}
 	if h.verifier != nil && time.Duration(h.Window) < h.verifier.Tolerance() {
 		h.logger.Warn("window is shorter than the verify scheme's tolerance: a captured request replayed after its key "+
 			"is forgotten, and still within the tolerance, is accepted again; make window at least the tolerance",
@@ -511,6 +516,32 @@ var setByRelay = map[string]bool{
 	"Host": true, "Content-Length": true, "Content-Type": true, "User-Agent": true, "X-Forwarded-For": true,
 	"Idempotency-Key": true, "X-Webhook-Relay-Attempt": true, "Connection": true, "Transfer-Encoding": true,
 	"Te": true, "Trailer": true, "Upgrade": true, "Keep-Alive": true, "Proxy-Connection": true,
+}
+
+// checkVerifySecretHeaders refuses a config that would store, forward or
+// key on a header carrying the verify scheme's secret itself (GitLab's
+// X-Gitlab-Token), or check it twice with auth_header.
+func checkVerifySecretHeaders(v *verify.Verifier, authHeaders []authHeader, forward, keySources []string) error {
+	for _, secret := range v.SecretHeaders() {
+		secret = http.CanonicalHeaderKey(secret)
+		for _, f := range forward {
+			if http.CanonicalHeaderKey(f) == secret {
+				return fmt.Errorf("forward_headers %s: it carries the verify %s secret, which would be stored with every payload "+
+					"and sent upstream; to authenticate to the upstream use header_up", f, v.Scheme())
+			}
+		}
+		for _, src := range keySources {
+			if name, ok := strings.CutPrefix(src, "header."); ok && http.CanonicalHeaderKey(name) == secret {
+				return fmt.Errorf("key %s reads the verify %s secret: it would become the dedupe key (sent upstream, stored, shown by the admin API); key on something else", src, v.Scheme())
+			}
+		}
+		for _, a := range authHeaders {
+			if a.field == secret {
+				return fmt.Errorf("auth_header %s: verify %s already checks this header; use one of them", a.field, v.Scheme())
+			}
+		}
+	}
+	return nil
 }
 
 // keptHeaders lists, canonical and once each, the incoming headers to store

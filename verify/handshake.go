@@ -16,17 +16,18 @@ type Answer struct {
 	NoSniff bool
 }
 
-// AnswersGET reports whether the scheme answers a handshake made with GET
+// AnswersGET reports whether the verifier answers a handshake made with GET
 // (Meta's hub.challenge, X's crc_token), so the relay lets GET through to
-// HandshakeGET instead of answering 405.
-func (v *Verifier) AnswersGET() bool { return v.scheme.get != nil }
+// HandshakeGET instead of answering 405. It is the verifier's, not only the
+// scheme's: verify meta answers only with a verify_token configured.
+func (v *Verifier) AnswersGET() bool { return v.answersGET }
 
 // HandshakeGET answers a GET handshake, after the relay's own auth and
 // before any body is read. A request that is not the handshake, or a wrong
 // one, is an *Error with its status (400 malformed, 403 a wrong verify
 // token).
 func (v *Verifier) HandshakeGET(r *http.Request) (*Answer, error) {
-	if v.scheme.get == nil {
+	if !v.answersGET {
 		return nil, refusef(http.StatusMethodNotAllowed, "verify %s answers no GET handshake", v.scheme.name)
 	}
 	return v.scheme.get(v, r)

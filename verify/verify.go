@@ -1,7 +1,10 @@
 // Package verify checks a webhook sender's signature on the raw request, the
 // way each sender documents it (Standard Webhooks, Svix, Stripe, GitHub,
-// Shopify, Slack, Paddle, Linear with an HMAC; Discord and fal with
-// Ed25519, SendGrid with ECDSA), or a generic HMAC of the body.
+// Shopify, Slack, Paddle, Linear, Zoom, Meta, X, ElevenLabs, Twilio with an
+// HMAC; Discord and fal with Ed25519, SendGrid with ECDSA; GitLab's token;
+// OpenAI and Replicate as Standard Webhooks, Clerk and Resend as Svix), or a
+// generic HMAC of the body, and answers the URL handshakes of the senders
+// that make one (Slack, Zoom, Meta, X, Discord).
 //
 // A check never reveals an expected value: its errors say what was wrong
 // with the request (a header missing or malformed, a timestamp outside the
@@ -15,6 +18,7 @@ import (
 	"fmt"
 	"hash"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -26,7 +30,9 @@ import (
 // Config is the JSON form of a relay's `verify`.
 type Config struct {
 	// Scheme is one of standard_webhooks, svix, stripe, github, shopify,
-	// slack, paddle, linear, discord, sendgrid, fal, or hmac.
+	// slack, paddle, linear, zoom, meta, twitter, elevenlabs, gitlab,
+	// twilio, discord, sendgrid, fal, openai and replicate (Standard
+	// Webhooks), clerk and resend (Svix), or hmac.
 	Scheme string `json:"scheme"`
 	// Secrets are the signing secrets, usually placeholders such as
 	// {env.STRIPE_WEBHOOK_SECRET}; a request passes when it was signed
@@ -76,6 +82,10 @@ type Verifier struct {
 	pubKeys []crypto.PublicKey
 	jwks    *jwks // fal's published keys; nil for the other schemes
 	logger  *zap.Logger
+
+	verifyToken *[32]byte // SHA-256 of Meta's verify_token; nil: none set
+	baseURL     *url.URL  // Twilio's base_url: scheme and host; nil: the request's
+	answersGET  bool      // the scheme's GET handshake is answered
 }
 
 // Option sets up a Verifier beyond its Config.
@@ -178,6 +188,9 @@ func New(cfg Config, resolve func(string) (string, error), opts ...Option) (*Ver
 			return nil, fmt.Errorf("verify %s: secret #%d: %v", cfg.Scheme, i+1, err)
 		}
 		v.keys = append(v.keys, key)
+	}
+	if err := v.setOptions(cfg, resolve); err != nil {
+		return nil, err
 	}
 	return v, nil
 }

@@ -37,6 +37,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		auth_basic    <user> <password...>
 //		verify        <scheme> <secret...> [{ tolerance <duration> }]
 //		verify        hmac { header <field>; algorithm <alg>; encoding <enc>; prefix <text>; secret <secret...> }
+//		challenge     graph | dropbox
 //		key           <source...>
 //		window        <duration>
 //		store         memory | bolt [<path>] | redis <url> [{ ... }]
@@ -134,6 +135,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Verify = cfg
+
+		case "challenge":
+			var err error
+			if h.Challenge, err = caddyfilearg.String(d); err != nil {
+				return err
+			}
+			if err := checkChallenge(h.Challenge); err != nil {
+				return d.Err(err.Error())
+			}
 
 		case "key":
 			h.Key = d.RemainingArgs()

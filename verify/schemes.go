@@ -98,6 +98,7 @@ var schemes = map[string]*scheme{
 		tolerance:  5 * time.Minute,
 		key:        rawKey,
 		parse:      parseSlack,
+		handshake:  slackHandshake,
 	},
 	"paddle": {
 		name:       "paddle",

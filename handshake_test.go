@@ -76,9 +76,7 @@ func serveMethod(h *Handler, method, target string, body []byte) (*httptest.Resp
 	repl := caddy.NewReplacer()
 	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
 	w := httptest.NewRecorder()
-	if err := h.ServeHTTP(w, r, nil); err != nil {
-		answerError(w, r, err)
-	}
+	_ = h.ServeHTTP(w, r, nil) // which writes the error answers too
 	return w, repl
 }
 
@@ -171,5 +169,26 @@ func TestChallengeUnknownKind(t *testing.T) {
 	err := h.checkSettings()
 	if err == nil || !strings.Contains(err.Error(), `challenge "Graph"`) || !strings.Contains(err.Error(), "graph, dropbox") {
 		t.Errorf("challenge Graph: %v, want an error naming it and the kinds", err)
+	}
+}
+
+// TestGraphValidationIsUnsigned: Graph signs no validation, so with verify
+// too it is answered before the signature headers are looked at; its
+// notifications are still checked.
+func TestGraphValidationIsUnsigned(t *testing.T) {
+	h := provisioned(t, "handshake-graph-verify", func(h *Handler) {
+		h.Challenge = ChallengeGraph
+		h.Verify = &verify.Config{Scheme: "hmac", Header: "X-Signature", Secrets: []string{"sig-s3cret"}}
+	})
+	w, repl := serveMethod(h, http.MethodPost, "/?validationToken=v%2B1&token=s3cret", nil)
+	if w.Code != http.StatusOK || w.Body.String() != "v+1" || w.Header().Get("Content-Type") != "text/plain; charset=utf-8" ||
+		w.Header().Get("X-Content-Type-Options") != "nosniff" {
+		t.Errorf("validation: %d %q %v, want 200 v+1 as text, nosniff", w.Code, w.Body, w.Header())
+	}
+	if o, _ := repl.GetString("http.webhook_relay.outcome"); o != OutcomeChallenge {
+		t.Errorf("validation: outcome %q", o)
+	}
+	if w, _ = serveMethod(h, http.MethodPost, "/?token=s3cret", []byte(`{"value":[]}`)); w.Code != http.StatusUnauthorized {
+		t.Errorf("an unsigned notification: %d %q, want 401", w.Code, w.Body)
 	}
 }

@@ -147,7 +147,7 @@ func TestHandshakeGraph(t *testing.T) {
 	}
 	// tokens no sender sends
 	expectErrorBody(t, post(t, relayURL("/graph", "token=tok-s3cret&validationToken=a&validationToken=b"), nil), http.StatusBadRequest, "given 2 times")
-	expectErrorBody(t, post(t, relayURL("/graph", "token=tok-s3cret&validationToken=" + strings.Repeat("x", 1025)), nil), http.StatusBadRequest, "1025 bytes")
+	expectErrorBody(t, post(t, relayURL("/graph", "token=tok-s3cret&validationToken="+strings.Repeat("x", 1025)), nil), http.StatusBadRequest, "1025 bytes")
 
 	// a notification: stored and forwarded, the query without the token
 	note := fmt.Sprintf(`{"value":[{"subscriptionId":"sub-%d","clientState":"state","changeType":"created","resource":"Users/1/Messages/2"}]}`, time.Now().UnixNano())

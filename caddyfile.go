@@ -40,6 +40,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		verify        meta <secret...> { verify_token <token> }
 //		verify        twilio <secret...> { base_url <scheme://host[:port]> }
 //		verify        hmac { header <field>; algorithm <alg>; encoding <enc>; prefix <text>; secret <secret...> }
+//		challenge     graph | dropbox
 //		key           <source...>
 //		window        <duration>
 //		store         memory | bolt [<path>] | redis <url> [{ ... }]
@@ -137,6 +138,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Verify = cfg
+
+		case "challenge":
+			var err error
+			if h.Challenge, err = caddyfilearg.String(d); err != nil {
+				return err
+			}
+			if err := checkChallenge(h.Challenge); err != nil {
+				return d.Err(err.Error())
+			}
 
 		case "key":
 			h.Key = d.RemainingArgs()

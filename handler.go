@@ -33,6 +33,9 @@ const (
 	OutcomeTimeout          = "timeout"
 	OutcomeUnavailable      = "unavailable"
 	OutcomeMethodNotAllowed = "method_not_allowed"
+	// OutcomeChallenge is a sender's URL handshake, answered by the relay
+	// itself: never stored, deduped or forwarded.
+	OutcomeChallenge = "challenge"
 )
 
 // retryAfterSeconds is what a 503 asks the sender to wait.
@@ -43,7 +46,8 @@ var (
 	respDuplicate = []byte(`{"status":"duplicate"}` + "\n")
 )
 
-// ServeHTTP is the ack path: check, read, key, admit, answer. It never calls
+// ServeHTTP is the ack path: check, read, key, admit, answer, or answer a
+// sender's URL handshake (handshake.go). It never calls
 // next, and nothing it starts touches the request after it returns.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	start := time.Now()
@@ -67,10 +71,9 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 			closeUnread(w, r)
 		}
 	}()
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		return OutcomeMethodNotAllowed, "", refuse(http.StatusMethodNotAllowed, "",
-			fmt.Errorf("webhooks are delivered with POST, not %s", r.Method))
+	get := r.Method == http.MethodGet && h.answersGET()
+	if r.Method != http.MethodPost && !get {
+		return h.methodNotAllowed(w, r.Method)
 	}
 
 	rawQuery, err := h.checkQuery(r.URL.RawQuery)
@@ -88,6 +91,17 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	if !h.checkBasic(r.Header) {
 		w.Header().Set("WWW-Authenticate", basicChallenge)
 		return OutcomeUnauthorized, "", refuse(http.StatusUnauthorized, "", errWrongBasic)
+	}
+	// the handshakes that come before any signature: no body is read
+	if get {
+		return h.handshakeGET(w, r, rawQuery)
+	}
+	if h.Challenge == ChallengeGraph {
+		if token, err := graphValidation(rawQuery); err != nil {
+			return OutcomeBadRequest, "", refuse(http.StatusBadRequest, "", err)
+		} else if token != nil {
+			return h.answer(w, r, plainAnswer(*token), false)
+		}
 	}
 	// what the signature headers alone show, before a byte of the body
 	// is read or a byte of max_memory taken
@@ -143,6 +157,15 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	if h.verifier != nil {
 		if err := h.verifier.Verify(r, body, time.Now()); err != nil {
 			return h.verifyRefused(w, err)
+		}
+	}
+	if h.handshaker != nil {
+		a, err := h.handshaker.Handshake(r, body)
+		if err != nil {
+			return h.refusedBy(w, h.handshaker.Scheme(), err)
+		}
+		if a != nil {
+			return h.answer(w, r, a, true)
 		}
 	}
 
@@ -202,21 +225,31 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 
 var errTooLarge = errors.New("body too large")
 
-// verifyRefused answers a request the verify scheme refused: 401 for a
-// failed check, or the status the scheme gives (503 with Retry-After when
-// it cannot get the keys to check with: the sender retries).
+// verifyRefused answers a request the verify scheme refused (refusedBy).
 func (h *Handler) verifyRefused(w http.ResponseWriter, err error) (outcome, key string, _ error) {
+	return h.refusedBy(w, h.verifier.Scheme(), err)
+}
+
+// refusedBy answers a request the verify scheme called scheme refused: 401
+// for a failed check, or the status the scheme gives: 400 for a malformed
+// handshake, 403 for one with a wrong verify token (counted as
+// unauthorized), 503 with Retry-After when it cannot get the keys to check
+// with (the sender retries).
+func (h *Handler) refusedBy(w http.ResponseWriter, scheme string, err error) (outcome, key string, _ error) {
 	status := http.StatusUnauthorized
 	if ve, ok := errors.AsType[*verify.Error](err); ok {
 		status = ve.Status()
 	}
-	err = fmt.Errorf("verify %s: %v", h.verifier.Scheme(), err)
+	err = fmt.Errorf("verify %s: %v", scheme, err)
 	switch status {
-	case http.StatusUnauthorized:
+	case http.StatusUnauthorized, http.StatusForbidden:
 		return OutcomeUnauthorized, "", refuse(status, "", err)
 	case http.StatusServiceUnavailable:
 		w.Header().Set("Retry-After", retryAfterSeconds)
 		return OutcomeUnavailable, "", refuse(status, "", err)
+	case http.StatusMethodNotAllowed:
+		w.Header().Set("Allow", h.allowedMethods())
+		return OutcomeMethodNotAllowed, "", refuse(status, "", err)
 	}
 	return OutcomeBadRequest, "", refuse(status, "", err)
 }

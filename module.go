@@ -104,8 +104,22 @@ type Handler struct {
 	// is stored: a provider's scheme (standard_webhooks, svix, stripe,
 	// github, shopify, slack, paddle, linear) or a generic hmac. A request
 	// that fails gets 401. Without Key, the scheme's delivery or event id
-	// is the dedupe key. With AuthQuery too, both must pass.
+	// is the dedupe key. With AuthQuery too, both must pass. Where the
+	// sender checks the URL with a handshake (Slack's url_verification),
+	// the relay answers it once the check passed, and keeps nothing of it.
 	Verify *verify.Config `json:"verify,omitempty"`
+
+	// Challenge answers the URL handshake of a sender that does not sign
+	// it, which no verify scheme does: "graph" (Microsoft Graph, and
+	// SharePoint and OneDrive, validating a subscription: a POST with the
+	// query parameter validationToken, answered 200 with the token, decoded,
+	// as text/plain) or "dropbox" (Dropbox's verification request: a GET
+	// with the query parameter challenge, answered 200 with it as
+	// text/plain, X-Content-Type-Options: nosniff). One kind per relay. The
+	// handshake runs after AuthQuery, AuthHeader and AuthBasic, and is
+	// never stored, deduped or forwarded; a POST without validationToken
+	// is a notification like any other.
+	Challenge string `json:"challenge,omitempty"`
 
 	// Key lists where the dedupe key comes from, combined in order:
 	// "runware" (default), "json.<dot.path>", "header.<Name>",
@@ -204,8 +218,9 @@ type Handler struct {
 	authHeaders []authHeader
 	basicUsers  []basicUser
 	verifier    *verify.Verifier
-	keep        []string // canonical names of the incoming headers stored with a payload
-	signKey     []byte   // sign_upstream's key
+	handshaker  handshaker // the verifier's handshakes; nil without verify
+	keep        []string   // canonical names of the incoming headers stored with a payload
+	signKey     []byte     // sign_upstream's key
 	settings    *delivery.Settings
 	relay       *pooledRelay
 	poolConfig  *relayConfig   // what the relay applies of this config
@@ -256,6 +271,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.verifier, err = verify.New(*h.Verify, resolve, verify.WithLogger(h.logger.With(zap.String("relay", h.Name)))); err != nil {
 			return err
 		}
+		h.handshaker = h.verifier
 	}
 	if len(h.auth) == 0 && len(h.authHeaders) == 0 && len(h.basicUsers) == 0 && h.verifier == nil {
 		h.logger.Warn("no auth_query, auth_header, auth_basic or verify configured: anyone who finds this URL can queue payloads", zap.String("relay", h.Name))
@@ -430,7 +446,7 @@ func (h *Handler) checkSettings() error {
 		return fmt.Errorf("backoff: initial %s is longer than max %s",
 			time.Duration(h.BackoffInitial), time.Duration(h.BackoffMax))
 	}
-	return nil
+	return checkChallenge(h.Challenge)
 }
 
 // resolveUpstream resolves placeholders in the upstream and checks it is an

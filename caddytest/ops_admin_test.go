@@ -283,7 +283,7 @@ func TestOpsAdminDeadLetters(t *testing.T) {
 			t.Errorf("error %q", st.Error)
 		}
 		wantReq := map[string]int64{"accepted": 4, "duplicate": 1, "unauthorized": 0, "too_large": 0,
-			"bad_request": 0, "unavailable": 0, "method_not_allowed": 0}
+			"bad_request": 0, "unavailable": 0, "method_not_allowed": 0, "challenge": 0}
 		for k, v := range wantReq {
 			if got, ok := st.Requests[k]; !ok || got != base.Requests[k]+v {
 				t.Errorf("requests[%s] = %d (present %v), want %d+%d; all: %v", k, got, ok, base.Requests[k], v, st.Requests)

@@ -132,7 +132,7 @@ type opsMetricsWant struct {
 }
 
 var (
-	opsOutcomes = []string{"accepted", "duplicate", "unauthorized", "too_large", "bad_request", "unavailable", "method_not_allowed"}
+	opsOutcomes = []string{"accepted", "duplicate", "unauthorized", "too_large", "bad_request", "unavailable", "method_not_allowed", "challenge"}
 	opsResults  = []string{"success", "retry", "dead"}
 )
 

@@ -197,7 +197,8 @@
 				el('td', { className: 'num oldest' }, oldest),
 				el('td', { className: 'num rate-accepted' }, rate(r.name, 'accepted')),
 				el('td', { className: 'num rate-duplicate' }, rate(r.name, 'duplicate')),
-				el('td', { className: 'num rate-unauthorized' }, rate(r.name, 'unauthorized')));
+				el('td', { className: 'num rate-unauthorized' }, rate(r.name, 'unauthorized')),
+				el('td', { className: 'num rate-challenge' }, rate(r.name, 'challenge')));
 			if (r.error) tr.title = r.error;
 			tr.addEventListener('click', (ev) => {
 				if (ev.target.tagName !== 'A') location.hash = href(r.name);

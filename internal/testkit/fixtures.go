@@ -23,7 +23,8 @@ func ConsoleSecrets(t testing.TB) []string {
 
 // ConsoleDirectives are the console tests' site directives: a relay at /in
 // called name, delivering to upstreamURL/hook, guarded by the token of
-// ConsoleSecrets and with its app token as a secret header_up, and the
+// ConsoleSecrets, with its app token as a secret header_up and answering
+// Graph's validation (challenge graph, counted as challenge), and the
 // console at /ops/, behind basic_auth for user with the bcrypt hash when
 // hash is set, else with allow_anonymous.
 func ConsoleDirectives(upstreamURL, name, user, hash string) string {
@@ -39,6 +40,7 @@ func ConsoleDirectives(upstreamURL, name, user, hash string) string {
 		backoff 10ms 50ms
 		auth_query token {env.CONSOLE_TEST_TOKEN}
 		header_up X-App-Token {env.CONSOLE_TEST_APP_TOKEN}
+		challenge graph
 	}
 	handle_path /ops/* {
 		%s

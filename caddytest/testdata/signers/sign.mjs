@@ -135,6 +135,8 @@ async function sign({ scheme, secret, body, id, timestamp, user, url }) {
         "X-Fal-Webhook-User-Id": user,
         "X-Fal-Webhook-Timestamp": String(timestamp),
         "X-Fal-Webhook-Signature": cryptoSign(null, Buffer.from(message), privateKey(secret)).toString("hex"),
+      };
+    }
     case "zoom": // v0=hex HMAC-SHA256 of "v0:timestamp:body" under the secret token
       return {
         "x-zm-request-timestamp": String(timestamp),

@@ -110,22 +110,35 @@ func TestNumbers(t *testing.T) {
 }
 
 func TestParseBody(t *testing.T) {
-	for _, s := range []string{"", "not json", `{"a":1} x`, `{"a":1}{}`, `{"a":`, "\xff"} {
+	for _, s := range []string{"", " ", "not json", `{"a":1} x`, `{"a":1}{}`, `{"a":`, "\xff", `{"a":"\x"}`} {
 		if v := ParseBody([]byte(s)); v != nil {
 			t.Errorf("ParseBody(%q) = %#v, want nil", s, v)
 		}
 	}
-	v := ParseBody([]byte(" {\"a\":[1,2.5,\"s\",{\"b\":null}],\"c\":9223372036854775808}\n"))
-	m, ok := v.(map[string]any)
-	if !ok {
-		t.Fatalf("ParseBody = %#v", v)
+	body := ParseBody([]byte(" {\"a\":[1,2.5,\"s\",{\"b\":null}],\"c\":9223372036854775808,\"d\":1,\"d\":2," +
+		`"e":"q\"uo\\te\u00e9\ud83d\ude00","f" : { "g" : [ ] , "h":{}},"i":"\\","j":true,"k":1e400}` + "\n"))
+	for _, expr := range []string{
+		`body.a[0] == 1 && type(body.a[0]) == int`,
+		`body.a[1] == 2.5 && body.a[2] == "s" && body.a[3].b == null && size(body.a) == 4`,
+		`type(body.c) == double && body.c > 9223372036854775000.0`, // beyond int64: a double
+		`body.d == 2`, // the last of duplicates
+		`body.e == "q\"uo\\teé😀"`,
+		`size(body.f.g) == 0 && size(body.f.h) == 0 && body.i == "\\" && body.j`,
+		`size(body) == 8 && "k" in body`,
+	} {
+		if ok, err := mustCompile(t, expr).Match(Input{Body: body}); !ok || err != nil {
+			t.Errorf("%s: %v, %v", expr, ok, err)
+		}
 	}
-	a := m["a"].([]any)
-	if a[0] != int64(1) || a[1] != 2.5 || a[2] != "s" || a[3].(map[string]any)["b"] != nil {
-		t.Errorf("a = %#v", a)
+	// A number beyond a double's range cannot be read: an error, no match.
+	if ok, err := mustCompile(t, `body.k > 0`).Match(Input{Body: body}); ok || err == nil {
+		t.Errorf("body.k > 0: %v, %v", ok, err)
 	}
-	if m["c"] != 9223372036854775808.0 { // beyond int64: a double
-		t.Errorf("c = %#v", m["c"])
+	// A body that is JSON but not an object.
+	for s, expr := range map[string]string{`"str"`: `body == "str"`, `[1, {"a": 2}]`: `body[1].a == 2`, `null`: `body == null`, ` 12 `: `body == 12`} {
+		if ok, err := mustCompile(t, expr).Match(Input{Body: ParseBody([]byte(s))}); !ok || err != nil {
+			t.Errorf("%s on %s: %v, %v", expr, s, ok, err)
+		}
 	}
 }
 

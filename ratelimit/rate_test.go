@@ -3,6 +3,8 @@ package ratelimit
 import (
 	"encoding/json"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -123,30 +125,31 @@ func TestLocalSpread(t *testing.T) {
 	}
 }
 
-// TestLocalConcurrent: many loops asking one limiter at once on the real
-// clock get one start per interval between them.
+// TestLocalConcurrent: loops asking one limiter at the same instant get one
+// start between them, and one more an interval later.
 func TestLocalConcurrent(t *testing.T) {
-	l := NewLocal(Rate{100, time.Second}, nil) // every 10 ms
-	deadline := time.Now().Add(200 * time.Millisecond)
-	got := make(chan int)
-	for range 8 {
-		go func() {
-			n := 0
-			for time.Now().Before(deadline) {
-				if w, _ := l.Take(t.Context()); w == 0 {
-					n++
-				} else {
-					time.Sleep(w)
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	l := NewLocal(Rate{100, time.Second}, clock) // every 10 ms
+	for round := range 3 {
+		var started atomic.Int32
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for range 50 {
+					if w, err := l.Take(t.Context()); err == nil && w == 0 {
+						started.Add(1)
+					}
 				}
-			}
-			got <- n
-		}()
-	}
-	total := 0
-	for range 8 {
-		total += <-got
-	}
-	if total > 21 { // 200 ms / 10 ms, and the first one free
-		t.Errorf("%d starts in 200ms at 100/s", total)
+			})
+		}
+		wg.Wait()
+		if n := started.Load(); n != 1 {
+			t.Fatalf("round %d: %d starts at one instant, want 1", round, n)
+		}
+		mu.Lock()
+		now = now.Add(10 * time.Millisecond)
+		mu.Unlock()
 	}
 }

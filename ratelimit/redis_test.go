@@ -90,3 +90,26 @@ func TestRedisDown(t *testing.T) {
 		t.Fatalf("Take after restart: %s, %v", w, err)
 	}
 }
+
+// TestRedisCluster: the limiter works through a Cluster client, its one key
+// in the relay's hash slot.
+func TestRedisCluster(t *testing.T) {
+	var nodes []*redistest.Server
+	var addrs []string
+	for range 3 {
+		n := redistest.Start(t, redistest.Options{Cluster: true})
+		nodes = append(nodes, n)
+		addrs = append(addrs, n.Addr())
+	}
+	redistest.CreateCluster(t, 0, nodes...)
+	c := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: addrs, IsClusterMode: true, MaxRetries: -1, DisableIdentity: true})
+	t.Cleanup(func() { c.Close() })
+	l := NewRedis(c, "{webhook_relay:hooks}:rate:archive", Rate{1, time.Minute})
+	if w, err := l.Take(t.Context()); w != 0 || err != nil {
+		t.Fatalf("first Take: %s, %v", w, err)
+	}
+	w, err := l.Take(t.Context())
+	if err != nil || w <= 50*time.Second || w > time.Minute {
+		t.Fatalf("second Take: %s, %v; want a wait of about a minute", w, err)
+	}
+}

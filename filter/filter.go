@@ -51,7 +51,7 @@ import (
 // every InterruptEvery steps. A filter without a loop needs no bound: each
 // of its steps (a field, an index, a comparison, a string function) reads
 // the body at most once, so its work grows with the body's size and nothing
-// more.
+// more (the costliest, matches over a 6 MiB string, takes about 90 ms).
 //
 // CEL's own cost limit (cel.CostLimit) is not used: its cost tracker, in
 // cel-go v0.32.0, takes time that grows with the square of a loop's length
@@ -140,10 +140,10 @@ type Input struct {
 }
 
 // Match evaluates the filter on in. An error (a missing field, a type
-// mismatch, a result that is not a bool, the cost limit) comes with false:
-// the payload does not match, and the caller counts the error. The error
-// names the filter's expression and CEL's reason, never a value of the
-// payload.
+// mismatch, a result that is not a bool, Timeout) comes with false: the
+// payload does not match, and the caller counts the error. The error names
+// the filter's expression and CEL's reason, such as "no such key: imageURL"
+// or "no such overload".
 func (f *Filter) Match(in Input) (bool, error) {
 	act := &activation{in: &in}
 	var out ref.Val

@@ -18,6 +18,7 @@ var metaScheme = &scheme{
 	headers:    []string{"X-Hub-Signature-256"},
 	key:        rawKey,
 	parse:      parseBodyMAC("X-Hub-Signature-256", "sha256=", hex.DecodeString, "sha256=<hex>"),
+	setup:      setupMeta,
 	get:        metaSubscribe,
 }
 

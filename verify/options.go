@@ -6,37 +6,49 @@ import (
 	"net/url"
 )
 
-// setOptions resolves and checks the block options that belong to one
-// scheme: verify_token (meta) and base_url (twilio). An option given for
-// another scheme is an error, so a misplaced one is never silently ignored.
-func (v *Verifier) setOptions(cfg Config, resolve func(string) (string, error)) error {
-	name := v.scheme.name
-	if cfg.VerifyToken != "" {
-		if name != "meta" {
-			return fmt.Errorf("verify %s: verify_token is for verify meta only", name)
-		}
-		token, err := resolve(cfg.VerifyToken)
-		if err != nil || token == "" {
-			return fmt.Errorf("verify meta: verify_token resolves to empty or has an empty placeholder; set it")
-		}
-		sum := sha256.Sum256([]byte(token))
-		v.verifyToken = &sum
-	}
-	if cfg.BaseURL != "" {
-		if name != "twilio" {
-			return fmt.Errorf("verify %s: base_url is for verify twilio only", name)
-		}
-		raw, err := resolve(cfg.BaseURL)
-		if err != nil || raw == "" {
-			return fmt.Errorf("verify twilio: base_url resolves to empty or has an empty placeholder; set it")
-		}
-		if v.baseURL, err = parseBaseURL(raw); err != nil {
-			return fmt.Errorf("verify twilio: base_url %q: %v", raw, err)
+// checkOptionOwners refuses a block option given for a scheme it does not
+// belong to, so a misplaced one is never silently ignored.
+func checkOptionOwners(cfg Config) error {
+	for _, o := range []struct{ name, value, owner string }{
+		{"verify_token", cfg.VerifyToken, "meta"},
+		{"base_url", cfg.BaseURL, "twilio"},
+		{"jwks", cfg.JWKS, "fal"},
+	} {
+		if o.value != "" && cfg.Scheme != o.owner {
+			return fmt.Errorf("verify %s: %s is for verify %s only", cfg.Scheme, o.name, o.owner)
 		}
 	}
-	// A GET handshake is answered only when the scheme has one and, for
-	// Meta, a verify_token to check it against: without one GET stays 405.
-	v.answersGET = v.scheme.get != nil && (name != "meta" || v.verifyToken != nil)
+	return nil
+}
+
+// setupMeta reads Meta's verify_token. Without one, Meta's subscription
+// GET has nothing to be checked against, and GET stays 405.
+func setupMeta(v *Verifier, cfg Config, resolve func(string) (string, error)) error {
+	v.answersGET = false
+	if cfg.VerifyToken == "" {
+		return nil
+	}
+	token, err := resolve(cfg.VerifyToken)
+	if err != nil || token == "" {
+		return fmt.Errorf("verify meta: verify_token resolves to empty or has an empty placeholder; set it")
+	}
+	sum := sha256.Sum256([]byte(token))
+	v.verifyToken, v.answersGET = &sum, true
+	return nil
+}
+
+// setupTwilio reads base_url, when Twilio calls another proxy in front.
+func setupTwilio(v *Verifier, cfg Config, resolve func(string) (string, error)) error {
+	if cfg.BaseURL == "" {
+		return nil
+	}
+	raw, err := resolve(cfg.BaseURL)
+	if err != nil || raw == "" {
+		return fmt.Errorf("verify twilio: base_url resolves to empty or has an empty placeholder; set it")
+	}
+	if v.baseURL, err = parseBaseURL(raw); err != nil {
+		return fmt.Errorf("verify twilio: base_url %q: %v", raw, err)
+	}
 	return nil
 }
 

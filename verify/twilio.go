@@ -27,6 +27,7 @@ var twilioScheme = &scheme{
 	defaultKey: []string{"body"}, // I-Twilio-Idempotency-Token is not signed
 	headers:    []string{"X-Twilio-Signature", "I-Twilio-Idempotency-Token"},
 	key:        rawKey,
+	setup:      setupTwilio,
 	parse:      parseTwilio,
 	check:      checkTwilio,
 }

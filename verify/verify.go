@@ -156,9 +156,10 @@ func New(cfg Config, resolve func(string) (string, error), opts ...Option) (*Ver
 	} else if cfg.Header != "" || cfg.Algorithm != "" || cfg.Encoding != "" || cfg.Prefix != "" {
 		return nil, fmt.Errorf("verify %s: header, algorithm, encoding and prefix are for verify hmac only", cfg.Scheme)
 	}
-	if cfg.JWKS != "" && s != fal {
-		return nil, fmt.Errorf("verify %s: jwks is for verify fal only", cfg.Scheme)
+	if err := checkOptionOwners(cfg); err != nil {
+		return nil, err
 	}
+	v.answersGET = s.get != nil
 	if s.setup != nil {
 		if err := s.setup(v, cfg, resolve); err != nil {
 			return nil, err
@@ -188,9 +189,6 @@ func New(cfg Config, resolve func(string) (string, error), opts ...Option) (*Ver
 			return nil, fmt.Errorf("verify %s: secret #%d: %v", cfg.Scheme, i+1, err)
 		}
 		v.keys = append(v.keys, key)
-	}
-	if err := v.setOptions(cfg, resolve); err != nil {
-		return nil, err
 	}
 	return v, nil
 }

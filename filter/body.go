@@ -1,0 +1,213 @@
+package filter
+
+import (
+	"bytes"
+	"encoding/json"
+	"strconv"
+	"unicode/utf8"
+
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/ref"
+)
+
+// ParseBody prepares a body for the filters of every destination, once per
+// payload: nil when it is not JSON (the filters then see null), else the
+// value to put in Input.Body.
+//
+// The body is read lazily: an object's members are located when a filter
+// first reads the object, and a value is decoded only when a filter reads
+// it. A 6 MiB base64 image in a member no filter reads is skipped, never
+// copied. Objects are maps, arrays lists, a number that is an integer
+// within int64 an int (an id like 7532114250969985124 keeps every digit),
+// any other number a double; of duplicate members the last wins, as in
+// encoding/json.
+func ParseBody(body []byte) any {
+	if !json.Valid(body) {
+		return nil
+	}
+	return ParseValidBody(body)
+}
+
+// ParseValidBody is ParseBody for a body the caller has already checked
+// with json.Valid (the dedupe keys do), which it does not check again.
+func ParseValidBody(body []byte) any {
+	i := skipWS(body, 0)
+	if i >= len(body) {
+		return nil
+	}
+	return lazy.convert(body[i:valueEnd(body, i)])
+}
+
+// rawJSON is one valid JSON value, not yet decoded.
+type rawJSON []byte
+
+// lazyAdapter turns a rawJSON into a CEL value when CEL reads it: the maps
+// and lists it makes hold rawJSON and convert each member or element with
+// it on access.
+type lazyAdapter struct{}
+
+var lazy lazyAdapter
+
+func (a lazyAdapter) NativeToValue(v any) ref.Val {
+	if r, ok := v.(rawJSON); ok {
+		return a.convert(r)
+	}
+	return types.DefaultTypeAdapter.NativeToValue(v)
+}
+
+func (a lazyAdapter) convert(r rawJSON) ref.Val {
+	if len(r) == 0 {
+		return types.NullValue
+	}
+	switch r[0] {
+	case '{':
+		return types.NewStringInterfaceMap(a, members(r))
+	case '[':
+		return types.NewDynamicList(a, elements(r))
+	case '"':
+		return types.String(decodeString(r))
+	case 't':
+		return types.True
+	case 'f':
+		return types.False
+	case 'n':
+		return types.NullValue
+	}
+	if n, err := strconv.ParseInt(string(r), 10, 64); err == nil {
+		return types.Int(n)
+	}
+	f, err := strconv.ParseFloat(string(r), 64)
+	if err != nil { // beyond a double's range
+		return types.NewErr("number %s is out of range", r)
+	}
+	return types.Double(f)
+}
+
+// decodeString decodes a JSON string literal, quotes included. The common
+// case, no escape and valid UTF-8, is one copy.
+func decodeString(r []byte) string {
+	if len(r) < 2 || r[len(r)-1] != '"' {
+		return "" // not a string: only on a body that was not valid
+	}
+	in := r[1 : len(r)-1]
+	if bytes.IndexByte(in, '\\') < 0 && utf8.Valid(in) {
+		return string(in)
+	}
+	var s string
+	_ = json.Unmarshal(r, &s) // valid: escapes, and invalid UTF-8 as U+FFFD
+	return s
+}
+
+// members splits an object into its members, undecoded; the last of
+// duplicate names wins.
+func members(obj []byte) map[string]any {
+	m := make(map[string]any)
+	i := skipWS(obj, 1)
+	for i < len(obj) && obj[i] == '"' {
+		kEnd := stringEnd(obj, i)
+		name := decodeString(obj[i:kEnd])
+		i = skipWS(obj, kEnd)
+		if i >= len(obj) || obj[i] != ':' {
+			break
+		}
+		i = skipWS(obj, i+1)
+		vEnd := valueEnd(obj, i)
+		m[name] = rawJSON(obj[i:vEnd])
+		i = skipWS(obj, vEnd)
+		if i >= len(obj) || obj[i] != ',' {
+			break
+		}
+		i = skipWS(obj, i+1)
+	}
+	return m
+}
+
+// elements splits an array into its elements, undecoded.
+func elements(arr []byte) []any {
+	var out []any
+	i := skipWS(arr, 1)
+	for i < len(arr) && arr[i] != ']' {
+		vEnd := valueEnd(arr, i)
+		if vEnd <= i {
+			break
+		}
+		out = append(out, rawJSON(arr[i:vEnd]))
+		i = skipWS(arr, vEnd)
+		if i >= len(arr) || arr[i] != ',' {
+			break
+		}
+		i = skipWS(arr, i+1)
+	}
+	return out
+}
+
+// The scanning functions below expect valid JSON and stay in bounds on
+// any input.
+
+func skipWS(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index after the string starting at b[i] ('"'). A
+// long string without quotes inside (a base64 image) is crossed by one
+// bytes.IndexByte.
+func stringEnd(b []byte, i int) int {
+	j := i + 1
+	for {
+		k := bytes.IndexByte(b[j:], '"')
+		if k < 0 {
+			return len(b)
+		}
+		j += k
+		// escaped when preceded by an odd number of backslashes
+		n := 0
+		for p := j - 1; p > i && b[p] == '\\'; p-- {
+			n++
+		}
+		j++
+		if n%2 == 0 {
+			return j
+		}
+	}
+}
+
+// valueEnd returns the index after the value starting at b[i].
+func valueEnd(b []byte, i int) int {
+	if i >= len(b) {
+		return len(b)
+	}
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); {
+			switch b[j] {
+			case '"':
+				j = stringEnd(b, j)
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1
+				}
+			}
+			j++
+		}
+		return len(b)
+	}
+	j := i
+	for j < len(b) {
+		switch b[j] {
+		case ',', '}', ']', ' ', '\t', '\n', '\r':
+			return j
+		}
+		j++
+	}
+	return j
+}

@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -126,4 +127,36 @@ func counted(c prometheus.Counter) float64 {
 		panic(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestDestinationSettings: a destination's delivery settings are its own
+// where it gives them, else the relay's.
+func TestDestinationSettings(t *testing.T) {
+	h := &Handler{Name: "r", logger: zap.NewNop()}
+	h.applyDefaults()
+	h.Timeout = caddy.Duration(7 * time.Second)
+	relayHeaders := http.Header{"X-Relay": {"1"}}
+	repl := caddy.NewReplacer()
+	plain, err := h.resolveDestination(repl, Destination{Name: "a", URL: "http://127.0.0.1:9/a"}, relayHeaders)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := plain.settings
+	if s.Timeout != 7*time.Second || s.Concurrency != DefaultConcurrency || s.GiveUpAfter != DefaultGiveUpAfter ||
+		s.Backoff.Initial != DefaultBackoffInitial || s.Backoff.Max != DefaultBackoffMax || s.HeaderUp.Get("X-Relay") != "1" ||
+		!s.Rate.IsZero() || s.Upstream.String() != "http://127.0.0.1:9/a" {
+		t.Errorf("a destination without settings: %+v", s)
+	}
+	own, err := h.resolveDestination(repl, Destination{Name: "b", URL: "https://example.com/b", Rate: "300/m", Concurrency: 2,
+		Timeout: caddy.Duration(time.Second), BackoffInitial: caddy.Duration(time.Second), BackoffMax: caddy.Duration(time.Minute),
+		GiveUpAfter: caddy.Duration(time.Hour), HeaderUp: http.Header{"X-Dest": {"b"}}}, relayHeaders)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = own.settings
+	if s.Timeout != time.Second || s.Concurrency != 2 || s.GiveUpAfter != time.Hour || s.Backoff.Initial != time.Second ||
+		s.Backoff.Max != time.Minute || s.HeaderUp.Get("X-Dest") != "b" || s.HeaderUp.Get("X-Relay") != "" ||
+		s.Rate.String() != "300/m" {
+		t.Errorf("a destination with its own settings: %+v", s)
+	}
 }

@@ -181,10 +181,10 @@ func (h *Handler) resolveDestination(repl *caddy.Replacer, d Destination, relayH
 	}
 	s := &delivery.Settings{
 		Upstream:      u,
-		Timeout:       time.Duration(or(d.Timeout, h.Timeout)),
-		Concurrency:   or(d.Concurrency, h.Concurrency),
-		Backoff:       delivery.Backoff{Initial: time.Duration(or(d.BackoffInitial, h.BackoffInitial)), Max: time.Duration(or(d.BackoffMax, h.BackoffMax))},
-		GiveUpAfter:   time.Duration(or(d.GiveUpAfter, h.GiveUpAfter)),
+		Timeout:       time.Duration(orRelay(d.Timeout, h.Timeout)),
+		Concurrency:   orRelay(d.Concurrency, h.Concurrency),
+		Backoff:       delivery.Backoff{Initial: time.Duration(orRelay(d.BackoffInitial, h.BackoffInitial)), Max: time.Duration(orRelay(d.BackoffMax, h.BackoffMax))},
+		GiveUpAfter:   time.Duration(orRelay(d.GiveUpAfter, h.GiveUpAfter)),
 		HeaderUp:      relayHeaderUp,
 		SignKey:       h.signKey,
 		MaxDead:       h.MaxDead,
@@ -214,8 +214,8 @@ func (h *Handler) resolveDestination(repl *caddy.Replacer, d Destination, relayH
 	return out, nil
 }
 
-// or returns v, or def when v is the zero value.
-func or[T comparable](v, def T) T {
+// orRelay returns a destination's v, or the relay's def when v is the zero value.
+func orRelay[T comparable](v, def T) T {
 	var zero T
 	if v == zero {
 		return def

@@ -8,6 +8,7 @@ import (
 	"github.com/hookrelay/caddy-webhook-relay/verify"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/caddyfilearg"
+	"github.com/hookrelay/caddy-webhook-relay/ratelimit"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -58,10 +59,22 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_dead      <n>
 //		dead_retention <duration>
 //		max_stored    <size>
+//		destination   <name> <url> [{
+//			filter        <CEL expression>
+//			rate          <n>/s | <n>/m
+//			concurrency   <n>
+//			timeout       <duration>
+//			backoff       <initial> <max>
+//			give_up_after <duration>
+//			header_up     <field> <value>
+//			sign_upstream <whsec_secret>
+//		}]
 //	}
 //
-// auth_query, auth_header, auth_basic and header_up may be repeated (once
-// per parameter, field or user); every other subdirective may appear once.
+// auth_query, auth_header, auth_basic, header_up and destination may be
+// repeated (once per parameter, field, user or destination name); every
+// other subdirective may appear once. upstream (or the inline URL) is
+// shorthand for destination upstream <url>.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
@@ -74,7 +87,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		sub := d.Val()
-		if seen[sub] && sub != "auth_query" && sub != "auth_header" && sub != "auth_basic" && sub != "header_up" {
+		if seen[sub] && sub != "auth_query" && sub != "auth_header" && sub != "auth_basic" && sub != "header_up" && sub != "destination" {
 			return d.Errf("subdirective '%s' given twice", sub)
 		}
 		seen[sub] = true
@@ -281,11 +294,101 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.HeaderUp.Add(field, value)
 
+		case "destination":
+			dest, err := parseDestination(d)
+			if err != nil {
+				return err
+			}
+			for _, other := range h.Destinations {
+				if other.Name == dest.Name {
+					return d.Errf("destination %s given twice: destination names are unique within a relay", dest.Name)
+				}
+			}
+			h.Destinations = append(h.Destinations, dest)
+
 		default:
 			return d.Errf("unrecognized webhook_relay subdirective '%s'", sub)
 		}
 	}
 	return nil
+}
+
+// parseDestination reads `destination <name> <url> [{ filter, rate,
+// concurrency, timeout, backoff, give_up_after, header_up, sign_upstream }]`.
+// The filter is one token: a CEL expression holds spaces and quotes, so it
+// is written in backticks.
+func parseDestination(d *caddyfile.Dispenser) (Destination, error) {
+	var dest Destination
+	if !d.AllArgs(&dest.Name, &dest.URL) {
+		return dest, d.Err("destination: give a name and a URL: destination <name> <url> [{ ... }]")
+	}
+	if !validName.MatchString(dest.Name) {
+		return dest, d.Errf("destination %q: name: use 1 to 64 letters, digits, '.', '_' or '-'", dest.Name)
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] && opt != "header_up" {
+			return dest, d.Errf("destination %s: %s given twice", dest.Name, opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "filter":
+			args := d.RemainingArgs()
+			if len(args) != 1 {
+				return dest, d.Errf("destination %s: filter: give the expression as one token, in backticks: "+
+					"filter `body.taskType == \"imageInference\"`", dest.Name)
+			}
+			dest.Filter = args[0]
+		case "rate":
+			if dest.Rate, err = caddyfilearg.String(d); err == nil {
+				if _, perr := ratelimit.Parse(dest.Rate); perr != nil {
+					return dest, d.Errf("destination %s: %v", dest.Name, perr)
+				}
+			}
+		case "concurrency":
+			dest.Concurrency, err = caddyfilearg.Int(d, 1)
+		case "timeout":
+			var dur time.Duration
+			dur, err = caddyfilearg.Duration(d)
+			dest.Timeout = caddy.Duration(dur)
+		case "give_up_after":
+			var dur time.Duration
+			dur, err = caddyfilearg.Duration(d)
+			dest.GiveUpAfter = caddy.Duration(dur)
+		case "backoff":
+			var initial, maximum time.Duration
+			if initial, err = caddyfilearg.NextDuration(d, opt); err != nil {
+				return dest, err
+			}
+			if maximum, err = caddyfilearg.NextDuration(d, opt); err != nil {
+				return dest, err
+			}
+			if d.NextArg() {
+				return dest, d.ArgErr()
+			}
+			dest.BackoffInitial, dest.BackoffMax = caddy.Duration(initial), caddy.Duration(maximum)
+		case "header_up":
+			var field, value string
+			if !d.AllArgs(&field, &value) {
+				return dest, d.ArgErr()
+			}
+			if dest.HeaderUp == nil {
+				dest.HeaderUp = make(http.Header)
+			}
+			dest.HeaderUp.Add(field, value)
+		case "sign_upstream":
+			dest.SignUpstream, err = caddyfilearg.String(d)
+		default:
+			return dest, d.Errf("destination %s: unrecognized option '%s': use filter, rate, concurrency, timeout, "+
+				"backoff, give_up_after, header_up or sign_upstream", dest.Name, opt)
+		}
+		if err != nil {
+			return dest, err
+		}
+	}
+	return dest, nil
 }
 
 // parseVerify reads `verify <scheme> <secret...> [{ tolerance <d> }]` (with

@@ -23,7 +23,7 @@ var countersByName sync.Map // relay name -> *relayCounters
 
 // outcomes are every outcome of the ack path.
 var outcomes = []string{OutcomeAccepted, OutcomeDuplicate, OutcomeUnauthorized, OutcomeTooLarge,
-	OutcomeBadRequest, OutcomeTimeout, OutcomeUnavailable, OutcomeMethodNotAllowed, OutcomeChallenge}
+	OutcomeBadRequest, OutcomeTimeout, OutcomeUnavailable, OutcomeMethodNotAllowed, OutcomeChallenge, OutcomeIgnored}
 
 // deliveryResults are every result of a delivery attempt.
 var deliveryResults = []string{delivery.ResultSuccess, delivery.ResultRetry, delivery.ResultDead}

@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/hookrelay/caddy-webhook-relay/filter"
 	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
@@ -36,6 +37,9 @@ const (
 	// OutcomeChallenge is a sender's URL handshake, answered by the relay
 	// itself: never stored, deduped or forwarded.
 	OutcomeChallenge = "challenge"
+	// OutcomeIgnored is a payload no destination's filter takes: answered
+	// 200 {"status":"ignored"}, its key marked seen, nothing stored.
+	OutcomeIgnored = "ignored"
 )
 
 // retryAfterSeconds is what a 503 asks the sender to wait.
@@ -44,6 +48,7 @@ const retryAfterSeconds = "5"
 var (
 	respAccepted  = []byte(`{"status":"accepted"}` + "\n")
 	respDuplicate = []byte(`{"status":"duplicate"}` + "\n")
+	respIgnored   = []byte(`{"status":"ignored"}` + "\n")
 )
 
 // ServeHTTP is the ack path: check, read, key, admit, answer, or answer a
@@ -190,6 +195,12 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 			Headers:      keepHeaders(r.Header, h.keep),
 		},
 	}
+	// No destination takes it: the key is marked seen (a re-delivery is a
+	// duplicate) and nothing is stored.
+	ignored := !h.takenByAny(r, rawQuery, body, key)
+	if ignored {
+		entry.Body, entry.Request, entry.MarkerOnly = nil, queue.RequestMeta{}, true
+	}
 	// A sender hanging up must not abort an admit half way. The store
 	// bounds its own wait (queue.AdmitTimeout): only a store that talks to
 	// a server can hang, and a timer per request would cost every store.
@@ -218,12 +229,34 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 		_, _ = w.Write(respDuplicate)
 		return OutcomeDuplicate, key, nil
 	}
+	if ignored {
+		_, _ = w.Write(respIgnored)
+		return OutcomeIgnored, key, nil
+	}
 	h.relay.engine.Wake()
 	_, _ = w.Write(respAccepted)
 	return OutcomeAccepted, key, nil
 }
 
 var errTooLarge = errors.New("body too large")
+
+// takenByAny evaluates the destinations' filters on a payload: whether one
+// of them takes it. Without filters it is taken, at no cost.
+func (h *Handler) takenByAny(r *http.Request, rawQuery string, body []byte, key string) bool {
+	var in *filter.Input
+	for _, d := range h.dests {
+		if d.filter == nil {
+			return true
+		}
+		if in == nil {
+			in = filterInput(r, rawQuery, body, key, h.filterBody)
+		}
+		if h.takes(d, in) {
+			return true
+		}
+	}
+	return false
+}
 
 // verifyRefused answers a request the verify scheme refused (refusedBy).
 func (h *Handler) verifyRefused(w http.ResponseWriter, err error) (outcome, key string, _ error) {

@@ -22,6 +22,7 @@ var metrics = struct {
 	ackSeconds *prometheus.HistogramVec
 	delSeconds *prometheus.HistogramVec
 	deadDrops  *prometheus.CounterVec
+	filterErrs *prometheus.CounterVec
 	state      *stateCollector
 }{}
 
@@ -37,8 +38,8 @@ func initMetrics() {
 		metrics.deliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "deliveries_total",
-			Help: "Delivery attempts to the upstream, by result (success, retry, dead).",
-		}, []string{"relay", "result"})
+			Help: "Delivery attempts to a destination, by result (success, retry, dead).",
+		}, []string{"relay", "destination", "result"})
 		metrics.ackSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name:    "ack_duration_seconds",
@@ -48,14 +49,19 @@ func initMetrics() {
 		metrics.delSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name:    "delivery_duration_seconds",
-			Help:    "Time the upstream took to answer one delivery attempt.",
+			Help:    "Time a destination took to answer one delivery attempt.",
 			Buckets: prometheus.DefBuckets,
-		}, []string{"relay"})
+		}, []string{"relay", "destination"})
 		metrics.deadDrops = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "dead_dropped_total",
 			Help: "Dead letters removed because of max_dead, dead_retention or max_stored.",
 		}, []string{"relay"})
+		metrics.filterErrs = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "filter_errors_total",
+			Help: "Payloads a destination's filter could not be evaluated on (counted as no match).",
+		}, []string{"relay", "destination"})
 		metrics.state = &stateCollector{
 			backlog: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_backlog",
 				"Payloads acknowledged and not yet delivered.", []string{"relay"}, nil),
@@ -83,7 +89,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{
-		metrics.requests, metrics.deliveries, metrics.ackSeconds, metrics.delSeconds, metrics.deadDrops, metrics.state,
+		metrics.requests, metrics.deliveries, metrics.ackSeconds, metrics.delSeconds, metrics.deadDrops, metrics.filterErrs, metrics.state,
 	} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
@@ -103,24 +109,29 @@ type relayMetrics struct {
 	results    map[string]prometheus.Counter
 	delSeconds prometheus.Observer
 	deadDrops  prometheus.Counter
-	counters   *relayCounters
+	// filterErrors counts the destination's filter evaluations that failed.
+	filterErrors prometheus.Counter
+	counters     *relayCounters
 }
 
-func newRelayMetrics(name string) *relayMetrics {
+// newRelayMetrics looks up the series of relay name, delivering to
+// destination dest.
+func newRelayMetrics(name, dest string) *relayMetrics {
 	initMetrics()
 	m := &relayMetrics{
-		outcomes:   make(map[string]prometheus.Counter),
-		ackSeconds: metrics.ackSeconds.WithLabelValues(name),
-		results:    make(map[string]prometheus.Counter),
-		delSeconds: metrics.delSeconds.WithLabelValues(name),
-		deadDrops:  metrics.deadDrops.WithLabelValues(name),
-		counters:   countersFor(name),
+		outcomes:     make(map[string]prometheus.Counter),
+		ackSeconds:   metrics.ackSeconds.WithLabelValues(name),
+		results:      make(map[string]prometheus.Counter),
+		delSeconds:   metrics.delSeconds.WithLabelValues(name, dest),
+		deadDrops:    metrics.deadDrops.WithLabelValues(name),
+		filterErrors: metrics.filterErrs.WithLabelValues(name, dest),
+		counters:     countersFor(name),
 	}
 	for _, o := range outcomes {
 		m.outcomes[o] = metrics.requests.WithLabelValues(name, o)
 	}
 	for _, r := range deliveryResults {
-		m.results[r] = metrics.deliveries.WithLabelValues(name, r)
+		m.results[r] = metrics.deliveries.WithLabelValues(name, dest, r)
 	}
 	return m
 }

@@ -63,8 +63,17 @@ type Handler struct {
 	// are kept; the incoming ones, minus the auth parameters and any named
 	// like one of its own, are added.
 	// Placeholders such as {env.UPSTREAM} are resolved at provision time.
-	// Required.
+	// It is shorthand for a destination named "upstream" with this URL;
+	// give it or Destinations, not both.
 	Upstream string `json:"upstream,omitempty"`
+
+	// Destinations are where payloads are delivered, each with its name,
+	// URL, filter, rate and delivery settings (which default to the
+	// relay's). Names are unique within a relay. For now a relay takes one
+	// destination (several are refused: use one relay per destination).
+	// A payload its filter does not take is answered 200
+	// {"status":"ignored"}, its key marked seen, nothing stored.
+	Destinations []Destination `json:"destinations,omitempty"`
 
 	// Name identifies this relay's queue and dedupe state in the store,
 	// the admin API and the metrics. The name, not the upstream, owns the
@@ -222,6 +231,8 @@ type Handler struct {
 	keep        []string   // canonical names of the incoming headers stored with a payload
 	signKey     []byte     // sign_upstream's key
 	settings    *delivery.Settings
+	dests       []*destination // resolved; one for now
+	filterBody  bool           // a destination's filter reads the body
 	relay       *pooledRelay
 	poolConfig  *relayConfig   // what the relay applies of this config
 	admitter    queue.Admitter // the relay's store, as the ack path sees it
@@ -253,8 +264,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	repl := caddy.NewReplacer()
 
-	upstream, err := resolveUpstream(repl, h.Upstream)
+	dests, err := h.destinationList()
 	if err != nil {
+		return err
+	}
+	if err := checkDestinations(dests); err != nil {
+		return err
+	}
+	if err := severalDestinations(h.Name, dests); err != nil {
 		return err
 	}
 	if h.auth, err = compileAuth(repl, h.AuthQuery); err != nil {
@@ -320,23 +337,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("sign_upstream: %v", err)
 		}
 	}
-	h.settings = &delivery.Settings{
-		Upstream:      upstream,
-		Timeout:       time.Duration(h.Timeout),
-		Concurrency:   h.Concurrency,
-		Backoff:       delivery.Backoff{Initial: time.Duration(h.BackoffInitial), Max: time.Duration(h.BackoffMax)},
-		GiveUpAfter:   time.Duration(h.GiveUpAfter),
-		HeaderUp:      headerUp,
-		SignKey:       h.signKey,
-		MaxDead:       h.MaxDead,
-		DeadRetention: time.Duration(h.DeadRetention),
-		Logger:        h.logger.With(zap.String("relay", h.Name)),
+	for _, d := range dests {
+		dest, err := h.resolveDestination(repl, d, headerUp)
+		if err != nil {
+			return err
+		}
+		h.dests = append(h.dests, dest)
 	}
+	h.filterBody = anyFilterReadsBody(h.dests)
+	// One destination for now: its settings are the engine's.
+	dest := h.dests[0]
+	h.settings = dest.settings
 
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
-	h.metrics = newRelayMetrics(h.Name)
+	h.metrics = newRelayMetrics(h.Name, dest.name)
+	dest.filterErrors = h.metrics.filterErrors
 
 	// Names are compared before the store module is loaded: loading it
 	// clears StoreRaw, and two relays differing only in their store are
@@ -349,7 +366,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.poolConfig = &relayConfig{settings: h.settings, window: time.Duration(h.Window), maxBacklog: h.MaxBacklog,
+	h.poolConfig = &relayConfig{settings: h.settings, destination: dest.name, observe: h.metrics.delivery,
+		window: time.Duration(h.Window), maxBacklog: h.MaxBacklog,
 		maxMemory: h.MaxMemory, maxBody: h.MaxBody, maxStored: h.MaxStored}
 	h.poolKey = "webhook_relay:" + h.Name + ":" + store.StoreIdentity(h.Name)
 	h.relay, err = acquireRelay(h.poolKey, relayOpening{
@@ -357,7 +375,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		backend:     store,
 		opts:        queue.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog, MaxStored: h.MaxStored},
 		logger:      ctx.Logger(),
-		observe:     h.metrics.delivery,
 		deadDropped: h.metrics.deadDropped,
 		deadEvicted: h.metrics.deadEvicted,
 		totals:      h.metrics.totals,
@@ -419,8 +436,6 @@ func (h *Handler) applyDefaults() {
 // checkSettings rejects values that cannot work, before anything is opened.
 func (h *Handler) checkSettings() error {
 	switch {
-	case h.Upstream == "":
-		return fmt.Errorf("upstream is required: the URL payloads are forwarded to")
 	case !validName.MatchString(h.Name):
 		return fmt.Errorf("name %q: use 1 to 64 letters, digits, '.', '_' or '-'", h.Name)
 	case h.Window < 0, h.Timeout < 0, h.BackoffInitial < 0, h.BackoffMax < 0, h.GiveUpAfter < 0,

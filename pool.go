@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,6 +16,7 @@ import (
 	"github.com/hookrelay/caddy-webhook-relay/internal/faultlog"
 	"github.com/hookrelay/caddy-webhook-relay/ops"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
+	"github.com/hookrelay/caddy-webhook-relay/ratelimit"
 )
 
 // relayPool holds each relay's open store and delivery engine across config
@@ -29,12 +31,16 @@ const shutdownGrace = 5 * time.Second
 // relayConfig is what the pool needs of one config of a relay: the
 // settings its store, memory budget and deliveries apply.
 type relayConfig struct {
-	settings   *delivery.Settings // the deliveries' (upstream, dead-letter bounds, ...)
-	window     time.Duration
-	maxBacklog int
-	maxMemory  int64
-	maxBody    int64
-	maxStored  int64
+	settings *delivery.Settings // the deliveries' (upstream, dead-letter bounds, ...)
+	// destination names the one destination the settings deliver to, and
+	// observe counts its attempts under that name.
+	destination string
+	observe     func(result string, took time.Duration)
+	window      time.Duration
+	maxBacklog  int
+	maxMemory   int64
+	maxBody     int64
+	maxStored   int64
 }
 
 // relayOpening is what opening a relay takes besides its first config:
@@ -44,10 +50,9 @@ type relayOpening struct {
 	backend queue.Backend
 	opts    queue.Options
 	logger  *zap.Logger
-	// observe is told every delivery attempt's result, deadDropped every
-	// dead letter removed by the bounds; totals reads the counts since
-	// Caddy started.
-	observe     func(result string, took time.Duration)
+	// deadDropped is told every dead letter removed by the bounds; totals
+	// reads the counts since Caddy started. (Delivery attempts are counted
+	// by the newest config's relayConfig.observe.)
 	deadDropped func(*queue.Entry)
 	// deadEvicted is told how many dead letters gave way to a new payload
 	// under max_stored.
@@ -69,6 +74,12 @@ type pooledRelay struct {
 
 	mu      sync.Mutex
 	configs []*relayConfig // configs using this relay, newest last
+	current atomic.Pointer[relayConfig]
+	// limiter is the destination's rate limiter, kept across reloads that
+	// keep its destination and rate, so that a reload grants no extra start.
+	limiterMu sync.Mutex
+	limiter   ratelimit.Limiter
+	limiterOf string // destination and rate it limits
 }
 
 // acquireRelay opens the relay under key, or finds it open, and registers
@@ -84,12 +95,14 @@ func acquireRelay(key string, o relayOpening, cfg *relayConfig) (*pooledRelay, e
 		}
 		r := &pooledRelay{name: o.name, storeIdentity: o.backend.StoreIdentity(o.name), store: store,
 			storeConfig: storeConfig, totals: o.totals, memory: budget.New(cfg.maxMemory, cfg.maxBody)}
+		r.current.Store(cfg)
+		r.setLimiter(cfg)
 		r.engine = delivery.Start(delivery.Config{
 			Store:       store,
 			Settings:    cfg.settings,
 			Budget:      r.memory,
 			Logger:      o.logger.With(zap.String("relay", o.name)),
-			Observe:     o.observe,
+			Observe:     r.observe,
 			DeadDropped: o.deadDropped,
 		})
 		ops.Register(r)
@@ -117,10 +130,52 @@ func (r *pooledRelay) attach(cfg *relayConfig) {
 }
 
 func (r *pooledRelay) apply(cfg *relayConfig) {
+	r.setLimiter(cfg)
+	r.current.Store(cfg)
 	r.store.SetLimits(cfg.window, cfg.maxBacklog)
 	r.store.SetMaxStored(cfg.maxStored)
 	r.memory.SetLimits(budget.RelayLimits(cfg.maxMemory, cfg.maxBody))
 	r.engine.SetSettings(cfg.settings)
+}
+
+// observe counts a delivery attempt under the newest config's destination.
+func (r *pooledRelay) observe(result string, took time.Duration) {
+	if cfg := r.current.Load(); cfg != nil && cfg.observe != nil {
+		cfg.observe(result, took)
+	}
+}
+
+// rateLimited is a store that keeps a destination's rate itself, shared by
+// every process on it (queue/redis.Store).
+type rateLimited interface {
+	Limiter(destination string, rate ratelimit.Rate) ratelimit.Limiter
+}
+
+// setLimiter gives cfg's settings the limiter of their destination's rate:
+// the store's, shared by every instance, when it keeps one (Redis), else
+// one of this process. The limiter already in use is kept when the
+// destination and rate are the same.
+func (r *pooledRelay) setLimiter(cfg *relayConfig) {
+	// The settings are written only when they change: a config's settings
+	// get their limiter when it is attached, before the engine sees them.
+	s := cfg.settings
+	if s.Rate.IsZero() {
+		return
+	}
+	of := cfg.destination + " " + s.Rate.String()
+	r.limiterMu.Lock()
+	defer r.limiterMu.Unlock()
+	if r.limiter == nil || r.limiterOf != of {
+		if rl, ok := r.store.(rateLimited); ok {
+			r.limiter = rl.Limiter(cfg.destination, s.Rate)
+		} else {
+			r.limiter = ratelimit.NewLocal(s.Rate, nil)
+		}
+		r.limiterOf = of
+	}
+	if s.Limiter != r.limiter {
+		s.Limiter = r.limiter
+	}
 }
 
 // detach forgets cfg; the newest remaining config's settings apply again,

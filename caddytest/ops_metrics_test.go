@@ -132,7 +132,7 @@ type opsMetricsWant struct {
 }
 
 var (
-	opsOutcomes = []string{"accepted", "duplicate", "unauthorized", "too_large", "bad_request", "unavailable", "method_not_allowed", "challenge"}
+	opsOutcomes = []string{"accepted", "duplicate", "unauthorized", "too_large", "bad_request", "unavailable", "method_not_allowed", "challenge", "ignored"}
 	opsResults  = []string{"success", "retry", "dead"}
 )
 
@@ -162,14 +162,15 @@ func (w opsMetricsWant) diff(t *testing.T, s opsScrape, relay string) []string {
 			base(w.base.value(t, opsRequests, r, "outcome="+o))+w.requests[o])
 	}
 	for _, res := range opsResults {
-		check(fmt.Sprintf("%s{result=%q}", opsDeliveries, res), s.value(t, opsDeliveries, r, "result="+res),
-			base(w.base.value(t, opsDeliveries, r, "result="+res))+w.deliveries[res])
+		// a relay with upstream delivers to the destination named upstream
+		check(fmt.Sprintf("%s{destination=\"upstream\",result=%q}", opsDeliveries, res), s.value(t, opsDeliveries, r, "destination=upstream", "result="+res),
+			base(w.base.value(t, opsDeliveries, r, "destination=upstream", "result="+res))+w.deliveries[res])
 	}
 	check(opsBacklog, s.value(t, opsBacklog, r), w.backlog)
 	check(opsDead, s.value(t, opsDead, r), w.dead)
 	reqs, dels := w.totals()
 	check(opsAck+"_count", s.histCount(t, opsAck, r), base(w.base.histCount(t, opsAck, r))+reqs)
-	check(opsDelivery+"_count", s.histCount(t, opsDelivery, r), base(w.base.histCount(t, opsDelivery, r))+dels)
+	check(opsDelivery+"_count", s.histCount(t, opsDelivery, r, "destination=upstream"), base(w.base.histCount(t, opsDelivery, r, "destination=upstream"))+dels)
 	return diffs
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/hookrelay/caddy-webhook-relay/internal/faultlog"
 	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
+	"github.com/hookrelay/caddy-webhook-relay/ratelimit"
 )
 
 // Settings are the delivery settings of one relay. A config reload may
@@ -43,6 +44,12 @@ type Settings struct {
 	MaxDead int
 	// DeadRetention is how long a dead letter is kept (0: for ever).
 	DeadRetention time.Duration
+	// Limiter, if set, is asked before every attempt starts: at most
+	// Rate's attempts start within any one unit (see rate.go). A limiter
+	// shared by every instance on Redis, or one of this process.
+	Limiter ratelimit.Limiter
+	// Rate is the Limiter's rate, which bounds what the loop holds.
+	Rate ratelimit.Rate
 	// Logger, if set, replaces Config.Logger: each config has its own log
 	// outputs, and the engine follows the newest.
 	Logger *zap.Logger
@@ -106,6 +113,7 @@ type Engine struct {
 	claimErr faultlog.Tracker
 	bodyErr  faultlog.Tracker
 	trimErr  faultlog.Tracker
+	rateErr  faultlog.Tracker
 	trimming atomic.Bool    // a trim of the dead letters is running
 	trimMore atomic.Bool    // asked for while one was running: run again
 	trims    sync.WaitGroup // running trims, waited for by Stop

@@ -82,6 +82,10 @@ type loop struct {
 	// the probes while it is.
 	outage outage
 
+	// rateAt is when the destination's limiter may be asked again for a
+	// start (rate.go); zero: now.
+	rateAt time.Time
+
 	timer *time.Timer // fires when the first due entry is due
 	poll  *time.Ticker
 	lease *time.Ticker
@@ -119,7 +123,7 @@ type bounds struct {
 }
 
 func boundsFor(s *Settings) bounds {
-	ready := 4 * s.Concurrency
+	ready := rateReady(s, 4*s.Concurrency)
 	return bounds{ready: ready, batch: max(ready/4, 1)}
 }
 
@@ -297,6 +301,9 @@ func (l *loop) startDue(s *Settings, now time.Time) {
 		if probing && !l.outage.mayProbe(l.running, now) {
 			return
 		}
+		if needsStart(top) && !l.mayStart(s, now) {
+			return
+		}
 		h := heap.Pop(&l.due).(*held)
 		h.attempting = true
 		l.running++
@@ -353,6 +360,9 @@ func (l *loop) wakeAt(s *Settings) (time.Time, bool) {
 	ok := false
 	if l.due.Len() > 0 && l.running < s.Concurrency {
 		at, ok = l.outage.startAt(l.due[0].due, l.running)
+		if ok && s.Limiter != nil && needsStart(l.due[0]) {
+			at = later(at, l.rateAt)
+		}
 	}
 	retry, next := l.dueKnown && !l.nextDue.IsZero(), l.nextDue
 	if l.outage.down() {

@@ -106,6 +106,10 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	if expires, ok := m.seen[e.Key]; ok && nowNS < expires {
 		return Duplicate, nil
 	}
+	if e.MarkerOnly {
+		m.mark(e.Key, now)
+		return Accepted, nil
+	}
 	// a full backlog must not mark the key seen: the sender retries later
 	// and that retry has to be accepted
 	if max := m.MaxBacklog(); max > 0 && m.queue.Len() >= max {
@@ -128,11 +132,16 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	q.e.Request.Headers = slices.Clone(e.Request.Headers)
 	m.queued[e.ID] = m.queue.PushBack(q)
 	m.stored += size
-
-	expires := now.Add(m.Window()).UnixNano()
-	m.seen[e.Key] = expires
-	m.expiring = append(m.expiring, marker{key: e.Key, expires: expires})
+	m.mark(e.Key, now)
 	return Accepted, nil
+}
+
+// mark marks key seen from now for the window. It must be called with m.mu
+// held.
+func (m *Memory) mark(key string, now time.Time) {
+	expires := now.Add(m.Window()).UnixNano()
+	m.seen[key] = expires
+	m.expiring = append(m.expiring, marker{key: key, expires: expires})
 }
 
 // evict removes the oldest dead letters (by Died) until need bytes are

@@ -43,6 +43,12 @@ type Entry struct {
 	// reason when the stored one is unreadable) so one bad record never
 	// halts the queue.
 	Damaged string `json:"-"`
+	// MarkerOnly asks Admit to mark Key seen and store nothing: a payload
+	// no destination takes (its filters did not match) is answered
+	// "ignored", and its re-delivery within the window is a duplicate.
+	// Admit answers Accepted (or Duplicate) and sets no ID; nothing is
+	// queued, and nothing counts against MaxBacklog or MaxStored.
+	MarkerOnly bool `json:"-"`
 }
 
 // RequestMeta is the part of the incoming request that is forwarded with

@@ -183,6 +183,11 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 			outcome = queue.Duplicate
 			return nil
 		}
+		if e.MarkerOnly {
+			// the marker alone: nothing queued, reserved or counted
+			outcome = queue.Accepted
+			return boltPutMarker(tx, mk, expires)
+		}
 		if !reserved {
 			if !b.reserve() {
 				// full is decided here, in the transaction that would
@@ -228,11 +233,7 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		}
 		// the payload is written before the marker; in one transaction
 		// the order does not matter, but it reads as the rule it is
-		exp := binary.BigEndian.AppendUint64(nil, uint64(expires))
-		if err := seen.Put(mk, exp); err != nil {
-			return err
-		}
-		if err := tx.Bucket(boltExpiry).Put(append(exp, mk...), nil); err != nil {
+		if err := boltPutMarker(tx, mk, expires); err != nil {
 			return err
 		}
 		outcome = queue.Accepted
@@ -256,6 +257,10 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		return 0, queue.ErrBacklogFull
 	case storeFull:
 		return 0, queue.ErrStoreFull
+	case outcome == queue.Accepted && e.MarkerOnly:
+		if newMarker {
+			b.countKeys(1)
+		}
 	case outcome == queue.Accepted:
 		e.ID, e.Received, e.Queued = id, now, now
 		if newMarker {
@@ -263,6 +268,16 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		}
 	}
 	return outcome, nil
+}
+
+// boltPutMarker marks mk seen until expires (Unix ns), and indexes the
+// marker by its expiry for the sweep.
+func boltPutMarker(tx *bbolt.Tx, mk []byte, expires int64) error {
+	exp := binary.BigEndian.AppendUint64(nil, uint64(expires))
+	if err := tx.Bucket(boltSeen).Put(mk, exp); err != nil {
+		return err
+	}
+	return tx.Bucket(boltExpiry).Put(append(exp, mk...), nil)
 }
 
 // boltQueueKey finds where entry id sits in the queue, or nil when it is not

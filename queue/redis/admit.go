@@ -92,6 +92,8 @@ const markerTTLMin = 20 * time.Second
 //	ARGV[16] max stored bytes, 0 for none
 //	ARGV[17] what the payload counts against it (queue.StoredSize)
 //	ARGV[18] the dead letter hash prefix, {p}:dead:
+//	ARGV[19] "1" to set the marker only (queue.Entry.MarkerOnly): no
+//	         stream entry, body or size; its marker's stream id is "-"
 //	returns  {0, stream id} accepted (now or by this token's earlier run),
 //	         {0, stream id, evicted} accepted after evicted dead letters
 //	         gave way, {1} duplicate, {2} backlog full, {3} the staged body
@@ -120,6 +122,20 @@ if seen then
     if ARGV[14] ~= '' then redis.call('SET', KEYS[2], seen, 'KEEPTTL') end
     return answer
   end
+end
+local function count()
+  if redis.call('HINCRBY', KEYS[3], ARGV[11], 1) == 1 then
+    local minute = math.floor(tonumber(string.sub(ARGV[1], 1, -10)) / 60)
+    for _, m in ipairs(redis.call('HKEYS', KEYS[3])) do
+      if (tonumber(m) or 0) < minute then redis.call('HDEL', KEYS[3], m) end
+    end
+  end
+end
+if ARGV[19] == '1' then
+  drop()
+  redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[12] .. ' -', 'PX', ARGV[3])
+  count()
+  return {0, '-'}
 end
 local max = tonumber(ARGV[4])
 if max > 0 and redis.call('XLEN', KEYS[1]) >= max then
@@ -160,12 +176,7 @@ end
 redis.call('HSET', KEYS[4], entryid(sid), size)
 redis.call('INCRBY', KEYS[5], size)
 redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[12] .. ' ' .. sid, 'PX', ARGV[3])
-if redis.call('HINCRBY', KEYS[3], ARGV[11], 1) == 1 then
-  local minute = math.floor(tonumber(string.sub(ARGV[1], 1, -10)) / 60)
-  for _, m in ipairs(redis.call('HKEYS', KEYS[3])) do
-    if (tonumber(m) or 0) < minute then redis.call('HDEL', KEYS[3], m) end
-  end
-end
+count()
 if evicted > 0 then return {0, sid, evicted} end
 return {0, sid}
 `)
@@ -186,14 +197,20 @@ func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(gore
 		args[13] = "1"
 	}
 	staged := ""
-	if len(e.Body) <= inlineBodyMax {
+	if e.MarkerOnly {
+		args = append(args, "")
+	} else if len(e.Body) <= inlineBodyMax {
 		args = append(args, e.Body)
 	} else {
 		staged = r.stagedPrefix + token
 		keys = append(keys, staged)
 		args = append(args, "")
 	}
-	args = append(args, r.MaxStored(), queue.StoredSize(len(e.Body), e.Request.Headers), r.deadPrefix)
+	markerOnly := ""
+	if e.MarkerOnly {
+		markerOnly = "1"
+	}
+	args = append(args, r.MaxStored(), queue.StoredSize(len(e.Body), e.Request.Headers), r.deadPrefix, markerOnly)
 	return func(pipe goredis.Pipeliner, eval bool) []goredis.Cmder {
 		ctx := context.Background() // the pipeline's context is the one that counts
 		var cmds []goredis.Cmder
@@ -251,7 +268,7 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		size += len(h.Name) + len(h.Value) + 4
 	}
 	admit := func() ([]any, error) {
-		if len(e.Body) > inlineBodyMax {
+		if len(e.Body) > inlineBodyMax && !e.MarkerOnly {
 			// staged: a body SET of its own, within the store's bound
 			release, err := r.takeBodyBytes(ctx, len(e.Body))
 			if err != nil {
@@ -295,6 +312,9 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		return 0, queue.ErrStoreFull
 	case 3:
 		return 0, errors.New("redis store: admit: the body did not reach Redis; nothing was stored")
+	}
+	if e.MarkerOnly {
+		return queue.Accepted, nil
 	}
 	var sid string
 	if len(res) > 1 {

@@ -109,6 +109,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"StoredDeleteFrees", testStoredDeleteFrees},
 		{"AdmitKeepsNoBody", testAdmitKeepsNoBody},
 		{"ReadBody", testReadBody},
+		{"AdmitMarkerOnly", testAdmitMarkerOnly},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
@@ -1650,4 +1651,49 @@ func FillMarkers(b *testing.B, s queue.Store) {
 	if err != nil || st.Keys != MarkerCount || st.Backlog != 0 {
 		b.Fatalf("Stats = %+v, %v; want %d keys and an empty backlog", st, err, MarkerCount)
 	}
+}
+
+// testAdmitMarkerOnly: an entry admitted MarkerOnly (no destination takes
+// it) marks its key seen and stores nothing: a second admit of the key is a
+// duplicate, nothing is claimable, nothing counts as backlog or stored
+// bytes, and a full backlog or store does not refuse it.
+func testAdmitMarkerOnly(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 1)
+	mark := func(key string) queue.Admission {
+		t.Helper()
+		e := f.entry(key)
+		e.MarkerOnly = true
+		got, err := f.admit(e)
+		if err != nil {
+			t.Fatalf("Admit(%q, marker only): %v", key, err)
+		}
+		if e.ID != "" {
+			t.Fatalf("Admit(%q, marker only) set the ID %q: nothing was stored", key, e.ID)
+		}
+		return got
+	}
+	if got := mark("ignored"); got != queue.Accepted {
+		t.Fatalf("Admit(marker only) = %v, want Accepted", got)
+	}
+	f.wantAdmit("ignored", queue.Duplicate)
+	if got := mark("ignored"); got != queue.Duplicate {
+		t.Fatalf("Admit(marker only) of a seen key = %v, want Duplicate", got)
+	}
+	f.wantCounts(0, 0)
+	f.wantStored(0)
+	if got := f.stats().Keys; got != 1 {
+		t.Fatalf("Keys after a marker = %d, want 1", got)
+	}
+	f.wantClaim(10)
+	// the backlog (1) full: a marker still goes in, a payload does not
+	a := f.accept("queued")
+	if got := mark("ignored-too"); got != queue.Accepted {
+		t.Fatalf("Admit(marker only) with the backlog full = %v, want Accepted", got)
+	}
+	f.wantFull("another")
+	f.wantCounts(1, 0)
+	f.ack(f.wantClaim(10, a)...)
+	// the window over, the key is new again
+	f.clock.Advance(window + time.Second)
+	f.accept("ignored")
 }

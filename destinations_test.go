@@ -1,0 +1,162 @@
+package webhookrelay
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/hookrelay/caddy-webhook-relay/filter"
+)
+
+func filterHandler(t *testing.T, expr string) (*Handler, prometheus.Counter, *observer.ObservedLogs) {
+	t.Helper()
+	f, err := filter.Compile(expr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := compileAuth(caddy.NewReplacer(), map[string][]string{"token": {"s3cret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := prometheus.NewCounter(prometheus.CounterOpts{Name: "filter_errors"})
+	core, logs := observer.New(zap.InfoLevel)
+	h := &Handler{Name: "r", auth: auth, logger: zap.New(core),
+		dests: []*destination{{name: "archive", filter: f, filterErrors: errs}}}
+	h.filterBody = anyFilterReadsBody(h.dests)
+	return h, errs, logs
+}
+
+// takes runs the ack path's filter step on a request to /hook?<query>.
+func takes(t *testing.T, h *Handler, query, body string, header http.Header, key string) bool {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodPost, "/hook?"+query, strings.NewReader(body))
+	for k, v := range header {
+		r.Header[k] = v
+	}
+	raw, err := h.checkQuery(r.URL.RawQuery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.takenByAny(r, raw, []byte(body), key)
+}
+
+// TestFilterInput: a filter sees the body, the headers, the query without
+// the auth parameters, and the key.
+func TestFilterInput(t *testing.T) {
+	for _, c := range []struct {
+		expr string
+		want bool
+	}{
+		{`body.taskType == "imageInference"`, true},
+		{`body.taskType == "videoInference"`, false},
+		{`headers["x-runware-event"] == "done"`, true},
+		{`query.source == "runware"`, true},
+		{`!("token" in query)`, true}, // the auth parameter is not the filter's to see
+		{`key == "task-1"`, true},
+	} {
+		h, errs, _ := filterHandler(t, c.expr)
+		got := takes(t, h, "token=s3cret&source=runware", `{"taskType":"imageInference","imageURL":"https://x/i.png"}`,
+			http.Header{"X-Runware-Event": {"done"}}, "task-1")
+		if got != c.want {
+			t.Errorf("%s: takes = %v, want %v", c.expr, got, c.want)
+		}
+		if n := counted(errs); n != 0 {
+			t.Errorf("%s: %v filter errors", c.expr, n)
+		}
+	}
+	// a body that is not JSON is null
+	h, _, _ := filterHandler(t, `body == null`)
+	if !takes(t, h, "token=s3cret", "not json", nil, "") {
+		t.Error("a body that is not JSON is not null to the filter")
+	}
+}
+
+// TestFilterErrorCountedLoggedOnce: an evaluation error is no match, counted
+// each time, logged once per episode.
+func TestFilterErrorCountedLoggedOnce(t *testing.T) {
+	h, errs, logs := filterHandler(t, `body.cost > 0.5`)
+	for range 3 {
+		if takes(t, h, "token=s3cret", `{"taskType":"imageInference"}`, nil, "k") {
+			t.Fatal("a filter that fails took the payload")
+		}
+	}
+	if n := counted(errs); n != 3 {
+		t.Fatalf("%v filter errors counted, want 3", n)
+	}
+	if n := logs.FilterMessageSnippet("cannot be evaluated").Len(); n != 1 {
+		t.Fatalf("logged %d times, want once", n)
+	}
+	if !takes(t, h, "token=s3cret", `{"cost":1}`, nil, "k") {
+		t.Fatal("cost 1 not taken")
+	}
+	if n := logs.FilterMessageSnippet("evaluates again").Len(); n != 1 {
+		t.Fatalf("the end of the episode logged %d times, want once", n)
+	}
+	takes(t, h, "token=s3cret", `{}`, nil, "k")
+	if n := logs.FilterMessageSnippet("cannot be evaluated").Len(); n != 2 {
+		t.Fatalf("a new episode logged %d times in all, want twice", n)
+	}
+	for _, e := range logs.All() {
+		if e.ContextMap()["destination"] == nil && strings.Contains(e.Message, "cannot be evaluated") {
+			t.Error("the log does not name the destination")
+		}
+	}
+}
+
+// TestFilterNoneTakesAll: without filters nothing is parsed and every payload
+// is taken.
+func TestFilterNoneTakesAll(t *testing.T) {
+	h := &Handler{dests: []*destination{{name: "upstream"}}}
+	r := httptest.NewRequest(http.MethodPost, "/", nil)
+	if !h.takenByAny(r, "", []byte("x"), "") {
+		t.Fatal("a destination without a filter did not take the payload")
+	}
+}
+
+func counted(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// TestDestinationSettings: a destination's delivery settings are its own
+// where it gives them, else the relay's.
+func TestDestinationSettings(t *testing.T) {
+	h := &Handler{Name: "r", logger: zap.NewNop()}
+	h.applyDefaults()
+	h.Timeout = caddy.Duration(7 * time.Second)
+	relayHeaders := http.Header{"X-Relay": {"1"}}
+	repl := caddy.NewReplacer()
+	plain, err := h.resolveDestination(repl, Destination{Name: "a", URL: "http://127.0.0.1:9/a"}, relayHeaders)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := plain.settings
+	if s.Timeout != 7*time.Second || s.Concurrency != DefaultConcurrency || s.GiveUpAfter != DefaultGiveUpAfter ||
+		s.Backoff.Initial != DefaultBackoffInitial || s.Backoff.Max != DefaultBackoffMax || s.HeaderUp.Get("X-Relay") != "1" ||
+		!s.Rate.IsZero() || s.Upstream.String() != "http://127.0.0.1:9/a" {
+		t.Errorf("a destination without settings: %+v", s)
+	}
+	own, err := h.resolveDestination(repl, Destination{Name: "b", URL: "https://example.com/b", Rate: "300/m", Concurrency: 2,
+		Timeout: caddy.Duration(time.Second), BackoffInitial: caddy.Duration(time.Second), BackoffMax: caddy.Duration(time.Minute),
+		GiveUpAfter: caddy.Duration(time.Hour), HeaderUp: http.Header{"X-Dest": {"b"}}}, relayHeaders)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = own.settings
+	if s.Timeout != time.Second || s.Concurrency != 2 || s.GiveUpAfter != time.Hour || s.Backoff.Initial != time.Second ||
+		s.Backoff.Max != time.Minute || s.HeaderUp.Get("X-Dest") != "b" || s.HeaderUp.Get("X-Relay") != "" ||
+		s.Rate.String() != "300/m" {
+		t.Errorf("a destination with its own settings: %+v", s)
+	}
+}

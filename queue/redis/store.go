@@ -45,6 +45,7 @@ import (
 //	{p}:dead:<id>  hash: one dead letter
 //	{p}:alive:<c>  consumer c's liveness key, with a short TTL (liveness.go)
 //	{p}:lv         hash: consumers that keep a liveness key -> 1
+//	{p}:paused     set of the paused destinations (paused.go)
 //
 // Bodies have keys of their own so that claims, replays and listings, which
 // run as scripts or touch many entries, never carry them.
@@ -73,6 +74,7 @@ type Store struct {
 	bodyPrefix, stagedPrefix, claimPrefix, keyCount                   string
 	alivePrefix, liveSet                                              string
 	sizes, stored                                                     string // see stored.go
+	paused                                                            string // see paused.go
 
 	// evicted is queue.Options.Evicted.
 	evicted func(n int)
@@ -206,6 +208,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		liveSet:      tag + ":lv",
 		sizes:        tag + ":sz",
 		stored:       tag + ":stored",
+		paused:       tag + ":paused",
 		evicted:      opts.Evicted,
 		aliveTTL:     cfg.LivenessTTL,
 		aliveStop:    make(chan struct{}),

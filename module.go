@@ -321,6 +321,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.settings = &delivery.Settings{
+		Destination:   delivery.DefaultDestination, // upstream's, the one destination for now
 		Upstream:      upstream,
 		Timeout:       time.Duration(h.Timeout),
 		Concurrency:   h.Concurrency,

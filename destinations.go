@@ -180,6 +180,7 @@ func (h *Handler) resolveDestination(repl *caddy.Replacer, d Destination, relayH
 		}
 	}
 	s := &delivery.Settings{
+		Destination:   d.Name,
 		Upstream:      u,
 		Timeout:       time.Duration(orRelay(d.Timeout, h.Timeout)),
 		Concurrency:   orRelay(d.Concurrency, h.Concurrency),

@@ -77,6 +77,8 @@ func initMetrics() {
 				"Bytes of bodies held in memory now (received and being delivered), bounded by max_memory.", []string{"relay"}, nil),
 			stored: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_stored_bytes",
 				"Bytes the store keeps of queued payloads and dead letters (bodies and kept headers), bounded by max_stored.", []string{"relay"}, nil),
+			paused: prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_paused",
+				"1 while the destination is paused (payloads are accepted and wait; nothing is attempted), else 0.", []string{"relay", "destination"}, nil),
 		}
 	})
 }
@@ -171,7 +173,7 @@ func (m *relayMetrics) totals() ops.Totals { return m.counters.totals() }
 // store when metrics are scraped, so the numbers are never stale and span
 // every process sharing a store.
 type stateCollector struct {
-	backlog, oldest, dead, inFlight, keys, memory, stored *prometheus.Desc
+	backlog, oldest, dead, inFlight, keys, memory, stored, paused *prometheus.Desc
 }
 
 // Describe implements prometheus.Collector.
@@ -183,6 +185,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.keys
 	ch <- c.memory
 	ch <- c.stored
+	ch <- c.paused
 }
 
 // Collect implements prometheus.Collector.
@@ -210,5 +213,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.dead, prometheus.GaugeValue, float64(s.DeadLetters), s.Name)
 		ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(s.Keys), s.Name)
 		ch <- prometheus.MustNewConstMetric(c.stored, prometheus.GaugeValue, float64(s.StoredBytes), s.Name)
+		for _, d := range s.Destinations {
+			v := 0.0
+			if d.Paused {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.paused, prometheus.GaugeValue, v, s.Name, d.Name)
+		}
 	}
 }

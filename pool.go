@@ -212,6 +212,22 @@ func (r *pooledRelay) MemoryUsed() int64     { return r.memory.Used() }
 func (r *pooledRelay) Wake()                 { r.engine.Wake() }
 func (r *pooledRelay) Totals() ops.Totals    { return r.totals() }
 
+// Destinations are the newest config's: today the one, named by its
+// settings.
+func (r *pooledRelay) Destinations() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := len(r.configs)
+	if n == 0 {
+		return nil
+	}
+	name := r.configs[n-1].settings.Destination
+	if name == "" {
+		name = delivery.DefaultDestination
+	}
+	return []string{name}
+}
+
 // Bounds are the newest config's.
 func (r *pooledRelay) Bounds() (ops.Bounds, bool) {
 	r.mu.Lock()

@@ -327,6 +327,30 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("pause and resume", func(t *testing.T) {
+		dest := `document.querySelector('#destinations tr[data-destination=upstream]')`
+		badge := row + `?.querySelector('td.name .badge.paused')`
+		b.waitFor("the destination shown delivering", `!document.getElementById('destinations-section').hidden && `+
+			dest+`?.querySelector('td.state').textContent === 'delivering' && !`+badge)
+		b.do("pausing it", chromedp.Click(chromedp.CSS(`#destinations tr[data-destination=upstream] button.pause`)))
+		b.waitFor("the destination shown paused", dest+`?.querySelector('td.state').textContent === 'paused' && `+
+			dest+`?.querySelector('button').textContent === 'Resume'`)
+		b.waitFor("the relay listed as paused", badge+`?.textContent === 'paused'`)
+		if s := opsOverview(t, name); !s.paused() {
+			t.Fatalf("the admin API shows the destination not paused after the console paused it: %+v", s)
+		}
+		held := payload(t)
+		testkit.MustAccept(t, in, held)
+		b.waitFor("the payload waiting, the relay still paused", cell("backlog")+` === '1' && `+badge)
+		b.do("resuming it", chromedp.Click(chromedp.CSS(`#destinations tr[data-destination=upstream] button.resume`)))
+		waitDelivered(t, app.Upstream, held)
+		b.waitFor("the destination shown delivering again", dest+`?.querySelector('td.state').textContent === 'delivering' && !`+badge)
+		b.waitFor("the backlog drained", cell("backlog")+` === '0'`)
+		if s := opsOverview(t, name); s.paused() {
+			t.Errorf("the admin API shows the destination paused after the console resumed it")
+		}
+	})
+
 	t.Run("only its own origin", func(t *testing.T) {
 		origin := relayURL("", "")
 		for _, r := range b.requestsMade() {

@@ -162,9 +162,18 @@ func adminGet(t *testing.T, path string, v any) {
 
 // opsRelayStatus is what the test reads of a relay in GET /webhook_relay/.
 type opsRelayStatus struct {
-	Name        string `json:"name"`
-	Backlog     *int   `json:"backlog"`
-	DeadLetters *int   `json:"dead_letters"`
+	Name         string `json:"name"`
+	Backlog      *int   `json:"backlog"`
+	DeadLetters  *int   `json:"dead_letters"`
+	Destinations []struct {
+		Name   string `json:"name"`
+		Paused bool   `json:"paused"`
+	} `json:"destinations"`
+}
+
+// paused tells whether the relay's destination "upstream" is paused.
+func (s *opsRelayStatus) paused() bool {
+	return len(s.Destinations) == 1 && s.Destinations[0].Name == "upstream" && s.Destinations[0].Paused
 }
 
 // opsOverview is the relay called name in GET /webhook_relay/, or nil.

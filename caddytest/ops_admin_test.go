@@ -117,6 +117,13 @@ type opsRelayStatus struct {
 	DeadRetention string           `json:"dead_retention"`
 	StoredBytes   int64            `json:"stored_bytes"`
 	MaxStored     int64            `json:"max_stored"`
+	Destinations  []opsDestination `json:"destinations"`
+}
+
+// opsDestination is one destination of a relay in the overview.
+type opsDestination struct {
+	Name   string `json:"name"`
+	Paused bool   `json:"paused"`
 }
 
 // opsOverview returns the relay called name from GET /webhook_relay/, or

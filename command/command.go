@@ -1,5 +1,5 @@
 // Package command is the caddy webhook-relay subcommands (status, dead,
-// replay, delete) and their client of the admin API, whose JSON answers
+// replay, delete, pause, resume) and their client of the admin API, whose JSON answers
 // they decode into the operations layer's types (package ops).
 package command
 
@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -51,11 +52,12 @@ The admin endpoint is found as 'caddy reload' and 'caddy stop' find it:
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "webhook-relay",
-		Usage: "(status | dead | replay | delete) [<args>] [--address <admin>]",
-		Short: "Shows the webhook relays of a running Caddy and manages their dead letters",
+		Usage: "(status | dead | replay | delete | pause | resume) [<args>] [--address <admin>]",
+		Short: "Shows the webhook relays of a running Caddy, manages their dead letters, pauses their deliveries",
 		Long: `
-Shows the relays (webhook_relay handlers) of a running Caddy and manages
-their dead letters, through its admin API (the routes under /webhook_relay/).
+Shows the relays (webhook_relay handlers) of a running Caddy, manages
+their dead letters and pauses or resumes their destinations, through its
+admin API (the routes under /webhook_relay/).
 
   caddy webhook-relay status [--json]
       every relay: backlog, in flight, dead letters, oldest queued, totals
@@ -67,6 +69,11 @@ their dead letters, through its admin API (the routes under /webhook_relay/).
       puts dead letters back in the queue, to be delivered again
   caddy webhook-relay delete <relay> <id>...
       deletes dead letters for good
+  caddy webhook-relay pause <relay> [<destination>]
+      stops delivering to the destination (all of the relay's without one);
+      payloads are still accepted and wait in the store
+  caddy webhook-relay resume <relay> [<destination>]
+      delivers again what waits, and what comes
 ` + commandAdminText + commandExitCodes,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.PersistentFlags().String("address", "", "Address of Caddy's admin endpoint (default: from --config, else Caddy's default)")
@@ -80,9 +87,9 @@ their dead letters, through its admin API (the routes under /webhook_relay/).
 			cmd.Args = cobra.ArbitraryArgs
 			cmd.RunE = caddycmd.WrapCommandFuncForCobra(func(fl caddycmd.Flags) (int, error) {
 				if len(fl.Args()) == 0 {
-					return usage("", "name a subcommand: status, dead, replay or delete")
+					return usage("", "name a subcommand: status, dead, replay, delete, pause or resume")
 				}
-				return usage("", "unknown subcommand %q: want status, dead, replay or delete", fl.Args()[0])
+				return usage("", "unknown subcommand %q: want status, dead, replay, delete, pause or resume", fl.Args()[0])
 			})
 
 			status := subcommand("status [--json] [--address <admin>]",
@@ -101,6 +108,8 @@ Shows every relay of the running Caddy, one line each:
              delivery attempts since Caddy started: delivered, to be
              retried, moved to the dead letters
   UPSTREAM   the host deliveries go to
+  PAUSED     the paused destinations ("-" for none): nothing is delivered
+             to them until they are resumed
 
 --json prints the admin API's answer instead, for machines.
 `,
@@ -149,7 +158,30 @@ Prints one line per dead letter deleted. An id that is not a dead letter of
 deleted.
 `,
 				cmdDelete)
-			cmd.AddCommand(status, dead, replay, del)
+			pause := subcommand("pause <relay> [<destination>]",
+				"Pauses a relay's deliveries to a destination, or to all of them", `
+Pauses the destination named of <relay> or, without one, every destination
+of <relay>: its payloads are still accepted (within max_backlog and
+max_stored) and wait in the store; nothing is attempted until it is
+resumed. Attempts running when the pause comes finish. The pause is kept
+in the relay's store: it survives a restart of Caddy, and every Caddy
+sharing a Redis store honours it within about a second.
+
+Prints each destination of the relay and whether it is paused. A
+destination the relay does not have is an error naming the ones it has.
+`,
+				func(fl caddycmd.Flags) (int, error) { return cmdPause(fl, "pause") })
+			resume := subcommand("resume <relay> [<destination>]",
+				"Resumes a relay's deliveries to a destination, or to all of them", `
+Resumes the destination named of <relay> or, without one, every destination
+of <relay>: what waits in the store is delivered at once, oldest first, and
+what comes after it.
+
+Prints each destination of the relay and whether it is paused. A
+destination the relay does not have is an error naming the ones it has.
+`,
+				func(fl caddycmd.Flags) (int, error) { return cmdPause(fl, "resume") })
+			cmd.AddCommand(status, dead, replay, del, pause, resume)
 		},
 	})
 }
@@ -196,7 +228,7 @@ func cmdRelayStatus(fl caddycmd.Flags) (int, error) {
 		fmt.Fprintf(os.Stderr, "no webhook_relay is running in the Caddy at %s\n", c.addr)
 	} else {
 		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "RELAY\tBACKLOG\tIN-FLIGHT\tDEAD\tOLDEST\tACCEPTED\tDUPLICATE\tREFUSED\tDELIVERED\tRETRIES\tDIED\tUPSTREAM")
+		fmt.Fprintln(tw, "RELAY\tBACKLOG\tIN-FLIGHT\tDEAD\tOLDEST\tACCEPTED\tDUPLICATE\tREFUSED\tDELIVERED\tRETRIES\tDIED\tUPSTREAM\tPAUSED")
 		for _, r := range relays {
 			backlog, dead, oldest := strconv.Itoa(r.Backlog), strconv.Itoa(r.DeadLetters), "-"
 			if r.Error != "" {
@@ -211,9 +243,19 @@ func cmdRelayStatus(fl caddycmd.Flags) (int, error) {
 					refused += n
 				}
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", r.Name, backlog, r.InFlight, dead, oldest,
+			var paused []string
+			for _, d := range r.Destinations {
+				if d.Paused {
+					paused = append(paused, d.Name)
+				}
+			}
+			pausedText := "-"
+			if len(paused) > 0 {
+				pausedText = strings.Join(paused, ",")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", r.Name, backlog, r.InFlight, dead, oldest,
 				r.Requests["accepted"], r.Requests["duplicate"], refused,
-				r.Deliveries["success"], r.Deliveries["retry"], r.Deliveries["dead"], r.UpstreamHost)
+				r.Deliveries["success"], r.Deliveries["retry"], r.Deliveries["dead"], r.UpstreamHost, pausedText)
 		}
 		if err := tw.Flush(); err != nil {
 			return exitError, err
@@ -471,6 +513,41 @@ func cmdDelete(fl caddycmd.Flags) (int, error) {
 		}
 	}
 	return missingIDs(name, missing)
+}
+
+// cmdPause pauses (verb "pause") or resumes a relay's destination, or all
+// of its destinations.
+func cmdPause(fl caddycmd.Flags, verb string) (int, error) {
+	args := fl.Args()
+	if len(args) < 1 || len(args) > 2 {
+		return usage(verb, "want caddy webhook-relay %s <relay> [<destination>], got %q", verb, args)
+	}
+	name := args[0]
+	c, err := relayClient(fl, name)
+	if err != nil {
+		return exitError, err
+	}
+	path := relayPath(name, verb)
+	if len(args) == 2 {
+		path = relayPath(name, "destinations", args[1], verb)
+	}
+	var res ops.PauseResult
+	err = c.call(http.MethodPost, path, nil, &res)
+	var ae *adminError
+	if errors.As(err, &ae) && ae.status == http.StatusNotFound {
+		return exitError, errors.New(ae.msg) // the relay has no such destination: the message names those it has
+	}
+	if err != nil {
+		return exitError, fmt.Errorf("%s %s: %v", verb, name, err)
+	}
+	for _, d := range res.Destinations {
+		state := "delivering"
+		if d.Paused {
+			state = "paused"
+		}
+		fmt.Fprintf(stdout, "%s %s: %s\n", name, d.Name, state)
+	}
+	return exitOK, nil
 }
 
 // missingIDs is the outcome of handling ids one by one: an error naming

@@ -62,10 +62,12 @@ func init() {
 //	GET  api/letter?relay=<name>&id=<id>     one dead letter with its body
 //	POST api/replay  {"relay": <name>, "ids": [...]} or {"relay": <name>, "all": true}
 //	POST api/delete  {"relay": <name>, "ids": [...]} or {"relay": <name>, "all": true}
+//	POST api/pause   {"relay": <name>, "destination": <name>}, or without destination all of them
+//	POST api/resume  the same
 //
 // POSTs must carry Content-Type application/json and come from the page's
 // own origin (Sec-Fetch-Site and Origin are checked), so another site
-// cannot make a logged-in browser replay or delete. No secret of a relay
+// cannot make a logged-in browser replay, delete, pause or resume. No secret of a relay
 // is shown: its auth parameters never reach the store, and the console
 // shows the upstream's host only.
 type Console struct {
@@ -267,7 +269,7 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 	switch endpoint {
 	case "relays", "dead", "letter":
 		want = http.MethodGet
-	case "replay", "delete":
+	case "replay", "delete", "pause", "resume":
 		want = http.MethodPost
 	default:
 		return apiError(http.StatusNotFound, fmt.Sprintf("the console has no api/%s", endpoint))
@@ -307,6 +309,9 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 	}
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
 		return apiError(http.StatusUnsupportedMediaType, "send the request as application/json")
+	}
+	if endpoint == "pause" || endpoint == "resume" {
+		return c.pause(w, r, endpoint)
 	}
 	var act consoleAction
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
@@ -348,6 +353,32 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 		return err
 	}
 	return ops.WriteJSON(w, http.StatusOK, map[string]int{"deleted": n})
+}
+
+// pause pauses (endpoint "pause") or resumes a relay's destination, or
+// all of them, and answers the destinations as they are now. The caller
+// has checked the origin and the content type.
+func (c *Console) pause(w http.ResponseWriter, r *http.Request, endpoint string) error {
+	var req struct {
+		Relay       string `json:"relay"`
+		Destination string `json:"destination"`
+	}
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return apiError(http.StatusBadRequest, `want {"relay": "<name>", "destination": "<name>"}, or without "destination" for all of them`)
+	}
+	res, err := ops.SetPaused(r.Context(), req.Relay, req.Destination, endpoint == "pause")
+	if err != nil {
+		return err
+	}
+	msg := "console: destination resumed"
+	if endpoint == "pause" {
+		msg = "console: destination paused"
+	}
+	c.logger.Info(msg, zap.String("relay", req.Relay), zap.String("destination", req.Destination),
+		zap.String("user", userOf(r)), zap.String("remote_ip", remoteIP(r)))
+	return ops.WriteJSON(w, http.StatusOK, res)
 }
 
 func apiError(status int, msg string) error {

@@ -1,5 +1,6 @@
-// The webhook_relay console: polls api/relays every few seconds, lists a
-// relay's dead letters, shows one, and replays or deletes them. Every value
+// The webhook_relay console: polls api/relays every few seconds, pauses and
+// resumes a relay's destinations, lists a relay's dead letters, shows one,
+// and replays or deletes them. Every value
 // from the server is put in the page as text, never as HTML.
 'use strict';
 
@@ -158,8 +159,10 @@
 		}
 		state.letterId = r.id;
 		show('dead-section', !!r.relay && !r.id);
+		show('destinations-section', !!r.relay && !r.id);
 		show('letter-section', !!r.id);
 		renderRelays();
+		renderDestinations();
 		if (r.id) await loadLetter(r.relay, r.id);
 		else if (r.relay) await loadDead();
 	}
@@ -175,6 +178,7 @@
 			state.loaded = true;
 			for (const r of state.relays) addSample(r);
 			renderRelays();
+			renderDestinations();
 			problem('');
 			$('updated').textContent = 'updated ' + new Date(state.now).toLocaleTimeString();
 			if (state.relay && !state.letterId && !state.busy) await loadDead();
@@ -189,7 +193,9 @@
 		const rows = state.relays.map((r) => {
 			const oldest = r.oldest_queued ? age(state.now - Date.parse(r.oldest_queued)) : '–';
 			const tr = el('tr', { className: 'relay' + (r.name === state.relay ? ' selected' : ''), 'data-relay': r.name },
-				el('td', { className: 'name' }, el('a', { href: href(r.name) }, r.name)),
+				el('td', { className: 'name' }, el('a', { href: href(r.name) }, r.name),
+					...((r.destinations || []).some((d) => d.paused)
+						? [el('span', { className: 'badge paused', title: pausedText(r) }, 'paused')] : [])),
 				el('td', { className: 'upstream' }, r.upstream_host || '–'),
 				el('td', { className: 'num backlog' }, r.error ? '?' : r.backlog),
 				el('td', { className: 'num in-flight' }, r.in_flight),
@@ -209,6 +215,44 @@
 		show('no-relays', state.loaded && state.relays.length === 0);
 		const broken = state.relays.filter((r) => r.error);
 		if (broken.length) problem(broken.map((r) => r.name + ': ' + r.error).join('; '));
+	}
+
+	function pausedText(r) {
+		const paused = (r.destinations || []).filter((d) => d.paused).map((d) => d.name);
+		return 'paused: ' + paused.join(', ') + '; payloads are accepted and wait';
+	}
+
+	// ---- destinations of one relay: their state, pause and resume
+
+	function renderDestinations() {
+		const r = state.relays.find((x) => x.name === state.relay);
+		$('destinations-title').textContent = 'Destinations of ' + state.relay;
+		const dests = r ? r.destinations || [] : [];
+		$('destinations').tBodies[0].replaceChildren(...dests.map((d) => {
+			const verb = d.paused ? 'resume' : 'pause';
+			const button = el('button', { type: 'button', className: verb, 'aria-label': verb + ' ' + d.name }, d.paused ? 'Resume' : 'Pause');
+			button.addEventListener('click', () => setPaused(state.relay, d.name, verb, button));
+			return el('tr', { className: 'destination', 'data-destination': d.name },
+				el('td', { className: 'name' }, d.name),
+				el('td', { className: 'state' + (d.paused ? ' paused' : '') }, d.paused ? 'paused' : 'delivering'),
+				el('td', {}, button));
+		}));
+	}
+
+	async function setPaused(relay, destination, verb, button) {
+		button.disabled = true;
+		try {
+			const res = await call(verb, { relay, destination });
+			const r = state.relays.find((x) => x.name === relay);
+			if (r) r.destinations = res.destinations || [];
+			notice((verb === 'pause' ? 'Paused ' : 'Resumed ') + destination + ' of ' + relay + '.' +
+				(verb === 'pause' ? ' Payloads are accepted and wait until it is resumed.' : ''));
+			renderRelays();
+			renderDestinations();
+		} catch (e) {
+			problem(verb + ': ' + e.message);
+			button.disabled = false;
+		}
 	}
 
 	// ---- dead letters of one relay

@@ -50,6 +50,9 @@ type Settings struct {
 	Limiter ratelimit.Limiter
 	// Rate is the Limiter's rate, which bounds what the loop holds.
 	Rate ratelimit.Rate
+	// Destination names where payloads go, as the store's pauses know it
+	// (queue.Pauses); empty is DefaultDestination.
+	Destination string
 	// Logger, if set, replaces Config.Logger: each config has its own log
 	// outputs, and the engine follows the newest.
 	Logger *zap.Logger
@@ -110,6 +113,7 @@ type Engine struct {
 	results  chan result     // an entry's bookkeeping is over
 	inFlight atomic.Int64
 	full     atomic.Bool // holding as many entries as it may
+	pause    pauseView   // the destination's pause, as last read (pause.go)
 	claimErr faultlog.Tracker
 	bodyErr  faultlog.Tracker
 	trimErr  faultlog.Tracker
@@ -183,6 +187,7 @@ func (e *Engine) SetSettings(s *Settings) { e.settings.Store(s) }
 // costs nothing while the engine holds all it may: it looks for more as
 // soon as a place frees up anyway.
 func (e *Engine) Wake() {
+	e.pause.stale.Store(true) // a pause or resume also wakes it
 	if e.full.Load() {
 		return
 	}

@@ -81,6 +81,8 @@ type loop struct {
 	// outage tells whether the upstream is taken for down, and paces
 	// the probes while it is.
 	outage outage
+	// pauses is when the destination's pause was last read (pause.go).
+	pauses pauseReads
 
 	// rateAt is when the destination's limiter may be asked again for a
 	// start (rate.go); zero: now.
@@ -181,9 +183,11 @@ func (l *loop) round() bool {
 	log := l.e.logger(s)
 	b := boundsFor(s)
 	now := l.e.cfg.Now()
-	l.claim(b, log, now)
+	l.claimUnlessPaused(s, b, log, now)
 	l.e.full.Store(len(l.holding) > b.ready-b.batch)
-	l.startDue(s, now)
+	if !l.e.pause.on.Load() {
+		l.startDue(s, now)
+	}
 	return l.wait(s, log, now)
 }
 
@@ -358,7 +362,7 @@ func (l *loop) wait(s *Settings, log *zap.Logger, now time.Time) bool {
 func (l *loop) wakeAt(s *Settings) (time.Time, bool) {
 	var at time.Time
 	ok := false
-	if l.due.Len() > 0 && l.running < s.Concurrency {
+	if l.due.Len() > 0 && l.running < s.Concurrency && !l.e.pause.on.Load() {
 		at, ok = l.outage.startAt(l.due[0].due, l.running)
 		if ok && s.Limiter != nil && needsStart(l.due[0]) {
 			at = later(at, l.rateAt)

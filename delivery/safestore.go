@@ -105,6 +105,11 @@ func (s safeStore) Release(ctx context.Context, ids []string) error {
 	return storeCallErr(s, "Release", func() error { return s.store.Release(ctx, ids) })
 }
 
+// Paused implements queue.Claimer.
+func (s safeStore) Paused(ctx context.Context) ([]string, error) {
+	return storeCall(s, "Paused", func() ([]string, error) { return s.store.Paused(ctx) })
+}
+
 // TrimDead implements queue.Claimer.
 func (s safeStore) TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*queue.Entry, error) {
 	return storeCall(s, "TrimDead", func() ([]*queue.Entry, error) { return s.store.TrimDead(ctx, max, cutoff, limit) })

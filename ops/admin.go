@@ -22,6 +22,10 @@ func init() {
 //	GET    /webhook_relay/<name>/dead/<id>        one dead letter with its body
 //	POST   /webhook_relay/<name>/dead/replay      replay all, or {"ids":[...]}
 //	DELETE /webhook_relay/<name>/dead/<id>        delete one dead letter
+//	POST   /webhook_relay/<name>/pause            pause every destination of the relay
+//	POST   /webhook_relay/<name>/resume           resume every destination of the relay
+//	POST   /webhook_relay/<name>/destinations/<destination>/pause    pause one
+//	POST   /webhook_relay/<name>/destinations/<destination>/resume   resume one
 //
 // An error is answered with its status and {"error": "..."}.
 type adminAPI struct{}
@@ -87,16 +91,33 @@ func (adminAPI) route(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return WriteJSON(w, http.StatusOK, d)
+	case len(parts) == 2 && (parts[1] == "pause" || parts[1] == "resume") && r.Method == http.MethodPost:
+		return pauseRoute(w, r, name, "", parts[1])
+	case len(parts) == 4 && parts[1] == "destinations" && (parts[3] == "pause" || parts[3] == "resume") && r.Method == http.MethodPost:
+		return pauseRoute(w, r, name, parts[2], parts[3])
 	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodDelete:
 		if err := Delete(r.Context(), name, parts[2]); err != nil {
 			return err
 		}
 		return WriteJSON(w, http.StatusOK, map[string]string{"deleted": parts[2]})
 	}
-	if len(parts) >= 2 && len(parts) <= 3 && parts[1] == "dead" {
+	if len(parts) >= 2 && len(parts) <= 3 && parts[1] == "dead" ||
+		len(parts) == 2 && (parts[1] == "pause" || parts[1] == "resume") ||
+		len(parts) == 4 && parts[1] == "destinations" && (parts[3] == "pause" || parts[3] == "resume") {
 		return apiError(http.StatusMethodNotAllowed, "method not allowed here; see the README's admin API section")
 	}
 	return apiError(http.StatusNotFound, "unknown route; see the README's admin API section")
+}
+
+// pauseRoute pauses (verb "pause") or resumes the relay's destination, or
+// with destination empty all of them, and answers the destinations as
+// they are now.
+func pauseRoute(w http.ResponseWriter, r *http.Request, relay, destination, verb string) error {
+	res, err := SetPaused(r.Context(), relay, destination, verb == "pause")
+	if err != nil {
+		return err
+	}
+	return WriteJSON(w, http.StatusOK, res)
 }
 
 // replayRequest reads the admin API's replay body: none replays all,
@@ -125,7 +146,8 @@ func replayRequest(body io.Reader) ([]string, error) {
 // HTTPError is the answer to an operation's error: its status by its kind
 // (ErrNoRelay and ErrNotFound 404, ErrInvalid 400, ErrStore 503, anything
 // else 500) and its message. An error that is already a caddy.APIError
-// keeps its status. The console answers the same.
+// keeps its status. The console answers the same. ErrNoDestination is 404
+// too.
 func HTTPError(err error) caddy.APIError {
 	var ae caddy.APIError
 	if errors.As(err, &ae) {
@@ -133,7 +155,7 @@ func HTTPError(err error) caddy.APIError {
 	}
 	status := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, ErrNoRelay), errors.Is(err, ErrNotFound):
+	case errors.Is(err, ErrNoRelay), errors.Is(err, ErrNotFound), errors.Is(err, ErrNoDestination):
 		status = http.StatusNotFound
 	case errors.Is(err, ErrInvalid):
 		status = http.StatusBadRequest

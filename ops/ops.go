@@ -1,11 +1,12 @@
 // Package ops is the operations layer of the relays running in this
 // process: their status and totals (status.go), and their dead letters:
-// list, show, replay, delete (dead.go). The admin API (admin.go), the
+// list, show, replay, delete (dead.go); and pausing and resuming its
+// destinations (pause.go). The admin API (admin.go), the
 // console and the metrics all read and change the relays through it; the
 // commands decode its JSON types from the admin API.
 //
 // Errors are plain Go errors: a missing relay is ErrNoRelay, a missing dead
-// letter ErrNotFound, a bad argument ErrInvalid, a store that cannot be
+// letter ErrNotFound, a missing destination ErrNoDestination, a bad argument ErrInvalid, a store that cannot be
 // reached ErrStore. The HTTP status each one answers is the admin API's
 // business (HTTPError).
 package ops
@@ -25,8 +26,10 @@ import (
 var (
 	ErrNoRelay  = errors.New("no such relay")
 	ErrNotFound = errors.New("no such dead letter")
-	ErrInvalid  = errors.New("invalid request")
-	ErrStore    = errors.New("store unavailable")
+	// ErrNoDestination is a destination the relay does not have.
+	ErrNoDestination = errors.New("no such destination")
+	ErrInvalid       = errors.New("invalid request")
+	ErrStore         = errors.New("store unavailable")
 )
 
 // opError is an error of one of the kinds above, with the message a person
@@ -56,6 +59,7 @@ func storeError(err error, id string) error {
 // Store is what operations read and change of a relay's store.
 type Store interface {
 	queue.DeadLetters
+	queue.Pauses
 	Stats(ctx context.Context) (queue.Stats, error)
 }
 
@@ -70,8 +74,12 @@ type Relay interface {
 	InFlight() int
 	// MemoryUsed is the bytes of bodies held in memory now.
 	MemoryUsed() int64
-	// Wake makes the deliveries look at the queue now (after a replay).
+	// Wake makes the deliveries look at the queue now (after a replay),
+	// and read their pauses again (after a pause or resume).
 	Wake()
+	// Destinations are the names of the relay's destinations in the
+	// newest config using it.
+	Destinations() []string
 	// Totals are the relay's counts since Caddy started.
 	Totals() Totals
 	// Bounds are the limits of the newest config using the relay; false

@@ -22,6 +22,7 @@ type fakeRelay struct {
 	woken  atomic.Int32
 	totals Totals
 	bounds *Bounds
+	dests  []string
 }
 
 func (r *fakeRelay) Name() string          { return r.name }
@@ -31,6 +32,12 @@ func (r *fakeRelay) InFlight() int         { return 2 }
 func (r *fakeRelay) MemoryUsed() int64     { return 42 }
 func (r *fakeRelay) Wake()                 { r.woken.Add(1) }
 func (r *fakeRelay) Totals() Totals        { return r.totals }
+func (r *fakeRelay) Destinations() []string {
+	if r.dests == nil {
+		return []string{"upstream"}
+	}
+	return r.dests
+}
 func (r *fakeRelay) Bounds() (Bounds, bool) {
 	if r.bounds == nil {
 		return Bounds{}, false
@@ -228,6 +235,7 @@ func TestHTTPError(t *testing.T) {
 	}{
 		{fail(ErrNoRelay, "x"), 404},
 		{fail(ErrNotFound, "x"), 404},
+		{fail(ErrNoDestination, "x"), 404},
 		{fail(ErrInvalid, "x"), 400},
 		{storeError(errDown, ""), 503},
 		{errors.New("something else"), 500},
@@ -260,6 +268,12 @@ func TestAdminRoutes(t *testing.T) {
 		{"DELETE", "/webhook_relay/admin/dead/" + id, "", 200, `"deleted":"` + id + `"`},
 		{"PUT", "/webhook_relay/admin/dead", "", 405, "method not allowed"},
 		{"GET", "/webhook_relay/admin/other", "", 404, "unknown route"},
+		{"POST", "/webhook_relay/admin/destinations/upstream/pause", "", 200, `"destinations":[{"name":"upstream","paused":true}]`},
+		{"GET", "/webhook_relay/admin/destinations/upstream/pause", "", 405, "method not allowed"},
+		{"POST", "/webhook_relay/admin/destinations/nope/pause", "", 404, `relay \"admin\" has no destination \"nope\"; its destinations: upstream`},
+		{"POST", "/webhook_relay/nope/pause", "", 404, `no relay named \"nope\"`},
+		{"POST", "/webhook_relay/admin/resume", "", 200, `"destinations":[{"name":"upstream","paused":false}]`},
+		{"GET", "/webhook_relay/admin/pause", "", 405, "method not allowed"},
 	} {
 		w := httptest.NewRecorder()
 		r := httptest.NewRequest(c.method, c.path, strings.NewReader(c.body))
@@ -276,5 +290,46 @@ func TestAdminRoutes(t *testing.T) {
 		if status != c.status || !strings.Contains(body, c.has) {
 			t.Errorf("%s %s: %d %s, want %d with %s", c.method, c.path, status, body, c.status, c.has)
 		}
+	}
+}
+
+// A pause names one destination or, without a name, all of the relay's;
+// it is kept in the store, shown in the status, and wakes the deliveries.
+func TestSetPaused(t *testing.T) {
+	r, mem := newRelay(t, "pausing", 0)
+	r.dests = []string{"app", "archive"}
+	ctx := context.Background()
+
+	res, err := SetPaused(ctx, "pausing", "archive", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []DestinationStatus{{Name: "app"}, {Name: "archive", Paused: true}}
+	if fmt.Sprint(res.Destinations) != fmt.Sprint(want) || res.Relay != "pausing" {
+		t.Errorf("SetPaused(archive) = %+v, want %+v", res, want)
+	}
+	if got, _ := mem.Paused(ctx); fmt.Sprint(got) != "[archive]" {
+		t.Errorf("the store has %v paused, want [archive]", got)
+	}
+	if r.woken.Load() != 1 {
+		t.Errorf("woken %d times, want once", r.woken.Load())
+	}
+	if s := Status(ctx, r); fmt.Sprint(s.Destinations) != fmt.Sprint(want) {
+		t.Errorf("status destinations = %+v, want %+v", s.Destinations, want)
+	}
+
+	if res, err = SetPaused(ctx, "pausing", "", true); err != nil || !res.Destinations[0].Paused || !res.Destinations[1].Paused {
+		t.Errorf("pause all = %+v, %v; want both paused", res, err)
+	}
+	if res, err = SetPaused(ctx, "pausing", "", false); err != nil || res.Destinations[0].Paused || res.Destinations[1].Paused {
+		t.Errorf("resume all = %+v, %v; want neither paused", res, err)
+	}
+
+	_, err = SetPaused(ctx, "pausing", "nope", true)
+	if !errors.Is(err, ErrNoDestination) || err.Error() != `relay "pausing" has no destination "nope"; its destinations: app, archive` {
+		t.Errorf("unknown destination: %v", err)
+	}
+	if _, err := SetPaused(ctx, "nope", "", true); !errors.Is(err, ErrNoRelay) {
+		t.Errorf("unknown relay: %v", err)
 	}
 }

@@ -46,6 +46,9 @@ type RelayStatus struct {
 	DeadRetention string           `json:"dead_retention"`
 	Requests      map[string]int64 `json:"requests"`
 	Deliveries    map[string]int64 `json:"deliveries"`
+	// Destinations are the relay's destinations, each paused or not (as
+	// the store keeps it); empty when the store cannot answer.
+	Destinations []DestinationStatus `json:"destinations"`
 	// Error says why the store's numbers are missing.
 	Error string `json:"error,omitempty"`
 }
@@ -62,7 +65,7 @@ func List(ctx context.Context) []RelayStatus {
 // Status is r's status now. A store that cannot answer leaves its numbers
 // zero and says why in Error.
 func Status(ctx context.Context, r Relay) RelayStatus {
-	s := RelayStatus{Name: r.Name(), Store: r.StoreIdentity(), MemoryBytes: r.MemoryUsed()}
+	s := RelayStatus{Name: r.Name(), Store: r.StoreIdentity(), MemoryBytes: r.MemoryUsed(), Destinations: []DestinationStatus{}}
 	// The store first, the totals after it: a delivery is counted before
 	// it leaves the queue, so totals read later always include every
 	// delivery the backlog no longer shows.
@@ -76,6 +79,11 @@ func Status(ctx context.Context, r Relay) RelayStatus {
 		s.Backlog, s.DeadLetters, s.Keys, s.StoredBytes = st.Backlog, st.Dead, st.Keys, st.Stored
 		if !st.OldestQueued.IsZero() {
 			s.OldestQueued = &st.OldestQueued
+		}
+		if d, err := destinations(ctx, r); err != nil {
+			s.Error = "store unavailable: " + err.Error()
+		} else {
+			s.Destinations = d
 		}
 	}
 	if b, ok := r.Bounds(); ok {

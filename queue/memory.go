@@ -38,6 +38,8 @@ type Memory struct {
 
 	dead    map[string]*Entry
 	deadIDs []string // sorted, which is id order
+
+	paused map[string]bool // paused destinations
 }
 
 type marker struct {
@@ -69,6 +71,7 @@ func NewMemory(opts Options) *Memory {
 		queue:  list.New(),
 		queued: make(map[string]*list.Element),
 		dead:   make(map[string]*Entry),
+		paused: make(map[string]bool),
 
 		evicted: opts.Evicted,
 	}
@@ -502,6 +505,36 @@ func (m *Memory) Stats(ctx context.Context) (Stats, error) {
 	return s, nil
 }
 
+// SetPaused implements Store.
+func (m *Memory) SetPaused(ctx context.Context, destination string, paused bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return err
+	}
+	if paused {
+		m.paused[destination] = true
+	} else {
+		delete(m.paused, destination)
+	}
+	return nil
+}
+
+// Paused implements Store.
+func (m *Memory) Paused(ctx context.Context) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(m.paused))
+	for d := range m.paused {
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
 // Close implements Store. Everything the store held is dropped.
 func (m *Memory) Close() error {
 	m.mu.Lock()
@@ -513,6 +546,7 @@ func (m *Memory) Close() error {
 	m.seen, m.expiring = nil, nil
 	m.queue, m.queued = nil, nil
 	m.dead, m.deadIDs = nil, nil
+	m.paused = nil
 	return nil
 }
 

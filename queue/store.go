@@ -175,6 +175,7 @@ type Store interface {
 	Admitter
 	Claimer
 	DeadLetters
+	Pauses
 
 	// SetLimits applies a new window and backlog bound to later admits
 	// (a config reload changed them).
@@ -249,6 +250,11 @@ type Claimer interface {
 	// Release gives claimed entries back to the queue unchanged.
 	Release(ctx context.Context, ids []string) error
 
+	// Paused lists the paused destinations (see Pauses). The engine reads
+	// it before it claims and while it is paused, so a pause set by any
+	// process of a shared store stops its claims.
+	Paused(ctx context.Context) ([]string, error)
+
 	// TrimDead removes dead letters, oldest Died first: those that died
 	// before the cutoff (zero: none by age), then the oldest ones while more
 	// than max remain (0: no bound), at most limit in one call. It returns
@@ -265,6 +271,20 @@ type BodyReader interface {
 	// more may be in a buffer of bodybuf.Alloc: the caller must
 	// bodybuf.Free it once nothing uses it, and must not use it after.
 	ReadBody(ctx context.Context, id string) ([]byte, error)
+}
+
+// Pauses is the operator's view of the relay's paused destinations, kept
+// in the store so that a pause survives a restart and holds for every
+// process sharing the store. A paused destination keeps its payloads
+// queued and gets no attempt until it is resumed.
+type Pauses interface {
+	// SetPaused pauses (paused true) or resumes the destination named.
+	// Pausing a paused destination, or resuming one that is not, changes
+	// nothing.
+	SetPaused(ctx context.Context, destination string, paused bool) error
+	// Paused lists the paused destinations, sorted by name; none is an
+	// empty list.
+	Paused(ctx context.Context) ([]string, error)
 }
 
 // DeadLetters is the operator's view of a store, through the admin API.

@@ -414,3 +414,20 @@ func TestBoltRetrySurvivesRestart(t *testing.T) {
 		return openBolt(t, path, opts)
 	})
 }
+
+// A pause is kept in the file: after a restart the destination is still
+// paused.
+func TestBoltPauseSurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "relay.db")
+	opts := queue.Options{Window: time.Hour}
+	first, err := bolt.Open(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.PauseSurvives(t, first, func() queue.Store {
+		if err := first.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return openBolt(t, path, opts)
+	})
+}

@@ -46,6 +46,7 @@ import (
 //	{p}:alive:<c>  consumer c's liveness key, with a short TTL (liveness.go)
 //	{p}:lv         hash: consumers that keep a liveness key -> 1
 //	{p}:rate:<d>   destination d's shared rate limit (ratelimit.Redis)
+//	{p}:paused     set of the paused destinations (paused.go)
 //
 // Bodies have keys of their own so that claims, replays and listings, which
 // run as scripts or touch many entries, never carry them.
@@ -75,6 +76,7 @@ type Store struct {
 	alivePrefix, liveSet                                              string
 	sizes, stored                                                     string // see stored.go
 	ratePrefix                                                        string // see ratelimit.go
+	paused                                                            string // see paused.go
 
 	// evicted is queue.Options.Evicted.
 	evicted func(n int)
@@ -209,6 +211,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		sizes:        tag + ":sz",
 		stored:       tag + ":stored",
 		ratePrefix:   tag + ":rate:",
+		paused:       tag + ":paused",
 		evicted:      opts.Evicted,
 		aliveTTL:     cfg.LivenessTTL,
 		aliveStop:    make(chan struct{}),

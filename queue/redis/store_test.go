@@ -1023,3 +1023,18 @@ func TestRedisLargeBodyInChunks(t *testing.T) {
 		t.Fatalf("DeadEntry: %d bytes, %v; want the %d admitted", len(d.Body), err, len(body))
 	}
 }
+
+// A pause is kept in Redis: another consumer opened on the same prefix
+// (another instance, or this one restarted) sees it.
+func TestRedisPauseSurvivesReopen(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix()
+	opts := queue.Options{Window: time.Hour}
+	first := openRedis(t, srv, prefix, "a", 0, opts)
+	storetest.PauseSurvives(t, first, func() queue.Store {
+		if err := first.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return openRedis(t, srv, prefix, "b", 0, opts)
+	})
+}

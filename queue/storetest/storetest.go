@@ -110,6 +110,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"AdmitKeepsNoBody", testAdmitKeepsNoBody},
 		{"ReadBody", testReadBody},
 		{"AdmitMarkerOnly", testAdmitMarkerOnly},
+		{"PauseAndResume", testPauseAndResume},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
@@ -1303,6 +1304,8 @@ func testClosed(t *testing.T, newStore Factory) {
 		{"DeleteDead", func() error { return f.s.DeleteDead(ctx, a.ID) }},
 		{"Replay", func() error { _, err := f.s.Replay(ctx, nil); return err }},
 		{"Stats", func() error { _, err := f.s.Stats(ctx); return err }},
+		{"SetPaused", func() error { return f.s.SetPaused(ctx, "upstream", true) }},
+		{"Paused", func() error { _, err := f.s.Paused(ctx); return err }},
 	}
 	for _, c := range calls {
 		if err := c.call(); !errors.Is(err, queue.ErrClosed) {

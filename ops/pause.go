@@ -1,0 +1,68 @@
+package ops
+
+import (
+	"context"
+	"slices"
+	"strings"
+)
+
+// DestinationStatus is one destination of a relay: its name, and whether
+// it is paused (payloads are accepted and wait in the store; nothing is
+// attempted until it is resumed).
+type DestinationStatus struct {
+	Name   string `json:"name"`
+	Paused bool   `json:"paused"`
+}
+
+// PauseResult is what a pause or resume answers: the relay's destinations
+// as they are now.
+type PauseResult struct {
+	Relay        string              `json:"relay"`
+	Destinations []DestinationStatus `json:"destinations"`
+}
+
+// destinations are r's destinations and their pauses, as its store keeps
+// them.
+func destinations(ctx context.Context, r Relay) ([]DestinationStatus, error) {
+	paused, err := r.Store().Paused(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []DestinationStatus{}
+	for _, name := range r.Destinations() {
+		out = append(out, DestinationStatus{Name: name, Paused: slices.Contains(paused, name)})
+	}
+	return out, nil
+}
+
+// SetPaused pauses (paused true) or resumes the relay's destination named,
+// or, with destination empty, every destination of the relay. The pause is
+// kept in the relay's store: it survives a restart, and every process
+// sharing the store honours it. The relay's deliveries are woken, so a
+// resume delivers at once. A destination the relay does not have is
+// ErrNoDestination, naming the ones it has.
+func SetPaused(ctx context.Context, relay, destination string, paused bool) (PauseResult, error) {
+	r, err := Find(relay)
+	if err != nil {
+		return PauseResult{}, err
+	}
+	names := r.Destinations()
+	if destination != "" {
+		if !slices.Contains(names, destination) {
+			return PauseResult{}, fail(ErrNoDestination, "relay %q has no destination %q; its destinations: %s",
+				relay, destination, strings.Join(names, ", "))
+		}
+		names = []string{destination}
+	}
+	for _, name := range names {
+		if err := r.Store().SetPaused(ctx, name, paused); err != nil {
+			return PauseResult{}, storeError(err, "")
+		}
+	}
+	r.Wake()
+	dests, err := destinations(ctx, r)
+	if err != nil {
+		return PauseResult{}, storeError(err, "")
+	}
+	return PauseResult{Relay: relay, Destinations: dests}, nil
+}

@@ -180,8 +180,9 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	}
 
 	entry := &queue.Entry{
-		Key:  key,
-		Body: body,
+		Key:         key,
+		Destination: h.destinationName(),
+		Body:        body,
 		Request: queue.RequestMeta{
 			RawQuery:     rawQuery,
 			ContentType:  r.Header.Get("Content-Type"),
@@ -224,6 +225,11 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 }
 
 var errTooLarge = errors.New("body too large")
+
+// destinationName is the destination an admitted payload is for: today a
+// relay has one, "upstream" (what the upstream directive names); with
+// several destinations it becomes each configured destination's name.
+func (h *Handler) destinationName() string { return "upstream" }
 
 // verifyRefused answers a request the verify scheme refused (refusedBy).
 func (h *Handler) verifyRefused(w http.ResponseWriter, err error) (outcome, key string, _ error) {

@@ -12,14 +12,16 @@ import (
 
 // DeadLetter is a dead letter as the admin API and the console show it.
 type DeadLetter struct {
-	ID         string    `json:"id"`
-	Key        string    `json:"key"`
-	Received   time.Time `json:"received"`
-	Attempts   int       `json:"attempts"`
-	LastStatus int       `json:"last_status"`
-	LastError  string    `json:"last_error"`
-	Died       time.Time `json:"died,omitzero"`
-	BodySize   int       `json:"body_size"`
+	ID  string `json:"id"`
+	Key string `json:"key"`
+	// Destination is the destination the letter was for.
+	Destination string    `json:"destination,omitempty"`
+	Received    time.Time `json:"received"`
+	Attempts    int       `json:"attempts"`
+	LastStatus  int       `json:"last_status"`
+	LastError   string    `json:"last_error"`
+	Died        time.Time `json:"died,omitzero"`
+	BodySize    int       `json:"body_size"`
 	// Request is set for a single dead letter: what was kept of the
 	// original request for its delivery.
 	Request *KeptRequest `json:"request,omitempty"`
@@ -170,30 +172,14 @@ func DeleteAll(ctx context.Context, relay string, cutoff time.Time) (int, error)
 	if err != nil {
 		return 0, err
 	}
-	n, after := 0, ""
-	for {
-		entries, err := r.Store().Dead(ctx, after, MaxPage)
-		if err != nil {
-			return n, storeError(err, "")
-		}
-		var ids []string
-		for _, e := range entries {
-			if !e.Died.After(cutoff) {
-				ids = append(ids, e.ID)
-			}
-		}
-		m, err := deleteSome(ctx, r, ids)
-		n += m
-		if err != nil || len(entries) < MaxPage {
-			return n, err
-		}
-		after = entries[len(entries)-1].ID
-	}
+	return eachMatching(ctx, r, matcher{}, MaxPage, cutoff, func(ids []string) (int, error) {
+		return deleteSome(ctx, r, ids)
+	})
 }
 
 func view(e *queue.Entry, withBody bool) DeadLetter {
 	d := DeadLetter{
-		ID: e.ID, Key: e.Key, Received: e.Received, Attempts: e.Attempts, Died: e.Died,
+		ID: e.ID, Key: e.Key, Destination: e.Destination, Received: e.Received, Attempts: e.Attempts, Died: e.Died,
 		LastStatus: e.LastStatus, LastError: e.LastError, BodySize: max(e.BodySize, len(e.Body)),
 	}
 	if withBody {

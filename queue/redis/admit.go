@@ -92,6 +92,7 @@ const markerTTLMin = 20 * time.Second
 //	ARGV[16] max stored bytes, 0 for none
 //	ARGV[17] what the payload counts against it (queue.StoredSize)
 //	ARGV[18] the dead letter hash prefix, {p}:dead:
+//	ARGV[19] the destination (stream field t), "" for none
 //	returns  {0, stream id} accepted (now or by this token's earlier run),
 //	         {0, stream id, evicted} accepted after evicted dead letters
 //	         gave way, {1} duplicate, {2} backlog full, {3} the staged body
@@ -149,6 +150,7 @@ end
 local f = {'k', ARGV[5], 'q', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'x', ARGV[9],
   'r', ARGV[1], 'u', ARGV[1]}
 if ARGV[13] ~= '' then f[#f+1] = 'h'; f[#f+1] = ARGV[13] end
+if ARGV[19] ~= '' then f[#f+1] = 't'; f[#f+1] = ARGV[19] end
 local sid = redis.call('XADD', KEYS[1], '*', unpack(f))
 local body = ARGV[10] .. entryid(sid)
 if staged then
@@ -193,7 +195,7 @@ func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(gore
 		keys = append(keys, staged)
 		args = append(args, "")
 	}
-	args = append(args, r.MaxStored(), queue.StoredSize(len(e.Body), e.Request.Headers), r.deadPrefix)
+	args = append(args, r.MaxStored(), queue.StoredSize(len(e.Body), e.Request.Headers), r.deadPrefix, e.Destination)
 	return func(pipe goredis.Pipeliner, eval bool) []goredis.Cmder {
 		ctx := context.Background() // the pipeline's context is the one that counts
 		var cmds []goredis.Cmder
@@ -245,7 +247,7 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	defer cancel()
 	now := r.now()
 	enqueue := r.admitCall(e, rand.Text(), now)
-	size := smallCall + len(e.Body) + len(e.Key) + len(e.Request.RawQuery) + len(e.Request.ForwardedFor) +
+	size := smallCall + len(e.Body) + len(e.Key) + len(e.Destination) + len(e.Request.RawQuery) + len(e.Request.ForwardedFor) +
 		len(e.Request.UserAgent) + len(e.Request.ContentType)
 	for _, h := range e.Request.Headers {
 		size += len(h.Name) + len(h.Value) + 4

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -149,19 +150,51 @@ func DeleteSome(ctx context.Context, relay string, ids []string) (int, error) {
 	return deleteSome(ctx, r, ids)
 }
 
+// deleteWorkers is how many DeleteDead calls deleteSome makes at a time:
+// a store that commits to disk shares one commit among concurrent
+// deletes, and Redis answers them over several connections, so a page of
+// a match is deleted in a fraction of the time one by one takes (bolt:
+// about half a millisecond per letter one by one, an fsync each).
+const deleteWorkers = 8
+
+// deleteSome deletes ids, deleteWorkers at a time, skipping those already
+// gone; it stops at the first other error and says how many it deleted.
 func deleteSome(ctx context.Context, r Relay, ids []string) (int, error) {
-	n := 0
-	for _, id := range ids {
-		err := deleteOne(ctx, r, id)
-		switch {
-		case err == nil:
-			n++
-		case errors.Is(err, ErrNotFound):
-		default:
-			return n, err
-		}
+	var (
+		mu    sync.Mutex
+		n     int
+		first error
+		next  = make(chan string)
+		wg    sync.WaitGroup
+	)
+	for range min(deleteWorkers, len(ids)) {
+		wg.Go(func() {
+			for id := range next {
+				err := deleteOne(ctx, r, id)
+				mu.Lock()
+				switch {
+				case err == nil:
+					n++
+				case errors.Is(err, ErrNotFound):
+				case first == nil:
+					first = err
+				}
+				mu.Unlock()
+			}
+		})
 	}
-	return n, nil
+	for _, id := range ids {
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed {
+			break
+		}
+		next <- id
+	}
+	close(next)
+	wg.Wait()
+	return n, first
 }
 
 // DeleteAll deletes every dead letter of the relay that died by cutoff

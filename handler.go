@@ -185,8 +185,9 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	}
 
 	entry := &queue.Entry{
-		Key:  key,
-		Body: body,
+		Key:         key,
+		Destination: h.destinationName(),
+		Body:        body,
 		Request: queue.RequestMeta{
 			RawQuery:     rawQuery,
 			ContentType:  r.Header.Get("Content-Type"),
@@ -257,6 +258,10 @@ func (h *Handler) takenByAny(r *http.Request, rawQuery string, body []byte, key 
 	}
 	return false
 }
+
+// destinationName is the destination an admitted payload is for: today a
+// relay delivers to one, its first (and only) configured destination.
+func (h *Handler) destinationName() string { return h.dests[0].name }
 
 // verifyRefused answers a request the verify scheme refused (refusedBy).
 func (h *Handler) verifyRefused(w http.ResponseWriter, err error) (outcome, key string, _ error) {

@@ -152,6 +152,9 @@ func TestConsoleInBrowser(t *testing.T) {
 			if got := eval[string](b, r+`?.querySelector('td.attempts')?.textContent`); got != "1" {
 				t.Errorf("%s: attempts %q, want 1", which, got)
 			}
+			if got := eval[string](b, r+`?.querySelector('td.destination')?.textContent`); got != "upstream" {
+				t.Errorf("%s: destination %q, want upstream", which, got)
+			}
 			status := eval[string](b, r+`?.querySelector('td.status')?.textContent`)
 			if got := eval[string](b, r+`?.querySelector('td.error')?.textContent`); status == "" || !strings.Contains(got, "answered "+status) {
 				t.Errorf("%s: last error %q does not say the status %q", which, got, status)
@@ -210,7 +213,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 		fields := eval[map[string]string](b, `Object.fromEntries([...document.querySelectorAll('#letter-fields dt, #letter-request dt')].map(dt => [dt.textContent, dt.nextElementSibling.textContent]))`)
 		for k, want := range map[string]string{
-			"Attempts": "1", "Last status": "422", "Content-Type": "application/json",
+			"Attempts": "1", "Last status": "422", "Content-Type": "application/json", "Destination": "upstream",
 			"User-Agent": "Runware-Webhooks/1.0", "Query": "?source=runware", "Body size": sizeText(len(withBase64)),
 		} {
 			if fields[k] != want {

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
@@ -335,7 +336,10 @@ func TestCommands(t *testing.T) {
 			{}, {"bogus"}, {"status", "extra"}, {"status", "--bogus"}, {"dead"}, {"dead", main, "show"},
 			{"dead", main, "show", "a", "b"}, {"dead", main, "list"}, {"dead", main, "--body"},
 			{"dead", main, "show", ids["image"], "--body", "--json"}, {"replay"}, {"replay", main},
-			{"replay", main, "--all", ids["image"]}, {"delete"}, {"delete", main}, {"delete", main, "--all"},
+			{"replay", main, "--all", ids["image"]}, {"delete"}, {"delete", main}, {"delete", main, "--all", ids["image"]},
+			{"replay", main, "--match-status", "4xx"}, {"replay", main, "--all", "--match-status", "422"},
+			{"delete", main, ids["image"], "--match-key", "x"}, {"delete", main, "--since", "yesterday"},
+			{"replay", main, "--match-key", "x", "--until", "2026-12-06 20:00"},
 		} {
 			r := c.admin(args...)
 			expect(t, r, 2, "--help")
@@ -392,9 +396,17 @@ func TestCommands(t *testing.T) {
 		expect(t, c.admin("delete", main, ids["error"]), 1, `no dead letter "`+ids["error"]+`"`)
 		expect(t, c.admin("dead", main, "show", ids["error"]), 1, "has no dead letter")
 
-		expect(t, c.admin("replay", main, "--all"), 0, "replayed 1 dead letters of "+main)
+		// by match: of the 422s, only the datauri one is still dead
+		expect(t, c.admin("replay", main, "--match-status", "422", "--match-key", "rw:", "--match-destination", "upstream"), 0,
+			"replayed 1 dead letters of "+main+` matching destination "upstream", status 422, key containing "rw:"`)
 		app.waitDelivered(t, withDataURI)
-		expect(t, c.admin("replay", bulk, "--all"), 0, fmt.Sprintf("replayed %d dead letters of %s", many, bulk))
+		expect(t, c.admin("replay", main, "--match-status", "422"), 0, "replayed 0 dead letters of "+main)
+		// a match over more letters than a page of the admin API: keys
+		// <run>-10, <run>-100 to <run>-109, <run>-1000
+		expect(t, c.admin("delete", bulk, "--match-key", fmt.Sprint(run, "-10"), "--match-status", "400",
+			"--since", time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)), 0,
+			fmt.Sprintf("deleted 12 dead letters of %s matching status 400, key containing %q, died since ", bulk, fmt.Sprint(run, "-10")))
+		expect(t, c.admin("replay", bulk, "--all"), 0, fmt.Sprintf("replayed %d dead letters of %s", many-12, bulk))
 		opsWaitOverview(t, bulk, "the replayed backlog delivered", func(s *opsRelayStatus) bool {
 			return intOf(s.DeadLetters) == 0 && intOf(s.Backlog) == 0
 		})

@@ -116,6 +116,9 @@ func TestConsoleRefusesCrossSiteWrites(t *testing.T) {
 		{"text/plain", all, []string{"Content-Type: text/plain"}, 415, "application/json"},
 		{"neither ids nor all", fmt.Sprintf(`{"relay":%q}`, name), nil, 400, `"all": true`},
 		{"ids and all", fmt.Sprintf(`{"relay":%q,"ids":[],"all":true}`, name), nil, 400, "not both"},
+		{"all and match", fmt.Sprintf(`{"relay":%q,"all":true,"match":{"status":400}}`, name), nil, 400, "not both"},
+		{"an empty match", fmt.Sprintf(`{"relay":%q,"match":{}}`, name), nil, 400, "match needs at least one field"},
+		{"a bad match time", fmt.Sprintf(`{"relay":%q,"match":{"since":"now"}}`, name), nil, 400, "match.since"},
 		{"unknown field", fmt.Sprintf(`{"relay":%q,"all":true,"everything":1}`, name), nil, 400, "want"},
 		{"not JSON", `ids=1`, nil, 400, "want"},
 		{"unknown relay", `{"relay":"no-such-relay","all":true}`, nil, 404, `no relay named "no-such-relay"`},
@@ -138,18 +141,21 @@ func TestConsoleRefusesCrossSiteWrites(t *testing.T) {
 		t.Fatalf("a refused replay reached the application: %d requests", n)
 	}
 
-	// the console's own origin, as its page sends it
+	// the console's own origin, as its page sends it, by match
 	app.fixed.Store(true)
-	a := consoleCall(t, http.MethodPost, "api/replay", one, "Origin: http://"+host, "Sec-Fetch-Site: same-origin")
+	byMatch := fmt.Sprintf(`{"relay":%q,"match":{"status":400,"destination":"upstream"}}`, name)
+	a := consoleCall(t, http.MethodPost, "api/replay", byMatch, "Origin: http://"+host, "Sec-Fetch-Site: same-origin")
 	if a.status != 200 || strings.TrimSpace(a.body) != `{"replayed":1}` {
 		t.Fatalf("same-origin replay: %d %s", a.status, a.body)
 	}
 	app.waitDelivered(t, refused)
 	// no browser at all (curl): nothing left to replay or delete
 	for _, c := range []struct{ verb, want string }{{"replay", `{"replayed":0}`}, {"delete", `{"deleted":0}`}} {
-		a := consoleCall(t, http.MethodPost, "api/"+c.verb, one)
-		if a.status != 200 || strings.TrimSpace(a.body) != c.want {
-			t.Errorf("%s of a dead letter already replayed: %d %s, want %s", c.verb, a.status, a.body, c.want)
+		for _, body := range []string{one, byMatch} {
+			a := consoleCall(t, http.MethodPost, "api/"+c.verb, body)
+			if a.status != 200 || strings.TrimSpace(a.body) != c.want {
+				t.Errorf("%s %s of a dead letter already replayed: %d %s, want %s", c.verb, body, a.status, a.body, c.want)
+			}
 		}
 	}
 }

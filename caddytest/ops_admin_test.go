@@ -168,15 +168,16 @@ type opsDeadPage struct {
 }
 
 type opsDeadLetter struct {
-	ID         string    `json:"id"`
-	Key        string    `json:"key"`
-	Received   time.Time `json:"received"`
-	Attempts   int       `json:"attempts"`
-	LastStatus int       `json:"last_status"`
-	LastError  string    `json:"last_error"`
-	BodySize   int       `json:"body_size"`
-	Body       *string   `json:"body"`
-	BodyBase64 *string   `json:"body_base64"`
+	ID          string    `json:"id"`
+	Key         string    `json:"key"`
+	Destination string    `json:"destination"`
+	Received    time.Time `json:"received"`
+	Attempts    int       `json:"attempts"`
+	LastStatus  int       `json:"last_status"`
+	LastError   string    `json:"last_error"`
+	BodySize    int       `json:"body_size"`
+	Body        *string   `json:"body"`
+	BodyBase64  *string   `json:"body_base64"`
 }
 
 func opsListDead(t *testing.T, name, query string) opsDeadPage {

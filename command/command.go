@@ -65,15 +65,19 @@ admin API (the routes under /webhook_relay/).
       the relay's dead letters: id, age, attempts, last status, last error, key
   caddy webhook-relay dead <relay> show <id> [--json | --body]
       one dead letter, with its body
-  caddy webhook-relay replay <relay> (--all | <id>...)
+  caddy webhook-relay replay <relay> (--all | <id>... | --match-... )
       puts dead letters back in the queue, to be delivered again
-  caddy webhook-relay delete <relay> <id>...
+  caddy webhook-relay delete <relay> (--all | <id>... | --match-... )
       deletes dead letters for good
   caddy webhook-relay pause <relay> [<destination>]
       stops delivering to the destination (all of the relay's without one);
       payloads are still accepted and wait in the store
   caddy webhook-relay resume <relay> [<destination>]
       delivers again what waits, and what comes
+
+The --match flags (--match-destination, --match-status, --match-key,
+--since, --until) pick every dead letter that matches them all, however
+many there are.
 ` + commandAdminText + commandExitCodes,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.PersistentFlags().String("address", "", "Address of Caddy's admin endpoint (default: from --config, else Caddy's default)")
@@ -136,28 +140,34 @@ to save it: caddy webhook-relay dead default show <id> --body > payload.json
 			dead.Flags().Bool("json", false, "Print JSON, as the admin API answers")
 			dead.Flags().Bool("body", false, "With show <id>: print only the body, exactly as received")
 
-			replay := subcommand("replay <relay> (--all | <id>...)",
+			replay := subcommand("replay <relay> (--all | <id>... | --match-status <code> --match-key <substring> ...)",
 				"Puts dead letters back in the queue, to be delivered again", `
-Puts the dead letters named (or, with --all, every dead letter of <relay>)
-back in the relay's queue, with their attempts reset: they are delivered
-like new payloads. Fix whatever made the upstream refuse them first (see
-their last status and error with 'caddy webhook-relay dead <relay>').
-
-Prints one line per dead letter replayed (with --all, how many). An id that
-is not a dead letter of <relay> (unknown, or replayed or deleted already)
-is reported and makes the exit status 1; the other ids are still replayed.
+Puts the dead letters named (with --all, every dead letter of <relay>; with
+the match flags, every one that matches) back in the relay's queue, with
+their attempts reset: they are delivered like new payloads. Fix whatever
+made the upstream refuse them first (see their last status and error with
+'caddy webhook-relay dead <relay>').
+`+commandMatchText+`
+Prints one line per dead letter replayed (with --all or a match, how many).
+An id that is not a dead letter of <relay> (unknown, or replayed or deleted
+already) is reported and makes the exit status 1; the other ids are still
+replayed.
 `,
 				cmdReplay)
-			replay.Flags().Bool("all", false, "Replay every dead letter of the relay")
+			selectionFlags(replay, "Replay")
 
-			del := subcommand("delete <relay> <id>...",
+			del := subcommand("delete <relay> (--all | <id>... | --match-status <code> --match-key <substring> ...)",
 				"Deletes dead letters for good", `
-Deletes the dead letters named from <relay>; they cannot be brought back.
-Prints one line per dead letter deleted. An id that is not a dead letter of
-<relay> is reported and makes the exit status 1; the other ids are still
-deleted.
+Deletes the dead letters named (with --all, every dead letter of <relay>;
+with the match flags, every one that matches) from <relay>; they cannot be
+brought back.
+`+commandMatchText+`
+Prints one line per dead letter deleted (with --all or a match, how many).
+An id that is not a dead letter of <relay> is reported and makes the exit
+status 1; the other ids are still deleted.
 `,
 				cmdDelete)
+			selectionFlags(del, "Delete")
 			pause := subcommand("pause <relay> [<destination>]",
 				"Pauses a relay's deliveries to a destination, or to all of them", `
 Pauses the destination named of <relay> or, without one, every destination
@@ -184,6 +194,86 @@ destination the relay does not have is an error naming the ones it has.
 			cmd.AddCommand(status, dead, replay, del, pause, resume)
 		},
 	})
+}
+
+const commandMatchText = `
+The match flags pick every dead letter of <relay> that matches all of the
+flags given, however many there are (the relay goes through them a page at
+a time):
+
+  --match-destination <name>  the destination it was for
+  --match-status <code>       the upstream's last status (0: no answer)
+  --match-key <substring>     its dedupe key contains this
+  --since <time>              died at or after (RFC 3339, 2026-12-06T20:00:00Z)
+  --until <time>              died before (RFC 3339)
+
+e.g. every letter a 500 killed in the last outage:
+  --match-status 500 --since 2026-12-06T20:00:00Z --until 2026-12-06T21:00:00Z
+`
+
+// selectionFlags are the flags of replay and delete that pick letters
+// other than by id.
+func selectionFlags(c *cobra.Command, verb string) {
+	c.Flags().Bool("all", false, verb+" every dead letter of the relay")
+	c.Flags().String("match-destination", "", verb+" the dead letters for this destination")
+	c.Flags().String("match-status", "", verb+" the dead letters with this last status (0: no answer)")
+	c.Flags().String("match-key", "", verb+" the dead letters whose key contains this")
+	c.Flags().String("since", "", verb+" the dead letters that died at or after this time (RFC 3339)")
+	c.Flags().String("until", "", verb+" the dead letters that died before this time (RFC 3339)")
+}
+
+// selection reads what replay or delete (sub) acts on: --all, the ids
+// after the relay, or the match flags, exactly one of them.
+func selection(fl caddycmd.Flags, sub string) (ops.Selection, int, error) {
+	args := fl.Args()
+	syntax := "caddy webhook-relay " + sub + " <relay> (--all | <id>... | --match-status <code> --match-key <substring> ...)"
+	if len(args) == 0 {
+		code, err := usage(sub, "name the relay: %s", syntax)
+		return ops.Selection{}, code, err
+	}
+	m := ops.Match{
+		Destination: fl.String("match-destination"),
+		Key:         fl.String("match-key"),
+		Since:       fl.String("since"),
+		Until:       fl.String("until"),
+	}
+	if v := fl.String("match-status"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 999 {
+			code, err := usage(sub, "--match-status %q: want a status code such as 500, or 0 for no answer", v)
+			return ops.Selection{}, code, err
+		}
+		m.Status = &n
+	}
+	for flag, v := range map[string]string{"--since": m.Since, "--until": m.Until} {
+		if _, err := time.Parse(time.RFC3339Nano, v); v != "" && err != nil {
+			code, err := usage(sub, "%s %q: want an RFC 3339 time such as 2026-12-06T20:00:00Z", flag, v)
+			return ops.Selection{}, code, err
+		}
+	}
+	var sel ops.Selection
+	kinds := 0
+	if fl.Bool("all") {
+		sel.All = true
+		kinds++
+	}
+	if len(args) > 1 {
+		sel.IDs = args[1:]
+		kinds++
+	}
+	if m != (ops.Match{}) {
+		sel.Match = &m
+		kinds++
+	}
+	switch kinds {
+	case 0:
+		code, err := usage(sub, "name the dead letters to %s, --all, or match them: %s", sub, syntax)
+		return sel, code, err
+	case 1:
+		return sel, exitOK, nil
+	}
+	code, err := usage(sub, "%s either --all, the ids named, or the letters matching the match flags, one of them", sub)
+	return sel, code, err
 }
 
 // subcommand is one of webhook-relay's subcommands; its help ends as
@@ -447,16 +537,11 @@ func controlChars(body []byte) bool {
 }
 
 func cmdReplay(fl caddycmd.Flags) (int, error) {
-	args, all := fl.Args(), fl.Bool("all")
-	switch {
-	case len(args) == 0:
-		return usage("replay", "name the relay: caddy webhook-relay replay <relay> (--all | <id>...)")
-	case all && len(args) > 1:
-		return usage("replay", "replay either --all or the ids named, not both")
-	case !all && len(args) == 1:
-		return usage("replay", "name the dead letters to replay, or --all: caddy webhook-relay replay %s (--all | <id>...)", args[0])
+	sel, code, err := selection(fl, "replay")
+	if err != nil {
+		return code, err
 	}
-	name := args[0]
+	name := fl.Args()[0]
 	c, err := relayClient(fl, name)
 	if err != nil {
 		return exitError, err
@@ -464,18 +549,18 @@ func cmdReplay(fl caddycmd.Flags) (int, error) {
 	var out struct {
 		Replayed int `json:"replayed"`
 	}
-	if all {
-		if err := c.call(http.MethodPost, relayPath(name, "dead", "replay"), nil, &out); err != nil {
+	if sel.IDs == nil {
+		if err := c.call(http.MethodPost, relayPath(name, "dead", "replay"), sel, &out); err != nil {
 			return exitError, fmt.Errorf("replaying the dead letters of %s: %v", name, err)
 		}
-		fmt.Printf("replayed %d dead letters of %s\n", out.Replayed, name)
+		fmt.Printf("replayed %d dead letters of %s%s\n", out.Replayed, name, matching(sel))
 		return exitOK, nil
 	}
 	// one id at a time, so that each is known to have gone back or not
 	var missing []string
-	for _, id := range args[1:] {
+	for _, id := range sel.IDs {
 		out.Replayed = 0
-		if err := c.call(http.MethodPost, relayPath(name, "dead", "replay"), map[string][]string{"ids": {id}}, &out); err != nil {
+		if err := c.call(http.MethodPost, relayPath(name, "dead", "replay"), ops.Selection{IDs: []string{id}}, &out); err != nil {
 			return exitError, fmt.Errorf("replaying %s of %s: %v", id, name, err)
 		}
 		if out.Replayed == 0 {
@@ -488,20 +573,27 @@ func cmdReplay(fl caddycmd.Flags) (int, error) {
 }
 
 func cmdDelete(fl caddycmd.Flags) (int, error) {
-	args := fl.Args()
-	switch len(args) {
-	case 0:
-		return usage("delete", "name the relay and the dead letters: caddy webhook-relay delete <relay> <id>...")
-	case 1:
-		return usage("delete", "name the dead letters to delete: caddy webhook-relay delete %s <id>...", args[0])
+	sel, code, err := selection(fl, "delete")
+	if err != nil {
+		return code, err
 	}
-	name := args[0]
+	name := fl.Args()[0]
 	c, err := relayClient(fl, name)
 	if err != nil {
 		return exitError, err
 	}
+	if sel.IDs == nil {
+		var out struct {
+			Deleted int `json:"deleted"`
+		}
+		if err := c.call(http.MethodPost, relayPath(name, "dead", "delete"), sel, &out); err != nil {
+			return exitError, fmt.Errorf("deleting the dead letters of %s: %v", name, err)
+		}
+		fmt.Printf("deleted %d dead letters of %s%s\n", out.Deleted, name, matching(sel))
+		return exitOK, nil
+	}
 	var missing []string
-	for _, id := range args[1:] {
+	for _, id := range sel.IDs {
 		err := c.call(http.MethodDelete, relayPath(name, "dead", id), nil, nil)
 		switch {
 		case isStatus(err, http.StatusNotFound):
@@ -548,6 +640,14 @@ func cmdPause(fl caddycmd.Flags, verb string) (int, error) {
 		fmt.Fprintf(stdout, "%s %s: %s\n", name, d.Name, state)
 	}
 	return exitOK, nil
+}
+
+// matching describes a selection's match for the commands' summary line.
+func matching(sel ops.Selection) string {
+	if sel.Match == nil {
+		return ""
+	}
+	return " matching " + sel.Match.String()
 }
 
 // missingIDs is the outcome of handling ids one by one: an error naming

@@ -52,13 +52,14 @@ func fakeAdmin(t *testing.T, overviewStatus int) string {
 
 func flags(t *testing.T, address string, args ...string) caddycmd.Flags {
 	t.Helper()
-	fs := (&cobra.Command{Use: "webhook-relay"}).Flags()
+	cmd := &cobra.Command{Use: "webhook-relay"}
+	selectionFlags(cmd, "Act on")
+	fs := cmd.Flags()
 	fs.String("address", address, "")
 	fs.String("config", "", "")
 	fs.String("adapter", "", "")
 	fs.Bool("json", false, "")
 	fs.Bool("body", false, "")
-	fs.Bool("all", false, "")
 	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)
 	}
@@ -169,5 +170,51 @@ func TestShowsA32MiBDeadLetter(t *testing.T) {
 	code, err := cmdDead(flags(t, fakeAdmin(t, 200), "main", "show", "big", "--body"))
 	if code != exitOK || out.Len() != 32<<20 {
 		t.Fatalf("dead show of a 32 MiB letter: exit %d, %v, %d bytes printed", code, err, out.Len())
+	}
+}
+
+// TestSelection: replay and delete act on --all, the ids named, or the
+// match flags, exactly one of them; a match flag that cannot be sent is a
+// usage error, before the admin API is asked anything.
+func TestSelection(t *testing.T) {
+	status := func(n int) *int { return &n }
+	for _, c := range []struct {
+		args []string
+		want ops.Selection
+		says string // a usage error's
+	}{
+		{args: []string{"main", "--all"}, want: ops.Selection{All: true}},
+		{args: []string{"main", "a", "b"}, want: ops.Selection{IDs: []string{"a", "b"}}},
+		{args: []string{"main", "--match-status", "0"}, want: ops.Selection{Match: &ops.Match{Status: status(0)}}},
+		{args: []string{"main", "--match-status", "500", "--match-key", "task-", "--match-destination", "archive",
+			"--since", "2026-12-06T20:00:00Z", "--until", "2026-12-06T21:00:00+01:00"},
+			want: ops.Selection{Match: &ops.Match{Status: status(500), Key: "task-", Destination: "archive",
+				Since: "2026-12-06T20:00:00Z", Until: "2026-12-06T21:00:00+01:00"}}},
+		{args: []string{}, says: "name the relay"},
+		{args: []string{"main"}, says: "name the dead letters to replay, --all, or match them"},
+		{args: []string{"main", "--all", "a"}, says: "one of them"},
+		{args: []string{"main", "--all", "--match-key", "x"}, says: "one of them"},
+		{args: []string{"main", "a", "--match-key", "x"}, says: "one of them"},
+		{args: []string{"main", "--match-status", "5xx"}, says: `--match-status "5xx": want a status code`},
+		{args: []string{"main", "--match-status", "-1"}, says: `--match-status "-1"`},
+		{args: []string{"main", "--since", "yesterday"}, says: `--since "yesterday": want an RFC 3339 time`},
+		{args: []string{"main", "--match-key", "x", "--until", "2026-12-06"}, says: `--until "2026-12-06"`},
+	} {
+		got, code, err := selection(flags(t, "", c.args...), "replay")
+		if c.says != "" {
+			if code != exitUsage || err == nil || !strings.Contains(err.Error(), c.says) || !strings.Contains(err.Error(), "--help") {
+				t.Errorf("replay %q: exit %d, %v; want usage (%d) saying %q", c.args, code, err, exitUsage, c.says)
+			}
+			continue
+		}
+		if code != exitOK || err != nil {
+			t.Errorf("replay %q: exit %d, %v", c.args, code, err)
+			continue
+		}
+		gotJSON, _ := json.Marshal(got)
+		wantJSON, _ := json.Marshal(c.want)
+		if !bytes.Equal(gotJSON, wantJSON) {
+			t.Errorf("replay %q selects %s, want %s", c.args, gotJSON, wantJSON)
+		}
 	}
 }

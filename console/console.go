@@ -60,10 +60,12 @@ func init() {
 //	GET  api/relays                          {"now": ..., "relays": [...]} as the admin API's overview
 //	GET  api/dead?relay=<name>[&after=<id>][&limit=<n>]   dead letters, paged
 //	GET  api/letter?relay=<name>&id=<id>     one dead letter with its body
-//	POST api/replay  {"relay": <name>, "ids": [...]} or {"relay": <name>, "all": true}
-//	POST api/delete  {"relay": <name>, "ids": [...]} or {"relay": <name>, "all": true}
+//	POST api/replay  {"relay": <name>, "ids": [...]}, {"relay": <name>, "all": true} or {"relay": <name>, "match": {...}}
+//	POST api/delete  the same
 //	POST api/pause   {"relay": <name>, "destination": <name>}, or without destination all of them
 //	POST api/resume  the same
+//
+// A match is the admin API's (ops.Match): every dead letter matching it.
 //
 // POSTs must carry Content-Type application/json and come from the page's
 // own origin (Sec-Fetch-Site and Origin are checked), so another site
@@ -245,11 +247,13 @@ func serveAsset(w http.ResponseWriter, r *http.Request, a consoleAsset) error {
 	return nil
 }
 
-// consoleAction is the body of a replay or delete.
+// consoleAction is the body of a replay or delete: the relay and an
+// ops.Selection.
 type consoleAction struct {
-	Relay string   `json:"relay"`
-	IDs   []string `json:"ids"`
-	All   bool     `json:"all"`
+	Relay string     `json:"relay"`
+	IDs   []string   `json:"ids"`
+	All   bool       `json:"all"`
+	Match *ops.Match `json:"match"`
 }
 
 func (c *Console) serveAPI(w http.ResponseWriter, r *http.Request, endpoint string) error {
@@ -317,23 +321,33 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&act); err != nil {
-		return apiError(http.StatusBadRequest, `want {"relay": "<name>", "ids": ["<id>", ...]} or {"relay": "<name>", "all": true}`)
+		return apiError(http.StatusBadRequest, `want {"relay": "<name>", "ids": ["<id>", ...]}, {"relay": "<name>", "all": true} `+
+			`or {"relay": "<name>", "match": {...}}`)
 	}
-	if act.All == (act.IDs != nil) {
-		return apiError(http.StatusBadRequest, `name the dead letters with "ids", or set "all": true, not both`)
+	kinds := 0
+	for _, given := range []bool{act.IDs != nil, act.All, act.Match != nil} {
+		if given {
+			kinds++
+		}
+	}
+	if kinds != 1 {
+		return apiError(http.StatusBadRequest, `name the dead letters with "ids", set "all": true, or give a "match": one of them, not both`)
 	}
 	if _, err := ops.Find(act.Relay); err != nil {
 		return err
 	}
+	sel := ops.Selection{IDs: act.IDs, All: act.All, Match: act.Match}
 	logger := c.logger.With(zap.String("relay", act.Relay), zap.Bool("all", act.All), zap.Int("ids", len(act.IDs)),
 		zap.String("user", userOf(r)), zap.String("remote_ip", remoteIP(r)))
+	if m := act.Match; m != nil {
+		// the key substring is a part of keys: logged at debug only, as keys are
+		logger = logger.With(zap.String("match_destination", m.Destination), zap.Intp("match_status", m.Status),
+			zap.Bool("match_key", m.Key != ""), zap.String("match_since", m.Since), zap.String("match_until", m.Until))
+		logger.Debug("console: match", zap.String("match_key", m.Key))
+	}
 
 	if endpoint == "replay" {
-		ids := act.IDs
-		if act.All {
-			ids = nil // Replay's "all"
-		}
-		n, err := ops.Replay(r.Context(), act.Relay, ids)
+		n, err := ops.ReplaySelected(r.Context(), act.Relay, sel)
 		if err != nil {
 			return err
 		}
@@ -341,13 +355,7 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 		return ops.WriteJSON(w, http.StatusOK, map[string]int{"replayed": n})
 	}
 
-	var n int
-	var err error
-	if act.All {
-		n, err = ops.DeleteAll(r.Context(), act.Relay, time.Now())
-	} else {
-		n, err = ops.DeleteSome(r.Context(), act.Relay, act.IDs)
-	}
+	n, err := ops.DeleteSelected(r.Context(), act.Relay, sel)
 	logger.Info("console: dead letters deleted", zap.Int("deleted", n))
 	if err != nil {
 		return err

@@ -319,6 +319,7 @@
 			const tr = el('tr', { className: 'letter', 'data-id': e.id },
 				el('td', {}, box),
 				el('td', { className: 'id' }, el('a', { href: href(state.relay, e.id) }, e.id)),
+				el('td', { className: 'destination' }, e.destination || '–'),
 				el('td', { className: 'num age', title: e.received }, since(e.received)),
 				el('td', { className: 'num attempts' }, e.attempts),
 				el('td', { className: 'num status' }, statusText(e.last_status)),
@@ -370,6 +371,7 @@
 		if (state.letterId !== id) return;
 		fields($('letter-fields'), [
 			['Relay', relay],
+			['Destination', d.destination || '–'],
 			['Key', d.key],
 			['Received', when(d.received)],
 			['Died', d.died ? when(d.died) : '–'],

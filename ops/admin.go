@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -20,14 +21,19 @@ func init() {
 //	GET    /webhook_relay/                        every relay
 //	GET    /webhook_relay/<name>/dead             dead letters, paged (?after=<id>&limit=<n>)
 //	GET    /webhook_relay/<name>/dead/<id>        one dead letter with its body
-//	POST   /webhook_relay/<name>/dead/replay      replay all, or {"ids":[...]}
+//	POST   /webhook_relay/<name>/dead/replay      replay: no body (all), {"ids":[...]}, {"all":true} or {"match":{...}}
+//	POST   /webhook_relay/<name>/dead/delete      delete: {"ids":[...]}, {"all":true} or {"match":{...}}
 //	DELETE /webhook_relay/<name>/dead/<id>        delete one dead letter
 //	POST   /webhook_relay/<name>/pause            pause every destination of the relay
 //	POST   /webhook_relay/<name>/resume           resume every destination of the relay
 //	POST   /webhook_relay/<name>/destinations/<destination>/pause    pause one
 //	POST   /webhook_relay/<name>/destinations/<destination>/resume   resume one
 //
-// An error is answered with its status and {"error": "..."}.
+// A match ({"destination":..., "status":..., "key":"<substring>",
+// "since":"<RFC 3339>", "until":"<RFC 3339>"}, see Match) acts on every
+// dead letter that matches, not one page. Replay answers {"replayed": n},
+// delete {"deleted": n}. An error is answered with its status and
+// {"error": "..."}.
 type adminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -76,15 +82,25 @@ func (adminAPI) route(w http.ResponseWriter, r *http.Request) error {
 		}
 		return WriteJSON(w, http.StatusOK, page)
 	case len(parts) == 3 && parts[1] == "dead" && parts[2] == "replay" && r.Method == http.MethodPost:
-		ids, err := replayRequest(r.Body)
+		sel, err := selectionRequest(r.Body, true)
 		if err != nil {
 			return err
 		}
-		n, err := Replay(r.Context(), name, ids)
+		n, err := ReplaySelected(r.Context(), name, sel)
 		if err != nil {
 			return err
 		}
 		return WriteJSON(w, http.StatusOK, map[string]int{"replayed": n})
+	case len(parts) == 3 && parts[1] == "dead" && parts[2] == "delete" && r.Method == http.MethodPost:
+		sel, err := selectionRequest(r.Body, false)
+		if err != nil {
+			return err
+		}
+		n, err := DeleteSelected(r.Context(), name, sel)
+		if err != nil {
+			return err
+		}
+		return WriteJSON(w, http.StatusOK, map[string]int{"deleted": n})
 	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodGet:
 		d, err := ShowDead(r.Context(), name, parts[2])
 		if err != nil {
@@ -120,27 +136,36 @@ func pauseRoute(w http.ResponseWriter, r *http.Request, relay, destination, verb
 	return WriteJSON(w, http.StatusOK, res)
 }
 
-// replayRequest reads the admin API's replay body: none replays all,
-// {"ids":[...]} those ids. Any other JSON object replays nothing, never
-// everything.
-func replayRequest(body io.Reader) ([]string, error) {
-	var req struct {
-		IDs []string `json:"ids"`
+// selectionRequest reads the body of a replay or a delete: a Selection.
+// No body at all is every letter for a replay (emptyIsAll), an error for a
+// delete. An object that names nothing ({} or {"ids":null}) acts on
+// nothing, never on everything; an unknown field is an error, so that a
+// misspelt match field cannot widen a match.
+func selectionRequest(body io.Reader, emptyIsAll bool) (Selection, error) {
+	want := `want {"ids":["<id>", ...]}, {"all":true} or {"match":{...}}`
+	if emptyIsAll {
+		want = `want no body (replay all), {"ids":["<id>", ...]}, {"all":true} or {"match":{...}}`
 	}
 	b, err := io.ReadAll(io.LimitReader(body, 1<<20))
 	if err != nil {
-		return nil, apiError(http.StatusBadRequest, "reading the request: "+err.Error())
+		return Selection{}, apiError(http.StatusBadRequest, "reading the request: "+err.Error())
 	}
-	if len(strings.TrimSpace(string(b))) == 0 {
-		return nil, nil
+	if len(bytes.TrimSpace(b)) == 0 {
+		if emptyIsAll {
+			return Selection{All: true}, nil
+		}
+		return Selection{}, apiError(http.StatusBadRequest, want)
 	}
-	if err := json.Unmarshal(b, &req); err != nil {
-		return nil, apiError(http.StatusBadRequest, `want no body (replay all) or {"ids":["<id>", ...]}`)
+	var sel Selection
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&sel); err != nil {
+		return Selection{}, apiError(http.StatusBadRequest, want+": "+err.Error())
 	}
-	if req.IDs == nil {
-		req.IDs = []string{} // {"ids":null} or {} replays nothing, never everything
+	if dec.More() {
+		return Selection{}, apiError(http.StatusBadRequest, want+": one JSON object only")
 	}
-	return req.IDs, nil
+	return sel, nil
 }
 
 // HTTPError is the answer to an operation's error: its status by its kind

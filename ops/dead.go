@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -12,14 +13,16 @@ import (
 
 // DeadLetter is a dead letter as the admin API and the console show it.
 type DeadLetter struct {
-	ID         string    `json:"id"`
-	Key        string    `json:"key"`
-	Received   time.Time `json:"received"`
-	Attempts   int       `json:"attempts"`
-	LastStatus int       `json:"last_status"`
-	LastError  string    `json:"last_error"`
-	Died       time.Time `json:"died,omitzero"`
-	BodySize   int       `json:"body_size"`
+	ID  string `json:"id"`
+	Key string `json:"key"`
+	// Destination is the destination the letter was for.
+	Destination string    `json:"destination,omitempty"`
+	Received    time.Time `json:"received"`
+	Attempts    int       `json:"attempts"`
+	LastStatus  int       `json:"last_status"`
+	LastError   string    `json:"last_error"`
+	Died        time.Time `json:"died,omitzero"`
+	BodySize    int       `json:"body_size"`
 	// Request is set for a single dead letter: what was kept of the
 	// original request for its delivery.
 	Request *KeptRequest `json:"request,omitempty"`
@@ -147,19 +150,51 @@ func DeleteSome(ctx context.Context, relay string, ids []string) (int, error) {
 	return deleteSome(ctx, r, ids)
 }
 
+// deleteWorkers is how many DeleteDead calls deleteSome makes at a time:
+// a store that commits to disk shares one commit among concurrent
+// deletes, and Redis answers them over several connections, so a page of
+// a match is deleted in a fraction of the time one by one takes (bolt:
+// about half a millisecond per letter one by one, an fsync each).
+const deleteWorkers = 8
+
+// deleteSome deletes ids, deleteWorkers at a time, skipping those already
+// gone; it stops at the first other error and says how many it deleted.
 func deleteSome(ctx context.Context, r Relay, ids []string) (int, error) {
-	n := 0
-	for _, id := range ids {
-		err := deleteOne(ctx, r, id)
-		switch {
-		case err == nil:
-			n++
-		case errors.Is(err, ErrNotFound):
-		default:
-			return n, err
-		}
+	var (
+		mu    sync.Mutex
+		n     int
+		first error
+		next  = make(chan string)
+		wg    sync.WaitGroup
+	)
+	for range min(deleteWorkers, len(ids)) {
+		wg.Go(func() {
+			for id := range next {
+				err := deleteOne(ctx, r, id)
+				mu.Lock()
+				switch {
+				case err == nil:
+					n++
+				case errors.Is(err, ErrNotFound):
+				case first == nil:
+					first = err
+				}
+				mu.Unlock()
+			}
+		})
 	}
-	return n, nil
+	for _, id := range ids {
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed {
+			break
+		}
+		next <- id
+	}
+	close(next)
+	wg.Wait()
+	return n, first
 }
 
 // DeleteAll deletes every dead letter of the relay that died by cutoff
@@ -170,30 +205,14 @@ func DeleteAll(ctx context.Context, relay string, cutoff time.Time) (int, error)
 	if err != nil {
 		return 0, err
 	}
-	n, after := 0, ""
-	for {
-		entries, err := r.Store().Dead(ctx, after, MaxPage)
-		if err != nil {
-			return n, storeError(err, "")
-		}
-		var ids []string
-		for _, e := range entries {
-			if !e.Died.After(cutoff) {
-				ids = append(ids, e.ID)
-			}
-		}
-		m, err := deleteSome(ctx, r, ids)
-		n += m
-		if err != nil || len(entries) < MaxPage {
-			return n, err
-		}
-		after = entries[len(entries)-1].ID
-	}
+	return eachMatching(ctx, r, matcher{}, MaxPage, cutoff, func(ids []string) (int, error) {
+		return deleteSome(ctx, r, ids)
+	})
 }
 
 func view(e *queue.Entry, withBody bool) DeadLetter {
 	d := DeadLetter{
-		ID: e.ID, Key: e.Key, Received: e.Received, Attempts: e.Attempts, Died: e.Died,
+		ID: e.ID, Key: e.Key, Destination: e.Destination, Received: e.Received, Attempts: e.Attempts, Died: e.Died,
 		LastStatus: e.LastStatus, LastError: e.LastError, BodySize: max(e.BodySize, len(e.Body)),
 	}
 	if withBody {

@@ -1,6 +1,7 @@
 // Package ops is the operations layer of the relays running in this
 // process: their status and totals (status.go), and their dead letters:
-// list, show, replay, delete (dead.go); and pausing and resuming its
+// list, show, replay, delete (dead.go), and replay or delete every letter
+// that matches, a page at a time (match.go); and pausing and resuming its
 // destinations (pause.go). The admin API (admin.go), the
 // console and the metrics all read and change the relays through it; the
 // commands decode its JSON types from the admin API.

@@ -14,6 +14,10 @@ type Entry struct {
 	ID string `json:"id"`
 	// Key is the dedupe key the payload was admitted under.
 	Key string `json:"key"`
+	// Destination names the destination this entry is delivered to, as
+	// the relay set it at admit; the store keeps it with the entry, on its
+	// dead letter and through a replay, and never interprets it.
+	Destination string `json:"destination,omitempty"`
 	// Body is the request body exactly as received. Claim and Dead leave
 	// it out (Body and DeadEntry fetch it), so that what waits for
 	// delivery is held without its body.

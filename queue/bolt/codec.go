@@ -14,22 +14,22 @@ import (
 const (
 	boltMaxRawKey   = 512 // longer dedupe keys are stored as their SHA-256
 	boltIDWidth     = 20  // digits of an id: uint64 fits, and ids sort as strings
-	boltEntryFormat = 1   // the first byte of every entry record
+	boltEntryFormat = 2   // the first byte of every entry record
 )
 
-// Entry encoding: the format byte boltEntryFormat, then ID, Key and the
-// request fields as length-prefixed strings, Received and Queued as Unix
+// Entry encoding: the format byte boltEntryFormat, then ID, Key,
+// Destination and the request fields as length-prefixed strings, Received and Queued as Unix
 // nanoseconds, Attempts, LastStatus, LastError, Died (Unix nanoseconds, 0
 // while queued) and the kept headers (queue.AppendHeaders). A record of any
 // other format is malformed. Bodies are kept raw in their own bucket, so
 // recording an attempt or burying never rewrites them.
 
 func boltEncode(e *queue.Entry) []byte {
-	n := 1 + 10*8 + len(e.ID) + len(e.Key) + len(e.Request.RawQuery) + len(e.Request.ContentType) +
+	n := 1 + 11*8 + len(e.ID) + len(e.Key) + len(e.Destination) + len(e.Request.RawQuery) + len(e.Request.ContentType) +
 		len(e.Request.UserAgent) + len(e.Request.ForwardedFor) + len(e.LastError)
 	buf := make([]byte, 0, n)
 	buf = append(buf, boltEntryFormat)
-	for _, s := range []string{e.ID, e.Key, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor} {
+	for _, s := range []string{e.ID, e.Key, e.Destination, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor} {
 		buf = binary.AppendUvarint(buf, uint64(len(s)))
 		buf = append(buf, s...)
 	}
@@ -67,8 +67,9 @@ func boltDecode(v []byte) (*queue.Entry, error) {
 	}
 	d := boltDecoder{buf: v[1:]}
 	e := &queue.Entry{
-		ID:  d.str(),
-		Key: d.str(),
+		ID:          d.str(),
+		Key:         d.str(),
+		Destination: d.str(),
 		Request: queue.RequestMeta{
 			RawQuery:     d.str(),
 			ContentType:  d.str(),

@@ -96,7 +96,7 @@ var (
 	boltDueOf   = []byte("dueOf")   // id -> due (Unix ns), for entries in waiting
 
 	boltFormatKey = []byte("format")
-	boltFormat    = []byte("webhook_relay/bolt/3")
+	boltFormat    = []byte("webhook_relay/bolt/4")
 )
 
 func (b *Store) usable(ctx context.Context) error {
@@ -156,7 +156,7 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	nowNS := now.UnixNano()
 	expires := now.Add(b.Window()).UnixNano()
 	mk := boltMarkerKey(e.Key)
-	meta := queue.Entry{Key: e.Key, Request: e.Request, Received: now, Queued: now}
+	meta := queue.Entry{Key: e.Key, Destination: e.Destination, Request: e.Request, Received: now, Queued: now}
 	body := e.Body
 
 	size := queue.StoredSize(len(body), e.Request.Headers)

@@ -309,8 +309,9 @@ func fieldMap(v any) (map[string]string, error) {
 // stream id when queued, "" for a dead letter (whose fields carry the id).
 func entryOf(sid string, f map[string]string) (*queue.Entry, error) {
 	e := &queue.Entry{
-		ID:  f["i"],
-		Key: f["k"],
+		ID:          f["i"],
+		Key:         f["k"],
+		Destination: f["t"],
 		Request: queue.RequestMeta{
 			RawQuery:     f["q"],
 			ContentType:  f["c"],

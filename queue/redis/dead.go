@@ -12,7 +12,7 @@ import (
 )
 
 // deadFields are what a dead letter listing reads: everything but the body.
-var deadFields = []string{"i", "k", "q", "c", "a", "x", "h", "r", "u", "n", "s", "e", "d"}
+var deadFields = []string{"i", "k", "t", "q", "c", "a", "x", "h", "r", "u", "n", "s", "e", "d"}
 
 func deadOf(f map[string]string) (*queue.Entry, error) {
 	e, err := entryOf("", f)
@@ -162,7 +162,7 @@ const replayBatch = 256
 //	ARGV[2..] the entry ids
 //	returns  how many went back
 var replayScript = goredis.NewScript(`
-local meta = {'k', 'q', 'c', 'a', 'x', 'r', 'h'}
+local meta = {'k', 't', 'q', 'c', 'a', 'x', 'r', 'h'}
 local n = 0
 for i = 2, #ARGV do
   local id, key = ARGV[i], KEYS[i+3]
@@ -232,18 +232,18 @@ func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 //	ARGV[4]  the cutoff, Unix ms, or "" for none
 //	ARGV[5]  the cutoff (stamp)
 //	ARGV[6]  limit: at most this many removed
-//	returns  {{id, key, died stamp, attempts, status, error}...}
+//	returns  {{id, key, died stamp, attempts, status, error, destination}...}
 var trimDeadScript = goredis.NewScript(unstoreLua + `
 local limit = tonumber(ARGV[6])
 local out = {}
 local function remove(id)
   local h = ARGV[1] .. id
-  local f = redis.call('HMGET', h, 'k', 'd', 'n', 's', 'e')
+  local f = redis.call('HMGET', h, 'k', 'd', 'n', 's', 'e', 't')
   redis.call('DEL', h, ARGV[2] .. id)
   unstore(KEYS[3], KEYS[4], id)
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
-  out[#out+1] = {id, f[1] or '', f[2] or '', f[3] or '', f[4] or '', f[5] or ''}
+  out[#out+1] = {id, f[1] or '', f[2] or '', f[3] or '', f[4] or '', f[5] or '', f[6] or ''}
 end
 if ARGV[4] ~= '' then
   local cut, skip = tonumber(ARGV[4]), 0
@@ -288,14 +288,14 @@ func (r *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 	out := make([]*queue.Entry, 0, len(res))
 	for _, item := range res {
 		f, _ := item.([]any)
-		if len(f) < 6 {
+		if len(f) < 7 {
 			return out, fmt.Errorf("redis store: trimming dead letters: unexpected reply %v", item)
 		}
 		s := make([]string, len(f))
 		for i, v := range f {
 			s[i], _ = v.(string)
 		}
-		e := &queue.Entry{ID: s[0], Key: s[1], LastError: s[5], Died: unstamp(s[2])}
+		e := &queue.Entry{ID: s[0], Key: s[1], Destination: s[6], LastError: s[5], Died: unstamp(s[2])}
 		e.Attempts, _ = strconv.Atoi(s[3])
 		e.LastStatus, _ = strconv.Atoi(s[4])
 		out = append(out, e)

@@ -111,6 +111,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"ReadBody", testReadBody},
 		{"AdmitMarkerOnly", testAdmitMarkerOnly},
 		{"PauseAndResume", testPauseAndResume},
+		{"DestinationKept", testDestinationKept},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
@@ -337,6 +338,9 @@ func sameEntry(t *testing.T, got, want *queue.Entry, withBody bool) {
 	}
 	if got.Key != want.Key {
 		t.Errorf("%s: Key = %q, want %q", want.ID, got.Key, want.Key)
+	}
+	if got.Destination != want.Destination {
+		t.Errorf("%s: Destination = %q, want %q", want.ID, got.Destination, want.Destination)
 	}
 	if !reflect.DeepEqual(got.Request, want.Request) {
 		t.Errorf("%s: Request = %+q, want %+q", want.ID, got.Request, want.Request)
@@ -1117,7 +1121,7 @@ func testRoundTrip(t *testing.T, newStore Factory) {
 	}
 	entries := []*queue.Entry{
 		// keys come from query strings and headers too: any bytes at all
-		{Key: "task:ü\xff\x00{relay}:*?[x] \"quoted\"", Body: every, Request: odd},
+		{Key: "task:ü\xff\x00{relay}:*?[x] \"quoted\"", Destination: "archive ü\xff", Body: every, Request: odd},
 		{Key: "1MiB", Body: big},
 		{Key: "empty", Body: []byte{}},
 		{Key: "invalid utf-8 body", Body: []byte("{\"v\":\"\xc3\x28\xa0\xa1\xe2\x28\xa1\xf0\x90\x28\xbc\"}")},
@@ -1175,6 +1179,58 @@ func testRoundTrip(t *testing.T, newStore Factory) {
 	}
 	if !reflect.DeepEqual(back[0].Request, admitted[0].Request) {
 		t.Errorf("replayed: Request = %+q, want %+q", back[0].Request, admitted[0].Request)
+	}
+	if back[0].Destination != admitted[0].Destination {
+		t.Errorf("replayed: Destination = %q, want %q", back[0].Destination, admitted[0].Destination)
+	}
+}
+
+// testDestinationKept: the destination an entry was admitted for stays
+// with it through Claim, its dead letter (listed, shown, trimmed) and a
+// replay; an entry admitted without one has none.
+func testDestinationKept(t *testing.T, newStore Factory) {
+	f := setup(t, newStore, 0)
+	a := f.entry("a")
+	a.Destination = "archive"
+	if got, err := f.admit(a); err != nil || got != queue.Accepted {
+		t.Fatalf("Admit(a) = %v, %v", got, err)
+	}
+	b := f.accept("b") // no destination
+
+	claimed := f.wantClaim(2, a, b)
+	if claimed[0].Destination != "archive" || claimed[1].Destination != "" {
+		t.Fatalf("Claim: destinations %q and %q, want %q and none",
+			claimed[0].Destination, claimed[1].Destination, "archive")
+	}
+	f.clock.Advance(time.Second)
+	f.bury(claimed...)
+	listed := f.dead("", 10)
+	if len(listed) != 2 || listed[0].Destination != "archive" || listed[1].Destination != "" {
+		t.Fatalf("Dead = %+v, want a (destination archive) and b (none)", listed)
+	}
+	if got := f.deadEntry(a.ID).Destination; got != "archive" {
+		t.Errorf("DeadEntry(a).Destination = %q, want %q", got, "archive")
+	}
+
+	// a replayed entry is still for its destination, and so is its next
+	// dead letter
+	f.replay([]string{a.ID}, 1)
+	back := f.wantClaim(1, a)
+	if back[0].Destination != "archive" {
+		t.Errorf("replayed entry: Destination = %q, want %q", back[0].Destination, "archive")
+	}
+	f.clock.Advance(time.Second)
+	f.bury(back...)
+	gone, err := f.s.TrimDead(f.ctx, 0, f.clock.Now().Add(time.Nanosecond), 10)
+	if err != nil {
+		t.Fatalf("TrimDead: %v", err)
+	}
+	dest := make(map[string]string)
+	for _, e := range gone {
+		dest[e.ID] = e.Destination
+	}
+	if len(gone) != 2 || dest[a.ID] != "archive" || dest[b.ID] != "" {
+		t.Errorf("TrimDead returned %v, want a (destination archive) and b (none)", dest)
 	}
 }
 

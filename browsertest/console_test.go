@@ -133,7 +133,9 @@ func TestConsoleInBrowser(t *testing.T) {
 	if r := testkit.Post(t, relayURL("/in", "token="+secrets[0]+"&validationToken=console-check"), nil); r.Status != http.StatusOK || r.Body != "console-check" {
 		t.Errorf("Graph's validation answered %d %q, want 200 with its token", r.Status, r.Body)
 	}
-	for _, class := range []string{"rate-accepted", "rate-duplicate", "rate-unauthorized", "rate-challenge"} {
+	// a payload the destination's filter does not take (the query's ignore)
+	testkit.ExpectStatus(t, testkit.Post(t, relayURL("/in", "token="+secrets[0]+"&ignore=1"), payload(t)), http.StatusOK, "ignored")
+	for _, class := range []string{"rate-accepted", "rate-duplicate", "rate-unauthorized", "rate-ignored", "rate-challenge"} {
 		b.waitFor("a rate in "+class+" refreshed without a reload", `/^[0-9.]+\/s$/.test(`+cell(class)+`) && `+cell(class)+` !== '0/s'`)
 	}
 	if n := eval[int](b, `performance.getEntriesByType('navigation').length`); n != 1 {

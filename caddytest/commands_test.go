@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dustin/go-humanize"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 )
@@ -222,7 +225,7 @@ func TestCommands(t *testing.T) {
 
 	t.Run("status", func(t *testing.T) {
 		r := c.admin("status")
-		expect(t, r, 0, "RELAY", "BACKLOG", "IN-FLIGHT", "DEAD", "OLDEST", "UPSTREAM")
+		expect(t, r, 0, "RELAY", "BACKLOG", "IN-FLIGHT", "DEAD", "STORED", "OLDEST", "UPSTREAM")
 		row := rowOf(table(t, r.stdout), "RELAY", main)
 		b := base[main]
 		want := map[string]string{"BACKLOG": "0", "IN-FLIGHT": "0", "DEAD": "3", "OLDEST": "-",
@@ -233,6 +236,13 @@ func TestCommands(t *testing.T) {
 			if row[col] != v {
 				t.Errorf("%s: %s = %q, want %q\n%s", main, col, row[col], v, r)
 			}
+		}
+		// STORED is the overview's stored_bytes (its 3 dead letters), as a
+		// size: rounded to 2 or 3 digits
+		stored := opsOverview(t, main).StoredBytes
+		printed, err := humanize.ParseBytes(row["STORED"])
+		if stored <= 0 || err != nil || !strings.HasSuffix(row["STORED"], "B") || math.Abs(float64(printed)-float64(stored)) > 0.05*float64(stored) {
+			t.Errorf("%s: STORED = %q (%v), want about stored_bytes %d\n%s", main, row["STORED"], err, stored, r)
 		}
 		if row := rowOf(table(t, r.stdout), "RELAY", bulk); row["DEAD"] != fmt.Sprint(many) || row["ACCEPTED"] != total(base[bulk].Requests, "accepted", many) {
 			t.Errorf("%s: %v", bulk, row)

@@ -22,6 +22,7 @@ import (
 	"unicode/utf8"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/hookrelay/caddy-webhook-relay/ops"
@@ -104,6 +105,8 @@ Shows every relay of the running Caddy, one line each:
   BACKLOG    payloads acknowledged and not yet delivered
   IN-FLIGHT  delivery attempts running now
   DEAD       dead letters, waiting to be replayed or deleted
+  STORED     bytes the store keeps of queued payloads and dead letters
+             (bodies and kept headers), bounded by max_stored
   OLDEST     how long the oldest queued payload has waited
   ACCEPTED, DUPLICATE, REFUSED
              requests since Caddy started: stored, answered as duplicates,
@@ -317,12 +320,12 @@ func cmdRelayStatus(fl caddycmd.Flags) (int, error) {
 	} else if len(relays) == 0 {
 		fmt.Fprintf(os.Stderr, "no webhook_relay is running in the Caddy at %s\n", c.addr)
 	} else {
-		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "RELAY\tBACKLOG\tIN-FLIGHT\tDEAD\tOLDEST\tACCEPTED\tDUPLICATE\tREFUSED\tDELIVERED\tRETRIES\tDIED\tUPSTREAM\tPAUSED")
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "RELAY\tBACKLOG\tIN-FLIGHT\tDEAD\tSTORED\tOLDEST\tACCEPTED\tDUPLICATE\tREFUSED\tDELIVERED\tRETRIES\tDIED\tUPSTREAM\tPAUSED")
 		for _, r := range relays {
-			backlog, dead, oldest := strconv.Itoa(r.Backlog), strconv.Itoa(r.DeadLetters), "-"
+			backlog, dead, stored, oldest := strconv.Itoa(r.Backlog), strconv.Itoa(r.DeadLetters), sizeText(r.StoredBytes), "-"
 			if r.Error != "" {
-				backlog, dead = "?", "?"
+				backlog, dead, stored = "?", "?", "?"
 			}
 			if r.OldestQueued != nil {
 				oldest = ageText(time.Since(*r.OldestQueued))
@@ -343,7 +346,7 @@ func cmdRelayStatus(fl caddycmd.Flags) (int, error) {
 			if len(paused) > 0 {
 				pausedText = strings.Join(paused, ",")
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", r.Name, backlog, r.InFlight, dead, oldest,
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", r.Name, backlog, r.InFlight, dead, stored, oldest,
 				r.Requests["accepted"], r.Requests["duplicate"], refused,
 				r.Deliveries["success"], r.Deliveries["retry"], r.Deliveries["dead"], r.UpstreamHost, pausedText)
 		}
@@ -714,6 +717,13 @@ func ageText(d time.Duration) string {
 		return fmt.Sprintf("%dh%02dm", s/3600, s%3600/60)
 	}
 	return fmt.Sprintf("%dd%02dh", s/86400, s%86400/3600)
+}
+
+// sizeText is a byte count as a Caddyfile writes sizes: 0B, 900B, 1.5KiB,
+// 12MiB, 2GiB (no space, so that a table's columns stay one word each).
+func sizeText(n int64) string {
+	s := strings.ReplaceAll(humanize.IBytes(uint64(max(n, 0))), " ", "")
+	return strings.Replace(s, ".0", "", 1) // humanize writes 2.0GiB
 }
 
 func timeText(t time.Time) string {

@@ -103,6 +103,50 @@ func TestOverviewErrors(t *testing.T) {
 	}
 }
 
+// TestStatusTable: status prints the stored bytes as a size, next to the
+// dead letters, and "?" where the relay's store could not be read.
+func TestStatusTable(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`[{"name":"main","upstream_host":"app.example","dead_letters":2,"stored_bytes":12582912,"max_stored":2147483648,` +
+			`"requests":{"accepted":2},"deliveries":{"dead":2}},` +
+			`{"name":"down","upstream_host":"app.example","error":"store unreachable","requests":{},"deliveries":{}}]`))
+	}))
+	t.Cleanup(srv.Close)
+	out := captureStdout(t)
+	code, err := cmdRelayStatus(flags(t, strings.TrimPrefix(srv.URL, "http://")))
+	if code != exitError || err == nil || !strings.Contains(err.Error(), "store unreachable") {
+		t.Errorf("status with a relay down: exit %d, %v; want %d naming the error", code, err, exitError)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("status printed %d lines, want a header and 2 rows:\n%s", len(lines), out)
+	}
+	head := strings.Fields(lines[0])
+	for i, want := range map[int]string{1: "main", 2: "down"} {
+		row := strings.Fields(lines[i])
+		if len(row) != len(head) {
+			t.Fatalf("row %q has %d fields, the header %d", lines[i], len(row), len(head))
+		}
+		cols := map[string]string{}
+		for j, h := range head {
+			cols[h] = row[j]
+		}
+		stored := map[string]string{"main": "12MiB", "down": "?"}[want]
+		if cols["RELAY"] != want || cols["STORED"] != stored {
+			t.Errorf("row %d: RELAY %q, STORED %q; want %q, %q\n%s", i, cols["RELAY"], cols["STORED"], want, stored, out)
+		}
+	}
+}
+
+func TestSizeText(t *testing.T) {
+	for n, want := range map[int64]string{0: "0B", 900: "900B", 1536: "1.5KiB", 12 << 20: "12MiB", 2 << 30: "2GiB", -1: "0B"} {
+		if got := sizeText(n); got != want {
+			t.Errorf("sizeText(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
 // hostileBody is what a sender may post: escape sequences that colour,
 // clear the screen, and write the clipboard (OSC 52), a C1 CSI, a bidi
 // override.

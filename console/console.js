@@ -204,6 +204,7 @@
 				el('td', { className: 'num rate-accepted' }, rate(r.name, 'accepted')),
 				el('td', { className: 'num rate-duplicate' }, rate(r.name, 'duplicate')),
 				el('td', { className: 'num rate-unauthorized' }, rate(r.name, 'unauthorized')),
+				el('td', { className: 'num rate-ignored' }, rate(r.name, 'ignored')),
 				el('td', { className: 'num rate-challenge' }, rate(r.name, 'challenge')));
 			if (r.error) tr.title = r.error;
 			tr.addEventListener('click', (ev) => {

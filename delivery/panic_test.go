@@ -63,11 +63,6 @@ func (s *panickyStore) Extend(ctx context.Context, ids []string) error {
 	return s.Memory.Extend(ctx, ids)
 }
 
-func (s *panickyStore) Attempted(ctx context.Context, e *queue.Entry) error {
-	s.maybePanic("Attempted")
-	return s.Memory.Attempted(ctx, e)
-}
-
 func (s *panickyStore) Retry(ctx context.Context, e *queue.Entry, due time.Time) error {
 	s.maybePanic("Retry")
 	return s.Memory.Retry(ctx, e, due)

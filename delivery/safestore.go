@@ -75,11 +75,6 @@ func (s safeStore) Extend(ctx context.Context, ids []string) error {
 	return storeCallErr(s, "Extend", func() error { return s.store.Extend(ctx, ids) })
 }
 
-// Attempted implements queue.Claimer.
-func (s safeStore) Attempted(ctx context.Context, e *queue.Entry) error {
-	return storeCallErr(s, "Attempted", func() error { return s.store.Attempted(ctx, e) })
-}
-
 // Ack implements queue.Claimer.
 func (s safeStore) Ack(ctx context.Context, id string) error {
 	return storeCallErr(s, "Ack", func() error { return s.store.Ack(ctx, id) })

@@ -292,22 +292,6 @@ func (m *Memory) Extend(ctx context.Context, ids []string) error {
 	return nil
 }
 
-// Attempted implements Store.
-func (m *Memory) Attempted(ctx context.Context, e *Entry) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if err := m.usable(ctx); err != nil {
-		return err
-	}
-	el, ok := m.queued[e.ID]
-	if !ok {
-		return fmt.Errorf("recording attempt on %s: %w", e.ID, ErrNotFound)
-	}
-	q := el.Value.(*queued)
-	q.e.Attempts, q.e.LastStatus, q.e.LastError = e.Attempts, e.LastStatus, e.LastError
-	return nil
-}
-
 // Ack implements Store. Acking an id that is no longer queued is not an
 // error: the entry is gone either way, which is what the caller wants.
 func (m *Memory) Ack(ctx context.Context, id string) error {

@@ -236,16 +236,14 @@ type Claimer interface {
 	Body(ctx context.Context, id string) ([]byte, error)
 	// Extend keeps the claims on ids alive.
 	Extend(ctx context.Context, ids []string) error
-	// Attempted records e's Attempts, LastStatus and LastError; e stays claimed.
-	Attempted(ctx context.Context, e *Entry) error
 	// Ack removes a delivered entry from the queue.
 	Ack(ctx context.Context, id string) error
 	// Bury moves a claimed entry to the dead letters, keeping its Attempts,
 	// LastStatus and LastError, and sets Died to the store's now.
 	Bury(ctx context.Context, e *Entry) error
 	// Retry ends the claim on a failed entry: it records e's Attempts,
-	// LastStatus and LastError as Attempted does, and the entry is not
-	// handed out again before due (any process of a shared store may then
+	// LastStatus and LastError (replacing what an earlier Retry recorded),
+	// and the entry is not handed out again before due (any process of a shared store may then
 	// claim it). ErrNotFound when the entry is not queued any more.
 	Retry(ctx context.Context, e *Entry, due time.Time) error
 	// NextDue reports when the earliest entry put off by Retry that nobody

@@ -22,7 +22,9 @@ func ConsoleSecrets(t testing.TB) []string {
 }
 
 // ConsoleDirectives are the console tests' site directives: a relay at /in
-// called name, delivering to upstreamURL/hook, guarded by the token of
+// called name, delivering to upstreamURL/hook (destination "upstream",
+// whose filter takes every payload but those sent with the query parameter
+// ignore, counted as ignored), guarded by the token of
 // ConsoleSecrets, with its app token as a secret header_up and answering
 // Graph's validation (challenge graph, counted as challenge), and the
 // console at /ops/, behind basic_auth for user with the bcrypt hash when
@@ -34,7 +36,9 @@ func ConsoleDirectives(upstreamURL, name, user, hash string) string {
 	}
 	return fmt.Sprintf(`
 	webhook_relay /in {
-		upstream %s/hook
+		destination upstream %s/hook {
+			filter `+"`"+`!("ignore" in query)`+"`"+`
+		}
 		name %s
 		store memory
 		backoff 10ms 50ms

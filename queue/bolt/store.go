@@ -474,23 +474,6 @@ func (b *Store) Extend(ctx context.Context, ids []string) error {
 	return nil
 }
 
-// Attempted implements Store.
-func (b *Store) Attempted(ctx context.Context, e *queue.Entry) error {
-	if err := b.usable(ctx); err != nil {
-		return err
-	}
-	found, err := b.updateQueued(e, func(tx *bbolt.Tx, qk []byte, stored *queue.Entry) error {
-		return tx.Bucket(boltQueue).Put(qk, boltEncode(stored))
-	})
-	if err != nil {
-		return err
-	}
-	if !found {
-		return fmt.Errorf("recording attempt on %s: %w", e.ID, queue.ErrNotFound)
-	}
-	return nil
-}
-
 // updateQueued runs fn, in one write transaction, on the queued entry e.ID
 // with e's attempt record applied. It reports whether the entry was queued.
 // A stored record that cannot be read is replaced by what e says.

@@ -432,44 +432,9 @@ func (r *Store) Release(ctx context.Context, ids []string) error {
 	return nil
 }
 
-// attemptedScript records an entry's last attempt, kept in a hash by stream
-// id because stream entries cannot change.
-//
-//	KEYS[1]  the stream, {p}:q
-//	KEYS[2]  the attempts hash, {p}:att
-//	KEYS[3]  the location hash, {p}:loc
-//	ARGV[1]  the entry id
-//	ARGV[2]  the stream id parsed from it
-//	ARGV[3]  the attempt: "attempts status error" (formatAttempt)
-//	returns  1, or 0 when the entry is not queued
-var attemptedScript = goredis.NewScript(resolveLua + `
-local sid = resolve(KEYS[3], ARGV[1], ARGV[2])
-if sid == '' or #redis.call('XRANGE', KEYS[1], sid, sid) == 0 then return 0 end
-redis.call('HSET', KEYS[2], sid, ARGV[3])
-return 1
-`)
-
-// Attempted implements Store.
-func (r *Store) Attempted(ctx context.Context, e *queue.Entry) error {
-	if err := r.usable(ctx); err != nil {
-		return err
-	}
-	// shares a pipeline: running twice records the same attempt twice
-	attempt := formatAttempt(e)
-	v, err := r.runScript(ctx, smallCall+len(attempt), attemptedScript, []string{r.stream, r.att, r.loc},
-		[]any{e.ID, parseID(e.ID), attempt})
-	n, _ := v.(int64)
-	if err != nil {
-		return fmt.Errorf("redis store: recording attempt on %s: %w", e.ID, err)
-	}
-	if n == 0 {
-		return fmt.Errorf("recording attempt on %s: %w", e.ID, queue.ErrNotFound)
-	}
-	return nil
-}
-
 // retryScript ends this consumer's claim on a failed entry: it records the
-// attempt, acknowledges the entry (it stays in the stream, in no pending
+// attempt (in a hash by stream id, because stream entries cannot change),
+// acknowledges the entry (it stays in the stream, in no pending
 // list, so no takeover hands it out) and lists it in {p}:due under the
 // time it is due, where any consumer's claim finds it then. Sent again
 // after it ran (a lost reply), it finds the entry listed and does nothing.

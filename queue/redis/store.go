@@ -251,7 +251,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		}
 	}
 	// load every script now, so the first requests need no fallback
-	for _, s := range []*goredis.Script{admitScript, claimScript, reclaimScript, attemptedScript, retryScript,
+	for _, s := range []*goredis.Script{admitScript, claimScript, reclaimScript, retryScript,
 		ackScript, buryScript, replayScript, deleteDeadScript, trimDeadScript,
 		forgetConsumerScript, livenessScript, unstoreScript} {
 		if err := s.Load(ctx, client).Err(); err != nil {

@@ -209,10 +209,14 @@ func TestRedisTakeover(t *testing.T) {
 	if got := claimIDs(t, live, 1); len(got) != 1 || got[0] != y.ID {
 		t.Fatalf("live claimed %v, want [%s]", got, y.ID)
 	}
-	// record an attempt on x: the taker must see it
+	// record an attempt on x (a retry due at once, claimed again): the
+	// taker must see it
 	xe := &queue.Entry{ID: x.ID, Attempts: 3, LastStatus: 502, LastError: "bad gateway"}
-	if err := dead.Attempted(t.Context(), xe); err != nil {
+	if err := dead.Retry(t.Context(), xe, time.Now()); err != nil {
 		t.Fatal(err)
+	}
+	if got := claimIDs(t, dead, 1); len(got) != 1 || got[0] != x.ID {
+		t.Fatalf("dead claimed %v after the retry, want [%s]", got, x.ID)
 	}
 	if got := claimIDs(t, other, 10); len(got) != 0 {
 		t.Fatalf("other claimed %v before the visibility timeout", got)
@@ -372,8 +376,12 @@ func TestRedisAckCutOffAfterDelete(t *testing.T) {
 	if got := claimIDs(t, a, 1); len(got) != 1 {
 		t.Fatalf("claimed %v", got)
 	}
-	if err := a.Attempted(t.Context(), &queue.Entry{ID: x.ID, Attempts: 1, LastStatus: 503}); err != nil {
+	// an attempt recorded (a retry due at once, claimed again)
+	if err := a.Retry(t.Context(), &queue.Entry{ID: x.ID, Attempts: 1, LastStatus: 503}, time.Now()); err != nil {
 		t.Fatal(err)
+	}
+	if got := claimIDs(t, a, 1); len(got) != 1 || got[0] != x.ID {
+		t.Fatalf("claimed %v after the retry, want [%s]", got, x.ID)
 	}
 
 	raw := newClient(srv.Addr())
@@ -748,11 +756,14 @@ func TestRedisAcksShareCommands(t *testing.T) {
 	if err != nil || len(es) != n {
 		t.Fatalf("Claim = %d entries, %v; want %d", len(es), err, n)
 	}
-	for _, e := range es[:n/2] { // some with an attempt recorded
+	for _, e := range es[:n/2] { // some with an attempt recorded: retried, due at once
 		e.Attempts, e.LastStatus = 1, 503
-		if err := s.Attempted(t.Context(), e); err != nil {
+		if err := s.Retry(t.Context(), e, time.Now()); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if again, err := s.Claim(t.Context(), n); err != nil || len(again) != n/2 {
+		t.Fatalf("Claim of the retried = %d entries, %v; want %d", len(again), err, n/2)
 	}
 	var wg sync.WaitGroup
 	for _, e := range es {

@@ -77,7 +77,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"ConcurrentClaimsDisjoint", testConcurrentClaimsDisjoint},
 		{"IDsSortAsStrings", testIDsSortAsStrings},
 		{"Release", testRelease},
-		{"Attempted", testAttempted},
+		{"RetryReplacesAttempt", testRetryReplacesAttempt},
 		{"RetryNotClaimableBeforeDue", testRetryNotClaimableBeforeDue},
 		{"RetryDueOrder", testRetryDueOrder},
 		{"RetryMergedWithNew", testRetryMergedWithNew},
@@ -629,27 +629,23 @@ func testRelease(t *testing.T, newStore Factory) {
 	f.wantCounts(2, 0)
 }
 
-func testAttempted(t *testing.T, newStore Factory) {
+// A later Retry's attempt replaces the earlier one, a status of 0 (no
+// response at all) included.
+func testRetryReplacesAttempt(t *testing.T, newStore Factory) {
 	f := setup(t, newStore, 0)
 	a := f.accept("a")
 	e := f.wantClaim(1, a)[0]
 
 	e.Attempts, e.LastStatus, e.LastError = 1, 503, "upstream answered 503"
-	if err := f.s.Attempted(f.ctx, e); err != nil {
-		t.Fatalf("Attempted: %v", err)
-	}
-	// no response at all: status 0 replaces the 503
+	f.retry(e, f.clock.Now())
+	e = f.wantClaim(1, a)[0]
 	e.Attempts, e.LastStatus, e.LastError = 2, 0, "dial tcp 192.0.2.9:443: connection refused"
-	if err := f.s.Attempted(f.ctx, e); err != nil {
-		t.Fatalf("Attempted: %v", err)
-	}
-	f.wantClaim(1) // still claimed
+	f.retry(e, f.clock.Now())
 
-	f.release(e)
 	got := f.wantClaim(1, a)[0]
 	sameEntry(t, got, a, true)
 	if got.Attempts != 2 || got.LastStatus != 0 || got.LastError != e.LastError {
-		t.Errorf("after Release: Attempts %d, LastStatus %d, LastError %q; want 2, 0, %q",
+		t.Errorf("after the second retry: Attempts %d, LastStatus %d, LastError %q; want 2, 0, %q",
 			got.Attempts, got.LastStatus, got.LastError, e.LastError)
 	}
 }
@@ -1351,7 +1347,7 @@ func testClosed(t *testing.T, newStore Factory) {
 		{"Admit", func() error { _, err := f.s.Admit(ctx, f.entry("c")); return err }},
 		{"Claim", func() error { _, err := f.s.Claim(ctx, 1); return err }},
 		{"Extend", func() error { return f.s.Extend(ctx, []string{b.ID}) }},
-		{"Attempted", func() error { return f.s.Attempted(ctx, b) }},
+		{"Retry", func() error { return f.s.Retry(ctx, b, f.clock.Now()) }},
 		{"Ack", func() error { return f.s.Ack(ctx, b.ID) }},
 		{"Bury", func() error { return f.s.Bury(ctx, b) }},
 		{"Release", func() error { return f.s.Release(ctx, []string{b.ID}) }},

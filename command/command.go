@@ -332,7 +332,7 @@ func cmdRelayStatus(fl caddycmd.Flags) (int, error) {
 			}
 			var refused int64
 			for outcome, n := range r.Requests {
-				if outcome != "accepted" && outcome != "duplicate" {
+				if !answeredOK[outcome] {
 					refused += n
 				}
 			}
@@ -644,6 +644,11 @@ func cmdPause(fl caddycmd.Flags, verb string) (int, error) {
 	}
 	return exitOK, nil
 }
+
+// answeredOK are the outcomes answered 2xx, which REFUSED does not count:
+// the payloads taken, and the requests answered without storing anything
+// (a handshake, a payload no destination's filter takes).
+var answeredOK = map[string]bool{"accepted": true, "duplicate": true, "ignored": true, "challenge": true}
 
 // matching describes a selection's match for the commands' summary line.
 func matching(sel ops.Selection) string {

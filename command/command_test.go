@@ -109,7 +109,7 @@ func TestStatusTable(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`[{"name":"main","upstream_host":"app.example","dead_letters":2,"stored_bytes":12582912,"max_stored":2147483648,` +
-			`"requests":{"accepted":2},"deliveries":{"dead":2}},` +
+			`"requests":{"accepted":2,"ignored":4,"challenge":1,"unauthorized":3,"too_large":1},"deliveries":{"dead":2}},` +
 			`{"name":"down","upstream_host":"app.example","error":"store unreachable","requests":{},"deliveries":{}}]`))
 	}))
 	t.Cleanup(srv.Close)
@@ -135,6 +135,11 @@ func TestStatusTable(t *testing.T) {
 		stored := map[string]string{"main": "12MiB", "down": "?"}[want]
 		if cols["RELAY"] != want || cols["STORED"] != stored {
 			t.Errorf("row %d: RELAY %q, STORED %q; want %q, %q\n%s", i, cols["RELAY"], cols["STORED"], want, stored, out)
+		}
+		// answered 200 without storing (ignored, challenge) is no refusal
+		refused := map[string]string{"main": "4", "down": "0"}[want]
+		if cols["REFUSED"] != refused {
+			t.Errorf("row %d: REFUSED %q, want %q (unauthorized and too_large only)\n%s", i, cols["REFUSED"], refused, out)
 		}
 	}
 }

@@ -297,31 +297,30 @@ func TestREADMECaddyfilesCatchMistakes(t *testing.T) {
 	for _, p := range readmeProblems(t, readme, nil) {
 		known[p] = true
 	}
-	lineOf := func(substr string) int {
-		i := strings.Index(readme, substr)
-		if i < 0 {
-			t.Fatalf("README has no %q", substr)
-		}
-		return strings.Count(readme[:i], "\n") + 1
-	}
 	for _, c := range []struct {
-		name, old, new string
-		env            map[string]string
-		want           string
+		name string
+		old  *regexp.Regexp // the README line to break
+		new  string         // its replacement ($1... from old)
+		env  map[string]string
+		want string
 	}{
-		{name: "misspelt subdirective in a table", old: "{ verify_token {env.META_VERIFY_TOKEN} }",
-			new: "{ verify_tokn {env.META_VERIFY_TOKEN} }", want: "verify_tokn"},
-		{name: "rate without unit in a block", old: "rate   5/s", new: "rate   5", want: "rate"},
-		{name: "Discord key not hex", old: "`verify discord {env.DISCORD_PUBLIC_KEY}`",
+		{name: "misspelt subdirective in a table", old: regexp.MustCompile(`\{ verify_token (\{env\.META_VERIFY_TOKEN\}) \}`),
+			new: "{ verify_tokn $1 }", want: "verify_tokn"},
+		{name: "rate without unit in a block", old: regexp.MustCompile(`(\trate +)5/s`), new: "${1}5", want: "rate"},
+		{name: "Discord key not hex", old: regexp.MustCompile("`verify discord \\{env\\.DISCORD_PUBLIC_KEY\\}`"),
 			env: map[string]string{"DISCORD_PUBLIC_KEY": strings.Repeat("zz", 32)}, want: "discord"},
-		{name: "unknown scheme in prose", old: "`verify slack {env.S} { tolerance 10m }`",
-			new: "`verify slak {env.S} { tolerance 10m }`", want: "slak"},
+		{name: "unknown scheme in prose", old: regexp.MustCompile("`verify slack (\\{env\\.S\\} \\{ tolerance 10m \\})`"),
+			new: "`verify slak $1`", want: "slak"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			line := lineOf(c.old)
+			loc := c.old.FindStringIndex(readme)
+			if loc == nil {
+				t.Fatalf("README has no %s", c.old)
+			}
+			line := strings.Count(readme[:loc[0]], "\n") + 1
 			mutated := readme
 			if c.new != "" {
-				mutated = strings.Replace(readme, c.old, c.new, 1)
+				mutated = readme[:loc[0]] + c.old.ReplaceAllString(readme[loc[0]:loc[1]], c.new) + readme[loc[1]:]
 			}
 			var found []string
 			for _, p := range readmeProblems(t, mutated, c.env) {

@@ -448,13 +448,26 @@ func parseVerify(d *caddyfile.Dispenser) (*verify.Config, error) {
 		case hmac:
 			return nil, d.Errf("verify hmac: unrecognized option '%s': use header, algorithm, encoding, prefix or secret", opt)
 		default:
-			return nil, d.Errf("verify %s: unrecognized option '%s': only tolerance", cfg.Scheme, opt)
+			return nil, d.Errf("verify %s: unrecognized option '%s': use %s", cfg.Scheme, opt, verifyOptions(cfg.Scheme))
 		}
 		if err != nil {
 			return nil, err
 		}
 	}
 	return cfg, nil
+}
+
+// verifyOptions names the block options of a verify scheme other than hmac.
+func verifyOptions(scheme string) string {
+	switch scheme {
+	case "meta":
+		return "verify_token"
+	case "twilio":
+		return "base_url"
+	case "fal":
+		return "tolerance or jwks"
+	}
+	return "tolerance"
 }
 
 // Interface guard

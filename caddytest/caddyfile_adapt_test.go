@@ -97,6 +97,7 @@ func TestCaddyfileParseErrors(t *testing.T) {
 		{"verify without secret", "verify stripe", []string{"verify stripe", "at least one secret"}},
 		{"verify hmac secret inline", "verify hmac {env.S}", []string{"verify hmac", "in its block"}},
 		{"verify unknown option", "verify stripe {env.S} {\n\t\t\theader X\n\t\t}", []string{"verify stripe", "unrecognized option 'header'"}},
+		{"verify meta unknown option", "verify meta {env.S} {\n\t\t\tverify_tokn X\n\t\t}", []string{"verify meta", "unrecognized option 'verify_tokn'", "use verify_token"}},
 		{"verify hmac unknown option", "verify hmac {\n\t\t\ttolerance 1m\n\t\t}", []string{"verify hmac", "unrecognized option 'tolerance'"}},
 		{"verify bad tolerance", "verify slack {env.S} {\n\t\t\ttolerance soon\n\t\t}", []string{"tolerance", "bad duration 'soon'"}},
 		{"repeated verify", "verify github {env.A}\n\t\tverify github {env.B}", []string{"'verify' given twice"}},

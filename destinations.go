@@ -19,8 +19,8 @@ import (
 )
 
 // UpstreamDestination is the name of the destination that upstream (or the
-// inline URL) is shorthand for.
-const UpstreamDestination = "upstream"
+// inline URL) is shorthand for: the engine's default one.
+const UpstreamDestination = delivery.DefaultDestination
 
 // Destination is one place a relay delivers payloads to. Its delivery
 // settings default to the relay's.

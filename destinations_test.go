@@ -3,6 +3,7 @@ package webhookrelay
 import (
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -13,12 +14,22 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/filter"
 )
 
-func filterHandler(t *testing.T, expr string) (*Handler, prometheus.Counter, *observer.ObservedLogs) {
+// filterHandler is a relay whose one destination has the filter expr, with
+// the key sources keySources ("body" when none is given).
+func filterHandler(t *testing.T, expr string, keySources ...string) (*Handler, prometheus.Counter, *observer.ObservedLogs) {
 	t.Helper()
 	f, err := filter.Compile(expr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keySources) == 0 {
+		keySources = []string{"body"}
+	}
+	keyer, err := dedupe.NewKeyer(keySources)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,9 +39,9 @@ func filterHandler(t *testing.T, expr string) (*Handler, prometheus.Counter, *ob
 	}
 	errs := prometheus.NewCounter(prometheus.CounterOpts{Name: "filter_errors"})
 	core, logs := observer.New(zap.InfoLevel)
-	h := &Handler{Name: "r", auth: auth, logger: zap.New(core),
+	h := &Handler{Name: "r", auth: auth, logger: zap.New(core), keyer: keyer,
 		dests: []*destination{{name: "archive", filter: f, filterErrors: errs}}}
-	h.filterBody = anyFilterReadsBody(h.dests)
+	h.parseBody = bodyParser(h.keyer, h.dests)
 	return h, errs, logs
 }
 
@@ -76,6 +87,37 @@ func TestFilterInput(t *testing.T) {
 	h, _, _ := filterHandler(t, `body == null`)
 	if !takes(t, h, "token=s3cret", "not json", nil, "") {
 		t.Error("a body that is not JSON is not null to the filter")
+	}
+}
+
+// TestFilterBodyCheckedOnce: a key that reads JSON has refused a body that
+// is not JSON before the filters run, so the filters' parse does not check
+// it again; a key that does not read JSON leaves the check to the parse, and
+// such a body is null to the filters.
+func TestFilterBodyCheckedOnce(t *testing.T) {
+	task := `{"taskType":"imageInference","taskUUID":"t-1","imageUUID":"i-1"}`
+	h, _, _ := filterHandler(t, `body.taskType == "imageInference"`, "runware")
+	if !takes(t, h, "token=s3cret", task, nil, "rw:t-1/i-1") {
+		t.Error("key runware: the filter does not see the parsed body")
+	}
+	if reflect.ValueOf(h.parseBody).Pointer() != reflect.ValueOf(filter.ParseValidBody).Pointer() {
+		t.Error("key runware: the filters check again that the body is JSON")
+	}
+
+	h, _, _ = filterHandler(t, `body == null`, "body")
+	for _, notJSON := range []string{"not json", task[:len(task)-1]} {
+		if !takes(t, h, "token=s3cret", notJSON, nil, "") {
+			t.Errorf("key body: %q is not null to the filter", notJSON)
+		}
+	}
+	if takes(t, h, "token=s3cret", task, nil, "") {
+		t.Error("key body: a JSON body is null to the filter")
+	}
+
+	// no filter reads the body: it is not parsed
+	h, _, _ = filterHandler(t, `headers["x-runware-event"] == "done"`, "runware")
+	if h.parseBody != nil {
+		t.Error("the body is parsed though no filter reads it")
 	}
 }
 

@@ -231,8 +231,8 @@ type Handler struct {
 	keep        []string   // canonical names of the incoming headers stored with a payload
 	signKey     []byte     // sign_upstream's key
 	settings    *delivery.Settings
-	dests       []*destination // resolved; one for now
-	filterBody  bool           // a destination's filter reads the body
+	dests       []*destination   // resolved; one for now
+	parseBody   func([]byte) any // what the filters see of the body (bodyParser)
 	relay       *pooledRelay
 	poolConfig  *relayConfig   // what the relay applies of this config
 	admitter    queue.Admitter // the relay's store, as the ack path sees it
@@ -344,7 +344,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.dests = append(h.dests, dest)
 	}
-	h.filterBody = anyFilterReadsBody(h.dests)
+	h.parseBody = bodyParser(h.keyer, h.dests)
 	// One destination for now: its settings are the engine's.
 	dest := h.dests[0]
 	h.settings = dest.settings

@@ -4,6 +4,7 @@
 //	go run ./bench [-duration 10s] [-connections 8,32,64,128] [-rounds 3] [-targets respond,memory,...]
 //	go run ./bench -body-size 6MiB   # large bodies: also Caddy's peak RSS per target
 //	go run ./bench -before /tmp/caddy-old  # each relay also on an earlier build, in the same rounds
+//	go run ./bench -filter 'has(body.data)'  # each relay also with a destination filter
 //
 // It builds ./cmd/caddy, starts a counting upstream in-process, a private
 // redis-server, and a Caddy config with one site per target (a fresh Caddy
@@ -48,6 +49,7 @@ type target struct {
 	live     bool   // the relay delivers to the counting upstream
 	setup    string // for the table
 	bin      string // the Caddy binary it runs on; "" for the one built from this tree
+	filter   string // the destination's filter (CEL); "" for none
 
 	port  int
 	at    []*series // one per connection count, in the order of counts
@@ -135,7 +137,12 @@ func (t *target) site(e env) string {
 		if t.live {
 			up = "http://" + e.upstream + t.upPath()
 		}
-		fmt.Fprintf(&b, "\twebhook_relay %s {\n\t\tname %s\n\t\tauth_query token %s\n", up, t.name, secret)
+		if t.filter == "" {
+			fmt.Fprintf(&b, "\twebhook_relay %s {\n", up)
+		} else {
+			fmt.Fprintf(&b, "\twebhook_relay {\n\t\tdestination upstream %s {\n\t\t\tfilter `%s`\n\t\t}\n", up, t.filter)
+		}
+		fmt.Fprintf(&b, "\t\tname %s\n\t\tauth_query token %s\n", t.name, secret)
 		switch t.store {
 		case "memory":
 			b.WriteString("\t\tstore memory\n")
@@ -171,7 +178,12 @@ func run() int {
 	bodySizeFlag := flag.String("body-size", "", "large bodies: make every body about this size (bytes, or e.g. 6MiB) with a Runware-like imageBase64Data field, and report Caddy's peak RSS per target; default: ~300-byte bodies")
 	budgetFlag := flag.String("burst-budget", "4GiB", "large bodies: a burst target (upstream down, so it keeps everything) stops taking load once this much was acknowledged; its store is emptied before each run")
 	beforeBin := flag.String("before", "", "a Caddy binary built from an earlier version (git worktree add /tmp/old <rev> && cd /tmp/old && go build -o /tmp/caddy-old ./cmd/caddy): every relay target also runs on it, as <target>-before right after the target, against the same baseline run, so before and after compare within each round")
+	filterExpr := flag.String("filter", "", "a CEL filter (without backticks) that takes every payload, e.g. 'has(body.data)': every relay target also runs with it on its destination, as <target>-filter right after the target (and its -before), against the same baseline run")
 	flag.Parse()
+	if strings.Contains(*filterExpr, "`") {
+		fmt.Fprintln(os.Stderr, "-filter: give the expression without backticks")
+		return 2
+	}
 	if *duration <= 0 || *rounds <= 0 {
 		fmt.Fprintln(os.Stderr, "-duration and -rounds must be positive")
 		return 2
@@ -228,13 +240,23 @@ func run() int {
 		if !chosen[t.name] {
 			continue
 		}
-		active = append(active, t)
-		byName[t.name] = t
+		variants := []*target{t}
 		if *beforeBin != "" && t.store != "" {
 			old := *t
 			old.name, old.bin, old.setup = t.name+"-before", *beforeBin, t.setup+", earlier build"
-			active = append(active, &old)
-			byName[old.name] = &old
+			variants = append(variants, &old)
+		}
+		if *filterExpr != "" && t.store != "" {
+			for _, v := range slices.Clone(variants) {
+				f := *v
+				f.name = strings.Replace(v.name, t.name, t.name+"-filter", 1) // memory-filter-before
+				f.filter, f.setup = *filterExpr, v.setup+", filter"
+				variants = append(variants, &f)
+			}
+		}
+		for _, v := range variants {
+			active = append(active, v)
+			byName[v.name] = v
 		}
 	}
 
@@ -436,7 +458,7 @@ func run() int {
 					<-profDone
 				}
 				s.runs = append(s.runs, res)
-				line := fmt.Sprintf("round %d/%d %3d conns  %-16s %8.0f req/s  p50 %s  p99 %s  non-200 %d  errors %d",
+				line := fmt.Sprintf("round %d/%d %3d conns  %-20s %8.0f req/s  p50 %s  p99 %s  non-200 %d  errors %d",
 					r+1, *rounds, n, t.name, res.rps(), ms(res.pct(0.50)), ms(res.pct(0.99)), res.non200, res.errors)
 				var drain time.Duration
 				if t.live {

@@ -178,6 +178,11 @@ func arrayIndex(s string) int {
 	return n
 }
 
+// ReadsJSON reports whether a key source reads the JSON body (runware or
+// json.*): Key then accepts only a body that is valid JSON, so a caller
+// need not check that again.
+func (k *Keyer) ReadsJSON() bool { return k.needsJSON }
+
 // NeedsQuery reports whether a key source reads the query string, so the
 // caller can skip parsing it otherwise.
 func (k *Keyer) NeedsQuery() bool { return k.needsQuery }

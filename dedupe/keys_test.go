@@ -84,7 +84,8 @@ func TestNewKeyerErrors(t *testing.T) {
 }
 
 // TestKeyNotJSONBySource checks that a body that is not JSON fails with
-// ErrNotJSON exactly for the source lists that read the JSON body.
+// ErrNotJSON exactly for the source lists that read the JSON body, and that
+// ReadsJSON says so (the filters then skip checking the body again).
 func TestKeyNotJSONBySource(t *testing.T) {
 	for _, tt := range []struct {
 		sources []string
@@ -99,9 +100,13 @@ func TestKeyNotJSONBySource(t *testing.T) {
 		{[]string{"query.id", "body"}, false},
 		{[]string{"body"}, false},
 	} {
-		_, err := mustKeyer(t, tt.sources...).Key(nil, nil, []byte("not json"))
+		k := mustKeyer(t, tt.sources...)
+		_, err := k.Key(nil, nil, []byte("not json"))
 		if got := errors.Is(err, ErrNotJSON); got != tt.want {
 			t.Errorf("Key(%q) of a body that is not JSON: %v; want ErrNotJSON %v", tt.sources, err, tt.want)
+		}
+		if got := k.ReadsJSON(); got != tt.want {
+			t.Errorf("ReadsJSON(%q) = %v; want %v", tt.sources, got, tt.want)
 		}
 	}
 }

@@ -246,13 +246,21 @@ func (h *Handler) takes(d *destination, in *filter.Input) bool {
 // filterInput is what the filters see of a payload: the body parsed lazily
 // by parseBody (nil when no filter reads it), the headers, the query minus
 // the auth parameters, the key.
-func filterInput(r *http.Request, rawQuery string, body []byte, key string, parseBody func([]byte) any) *filter.Input {
+func filterInput(r *http.Request, rawQuery string, body []byte, key string, parseBody func([]byte) any, parseQuery bool) *filter.Input {
 	in := &filter.Input{Headers: r.Header, Key: key}
 	if parseBody != nil {
 		in.Body = parseBody(body)
 	}
-	in.Query, _ = url.ParseQuery(rawQuery) // a malformed part is left out
+	if parseQuery {
+		in.Query, _ = url.ParseQuery(rawQuery) // a malformed part is left out
+	}
 	return in
+}
+
+// anyFilterReadsQuery tells whether one of dests' filters reads the query,
+// which is parsed for them only then.
+func anyFilterReadsQuery(dests []*destination) bool {
+	return slices.ContainsFunc(dests, func(d *destination) bool { return d.filter != nil && d.filter.UsesQuery() })
 }
 
 // bodyParser is how the filters get the body: nil when none reads it; when

@@ -42,6 +42,7 @@ func filterHandler(t *testing.T, expr string, keySources ...string) (*Handler, p
 	h := &Handler{Name: "r", auth: auth, logger: zap.New(core), keyer: keyer,
 		dests: []*destination{{name: "archive", filter: f, filterErrors: errs}}}
 	h.parseBody = bodyParser(h.keyer, h.dests)
+	h.parseQuery = anyFilterReadsQuery(h.dests)
 	return h, errs, logs
 }
 

@@ -250,7 +250,7 @@ func (h *Handler) takenByAny(r *http.Request, rawQuery string, body []byte, key 
 			return true
 		}
 		if in == nil {
-			in = filterInput(r, rawQuery, body, key, h.parseBody)
+			in = filterInput(r, rawQuery, body, key, h.parseBody, h.parseQuery)
 		}
 		if h.takes(d, in) {
 			return true

@@ -233,6 +233,7 @@ type Handler struct {
 	settings    *delivery.Settings
 	dests       []*destination   // resolved; one for now
 	parseBody   func([]byte) any // what the filters see of the body (bodyParser)
+	parseQuery  bool             // a filter reads the query
 	relay       *pooledRelay
 	poolConfig  *relayConfig   // what the relay applies of this config
 	admitter    queue.Admitter // the relay's store, as the ack path sees it
@@ -345,6 +346,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.dests = append(h.dests, dest)
 	}
 	h.parseBody = bodyParser(h.keyer, h.dests)
+	h.parseQuery = anyFilterReadsQuery(h.dests)
 	// One destination for now: its settings are the engine's.
 	dest := h.dests[0]
 	h.settings = dest.settings

@@ -66,6 +66,7 @@ type Filter struct {
 	expr  string
 	prg   cel.Program
 	body  bool // the expression reads body
+	query bool // the expression reads query
 	loops bool // the expression holds a comprehension: evaluate under Timeout
 }
 
@@ -111,8 +112,11 @@ func Compile(expr string) (*Filter, error) {
 		}
 	}))
 	for _, r := range ast.NativeRep().ReferenceMap() {
-		if r.Name == "body" {
+		switch r.Name {
+		case "body":
 			f.body = true
+		case "query":
+			f.query = true
 		}
 	}
 	return f, nil
@@ -124,6 +128,10 @@ func (f *Filter) String() string { return f.expr }
 // UsesBody reports whether the expression reads body: when no filter of a
 // relay does, the caller need not parse the body at all.
 func (f *Filter) UsesBody() bool { return f.body }
+
+// UsesQuery reports whether the expression reads query, which then has to
+// be parsed for it.
+func (f *Filter) UsesQuery() bool { return f.query }
 
 // Input is what a filter sees of one payload.
 type Input struct {

@@ -249,6 +249,19 @@ func TestUsesBody(t *testing.T) {
 	}
 }
 
+func TestUsesQuery(t *testing.T) {
+	for expr, want := range map[string]bool{
+		`query["a"] == "b" || has(body.x)`: true,
+		`"a" in query`:                     true,
+		`body.taskType == "x"`:             false,
+		`headers["X-Query"] == "x"`:        false,
+	} {
+		if got := mustCompile(t, expr).UsesQuery(); got != want {
+			t.Errorf("UsesQuery(%s) = %v, want %v", expr, got, want)
+		}
+	}
+}
+
 // TestConcurrent: one Filter matches from many goroutines (the handler's).
 func TestConcurrent(t *testing.T) {
 	f := mustCompile(t, `body.taskType == "imageInference" && headers["x-event"] == "x"`)

@@ -15,11 +15,13 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/hookrelay/caddy-webhook-relay/filter"
 	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
+	"github.com/hookrelay/caddy-webhook-relay/internal/tracectx"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 	"github.com/hookrelay/caddy-webhook-relay/verify"
 )
@@ -184,6 +186,12 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 			errors.New("the body is not valid JSON; this relay's key reads JSON (send JSON, or configure key body to accept any body)"))
 	}
 
+	traceParent, traceState := tracectx.FromRequest(r)
+	if span := trace.SpanFromContext(r.Context()); span.SpanContext().IsValid() && !span.SpanContext().IsRemote() {
+		// Caddy's tracing handler ran: the attempts' spans go to its
+		// provider (delivery/tracing.go says why this way)
+		h.relay.engine.UseTracerProvider(span.TracerProvider())
+	}
 	entry := &queue.Entry{
 		Key:         key,
 		Destination: h.destinationName(),
@@ -194,6 +202,8 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 			UserAgent:    r.Header.Get("User-Agent"),
 			ForwardedFor: forwardedFor(r),
 			Headers:      keepHeaders(r.Header, h.keep),
+			TraceParent:  traceParent,
+			TraceState:   traceState,
 		},
 	}
 	// No destination takes it: the key is marked seen (a re-delivery is a

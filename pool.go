@@ -100,6 +100,7 @@ func acquireRelay(key string, o relayOpening, cfg *relayConfig) (*pooledRelay, e
 		r.engine = delivery.Start(delivery.Config{
 			Store:       store,
 			Settings:    cfg.settings,
+			Relay:       o.name,
 			Budget:      r.memory,
 			Logger:      o.logger.With(zap.String("relay", o.name)),
 			Observe:     r.observe,

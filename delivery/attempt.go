@@ -13,6 +13,9 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/tracectx"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 	"github.com/hookrelay/caddy-webhook-relay/verify"
 )
@@ -63,6 +66,9 @@ func buildRequest(ctx context.Context, s *Settings, e *queue.Entry, attempt int,
 	h := make(http.Header, len(e.Request.Headers)+len(s.HeaderUp)+9)
 	// the sender's own headers first: header_up and the relay's own win
 	for _, f := range e.Request.Headers {
+		if tracedHeader(f.Name) {
+			continue // the attempt sends its own (attempt)
+		}
 		h[f.Name] = append(h[f.Name], f.Value)
 	}
 	for field, values := range s.HeaderUp {
@@ -163,11 +169,18 @@ func paramName(part string) string {
 // the answer came (an upstream that answers before reading it all), and
 // closes it when it stops. If that takes longer than sentBodiesWait,
 // keep is set: the body must then be left alone (never freed).
-func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Entry, attemptNo int, now time.Time) (o outcome, keep bool) {
+//
+// A valid sc is the attempt's trace context, sent as its traceparent and
+// tracestate.
+func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Entry, attemptNo int, now time.Time, sc trace.SpanContext) (o outcome, keep bool) {
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()
 	sent := new(sentBodies)
-	o = roundTrip(client, s, buildRequest(ctx, s, e, attemptNo, now, sent), now)
+	req := buildRequest(ctx, s, e, attemptNo, now, sent)
+	if sc.IsValid() {
+		tracectx.Inject(req.Header, sc)
+	}
+	o = roundTrip(client, s, req, now)
 	cancel() // a write still going on stops with the request's context
 	return o, !sent.wait(sentBodiesWait)
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
@@ -28,7 +30,7 @@ func TestAttemptNeverReadsAFreedBody(t *testing.T) {
 		for j := 0; j < len(body); j += 4096 {
 			body[j] = 'x'
 		}
-		o, keep := attempt(t.Context(), srv.Client(), s, &queue.Entry{ID: "1", Key: "k", Body: body}, 1, time.Now())
+		o, keep := attempt(t.Context(), srv.Client(), s, &queue.Entry{ID: "1", Key: "k", Body: body}, 1, time.Now(), trace.SpanContext{})
 		if o.status != http.StatusServiceUnavailable {
 			t.Fatalf("attempt: status %d (%s), want 503", o.status, o.reason)
 		}

@@ -129,7 +129,9 @@ func (a *attemptRun) send(start time.Time) (o outcome) {
 	ent := a.h.entry
 	a.keepBody = true // until attempt says otherwise: a panic leaves it in doubt
 	if guard.Run(a.log, "a delivery attempt", func() {
-		o, a.keepBody = attempt(a.e.attemptCx, a.e.client, a.s, ent, ent.Attempts, start)
+		sc, end := attemptSpan(a.e.attemptCx, a.e.tracerProvider(), a.e.cfg.Relay, a.s.destination(), ent, ent.Attempts)
+		o, a.keepBody = attempt(a.e.attemptCx, a.e.client, a.s, ent, ent.Attempts, start, sc)
+		end(o)
 	}) {
 		return outcome{verdict: retry, reason: "the attempt panicked (its stack is in the log)"}
 	}

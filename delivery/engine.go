@@ -70,7 +70,9 @@ type Config struct {
 	// Store is the queue the engine delivers from.
 	Store    queue.Claimer
 	Settings *Settings
-	Logger   *zap.Logger
+	// Relay names the relay, on the attempt spans.
+	Relay  string
+	Logger *zap.Logger
 	// Budget bounds the bodies held in memory, shared with the ack path:
 	// a body is loaded from the store only for an attempt, once its bytes
 	// fit. Nil: no bound.
@@ -112,8 +114,9 @@ type Engine struct {
 	freed    chan freedPlace // an attempt is over: its concurrency place is free
 	results  chan result     // an entry's bookkeeping is over
 	inFlight atomic.Int64
-	full     atomic.Bool // holding as many entries as it may
-	pause    pauseView   // the destination's pause, as last read (pause.go)
+	full     atomic.Bool                  // holding as many entries as it may
+	pause    pauseView                    // the destination's pause, as last read (pause.go)
+	tracer   atomic.Pointer[tracerHolder] // the attempt spans' provider (tracing.go)
 	claimErr faultlog.Tracker
 	bodyErr  faultlog.Tracker
 	trimErr  faultlog.Tracker

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
@@ -38,7 +40,7 @@ func TestAttemptReturnsOnceTheBodyIsClosed(t *testing.T) {
 	body := bodybuf.Alloc(1 << 20)
 	defer bodybuf.Free(body)
 	e := &queue.Entry{ID: "1", Key: "k", Body: body}
-	o, keep := attempt(t.Context(), client, s, e, 1, time.Now())
+	o, keep := attempt(t.Context(), client, s, e, 1, time.Now(), trace.SpanContext{})
 	if o.status != http.StatusServiceUnavailable || keep {
 		t.Fatalf("attempt: %+v, keep %v; want the 503, and the body given back", o, keep)
 	}

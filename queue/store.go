@@ -71,6 +71,12 @@ type RequestMeta struct {
 	// Headers are the incoming headers kept for the upstream (a signature
 	// scheme's own and forward_headers), in the order received.
 	Headers []HeaderField `json:"headers,omitempty"`
+	// TraceParent and TraceState are the incoming request's W3C trace
+	// context (the traceparent and tracestate headers: of the span Caddy's
+	// tracing handler started, else as received and checked), "" for
+	// none. Each attempt continues that trace with a span of its own.
+	TraceParent string `json:"trace_parent,omitempty"`
+	TraceState  string `json:"trace_state,omitempty"`
 }
 
 // AdmitTimeout is the longest a store that waits on a server lets Admit

@@ -14,19 +14,21 @@ import (
 const (
 	boltMaxRawKey   = 512 // longer dedupe keys are stored as their SHA-256
 	boltIDWidth     = 20  // digits of an id: uint64 fits, and ids sort as strings
-	boltEntryFormat = 2   // the first byte of every entry record
+	boltEntryFormat = 3   // the first byte of every entry record
 )
 
 // Entry encoding: the format byte boltEntryFormat, then ID, Key,
 // Destination and the request fields as length-prefixed strings, Received and Queued as Unix
 // nanoseconds, Attempts, LastStatus, LastError, Died (Unix nanoseconds, 0
-// while queued) and the kept headers (queue.AppendHeaders). A record of any
+// while queued), TraceParent and TraceState, and the kept headers
+// (queue.AppendHeaders). A record of any
 // other format is malformed. Bodies are kept raw in their own bucket, so
 // recording an attempt or burying never rewrites them.
 
 func boltEncode(e *queue.Entry) []byte {
 	n := 1 + 11*8 + len(e.ID) + len(e.Key) + len(e.Destination) + len(e.Request.RawQuery) + len(e.Request.ContentType) +
-		len(e.Request.UserAgent) + len(e.Request.ForwardedFor) + len(e.LastError)
+		len(e.Request.UserAgent) + len(e.Request.ForwardedFor) + len(e.LastError) +
+		len(e.Request.TraceParent) + len(e.Request.TraceState)
 	buf := make([]byte, 0, n)
 	buf = append(buf, boltEntryFormat)
 	for _, s := range []string{e.ID, e.Key, e.Destination, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor} {
@@ -44,6 +46,10 @@ func boltEncode(e *queue.Entry) []byte {
 		died = e.Died.UnixNano()
 	}
 	buf = binary.AppendVarint(buf, died)
+	for _, s := range []string{e.Request.TraceParent, e.Request.TraceState} {
+		buf = binary.AppendUvarint(buf, uint64(len(s)))
+		buf = append(buf, s...)
+	}
 	return queue.AppendHeaders(buf, e.Request.Headers)
 }
 
@@ -85,6 +91,8 @@ func boltDecode(v []byte) (*queue.Entry, error) {
 	if died := d.varint(); died != 0 {
 		e.Died = time.Unix(0, died)
 	}
+	e.Request.TraceParent = d.str()
+	e.Request.TraceState = d.str()
 	if d.bad {
 		return nil, errBoltEntry
 	}

@@ -96,7 +96,7 @@ var (
 	boltDueOf   = []byte("dueOf")   // id -> due (Unix ns), for entries in waiting
 
 	boltFormatKey = []byte("format")
-	boltFormat    = []byte("webhook_relay/bolt/4")
+	boltFormat    = []byte("webhook_relay/bolt/5")
 )
 
 func (b *Store) usable(ctx context.Context) error {

@@ -95,6 +95,8 @@ const markerTTLMin = 20 * time.Second
 //	ARGV[19] "1" to set the marker only (queue.Entry.MarkerOnly): no
 //	         stream entry, body or size; its marker's stream id is "-"
 //	ARGV[20] the destination (stream field t), "" for none
+//	ARGV[21] the traceparent (stream field p), ARGV[22] the tracestate
+//	         (w), "" for none
 //	returns  {0, stream id} accepted (now or by this token's earlier run),
 //	         {0, stream id, evicted} accepted after evicted dead letters
 //	         gave way, {1} duplicate, {2} backlog full, {3} the staged body
@@ -167,6 +169,8 @@ local f = {'k', ARGV[5], 'q', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'x', ARGV[9],
   'r', ARGV[1], 'u', ARGV[1]}
 if ARGV[13] ~= '' then f[#f+1] = 'h'; f[#f+1] = ARGV[13] end
 if ARGV[20] ~= '' then f[#f+1] = 't'; f[#f+1] = ARGV[20] end
+if ARGV[21] ~= '' then f[#f+1] = 'p'; f[#f+1] = ARGV[21] end
+if ARGV[22] ~= '' then f[#f+1] = 'w'; f[#f+1] = ARGV[22] end
 local sid = redis.call('XADD', KEYS[1], '*', unpack(f))
 local body = ARGV[10] .. entryid(sid)
 if staged then
@@ -212,7 +216,8 @@ func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(gore
 	if e.MarkerOnly {
 		markerOnly = "1"
 	}
-	args = append(args, r.MaxStored(), queue.StoredSize(len(e.Body), e.Request.Headers), r.deadPrefix, markerOnly, e.Destination)
+	args = append(args, r.MaxStored(), queue.StoredSize(len(e.Body), e.Request.Headers), r.deadPrefix, markerOnly, e.Destination,
+		e.Request.TraceParent, e.Request.TraceState)
 	return func(pipe goredis.Pipeliner, eval bool) []goredis.Cmder {
 		ctx := context.Background() // the pipeline's context is the one that counts
 		var cmds []goredis.Cmder
@@ -265,7 +270,7 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	now := r.now()
 	enqueue := r.admitCall(e, rand.Text(), now)
 	size := smallCall + len(e.Body) + len(e.Key) + len(e.Destination) + len(e.Request.RawQuery) + len(e.Request.ForwardedFor) +
-		len(e.Request.UserAgent) + len(e.Request.ContentType)
+		len(e.Request.UserAgent) + len(e.Request.ContentType) + len(e.Request.TraceParent) + len(e.Request.TraceState)
 	for _, h := range e.Request.Headers {
 		size += len(h.Name) + len(h.Value) + 4
 	}

@@ -317,6 +317,8 @@ func entryOf(sid string, f map[string]string) (*queue.Entry, error) {
 			ContentType:  f["c"],
 			UserAgent:    f["a"],
 			ForwardedFor: f["x"],
+			TraceParent:  f["p"],
+			TraceState:   f["w"],
 		},
 		Received: unstamp(f["r"]),
 		Queued:   unstamp(f["u"]),

@@ -12,7 +12,7 @@ import (
 )
 
 // deadFields are what a dead letter listing reads: everything but the body.
-var deadFields = []string{"i", "k", "t", "q", "c", "a", "x", "h", "r", "u", "n", "s", "e", "d"}
+var deadFields = []string{"i", "k", "t", "q", "c", "a", "x", "h", "p", "w", "r", "u", "n", "s", "e", "d"}
 
 func deadOf(f map[string]string) (*queue.Entry, error) {
 	e, err := entryOf("", f)
@@ -162,7 +162,7 @@ const replayBatch = 256
 //	ARGV[2..] the entry ids
 //	returns  how many went back
 var replayScript = goredis.NewScript(`
-local meta = {'k', 't', 'q', 'c', 'a', 'x', 'r', 'h'}
+local meta = {'k', 't', 'q', 'c', 'a', 'x', 'r', 'h', 'p', 'w'}
 local n = 0
 for i = 2, #ARGV do
   local id, key = ARGV[i], KEYS[i+3]

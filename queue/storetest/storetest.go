@@ -112,6 +112,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"AdmitMarkerOnly", testAdmitMarkerOnly},
 		{"PauseAndResume", testPauseAndResume},
 		{"DestinationKept", testDestinationKept},
+		{"TraceContextKept", testTraceContextKept},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
@@ -1228,6 +1229,47 @@ func testDestinationKept(t *testing.T, newStore Factory) {
 	if len(gone) != 2 || dest[a.ID] != "archive" || dest[b.ID] != "" {
 		t.Errorf("TrimDead returned %v, want a (destination archive) and b (none)", dest)
 	}
+}
+
+// testTraceContextKept: the trace context an entry was admitted with stays
+// with it through Claim, its dead letter (listed and shown) and a replay;
+// an entry admitted without one has none.
+func testTraceContextKept(t *testing.T, newStore Factory) {
+	const (
+		parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+		state  = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+	)
+	f := setup(t, newStore, 0)
+	a := f.entry("a")
+	a.Request.TraceParent, a.Request.TraceState = parent, state
+	if got, err := f.admit(a); err != nil || got != queue.Accepted {
+		t.Fatalf("Admit(a) = %v, %v", got, err)
+	}
+	b := f.accept("b") // no trace context
+
+	want := func(stage string, e *queue.Entry, p, s string) {
+		t.Helper()
+		if e.Request.TraceParent != p || e.Request.TraceState != s {
+			t.Errorf("%s: %s: trace context %q, %q; want %q, %q", stage, e.ID,
+				e.Request.TraceParent, e.Request.TraceState, p, s)
+		}
+	}
+	claimed := f.wantClaim(2, a, b)
+	want("Claim", claimed[0], parent, state)
+	want("Claim", claimed[1], "", "")
+	f.clock.Advance(time.Second)
+	f.bury(claimed...)
+	listed := f.dead("", 10)
+	if len(listed) != 2 {
+		t.Fatalf("Dead: %d letters, want 2", len(listed))
+	}
+	want("Dead", listed[0], parent, state)
+	want("Dead", listed[1], "", "")
+	want("DeadEntry", f.deadEntry(a.ID), parent, state)
+
+	f.replay([]string{a.ID}, 1)
+	back := f.wantClaim(1, a)
+	want("Claim after replay", back[0], parent, state)
 }
 
 func testEntriesAreCopies(t *testing.T, newStore Factory) {

@@ -94,7 +94,7 @@ func (r *relayEvents) use(c *configEvents) {
 // forget stops using c, unless a newer config has taken over.
 func (r *relayEvents) forget(c *configEvents) { r.live.CompareAndSwap(c, nil) }
 
-// subscribe sets up the handler's config to take the relay's events over
+// subscribeEvents sets up the handler's config to take the relay's events over
 // once it has started. Called in Provision, before the events app starts.
 func (h *Handler) subscribeEvents(ctx caddy.Context) error {
 	appIface, err := ctx.App("events")
@@ -102,7 +102,13 @@ func (h *Handler) subscribeEvents(ctx caddy.Context) error {
 		return fmt.Errorf("getting events app: %v", err)
 	}
 	h.events = &configEvents{app: appIface.(*caddyevents.App), ctx: ctx}
-	return h.events.app.On("started", configStarted{r: &h.relay.events, c: h.events})
+	started := configStarted{r: &h.relay.events, c: h.events}
+	if err := h.events.app.On("started", started); err != nil {
+		// the only error: the app runs already (a handler provisioned
+		// late), so its config does too
+		started.r.use(started.c)
+	}
+	return nil
 }
 
 // configStarted is told Caddy's "started" event of a config: the relay's

@@ -179,7 +179,7 @@ func TestForwardedFor(t *testing.T) {
 // provisioned returns a relay on the memory store whose upstream answers 200.
 // Each option may change the configuration before Provision.
 func provisioned(tb testing.TB, name string, options ...func(*Handler)) *Handler {
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	ctx, cancel := configContext(tb)
 	tb.Cleanup(cancel)
 	upstream := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	tb.Cleanup(upstream.Close)
@@ -197,6 +197,16 @@ func provisioned(tb testing.TB, name string, options ...func(*Handler)) *Handler
 	}
 	tb.Cleanup(func() { _ = h.Cleanup() })
 	return h
+}
+
+// configContext is the context of a config of the test's own, as Caddy
+// provisions modules with (ctx.App works in it); cancel ends it.
+func configContext(tb testing.TB) (caddy.Context, context.CancelFunc) {
+	root, err := caddy.ProvisionContext(&caddy.Config{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return caddy.NewContext(root)
 }
 
 func serve(h *Handler, target string, body []byte) *httptest.ResponseRecorder {

@@ -238,6 +238,7 @@ type Handler struct {
 	poolConfig  *relayConfig   // what the relay applies of this config
 	admitter    queue.Admitter // the relay's store, as the ack path sees it
 	poolKey     string
+	events      *configEvents // this config's events app, which the relay's events go to once it runs
 	configCtx   caddy.Context
 	nameTaken   bool
 	metrics     *relayMetrics
@@ -387,7 +388,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.admitter = h.relay.store
 	h.relay.attach(h.poolConfig)
-	return nil
+	return h.subscribeEvents(ctx)
 }
 
 func (h *Handler) applyDefaults() {
@@ -623,6 +624,9 @@ func (h *Handler) Cleanup() error {
 		releaseName(h.configCtx, h)
 	}
 	if h.relay != nil {
+		if h.events != nil {
+			h.relay.events.forget(h.events)
+		}
 		h.relay.detach(h.poolConfig)
 	}
 	if h.poolKey != "" {

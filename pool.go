@@ -71,6 +71,7 @@ type pooledRelay struct {
 	storeErr      faultlog.Tracker // admit failures, logged once per outage
 	storeConfig   []byte           // the store module's settings it was opened with
 	totals        func() ops.Totals
+	events        relayEvents // the deliveries' Caddy events, to the running config's events app
 
 	mu      sync.Mutex
 	configs []*relayConfig // configs using this relay, newest last
@@ -105,6 +106,8 @@ func acquireRelay(key string, o relayOpening, cfg *relayConfig) (*pooledRelay, e
 			Logger:      o.logger.With(zap.String("relay", o.name)),
 			Observe:     r.observe,
 			DeadDropped: o.deadDropped,
+			Events:      &r.events,
+			Relay:       o.name,
 		})
 		ops.Register(r)
 		return r, nil

@@ -32,8 +32,11 @@ type attemptRun struct {
 	keepBody bool
 	// reported: the loop has the entry back.
 	reported bool
-	// reach is what the attempt learnt of the upstream, for the loop.
-	reach reach
+	// reach is what the attempt learnt of the upstream, for the loop,
+	// with its answer's status and why it failed.
+	reach  reach
+	status int
+	reason string
 }
 
 // deliver runs h's turn. The loop has counted it running and in flight.
@@ -100,6 +103,7 @@ func (a *attemptRun) attempt() {
 	case o.unreachable:
 		a.reach = unanswered
 	}
+	a.status, a.reason = o.status, o.reason
 	// The upstream is done with it: the body goes back to the budget (and
 	// its memory to the system, see loadBody), and the bookkeeping below
 	// (a disk commit, a Redis round trip) must not hold a concurrency place.
@@ -208,7 +212,9 @@ func (a *attemptRun) delivered(took time.Duration) {
 	a.e.observe(a.log, ResultSuccess, took)
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	if err := a.e.store.Ack(ctx, ent.ID); err != nil {
+	err := a.e.store.Ack(ctx, ent.ID)
+	a.e.emitEntry(a.log, EventDelivered, a.s, ent)
+	if err != nil {
 		a.log.Error("payload delivered but the store could not remove it; it may be delivered again",
 			zap.String("id", ent.ID), zap.Error(err))
 		a.h.acked = true
@@ -255,6 +261,7 @@ func (a *attemptRun) dead(took time.Duration) {
 		a.log.Warn("payload moved to the dead letters",
 			zap.String("id", ent.ID), zap.Int("attempts", ent.Attempts),
 			zap.Int("status", ent.LastStatus), zap.String("reason", ent.LastError))
+		a.e.emitEntry(a.log, EventDeadLetter, a.s, ent)
 		a.report(result{h: a.h, done: true})
 		a.e.trimDead()
 	}
@@ -312,6 +319,7 @@ func (a *attemptRun) buryDamaged() {
 		a.e.observe(a.log, ResultDead, 0)
 		a.log.Error("queued payload cannot be read from the store; moved to the dead letters",
 			zap.String("id", ent.ID), zap.String("reason", ent.Damaged))
+		a.e.emitEntry(a.log, EventDeadLetter, a.s, ent)
 		a.report(result{h: a.h, done: true})
 		a.e.trimDead()
 	case errors.Is(err, queue.ErrNotFound):
@@ -350,7 +358,7 @@ func (a *attemptRun) freePlace() {
 	}
 	a.placeHeld = false
 	a.e.inFlight.Add(-1)
-	a.e.freed <- freedPlace{h: a.h, s: a.s, reach: a.reach}
+	a.e.freed <- freedPlace{h: a.h, s: a.s, reach: a.reach, status: a.status, reason: a.reason}
 }
 
 // report hands the entry back to the loop.

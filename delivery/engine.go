@@ -83,6 +83,10 @@ type Config struct {
 	// DeadDropped, if set, is called for every dead letter removed by
 	// MaxDead or DeadRetention.
 	DeadDropped func(e *queue.Entry)
+	// Events, if set, is told of deliveries, dead letters and the
+	// upstream's outages (events.go); Relay names the relay in them.
+	Events Events
+	Relay  string
 	// TrimInterval is how often dead letters are checked against
 	// DeadRetention. Default 1m.
 	TrimInterval time.Duration

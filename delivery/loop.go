@@ -55,6 +55,10 @@ type freedPlace struct {
 	h     *held
 	s     *Settings // the settings the turn ran with
 	reach reach
+	// status and reason are the attempt's answer and, when it failed, why
+	// (for the outage's events).
+	status int
+	reason string
 }
 
 // loop is the engine's claim loop. One goroutine (Engine.run) owns it: the
@@ -83,6 +87,10 @@ type loop struct {
 	outage outage
 	// pauses is when the destination's pause was last read (pause.go).
 	pauses pauseReads
+
+	// emitted is closed once the last outage event was handled
+	// (events.go); nil: none yet.
+	emitted chan struct{}
 
 	// rateAt is when the destination's limiter may be asked again for a
 	// start (rate.go); zero: now.
@@ -453,13 +461,18 @@ func (l *loop) finish(r result) {
 // upstream.
 func (l *loop) freed(f freedPlace) {
 	l.running--
+	since := l.outage.since
 	switch l.outage.freed(f.h, f.s, f.reach) {
 	case wentDown:
 		l.e.logger(f.s).Warn("upstream not answering; probing it with one payload at a time until it does",
 			zap.Int("unanswered_attempts", l.outage.unanswered))
+		if since.IsZero() { // not down already when the settings changed
+			l.emitOutage(outageEvent{name: EventUpstreamDown, s: f.s, f: f, unanswered: l.outage.unanswered})
+		}
 		l.releaseWaiting(l.e.logger(f.s))
 	case cameBack:
 		l.e.logger(f.s).Info("upstream answering again; delivering")
+		l.emitOutage(outageEvent{name: EventUpstreamUp, s: f.s, f: f, downFor: l.e.cfg.Now().Sub(since)})
 	}
 }
 

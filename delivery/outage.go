@@ -43,6 +43,11 @@ type outage struct {
 	probe        *held
 	probeAt      time.Time
 	probesFailed int
+	// since is when the upstream went down, zero while it answers. Unlike
+	// the count it outlasts new settings: the outage that was announced
+	// (logged, upstream_down) ends with the first answer, whatever the
+	// settings it came under.
+	since time.Time
 }
 
 // change is what taking in a turn changed of the outage, for the log.
@@ -51,7 +56,7 @@ type change int8
 const (
 	unchanged change = iota
 	wentDown         // the unreachableAfter-th unanswered attempt in a row
-	cameBack         // the first answer while down
+	cameBack         // the first answer since it went down
 )
 
 // use makes s the settings of the attempts to come; other settings than
@@ -112,15 +117,18 @@ func (o *outage) learn(r reach, wasProbe bool) change {
 	c := unchanged
 	switch r {
 	case answered:
-		if o.down() {
+		if !o.since.IsZero() {
 			c = cameBack
 		}
-		o.unanswered, o.probesFailed = 0, 0
+		o.unanswered, o.probesFailed, o.since = 0, 0, time.Time{}
 	case unanswered:
 		o.unanswered++
 		switch {
 		case o.unanswered == unreachableAfter:
 			c = wentDown
+			if o.since.IsZero() {
+				o.since = o.now()
+			}
 		case wasProbe && o.down():
 			o.probesFailed++
 		default:

@@ -167,3 +167,39 @@ func TestOutageLearntUnderTheCurrentSettings(t *testing.T) {
 	}
 	takeIn(t, o, &held{}, next, unanswered, wentDown)
 }
+
+// An outage that was announced ends with the first answer even when new
+// settings came meanwhile (they start the count afresh), and it is not
+// announced twice if the upstream still does not answer under them.
+func TestOutageAnnouncedEndsWithTheFirstAnswerAcrossSettings(t *testing.T) {
+	o, s, clock := newTestOutage()
+	for range unreachableAfter - 1 {
+		takeIn(t, o, &held{}, s, unanswered, unchanged)
+	}
+	takeIn(t, o, &held{}, s, unanswered, wentDown)
+	since := *clock
+	if !o.since.Equal(since) {
+		t.Fatalf("since = %v; want %v", o.since, since)
+	}
+
+	*clock = clock.Add(time.Minute)
+	s2 := &Settings{Concurrency: 4, Backoff: s.Backoff}
+	o.use(s2)
+	if o.down() {
+		t.Fatal("still down under new settings")
+	}
+	for range unreachableAfter - 1 {
+		takeIn(t, o, &held{}, s2, unanswered, unchanged)
+	}
+	takeIn(t, o, &held{}, s2, unanswered, wentDown)
+	if !o.since.Equal(since) {
+		t.Errorf("since = %v after going down again; want the first %v", o.since, since)
+	}
+
+	o.use(&Settings{Concurrency: 4, Backoff: s.Backoff})
+	takeIn(t, o, &held{}, o.settings, answered, cameBack)
+	if !o.since.IsZero() {
+		t.Errorf("since = %v after the answer; want zero", o.since)
+	}
+	takeIn(t, o, &held{}, o.settings, answered, unchanged)
+}

@@ -107,7 +107,6 @@ func acquireRelay(key string, o relayOpening, cfg *relayConfig) (*pooledRelay, e
 			Observe:     r.observe,
 			DeadDropped: o.deadDropped,
 			Events:      &r.events,
-			Relay:       o.name,
 		})
 		ops.Register(r)
 		return r, nil

@@ -70,9 +70,7 @@ type Config struct {
 	// Store is the queue the engine delivers from.
 	Store    queue.Claimer
 	Settings *Settings
-	// Relay names the relay, on the attempt spans.
-	Relay  string
-	Logger *zap.Logger
+	Logger   *zap.Logger
 	// Budget bounds the bodies held in memory, shared with the ack path:
 	// a body is loaded from the store only for an attempt, once its bytes
 	// fit. Nil: no bound.
@@ -84,9 +82,10 @@ type Config struct {
 	// MaxDead or DeadRetention.
 	DeadDropped func(e *queue.Entry)
 	// Events, if set, is told of deliveries, dead letters and the
-	// upstream's outages (events.go); Relay names the relay in them.
+	// upstream's outages (events.go).
 	Events Events
-	Relay  string
+	// Relay names the relay in the events and on the attempt spans.
+	Relay string
 	// TrimInterval is how often dead letters are checked against
 	// DeadRetention. Default 1m.
 	TrimInterval time.Duration

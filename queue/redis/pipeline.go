@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
@@ -44,7 +45,33 @@ type pipeCall struct {
 	// call returns (a large body, see bodybuf), so the call returns only
 	// once the pipeline is done with them, deadline or not.
 	borrowed bool
+	// answered: done is closed (set and read by the pipeliner only).
+	answered bool
 }
+
+// answer ends the wait of a call handed to a pipeliner, with err instead of
+// results when err is set; a call already answered is left as it is.
+func (c *pipeCall) answer(err error) {
+	if c.answered {
+		return
+	}
+	c.answered = true
+	if err != nil {
+		c.cmds, c.err = nil, err
+	}
+	close(c.done)
+}
+
+// answerTimeout bounds how long a call handed to a pipeliner waits for it
+// when the caller's own deadline is later, or missing (an admit's is never
+// later: see queue.AdmitTimeout). The pipeliners always answer, even when
+// they panic (see pipelineLoop), so this is only a second line of defence.
+// (A variable only so that a test can shorten it.)
+var answerTimeout = queue.AdmitTimeout
+
+// pipelineHook, when set (by a test), runs in the pipeliner with each batch
+// it gathered, before the batch is sent. Nil in production.
+var pipelineHook atomic.Pointer[func([]*pipeCall)]
 
 // runScript runs script, whose arguments take about size bytes, sharing a
 // pipeline with the calls running at the same time.
@@ -85,6 +112,11 @@ func (r *Store) send(call *pipeCall) error {
 		return call.err
 	}
 	call.done = make(chan struct{})
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > answerTimeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, answerTimeout)
+		defer cancel()
+	}
 	select {
 	case r.calls <- call:
 	case <-r.stop:
@@ -103,7 +135,10 @@ func (r *Store) send(call *pipeCall) error {
 	case <-ctx.Done():
 		if call.borrowed {
 			// not long: the batch's own deadline is the latest of its
-			// calls', and the client's timeouts bound it too
+			// calls', the client's timeouts bound it too, and a pipeliner
+			// that panics answers the calls it holds. Returning earlier
+			// would let the caller unmap memory the pipeline may still
+			// read, which crashes the process.
 			<-call.done
 		}
 		return fmt.Errorf("no answer before the deadline: %w", ctx.Err())
@@ -112,30 +147,46 @@ func (r *Store) send(call *pipeCall) error {
 
 // pipeliner runs the batches of calls handed to it until the store
 // closes. A panic in a batch fails the batch's calls and is logged (see
-// runBatch); one anywhere else in the loop starts the loop again, so the
-// goroutine never takes Caddy down and always serves later calls.
+// runBatch); one anywhere else in the loop fails the calls the loop holds,
+// is logged, and starts the loop again, so the goroutine never takes Caddy
+// down, never leaves a caller waiting, and always serves later calls.
 func (r *Store) pipeliner() {
 	for guard.Run(r.log, "the Redis store's pipeliner", r.pipelineLoop) {
 	}
 }
 
 func (r *Store) pipelineLoop() {
-	batch := make([]*pipeCall, 0, pipelineBatch)
-	var next *pipeCall // taken, but did not fit in the last batch
+	// held: the calls taken from r.calls and not yet answered, the batch
+	// first and then the call that did not fit in it, if any.
+	held := make([]*pipeCall, 0, pipelineBatch)
+	defer func() {
+		// Only a panic leaves any: each gets errPanicked, and the panic
+		// goes on to guard.Run (see pipeliner), which logs it once.
+		for _, call := range held {
+			call.answer(errPanicked)
+		}
+	}()
 	for {
-		if next == nil {
+		if len(held) == 0 {
 			select {
 			case <-r.stop:
 				return
-			case next = <-r.calls:
+			case call := <-r.calls:
+				held = append(held, call)
 			}
 		}
-		batch, next = gather(append(batch[:0], next), r.calls)
+		n := gather(&held, r.calls)
+		batch := held[:n]
+		if hook := pipelineHook.Load(); hook != nil {
+			(*hook)(batch)
+		}
 		r.runBatch(batch)
 		for _, call := range batch {
-			close(call.done)
+			call.answer(nil)
 		}
-		clear(batch)
+		left := copy(held, held[n:])
+		clear(held[left:])
+		held = held[:left]
 	}
 }
 
@@ -156,27 +207,29 @@ func (r *Store) runBatch(batch []*pipeCall) {
 	}
 }
 
-// gather adds the calls waiting on calls to batch, up to pipelineBatch
-// calls and pipelineBytes in all. It returns the batch and the call it took
-// that did not fit, if any.
-func gather(batch []*pipeCall, calls <-chan *pipeCall) ([]*pipeCall, *pipeCall) {
+// gather adds the calls waiting on calls to the batch in held, up to
+// pipelineBatch calls and pipelineBytes in all. It returns the length of
+// the batch: the call after it in held, if any, is one it took that did
+// not fit. Every call it takes is in held at once, so that a panic cannot
+// lose it (see pipelineLoop).
+func gather(held *[]*pipeCall, calls <-chan *pipeCall) int {
 	size := 0
-	for _, call := range batch {
+	for _, call := range *held {
 		size += call.size
 	}
-	for len(batch) < pipelineBatch {
+	for len(*held) < pipelineBatch {
 		select {
 		case call := <-calls:
+			*held = append(*held, call)
 			if size+call.size > pipelineBytes {
-				return batch, call
+				return len(*held) - 1
 			}
 			size += call.size
-			batch = append(batch, call)
 		default:
-			return batch, nil
+			return len(*held)
 		}
 	}
-	return batch, nil
+	return len(*held)
 }
 
 // runPipeline sends a batch of calls as one pipeline. The calls that meet a

@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/internal/redistest"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
@@ -45,22 +47,22 @@ func TestGatherBoundsBytes(t *testing.T) {
 	for _, size := range []int{400 << 10, 400 << 10, 400 << 10, smallCall} {
 		calls <- &pipeCall{size: size}
 	}
-	batch, next := gather([]*pipeCall{{size: smallCall}}, calls)
-	if len(batch) != 3 || next == nil || next.size != 400<<10 {
-		t.Fatalf("gather: %d calls, next %v; want 3 calls (1 small, 2 of 400 KiB) and the third 400 KiB call back", len(batch), next)
+	held := []*pipeCall{{size: smallCall}}
+	if n := gather(&held, calls); n != 3 || len(held) != 4 || held[3].size != 400<<10 {
+		t.Fatalf("gather: batch of %d, %d held; want 3 calls (1 small, 2 of 400 KiB) and the third 400 KiB call held after them", n, len(held))
 	}
-	batch, next = gather([]*pipeCall{next}, calls)
-	if len(batch) != 2 || next != nil {
-		t.Fatalf("gather of the rest: %d calls, next %v; want 2 and none", len(batch), next)
+	held = held[3:]
+	if n := gather(&held, calls); n != 2 || len(held) != 2 {
+		t.Fatalf("gather of the rest: batch of %d, %d held; want 2 and 2", n, len(held))
 	}
 
 	many := make(chan *pipeCall, pipelineBatch+1)
 	for range cap(many) {
 		many <- &pipeCall{size: smallCall}
 	}
-	batch, next = gather([]*pipeCall{<-many}, many)
-	if len(batch) != pipelineBatch || next != nil || len(many) != 1 {
-		t.Fatalf("gather of %d small calls took %d (next %v, %d left); want %d", cap(many), len(batch), next, len(many), pipelineBatch)
+	held = []*pipeCall{<-many}
+	if n := gather(&held, many); n != pipelineBatch || len(held) != n || len(many) != 1 {
+		t.Fatalf("gather of %d small calls: batch of %d, %d held, %d left; want %d", cap(many), n, len(held), len(many), pipelineBatch)
 	}
 }
 
@@ -231,5 +233,123 @@ func TestSendBorrowedWaitsForThePipeline(t *testing.T) {
 		if !borrowed && written.Load() {
 			t.Error("a call without a borrowed body waited for the pipeline past its deadline")
 		}
+	}
+}
+
+// panicHere marks, in its context, the call whose batch pipelineHook
+// panics on.
+type panicHere struct{}
+
+// A panic in the pipeliner outside sending a batch (here after gathering
+// it) answers the calls it held with errPanicked, an admit whose body is
+// borrowed too, which waits for its answer past its deadline; the panic is
+// logged once with its stack, and the pipeliners serve later calls.
+func TestPipelinerPanicOutsideBatchAnswers(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	core, logs := observer.New(zap.ErrorLevel)
+	client := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: []string{srv.Addr()}, MaxRetries: -1, PipelinePoolSize: -1})
+	s, err := New(t.Context(), client, Config{Prefix: "loop-panics", Consumer: "c1", Logger: zap.New(core)}, queue.Options{Window: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	var fired atomic.Int32
+	hook := func(batch []*pipeCall) {
+		for _, c := range batch {
+			if c.ctx.Value(panicHere{}) != nil {
+				fired.Add(1)
+				panic("boom in the loop")
+			}
+		}
+	}
+	pipelineHook.Store(&hook)
+	defer pipelineHook.Store(nil)
+
+	// One call held in flight, so that the admits below go to the pipeliners.
+	release, holding, held := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		_, err := s.runCmds(ctx, smallCall, func(pipe goredis.Pipeliner, _ bool) []goredis.Cmder {
+			close(holding)
+			<-release
+			return []goredis.Cmder{pipe.Ping(ctx)}
+		})
+		held <- err
+	}()
+	<-holding
+
+	for _, borrowed := range []bool{false, true} {
+		body := []byte(`{}`)
+		if borrowed {
+			body = make([]byte, bodybuf.Threshold) // cap at Threshold: the caller frees it once Admit returns
+		}
+		// 2 s for the admit, 5 s for the test to give up on it: an admit
+		// that hangs, or answers only at its deadline, fails.
+		actx, acancel := context.WithTimeout(context.WithValue(ctx, panicHere{}, true), 2*time.Second)
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.Admit(actx, &queue.Entry{Key: "panics", Body: body})
+			done <- err
+		}()
+		wait, wcancel := context.WithTimeout(ctx, 5*time.Second)
+		select {
+		case err := <-done:
+			if !errors.Is(err, errPanicked) {
+				t.Errorf("borrowed %v: Admit in a batch whose pipeliner panicked: %v, want errPanicked", borrowed, err)
+			}
+		case <-wait.Done():
+			t.Fatalf("borrowed %v: Admit in a batch whose pipeliner panicked never returned", borrowed)
+		}
+		wcancel()
+		acancel()
+	}
+	if n := fired.Load(); n != 2 {
+		t.Fatalf("the hook panicked %d times, want 2", n)
+	}
+
+	// The pipeliners still serve admits (the held call keeps them shared).
+	for i := range 2 * pipeliners {
+		e := &queue.Entry{Key: "after-" + strconv.Itoa(i), Body: []byte(`{}`)}
+		if got, err := s.Admit(ctx, e); err != nil || got != queue.Accepted {
+			t.Fatalf("Admit %d after the panics = %v, %v", i, got, err)
+		}
+	}
+	close(release)
+	if err := <-held; err != nil {
+		t.Errorf("the held call: %v", err)
+	}
+
+	entries := logs.All()
+	if len(entries) != 2 {
+		t.Fatalf("logged %d errors, want 2 (one per panic): %v", len(entries), entries)
+	}
+	for _, e := range entries {
+		f := e.ContextMap()
+		if f["panic"] != "boom in the loop" || !strings.Contains(f["stack"].(string), "pipelineLoop") {
+			t.Errorf("logged %q %v; want the panic and a stack through pipelineLoop", e.Message, f)
+		}
+	}
+}
+
+// A call handed to a pipeliner, whose caller has no deadline, stops
+// waiting after answerTimeout should the pipeliner never answer.
+func TestSendWaitBoundedWithoutDeadline(t *testing.T) {
+	defer func(d time.Duration) { answerTimeout = d }(answerTimeout)
+	answerTimeout = 20 * time.Millisecond
+	r := &Store{calls: make(chan *pipeCall, 1), stop: make(chan struct{})}
+	r.inflight.Add(1) // another call running: this one is handed over
+	done := make(chan error, 1)
+	go func() { done <- r.send(&pipeCall{ctx: context.Background()}) }()
+	wait, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("send without an answer: %v, want a deadline error", err)
+		}
+	case <-wait.Done():
+		t.Fatal("send without a deadline waited for an answer that never came")
 	}
 }

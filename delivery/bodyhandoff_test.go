@@ -169,7 +169,7 @@ func TestSentBodyFreedOnceWhateverComesLast(t *testing.T) {
 // transport holds the body (the body's memory is), and both are given
 // back when it lets go. The store is a real bolt file, whose ReadBody
 // maps a large body.
-func TestLateBodyKeepsItsBudgetUntilFreed(t *testing.T) {
+func TestSentBodyLateKeepsItsBudgetUntilFreed(t *testing.T) {
 	const size = 256 << 10
 	store, err := bolt.Open(filepath.Join(t.TempDir(), "q.db"), queue.Options{Window: time.Hour})
 	if err != nil {
@@ -197,7 +197,7 @@ func TestLateBodyKeepsItsBudgetUntilFreed(t *testing.T) {
 
 // A body the transport closes in time is freed, and its budget given
 // back, by the attempt, once.
-func TestBodyClosedInTimeGivesItsBudgetBack(t *testing.T) {
+func TestSentBodyClosedInTimeGivesItsBudgetBack(t *testing.T) {
 	const size = 256 << 10
 	store, err := bolt.Open(filepath.Join(t.TempDir(), "q.db"), queue.Options{Window: time.Hour})
 	if err != nil {

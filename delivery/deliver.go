@@ -133,7 +133,8 @@ func (a *attemptRun) attempt() {
 // counted against give_up_after.
 func (a *attemptRun) send(start time.Time) (o outcome) {
 	ent := a.h.entry
-	// the attempt's from here (a panic before leaves it in doubt)
+	// not the turn's to free from here: handOver gives it to the attempt,
+	// and a panic before that leaves it in doubt
 	a.keepBody = true
 	late := false
 	if guard.Run(a.log, "a delivery attempt", func() {

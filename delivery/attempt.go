@@ -163,26 +163,31 @@ func paramName(part string) string {
 	return strings.TrimSpace(name)
 }
 
-// attempt sends e to the upstream once and classifies the answer. It
-// returns once the transport is done with e.Body, so that the caller may
-// free it (bodybuf): the transport may go on writing a request's body after
-// the answer came (an upstream that answers before reading it all), and
-// closes it when it stops. If that takes longer than sentBodiesWait,
-// keep is set: the body must then be left alone (never freed).
+// attempt sends e to the upstream once and classifies the answer. sent
+// opens the readers of e.Body the transport gets and frees the body once
+// the transport is done with it (newSentBodies): the transport may go on
+// writing a request's body after the answer came (an upstream that answers
+// before reading it all), and closes it when it stops. attempt waits for
+// that up to sent's wait; past it, late is set and the transport's last
+// Close frees the body instead. Either way it is freed exactly once, after
+// a panic in the transport too.
 //
 // A valid sc is the attempt's trace context, sent as its traceparent and
 // tracestate.
-func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Entry, attemptNo int, now time.Time, sc trace.SpanContext) (o outcome, keep bool) {
+func attempt(ctx context.Context, client *http.Client, s *Settings, e *queue.Entry, attemptNo int, now time.Time, sc trace.SpanContext, sent *sentBodies) (o outcome, late bool) {
+	returned := false
+	// deferred, so that a panic does not leave the body to no one
+	defer func() { late = !sent.finish(!returned) }()
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
+	// before finish: a write still going on stops with the request's context
 	defer cancel()
-	sent := new(sentBodies)
 	req := buildRequest(ctx, s, e, attemptNo, now, sent)
 	if sc.IsValid() {
 		tracectx.Inject(req.Header, sc)
 	}
 	o = roundTrip(client, s, req, now)
-	cancel() // a write still going on stops with the request's context
-	return o, !sent.wait(sentBodiesWait)
+	returned = true
+	return o, false
 }
 
 // roundTrip sends req and classifies the answer.
@@ -206,37 +211,135 @@ func roundTrip(client *http.Client, s *Settings, req *http.Request, now time.Tim
 	return classify(resp.StatusCode, resp.Header, now)
 }
 
-// sentBodiesWait bounds how long attempt waits for the transport to close a
-// request's bodies after its context ended: normally at once.
+// sentBodiesWait is how long attempt waits, unless told otherwise
+// (Config.BodyWait), for the transport to close a request's bodies after
+// its context ended: normally it closes them at once.
 const sentBodiesWait = 10 * time.Second
 
-// sentBodies counts the readers of a body the transport has not closed.
+// sentBodies counts the readers of one body that the transport has not
+// closed, and frees the body once it is done with them: finish (the end of
+// the attempt) frees it if every reader is closed within the wait; if not,
+// the last reader's Close does. The transport may hold a body for as long
+// as it likes (a stuck connection), so the body is never simply kept: that
+// would leak it for the life of the process, each time.
+//
+// One mutex orders finish and the Closes, so the body is freed exactly
+// once, and only with no reader open: a closed sentBody has finished its
+// last Read and reads nothing more.
 type sentBodies struct {
-	pending sync.WaitGroup
+	wait time.Duration
+	free func() // frees the body and gives back its budget; nil: nothing to do
+
+	mu      sync.Mutex
+	readers int         // open, not closed yet
+	opened  []*sentBody // all of them, for a panic (finish)
+	state   sentState
+	idle    chan struct{} // finish waits on it: closed when readers drops to 0
 }
 
-// open returns a reader of body that the transport closes when done.
+// sentState is where a sentBodies is in its life.
+type sentState int
+
+const (
+	sending  sentState = iota // the attempt runs: it frees the body in finish
+	orphaned                  // finish gave up waiting: the last Close frees it
+	freed                     // gone: no reader may read it again
+)
+
+// newSentBodies returns the readers' bookkeeping for a body that free
+// frees, waiting up to wait in finish.
+func newSentBodies(wait time.Duration, free func()) *sentBodies {
+	return &sentBodies{wait: wait, free: free}
+}
+
+// open returns a reader of body that the transport closes when done. Once
+// the body is freed (a GetBody called late), the reader reads nothing.
 func (s *sentBodies) open(body []byte) io.ReadCloser {
-	s.pending.Add(1)
-	b := &sentBody{done: s.pending.Done}
+	b := &sentBody{done: s.closed}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == freed {
+		b.closed = true // its Close calls no done
+		return b
+	}
+	s.readers++
+	s.opened = append(s.opened, b)
 	b.r.Reset(body)
 	return b
 }
 
-// wait reports whether every reader was closed within d.
-func (s *sentBodies) wait(d time.Duration) bool {
-	closed := make(chan struct{})
-	go func() {
-		s.pending.Wait()
-		close(closed)
-	}()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-closed:
-		return true
-	case <-t.C:
-		return false
+// closed is a reader's Close: the last one frees the body if the attempt
+// no longer waits for it.
+func (s *sentBodies) closed() {
+	s.mu.Lock()
+	s.readers--
+	last := s.readers == 0
+	if last && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+	free := last && s.state == orphaned
+	if free {
+		s.state = freed
+	}
+	s.mu.Unlock()
+	if free {
+		s.release()
+	}
+}
+
+// finish ends the attempt's part: it waits up to s.wait for every reader
+// to be closed, then frees the body and reports true; or, still with a
+// reader open, leaves the free to the last Close and reports false.
+//
+// After a panic (in the transport, say) it closes the readers itself
+// first: nothing else will (net/http's Client does not close a request's
+// body when its transport panics), and the budget would stay taken for
+// good. That is safe whoever holds them: Close waits for a Read in
+// progress, and none reads the body after it.
+func (s *sentBodies) finish(panicked bool) bool {
+	if panicked {
+		s.mu.Lock()
+		opened := s.opened
+		s.mu.Unlock()
+		for _, b := range opened {
+			b.Close()
+		}
+	}
+	s.mu.Lock()
+	var idle chan struct{}
+	if s.readers > 0 {
+		s.idle = make(chan struct{})
+		idle = s.idle
+	}
+	s.mu.Unlock()
+	if idle != nil {
+		t := time.NewTimer(s.wait)
+		select {
+		case <-idle:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	s.mu.Lock()
+	// decided here, under the lock, whatever the wait saw: a Close that
+	// came since counts; one that comes after finds the state orphaned
+	done := s.readers == 0
+	if done {
+		s.state = freed
+	} else {
+		s.state = orphaned
+	}
+	s.mu.Unlock()
+	if done {
+		s.release()
+	}
+	return done
+}
+
+func (s *sentBodies) release() {
+	if s.free != nil {
+		s.free()
 	}
 }
 

@@ -14,8 +14,9 @@ import (
 
 // An HTTPS (HTTP/2) upstream that answers 503 before reading the body: the
 // transport closes the body from another goroutine while its writer may
-// still call Read. Once attempt returns (keep false) the body is freed, so
-// a Read after that would read unmapped memory and crash the process: the
+// still call Read. Once every reader is closed the body is freed (by the
+// attempt, or by the transport's last Close), so a Read after that would
+// read unmapped memory and crash the process: the
 // test dies instead of failing without the closed-body guard in sentBody.
 func TestAttemptNeverReadsAFreedBody(t *testing.T) {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -30,12 +31,10 @@ func TestAttemptNeverReadsAFreedBody(t *testing.T) {
 		for j := 0; j < len(body); j += 4096 {
 			body[j] = 'x'
 		}
-		o, keep := attempt(t.Context(), srv.Client(), s, &queue.Entry{ID: "1", Key: "k", Body: body}, 1, time.Now(), trace.SpanContext{})
+		sent := newSentBodies(sentBodiesWait, func() { bodybuf.Free(body) })
+		o, _ := attempt(t.Context(), srv.Client(), s, &queue.Entry{ID: "1", Key: "k", Body: body}, 1, time.Now(), trace.SpanContext{}, sent)
 		if o.status != http.StatusServiceUnavailable {
 			t.Fatalf("attempt: status %d (%s), want 503", o.status, o.reason)
-		}
-		if !keep {
-			bodybuf.Free(body)
 		}
 	}
 	// the transport's writers of the last attempts run on their own

@@ -25,10 +25,11 @@ type attemptRun struct {
 	// placeHeld: the concurrency place is still taken (and counted in
 	// flight).
 	placeHeld bool
-	// taken is the bytes of the memory budget held for the body.
+	// taken is the bytes of the memory budget held for the body, until
+	// handed over to the attempt with it (handOver).
 	taken int64
-	// keepBody: the transport may still read the body; it must never be
-	// freed (see freeBody).
+	// keepBody: the body is not the turn's to free: handed over to the
+	// attempt, which frees it, or left in doubt by a panic (see freeBody).
 	keepBody bool
 	// reported: the loop has the entry back.
 	reported bool
@@ -104,9 +105,10 @@ func (a *attemptRun) attempt() {
 		a.reach = unanswered
 	}
 	a.status, a.reason = o.status, o.reason
-	// The upstream is done with it: the body goes back to the budget (and
-	// its memory to the system, see loadBody), and the bookkeeping below
-	// (a disk commit, a Redis round trip) must not hold a concurrency place.
+	// The attempt freed the body and gave back its budget (or left both
+	// to the transport, which frees them when it lets go); the bookkeeping
+	// below (a disk commit, a Redis round trip) must not hold a
+	// concurrency place.
 	a.freeBody()
 	a.giveBack()
 	a.freePlace()
@@ -131,24 +133,45 @@ func (a *attemptRun) attempt() {
 // counted against give_up_after.
 func (a *attemptRun) send(start time.Time) (o outcome) {
 	ent := a.h.entry
-	a.keepBody = true // until attempt says otherwise: a panic leaves it in doubt
+	// not the turn's to free from here: handOver gives it to the attempt,
+	// and a panic before that leaves it in doubt
+	a.keepBody = true
+	late := false
 	if guard.Run(a.log, "a delivery attempt", func() {
 		sc, end := attemptSpan(a.e.attemptCx, a.e.tracerProvider(), a.e.cfg.Relay, a.s.destination(), ent, ent.Attempts)
-		o, a.keepBody = attempt(a.e.attemptCx, a.e.client, a.s, ent, ent.Attempts, start, sc)
+		sent := newSentBodies(a.e.cfg.BodyWait, a.handOver())
+		o, late = attempt(a.e.attemptCx, a.e.client, a.s, ent, ent.Attempts, start, sc, sent)
 		end(o)
 	}) {
 		return outcome{verdict: retry, reason: "the attempt panicked (its stack is in the log)"}
 	}
-	if a.keepBody {
-		a.log.Warn("the HTTP transport still held a request body long after its attempt ended; leaving its memory to it",
+	if late {
+		a.log.Warn("the HTTP transport still held a request body long after its attempt ended; its memory is freed when the transport lets go of it",
 			zap.String("id", ent.ID), zap.Int("bytes", len(ent.Body)))
 	}
 	return o
 }
 
+// handOver gives the body, and the budget's bytes for it, to the attempt:
+// the function it returns frees both, and the attempt calls it once the
+// transport is done with the body, which may be long after the turn is
+// over (then on the transport's goroutine, hence the copies). The budget
+// stays taken as long as the memory is.
+func (a *attemptRun) handOver() func() {
+	body, taken, b := a.h.entry.Body, a.taken, a.e.cfg.Budget
+	a.taken = 0
+	return func() {
+		bodybuf.Free(body)
+		if taken != 0 {
+			b.GiveFromDelivery(taken)
+		}
+	}
+}
+
 // freeBody drops the entry's body, and gives a mapped one (bodybuf) back
-// to the system, unless the transport may still read it (keepBody): then
-// it is left alone, for good, rather than freed under the transport.
+// to the system, unless it is not the turn's to free (keepBody): handed
+// over to the attempt, or where a panic left it unknown (then it is left
+// alone, for good, rather than freed under a transport).
 func (a *attemptRun) freeBody() {
 	if !a.keepBody {
 		bodybuf.Free(a.h.entry.Body)

@@ -98,6 +98,11 @@ type Config struct {
 	LeaseRefresh time.Duration
 	// Transport overrides the HTTP transport (tests).
 	Transport http.RoundTripper
+	// BodyWait bounds how long an attempt waits for the transport to let
+	// go of the request's body once the attempt is over; past it, the
+	// transport's last Close frees the body. Default 10s (tests shorten
+	// it).
+	BodyWait time.Duration
 	// Now and Jitter override the clock and the jitter source (tests).
 	Now    func() time.Time
 	Jitter func() float64
@@ -148,6 +153,9 @@ func Start(cfg Config) *Engine {
 	}
 	if cfg.TrimInterval <= 0 {
 		cfg.TrimInterval = time.Minute
+	}
+	if cfg.BodyWait <= 0 {
+		cfg.BodyWait = sentBodiesWait
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

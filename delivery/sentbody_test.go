@@ -40,9 +40,9 @@ func TestAttemptReturnsOnceTheBodyIsClosed(t *testing.T) {
 	body := bodybuf.Alloc(1 << 20)
 	defer bodybuf.Free(body)
 	e := &queue.Entry{ID: "1", Key: "k", Body: body}
-	o, keep := attempt(t.Context(), client, s, e, 1, time.Now(), trace.SpanContext{})
-	if o.status != http.StatusServiceUnavailable || keep {
-		t.Fatalf("attempt: %+v, keep %v; want the 503, and the body given back", o, keep)
+	o, late := attempt(t.Context(), client, s, e, 1, time.Now(), trace.SpanContext{}, newSentBodies(sentBodiesWait, nil))
+	if o.status != http.StatusServiceUnavailable || late {
+		t.Fatalf("attempt: %+v, late %v; want the 503, and the body given back", o, late)
 	}
 	select {
 	case n := <-lt.read:

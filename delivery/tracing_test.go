@@ -33,7 +33,7 @@ func tracedAttempts(t *testing.T, tp trace.TracerProvider, n int) (parents, stat
 	}}
 	for i := 1; i <= n; i++ {
 		sc, end := attemptSpan(t.Context(), tp, "hooks", "upstream", e, i)
-		o, _ := attempt(t.Context(), http.DefaultClient, s, e, i, time.Now(), sc)
+		o, _ := attempt(t.Context(), http.DefaultClient, s, e, i, time.Now(), sc, newSentBodies(sentBodiesWait, nil))
 		end(o)
 		if o.status != http.StatusInternalServerError {
 			t.Fatalf("attempt %d: %+v", i, o)
@@ -110,7 +110,7 @@ func TestTraceNoneKept(t *testing.T) {
 	up := testkit.NewUpstream(t, testkit.Always(http.StatusOK))
 	e := &queue.Entry{ID: "1", Key: "k", Request: queue.RequestMeta{Headers: []queue.HeaderField{{Name: "Traceparent", Value: "junk"}}}}
 	sc, end := attemptSpan(t.Context(), noop.NewTracerProvider(), "hooks", "upstream", e, 1)
-	o, _ := attempt(t.Context(), http.DefaultClient, settingsFor(t, up.URL), e, 1, time.Now(), sc)
+	o, _ := attempt(t.Context(), http.DefaultClient, settingsFor(t, up.URL), e, 1, time.Now(), sc, newSentBodies(sentBodiesWait, nil))
 	end(o)
 	if got := up.Next(t).Header.Values("Traceparent"); len(got) != 0 {
 		t.Errorf("traceparent sent: %q", got)

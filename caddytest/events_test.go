@@ -84,6 +84,20 @@ func eventsOf(relay, name string) []sunkEvent {
 	return out
 }
 
+// forgetEvents drops what the sinks were given for relay, so a test run
+// again in the same process (-count) sees only its own run's events.
+func forgetEvents(relay string) {
+	sunk.mu.Lock()
+	defer sunk.mu.Unlock()
+	kept := sunk.events[:0]
+	for _, e := range sunk.events {
+		if e.data["relay"] != relay {
+			kept = append(kept, e)
+		}
+	}
+	sunk.events = kept
+}
+
 // waitEvent waits for an event named name of relay that ok accepts, and
 // returns it.
 func waitEvent(t *testing.T, relay, name string, ok func(sunkEvent) bool) sunkEvent {
@@ -144,6 +158,7 @@ func deliveredEvent(t *testing.T, relay string, hit *hit) sunkEvent {
 func TestEventDelivered(t *testing.T) {
 	up := newUpstream(t, always(http.StatusOK))
 	relay := relayName(t)
+	forgetEvents(relay)
 	startCaddy(t, withEvents(relayBlock(t, up.URL, ""), "only"))
 	in := relayURL("/in", "")
 
@@ -171,6 +186,7 @@ func TestEventDelivered(t *testing.T) {
 func TestEventDeadLetter(t *testing.T) {
 	up := newUpstream(t, marked(`"poison":true`, always(http.StatusUnprocessableEntity), always(http.StatusOK)))
 	relay := relayName(t)
+	forgetEvents(relay)
 	startCaddy(t, withEvents(relayBlock(t, up.URL, ""), "only"))
 	in := relayURL("/in", "")
 
@@ -195,6 +211,7 @@ func TestEventDeadLetter(t *testing.T) {
 func TestEventUpstreamDownAndUp(t *testing.T) {
 	addr := freeAddr(t)
 	relay := relayName(t)
+	forgetEvents(relay)
 	startCaddy(t, withEvents(relayBlock(t, "http://"+addr, ""), "only"))
 
 	body := payload(t)
@@ -221,6 +238,7 @@ func TestEventUpstreamDownAndUp(t *testing.T) {
 func TestEventAfterReload(t *testing.T) {
 	up := newUpstream(t, always(http.StatusOK))
 	relay := relayName(t)
+	forgetEvents(relay)
 	tester := startCaddy(t, withEvents(relayBlock(t, up.URL, ""), "first"))
 	in := relayURL("/in", "")
 

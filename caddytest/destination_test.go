@@ -216,9 +216,6 @@ func TestDestinationFilterIgnored(t *testing.T) {
 // TestDestinationRate: 30 payloads at rate 5/s reach a real upstream one
 // every 200 ms: over at least 4 s, never more than 7 within one second.
 func TestDestinationRate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("takes 6 s")
-	}
 	up := newUpstream(t, always(http.StatusOK))
 	startCaddy(t, site(fmt.Sprintf(`
 	webhook_relay /in {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
 	"github.com/hookrelay/caddy-webhook-relay/internal/budget"
+	"github.com/hookrelay/caddy-webhook-relay/internal/testkit"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 	"github.com/hookrelay/caddy-webhook-relay/queue/bolt"
 )
@@ -51,7 +52,7 @@ func mappedBody(t *testing.T, n int) (body []byte, free func(), frees *atomic.In
 	t.Helper()
 	body = bodybuf.Alloc(n)
 	if cap(body) < bodybuf.Threshold {
-		t.Skip("no mapping on this system")
+		testkit.Unavailable(t, "bodybuf made no mapping on this system (Linux's mmap is needed)")
 	}
 	frees = new(atomic.Int32)
 	return body, func() { frees.Add(1); bodybuf.Free(body) }, frees

@@ -340,9 +340,6 @@ func TestReplayByMatchRacesDeaths(t *testing.T) {
 // by match and checks that the operation never asked the store for, nor
 // held, more than one page of them, nor replayed more than a page at once.
 func TestReplayByMatchBounded(t *testing.T) {
-	if testing.Short() {
-		t.Skip("fills a bolt store with 100,000 dead letters")
-	}
 	const total = 100_000
 	s, err := bolt.Open(filepath.Join(t.TempDir(), "relay.db"), queue.Options{Window: time.Hour})
 	if err != nil {

@@ -26,9 +26,16 @@ var discord = &scheme{
 	headers:    []string{"X-Signature-Ed25519", "X-Signature-Timestamp"},
 	tolerance:  5 * time.Minute,
 	publicKey:  discordKey,
-	parse:      parseDiscord,
-	check:      checkEd25519,
-	handshake:  discordPing,
+	parse: parseSignedTime(signedTime{sigH: "X-Signature-Ed25519", tsH: "X-Signature-Timestamp",
+		form: fmt.Sprintf("%d hex digits (an Ed25519 signature)", 2*ed25519.SignatureSize),
+		decode: func(raw string) ([]byte, bool) {
+			sig, err := hex.DecodeString(raw)
+			return sig, err == nil && len(sig) == ed25519.SignatureSize
+		},
+		before: timestampFirst,
+	}),
+	check:     checkEd25519,
+	handshake: discordPing,
 }
 
 // discordKey decodes an application's public key as the Developer Portal
@@ -42,28 +49,6 @@ func discordKey(secret string) (crypto.PublicKey, error) {
 		return nil, fmt.Errorf("%d bytes, but an Ed25519 public key is %d: want the application's public key as the Developer Portal shows it, 64 hex digits", len(b), ed25519.PublicKeySize)
 	}
 	return ed25519.PublicKey(b), nil
-}
-
-// parseDiscord reads X-Signature-Ed25519 (hex) and X-Signature-Timestamp
-// (seconds), signed as timestamp + body.
-func parseDiscord(v *Verifier, h http.Header, now time.Time) (signed, error) {
-	const sigH, tsH = "X-Signature-Ed25519", "X-Signature-Timestamp"
-	raw, err := header(h, sigH)
-	if err != nil {
-		return signed{}, err
-	}
-	tsRaw, ts, err := headerTime(h, tsH)
-	if err != nil {
-		return signed{}, err
-	}
-	sig, err := hex.DecodeString(strings.TrimSpace(raw))
-	if err != nil || len(sig) != ed25519.SignatureSize {
-		return signed{}, failf("%s is malformed: want %d hex digits (an Ed25519 signature)", sigH, 2*ed25519.SignatureSize)
-	}
-	if err := v.within(ts, now); err != nil {
-		return signed{}, err
-	}
-	return signed{sigs: [][]byte{sig}, header: sigH, before: [][]byte{[]byte(tsRaw)}}, nil
 }
 
 // checkEd25519 checks the Ed25519 signature of the signed parts and the

@@ -107,7 +107,7 @@ var schemes = map[string]*scheme{
 		headers:    []string{"X-Slack-Signature", "X-Slack-Request-Timestamp"},
 		tolerance:  5 * time.Minute,
 		key:        rawKey,
-		parse:      parseSlack,
+		parse:      parseSignedTime(slackV0),
 		handshake:  slackHandshake,
 	},
 	"paddle": {
@@ -320,29 +320,6 @@ func bodyMAC(h http.Header, name, prefix string, decode func(string) ([]byte, er
 	return signed{sigs: [][]byte{sig}, header: name}, nil
 }
 
-// parseSlack reads X-Slack-Signature "v0=<hex>" over
-// "v0:timestamp:body", the timestamp in X-Slack-Request-Timestamp.
-func parseSlack(v *Verifier, h http.Header, now time.Time) (signed, error) {
-	const sigH, tsH = "X-Slack-Signature", "X-Slack-Request-Timestamp"
-	raw, err := header(h, sigH)
-	if err != nil {
-		return signed{}, err
-	}
-	tsRaw, ts, err := headerTime(h, tsH)
-	if err != nil {
-		return signed{}, err
-	}
-	enc, ok := strings.CutPrefix(strings.TrimSpace(raw), "v0=")
-	sig, err := hex.DecodeString(enc)
-	if !ok || err != nil || len(sig) == 0 {
-		return signed{}, failf("%s is malformed: want v0=<hex>", sigH)
-	}
-	if err := v.within(ts, now); err != nil {
-		return signed{}, err
-	}
-	return signed{sigs: [][]byte{sig}, header: sigH, before: [][]byte{[]byte("v0:"), []byte(tsRaw), []byte(":")}}, nil
-}
-
 // parseLinear reads Linear-Signature, the hex HMAC-SHA256 of the body; the
 // timestamp is in the body (linearTimestamp).
 func parseLinear(v *Verifier, h http.Header, _ time.Time) (signed, error) {
@@ -381,3 +358,66 @@ func SignStandard(key []byte, id string, timestamp time.Time, body []byte) strin
 	m.Write(body)
 	return "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))
 }
+
+// signedTime describes a scheme that signs a timestamp sent in a header of
+// its own: the signature header, the timestamp header (seconds since
+// 1970), how the signature is written (decode; form says it for people),
+// and what is signed ahead of the body, given the timestamp as sent.
+type signedTime struct {
+	sigH, tsH string
+	form      string
+	decode    func(string) ([]byte, bool)
+	before    func(ts string) [][]byte
+}
+
+// read reads the two headers, without the tolerance.
+func (st signedTime) read(h http.Header) (signed, time.Time, error) {
+	raw, err := header(h, st.sigH)
+	if err != nil {
+		return signed{}, time.Time{}, err
+	}
+	tsRaw, ts, err := headerTime(h, st.tsH)
+	if err != nil {
+		return signed{}, time.Time{}, err
+	}
+	sig, ok := st.decode(strings.TrimSpace(raw))
+	if !ok {
+		return signed{}, time.Time{}, failf("%s is malformed: want %s", st.sigH, st.form)
+	}
+	return signed{sigs: [][]byte{sig}, header: st.sigH, before: st.before(tsRaw)}, ts, nil
+}
+
+// parseSignedTime is the parse of a signedTime scheme: the headers, and the
+// timestamp within the tolerance.
+func parseSignedTime(st signedTime) func(*Verifier, http.Header, time.Time) (signed, error) {
+	return func(v *Verifier, h http.Header, now time.Time) (signed, error) {
+		s, ts, err := st.read(h)
+		if err != nil {
+			return signed{}, err
+		}
+		if err := v.within(ts, now); err != nil {
+			return signed{}, err
+		}
+		return s, nil
+	}
+}
+
+// v0Signed is Slack's and Zoom's way: "v0=<hex>" of "v0:timestamp:body".
+func v0Signed(sigH, tsH string) signedTime {
+	return signedTime{sigH: sigH, tsH: tsH, form: "v0=<hex>",
+		decode: func(raw string) ([]byte, bool) {
+			enc, ok := strings.CutPrefix(raw, "v0=")
+			sig, err := hex.DecodeString(enc)
+			return sig, ok && err == nil && len(sig) > 0
+		},
+		before: func(ts string) [][]byte { return [][]byte{[]byte("v0:"), []byte(ts), []byte(":")} },
+	}
+}
+
+// slackV0 is Slack's signature: X-Slack-Signature over
+// "v0:X-Slack-Request-Timestamp:body".
+var slackV0 = v0Signed("X-Slack-Signature", "X-Slack-Request-Timestamp")
+
+// timestampFirst is what Discord and SendGrid sign ahead of the body: the
+// timestamp as sent.
+func timestampFirst(ts string) [][]byte { return [][]byte{[]byte(ts)} }

@@ -31,8 +31,15 @@ var sendgrid = &scheme{
 	headers:    []string{"X-Twilio-Email-Event-Webhook-Signature", "X-Twilio-Email-Event-Webhook-Timestamp"},
 	tolerance:  5 * time.Minute,
 	publicKey:  sendgridKey,
-	parse:      parseSendGrid,
-	check:      checkSendGrid,
+	parse: parseSignedTime(signedTime{sigH: "X-Twilio-Email-Event-Webhook-Signature", tsH: "X-Twilio-Email-Event-Webhook-Timestamp",
+		form: "the base64 of an ECDSA signature (ASN.1 DER)",
+		decode: func(raw string) ([]byte, bool) {
+			sig, err := base64.StdEncoding.DecodeString(raw)
+			return sig, err == nil && isDERSignature(sig)
+		},
+		before: timestampFirst,
+	}),
+	check: checkSendGrid,
 }
 
 // sendgridKey decodes the verification key as SendGrid shows it: the
@@ -58,28 +65,6 @@ func sendgridKey(secret string) (crypto.PublicKey, error) {
 		return nil, errors.New("a public key, but not ECDSA P-256: " + want)
 	}
 	return key, nil
-}
-
-// parseSendGrid reads the signature (base64 of an ASN.1 DER ECDSA
-// signature) and the timestamp (seconds), signed as timestamp + body.
-func parseSendGrid(v *Verifier, h http.Header, now time.Time) (signed, error) {
-	const sigH, tsH = "X-Twilio-Email-Event-Webhook-Signature", "X-Twilio-Email-Event-Webhook-Timestamp"
-	raw, err := header(h, sigH)
-	if err != nil {
-		return signed{}, err
-	}
-	tsRaw, ts, err := headerTime(h, tsH)
-	if err != nil {
-		return signed{}, err
-	}
-	sig, err := base64.StdEncoding.DecodeString(strings.TrimSpace(raw))
-	if err != nil || !isDERSignature(sig) {
-		return signed{}, failf("%s is malformed: want the base64 of an ECDSA signature (ASN.1 DER)", sigH)
-	}
-	if err := v.within(ts, now); err != nil {
-		return signed{}, err
-	}
-	return signed{sigs: [][]byte{sig}, header: sigH, before: [][]byte{[]byte(tsRaw)}}, nil
 }
 
 // isDERSignature reports whether sig is an ASN.1 DER SEQUENCE of two

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
-	"strings"
 	"time"
 )
 
@@ -14,39 +13,18 @@ import (
 // "v0:timestamp:body" under the app's secret token, the timestamp in
 // x-zm-request-timestamp. Zoom checks the URL with a signed
 // endpoint.url_validation, answered here.
+// zoomV0 is Zoom's signature: x-zm-signature over
+// "v0:x-zm-request-timestamp:body", as Slack's.
+var zoomV0 = v0Signed("x-zm-signature", "x-zm-request-timestamp")
+
 var zoomScheme = &scheme{
 	name:       "zoom",
 	defaultKey: []string{"body"}, // x-zm-trackingid is not signed
 	headers:    []string{"x-zm-signature", "x-zm-request-timestamp"},
 	tolerance:  5 * time.Minute,
 	key:        rawKey,
-	parse: func(v *Verifier, h http.Header, now time.Time) (signed, error) {
-		s, ts, err := zoomSigned(h)
-		if err != nil {
-			return signed{}, err
-		}
-		return s, v.within(ts, now)
-	},
-	handshake: zoomValidation,
-}
-
-// zoomSigned reads Zoom's signature headers, without the tolerance.
-func zoomSigned(h http.Header) (signed, time.Time, error) {
-	const sigH, tsH = "x-zm-signature", "x-zm-request-timestamp"
-	raw, err := header(h, sigH)
-	if err != nil {
-		return signed{}, time.Time{}, err
-	}
-	tsRaw, ts, err := headerTime(h, tsH)
-	if err != nil {
-		return signed{}, time.Time{}, err
-	}
-	enc, ok := strings.CutPrefix(strings.TrimSpace(raw), "v0=")
-	sig, err := hex.DecodeString(enc)
-	if !ok || err != nil || len(sig) == 0 {
-		return signed{}, time.Time{}, failf("%s is malformed: want v0=<hex>", sigH)
-	}
-	return signed{sigs: [][]byte{sig}, header: sigH, before: [][]byte{[]byte("v0:"), []byte(tsRaw), []byte(":")}}, ts, nil
+	parse:      parseSignedTime(zoomV0),
+	handshake:  zoomValidation,
 }
 
 // zoomValidation answers Zoom's endpoint.url_validation, which Verify has
@@ -88,7 +66,7 @@ func zoomValidation(v *Verifier, r *http.Request, body []byte) (*Answer, error) 
 
 // zoomKey is the secret that signed r and body, or nil.
 func (v *Verifier) zoomKey(r *http.Request, body []byte) []byte {
-	s, _, err := zoomSigned(r.Header)
+	s, _, err := zoomV0.read(r.Header)
 	if err != nil {
 		return nil
 	}

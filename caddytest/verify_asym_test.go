@@ -52,23 +52,6 @@ type asymRequest struct {
 	User      string `json:"user,omitempty"` // fal's X-Fal-Webhook-User-Id
 }
 
-// signAsym signs reqs and returns each one's headers as "Name: value".
-func signAsym(t *testing.T, reqs []asymRequest) [][]string {
-	t.Helper()
-	var out []map[string]string
-	runSigners(t, reqs, &out)
-	if len(out) != len(reqs) {
-		t.Fatalf("sign.mjs signed %d of %d requests", len(out), len(reqs))
-	}
-	headers := make([][]string, len(out))
-	for i, h := range out {
-		for name, value := range h {
-			headers[i] = append(headers[i], name+": "+value)
-		}
-	}
-	return headers
-}
-
 // dropHeader removes name from headers; setHeader replaces its value.
 func dropHeader(headers []string, name string) []string {
 	var kept []string
@@ -101,7 +84,7 @@ func runAsymChecks(t *testing.T, scheme, path string, checks []asymCheck, keys .
 	for i, c := range checks {
 		reqs[i] = c.req
 	}
-	signed := signAsym(t, reqs)
+	signed := signAll(t, reqs)
 	for i, c := range checks {
 		body, headers := c.req.Body, signed[i]
 		if c.edit != nil {
@@ -236,7 +219,7 @@ func TestHandshakeDiscord(t *testing.T) {
 		{Scheme: "discord", Secret: k[1].Private, Body: ping, Timestamp: now},
 		{Scheme: "discord", Secret: k[0].Private, Body: event, Timestamp: now},
 	}
-	signed := signAsym(t, reqs)
+	signed := signAll(t, reqs)
 	a := post(t, relayURL("/in", ""), []byte(ping), signed[0]...)
 	if a.status != http.StatusNoContent || a.body != "" {
 		t.Errorf("signed PING: %d %q, want 204 with no body", a.status, a.body)
@@ -418,7 +401,7 @@ func TestVerifyFal(t *testing.T) {
 
 	// nothing to check with: 503, the sender retries
 	unreachable := newReq(k[0], now)
-	signed := signAsym(t, []asymRequest{unreachable})[0]
+	signed := signAll(t, []asymRequest{unreachable})[0]
 	for i := range 2 {
 		a := post(t, relayURL("/down", ""), []byte(unreachable.Body), signed...)
 		if a.status != http.StatusServiceUnavailable || a.header.Get("Retry-After") == "" ||

@@ -22,23 +22,6 @@ type senderSignRequest struct {
 	URL string `json:"url,omitempty"`
 }
 
-// signSenders signs reqs with sign.mjs, as signAll does.
-func signSenders(t *testing.T, reqs []senderSignRequest) [][]string {
-	t.Helper()
-	var out []map[string]string
-	runSigners(t, reqs, &out)
-	if len(out) != len(reqs) {
-		t.Fatalf("sign.mjs signed %d of %d requests", len(out), len(reqs))
-	}
-	headers := make([][]string, len(out))
-	for i, h := range out {
-		for name, value := range h {
-			headers[i] = append(headers[i], name+": "+value)
-		}
-	}
-	return headers
-}
-
 // senderSecrets are the current and the rotated secret of the schemes
 // added with Zoom, Meta, X, ElevenLabs, GitLab and the presets.
 var senderSecrets = map[string][2]string{
@@ -338,7 +321,7 @@ func TestVerifyTwilio(t *testing.T) {
 	for i, c := range checks {
 		reqs[i] = c.req
 	}
-	signed := signSenders(t, reqs)
+	signed := signAll(t, reqs)
 	for i, c := range checks {
 		body, headers := c.req.Body, signed[i]
 		if c.edit != nil {

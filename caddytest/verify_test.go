@@ -57,9 +57,10 @@ func runSigners(t *testing.T, input any, out any, args ...string) {
 	}
 }
 
-// signAll signs reqs with the providers' libraries and returns each one's
+// signAll signs reqs (signRequests, or a scheme's own kind of them) with
+// the providers' libraries and returns each one's
 // headers as "Name: value" pairs for send.
-func signAll(t *testing.T, reqs []signRequest) [][]string {
+func signAll[R any](t *testing.T, reqs []R) [][]string {
 	t.Helper()
 	var out []map[string]string
 	runSigners(t, reqs, &out)

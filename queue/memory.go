@@ -31,10 +31,12 @@ type Memory struct {
 	seen     map[string]int64
 	expiring []marker
 
-	// queue holds *queued values in the order they entered the queue;
-	// claimed entries stay in place so Release needs no reordering.
+	// queue holds *queued values (every lane's) in the order they entered
+	// the queue; claimed entries stay in place so Release needs no
+	// reordering. Entries hold no body: bodies holds each payload's once.
 	queue  *list.List
 	queued map[string]*list.Element
+	bodies map[string]*sharedBody // by payload ID
 
 	dead    map[string]*Entry
 	deadIDs []string // sorted, which is id order
@@ -45,6 +47,14 @@ type Memory struct {
 type marker struct {
 	key     string
 	expires int64
+}
+
+// sharedBody is a payload's body, kept while any of its deliveries is
+// queued or dead.
+type sharedBody struct {
+	data []byte
+	size int64 // StoredSize: what the payload counts against MaxStored
+	refs int   // deliveries queued or dead
 }
 
 type queued struct {
@@ -70,6 +80,7 @@ func NewMemory(opts Options) *Memory {
 		seen:   make(map[string]int64),
 		queue:  list.New(),
 		queued: make(map[string]*list.Element),
+		bodies: make(map[string]*sharedBody),
 		dead:   make(map[string]*Entry),
 		paused: make(map[string]bool),
 
@@ -113,9 +124,13 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 		m.mark(e.Key, now)
 		return Accepted, nil
 	}
+	dests := e.Destinations
+	if len(dests) == 0 {
+		dests = []string{e.Destination}
+	}
 	// a full backlog must not mark the key seen: the sender retries later
 	// and that retry has to be accepted
-	if max := m.MaxBacklog(); max > 0 && m.queue.Len() >= max {
+	if max := m.MaxBacklog(); max > 0 && m.queue.Len()+len(dests) > max {
 		return 0, ErrBacklogFull
 	}
 	size := StoredSize(len(e.Body), e.Request.Headers)
@@ -129,14 +144,43 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	m.lastID++
 	// fixed width, so string order is admission order and Dead can page by id
 	e.ID = paddedID(m.lastID)
+	e.Payload = e.ID
 	e.Received, e.Queued = now, now
-	q := &queued{e: *e}
-	q.e.Body = bytes.Clone(e.Body)
-	q.e.Request.Headers = slices.Clone(e.Request.Headers)
-	m.queued[e.ID] = m.queue.PushBack(q)
+	m.bodies[e.ID] = &sharedBody{data: bytes.Clone(e.Body), size: size, refs: len(dests)}
+	for _, d := range dests {
+		q := &queued{e: *e}
+		q.e.ID = DeliveryID(e.ID, d, len(dests) == 1)
+		q.e.Destination, q.e.Destinations, q.e.Body = d, nil, nil
+		q.e.Request.Headers = slices.Clone(e.Request.Headers)
+		m.queued[q.e.ID] = m.queue.PushBack(q)
+	}
 	m.stored += size
 	m.mark(e.Key, now)
 	return Accepted, nil
+}
+
+// unref lets go of one delivery's hold on its payload's body, and frees
+// the body with the last one. It must be called with m.mu held.
+func (m *Memory) unref(payload string) int64 {
+	b, ok := m.bodies[payload]
+	if !ok {
+		return 0
+	}
+	if b.refs--; b.refs > 0 {
+		return 0
+	}
+	delete(m.bodies, payload)
+	m.stored -= b.size
+	return b.size
+}
+
+// bodySize is the length of e's payload's body. It must be called with
+// m.mu held.
+func (m *Memory) bodySize(e *Entry) int {
+	if b, ok := m.bodies[e.Payload]; ok {
+		return len(b.data)
+	}
+	return 0
 }
 
 // mark marks key seen from now for the window. It must be called with m.mu
@@ -158,9 +202,7 @@ func (m *Memory) evict(need int64) int {
 		if need <= 0 {
 			break
 		}
-		freed := m.storedSize(m.dead[id])
-		m.stored -= freed
-		need -= freed
+		need -= m.unref(m.dead[id].Payload)
 		delete(m.dead, id)
 		n++
 	}
@@ -171,11 +213,6 @@ func (m *Memory) evict(need int64) int {
 		})
 	}
 	return n
-}
-
-// storedSize is what e counts against MaxStored.
-func (m *Memory) storedSize(e *Entry) int64 {
-	return StoredSize(len(e.Body), e.Request.Headers)
 }
 
 // sweep forgets expired markers. The window is fixed, so markers expire in
@@ -201,6 +238,10 @@ func (m *Memory) sweep(nowNS int64) {
 // nothing else can take them over within one process. It looks at every
 // queued entry: the memory store is for tests and development.
 func (m *Memory) Claim(ctx context.Context, max int) ([]*Entry, error) {
+	return m.claim(ctx, "", max)
+}
+
+func (m *Memory) claim(ctx context.Context, lane string, max int) ([]*Entry, error) {
 	max = maxOf(max, 0)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -210,7 +251,7 @@ func (m *Memory) Claim(ctx context.Context, max int) ([]*Entry, error) {
 	now := m.now()
 	var due []*queued
 	for el := m.queue.Front(); el != nil; el = el.Next() {
-		if q := el.Value.(*queued); !q.claimed && !q.dueAt().After(now) {
+		if q := el.Value.(*queued); q.e.Destination == lane && !q.claimed && !q.dueAt().After(now) {
 			due = append(due, q)
 		}
 	}
@@ -223,7 +264,7 @@ func (m *Memory) Claim(ctx context.Context, max int) ([]*Entry, error) {
 	for _, q := range due {
 		q.claimed = true
 		e := q.e
-		e.BodySize, e.Body = len(e.Body), nil
+		e.BodySize = m.bodySize(&e)
 		out = append(out, &e)
 	}
 	return out, nil
@@ -248,6 +289,10 @@ func (m *Memory) Retry(ctx context.Context, e *Entry, due time.Time) error {
 
 // NextDue implements Store.
 func (m *Memory) NextDue(ctx context.Context) (time.Time, error) {
+	return m.nextDue(ctx, "")
+}
+
+func (m *Memory) nextDue(ctx context.Context, lane string) (time.Time, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.usable(ctx); err != nil {
@@ -255,7 +300,7 @@ func (m *Memory) NextDue(ctx context.Context) (time.Time, error) {
 	}
 	var next time.Time
 	for el := m.queue.Front(); el != nil; el = el.Next() {
-		if q := el.Value.(*queued); !q.claimed && !q.due.IsZero() && (next.IsZero() || q.due.Before(next)) {
+		if q := el.Value.(*queued); q.e.Destination == lane && !q.claimed && !q.due.IsZero() && (next.IsZero() || q.due.Before(next)) {
 			next = q.due
 		}
 	}
@@ -273,7 +318,11 @@ func (m *Memory) Body(ctx context.Context, id string) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("body of %s: %w", id, ErrNotFound)
 	}
-	return bytes.Clone(el.Value.(*queued).e.Body), nil
+	b, ok := m.bodies[el.Value.(*queued).e.Payload]
+	if !ok {
+		return nil, fmt.Errorf("body of %s: %w", id, ErrNotFound)
+	}
+	return bytes.Clone(b.data), nil
 }
 
 // Extend implements Store. In-process claims never time out, so there is
@@ -303,7 +352,7 @@ func (m *Memory) Ack(ctx context.Context, id string) error {
 	if el, ok := m.queued[id]; ok {
 		m.queue.Remove(el)
 		delete(m.queued, id)
-		m.stored -= m.storedSize(&el.Value.(*queued).e)
+		m.unref(el.Value.(*queued).e.Payload)
 	}
 	return nil
 }
@@ -365,8 +414,7 @@ func (m *Memory) Dead(ctx context.Context, after string, limit int) ([]*Entry, e
 	out := make([]*Entry, 0, len(page))
 	for _, id := range page {
 		e := *m.dead[id]
-		e.BodySize = len(e.Body)
-		e.Body = nil // listings stay small; DeadEntry has the body
+		e.BodySize = m.bodySize(&e) // listings stay small; DeadEntry has the body
 		out = append(out, &e)
 	}
 	return out, nil
@@ -384,6 +432,9 @@ func (m *Memory) DeadEntry(ctx context.Context, id string) (*Entry, error) {
 		return nil, fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
 	}
 	e := *d
+	if b, ok := m.bodies[e.Payload]; ok {
+		e.Body = bytes.Clone(b.data)
+	}
 	return &e, nil
 }
 
@@ -398,7 +449,7 @@ func (m *Memory) DeleteDead(ctx context.Context, id string) error {
 	if !ok {
 		return fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
 	}
-	m.stored -= m.storedSize(d)
+	m.unref(d.Payload)
 	delete(m.dead, id)
 	i, _ := slices.BinarySearch(m.deadIDs, id)
 	m.deadIDs = slices.Delete(m.deadIDs, i, i+1)
@@ -423,10 +474,10 @@ func (m *Memory) TrimDead(ctx context.Context, max int, cutoff time.Time, limit 
 		if len(out) >= limit || (!old && !tooMany) {
 			break
 		}
-		delete(m.dead, id)
-		m.stored -= m.storedSize(d)
 		e := *d
-		e.BodySize, e.Body = len(e.Body), nil
+		e.BodySize = m.bodySize(&e)
+		delete(m.dead, id)
+		m.unref(d.Payload)
 		out = append(out, &e)
 	}
 	if len(out) > 0 {
@@ -486,6 +537,12 @@ func (m *Memory) Stats(ctx context.Context) (Stats, error) {
 	if front := m.queue.Front(); front != nil {
 		s.OldestQueued = front.Value.(*queued).e.Queued
 	}
+	for el := m.queue.Front(); el != nil; el = el.Next() {
+		if s.Lanes == nil {
+			s.Lanes = make(map[string]int)
+		}
+		s.Lanes[el.Value.(*queued).e.Destination]++
+	}
 	return s, nil
 }
 
@@ -528,14 +585,36 @@ func (m *Memory) Close() error {
 	}
 	m.closed = true
 	m.seen, m.expiring = nil, nil
-	m.queue, m.queued = nil, nil
+	m.queue, m.queued, m.bodies = nil, nil, nil
 	m.dead, m.deadIDs = nil, nil
 	m.paused = nil
 	return nil
 }
 
-// Interface guard
-var _ Store = (*Memory)(nil)
+// Lane implements Store.
+func (m *Memory) Lane(destination string) Claimer { return memoryLane{m, destination} }
+
+// memoryLane is one destination's queue: the store's, with Claim and
+// NextDue limited to its entries (IDs are unique across lanes, so the rest
+// works by ID alone).
+type memoryLane struct {
+	*Memory
+	destination string
+}
+
+func (l memoryLane) Claim(ctx context.Context, max int) ([]*Entry, error) {
+	return l.claim(ctx, l.destination, max)
+}
+
+func (l memoryLane) NextDue(ctx context.Context) (time.Time, error) {
+	return l.nextDue(ctx, l.destination)
+}
+
+// Interface guards
+var (
+	_ Store   = (*Memory)(nil)
+	_ Claimer = memoryLane{}
+)
 
 // paddedID formats n as 20 digits, so that string order is numeric order.
 func paddedID(n uint64) string {

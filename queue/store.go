@@ -11,13 +11,26 @@ import (
 type Entry struct {
 	// ID is assigned by the store on Admit and never changes afterwards,
 	// not even through a replay. IDs sort (as strings) in admission order.
+	// Each delivery of a payload has an ID of its own: the payload's ID
+	// when it has one delivery, else the payload's ID, DeliverySep and
+	// the destination's name.
 	ID string `json:"id"`
+	// Payload is the ID of the admission this delivery belongs to: every
+	// delivery of one payload has the same Payload, and its body is stored
+	// once under it. Set by Admit and kept through a replay.
+	Payload string `json:"payload,omitempty"`
 	// Key is the dedupe key the payload was admitted under.
 	Key string `json:"key"`
 	// Destination names the destination this entry is delivered to, as
 	// the relay set it at admit; the store keeps it with the entry, on its
-	// dead letter and through a replay, and never interprets it.
+	// dead letter and through a replay, and never interprets it. The
+	// entry waits in the lane of this destination (Store.Lane).
 	Destination string `json:"destination,omitempty"`
+	// Destinations, given to Admit, fans the payload out: one delivery
+	// per name, in that lane, each with its own attempts, backoff and dead
+	// letter, and one stored body. Empty: one delivery to Destination.
+	// Admit leaves it as given; nothing else sets it.
+	Destinations []string `json:"-"`
 	// Body is the request body exactly as received. Claim and Dead leave
 	// it out (Body and DeadEntry fetch it), so that what waits for
 	// delivery is held without its body.
@@ -77,6 +90,20 @@ type RequestMeta struct {
 	// none. Each attempt continues that trace with a span of its own.
 	TraceParent string `json:"trace_parent,omitempty"`
 	TraceState  string `json:"trace_state,omitempty"`
+}
+
+// DeliverySep joins a payload's ID and a destination's name into the ID of
+// that delivery when a payload has several ('~' sorts after every digit,
+// so the deliveries of a payload sort after it and before the next one).
+const DeliverySep = "~"
+
+// DeliveryID is the ID of payload's delivery to destination: payload itself
+// when it is the only one, else payload~destination.
+func DeliveryID(payload, destination string, only bool) string {
+	if only {
+		return payload
+	}
+	return payload + DeliverySep + destination
 }
 
 // AdmitTimeout is the longest a store that waits on a server lets Admit
@@ -147,8 +174,12 @@ func (o Options) Clock() func() time.Time {
 
 // Stats is a snapshot of what a store holds.
 type Stats struct {
-	// Backlog counts queued payloads, claimed ones included.
+	// Backlog counts queued deliveries, claimed ones included: a payload
+	// fanned out to three destinations counts three until each is done.
 	Backlog int `json:"backlog"`
+	// Lanes counts the queued deliveries of each destination that has
+	// any (see Store.Lane).
+	Lanes map[string]int `json:"lanes,omitempty"`
 	// Dead counts dead letters.
 	Dead int `json:"dead"`
 	// OldestQueued is the Queued time of the oldest queued payload, zero
@@ -163,9 +194,10 @@ type Stats struct {
 }
 
 // StoredSize is what one payload counts against MaxStored: its body and its
-// kept headers (names and values). The store counts it when the payload is
-// admitted and gives it back when it is delivered or its dead letter is
-// removed; a replay or a burial moves it without changing the count.
+// kept headers (names and values), once however many destinations it goes
+// to. The store counts it when the payload is admitted and gives it back
+// when the last of its deliveries is delivered or its dead letter removed;
+// a replay or a burial moves it without changing the count.
 func StoredSize(body int, headers []HeaderField) int64 {
 	n := int64(body)
 	for _, h := range headers {
@@ -174,8 +206,9 @@ func StoredSize(body int, headers []HeaderField) int64 {
 	return n
 }
 
-// Store holds the dedupe markers, the delivery queue and the dead letters of
-// one relay. Every implementation has the same semantics; the suite in
+// Store holds the dedupe markers, the delivery queues and the dead letters
+// of one relay: one queue (lane) per destination, with the bodies stored
+// once per payload and shared by its deliveries. Every implementation has the same semantics; the suite in
 // queue/storetest checks them. All methods are safe for concurrent use.
 //
 // Each part of the relay sees only its role: the handler an Admitter, the
@@ -183,9 +216,19 @@ func StoredSize(body int, headers []HeaderField) int64 {
 // that opened the store owns the rest (limits, stats, closing).
 type Store interface {
 	Admitter
+	// Claimer is Lane(""): the deliveries admitted without a destination
+	// name (tests and tools; the relay always names its destinations).
 	Claimer
 	DeadLetters
 	Pauses
+
+	// Lane is the queue of one destination's deliveries: Claim and NextDue
+	// see only them, so a destination that is paused, rate-limited or
+	// failing never holds up another. A delivery is ended (Ack, Bury,
+	// Retry, Release, Extend) and its body read through the lane it was
+	// claimed from. A lane needs no declaring: Admit fills it. The lanes
+	// of the bolt and Redis stores are BodyReaders too.
+	Lane(destination string) Claimer
 
 	// SetLimits applies a new window and backlog bound to later admits
 	// (a config reload changed them).
@@ -205,7 +248,10 @@ type Store interface {
 type Admitter interface {
 	// Admit atomically either finds e.Key seen within the window (Duplicate)
 	// or stores e and marks e.Key seen, both or neither.
-	// ErrBacklogFull when the queue is full, ErrStoreFull when the payload
+	// With e.Destinations it stores one delivery per destination and the
+	// body once, all or nothing.
+	// ErrBacklogFull when the queue is full (MaxBacklog counts
+	// deliveries), ErrStoreFull when the payload
 	// does not fit within MaxStored bytes. Before that, in the same atomic
 	// step, the oldest dead letters (oldest Died first) give way one by one
 	// until it fits or none is left; Admit reports how many to
@@ -242,7 +288,8 @@ type Claimer interface {
 	Body(ctx context.Context, id string) ([]byte, error)
 	// Extend keeps the claims on ids alive.
 	Extend(ctx context.Context, ids []string) error
-	// Ack removes a delivered entry from the queue.
+	// Ack removes a delivered entry from the queue. The payload's body
+	// goes with the last of its deliveries still queued or dead.
 	Ack(ctx context.Context, id string) error
 	// Bury moves a claimed entry to the dead letters, keeping its Attempts,
 	// LastStatus and LastError, and sets Died to the store's now.
@@ -303,9 +350,10 @@ type DeadLetters interface {
 	Dead(ctx context.Context, after string, limit int) ([]*Entry, error)
 	// DeadEntry returns one dead letter with its body, or ErrNotFound.
 	DeadEntry(ctx context.Context, id string) (*Entry, error)
-	// DeleteDead removes one dead letter, or returns ErrNotFound.
+	// DeleteDead removes one dead letter, or returns ErrNotFound. The
+	// payload's body goes with the last of its deliveries.
 	DeleteDead(ctx context.Context, id string) error
-	// Replay puts dead letters back in the queue with Attempts reset and
+	// Replay puts dead letters back in their destination's lane with Attempts reset and
 	// Queued set to now: the ones in ids, or all of them when ids is nil
 	// (an empty, non-nil ids replays nothing). It returns how many went
 	// back. Unknown ids are skipped. MaxBacklog does not apply: a replay is

@@ -719,3 +719,6 @@ func (b *Store) Close() error {
 
 // Interface guard
 var _ queue.Store = (*Store)(nil)
+
+// Lane implements queue.Store. TODO(fan-out): one queue per destination.
+func (b *Store) Lane(destination string) queue.Claimer { return b }

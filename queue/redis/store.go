@@ -479,3 +479,6 @@ local function entryid(sid)
   return string.format('%016d-%010d', tonumber(ms), tonumber(seq))
 end
 `
+
+// Lane implements queue.Store. TODO(fan-out): one queue per destination.
+func (r *Store) Lane(destination string) queue.Claimer { return r }

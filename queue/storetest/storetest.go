@@ -113,6 +113,13 @@ func Run(t *testing.T, newStore Factory) {
 		{"PauseAndResume", testPauseAndResume},
 		{"DestinationKept", testDestinationKept},
 		{"TraceContextKept", testTraceContextKept},
+		{"FanOutLanes", testFanOutLanes},
+		{"FanOutBodyShared", testFanOutBodyShared},
+		{"FanOutReplayToLane", testFanOutReplayToLane},
+		{"FanOutLanesApart", testFanOutLanesApart},
+		{"FanOutBacklogCountsDeliveries", testFanOutBacklogCountsDeliveries},
+		{"FanOutTrimAndEvict", testFanOutTrimAndEvict},
+		{"FanOutDuplicate", testFanOutDuplicate},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
@@ -198,7 +205,13 @@ func (f *fixture) wantFull(key string) {
 
 func (f *fixture) claim(max int) []*queue.Entry {
 	f.t.Helper()
-	es, err := f.s.Claim(f.ctx, max)
+	return f.claimFrom(f.s, max)
+}
+
+// claimFrom claims from c: the store, or one of its lanes.
+func (f *fixture) claimFrom(c queue.Claimer, max int) []*queue.Entry {
+	f.t.Helper()
+	es, err := c.Claim(f.ctx, max)
 	if err != nil {
 		f.t.Fatalf("Claim(%d): %v", max, err)
 	}
@@ -211,7 +224,7 @@ func (f *fixture) claim(max int) []*queue.Entry {
 		if e.Body != nil {
 			f.t.Fatalf("Claim handed out %s with its body; bodies are fetched with Body", e.ID)
 		}
-		body, err := f.s.Body(f.ctx, e.ID)
+		body, err := c.Body(f.ctx, e.ID)
 		if err != nil {
 			f.t.Fatalf("Body(%s) of a claimed entry: %v", e.ID, err)
 		}
@@ -1137,7 +1150,9 @@ func testRoundTrip(t *testing.T, newStore Factory) {
 		f.clock.Advance(time.Second) // distinct times per entry
 	}
 
-	claimed := f.claim(len(entries))
+	// the first waits in its destination's lane, the others in the store's
+	lane := f.s.Lane(entries[0].Destination)
+	claimed := append(f.claimFrom(lane, 1), f.claim(len(entries))...)
 	if len(claimed) != len(entries) {
 		t.Fatalf("Claim = %v, want %d entries", ids(claimed), len(entries))
 	}
@@ -1156,7 +1171,8 @@ func testRoundTrip(t *testing.T, newStore Factory) {
 		}
 	}
 
-	f.bury(claimed...)
+	f.buryIn(lane, claimed[0])
+	f.bury(claimed[1:]...)
 	listed := f.dead("", 10)
 	if len(listed) != len(entries) {
 		t.Fatalf("Dead = %v, want %d entries", ids(listed), len(entries))
@@ -1170,7 +1186,7 @@ func testRoundTrip(t *testing.T, newStore Factory) {
 
 	// and back from the dead: a replay keeps what the request kept
 	f.replay([]string{admitted[0].ID}, 1)
-	back := f.claim(1)
+	back := f.claimFrom(lane, 1)
 	if len(back) != 1 || back[0].ID != admitted[0].ID {
 		t.Fatalf("Claim after Replay = %v, want %s", ids(back), admitted[0].ID)
 	}
@@ -1187,6 +1203,7 @@ func testRoundTrip(t *testing.T, newStore Factory) {
 // replay; an entry admitted without one has none.
 func testDestinationKept(t *testing.T, newStore Factory) {
 	f := setup(t, newStore, 0)
+	archive := f.s.Lane("archive")
 	a := f.entry("a")
 	a.Destination = "archive"
 	if got, err := f.admit(a); err != nil || got != queue.Accepted {
@@ -1194,13 +1211,16 @@ func testDestinationKept(t *testing.T, newStore Factory) {
 	}
 	b := f.accept("b") // no destination
 
-	claimed := f.wantClaim(2, a, b)
-	if claimed[0].Destination != "archive" || claimed[1].Destination != "" {
+	// each waits in its own lane
+	claimedA := f.wantClaimFrom(archive, 2, a)
+	claimedB := f.wantClaim(2, b)
+	if claimedA[0].Destination != "archive" || claimedB[0].Destination != "" {
 		t.Fatalf("Claim: destinations %q and %q, want %q and none",
-			claimed[0].Destination, claimed[1].Destination, "archive")
+			claimedA[0].Destination, claimedB[0].Destination, "archive")
 	}
 	f.clock.Advance(time.Second)
-	f.bury(claimed...)
+	f.buryIn(archive, claimedA...)
+	f.bury(claimedB...)
 	listed := f.dead("", 10)
 	if len(listed) != 2 || listed[0].Destination != "archive" || listed[1].Destination != "" {
 		t.Fatalf("Dead = %+v, want a (destination archive) and b (none)", listed)
@@ -1209,15 +1229,16 @@ func testDestinationKept(t *testing.T, newStore Factory) {
 		t.Errorf("DeadEntry(a).Destination = %q, want %q", got, "archive")
 	}
 
-	// a replayed entry is still for its destination, and so is its next
-	// dead letter
+	// a replayed entry is still for its destination, in its lane, and so
+	// is its next dead letter
 	f.replay([]string{a.ID}, 1)
-	back := f.wantClaim(1, a)
+	f.wantClaim(1)
+	back := f.wantClaimFrom(archive, 1, a)
 	if back[0].Destination != "archive" {
 		t.Errorf("replayed entry: Destination = %q, want %q", back[0].Destination, "archive")
 	}
 	f.clock.Advance(time.Second)
-	f.bury(back...)
+	f.buryIn(archive, back...)
 	gone, err := f.s.TrimDead(f.ctx, 0, f.clock.Now().Add(time.Nanosecond), 10)
 	if err != nil {
 		t.Fatalf("TrimDead: %v", err)

@@ -145,20 +145,6 @@ func checkDestinations(dests []Destination) error {
 	return nil
 }
 
-// severalDestinations refuses more than one destination: for now a payload
-// is delivered to one place.
-func severalDestinations(relay string, dests []Destination) error {
-	if len(dests) <= 1 {
-		return nil
-	}
-	names := make([]string, len(dests))
-	for i, d := range dests {
-		names[i] = d.Name
-	}
-	return fmt.Errorf("relay %s: several destinations (%s) are not supported yet: a payload is delivered to one destination; "+
-		"use one relay per destination", relay, strings.Join(names, ", "))
-}
-
 // resolveDestination resolves d's placeholders and secrets, and makes its
 // delivery settings: the relay's, with d's own where it has them.
 func (h *Handler) resolveDestination(repl *caddy.Replacer, d Destination, relayHeaderUp http.Header) (*destination, error) {

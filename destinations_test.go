@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
 	"github.com/hookrelay/caddy-webhook-relay/filter"
+	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
 
 // filterHandler is a relay whose one destination has the filter expr, with
@@ -57,7 +59,45 @@ func takes(t *testing.T, h *Handler, query, body string, header http.Header, key
 	if err != nil {
 		t.Fatal(err)
 	}
-	return h.takenByAny(r, raw, []byte(body), key)
+	return h.route(&queue.Entry{}, r, raw, []byte(body), key)
+}
+
+// TestRouteFansOut: every destination whose filter takes a payload gets a
+// delivery; one alone is the entry's Destination, several its
+// Destinations, in the config's order; a filter that cannot be evaluated
+// takes nothing.
+func TestRouteFansOut(t *testing.T) {
+	h, _, _ := filterHandler(t, `body.taskType == "imageInference"`)
+	video, err := filter.Compile(`body.taskType == "videoInference"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken, err := filter.Compile(`body.missing.field == 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := prometheus.NewCounter(prometheus.CounterOpts{Name: "filter_errors_2"})
+	h.dests = append([]*destination{{name: "app"}}, h.dests...)
+	h.dests = append(h.dests, &destination{name: "video", filter: video, filterErrors: errs},
+		&destination{name: "broken", filter: broken, filterErrors: errs})
+	h.parseBody = bodyParser(h.keyer, h.dests)
+	route := func(body string) *queue.Entry {
+		r := httptest.NewRequest(http.MethodPost, "/hook", strings.NewReader(body))
+		e := &queue.Entry{}
+		if !h.route(e, r, "", []byte(body), "k") {
+			t.Fatalf("route(%s): no destination took it", body)
+		}
+		return e
+	}
+	if e := route(`{"taskType":"imageInference"}`); e.Destination != "" || !slices.Equal(e.Destinations, []string{"app", "archive"}) {
+		t.Errorf("image: Destination %q, Destinations %v; want none and [app archive]", e.Destination, e.Destinations)
+	}
+	if e := route(`{"taskType":"audioInference"}`); e.Destination != "app" || e.Destinations != nil {
+		t.Errorf("audio: Destination %q, Destinations %v; want app alone", e.Destination, e.Destinations)
+	}
+	if n := counted(errs); n != 2 {
+		t.Errorf("filter errors counted: %v, want 2 (broken, once per payload)", n)
+	}
 }
 
 // TestFilterInput: a filter sees the body, the headers, the query without
@@ -159,8 +199,9 @@ func TestFilterErrorCountedLoggedOnce(t *testing.T) {
 func TestFilterNoneTakesAll(t *testing.T) {
 	h := &Handler{dests: []*destination{{name: "upstream"}}}
 	r := httptest.NewRequest(http.MethodPost, "/", nil)
-	if !h.takenByAny(r, "", []byte("x"), "") {
-		t.Fatal("a destination without a filter did not take the payload")
+	e := &queue.Entry{}
+	if !h.route(e, r, "", []byte("x"), "") || e.Destination != "upstream" {
+		t.Fatalf("a destination without a filter did not take the payload (Destination %q)", e.Destination)
 	}
 }
 

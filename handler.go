@@ -190,12 +190,11 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	if span := trace.SpanFromContext(r.Context()); span.SpanContext().IsValid() && !span.SpanContext().IsRemote() {
 		// Caddy's tracing handler ran: the attempts' spans go to its
 		// provider (delivery/tracing.go says why this way)
-		h.relay.engine.UseTracerProvider(span.TracerProvider())
+		h.relay.useTracerProvider(span.TracerProvider())
 	}
 	entry := &queue.Entry{
-		Key:         key,
-		Destination: h.destinationName(),
-		Body:        body,
+		Key:  key,
+		Body: body,
 		Request: queue.RequestMeta{
 			RawQuery:     rawQuery,
 			ContentType:  r.Header.Get("Content-Type"),
@@ -208,7 +207,7 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 	}
 	// No destination takes it: the key is marked seen (a re-delivery is a
 	// duplicate) and nothing is stored.
-	ignored := !h.takenByAny(r, rawQuery, body, key)
+	ignored := !h.route(entry, r, rawQuery, body, key)
 	if ignored {
 		entry.Body, entry.Request, entry.MarkerOnly = nil, queue.RequestMeta{}, true
 	}
@@ -244,34 +243,42 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) (outcome, key stri
 		_, _ = w.Write(respIgnored)
 		return OutcomeIgnored, key, nil
 	}
-	h.relay.engine.Wake()
+	h.relay.Wake()
 	_, _ = w.Write(respAccepted)
 	return OutcomeAccepted, key, nil
 }
 
 var errTooLarge = errors.New("body too large")
 
-// takenByAny evaluates the destinations' filters on a payload: whether one
-// of them takes it. Without filters it is taken, at no cost.
-func (h *Handler) takenByAny(r *http.Request, rawQuery string, body []byte, key string) bool {
+// route evaluates the destinations' filters on a payload and sets where e
+// goes: Destination when one destination takes it, Destinations (one
+// delivery each) when several do. It reports whether any takes it.
+// Without filters every destination takes it, at no cost.
+func (h *Handler) route(e *queue.Entry, r *http.Request, rawQuery string, body []byte, key string) bool {
+	if len(h.dests) == 1 && h.dests[0].filter == nil {
+		e.Destination = h.dests[0].name
+		return true
+	}
 	var in *filter.Input
+	var taken []string
 	for _, d := range h.dests {
-		if d.filter == nil {
-			return true
-		}
-		if in == nil {
+		if d.filter != nil && in == nil {
 			in = filterInput(r, rawQuery, body, key, h.parseBody, h.parseQuery)
 		}
 		if h.takes(d, in) {
-			return true
+			taken = append(taken, d.name)
 		}
 	}
-	return false
+	switch len(taken) {
+	case 0:
+		return false
+	case 1:
+		e.Destination = taken[0]
+	default:
+		e.Destinations = taken
+	}
+	return true
 }
-
-// destinationName is the destination an admitted payload is for: today a
-// relay delivers to one, its first (and only) configured destination.
-func (h *Handler) destinationName() string { return h.dests[0].name }
 
 // verifyRefused answers a request the verify scheme refused (refusedBy).
 func (h *Handler) verifyRefused(w http.ResponseWriter, err error) (outcome, key string, _ error) {

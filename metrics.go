@@ -106,36 +106,50 @@ func registerMetrics(registry *prometheus.Registry) error {
 // relayMetrics holds one relay's series, looked up once instead of per
 // request, and its counters.
 type relayMetrics struct {
+	name       string
 	outcomes   map[string]prometheus.Counter
 	ackSeconds prometheus.Observer
-	results    map[string]prometheus.Counter
-	delSeconds prometheus.Observer
 	deadDrops  prometheus.Counter
-	// filterErrors counts the destination's filter evaluations that failed.
-	filterErrors prometheus.Counter
-	counters     *relayCounters
+	counters   *relayCounters
 }
 
-// newRelayMetrics looks up the series of relay name, delivering to
-// destination dest.
-func newRelayMetrics(name, dest string) *relayMetrics {
+// newRelayMetrics looks up the series of relay name.
+func newRelayMetrics(name string) *relayMetrics {
 	initMetrics()
 	m := &relayMetrics{
-		outcomes:     make(map[string]prometheus.Counter),
-		ackSeconds:   metrics.ackSeconds.WithLabelValues(name),
-		results:      make(map[string]prometheus.Counter),
-		delSeconds:   metrics.delSeconds.WithLabelValues(name, dest),
-		deadDrops:    metrics.deadDrops.WithLabelValues(name),
-		filterErrors: metrics.filterErrs.WithLabelValues(name, dest),
-		counters:     countersFor(name),
+		name:       name,
+		outcomes:   make(map[string]prometheus.Counter),
+		ackSeconds: metrics.ackSeconds.WithLabelValues(name),
+		deadDrops:  metrics.deadDrops.WithLabelValues(name),
+		counters:   countersFor(name),
 	}
 	for _, o := range outcomes {
 		m.outcomes[o] = metrics.requests.WithLabelValues(name, o)
 	}
-	for _, r := range deliveryResults {
-		m.results[r] = metrics.deliveries.WithLabelValues(name, dest, r)
-	}
 	return m
+}
+
+// destMetrics holds the series of one destination of a relay.
+type destMetrics struct {
+	results    map[string]prometheus.Counter
+	delSeconds prometheus.Observer
+	// filterErrors counts the destination's filter evaluations that failed.
+	filterErrors prometheus.Counter
+	counters     *relayCounters // the relay's
+}
+
+// destination looks up the series of the relay's destination dest.
+func (m *relayMetrics) destination(dest string) *destMetrics {
+	d := &destMetrics{
+		results:      make(map[string]prometheus.Counter),
+		delSeconds:   metrics.delSeconds.WithLabelValues(m.name, dest),
+		filterErrors: metrics.filterErrs.WithLabelValues(m.name, dest),
+		counters:     m.counters,
+	}
+	for _, r := range deliveryResults {
+		d.results[r] = metrics.deliveries.WithLabelValues(m.name, dest, r)
+	}
+	return d
 }
 
 // request counts one answered request of the ack path.
@@ -146,7 +160,7 @@ func (m *relayMetrics) request(outcome string, took time.Duration) {
 }
 
 // delivery counts one delivery attempt (the engine's Observe).
-func (m *relayMetrics) delivery(result string, took time.Duration) {
+func (m *destMetrics) delivery(result string, took time.Duration) {
 	m.results[result].Inc()
 	m.counters.deliveries.add(result)
 	m.delSeconds.Observe(took.Seconds())

@@ -27,7 +27,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hookrelay/caddy-webhook-relay/dedupe"
-	"github.com/hookrelay/caddy-webhook-relay/delivery"
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 	"github.com/hookrelay/caddy-webhook-relay/queue/bolt"
 )
@@ -227,10 +226,9 @@ type Handler struct {
 	authHeaders []authHeader
 	basicUsers  []basicUser
 	verifier    *verify.Verifier
-	handshaker  handshaker // the verifier's handshakes; nil without verify
-	keep        []string   // canonical names of the incoming headers stored with a payload
-	signKey     []byte     // sign_upstream's key
-	settings    *delivery.Settings
+	handshaker  handshaker       // the verifier's handshakes; nil without verify
+	keep        []string         // canonical names of the incoming headers stored with a payload
+	signKey     []byte           // sign_upstream's key
 	dests       []*destination   // resolved; one for now
 	parseBody   func([]byte) any // what the filters see of the body (bodyParser)
 	parseQuery  bool             // a filter reads the query
@@ -271,9 +269,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := checkDestinations(dests); err != nil {
-		return err
-	}
-	if err := severalDestinations(h.Name, dests); err != nil {
 		return err
 	}
 	if h.auth, err = compileAuth(repl, h.AuthQuery); err != nil {
@@ -348,15 +343,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.parseBody = bodyParser(h.keyer, h.dests)
 	h.parseQuery = anyFilterReadsQuery(h.dests)
-	// One destination for now: its settings are the engine's.
-	dest := h.dests[0]
-	h.settings = dest.settings
-
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
-	h.metrics = newRelayMetrics(h.Name, dest.name)
-	dest.filterErrors = h.metrics.filterErrors
+	h.metrics = newRelayMetrics(h.Name)
+	poolDests := make([]*destConfig, len(h.dests))
+	for i, d := range h.dests {
+		m := h.metrics.destination(d.name)
+		d.filterErrors = m.filterErrors
+		poolDests[i] = &destConfig{name: d.name, settings: d.settings, observe: m.delivery}
+	}
 
 	// Names are compared before the store module is loaded: loading it
 	// clears StoreRaw, and two relays differing only in their store are
@@ -369,7 +365,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.poolConfig = &relayConfig{settings: h.settings, destination: dest.name, observe: h.metrics.delivery,
+	h.poolConfig = &relayConfig{dests: poolDests,
 		window: time.Duration(h.Window), maxBacklog: h.MaxBacklog,
 		maxMemory: h.MaxMemory, maxBody: h.MaxBody, maxStored: h.MaxStored}
 	h.poolKey = "webhook_relay:" + h.Name + ":" + store.StoreIdentity(h.Name)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/hookrelay/caddy-webhook-relay/delivery"
@@ -31,16 +32,20 @@ const shutdownGrace = 5 * time.Second
 // relayConfig is what the pool needs of one config of a relay: the
 // settings its store, memory budget and deliveries apply.
 type relayConfig struct {
-	settings *delivery.Settings // the deliveries' (upstream, dead-letter bounds, ...)
-	// destination names the one destination the settings deliver to, and
-	// observe counts its attempts under that name.
-	destination string
-	observe     func(result string, took time.Duration)
-	window      time.Duration
-	maxBacklog  int
-	maxMemory   int64
-	maxBody     int64
-	maxStored   int64
+	dests      []*destConfig // in the config's order
+	window     time.Duration
+	maxBacklog int
+	maxMemory  int64
+	maxBody    int64
+	maxStored  int64
+}
+
+// destConfig is one destination of a config: what its deliveries apply.
+type destConfig struct {
+	name     string
+	settings *delivery.Settings // upstream, attempts, dead-letter bounds, rate, ...
+	// observe counts its attempts under its name.
+	observe func(result string, took time.Duration)
 }
 
 // relayOpening is what opening a relay takes besides its first config:
@@ -61,26 +66,40 @@ type relayOpening struct {
 }
 
 // pooledRelay is the part of a webhook_relay that outlives a config: the store and
-// the delivery engine working on its queue.
+// the delivery engines working on its lanes, one per destination.
 type pooledRelay struct {
 	name          string
 	storeIdentity string
 	store         queue.Store
-	engine        *delivery.Engine
 	memory        *budget.Budget   // bodies in memory, intake and delivery together
 	storeErr      faultlog.Tracker // admit failures, logged once per outage
 	storeConfig   []byte           // the store module's settings it was opened with
 	totals        func() ops.Totals
 	events        relayEvents // the deliveries' Caddy events, to the running config's events app
 
+	logger      *zap.Logger
+	deadDropped func(*queue.Entry)
+
 	mu      sync.Mutex
-	configs []*relayConfig // configs using this relay, newest last
-	current atomic.Pointer[relayConfig]
+	configs []*relayConfig   // configs using this relay, newest last
+	lanes   map[string]*lane // by destination, the newest config's
+	// running are the lanes' engines, for the ack path to wake without
+	// taking mu.
+	running atomic.Pointer[[]*delivery.Engine]
+	// stopping counts the engines of destinations a reload removed, which
+	// finish their attempts in the background; Destruct waits for them.
+	stopping sync.WaitGroup
+}
+
+// lane is one destination's delivery engine, kept across reloads that keep
+// the destination.
+type lane struct {
+	engine  *delivery.Engine
+	current atomic.Pointer[destConfig]
 	// limiter is the destination's rate limiter, kept across reloads that
-	// keep its destination and rate, so that a reload grants no extra start.
-	limiterMu sync.Mutex
+	// keep its rate, so that a reload grants no extra start.
 	limiter   ratelimit.Limiter
-	limiterOf string // destination and rate it limits
+	limiterOf string // the rate it limits to
 }
 
 // acquireRelay opens the relay under key, or finds it open, and registers
@@ -95,19 +114,12 @@ func acquireRelay(key string, o relayOpening, cfg *relayConfig) (*pooledRelay, e
 			return nil, err
 		}
 		r := &pooledRelay{name: o.name, storeIdentity: o.backend.StoreIdentity(o.name), store: store,
-			storeConfig: storeConfig, totals: o.totals, memory: budget.New(cfg.maxMemory, cfg.maxBody)}
-		r.current.Store(cfg)
-		r.setLimiter(cfg)
-		r.engine = delivery.Start(delivery.Config{
-			Store:       store,
-			Settings:    cfg.settings,
-			Relay:       o.name,
-			Budget:      r.memory,
-			Logger:      o.logger.With(zap.String("relay", o.name)),
-			Observe:     r.observe,
-			DeadDropped: o.deadDropped,
-			Events:      &r.events,
-		})
+			storeConfig: storeConfig, totals: o.totals, memory: budget.New(cfg.maxMemory, cfg.maxBody),
+			logger: o.logger.With(zap.String("relay", o.name)), deadDropped: o.deadDropped,
+			lanes: make(map[string]*lane)}
+		r.mu.Lock()
+		r.startLanes(cfg)
+		r.mu.Unlock()
 		ops.Register(r)
 		return r, nil
 	})
@@ -133,18 +145,65 @@ func (r *pooledRelay) attach(cfg *relayConfig) {
 }
 
 func (r *pooledRelay) apply(cfg *relayConfig) {
-	r.setLimiter(cfg)
-	r.current.Store(cfg)
 	r.store.SetLimits(cfg.window, cfg.maxBacklog)
 	r.store.SetMaxStored(cfg.maxStored)
 	r.memory.SetLimits(budget.RelayLimits(cfg.maxMemory, cfg.maxBody))
-	r.engine.SetSettings(cfg.settings)
+	r.startLanes(cfg)
 }
 
-// observe counts a delivery attempt under the newest config's destination.
-func (r *pooledRelay) observe(result string, took time.Duration) {
-	if cfg := r.current.Load(); cfg != nil && cfg.observe != nil {
-		cfg.observe(result, took)
+// startLanes gives each of cfg's destinations an engine on its lane of the
+// store, keeps the engines of the destinations it keeps (with its
+// settings), and stops the others: their deliveries stay queued in the
+// store until a config names the destination again. It must be called
+// with r.mu held.
+func (r *pooledRelay) startLanes(cfg *relayConfig) {
+	keep := make(map[string]bool, len(cfg.dests))
+	for _, d := range cfg.dests {
+		keep[d.name] = true
+		l, ok := r.lanes[d.name]
+		if !ok {
+			l = &lane{}
+		}
+		r.setLimiter(l, d)
+		l.current.Store(d)
+		if ok {
+			l.engine.SetSettings(d.settings)
+			continue
+		}
+		l.engine = delivery.Start(delivery.Config{
+			Store:       r.store.Lane(d.name),
+			Settings:    d.settings,
+			Relay:       r.name,
+			Budget:      r.memory,
+			Logger:      r.logger,
+			Observe:     l.observe,
+			DeadDropped: r.deadDropped,
+			Events:      &r.events,
+		})
+		r.lanes[d.name] = l
+	}
+	for name, l := range r.lanes {
+		if keep[name] {
+			continue
+		}
+		delete(r.lanes, name)
+		r.stopping.Add(1)
+		go func() {
+			defer r.stopping.Done()
+			l.engine.Stop(shutdownGrace)
+		}()
+	}
+	running := make([]*delivery.Engine, 0, len(r.lanes))
+	for _, l := range r.lanes {
+		running = append(running, l.engine)
+	}
+	r.running.Store(&running)
+}
+
+// observe counts a delivery attempt under the lane's destination.
+func (l *lane) observe(result string, took time.Duration) {
+	if d := l.current.Load(); d != nil && d.observe != nil {
+		d.observe(result, took)
 	}
 }
 
@@ -154,30 +213,28 @@ type rateLimited interface {
 	Limiter(destination string, rate ratelimit.Rate) ratelimit.Limiter
 }
 
-// setLimiter gives cfg's settings the limiter of their destination's rate:
-// the store's, shared by every instance, when it keeps one (Redis), else
-// one of this process. The limiter already in use is kept when the
-// destination and rate are the same.
-func (r *pooledRelay) setLimiter(cfg *relayConfig) {
+// setLimiter gives d's settings the limiter of its rate: the store's,
+// shared by every instance, when it keeps one (Redis), else one of this
+// process. The lane's limiter is kept when the rate is the same. It must
+// be called with r.mu held.
+func (r *pooledRelay) setLimiter(l *lane, d *destConfig) {
 	// The settings are written only when they change: a config's settings
 	// get their limiter when it is attached, before the engine sees them.
-	s := cfg.settings
+	s := d.settings
 	if s.Rate.IsZero() {
 		return
 	}
-	of := cfg.destination + " " + s.Rate.String()
-	r.limiterMu.Lock()
-	defer r.limiterMu.Unlock()
-	if r.limiter == nil || r.limiterOf != of {
+	of := s.Rate.String()
+	if l.limiter == nil || l.limiterOf != of {
 		if rl, ok := r.store.(rateLimited); ok {
-			r.limiter = rl.Limiter(cfg.destination, s.Rate)
+			l.limiter = rl.Limiter(d.name, s.Rate)
 		} else {
-			r.limiter = ratelimit.NewLocal(s.Rate, nil)
+			l.limiter = ratelimit.NewLocal(s.Rate, nil)
 		}
-		r.limiterOf = of
+		l.limiterOf = of
 	}
-	if s.Limiter != r.limiter {
-		s.Limiter = r.limiter
+	if s.Limiter != l.limiter {
+		s.Limiter = l.limiter
 	}
 }
 
@@ -201,8 +258,23 @@ func (r *pooledRelay) detach(cfg *relayConfig) {
 // using this relay is gone.
 func (r *pooledRelay) Destruct() error {
 	ops.Unregister(r)
-	r.engine.Stop(shutdownGrace)
+	r.mu.Lock()
+	var wg sync.WaitGroup
+	for _, l := range r.lanes {
+		wg.Go(func() { l.engine.Stop(shutdownGrace) })
+	}
+	r.mu.Unlock()
+	wg.Wait()
+	r.stopping.Wait()
 	return r.store.Close()
+}
+
+// engines are the running engines, the newest config's destinations'.
+func (r *pooledRelay) engines() []*delivery.Engine {
+	if p := r.running.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // The pooled relay as the operations see it (ops.Relay).
@@ -210,13 +282,34 @@ func (r *pooledRelay) Destruct() error {
 func (r *pooledRelay) Name() string          { return r.name }
 func (r *pooledRelay) StoreIdentity() string { return r.storeIdentity }
 func (r *pooledRelay) Store() ops.Store      { return r.store }
-func (r *pooledRelay) InFlight() int         { return r.engine.InFlight() }
 func (r *pooledRelay) MemoryUsed() int64     { return r.memory.Used() }
-func (r *pooledRelay) Wake()                 { r.engine.Wake() }
 func (r *pooledRelay) Totals() ops.Totals    { return r.totals() }
 
-// Destinations are the newest config's: today the one, named by its
-// settings.
+// InFlight counts the attempts running now, every destination's.
+func (r *pooledRelay) InFlight() int {
+	n := 0
+	for _, e := range r.engines() {
+		n += e.InFlight()
+	}
+	return n
+}
+
+// useTracerProvider makes every destination's attempts record their spans
+// through tp (delivery.Engine.UseTracerProvider).
+func (r *pooledRelay) useTracerProvider(tp trace.TracerProvider) {
+	for _, e := range r.engines() {
+		e.UseTracerProvider(tp)
+	}
+}
+
+// Wake wakes every destination's engine.
+func (r *pooledRelay) Wake() {
+	for _, e := range r.engines() {
+		e.Wake()
+	}
+}
+
+// Destinations are the newest config's, in its order.
 func (r *pooledRelay) Destinations() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -224,11 +317,11 @@ func (r *pooledRelay) Destinations() []string {
 	if n == 0 {
 		return nil
 	}
-	name := r.configs[n-1].settings.Destination
-	if name == "" {
-		name = delivery.DefaultDestination
+	var out []string
+	for _, d := range r.configs[n-1].dests {
+		out = append(out, d.name)
 	}
-	return []string{name}
+	return out
 }
 
 // Bounds are the newest config's.
@@ -240,12 +333,18 @@ func (r *pooledRelay) Bounds() (ops.Bounds, bool) {
 		return ops.Bounds{}, false
 	}
 	cfg := r.configs[n-1]
+	hosts := make(map[string]string, len(cfg.dests))
+	for _, d := range cfg.dests {
+		hosts[d.name] = d.settings.Upstream.Host
+	}
+	first := cfg.dests[0].settings
 	return ops.Bounds{
-		UpstreamHost:  cfg.settings.Upstream.Host,
+		UpstreamHost:  first.Upstream.Host,
+		Hosts:         hosts,
 		MaxMemory:     cfg.maxMemory,
-		MaxDead:       cfg.settings.MaxDead,
+		MaxDead:       first.MaxDead,
 		MaxStored:     cfg.maxStored,
-		DeadRetention: cfg.settings.DeadRetention,
+		DeadRetention: first.DeadRetention,
 	}, true
 }
 

@@ -15,7 +15,8 @@ type Totals struct {
 
 // Bounds are what the status shows of a relay's newest config.
 type Bounds struct {
-	UpstreamHost  string
+	UpstreamHost  string            // the first destination's
+	Hosts         map[string]string // each destination's upstream host, by name
 	MaxMemory     int64
 	MaxDead       int
 	DeadRetention time.Duration

@@ -346,9 +346,17 @@ func cmdRelayStatus(fl caddycmd.Flags) (int, error) {
 			if len(paused) > 0 {
 				pausedText = strings.Join(paused, ",")
 			}
+			upstream := r.UpstreamHost
+			if len(r.Destinations) > 1 { // each by name, with what waits for it
+				var each []string
+				for _, d := range r.Destinations {
+					each = append(each, fmt.Sprintf("%s=%s(%d)", d.Name, d.UpstreamHost, d.Backlog))
+				}
+				upstream = strings.Join(each, ",")
+			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", r.Name, backlog, r.InFlight, dead, stored, oldest,
 				r.Requests["accepted"], r.Requests["duplicate"], refused,
-				r.Deliveries["success"], r.Deliveries["retry"], r.Deliveries["dead"], r.UpstreamHost, pausedText)
+				r.Deliveries["success"], r.Deliveries["retry"], r.Deliveries["dead"], upstream, pausedText)
 		}
 		if err := tw.Flush(); err != nil {
 			return exitError, err

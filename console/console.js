@@ -235,7 +235,9 @@
 			button.addEventListener('click', () => setPaused(state.relay, d.name, verb, button));
 			return el('tr', { className: 'destination', 'data-destination': d.name },
 				el('td', { className: 'name' }, d.name),
+				el('td', { className: 'host' }, d.upstream_host || '–'),
 				el('td', { className: 'state' + (d.paused ? ' paused' : '') }, d.paused ? 'paused' : 'delivering'),
+				el('td', { className: 'num backlog' }, String(d.backlog || 0)),
 				el('td', {}, button));
 		}));
 	}

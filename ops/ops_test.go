@@ -278,11 +278,11 @@ func TestAdminRoutes(t *testing.T) {
 		{"GET", "/webhook_relay/admin/dead", "", 200, `"entries":[]`},
 		{"PUT", "/webhook_relay/admin/dead", "", 405, "method not allowed"},
 		{"GET", "/webhook_relay/admin/other", "", 404, "unknown route"},
-		{"POST", "/webhook_relay/admin/destinations/upstream/pause", "", 200, `"destinations":[{"name":"upstream","paused":true}]`},
+		{"POST", "/webhook_relay/admin/destinations/upstream/pause", "", 200, `"destinations":[{"name":"upstream","paused":true,"backlog":0}]`},
 		{"GET", "/webhook_relay/admin/destinations/upstream/pause", "", 405, "method not allowed"},
 		{"POST", "/webhook_relay/admin/destinations/nope/pause", "", 404, `relay \"admin\" has no destination \"nope\"; its destinations: upstream`},
 		{"POST", "/webhook_relay/nope/pause", "", 404, `no relay named \"nope\"`},
-		{"POST", "/webhook_relay/admin/resume", "", 200, `"destinations":[{"name":"upstream","paused":false}]`},
+		{"POST", "/webhook_relay/admin/resume", "", 200, `"destinations":[{"name":"upstream","paused":false,"backlog":0}]`},
 		{"GET", "/webhook_relay/admin/pause", "", 405, "method not allowed"},
 	} {
 		w := httptest.NewRecorder()

@@ -12,6 +12,10 @@ import (
 type DestinationStatus struct {
 	Name   string `json:"name"`
 	Paused bool   `json:"paused"`
+	// UpstreamHost is where it delivers to (from the newest config).
+	UpstreamHost string `json:"upstream_host,omitempty"`
+	// Backlog counts its deliveries queued in the store, every process's.
+	Backlog int `json:"backlog"`
 }
 
 // PauseResult is what a pause or resume answers: the relay's destinations
@@ -21,16 +25,19 @@ type PauseResult struct {
 	Destinations []DestinationStatus `json:"destinations"`
 }
 
-// destinations are r's destinations and their pauses, as its store keeps
-// them.
-func destinations(ctx context.Context, r Relay) ([]DestinationStatus, error) {
+// destinations are r's destinations, their pauses and backlogs as its
+// store keeps them (lanes: the store's queued deliveries by destination;
+// nil leaves the backlogs zero).
+func destinations(ctx context.Context, r Relay, lanes map[string]int) ([]DestinationStatus, error) {
 	paused, err := r.Store().Paused(ctx)
 	if err != nil {
 		return nil, err
 	}
+	b, _ := r.Bounds()
 	out := []DestinationStatus{}
 	for _, name := range r.Destinations() {
-		out = append(out, DestinationStatus{Name: name, Paused: slices.Contains(paused, name)})
+		out = append(out, DestinationStatus{Name: name, Paused: slices.Contains(paused, name),
+			UpstreamHost: b.Hosts[name], Backlog: lanes[name]})
 	}
 	return out, nil
 }
@@ -60,7 +67,11 @@ func SetPaused(ctx context.Context, relay, destination string, paused bool) (Pau
 		}
 	}
 	r.Wake()
-	dests, err := destinations(ctx, r)
+	st, err := r.Store().Stats(ctx)
+	if err != nil {
+		return PauseResult{}, storeError(err, "")
+	}
+	dests, err := destinations(ctx, r, st.Lanes)
 	if err != nil {
 		return PauseResult{}, storeError(err, "")
 	}

@@ -81,7 +81,7 @@ func Status(ctx context.Context, r Relay) RelayStatus {
 		if !st.OldestQueued.IsZero() {
 			s.OldestQueued = &st.OldestQueued
 		}
-		if d, err := destinations(ctx, r); err != nil {
+		if d, err := destinations(ctx, r, st.Lanes); err != nil {
 			s.Error = "store unavailable: " + err.Error()
 		} else {
 			s.Destinations = d

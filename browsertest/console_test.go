@@ -356,6 +356,31 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("destinations apart", func(t *testing.T) {
+		archive := `document.querySelector('#destinations tr[data-destination=archive]')`
+		upstream := `document.querySelector('#destinations tr[data-destination=upstream]')`
+		b.waitFor("both destinations with their upstream", archive+`?.querySelector('td.host').textContent === `+js(strings.TrimPrefix(app.URL, "http://"))+
+			` && `+upstream+`?.querySelector('td.backlog').textContent === '0'`)
+		b.do("pausing the archive", chromedp.Click(chromedp.CSS(`#destinations tr[data-destination=archive] button.pause`)))
+		b.waitFor("the archive shown paused", archive+`?.querySelector('td.state').textContent === 'paused'`)
+		held := payload(t)
+		testkit.MustAccept(t, relayURL("/in", "token="+secrets[0]+"&archive=1"), held)
+		// the application has it; the archive's copy waits, shown queued
+		waitDelivered(t, app.Upstream, held)
+		b.waitFor("the archive's copy queued, none for the application", archive+`?.querySelector('td.backlog').textContent === '1' && `+
+			upstream+`?.querySelector('td.backlog').textContent === '0' && `+upstream+`?.querySelector('td.state').textContent === 'delivering'`)
+		b.do("resuming the archive", chromedp.Click(chromedp.CSS(`#destinations tr[data-destination=archive] button.resume`)))
+		app.WaitFor(t, waitTimeout, "the copy at the archive", func(rs []*testkit.Request) bool {
+			for _, r := range rs {
+				if r.Path == "/archive" && bytes.Equal(r.Body, held) && r.Status == http.StatusOK {
+					return true
+				}
+			}
+			return false
+		})
+		b.waitFor("nothing queued", archive+`?.querySelector('td.backlog').textContent === '0' && `+cell("backlog")+` === '0'`)
+	})
+
 	t.Run("only its own origin", func(t *testing.T) {
 		origin := relayURL("", "")
 		for _, r := range b.requestsMade() {

@@ -173,7 +173,12 @@ type opsRelayStatus struct {
 
 // paused tells whether the relay's destination "upstream" is paused.
 func (s *opsRelayStatus) paused() bool {
-	return len(s.Destinations) == 1 && s.Destinations[0].Name == "upstream" && s.Destinations[0].Paused
+	for _, d := range s.Destinations {
+		if d.Name == "upstream" {
+			return d.Paused
+		}
+	}
+	return false
 }
 
 // opsOverview is the relay called name in GET /webhook_relay/, or nil.

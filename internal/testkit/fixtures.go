@@ -24,7 +24,9 @@ func ConsoleSecrets(t testing.TB) []string {
 // ConsoleDirectives are the console tests' site directives: a relay at /in
 // called name, delivering to upstreamURL/hook (destination "upstream",
 // whose filter takes every payload but those sent with the query parameter
-// ignore, counted as ignored), guarded by the token of
+// ignore, counted as ignored), and to upstreamURL/archive (destination
+// "archive", taking only those sent with the query parameter archive),
+// guarded by the token of
 // ConsoleSecrets, with its app token as a secret header_up and answering
 // Graph's validation (challenge graph, counted as challenge), and the
 // console at /ops/, behind basic_auth for user with the bcrypt hash when
@@ -36,10 +38,13 @@ func ConsoleDirectives(upstreamURL, name, user, hash string) string {
 	}
 	return fmt.Sprintf(`
 	webhook_relay /in {
-		destination upstream %s/hook {
+		destination upstream %[1]s/hook {
 			filter `+"`"+`!("ignore" in query)`+"`"+`
 		}
-		name %s
+		destination archive %[1]s/archive {
+			filter `+"`"+`"archive" in query`+"`"+`
+		}
+		name %[2]s
 		store memory
 		backoff 10ms 50ms
 		auth_query token {env.CONSOLE_TEST_TOKEN}
@@ -47,7 +52,7 @@ func ConsoleDirectives(upstreamURL, name, user, hash string) string {
 		challenge graph
 	}
 	handle_path /ops/* {
-		%s
+		%[3]s
 	}
 	redir /ops /ops/`, upstreamURL, name, auth)
 }

@@ -370,7 +370,8 @@ func TestBoltDamagedEntryDoesNotHaltClaims(t *testing.T) {
 	}
 	damaged := admitted[1]
 	if err := db.Update(func(tx *bbolt.Tx) error {
-		return tx.Bucket([]byte("queue")).Put([]byte(damaged.ID), []byte{0xff, 0x01, 0x02})
+		// the store's own lane: its keys start with the name's length, 0
+		return tx.Bucket([]byte("queue")).Put(append([]byte{0}, damaged.ID...), []byte{0xff, 0x01, 0x02})
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -81,6 +81,8 @@ type testHooks struct {
 	sweep func()
 	// sweepEvery replaces the background sweep's interval.
 	sweepEvery time.Duration
+	// claimStep runs for every key a Claim looks at.
+	claimStep func()
 }
 
 // Bucket names. The queue holds every lane, each one a range of keys that
@@ -422,6 +424,9 @@ func (b *Store) claim(ctx context.Context, lane string, max int) ([]*queue.Entry
 		wk, _ := wc.Seek(prefix)
 		nextWaiting := func() {
 			for wait = nil; wk != nil && bytes.HasPrefix(wk, prefix); wk, _ = wc.Next() {
+				if b.hooks.claimStep != nil {
+					b.hooks.claimStep()
+				}
 				rest := wk[len(prefix):]
 				if len(rest) <= 8 {
 					continue // names no delivery
@@ -458,6 +463,9 @@ func (b *Store) claim(ctx context.Context, lane string, max int) ([]*queue.Entry
 		qk, qv := qc.Seek(start)
 		nextFresh := func() {
 			for fresh = nil; qk != nil && bytes.HasPrefix(qk, prefix); qk, qv = qc.Next() {
+				if b.hooks.claimStep != nil {
+					b.hooks.claimStep()
+				}
 				last = qk
 				id := boltEntryID(qv)
 				if id == "" {

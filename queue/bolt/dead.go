@@ -174,9 +174,9 @@ func (b *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 
 // Replay implements Store. It ignores MaxBacklog: replaying is an
 // operator's decision. Replayed deliveries join the back of their
-// destination's lane under a new queue key and keep their ID. It commits boltReplayBatch letters at a
-// time, so admits wait for one short commit at most, never for the whole
-// replay.
+// destination's lane under a new queue key and keep their ID. It commits
+// boltReplayBatch letters at a time, so admits wait for one short commit at
+// most, never for the whole replay.
 func (b *Store) Replay(ctx context.Context, ids []string) (int, error) {
 	if err := b.usable(ctx); err != nil {
 		return 0, err

@@ -25,6 +25,9 @@ import (
 // an accepted payload survives a crash, kill -9 or a power cut, but not the
 // loss of the disk. Admits that arrive together share one commit.
 //
+// Each destination's deliveries wait in a lane of their own (Lane), and a
+// payload's body is kept once for all of them.
+//
 // Only one process can hold the file at a time; a second one fails at Open.
 // Claims live in the process: after a restart nothing is claimed and every
 // queued payload is handed out again.

@@ -537,3 +537,64 @@ func TestBoltLanesCountedAtOpen(t *testing.T) {
 		t.Fatalf("Stats after deleting the last delivery = %+v, %v; want nothing", st, err)
 	}
 }
+
+// A damaged delivery of a fanned-out payload is handed out by its lane,
+// with its lane's destination and its payload, so its dead letter keeps
+// the shared body; the payload's other delivery is not affected.
+func TestBoltDamagedDeliveryInALane(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "relay.db")
+	opts := queue.Options{Window: time.Hour}
+	s := openBolt(t, path, opts)
+	a := &queue.Entry{Key: "a", Body: []byte(`{"k":"a"}`), Destinations: []string{"app", "archive"}}
+	if _, err := s.Admit(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	damaged := queue.DeliveryID(a.ID, "app", false)
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		// app's lane: its keys start with the name's length and the name
+		return tx.Bucket([]byte("queue")).Put(append([]byte("\x03app"), damaged...), []byte{0xff, 0x01})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s = openBolt(t, path, opts)
+	app, archive := s.Lane("app"), s.Lane("archive")
+	got, err := app.Claim(ctx, 10)
+	if err != nil || len(got) != 1 || got[0].ID != damaged || got[0].Damaged == "" ||
+		got[0].Destination != "app" || got[0].Payload != a.ID || got[0].BodySize != len(a.Body) {
+		t.Fatalf("app: Claim = %+v, %v; want %s damaged, of app and payload %s", got, err, damaged, a.ID)
+	}
+	got[0].LastError = got[0].Damaged
+	if err := app.Bury(ctx, got[0]); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.DeadEntry(ctx, damaged)
+	if err != nil || d.Destination != "app" || d.Payload != a.ID || !bytes.Equal(d.Body, a.Body) {
+		t.Fatalf("DeadEntry(%s) = %+v, %v; want app's letter with a's body", damaged, d, err)
+	}
+	if err := s.DeleteDead(ctx, damaged); err != nil {
+		t.Fatal(err)
+	}
+	other, err := archive.Claim(ctx, 10)
+	if err != nil || len(other) != 1 || other[0].Damaged != "" {
+		t.Fatalf("archive: Claim = %+v, %v; want its delivery", other, err)
+	}
+	if body, err := archive.Body(ctx, other[0].ID); err != nil || !bytes.Equal(body, a.Body) {
+		t.Fatalf("archive: Body = %q, %v; want a's", body, err)
+	}
+	if err := archive.Ack(ctx, other[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Stats(ctx); err != nil || st.Stored != 0 || st.Backlog != 0 || st.Dead != 0 {
+		t.Fatalf("Stats = %+v, %v; want nothing left", st, err)
+	}
+}

@@ -837,7 +837,6 @@ func (b *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	var s queue.Stats
 	err := b.db.View(func(tx *bbolt.Tx) error {
 		s.Stored = boltStored(tx)
-		s.OldestQueued = time.Time{}
 		c := tx.Bucket(boltQueue).Cursor()
 		for k, v := c.First(); k != nil; {
 			prefix, _, _, ok := boltSplitLane(k)

@@ -14,10 +14,10 @@ import (
 const (
 	boltMaxRawKey   = 512 // longer dedupe keys are stored as their SHA-256
 	boltIDWidth     = 20  // digits of an id: uint64 fits, and ids sort as strings
-	boltEntryFormat = 3   // the first byte of every entry record
+	boltEntryFormat = 4   // the first byte of every entry record
 )
 
-// Entry encoding: the format byte boltEntryFormat, then ID, Key,
+// Entry encoding: the format byte boltEntryFormat, then ID, Payload, Key,
 // Destination and the request fields as length-prefixed strings, Received and Queued as Unix
 // nanoseconds, Attempts, LastStatus, LastError, Died (Unix nanoseconds, 0
 // while queued), TraceParent and TraceState, and the kept headers
@@ -26,12 +26,12 @@ const (
 // recording an attempt or burying never rewrites them.
 
 func boltEncode(e *queue.Entry) []byte {
-	n := 1 + 11*8 + len(e.ID) + len(e.Key) + len(e.Destination) + len(e.Request.RawQuery) + len(e.Request.ContentType) +
+	n := 1 + 12*8 + len(e.ID) + len(e.Payload) + len(e.Key) + len(e.Destination) + len(e.Request.RawQuery) + len(e.Request.ContentType) +
 		len(e.Request.UserAgent) + len(e.Request.ForwardedFor) + len(e.LastError) +
 		len(e.Request.TraceParent) + len(e.Request.TraceState)
 	buf := make([]byte, 0, n)
 	buf = append(buf, boltEntryFormat)
-	for _, s := range []string{e.ID, e.Key, e.Destination, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor} {
+	for _, s := range []string{e.ID, e.Payload, e.Key, e.Destination, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor} {
 		buf = binary.AppendUvarint(buf, uint64(len(s)))
 		buf = append(buf, s...)
 	}
@@ -67,6 +67,28 @@ func boltEntryID(v []byte) string {
 	return string(v[1+w : 1+w+int(n)])
 }
 
+// boltPayload is the payload of the delivery id whose record is v: the
+// record's, else (a record that cannot be read) the payload ID that id
+// starts with, as every bolt delivery ID does.
+func boltPayload(id string, v []byte) string {
+	if len(v) >= 2 && v[0] == boltEntryFormat {
+		d := boltDecoder{buf: v[1:]}
+		d.str()
+		if p := d.str(); !d.bad && p != "" {
+			return p
+		}
+	}
+	return boltPayloadOf(id)
+}
+
+// boltPayloadOf is the payload ID a delivery ID starts with.
+func boltPayloadOf(id string) string {
+	if len(id) > boltIDWidth && id[boltIDWidth:boltIDWidth+len(queue.DeliverySep)] == queue.DeliverySep {
+		return id[:boltIDWidth]
+	}
+	return id
+}
+
 func boltDecode(v []byte) (*queue.Entry, error) {
 	if len(v) < 1 || v[0] != boltEntryFormat {
 		return nil, errBoltEntry
@@ -74,6 +96,7 @@ func boltDecode(v []byte) (*queue.Entry, error) {
 	d := boltDecoder{buf: v[1:]}
 	e := &queue.Entry{
 		ID:          d.str(),
+		Payload:     d.str(),
 		Key:         d.str(),
 		Destination: d.str(),
 		Request: queue.RequestMeta{
@@ -148,4 +171,27 @@ func boltMarkerKey(key string) []byte {
 func boltID(seq uint64) string {
 	s := strconv.FormatUint(seq, 10)
 	return string(bytes.Repeat([]byte{'0'}, boltIDWidth-len(s))) + s
+}
+
+// boltLane is the prefix of a lane's keys in the queue and waiting buckets:
+// the destination's length (uvarint) and its name. Uvarints are
+// prefix-free, so one lane's prefix never starts another lane's key.
+func boltLane(dest string) []byte {
+	return append(binary.AppendUvarint(nil, uint64(len(dest))), dest...)
+}
+
+// boltLaneKey is the key of rest in dest's lane.
+func boltLaneKey(dest string, rest string) []byte {
+	return append(boltLane(dest), rest...)
+}
+
+// boltSplitLane splits a key of the queue or waiting bucket into its lane's
+// prefix, the destination and the rest; ok is false for a key of no lane.
+func boltSplitLane(k []byte) (prefix []byte, dest string, rest []byte, ok bool) {
+	n, w := binary.Uvarint(k)
+	if w <= 0 || uint64(len(k)-w) < n {
+		return nil, "", nil, false
+	}
+	end := w + int(n)
+	return k[:end], string(k[w:end]), k[end:], true
 }

@@ -35,7 +35,7 @@ func (b *Store) Dead(ctx context.Context, after string, limit int) ([]*queue.Ent
 				// listed all the same, so an operator can see and delete it
 				e = &queue.Entry{ID: string(k), LastError: fmt.Sprintf("the stored record of this dead letter cannot be read: %v", err)}
 			}
-			e.BodySize = len(tx.Bucket(boltBodies).Get(k))
+			e.BodySize = len(tx.Bucket(boltBodies).Get([]byte(boltPayload(string(k), v))))
 			out = append(out, e)
 		}
 		return nil
@@ -61,7 +61,7 @@ func (b *Store) DeadEntry(ctx context.Context, id string) (*queue.Entry, error) 
 		if e, err = boltDecode(v); err != nil {
 			return fmt.Errorf("dead letter %s: %w", id, err)
 		}
-		e.Body = bytes.Clone(tx.Bucket(boltBodies).Get([]byte(id)))
+		e.Body = bytes.Clone(tx.Bucket(boltBodies).Get([]byte(boltPayload(id, v))))
 		if e.Body == nil {
 			e.Body = []byte{}
 		}
@@ -76,7 +76,8 @@ func (b *Store) DeadEntry(ctx context.Context, id string) (*queue.Entry, error) 
 	return e, nil
 }
 
-// DeleteDead implements Store. The body goes with it.
+// DeleteDead implements Store. The body goes with the payload's last
+// delivery.
 func (b *Store) DeleteDead(ctx context.Context, id string) error {
 	if err := b.usable(ctx); err != nil {
 		return err
@@ -97,14 +98,14 @@ func (b *Store) DeleteDead(ctx context.Context, id string) error {
 	if !found {
 		return fmt.Errorf("dead letter %s: %w", id, queue.ErrNotFound)
 	}
-	b.count(0, -1)
+	b.count("", 0, -1)
 	return nil
 }
 
-// boltDeleteDead removes dead letter id (its record v), its body and its
-// place in the index by death.
+// boltDeleteDead removes dead letter id (its record v), its hold on its
+// payload's body and its place in the index by death.
 func boltDeleteDead(tx *bbolt.Tx, id string, v []byte) error {
-	if err := boltAddStored(tx, -boltSizeOf(tx, id, v)); err != nil {
+	if _, err := boltUnref(tx, id, v); err != nil {
 		return err
 	}
 	if e, err := boltDecode(v); err == nil {
@@ -112,10 +113,7 @@ func boltDeleteDead(tx *bbolt.Tx, id string, v []byte) error {
 			return err
 		}
 	}
-	if err := tx.Bucket(boltDead).Delete([]byte(id)); err != nil {
-		return err
-	}
-	return tx.Bucket(boltBodies).Delete([]byte(id))
+	return tx.Bucket(boltDead).Delete([]byte(id))
 }
 
 // TrimDead implements Store, in one transaction of at most limit letters.
@@ -149,16 +147,13 @@ func (b *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 			}
 			e, err := boltDecode(v)
 			if err != nil {
-				e = &queue.Entry{ID: id}
+				e = &queue.Entry{ID: id, Payload: boltPayloadOf(id)}
 			}
-			e.BodySize = len(tx.Bucket(boltBodies).Get([]byte(id)))
-			if err := boltAddStored(tx, -boltSizeOf(tx, id, v)); err != nil {
+			e.BodySize = len(tx.Bucket(boltBodies).Get([]byte(boltPayload(id, v))))
+			if _, err := boltUnref(tx, id, v); err != nil {
 				return err
 			}
 			if err := deadBk.Delete([]byte(id)); err != nil {
-				return err
-			}
-			if err := tx.Bucket(boltBodies).Delete([]byte(id)); err != nil {
 				return err
 			}
 			out = append(out, e)
@@ -173,15 +168,15 @@ func (b *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 	if err != nil {
 		return nil, b.storeErr(err)
 	}
-	b.count(0, -len(out))
+	b.count("", 0, -len(out))
 	return out, nil
 }
 
 // Replay implements Store. It ignores MaxBacklog: replaying is an
-// operator's decision. Replayed entries join the back of the queue under a
-// new queue key and keep their ID. It commits boltReplayBatch letters at a
-// time, so admits wait for one short commit at most, never for the whole
-// replay.
+// operator's decision. Replayed deliveries join the back of their
+// destination's lane under a new queue key and keep their ID. It commits
+// boltReplayBatch letters at a time, so admits wait for one short commit at
+// most, never for the whole replay.
 func (b *Store) Replay(ctx context.Context, ids []string) (int, error) {
 	if err := b.usable(ctx); err != nil {
 		return 0, err
@@ -222,12 +217,14 @@ func (b *Store) Replay(ctx context.Context, ids []string) (int, error) {
 	}
 }
 
-// replay puts the dead letters in ids back in the queue, in one commit.
+// replay puts the dead letters in ids back in their lanes, in one commit.
 func (b *Store) replay(ids []string) (int, error) {
 	now := b.now()
 	var n int
+	lanes := make(map[string]int)
 	err := b.write(func(tx *bbolt.Tx) error {
 		n = 0
+		clear(lanes)
 		dead := tx.Bucket(boltDead)
 		qb := tx.Bucket(boltQueue)
 		requeued := tx.Bucket(boltRequeued)
@@ -238,7 +235,9 @@ func (b *Store) replay(ids []string) (int, error) {
 			}
 			e, err := boltDecode(v)
 			if err != nil {
-				e = &queue.Entry{ID: id} // the body is what matters, and it is intact
+				// the body is what matters, and it is intact; with no
+				// destination to read it goes to the store's own lane
+				e = &queue.Entry{ID: id, Payload: boltPayloadOf(id)}
 			}
 			if err := tx.Bucket(boltDeadAt).Delete(boltDeadAtKey(e.Died, id)); err != nil {
 				return err
@@ -252,7 +251,7 @@ func (b *Store) replay(ids []string) (int, error) {
 			if err != nil {
 				return err
 			}
-			qk := []byte(boltID(seq))
+			qk := boltLaneKey(e.Destination, boltID(seq))
 			if err := qb.Put(qk, boltEncode(e)); err != nil {
 				return err
 			}
@@ -262,6 +261,7 @@ func (b *Store) replay(ids []string) (int, error) {
 			if err := dead.Delete([]byte(id)); err != nil {
 				return err
 			}
+			lanes[e.Destination]++
 			n++
 		}
 		return nil
@@ -269,6 +269,8 @@ func (b *Store) replay(ids []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	b.count(n, -n)
+	for lane, k := range lanes {
+		b.count(lane, k, -k)
+	}
 	return n, nil
 }

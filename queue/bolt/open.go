@@ -51,16 +51,18 @@ func open(path string, opts queue.Options, logger *zap.Logger, hooks testHooks) 
 		return nil, err
 	}
 	b := &Store{
-		db:       db,
-		path:     path,
-		now:      opts.Clock(),
-		commits:  make(chan *boltCommit),
-		done:     make(chan struct{}),
-		sweepMax: boltSweepBatch,
-		claims:   make(map[string]struct{}),
-		logger:   logger,
-		hooks:    hooks,
-		evicted:  opts.Evicted,
+		db:        db,
+		path:      path,
+		now:       opts.Clock(),
+		commits:   make(chan *boltCommit),
+		done:      make(chan struct{}),
+		sweepMax:  boltSweepBatch,
+		claims:    make(map[string]string),
+		claimFrom: make(map[string][]byte),
+		lanes:     make(map[string]int),
+		logger:    logger,
+		hooks:     hooks,
+		evicted:   opts.Evicted,
 	}
 	b.SetLimits(opts.Window, opts.MaxBacklog)
 	b.SetMaxStored(opts.MaxStored)
@@ -131,12 +133,17 @@ func (b *Store) init() (err error) {
 				return err
 			}
 		}
-		for _, name := range [][]byte{boltQueue, boltRequeued, boltBodies, boltSeen, boltExpiry, boltDead, boltDeadAt, boltWaiting, boltDueOf} {
+		for _, name := range [][]byte{boltQueue, boltRequeued, boltBodies, boltRefs, boltSeen, boltExpiry, boltDead, boltDeadAt, boltWaiting, boltDueOf} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("bucket %s: %w", name, err)
 			}
 		}
-		b.backlog = boltCountKeys(tx.Bucket(boltQueue))
+		c := tx.Bucket(boltQueue).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			_, lane, _, _ := boltSplitLane(k)
+			b.lanes[lane]++
+			b.backlog++
+		}
 		b.dead = boltCountKeys(tx.Bucket(boltDead))
 		b.keys = boltCountKeys(tx.Bucket(boltSeen))
 		return nil

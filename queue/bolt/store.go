@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +25,9 @@ import (
 // an accepted payload survives a crash, kill -9 or a power cut, but not the
 // loss of the disk. Admits that arrive together share one commit.
 //
+// Each destination's deliveries wait in a lane of their own (Lane), and a
+// payload's body is kept once for all of them.
+//
 // Only one process can hold the file at a time; a second one fails at Open.
 // Claims live in the process: after a restart nothing is claimed and every
 // queued payload is handed out again.
@@ -39,20 +44,24 @@ type Store struct {
 	bgDone   sync.WaitGroup
 	sweepMax int // markers deleted per sweep transaction
 
-	// counts: backlog is queued entries, admitted ones reserved before
-	// their commit so the bound is never overshot; dead is dead letters.
+	// counts: backlog is queued deliveries, admitted ones reserved before
+	// their commit so the bound is never overshot; lanes is the committed
+	// queued deliveries per destination (only those with any); dead is dead
+	// letters. All are counted again at open.
 	countMu sync.Mutex
 	backlog int
+	lanes   map[string]int
 	dead    int
 	keys    int // markers in the seen bucket, expired ones not yet swept included
 
-	// claims holds the ids of claimed entries. Every queued entry whose
-	// queue key sorts before claimFrom is claimed, so Claim starts there
-	// instead of stepping over all the held entries at the front of the
-	// queue each time; Release, the one way back to unclaimed, resets it.
+	// claims maps the ids of claimed deliveries to their lane. In each
+	// lane, every queued delivery whose queue key sorts before the lane's
+	// claimFrom is claimed or waiting, so Claim starts there instead of
+	// stepping over all the held deliveries at the front of the lane each
+	// time; Release, the one way back to unclaimed, resets it.
 	claimMu   sync.Mutex
-	claims    map[string]struct{}
-	claimFrom []byte
+	claims    map[string]string
+	claimFrom map[string][]byte
 
 	// release lets go of the file in the process's table of bolt files
 	// (set by Backend.OpenStore); Close calls it.
@@ -75,28 +84,38 @@ type testHooks struct {
 	sweep func()
 	// sweepEvery replaces the background sweep's interval.
 	sweepEvery time.Duration
+	// claimStep runs for every key a Claim looks at.
+	claimStep func()
 }
 
-// Bucket names. The queue is ordered by queue key: an entry's own ID when it
-// was admitted, a fresh sequence number when it was replayed (requeued maps
-// its ID to that key), so the queue's first key is always its oldest entry.
+// Bucket names. The queue holds every lane, each one a range of keys that
+// start with the lane's prefix (boltLane: the destination's length and
+// name). In a lane, deliveries are ordered by the rest of their queue key:
+// the delivery's own ID when it was admitted (IDs start with the payload's
+// sequence number), a fresh sequence number when it was replayed (requeued
+// maps its ID to that key), so a lane's first key is its oldest delivery.
+// A payload's body is kept once, under the payload's ID, while any of its
+// deliveries is queued or dead; refs counts those deliveries when there
+// are more than one (no entry: one).
 var (
 	boltMeta     = []byte("meta")
-	boltQueue    = []byte("queue")    // queue key -> entry (no body)
-	boltRequeued = []byte("requeued") // id -> queue key, for replayed entries
-	boltBodies   = []byte("bodies")   // id -> body, queued or dead
+	boltQueue    = []byte("queue")    // lane + queue key -> delivery (no body)
+	boltRequeued = []byte("requeued") // id -> lane + queue key, for replayed deliveries
+	boltBodies   = []byte("bodies")   // payload id -> body
+	boltRefs     = []byte("refs")     // payload id -> deliveries queued or dead (uvarint), when more than one
 	boltSeen     = []byte("seen")     // marker key -> expiry
 	boltExpiry   = []byte("expiry")   // expiry + marker key -> nothing
-	boltDead     = []byte("dead")     // id -> entry (no body)
+	boltDead     = []byte("dead")     // id -> delivery (no body)
 	boltDeadAt   = []byte("deadAt")   // died (Unix ns) + id -> nothing, oldest first
-	// Entries put off by Retry stay in the queue bucket and are indexed by
-	// when they are due, so Claim finds the due ones without stepping over
-	// those that wait. An entry is in both or neither.
-	boltWaiting = []byte("waiting") // due (Unix ns) + id -> nothing, earliest first
-	boltDueOf   = []byte("dueOf")   // id -> due (Unix ns), for entries in waiting
+	// Deliveries put off by Retry stay in the queue bucket and are indexed
+	// by lane and when they are due, so Claim finds a lane's due ones
+	// without stepping over those that wait. A delivery is in both or
+	// neither.
+	boltWaiting = []byte("waiting") // lane + due (Unix ns) + id -> nothing, earliest first
+	boltDueOf   = []byte("dueOf")   // id -> due (Unix ns), for deliveries in waiting
 
 	boltFormatKey = []byte("format")
-	boltFormat    = []byte("webhook_relay/bolt/5")
+	boltFormat    = []byte("webhook_relay/bolt/6")
 )
 
 func (b *Store) usable(ctx context.Context) error {
@@ -118,15 +137,23 @@ func (b *Store) storeErr(err error) error {
 	return fmt.Errorf("bolt store %s: %w", b.path, err)
 }
 
-// reserve counts one more queued entry unless the backlog is full.
-func (b *Store) reserve() bool {
+// reserve counts n more queued deliveries unless they do not fit in the
+// backlog.
+func (b *Store) reserve(n int) bool {
 	b.countMu.Lock()
 	defer b.countMu.Unlock()
-	if max := b.MaxBacklog(); max > 0 && b.backlog >= max {
+	if max := b.MaxBacklog(); max > 0 && b.backlog+n > max {
 		return false
 	}
-	b.backlog++
+	b.backlog += n
 	return true
+}
+
+// unreserve gives back n places reserved and not used.
+func (b *Store) unreserve(n int) {
+	b.countMu.Lock()
+	defer b.countMu.Unlock()
+	b.backlog -= n
 }
 
 func (b *Store) countKeys(n int) {
@@ -135,19 +162,48 @@ func (b *Store) countKeys(n int) {
 	b.keys += n
 }
 
-func (b *Store) count(backlog, dead int) {
+// count adds queued deliveries of lane (to the backlog too) and dead
+// letters.
+func (b *Store) count(lane string, queued, dead int) {
 	b.countMu.Lock()
 	defer b.countMu.Unlock()
-	b.backlog += backlog
+	b.backlog += queued
+	b.addLane(lane, queued)
 	b.dead += dead
 }
 
+// addLane adds n to lane's count, forgetting a lane that has none. It must
+// be called with countMu held.
+func (b *Store) addLane(lane string, n int) {
+	if c := b.lanes[lane] + n; c > 0 {
+		b.lanes[lane] = c
+	} else {
+		delete(b.lanes, lane)
+	}
+}
+
+// boltDestinations is where e goes: e.Destinations without repeats (a
+// repeat would be one delivery counted twice), else e.Destination alone.
+func boltDestinations(e *queue.Entry) []string {
+	if len(e.Destinations) == 0 {
+		return []string{e.Destination}
+	}
+	out := make([]string, 0, len(e.Destinations))
+	for _, d := range e.Destinations {
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // Admit implements Store. The seen check, the backlog check, the max_stored
-// check with the dead letters that give way to it, the payload and the
-// marker are one transaction, committed to disk before Admit returns.
-// The backlog is checked against a count kept in memory: an accepted entry
-// reserves its place before its commit, so concurrent admits never overshoot
-// MaxBacklog.
+// check with the dead letters that give way to it, the payload (its body
+// once, a delivery in each destination's lane) and the marker are one
+// transaction, committed to disk before Admit returns. The backlog is
+// checked against a count kept in memory: an accepted payload reserves its
+// deliveries' places before its commit, so concurrent admits never
+// overshoot MaxBacklog.
 func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, error) {
 	if err := b.usable(ctx); err != nil {
 		return 0, err
@@ -156,8 +212,12 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	nowNS := now.UnixNano()
 	expires := now.Add(b.Window()).UnixNano()
 	mk := boltMarkerKey(e.Key)
-	meta := queue.Entry{Key: e.Key, Destination: e.Destination, Request: e.Request, Received: now, Queued: now}
+	meta := queue.Entry{Key: e.Key, Request: e.Request, Received: now, Queued: now}
 	body := e.Body
+	var dests []string
+	if !e.MarkerOnly {
+		dests = boltDestinations(e)
+	}
 
 	size := queue.StoredSize(len(body), e.Request.Headers)
 
@@ -170,14 +230,14 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		reserved  bool
 		newMarker bool
 	)
-	err := b.writeSized(len(body), func(tx *bbolt.Tx) error {
+	err := b.writeSized(len(body)+len(dests)*256, func(tx *bbolt.Tx) error {
 		outcome, full, storeFull, evicted, id = 0, false, false, 0, ""
 		seen := tx.Bucket(boltSeen)
 		v := seen.Get(mk)
 		newMarker = v == nil
 		if len(v) == 8 && nowNS < int64(binary.BigEndian.Uint64(v)) {
 			if reserved { // decided otherwise in an earlier run
-				b.count(-1, 0)
+				b.unreserve(len(dests))
 				reserved = false
 			}
 			outcome = queue.Duplicate
@@ -189,7 +249,7 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 			return boltPutMarker(tx, mk, expires)
 		}
 		if !reserved {
-			if !b.reserve() {
+			if !b.reserve(len(dests)) {
 				// full is decided here, in the transaction that would
 				// have stored it; the key is not marked
 				full = true
@@ -197,19 +257,15 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 			}
 			reserved = true
 		}
-		stored := boltStored(tx)
-		if bound := b.MaxStored(); bound > 0 && stored+size > bound {
+		if bound := b.MaxStored(); bound > 0 && boltStored(tx)+size > bound {
 			// the oldest dead letters give way, in this transaction, and
 			// stay removed even if that is not enough
-			n, freed, err := boltEvict(tx, stored+size-bound)
+			n, err := boltEvict(tx, boltStored(tx)+size-bound)
 			if err != nil {
 				return err
 			}
-			evicted, stored = n, max(stored-freed, 0)
-			if err := boltAddStored(tx, -freed); err != nil {
-				return err
-			}
-			if stored+size > bound {
+			evicted = n
+			if boltStored(tx)+size > bound {
 				storeFull = true
 				return nil
 			}
@@ -224,12 +280,20 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		}
 		id = boltID(seq)
 		m := meta
-		m.ID = id
-		if err := qb.Put([]byte(id), boltEncode(&m)); err != nil {
-			return err
+		m.Payload = id
+		for _, d := range dests {
+			m.ID, m.Destination = queue.DeliveryID(id, d, len(dests) == 1), d
+			if err := qb.Put(boltLaneKey(d, m.ID), boltEncode(&m)); err != nil {
+				return err
+			}
 		}
 		if err := tx.Bucket(boltBodies).Put([]byte(id), body); err != nil {
 			return err
+		}
+		if len(dests) > 1 {
+			if err := tx.Bucket(boltRefs).Put([]byte(id), binary.AppendUvarint(nil, uint64(len(dests)))); err != nil {
+				return err
+			}
 		}
 		// the payload is written before the marker; in one transaction
 		// the order does not matter, but it reads as the rule it is
@@ -241,11 +305,11 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	})
 	if err != nil || outcome != queue.Accepted {
 		if reserved {
-			b.count(-1, 0)
+			b.unreserve(len(dests))
 		}
 	}
 	if err == nil && evicted > 0 {
-		b.count(0, -evicted)
+		b.count("", 0, -evicted)
 		if b.evicted != nil {
 			b.evicted(evicted)
 		}
@@ -262,10 +326,15 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 			b.countKeys(1)
 		}
 	case outcome == queue.Accepted:
-		e.ID, e.Received, e.Queued = id, now, now
-		if newMarker {
-			b.countKeys(1)
+		e.ID, e.Payload, e.Received, e.Queued = id, id, now, now
+		b.countMu.Lock()
+		for _, d := range dests {
+			b.addLane(d, 1) // the backlog has them: reserved
 		}
+		if newMarker {
+			b.keys++
+		}
+		b.countMu.Unlock()
 	}
 	return outcome, nil
 }
@@ -280,35 +349,58 @@ func boltPutMarker(tx *bbolt.Tx, mk []byte, expires int64) error {
 	return tx.Bucket(boltExpiry).Put(append(exp, mk...), nil)
 }
 
-// boltQueueKey finds where entry id sits in the queue, or nil when it is not
-// queued. A damaged record, whose id cannot be read, goes by its queue key.
-func boltQueueKey(tx *bbolt.Tx, id string) []byte {
-	qk := []byte(id)
-	if k := tx.Bucket(boltRequeued).Get(qk); k != nil {
+// boltQueueKey finds where delivery id sits in the queue: in lane, unless
+// it was replayed (requeued has its key); nil when it is not queued. A
+// damaged record, whose id cannot be read, goes by its queue key.
+func boltQueueKey(tx *bbolt.Tx, lane, id string) []byte {
+	qk := boltLaneKey(lane, id)
+	if k := tx.Bucket(boltRequeued).Get([]byte(id)); k != nil {
 		qk = bytes.Clone(k)
 	}
 	v := tx.Bucket(boltQueue).Get(qk)
 	if v == nil {
 		return nil
 	}
-	if got := boltEntryID(v); got != id && (got != "" || string(qk) != id) {
-		return nil
+	if got := boltEntryID(v); got != id {
+		if _, _, rest, ok := boltSplitLane(qk); got != "" || !ok || string(rest) != id {
+			return nil
+		}
 	}
 	return qk
 }
 
-// Claim implements Store. Claims live in this process until Ack, Bury,
-// Retry or Release; after a restart nothing is claimed. It merges two
-// ordered walks: the waiting index up to now (entries put off by Retry,
-// by due time) and the queue from claimFrom (the others, due since they
-// were queued), taking the earlier due of the two each time.
+// laneOf is the lane to find delivery id in: the one it was claimed from,
+// else lane, the one asked. So a claimed delivery can be ended through the
+// store as well as through its lane.
+func (b *Store) laneOf(lane, id string) string {
+	b.claimMu.Lock()
+	defer b.claimMu.Unlock()
+	if l, ok := b.claims[id]; ok {
+		return l
+	}
+	return lane
+}
+
+// Claim implements Store: lane "", the deliveries admitted without a
+// destination.
 func (b *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
+	return b.claim(ctx, "", max)
+}
+
+// claim claims from lane. Claims live in this process until Ack, Bury,
+// Retry or Release; after a restart nothing is claimed. It merges two
+// ordered walks of the lane: the waiting index up to now (deliveries put
+// off by Retry, by due time) and the queue from the lane's claimFrom (the
+// others, due since they were queued), taking the earlier due of the two
+// each time.
+func (b *Store) claim(ctx context.Context, lane string, max int) ([]*queue.Entry, error) {
 	if err := b.usable(ctx); err != nil {
 		return nil, err
 	}
 	b.claimMu.Lock()
 	defer b.claimMu.Unlock()
 	now := b.now().UnixNano()
+	prefix := boltLane(lane)
 	var out []*queue.Entry
 	err := b.db.View(func(tx *bbolt.Tx) error {
 		bodies, queued, dueOf := tx.Bucket(boltBodies), tx.Bucket(boltQueue), tx.Bucket(boltDueOf)
@@ -316,33 +408,42 @@ func (b *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 		read := func(k, v []byte) *queue.Entry {
 			id := boltEntryID(v)
 			if id == "" {
-				id = string(k) // damaged: it goes by its queue key
+				_, _, rest, _ := boltSplitLane(k)
+				id = string(rest) // damaged: it goes by its queue key
 			}
 			e, err := boltDecode(v)
 			if err != nil {
-				e = &queue.Entry{ID: id, Damaged: fmt.Sprintf("the stored record of queued entry %s cannot be read: %v", k, err)}
+				e = &queue.Entry{ID: id, Payload: boltPayloadOf(id), Destination: lane,
+					Damaged: fmt.Sprintf("the stored record of queued entry %s cannot be read: %v", id, err)}
 			}
-			e.BodySize = len(bodies.Get([]byte(e.ID)))
+			e.BodySize = len(bodies.Get([]byte(e.Payload)))
 			return e
 		}
 
-		// the next due entry of the waiting index, nobody's
+		// the next due delivery of the lane's waiting index, nobody's
 		wc := tx.Bucket(boltWaiting).Cursor()
 		var wait *queue.Entry
 		var waitDue int64
-		wk, _ := wc.First()
+		wk, _ := wc.Seek(prefix)
 		nextWaiting := func() {
-			for wait = nil; wk != nil && len(wk) > 8; wk, _ = wc.Next() {
-				waitDue = int64(binary.BigEndian.Uint64(wk))
+			for wait = nil; wk != nil && bytes.HasPrefix(wk, prefix); wk, _ = wc.Next() {
+				if b.hooks.claimStep != nil {
+					b.hooks.claimStep()
+				}
+				rest := wk[len(prefix):]
+				if len(rest) <= 8 {
+					continue // names no delivery
+				}
+				waitDue = int64(binary.BigEndian.Uint64(rest))
 				if waitDue > now {
 					wk = nil
 					return
 				}
-				id := string(wk[8:])
+				id := string(rest[8:])
 				if _, held := b.claims[id]; held {
 					continue
 				}
-				qk := boltQueueKey(tx, id)
+				qk := boltQueueKey(tx, lane, id)
 				if qk == nil {
 					continue // not queued: the index is put right when it is written next
 				}
@@ -350,23 +451,28 @@ func (b *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 				wk, _ = wc.Next()
 				return
 			}
+			wk = nil
 		}
 
-		// the next entry of the queue from claimFrom, nobody's and not
-		// waiting; everything before claimFrom is either
+		// the next delivery of the lane from its claimFrom, nobody's and
+		// not waiting; everything before claimFrom is either
 		qc := queued.Cursor()
 		var fresh *queue.Entry
 		var freshKey, last []byte
-		qk, qv := qc.First()
-		if b.claimFrom != nil {
-			qk, qv = qc.Seek(b.claimFrom)
+		start := b.claimFrom[lane]
+		if start == nil {
+			start = prefix
 		}
+		qk, qv := qc.Seek(start)
 		nextFresh := func() {
-			for fresh = nil; qk != nil; qk, qv = qc.Next() {
+			for fresh = nil; qk != nil && bytes.HasPrefix(qk, prefix); qk, qv = qc.Next() {
+				if b.hooks.claimStep != nil {
+					b.hooks.claimStep()
+				}
 				last = qk
 				id := boltEntryID(qv)
 				if id == "" {
-					id = string(qk)
+					id = string(qk[len(prefix):])
 				}
 				if _, held := b.claims[id]; held || dueOf.Get([]byte(id)) != nil {
 					continue
@@ -375,6 +481,7 @@ func (b *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 				qk, qv = qc.Next()
 				return
 			}
+			qk = nil
 		}
 
 		nextWaiting()
@@ -395,46 +502,49 @@ func (b *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 		switch {
 		case fresh != nil:
 			// looked at but not taken: the next claim starts at it
-			b.claimFrom = freshKey
+			b.claimFrom[lane] = freshKey
 		case last != nil:
 			// appending a zero byte makes the smallest key after last
-			b.claimFrom = append(bytes.Clone(last), 0)
+			b.claimFrom[lane] = append(bytes.Clone(last), 0)
 		}
 		return nil
 	})
 	if err != nil {
-		b.claimFrom = nil
+		delete(b.claimFrom, lane)
 		return nil, b.storeErr(err)
 	}
 	for _, e := range out {
-		b.claims[e.ID] = struct{}{}
+		b.claims[e.ID] = lane
 	}
 	return out, nil
 }
 
 // Body implements Store.
 func (b *Store) Body(ctx context.Context, id string) ([]byte, error) {
-	return b.body(ctx, id, func(n int) []byte { return make([]byte, n) })
+	return b.body(ctx, "", id, func(n int) []byte { return make([]byte, n) })
 }
 
 // ReadBody implements queue.BodyReader: a large body is copied out of the
 // memory map into a mapping of bodybuf rather than onto the heap.
 func (b *Store) ReadBody(ctx context.Context, id string) ([]byte, error) {
-	return b.body(ctx, id, bodybuf.Alloc)
+	return b.body(ctx, "", id, bodybuf.Alloc)
 }
 
-// body reads id's body into a buffer of alloc.
-func (b *Store) body(ctx context.Context, id string, alloc func(int) []byte) ([]byte, error) {
+// body reads the body of delivery id, of lane, into a buffer of alloc.
+func (b *Store) body(ctx context.Context, lane, id string, alloc func(int) []byte) ([]byte, error) {
 	if err := b.usable(ctx); err != nil {
 		return nil, err
 	}
+	lane = b.laneOf(lane, id)
 	var body []byte
 	err := b.db.View(func(tx *bbolt.Tx) error {
-		if boltQueueKey(tx, id) == nil {
+		qk := boltQueueKey(tx, lane, id)
+		if qk == nil {
 			return nil
 		}
 		// a copy: the value lives in the memory map only as long as tx
-		v := tx.Bucket(boltBodies).Get([]byte(id))
+		payload := boltPayload(id, tx.Bucket(boltQueue).Get(qk))
+		v := tx.Bucket(boltBodies).Get([]byte(payload))
 		body = alloc(len(v))
 		copy(body, v)
 		return nil
@@ -452,13 +562,21 @@ func (b *Store) body(ctx context.Context, id string, alloc func(int) []byte) ([]
 // Extend implements Store. In-process claims never time out, so there is
 // nothing to extend; it only reports ids that are not queued.
 func (b *Store) Extend(ctx context.Context, ids []string) error {
+	return b.extend(ctx, "", ids)
+}
+
+func (b *Store) extend(ctx context.Context, lane string, ids []string) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
+	lanes := make([]string, len(ids))
+	for i, id := range ids {
+		lanes[i] = b.laneOf(lane, id)
+	}
 	var missing string
 	err := b.db.View(func(tx *bbolt.Tx) error {
-		for _, id := range ids {
-			if boltQueueKey(tx, id) == nil {
+		for i, id := range ids {
+			if boltQueueKey(tx, lanes[i], id) == nil {
 				missing = id
 				return nil
 			}
@@ -474,23 +592,33 @@ func (b *Store) Extend(ctx context.Context, ids []string) error {
 	return nil
 }
 
-// updateQueued runs fn, in one write transaction, on the queued entry e.ID
-// with e's attempt record applied. It reports whether the entry was queued.
-// A stored record that cannot be read is replaced by what e says.
-func (b *Store) updateQueued(e *queue.Entry, fn func(tx *bbolt.Tx, qk []byte, stored *queue.Entry) error) (bool, error) {
+// updateQueued runs fn, in one write transaction, on the queued delivery
+// e.ID of lane with e's attempt record applied. It reports the lane the
+// delivery was found in and whether it was. A stored record that cannot be
+// read is replaced by what e says.
+func (b *Store) updateQueued(lane string, e *queue.Entry, fn func(tx *bbolt.Tx, qk []byte, stored *queue.Entry) error) (string, bool, error) {
 	id, attempts, status, reason := e.ID, e.Attempts, e.LastStatus, e.LastError
+	lane = b.laneOf(lane, id)
 	fallback := *e
-	fallback.Body = nil
-	var found bool
+	fallback.Body, fallback.Destinations = nil, nil
+	if fallback.Payload == "" {
+		fallback.Payload = boltPayloadOf(id)
+	}
+	var (
+		found bool
+		in    string
+	)
 	err := b.write(func(tx *bbolt.Tx) error {
 		found = false // the function may run again (group commit)
-		qk := boltQueueKey(tx, id)
+		qk := boltQueueKey(tx, lane, id)
 		if qk == nil {
 			return nil
 		}
+		_, in, _, _ = boltSplitLane(qk)
 		stored, err := boltDecode(tx.Bucket(boltQueue).Get(qk))
 		if err != nil {
 			f := fallback
+			f.Destination = in
 			stored = &f
 		}
 		stored.Attempts, stored.LastStatus, stored.LastError = attempts, status, reason
@@ -500,54 +628,58 @@ func (b *Store) updateQueued(e *queue.Entry, fn func(tx *bbolt.Tx, qk []byte, st
 		found = true
 		return nil
 	})
-	return found, err
+	return in, found, err
 }
 
-// Ack implements Store. The payload is deleted; its marker stays until the
-// window ends. Acking an id that is no longer queued is not an error.
+// Ack implements Store. The delivery is deleted, and its payload's body
+// with the last of its deliveries; the marker stays until the window ends.
+// Acking an id that is no longer queued is not an error.
 func (b *Store) Ack(ctx context.Context, id string) error {
+	return b.ack(ctx, "", id)
+}
+
+func (b *Store) ack(ctx context.Context, lane, id string) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
-	var found bool
+	lane = b.laneOf(lane, id)
+	var (
+		found bool
+		in    string
+	)
 	err := b.write(func(tx *bbolt.Tx) error {
 		found = false
-		qk := boltQueueKey(tx, id)
+		qk := boltQueueKey(tx, lane, id)
 		if qk == nil {
 			return nil
 		}
 		found = true
-		if err := boltAddStored(tx, -boltSizeOf(tx, id, tx.Bucket(boltQueue).Get(qk))); err != nil {
+		_, in, _, _ = boltSplitLane(qk)
+		if _, err := boltUnref(tx, id, tx.Bucket(boltQueue).Get(qk)); err != nil {
 			return err
 		}
-		return boltDelete(tx, qk, id, boltBodies)
+		return boltDelete(tx, qk, id)
 	})
 	if err != nil {
 		return err
 	}
 	b.unclaim(id)
 	if found {
-		b.count(-1, 0)
+		b.count(in, -1, 0)
 	}
 	return nil
 }
 
-// boltDelete takes entry id (at queue key qk) out of the queue and the
-// waiting index, and out of the other buckets named.
-func boltDelete(tx *bbolt.Tx, qk []byte, id string, others ...[]byte) error {
+// boltDelete takes delivery id (at queue key qk) out of the queue, the
+// waiting index and requeued.
+func boltDelete(tx *bbolt.Tx, qk []byte, id string) error {
+	if err := boltUnwait(tx, qk, id); err != nil {
+		return err
+	}
 	if err := tx.Bucket(boltQueue).Delete(qk); err != nil {
 		return err
 	}
-	if err := boltUnwait(tx, id); err != nil {
-		return err
-	}
-	others = append(others, boltRequeued)
-	for _, name := range others {
-		if err := tx.Bucket(name).Delete([]byte(id)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return tx.Bucket(boltRequeued).Delete([]byte(id))
 }
 
 func (b *Store) unclaim(ids ...string) {
@@ -558,16 +690,20 @@ func (b *Store) unclaim(ids ...string) {
 	}
 }
 
-// Bury implements Store. It buries the stored entry, not e, so a caller
+// Bury implements Store. It buries the stored delivery, not e, so a caller
 // holding a stale copy cannot change the body or key of a dead letter. The
-// body stays where it is.
+// body stays where it is, held by the dead letter.
 func (b *Store) Bury(ctx context.Context, e *queue.Entry) error {
+	return b.bury(ctx, "", e)
+}
+
+func (b *Store) bury(ctx context.Context, lane string, e *queue.Entry) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
 	id := e.ID
 	died := b.now()
-	found, err := b.updateQueued(e, func(tx *bbolt.Tx, qk []byte, stored *queue.Entry) error {
+	in, found, err := b.updateQueued(lane, e, func(tx *bbolt.Tx, qk []byte, stored *queue.Entry) error {
 		stored.Died = died
 		if err := tx.Bucket(boltDead).Put([]byte(id), boltEncode(stored)); err != nil {
 			return err
@@ -584,39 +720,48 @@ func (b *Store) Bury(ctx context.Context, e *queue.Entry) error {
 		return fmt.Errorf("burying %s: %w", id, queue.ErrNotFound)
 	}
 	b.unclaim(id)
-	b.count(-1, +1)
+	b.count(in, -1, +1)
 	return nil
 }
 
-// boltUnwait takes entry id out of the waiting index, if it is in it.
-func boltUnwait(tx *bbolt.Tx, id string) error {
+// boltUnwait takes delivery id (at queue key qk) out of the waiting index,
+// if it is in it.
+func boltUnwait(tx *bbolt.Tx, qk []byte, id string) error {
 	dueOf := tx.Bucket(boltDueOf)
 	due := dueOf.Get([]byte(id))
 	if due == nil {
 		return nil
 	}
-	if err := tx.Bucket(boltWaiting).Delete(append(bytes.Clone(due), id...)); err != nil {
+	prefix, _, _, _ := boltSplitLane(qk)
+	wk := append(append(bytes.Clone(prefix), due...), id...)
+	if err := tx.Bucket(boltWaiting).Delete(wk); err != nil {
 		return err
 	}
 	return dueOf.Delete([]byte(id))
 }
 
 // Retry implements Store. The record and its place in the waiting index
-// are one commit, so a restart finds the entry waiting with its attempt.
+// are one commit, so a restart finds the delivery waiting with its attempt.
 func (b *Store) Retry(ctx context.Context, e *queue.Entry, due time.Time) error {
+	return b.retry(ctx, "", e, due)
+}
+
+func (b *Store) retry(ctx context.Context, lane string, e *queue.Entry, due time.Time) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
 	id := e.ID
 	at := binary.BigEndian.AppendUint64(nil, uint64(due.UnixNano()))
-	found, err := b.updateQueued(e, func(tx *bbolt.Tx, qk []byte, stored *queue.Entry) error {
+	_, found, err := b.updateQueued(lane, e, func(tx *bbolt.Tx, qk []byte, stored *queue.Entry) error {
 		if err := tx.Bucket(boltQueue).Put(qk, boltEncode(stored)); err != nil {
 			return err
 		}
-		if err := boltUnwait(tx, id); err != nil {
+		if err := boltUnwait(tx, qk, id); err != nil {
 			return err
 		}
-		if err := tx.Bucket(boltWaiting).Put(append(bytes.Clone(at), id...), nil); err != nil {
+		prefix, _, _, _ := boltSplitLane(qk)
+		wk := append(append(bytes.Clone(prefix), at...), id...)
+		if err := tx.Bucket(boltWaiting).Put(wk, nil); err != nil {
 			return err
 		}
 		return tx.Bucket(boltDueOf).Put([]byte(id), at)
@@ -631,21 +776,30 @@ func (b *Store) Retry(ctx context.Context, e *queue.Entry, due time.Time) error 
 	return nil
 }
 
-// NextDue implements Store: the first key of the waiting index that
-// nobody holds (the held ones it steps over are at most what the engine
-// holds).
+// NextDue implements Store.
 func (b *Store) NextDue(ctx context.Context) (time.Time, error) {
+	return b.nextDue(ctx, "")
+}
+
+// nextDue is the first key of lane's part of the waiting index that nobody
+// holds (the held ones it steps over are at most what the engine holds).
+func (b *Store) nextDue(ctx context.Context, lane string) (time.Time, error) {
 	if err := b.usable(ctx); err != nil {
 		return time.Time{}, err
 	}
 	b.claimMu.Lock()
 	defer b.claimMu.Unlock()
+	prefix := boltLane(lane)
 	var next time.Time
 	err := b.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(boltWaiting).Cursor()
-		for k, _ := c.First(); k != nil && len(k) > 8; k, _ = c.Next() {
-			if _, held := b.claims[string(k[8:])]; !held {
-				next = time.Unix(0, int64(binary.BigEndian.Uint64(k)))
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			rest := k[len(prefix):]
+			if len(rest) <= 8 {
+				continue
+			}
+			if _, held := b.claims[string(rest[8:])]; !held {
+				next = time.Unix(0, int64(binary.BigEndian.Uint64(rest)))
 				return nil
 			}
 		}
@@ -657,20 +811,25 @@ func (b *Store) NextDue(ctx context.Context) (time.Time, error) {
 	return next, nil
 }
 
-// Release implements Store. Ids that are not claimed are skipped.
+// Release implements Store. Ids that are not claimed are skipped. It works
+// by id alone, whichever lane the deliveries were claimed from.
 func (b *Store) Release(ctx context.Context, ids []string) error {
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
-	b.unclaim(ids...)
 	b.claimMu.Lock()
-	b.claimFrom = nil // released entries are back before it
-	b.claimMu.Unlock()
+	defer b.claimMu.Unlock()
+	for _, id := range ids {
+		if lane, ok := b.claims[id]; ok {
+			delete(b.claims, id)
+			delete(b.claimFrom, lane) // released deliveries are back before it
+		}
+	}
 	return nil
 }
 
 // Stats implements Store. The counts are kept in memory; OldestQueued is
-// the Queued time of the queue's first entry.
+// the earliest Queued time of the lanes' first deliveries.
 func (b *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	if err := b.usable(ctx); err != nil {
 		return queue.Stats{}, err
@@ -678,15 +837,19 @@ func (b *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	var s queue.Stats
 	err := b.db.View(func(tx *bbolt.Tx) error {
 		s.Stored = boltStored(tx)
-		_, v := tx.Bucket(boltQueue).Cursor().First()
-		if v == nil {
-			return nil
+		c := tx.Bucket(boltQueue).Cursor()
+		for k, v := c.First(); k != nil; {
+			prefix, _, _, ok := boltSplitLane(k)
+			if !ok {
+				k, v = c.Next()
+				continue
+			}
+			if e, err := boltDecode(v); err == nil && (s.OldestQueued.IsZero() || e.Queued.Before(s.OldestQueued)) {
+				s.OldestQueued = e.Queued
+			}
+			// the next lane: every key of this one goes on with a digit
+			k, v = c.Seek(append(bytes.Clone(prefix), 0xff))
 		}
-		e, err := boltDecode(v)
-		if err != nil {
-			return err
-		}
-		s.OldestQueued = e.Queued
 		return nil
 	})
 	if err != nil {
@@ -694,6 +857,9 @@ func (b *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	}
 	b.countMu.Lock()
 	s.Backlog, s.Dead, s.Keys = b.backlog, b.dead, b.keys
+	if len(b.lanes) > 0 {
+		s.Lanes = maps.Clone(b.lanes)
+	}
 	b.countMu.Unlock()
 	return s, nil
 }
@@ -720,5 +886,71 @@ func (b *Store) Close() error {
 // Interface guard
 var _ queue.Store = (*Store)(nil)
 
-// Lane implements queue.Store. TODO(fan-out): one queue per destination.
-func (b *Store) Lane(destination string) queue.Claimer { return b }
+// Lane implements queue.Store: Claim and NextDue see only destination's
+// deliveries. The rest goes by id (bolt ids are unique across lanes): a
+// delivery is looked for in the lane it was claimed from, else in this
+// one.
+func (b *Store) Lane(destination string) queue.Claimer {
+	return storeLane{b: b, destination: destination}
+}
+
+// storeLane is the queue of one destination's deliveries in a Store; it is a
+// queue.BodyReader too.
+type storeLane struct {
+	b           *Store
+	destination string
+}
+
+// Claim implements queue.Claimer.
+func (l storeLane) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
+	return l.b.claim(ctx, l.destination, max)
+}
+
+// Body implements queue.Claimer.
+func (l storeLane) Body(ctx context.Context, id string) ([]byte, error) {
+	return l.b.body(ctx, l.destination, id, func(n int) []byte { return make([]byte, n) })
+}
+
+// ReadBody implements queue.BodyReader.
+func (l storeLane) ReadBody(ctx context.Context, id string) ([]byte, error) {
+	return l.b.body(ctx, l.destination, id, bodybuf.Alloc)
+}
+
+// Extend implements queue.Claimer.
+func (l storeLane) Extend(ctx context.Context, ids []string) error {
+	return l.b.extend(ctx, l.destination, ids)
+}
+
+// Ack implements queue.Claimer.
+func (l storeLane) Ack(ctx context.Context, id string) error { return l.b.ack(ctx, l.destination, id) }
+
+// Bury implements queue.Claimer.
+func (l storeLane) Bury(ctx context.Context, e *queue.Entry) error {
+	return l.b.bury(ctx, l.destination, e)
+}
+
+// Retry implements queue.Claimer.
+func (l storeLane) Retry(ctx context.Context, e *queue.Entry, due time.Time) error {
+	return l.b.retry(ctx, l.destination, e, due)
+}
+
+// NextDue implements queue.Claimer.
+func (l storeLane) NextDue(ctx context.Context) (time.Time, error) {
+	return l.b.nextDue(ctx, l.destination)
+}
+
+// Release implements queue.Claimer.
+func (l storeLane) Release(ctx context.Context, ids []string) error { return l.b.Release(ctx, ids) }
+
+// Paused implements queue.Claimer.
+func (l storeLane) Paused(ctx context.Context) ([]string, error) { return l.b.Paused(ctx) }
+
+// TrimDead implements queue.Claimer: the store's dead letters, every lane's.
+func (l storeLane) TrimDead(ctx context.Context, max int, cutoff time.Time, limit int) ([]*queue.Entry, error) {
+	return l.b.TrimDead(ctx, max, cutoff, limit)
+}
+
+var (
+	_ queue.Claimer    = storeLane{}
+	_ queue.BodyReader = storeLane{}
+)

@@ -370,7 +370,8 @@ func TestBoltDamagedEntryDoesNotHaltClaims(t *testing.T) {
 	}
 	damaged := admitted[1]
 	if err := db.Update(func(tx *bbolt.Tx) error {
-		return tx.Bucket([]byte("queue")).Put([]byte(damaged.ID), []byte{0xff, 0x01, 0x02})
+		// the store's own lane: its keys start with the name's length, 0
+		return tx.Bucket([]byte("queue")).Put(append([]byte{0}, damaged.ID...), []byte{0xff, 0x01, 0x02})
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -430,4 +431,170 @@ func TestBoltPauseSurvivesRestart(t *testing.T) {
 		}
 		return openBolt(t, path, opts)
 	})
+}
+
+// Each lane's deliveries are in the file: after a restart each lane hands
+// its delivery out again, with the body they share.
+func TestBoltLanesSurviveRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "relay.db")
+	clock := storetest.NewClock()
+	opts := queue.Options{Window: time.Hour, Now: clock.Now}
+	first, err := bolt.Open(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.LanesSurvive(t, clock, first, func() queue.Store {
+		if err := first.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return openBolt(t, path, opts)
+	})
+}
+
+// What the lanes hold is counted again at open (Stats.Lanes, the backlog
+// against MaxBacklog), and a payload's body stays shared: a dead letter
+// whose other delivery was acknowledged before the restart still has it,
+// and the bytes are given back with it.
+func TestBoltLanesCountedAtOpen(t *testing.T) {
+	ctx := t.Context()
+	clock := storetest.NewClock()
+	opts := queue.Options{Window: time.Hour, MaxBacklog: 4, Now: clock.Now}
+	path := filepath.Join(t.TempDir(), "relay.db")
+	s := openBolt(t, path, opts)
+	admit := func(s queue.Store, key string, dests ...string) (*queue.Entry, error) {
+		e := &queue.Entry{Key: key, Body: []byte(`{"k":"` + key + `"}`), Destinations: dests,
+			Request: queue.RequestMeta{Headers: []queue.HeaderField{{Name: "Webhook-Id", Value: key}}}}
+		_, err := s.Admit(ctx, e)
+		return e, err
+	}
+	a, err := admit(s, "a", "app", "archive", "analytics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, archive := s.Lane("app"), s.Lane("archive")
+	d, err := archive.Claim(ctx, 1)
+	if err != nil || len(d) != 1 {
+		t.Fatalf("archive: Claim = %d, %v", len(d), err)
+	}
+	if err := archive.Bury(ctx, d[0]); err != nil {
+		t.Fatal(err)
+	}
+	b, err := admit(s, "b", "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openBolt(t, path, opts)
+	size := queue.StoredSize(len(a.Body), a.Request.Headers) + queue.StoredSize(len(b.Body), b.Request.Headers)
+	st, err := s.Stats(ctx)
+	want := map[string]int{"app": 2, "analytics": 1}
+	if err != nil || st.Backlog != 3 || st.Dead != 1 || !reflect.DeepEqual(st.Lanes, want) || st.Stored != size {
+		t.Fatalf("Stats after reopen = %+v, %v; want backlog 3, dead 1, lanes %v, stored %d", st, err, want, size)
+	}
+	// three places taken: a payload for two destinations does not fit
+	if _, err := admit(s, "c", "app", "archive"); !errors.Is(err, queue.ErrBacklogFull) {
+		t.Fatalf("Admit of two deliveries into one place = %v, want ErrBacklogFull", err)
+	}
+	// a lane is a BodyReader, as the engine expects
+	app, analytics := s.Lane("app"), s.Lane("analytics")
+	for _, lane := range []queue.Claimer{app, analytics} {
+		got, err := lane.Claim(ctx, 10)
+		if err != nil || len(got) == 0 || got[0].Payload != a.ID {
+			t.Fatalf("Claim after reopen = %v, %v; want a delivery of %s first", got, err, a.ID)
+		}
+		r, ok := lane.(queue.BodyReader)
+		if !ok {
+			t.Fatal("a bolt lane is not a queue.BodyReader")
+		}
+		if body, err := r.ReadBody(ctx, got[0].ID); err != nil || !bytes.Equal(body, a.Body) {
+			t.Fatalf("ReadBody(%s) = %q, %v", got[0].ID, body, err)
+		}
+		for _, e := range got {
+			if err := lane.Ack(ctx, e.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openBolt(t, path, opts)
+	dead, err := s.DeadEntry(ctx, d[0].ID)
+	if err != nil || !bytes.Equal(dead.Body, a.Body) || dead.Payload != a.ID || dead.Destination != "archive" {
+		t.Fatalf("DeadEntry(%s) after the others were delivered = %+v, %v; want a's body", d[0].ID, dead, err)
+	}
+	if st, err := s.Stats(ctx); err != nil || st.Stored != queue.StoredSize(len(a.Body), a.Request.Headers) || st.Lanes != nil {
+		t.Fatalf("Stats = %+v, %v; want a's bytes only, no lane", st, err)
+	}
+	if err := s.DeleteDead(ctx, d[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Stats(ctx); err != nil || st.Stored != 0 || st.Backlog != 0 || st.Dead != 0 {
+		t.Fatalf("Stats after deleting the last delivery = %+v, %v; want nothing", st, err)
+	}
+}
+
+// A damaged delivery of a fanned-out payload is handed out by its lane,
+// with its lane's destination and its payload, so its dead letter keeps
+// the shared body; the payload's other delivery is not affected.
+func TestBoltDamagedDeliveryInALane(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "relay.db")
+	opts := queue.Options{Window: time.Hour}
+	s := openBolt(t, path, opts)
+	a := &queue.Entry{Key: "a", Body: []byte(`{"k":"a"}`), Destinations: []string{"app", "archive"}}
+	if _, err := s.Admit(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	damaged := queue.DeliveryID(a.ID, "app", false)
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		// app's lane: its keys start with the name's length and the name
+		return tx.Bucket([]byte("queue")).Put(append([]byte("\x03app"), damaged...), []byte{0xff, 0x01})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s = openBolt(t, path, opts)
+	app, archive := s.Lane("app"), s.Lane("archive")
+	got, err := app.Claim(ctx, 10)
+	if err != nil || len(got) != 1 || got[0].ID != damaged || got[0].Damaged == "" ||
+		got[0].Destination != "app" || got[0].Payload != a.ID || got[0].BodySize != len(a.Body) {
+		t.Fatalf("app: Claim = %+v, %v; want %s damaged, of app and payload %s", got, err, damaged, a.ID)
+	}
+	got[0].LastError = got[0].Damaged
+	if err := app.Bury(ctx, got[0]); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.DeadEntry(ctx, damaged)
+	if err != nil || d.Destination != "app" || d.Payload != a.ID || !bytes.Equal(d.Body, a.Body) {
+		t.Fatalf("DeadEntry(%s) = %+v, %v; want app's letter with a's body", damaged, d, err)
+	}
+	if err := s.DeleteDead(ctx, damaged); err != nil {
+		t.Fatal(err)
+	}
+	other, err := archive.Claim(ctx, 10)
+	if err != nil || len(other) != 1 || other[0].Damaged != "" {
+		t.Fatalf("archive: Claim = %+v, %v; want its delivery", other, err)
+	}
+	if body, err := archive.Body(ctx, other[0].ID); err != nil || !bytes.Equal(body, a.Body) {
+		t.Fatalf("archive: Body = %q, %v; want a's", body, err)
+	}
+	if err := archive.Ack(ctx, other[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Stats(ctx); err != nil || st.Stored != 0 || st.Backlog != 0 || st.Dead != 0 {
+		t.Fatalf("Stats = %+v, %v; want nothing left", st, err)
+	}
 }

@@ -10,11 +10,11 @@ import (
 )
 
 // The bytes kept (max_stored). The meta bucket holds, under boltStoredKey,
-// queue.StoredSize of every queued payload and dead letter, as 8 bytes big
-// endian. Every transaction that adds or removes a body updates it, so it
-// is exact after a crash: it commits with the bodies or not at all. A
-// burial or a replay moves a payload between queue and dead letters and
-// leaves it as it is.
+// queue.StoredSize of every payload with a delivery queued or dead, once
+// however many it has, as 8 bytes big endian. Every transaction that adds
+// or removes a body updates it, so it is exact after a crash: it commits
+// with the bodies or not at all. A burial or a replay moves a delivery
+// between queue and dead letters and leaves it as it is.
 
 var boltStoredKey = []byte("stored")
 
@@ -36,11 +36,12 @@ func boltAddStored(tx *bbolt.Tx, delta int64) error {
 	return tx.Bucket(boltMeta).Put(boltStoredKey, binary.BigEndian.AppendUint64(nil, uint64(n)))
 }
 
-// boltSizeOf is what the payload id, whose record is rec, counts against
-// max_stored: its body and its kept headers. A record that cannot be read
-// counts its body only, as Admit could not have stored it so.
-func boltSizeOf(tx *bbolt.Tx, id string, rec []byte) int64 {
-	body := len(tx.Bucket(boltBodies).Get([]byte(id)))
+// boltSizeOf is what payload, one of whose deliveries has the record rec,
+// counts against max_stored: its body and its kept headers. A record that
+// cannot be read counts the body only, as Admit could not have stored it
+// so.
+func boltSizeOf(tx *bbolt.Tx, payload []byte, rec []byte) int64 {
+	body := len(tx.Bucket(boltBodies).Get(payload))
 	e, err := boltDecode(rec)
 	if err != nil {
 		return int64(body)
@@ -48,36 +49,62 @@ func boltSizeOf(tx *bbolt.Tx, id string, rec []byte) int64 {
 	return queue.StoredSize(body, e.Request.Headers)
 }
 
+// boltUnref lets go of one delivery's hold on its payload's body: id,
+// whose record (queued or dead) is rec, is being removed. The last one
+// deletes the body and gives back what the payload counted against
+// max_stored, which it returns.
+func boltUnref(tx *bbolt.Tx, id string, rec []byte) (int64, error) {
+	payload := []byte(boltPayload(id, rec))
+	refs := tx.Bucket(boltRefs)
+	if v := refs.Get(payload); v != nil {
+		if n, w := binary.Uvarint(v); w > 0 && n > 2 {
+			return 0, refs.Put(payload, binary.AppendUvarint(nil, n-1))
+		} else if w > 0 && n == 2 {
+			return 0, refs.Delete(payload) // one left: no entry
+		}
+		if err := refs.Delete(payload); err != nil {
+			return 0, err
+		}
+	}
+	size := boltSizeOf(tx, payload, rec)
+	if err := tx.Bucket(boltBodies).Delete(payload); err != nil {
+		return 0, err
+	}
+	return size, boltAddStored(tx, -size)
+}
+
 // boltEvict removes the oldest dead letters (by death) until need bytes are
-// freed or none is left, in tx, and returns how many it removed and the
-// bytes freed. The caller updates the stored count.
-func boltEvict(tx *bbolt.Tx, need int64) (n int, freed int64, err error) {
+// freed or none is left, in tx, and returns how many it removed. A letter
+// frees its payload's bytes only if it held the last reference to them.
+func boltEvict(tx *bbolt.Tx, need int64) (n int, err error) {
 	deadBk := tx.Bucket(boltDead)
 	c := tx.Bucket(boltDeadAt).Cursor()
 	var gone [][]byte
+	var freed int64
 	for k, _ := c.First(); k != nil && freed < need; k, _ = c.Next() {
 		gone = append(gone, bytes.Clone(k))
 		if len(k) < 8 {
 			continue // an index entry that names no letter
 		}
-		id := []byte(k[8:])
+		id := bytes.Clone(k[8:])
 		v := deadBk.Get(id)
 		if v == nil {
 			continue // an index entry left behind
 		}
-		freed += boltSizeOf(tx, string(id), v)
-		if err := deadBk.Delete(id); err != nil {
-			return 0, 0, err
+		f, err := boltUnref(tx, string(id), v)
+		if err != nil {
+			return 0, err
 		}
-		if err := tx.Bucket(boltBodies).Delete(id); err != nil {
-			return 0, 0, err
+		freed += f
+		if err := deadBk.Delete(id); err != nil {
+			return 0, err
 		}
 		n++
 	}
 	for _, k := range gone {
 		if err := c.Bucket().Delete(k); err != nil {
-			return 0, 0, err
+			return 0, err
 		}
 	}
-	return n, freed, nil
+	return n, nil
 }

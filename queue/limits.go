@@ -12,7 +12,16 @@ type Limits struct {
 	window atomic.Int64 // nanoseconds
 	max    atomic.Int64
 	stored atomic.Int64
+	// history: how long a payload's record is kept once done (ns; 0: no records)
+	history atomic.Int64
 }
+
+// SetHistory implements Store.
+func (l *Limits) SetHistory(d time.Duration) { l.history.Store(int64(d)) }
+
+// History is how long a payload's record and body are kept after its last
+// delivery was done; 0 means no records are kept.
+func (l *Limits) History() time.Duration { return time.Duration(l.history.Load()) }
 
 // SetLimits implements Store.
 func (l *Limits) SetLimits(window time.Duration, maxBacklog int) {

@@ -42,6 +42,11 @@ type Memory struct {
 	deadIDs []string // sorted, which is id order
 
 	paused map[string]bool // paused destinations
+
+	// records are the payloads' records by ID; recordIDs the same IDs in
+	// order (admission order: IDs only grow).
+	records   map[string]*Record
+	recordIDs []string
 }
 
 type marker struct {
@@ -76,18 +81,20 @@ func (q *queued) dueAt() time.Time {
 // NewMemory returns an empty in-memory store that enforces opts.
 func NewMemory(opts Options) *Memory {
 	m := &Memory{
-		now:    opts.Clock(),
-		seen:   make(map[string]int64),
-		queue:  list.New(),
-		queued: make(map[string]*list.Element),
-		bodies: make(map[string]*sharedBody),
-		dead:   make(map[string]*Entry),
-		paused: make(map[string]bool),
+		now:     opts.Clock(),
+		seen:    make(map[string]int64),
+		queue:   list.New(),
+		queued:  make(map[string]*list.Element),
+		bodies:  make(map[string]*sharedBody),
+		dead:    make(map[string]*Entry),
+		paused:  make(map[string]bool),
+		records: make(map[string]*Record),
 
 		evicted: opts.Evicted,
 	}
 	m.SetLimits(opts.Window, opts.MaxBacklog)
 	m.SetMaxStored(opts.MaxStored)
+	m.SetHistory(opts.History)
 	return m
 }
 
@@ -134,9 +141,14 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 		return 0, ErrBacklogFull
 	}
 	size := StoredSize(len(e.Body), e.Request.Headers)
-	if max := m.MaxStored(); max > 0 && m.stored+size > max {
-		evicted = m.evict(m.stored + size - max)
-		if m.stored+size > max {
+	charge := size
+	history := m.History() > 0
+	if history {
+		charge += RecordCharge
+	}
+	if max := m.MaxStored(); max > 0 && m.stored+charge > max {
+		evicted = m.evict(m.stored + charge - max)
+		if m.stored+charge > max {
 			return 0, ErrStoreFull
 		}
 	}
@@ -146,7 +158,16 @@ func (m *Memory) Admit(ctx context.Context, e *Entry) (Admission, error) {
 	e.ID = paddedID(m.lastID)
 	e.Payload = e.ID
 	e.Received, e.Queued = now, now
-	m.bodies[e.ID] = &sharedBody{data: bytes.Clone(e.Body), size: size, refs: len(dests)}
+	b := &sharedBody{data: bytes.Clone(e.Body), size: size, refs: len(dests)}
+	m.bodies[e.ID] = b
+	if history {
+		b.refs++
+		r := NewRecord(e)
+		r.Request.Headers = slices.Clone(r.Request.Headers)
+		m.records[e.ID] = r
+		m.recordIDs = append(m.recordIDs, e.ID)
+		m.stored += RecordCharge
+	}
 	for _, d := range dests {
 		q := &queued{e: *e}
 		q.e.ID = DeliveryID(e.ID, d, len(dests) == 1)
@@ -191,10 +212,27 @@ func (m *Memory) mark(key string, now time.Time) {
 	m.expiring = append(m.expiring, marker{key: key, expires: expires})
 }
 
-// evict removes the oldest dead letters (by Died) until need bytes are
-// freed or none is left, and returns how many it removed. It must be
-// called with m.mu held.
+// evict removes the records of done payloads (oldest Done first), then
+// the oldest dead letters (by Died) until need bytes are freed or none is
+// left, and returns how many dead letters it removed. It must be called
+// with m.mu held.
 func (m *Memory) evict(need int64) int {
+	var done []*Record
+	for _, r := range m.records {
+		if !r.Done.IsZero() {
+			done = append(done, r)
+		}
+	}
+	slices.SortFunc(done, func(a, b *Record) int { return a.Done.Compare(b.Done) })
+	for _, r := range done {
+		if need <= 0 {
+			return 0
+		}
+		need -= m.dropRecord(r.ID)
+	}
+	if need <= 0 {
+		return 0
+	}
 	byDeath := slices.Clone(m.deadIDs)
 	slices.SortStableFunc(byDeath, func(a, b string) int { return m.dead[a].Died.Compare(m.dead[b].Died) })
 	n := 0
@@ -489,6 +527,139 @@ func (m *Memory) TrimDead(ctx context.Context, max int, cutoff time.Time, limit 
 	return out, nil
 }
 
+// dropRecord forgets the record id and lets go of its body, and returns
+// the bytes freed. It must be called with m.mu held.
+func (m *Memory) dropRecord(id string) int64 {
+	if _, ok := m.records[id]; !ok {
+		return 0
+	}
+	delete(m.records, id)
+	i, _ := slices.BinarySearch(m.recordIDs, id)
+	m.recordIDs = slices.Delete(m.recordIDs, i, i+1)
+	m.stored -= RecordCharge
+	return RecordCharge + m.unref(id)
+}
+
+// Attempted implements Recorder.
+func (m *Memory) Attempted(ctx context.Context, e *Entry, a Attempt, state string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return err
+	}
+	if r, ok := m.records[e.Payload]; ok {
+		r.Attempted(e.ID, a, state)
+	}
+	return nil
+}
+
+// TrimHistory implements Recorder. It looks at every record: the memory
+// store is for tests and development.
+func (m *Memory) TrimHistory(ctx context.Context, limit int) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return 0, err
+	}
+	cutoff := m.now().Add(-m.History())
+	var gone []string
+	for _, id := range m.recordIDs {
+		if r := m.records[id]; !r.Done.IsZero() && !r.Done.After(cutoff) && len(gone) < limit {
+			gone = append(gone, id)
+		}
+	}
+	for _, id := range gone {
+		m.dropRecord(id)
+	}
+	return len(gone), nil
+}
+
+// copyRecord is a copy of r the caller may keep.
+func copyRecord(r *Record) *Record {
+	c := *r
+	c.Destinations = slices.Clone(r.Destinations)
+	c.Attempts = slices.Clone(r.Attempts)
+	c.Request.Headers = slices.Clone(r.Request.Headers)
+	return &c
+}
+
+// Events implements Store.
+func (m *Memory) Events(ctx context.Context, q EventQuery) ([]*Record, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return nil, "", err
+	}
+	scan := q.Scan
+	if scan <= 0 {
+		scan = DefaultEventScan
+	}
+	end := len(m.recordIDs)
+	if q.Before != "" {
+		end, _ = slices.BinarySearch(m.recordIDs, q.Before)
+	}
+	out := []*Record{}
+	looked := 0
+	i := end - 1
+	for ; i >= 0 && len(out) < q.Limit && looked < scan; i-- {
+		looked++
+		if r := m.records[m.recordIDs[i]]; q.Matches(r) {
+			out = append(out, copyRecord(r))
+		}
+	}
+	next := ""
+	if i >= 0 {
+		next = m.recordIDs[i+1]
+	}
+	return out, next, nil
+}
+
+// Event implements Store.
+func (m *Memory) Event(ctx context.Context, id string) (*Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return nil, err
+	}
+	r, ok := m.records[id]
+	if !ok {
+		return nil, fmt.Errorf("record %s: %w", id, ErrNotFound)
+	}
+	c := copyRecord(r)
+	if b, ok := m.bodies[id]; ok {
+		c.Body = bytes.Clone(b.data)
+	}
+	return c, nil
+}
+
+// Resend implements Store.
+func (m *Memory) Resend(ctx context.Context, id string) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(ctx); err != nil {
+		return 0, err
+	}
+	r, ok := m.records[id]
+	if !ok {
+		return 0, fmt.Errorf("record %s: %w", id, ErrNotFound)
+	}
+	now := m.now()
+	n := 0
+	for _, d := range r.Destinations {
+		if d.State != StateDelivered {
+			continue
+		}
+		e := Entry{ID: d.ID, Payload: id, Key: r.Key, Destination: d.Destination, Request: r.Request,
+			Received: r.Received, Queued: now}
+		e.Request.Headers = slices.Clone(r.Request.Headers)
+		m.queued[e.ID] = m.queue.PushBack(&queued{e: e})
+		m.bodies[id].refs++
+		r.Requeued(d.ID)
+		n++
+	}
+	return n, nil
+}
+
 // Replay implements Store. It ignores MaxBacklog: replaying is an
 // operator's decision, and refusing it would leave the letters dead.
 // Replayed entries join the back of the queue.
@@ -511,6 +682,9 @@ func (m *Memory) Replay(ctx context.Context, ids []string) (int, error) {
 		delete(m.dead, id)
 		d.Attempts, d.LastStatus, d.LastError = 0, 0, ""
 		d.Queued, d.Died = now, time.Time{}
+		if r, ok := m.records[d.Payload]; ok {
+			r.Requeued(d.ID)
+		}
 		m.queued[id] = m.queue.PushBack(&queued{e: *d})
 		n++
 	}
@@ -533,7 +707,7 @@ func (m *Memory) Stats(ctx context.Context) (Stats, error) {
 		return Stats{}, err
 	}
 	m.sweep(m.now().UnixNano())
-	s := Stats{Backlog: m.queue.Len(), Dead: len(m.dead), Keys: len(m.seen), Stored: m.stored}
+	s := Stats{Backlog: m.queue.Len(), Dead: len(m.dead), Keys: len(m.seen), Stored: m.stored, Records: len(m.records)}
 	if front := m.queue.Front(); front != nil {
 		s.OldestQueued = front.Value.(*queued).e.Queued
 	}
@@ -588,6 +762,7 @@ func (m *Memory) Close() error {
 	m.queue, m.queued, m.bodies = nil, nil, nil
 	m.dead, m.deadIDs = nil, nil
 	m.paused = nil
+	m.records, m.recordIDs = nil, nil
 	return nil
 }
 
@@ -612,8 +787,9 @@ func (l memoryLane) NextDue(ctx context.Context) (time.Time, error) {
 
 // Interface guards
 var (
-	_ Store   = (*Memory)(nil)
-	_ Claimer = memoryLane{}
+	_ Store    = (*Memory)(nil)
+	_ Claimer  = memoryLane{}
+	_ Recorder = memoryLane{}
 )
 
 // paddedID formats n as 20 digits, so that string order is numeric order.

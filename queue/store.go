@@ -154,8 +154,12 @@ type Options struct {
 	// delivered nor dead). Zero means no bound.
 	MaxBacklog int
 	// MaxStored bounds the bytes the store keeps (StoredSize of every
-	// queued payload and dead letter). Zero means no bound.
+	// queued payload and dead letter, RecordCharge of every record). Zero
+	// means no bound.
 	MaxStored int64
+	// History is how long a payload's record (and its body) is kept after
+	// its last delivery was done. Zero keeps no records.
+	History time.Duration
 	// Evicted, if set, is told after an Admit that removed dead letters to
 	// make room under MaxStored, how many it removed. It is called
 	// outside the store's locks and must not call the store.
@@ -189,8 +193,11 @@ type Stats struct {
 	// Shared stores may count to the nearest minute of expiry.
 	Keys int `json:"keys"`
 	// Stored is the bytes counted against MaxStored: StoredSize of every
-	// queued payload and dead letter.
+	// payload a delivery, dead letter or record holds, and RecordCharge
+	// of every record.
 	Stored int64 `json:"stored"`
+	// Records counts the payloads' records (Histories).
+	Records int `json:"records"`
 }
 
 // StoredSize is what one payload counts against MaxStored: its body and its
@@ -221,6 +228,7 @@ type Store interface {
 	Claimer
 	DeadLetters
 	Pauses
+	Histories
 
 	// Lane is the queue of one destination's deliveries: Claim and NextDue
 	// see only them, so a destination that is paused, rate-limited or
@@ -236,6 +244,8 @@ type Store interface {
 	// SetMaxStored applies a new bound on the bytes kept (MaxStored) to
 	// later admits.
 	SetMaxStored(maxStored int64)
+	// SetHistory applies a new History to later admits and trims.
+	SetHistory(history time.Duration)
 
 	// Stats reports what the store holds.
 	Stats(ctx context.Context) (Stats, error)
@@ -250,11 +260,14 @@ type Admitter interface {
 	// or stores e and marks e.Key seen, both or neither.
 	// With e.Destinations it stores one delivery per destination and the
 	// body once, all or nothing.
+	// With History set, it keeps the payload's record too (NewRecord),
+	// which holds the body until History after the payload is done.
 	// ErrBacklogFull when the queue is full (MaxBacklog counts
 	// deliveries), ErrStoreFull when the payload
 	// does not fit within MaxStored bytes. Before that, in the same atomic
-	// step, the oldest dead letters (oldest Died first) give way one by one
-	// until it fits or none is left; Admit reports how many to
+	// step, the records of done payloads (oldest Done first), then the
+	// oldest dead letters (oldest Died first) give way one by one until it
+	// fits or none is left (Options.Evicted counts the letters); Admit reports how many to
 	// Options.Evicted. Any other error means the
 	// store could not be reached and nothing was stored. On Accepted the
 	// store sets e.ID, and e.Received and e.Queued to its clock's now.

@@ -121,6 +121,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"FanOutTrimAndEvict", testFanOutTrimAndEvict},
 		{"FanOutDuplicate", testFanOutDuplicate},
 	}
+	tests = append(tests, historyTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
 	}

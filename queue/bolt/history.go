@@ -1,0 +1,25 @@
+package bolt
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hookrelay/caddy-webhook-relay/queue"
+)
+
+// TODO(history): records. Until then this store keeps none.
+
+// Events implements queue.Store.
+func (b *Store) Events(ctx context.Context, q queue.EventQuery) ([]*queue.Record, string, error) {
+	return []*queue.Record{}, "", nil
+}
+
+// Event implements queue.Store.
+func (b *Store) Event(ctx context.Context, id string) (*queue.Record, error) {
+	return nil, fmt.Errorf("record %s: %w", id, queue.ErrNotFound)
+}
+
+// Resend implements queue.Store.
+func (b *Store) Resend(ctx context.Context, id string) (int, error) {
+	return 0, fmt.Errorf("record %s: %w", id, queue.ErrNotFound)
+}

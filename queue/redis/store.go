@@ -543,10 +543,11 @@ var _ queue.Store = (*Store)(nil)
 // Unix nanoseconds, which compare as strings.
 //
 // Stream entry fields: k key, q raw query, c content type, a user agent, x
-// forwarded for, r received, u queued, i the entry's original id (only on
-// replayed entries), h the kept headers, t the destination (absent when
-// the relay gave none), p and w the traceparent and tracestate (absent
-// when the request had none).
+// forwarded for, r received, u queued, i the delivery's id (only on
+// replayed entries, whose stream id is new, and on the deliveries of a
+// payload fanned out, whose id names the lane), h the kept headers, t the
+// destination, which is the lane (absent for ""), p and w the traceparent
+// and tracestate (absent when the request had none).
 // A dead letter hash has the same fields plus i, and n attempts, s last
 // status, e last error, d died.
 

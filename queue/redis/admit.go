@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
@@ -219,13 +220,20 @@ if evicted > 0 then return {0, sid, evicted} end
 return {0, sid}
 `)
 
-// lanesOf returns the lanes e is delivered in: its Destinations, else its
-// Destination's.
+// lanesOf returns the lanes e is delivered in: its Destinations, each
+// once (a second delivery under the same id would fail the script halfway,
+// after the first), else its Destination's.
 func lanesOf(e *queue.Entry) []string {
-	if len(e.Destinations) > 0 {
-		return e.Destinations
+	if len(e.Destinations) == 0 {
+		return []string{e.Destination}
 	}
-	return []string{e.Destination}
+	lanes := make([]string, 0, len(e.Destinations))
+	for _, d := range e.Destinations {
+		if !slices.Contains(lanes, d) {
+			lanes = append(lanes, d)
+		}
+	}
+	return lanes
 }
 
 // admitCall returns the commands of an admit of e under token: the admit

@@ -285,3 +285,25 @@ func TestRedisLaneConsumersDisjoint(t *testing.T) {
 		}
 	}
 }
+
+// A destination named twice gets one delivery: a second under the same id
+// would fail the admit halfway.
+func TestRedisFanOutRepeatedDestination(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	ctx := t.Context()
+	s := openRedis(t, srv, uniquePrefix(), "c1", time.Minute, queue.Options{Window: time.Hour})
+	e := &queue.Entry{Key: "k", Body: []byte("{}"), Destinations: []string{"app", "archive", "app"}}
+	if got, err := s.Admit(ctx, e); err != nil || got != queue.Accepted {
+		t.Fatalf("Admit to app, archive, app = %v, %v; want accepted", got, err)
+	}
+	st, err := s.Stats(ctx)
+	if err != nil || st.Backlog != 2 || st.Lanes["app"] != 1 || st.Lanes["archive"] != 1 {
+		t.Fatalf("Stats = %+v, %v; want one delivery in app and one in archive", st, err)
+	}
+	for _, d := range []string{"app", "archive"} {
+		es, err := s.Lane(d).Claim(ctx, 10)
+		if err != nil || len(es) != 1 || es[0].ID != queue.DeliveryID(e.ID, d, false) {
+			t.Fatalf("Lane(%s).Claim = %v, %v", d, es, err)
+		}
+	}
+}

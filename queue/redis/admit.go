@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/hookrelay/caddy-webhook-relay/internal/bodybuf"
@@ -38,9 +39,10 @@ var inlineBodyMax = 4 << 10
 const markerTTLMin = 20 * time.Second
 
 // admitScript stores an admitted payload: run before under this token? ->
-// what it answered; seen? -> duplicate; backlog full? -> full; else XADD the
-// entry, put its body in place (SET from the last argument, or rename the
-// body SET just before under the staging key), THEN set the marker. Scripts
+// what it answered; seen? -> duplicate; backlog full? -> full; else XADD an
+// entry to each of its lanes, put its one body in place (SET from an
+// argument, or rename the body SET just before under the staging key),
+// THEN set the marker: all in one script, so all lanes or none. Scripts
 // do not roll back, so the order matters: a marker without a payload would
 // be a lost webhook, a payload without a marker only a possible duplicate
 // delivery. A staged body that is not there (its SET failed) stores nothing.
@@ -70,21 +72,23 @@ const markerTTLMin = 20 * time.Second
 // counted under a minute deletes the counts of the minutes gone by, so the
 // count hash holds about a window's worth of minutes.
 //
-//	KEYS[1]  the stream, {p}:q
-//	KEYS[2]  the key's marker, {p}:seen:<key>
-//	KEYS[3]  the key count hash, {p}:kc
-//	KEYS[4]  the sizes hash, {p}:sz, KEYS[5] the stored total, {p}:stored
-//	KEYS[6]  the dead index, {p}:dead, KEYS[7] the died index, {p}:deadt
-//	KEYS[8]  the staging key {p}:in:<token>, only when the body was staged
+//	KEYS[1]  the key's marker, {p}:seen:<key>
+//	KEYS[2]  the key count hash, {p}:kc
+//	KEYS[3]  the sizes hash, {p}:sz, KEYS[4] the stored total, {p}:stored
+//	KEYS[5]  the dead index, {p}:dead, KEYS[6] the died index, {p}:deadt
+//	KEYS[7]  the lanes, {p}:lanes, KEYS[8] the id source, {p}:ids
+//	KEYS[9]  the references hash, {p}:rc
+//	KEYS[10] the staging key {p}:in:<token>, used only when ARGV[20] is "1"
+//	KEYS[11..] the streams of the lanes in ARGV[25..], {p}:q[:L]
 //	ARGV[1]  now (stamp)
 //	ARGV[2]  when the marker expires: now + window (stamp)
 //	ARGV[3]  the marker's TTL, ms
-//	ARGV[4]  max backlog, 0 for none
+//	ARGV[4]  max backlog (deliveries), 0 for none
 //	ARGV[5]  the dedupe key (stream field k)
 //	ARGV[6]  raw query (q), ARGV[7] content type (c), ARGV[8] user agent (a),
 //	         ARGV[9] forwarded for (x)
 //	ARGV[10] the body key prefix, {p}:b:
-//	ARGV[11] the marker's expiry minute (Unix minutes), its field in KEYS[3]
+//	ARGV[11] the marker's expiry minute (Unix minutes), its field in KEYS[2]
 //	ARGV[12] the admit's token
 //	ARGV[13] the kept headers (queue.AppendHeaders; stream field h), "" for none
 //	ARGV[14] "1" when the admit waits (WAIT, WAITAOF) after the script, else ""
@@ -94,24 +98,35 @@ const markerTTLMin = 20 * time.Second
 //	ARGV[18] the dead letter hash prefix, {p}:dead:
 //	ARGV[19] "1" to set the marker only (queue.Entry.MarkerOnly): no
 //	         stream entry, body or size; its marker's stream id is "-"
-//	ARGV[20] the destination (stream field t), "" for none
+//	ARGV[20] "1" when the body was staged under KEYS[10]
 //	ARGV[21] the traceparent (stream field p), ARGV[22] the tracestate
 //	         (w), "" for none
+//	ARGV[23] the stream key prefix, {p}:q, ARGV[24] the consumer group
+//	ARGV[25..] the lanes (destinations; stream field t, absent for ""),
+//	         one delivery each
 //	returns  {0, stream id} accepted (now or by this token's earlier run),
 //	         {0, stream id, evicted} accepted after evicted dead letters
 //	         gave way, {1} duplicate, {2} backlog full, {3} the staged body
 //	         is missing (nothing stored), {4, evicted} store full
 //
+// The payload's stream id comes from {p}:ids and is the same in every lane
+// (see the key list on Store); with several lanes each entry carries its
+// delivery id (field i: payload id, "~", lane) and {p}:rc counts them. A
+// lane new to the set gets its consumer group here, before its first
+// entry. The backlog bound counts the entries of every lane.
+//
 // Over max stored bytes, the oldest dead letters (died index) give way one
 // at a time until the payload fits or none is left; each one goes with its
-// hash, body, index entries and size. They stay removed when that was not
-// enough and the answer is {4}: queued payloads come first.
-var admitScript = goredis.NewScript(idLua + unstoreLua + `
-local staged = KEYS[8]
+// hash and index entries, and its hold on its payload's body (the body and
+// its size go with the payload's last delivery). They stay removed when
+// that was not enough and the answer is {4}: queued payloads come first.
+var admitScript = goredis.NewScript(idLua + unrefLua + laneLua + `
+local staged = nil
+if ARGV[20] == '1' then staged = KEYS[10] end
 local function drop()
   if staged then redis.call('DEL', staged) end
 end
-local seen = redis.call('GET', KEYS[2])
+local seen = redis.call('GET', KEYS[1])
 if seen then
   local expires, token, prev = string.match(seen, '^(%d+) (%S+) (%S+)$')
   local answer
@@ -122,43 +137,49 @@ if seen then
   end
   if answer then
     drop()
-    if ARGV[14] ~= '' then redis.call('SET', KEYS[2], seen, 'KEEPTTL') end
+    if ARGV[14] ~= '' then redis.call('SET', KEYS[1], seen, 'KEEPTTL') end
     return answer
   end
 end
 local function count()
-  if redis.call('HINCRBY', KEYS[3], ARGV[11], 1) == 1 then
+  if redis.call('HINCRBY', KEYS[2], ARGV[11], 1) == 1 then
     local minute = math.floor(tonumber(string.sub(ARGV[1], 1, -10)) / 60)
-    for _, m in ipairs(redis.call('HKEYS', KEYS[3])) do
-      if (tonumber(m) or 0) < minute then redis.call('HDEL', KEYS[3], m) end
+    for _, m in ipairs(redis.call('HKEYS', KEYS[2])) do
+      if (tonumber(m) or 0) < minute then redis.call('HDEL', KEYS[2], m) end
     end
   end
 end
 if ARGV[19] == '1' then
   drop()
-  redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[12] .. ' -', 'PX', ARGV[3])
+  redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. ARGV[12] .. ' -', 'PX', ARGV[3])
   count()
   return {0, '-'}
 end
+local lanes = #ARGV - 24
 local max = tonumber(ARGV[4])
-if max > 0 and redis.call('XLEN', KEYS[1]) >= max then
-  drop()
-  return {2}
+if max > 0 then
+  local queued = 0
+  for _, l in ipairs(lanesof(KEYS[7])) do
+    queued = queued + redis.call('XLEN', lanekey(ARGV[23], l))
+  end
+  if queued + lanes > max then
+    drop()
+    return {2}
+  end
 end
 if staged and redis.call('EXISTS', staged) == 0 then return {3} end
 local bound, size, evicted = tonumber(ARGV[16]), tonumber(ARGV[17]), 0
 if bound > 0 then
-  local stored = tonumber(redis.call('GET', KEYS[5]) or '0')
+  local stored = tonumber(redis.call('GET', KEYS[4]) or '0')
   while stored + size > bound do
-    local old = redis.call('ZRANGE', KEYS[7], 0, 0)
+    local old = redis.call('ZRANGE', KEYS[6], 0, 0)
     if #old == 0 then break end
     local id = old[1]
     redis.call('ZREM', KEYS[6], id)
-    redis.call('ZREM', KEYS[7], id)
-    redis.call('DEL', ARGV[18] .. id, ARGV[10] .. id)
-    unstore(KEYS[4], KEYS[5], id)
+    redis.call('DEL', ARGV[18] .. id)
+    if redis.call('ZREM', KEYS[5], id) == 1 then unref(KEYS[9], KEYS[3], KEYS[4], ARGV[10], id) end
     evicted = evicted + 1
-    stored = tonumber(redis.call('GET', KEYS[5]) or '0')
+    stored = tonumber(redis.call('GET', KEYS[4]) or '0')
   end
   if stored + size > bound then
     drop()
@@ -168,60 +189,98 @@ end
 local f = {'k', ARGV[5], 'q', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'x', ARGV[9],
   'r', ARGV[1], 'u', ARGV[1]}
 if ARGV[13] ~= '' then f[#f+1] = 'h'; f[#f+1] = ARGV[13] end
-if ARGV[20] ~= '' then f[#f+1] = 't'; f[#f+1] = ARGV[20] end
 if ARGV[21] ~= '' then f[#f+1] = 'p'; f[#f+1] = ARGV[21] end
 if ARGV[22] ~= '' then f[#f+1] = 'w'; f[#f+1] = ARGV[22] end
-local sid = redis.call('XADD', KEYS[1], '*', unpack(f))
-local body = ARGV[10] .. entryid(sid)
+local sid = redis.call('XADD', KEYS[8], 'MAXLEN', '0', '*', 'x', '')
+local payload = entryid(sid)
+local base = #f
+for i = 1, lanes do
+  local lane, q = ARGV[24 + i], KEYS[10 + i]
+  if redis.call('SADD', KEYS[7], lane) == 1 then
+    redis.pcall('XGROUP', 'CREATE', q, ARGV[24], '0', 'MKSTREAM')
+  end
+  for j = #f, base + 1, -1 do f[j] = nil end
+  if lane ~= '' then f[#f+1] = 't'; f[#f+1] = lane end
+  if lanes > 1 then f[#f+1] = 'i'; f[#f+1] = payload .. '~' .. lane end
+  redis.call('XADD', q, sid, unpack(f))
+end
+local body = ARGV[10] .. payload
 if staged then
   redis.call('RENAME', staged, body)
   redis.call('PERSIST', body)
 else
   redis.call('SET', body, ARGV[15])
 end
-redis.call('HSET', KEYS[4], entryid(sid), size)
-redis.call('INCRBY', KEYS[5], size)
-redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[12] .. ' ' .. sid, 'PX', ARGV[3])
+redis.call('HSET', KEYS[3], payload, size)
+redis.call('INCRBY', KEYS[4], size)
+if lanes > 1 then redis.call('HSET', KEYS[9], payload, lanes) end
+redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. ARGV[12] .. ' ' .. sid, 'PX', ARGV[3])
 count()
 if evicted > 0 then return {0, sid, evicted} end
 return {0, sid}
 `)
 
+// lanesOf returns the lanes e is delivered in: its Destinations, each
+// once (a second delivery under the same id would fail the script halfway,
+// after the first), else its Destination's.
+func lanesOf(e *queue.Entry) []string {
+	if len(e.Destinations) == 0 {
+		return []string{e.Destination}
+	}
+	lanes := make([]string, 0, len(e.Destinations))
+	for _, d := range e.Destinations {
+		if !slices.Contains(lanes, d) {
+			lanes = append(lanes, d)
+		}
+	}
+	return lanes
+}
+
 // admitCall returns the commands of an admit of e under token: the admit
 // script, with the body as its last argument when it is at most
 // inlineBodyMax, or else after a plain SET of the body under a staging
-// key, which the script renames into place.
+// key, which the script renames into place: one body for all the lanes.
 func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(goredis.Pipeliner, bool) []goredis.Cmder {
 	window := r.Window()
 	expires := now.Add(window)
 	ttl := max(window, markerTTLMin).Milliseconds() + 1000 // never shorter than the window
-	keys := []string{r.stream, r.seenPrefix + e.Key, r.keyCount, r.sizes, r.stored, r.deadIdx, r.deadTimes}
-	args := []any{stamp(now), stamp(expires), ttl, r.MaxBacklog(),
+	lanes := lanesOf(e)
+	staged := r.stagedPrefix + token
+	keys := make([]string, 0, 10+len(lanes))
+	keys = append(keys, r.seenPrefix+e.Key, r.keyCount, r.sizes, r.stored, r.deadIdx, r.deadTimes,
+		r.lanes, r.ids, r.refs, staged)
+	for _, l := range lanes {
+		keys = append(keys, r.laneOf(l).stream)
+	}
+	args := make([]any, 0, 24+len(lanes))
+	args = append(args, stamp(now), stamp(expires), ttl, r.MaxBacklog(),
 		e.Key, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor,
-		r.bodyPrefix, expires.UnixMilli() / 60000, token, headersArg(e.Request.Headers), ""}
+		r.bodyPrefix, expires.UnixMilli()/60000, token, headersArg(e.Request.Headers), "")
 	if r.durable > 0 || r.replicas > 0 {
 		args[13] = "1"
 	}
-	staged := ""
-	if e.MarkerOnly {
+	isStaged := !e.MarkerOnly && len(e.Body) > inlineBodyMax
+	switch {
+	case isStaged, e.MarkerOnly:
 		args = append(args, "")
-	} else if len(e.Body) <= inlineBodyMax {
+	default:
 		args = append(args, e.Body)
-	} else {
-		staged = r.stagedPrefix + token
-		keys = append(keys, staged)
-		args = append(args, "")
 	}
-	markerOnly := ""
-	if e.MarkerOnly {
-		markerOnly = "1"
+	flag := func(b bool) string {
+		if b {
+			return "1"
+		}
+		return ""
 	}
-	args = append(args, r.MaxStored(), queue.StoredSize(len(e.Body), e.Request.Headers), r.deadPrefix, markerOnly, e.Destination,
-		e.Request.TraceParent, e.Request.TraceState)
+	args = append(args, r.MaxStored(), queue.StoredSize(len(e.Body), e.Request.Headers), r.deadPrefix,
+		flag(e.MarkerOnly), flag(isStaged), e.Request.TraceParent, e.Request.TraceState, r.stream, groupName)
+	for _, l := range lanes {
+		args = append(args, l)
+	}
 	return func(pipe goredis.Pipeliner, eval bool) []goredis.Cmder {
 		ctx := context.Background() // the pipeline's context is the one that counts
 		var cmds []goredis.Cmder
-		if staged != "" {
+		if isStaged {
 			cmds = append(cmds, pipe.Set(ctx, staged, e.Body, stagedTTL))
 		}
 		if eval {
@@ -273,6 +332,9 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		len(e.Request.UserAgent) + len(e.Request.ContentType) + len(e.Request.TraceParent) + len(e.Request.TraceState)
 	for _, h := range e.Request.Headers {
 		size += len(h.Name) + len(h.Value) + 4
+	}
+	for _, d := range e.Destinations {
+		size += 2*len(d) + 64 // its name, and the stream key named after it
 	}
 	admit := func() ([]any, error) {
 		if len(e.Body) > inlineBodyMax && !e.MarkerOnly {
@@ -331,7 +393,7 @@ func (r *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	if err != nil {
 		return 0, err
 	}
-	e.ID, e.Received, e.Queued = id, now, now
+	e.ID, e.Payload, e.Received, e.Queued = id, id, now, now
 	return queue.Accepted, nil
 }
 

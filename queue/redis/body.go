@@ -102,34 +102,68 @@ func (r *Store) readBody(ctx context.Context, key string, first *goredis.StringC
 	return body, true, nil
 }
 
-// Body implements Store. Besides the body's first chunk, the one round
-// trip that reads most bodies whole asks the dead index: the body key is
-// kept while the entry is dead too, and the index tells the two apart.
+// Body implements Store: lane "". Besides the body's first chunk, the one
+// round trip that reads most bodies whole asks the dead index: the body
+// key is kept while the entry is dead too, and the index tells the two
+// apart.
 func (r *Store) Body(ctx context.Context, id string) ([]byte, error) {
-	return r.body(ctx, id, heapBuffer)
+	return r.def.body(ctx, id, heapBuffer)
 }
 
 // heapBuffer is a buffer on Go's heap, for a body whose caller does not
 // free it (Body, DeadEntry).
 func heapBuffer(n int) []byte { return make([]byte, n) }
 
-// ReadBody implements queue.BodyReader: a body longer than the first chunk
-// is put together in a mapping of bodybuf rather than on the heap.
+// ReadBody implements queue.BodyReader: lane "". A body longer than the
+// first chunk is put together in a mapping of bodybuf rather than on the
+// heap.
 func (r *Store) ReadBody(ctx context.Context, id string) ([]byte, error) {
-	return r.body(ctx, id, bodybuf.Alloc)
+	return r.def.body(ctx, id, bodybuf.Alloc)
 }
 
-func (r *Store) body(ctx context.Context, id string, alloc func(int) []byte) ([]byte, error) {
+// Body implements queue.Claimer.
+func (l *lane) Body(ctx context.Context, id string) ([]byte, error) {
+	return l.body(ctx, id, heapBuffer)
+}
+
+// ReadBody implements queue.BodyReader.
+func (l *lane) ReadBody(ctx context.Context, id string) ([]byte, error) {
+	return l.body(ctx, id, bodybuf.Alloc)
+}
+
+// body reads the body of the lane's queued delivery id. The body is its
+// payload's, kept while any delivery of the payload is queued or dead, so
+// for a delivery that shares it the same round trip also asks the lane's
+// stream whether this one is still queued.
+func (l *lane) body(ctx context.Context, id string, alloc func(int) []byte) ([]byte, error) {
+	r := l.r
 	if err := r.usable(ctx); err != nil {
 		return nil, err
 	}
-	key := r.bodyPrefix + id
+	key := r.bodyPrefix + payloadOf(id)
+	shared := fannedOut(id)
+	sid, moved := r.movedTo(id)
+	if !moved {
+		sid = parseID(id)
+	}
 	var dead *goredis.FloatCmd
 	var first *goredis.StringCmd
+	var entry *goredis.XMessageSliceCmd
+	var loc *goredis.StringCmd
 	_, err := r.runCmds(ctx, smallCall+firstChunk, func(pipe goredis.Pipeliner, _ bool) []goredis.Cmder {
 		dead, first = pipe.ZScore(ctx, r.deadIdx, id), pipe.GetRange(ctx, key, 0, firstChunk-1)
-		return []goredis.Cmder{dead, first}
+		if !shared {
+			return []goredis.Cmder{dead, first}
+		}
+		entry, loc = pipe.XRangeN(ctx, l.stream, sid, sid, 1), pipe.HGet(ctx, r.loc, id)
+		return []goredis.Cmder{dead, first, entry, loc}
 	})
+	if err == nil && shared {
+		err = l.queued(ctx, sid, entry, loc)
+		if errors.Is(err, queue.ErrNotFound) {
+			return nil, fmt.Errorf("body of %s: %w", id, err)
+		}
+	}
 	if err == nil {
 		err = dead.Err()
 		if err == nil {
@@ -147,4 +181,32 @@ func (r *Store) body(ctx context.Context, id string, alloc func(int) []byte) ([]
 		}
 	}
 	return nil, fmt.Errorf("redis store: body of %s: %w", id, err)
+}
+
+// queued tells from the replies of an XRANGE of sid in the lane's stream
+// and an HGET of the delivery's location whether it is still queued:
+// ErrNotFound if not. A delivery replayed since (a location other than
+// sid) is looked up again where it went.
+func (l *lane) queued(ctx context.Context, sid string, entry *goredis.XMessageSliceCmd, loc *goredis.StringCmd) error {
+	if err := entry.Err(); err != nil {
+		return err
+	}
+	if len(entry.Val()) > 0 {
+		return nil
+	}
+	moved, err := loc.Result()
+	switch {
+	case errors.Is(err, goredis.Nil) || err == nil && moved == sid:
+		return queue.ErrNotFound
+	case err != nil:
+		return err
+	}
+	n, err := l.r.client.XRangeN(ctx, l.stream, moved, moved, 1).Result()
+	if err != nil {
+		return err
+	}
+	if len(n) == 0 {
+		return queue.ErrNotFound
+	}
+	return nil
 }

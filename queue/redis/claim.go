@@ -32,10 +32,12 @@ import (
 // took then and this consumer still holds; what does not fit in count is
 // released, for the next claim.
 //
-//	KEYS[1]  the stream, {p}:q
-//	KEYS[2]  the attempts hash, {p}:att
+//	KEYS[1]  the lane's stream, {p}:q[:L]
+//	KEYS[2]  the lane's attempts hash, {p}:att[:L]
 //	KEYS[3]  the claim's token key, {p}:clm:<token>
-//	KEYS[4]  the retries waiting, {p}:due
+//	KEYS[4]  the lane's retries waiting, {p}:due[:L]
+//	KEYS[5]  the references hash, {p}:rc, KEYS[6] the sizes hash, {p}:sz,
+//	KEYS[7]  the stored total, {p}:stored
 //	ARGV[1]  the consumer group
 //	ARGV[2]  this consumer
 //	ARGV[3]  the visibility timeout, ms (min idle for a takeover)
@@ -57,7 +59,7 @@ import (
 // after the group's last-delivered-id) only while a retry is due. XCLAIM
 // FORCE makes a due retry pending for this consumer again, so from then on
 // it is held as any claimed entry, and taken over if this consumer dies.
-var claimScript = goredis.NewScript(idLua + `
+var claimScript = goredis.NewScript(idLua + unrefLua + `
 local want = tonumber(ARGV[4])
 local out, sids = {}, {}
 local function add(e)
@@ -69,8 +71,9 @@ local function add(e)
   id = id or entryid(e[1])
   local size = -1
   if id then
-    size = redis.call('STRLEN', ARGV[5] .. id)
-    if size == 0 and redis.call('EXISTS', ARGV[5] .. id) == 0 then size = -1 end
+    local body = ARGV[5] .. payloadof(id)
+    size = redis.call('STRLEN', body)
+    if size == 0 and redis.call('EXISTS', body) == 0 then size = -1 end
   end
   out[#out+1] = {e[1], f, redis.call('HGET', KEYS[2], e[1]), size}
   sids[#sids+1] = e[1]
@@ -105,13 +108,15 @@ if #out < want then
     end
     -- pending entries whose payload is gone (an ack cut off after its
     -- XDEL) leave the group (XCLAIM drops them on Redis >= 7, XACK on older
-    -- ones); their attempts and bodies go with them
+    -- ones); their attempts go with them, and their hold on the body (only
+    -- a plain ack, of a payload's one delivery never replayed, is cut off:
+    -- the others are scripts)
     for _, sid in ipairs(batch) do
       if not taken[sid] and #redis.call('XRANGE', KEYS[1], sid, sid) == 0 then
         redis.call('XACK', KEYS[1], ARGV[1], sid)
         redis.call('HDEL', KEYS[2], sid)
         local id = entryid(sid)
-        if id then redis.call('DEL', ARGV[5] .. id) end
+        if id then unref(KEYS[5], KEYS[6], KEYS[7], ARGV[5], id) end
       end
     end
   end
@@ -189,42 +194,46 @@ return out
 `)
 
 // claimArgs are the claim script's keys and arguments.
-func (r *Store) claimArgs(max int, token string) ([]string, []any) {
-	return []string{r.stream, r.att, r.claimPrefix + token, r.due},
+func (l *lane) claimArgs(max int, token string) ([]string, []any) {
+	r := l.r
+	return []string{l.stream, l.att, r.claimPrefix + token, l.due, r.refs, r.sizes, r.stored},
 		[]any{groupName, r.consumer, r.idle.Milliseconds(), max, r.bodyPrefix, releasedIdle.Milliseconds(), r.now().UnixMilli()}
 }
 
-// claimToken returns the token of the claim to send again, or a new one.
-func (r *Store) claimToken() string {
+// claimToken returns the token of the lane's claim to send again, or a new
+// one.
+func (l *lane) claimToken() string {
+	r := l.r
 	r.claimMu.Lock()
 	defer r.claimMu.Unlock()
-	token := r.retryClaim
-	r.retryClaim = ""
+	token := r.retryClaim[l.name]
+	delete(r.retryClaim, l.name)
 	if token == "" {
 		token = rand.Text()
 	}
 	return token
 }
 
-// Claim implements Store. It first takes over entries idle past the
-// visibility timeout (a dead consumer's, or released ones), then hands out
-// due retries and new entries, oldest due first. Bodies stay in Redis:
-// Body fetches them.
-func (r *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
+// Claim implements queue.Claimer. It first takes over the lane's entries
+// idle past the visibility timeout (a dead consumer's, or released ones),
+// then hands out due retries and new entries, oldest due first. Bodies
+// stay in Redis: Body fetches them.
+func (l *lane) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
+	r := l.r
 	if err := r.usable(ctx); err != nil {
 		return nil, err
 	}
 	if max <= 0 {
 		return nil, nil
 	}
-	token := r.claimToken()
-	keys, args := r.claimArgs(max, token)
+	token := l.claimToken()
+	keys, args := l.claimArgs(max, token)
 	run := func() ([]any, error) {
 		return claimScript.Run(ctx, r.client, keys, args...).Slice()
 	}
 	res, err := run()
-	if isNoGroup(err) { // Redis lost its data: start over with a new group
-		if err = r.ensureGroup(ctx); err == nil {
+	if isNoGroup(err) { // a lane nothing was admitted to yet, or Redis lost its data: a new group
+		if err = l.ensureGroup(ctx); err == nil {
 			res, err = run()
 		}
 	}
@@ -232,7 +241,7 @@ func (r *Store) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 	if err != nil {
 		if unreachable(err) { // it may have run: the next claim sends it again
 			r.claimMu.Lock()
-			r.retryClaim = token
+			r.retryClaim[l.name] = token
 			r.claimMu.Unlock()
 		}
 		return nil, fmt.Errorf("redis store: claim: %w", err)
@@ -259,7 +268,7 @@ func (r *Store) claimed(item any) *queue.Entry {
 	if err != nil {
 		return nil
 	}
-	damaged := func(why string) *queue.Entry { return &queue.Entry{ID: sidID, Damaged: why} }
+	damaged := func(why string) *queue.Entry { return &queue.Entry{ID: sidID, Payload: sidID, Damaged: why} }
 	if len(parts) < 4 {
 		return damaged(fmt.Sprintf("unexpected claim reply %v", item))
 	}
@@ -269,11 +278,15 @@ func (r *Store) claimed(item any) *queue.Entry {
 	}
 	e, err := entryOf(sid, fields)
 	if err != nil {
-		return damaged(err.Error())
+		d := damaged(err.Error())
+		if id := fields["i"]; parseID(id) == sid {
+			d.ID = id // a delivery of a payload fanned out: the id its lane knows it by
+		}
+		return d
 	}
 	if parseID(e.ID) == "" {
 		e.Damaged = fmt.Sprintf("stream entry %s has a malformed entry id %q", sid, e.ID)
-		e.ID = sidID
+		e.ID, e.Payload = sidID, sidID
 	} else if parseID(e.ID) != sid {
 		r.setMoved(e.ID, sid)
 	}
@@ -337,6 +350,7 @@ func entryOf(sid string, f map[string]string) (*queue.Entry, error) {
 		}
 		e.ID = id
 	}
+	e.Payload = payloadOf(e.ID)
 	return e, nil
 }
 
@@ -361,7 +375,7 @@ func parseAttempt(s string) (attempts, status int, reason string) {
 // Claim takes them at once). Entries another consumer took over are left
 // alone and reported.
 //
-//	KEYS[1]  the stream, {p}:q
+//	KEYS[1]  the lane's stream, {p}:q[:L]
 //	KEYS[2]  the location hash, {p}:loc
 //	ARGV[1]  the consumer group
 //	ARGV[2]  this consumer
@@ -385,7 +399,8 @@ return lost
 
 // reclaim resets the idle time of the held entries in ids and returns the
 // ids this consumer no longer holds.
-func (r *Store) reclaim(ctx context.Context, ids []string, idle time.Duration) ([]string, error) {
+func (l *lane) reclaim(ctx context.Context, ids []string, idle time.Duration) ([]string, error) {
+	r := l.r
 	if len(ids) == 0 {
 		return nil, nil
 	}
@@ -394,22 +409,22 @@ func (r *Store) reclaim(ctx context.Context, ids []string, idle time.Duration) (
 	for _, id := range ids {
 		args = append(args, id, parseID(id))
 	}
-	lost, err := reclaimScript.Run(ctx, r.client, []string{r.stream, r.loc}, args...).StringSlice()
+	lost, err := reclaimScript.Run(ctx, r.client, []string{l.stream, r.loc}, args...).StringSlice()
 	if isNoGroup(err) {
 		return ids, nil // the group, and every claim, is gone
 	}
 	return lost, err
 }
 
-// Extend implements Store: it resets the idle time of the entries this
-// consumer holds, so no other consumer takes them over. Ids it no longer
-// holds (delivered, or taken over after the visibility timeout) are reported
-// with ErrNotFound after the others are extended.
-func (r *Store) Extend(ctx context.Context, ids []string) error {
-	if err := r.usable(ctx); err != nil {
+// Extend implements queue.Claimer: it resets the idle time of the entries
+// this consumer holds, so no other consumer takes them over. Ids it no
+// longer holds (delivered, or taken over after the visibility timeout) are
+// reported with ErrNotFound after the others are extended.
+func (l *lane) Extend(ctx context.Context, ids []string) error {
+	if err := l.r.usable(ctx); err != nil {
 		return err
 	}
-	lost, err := r.reclaim(ctx, ids, 0)
+	lost, err := l.reclaim(ctx, ids, 0)
 	if err != nil {
 		return fmt.Errorf("redis store: extend: %w", err)
 	}
@@ -420,17 +435,17 @@ func (r *Store) Extend(ctx context.Context, ids []string) error {
 	return nil
 }
 
-// Release implements Store: the entries stay pending but look idle past
-// any visibility timeout, so the next Claim of any consumer takes them.
-// Ids this consumer does not hold are skipped.
-func (r *Store) Release(ctx context.Context, ids []string) error {
-	if err := r.usable(ctx); err != nil {
+// Release implements queue.Claimer: the entries stay pending but look idle
+// past any visibility timeout, so the lane's next Claim of any consumer
+// takes them. Ids this consumer does not hold are skipped.
+func (l *lane) Release(ctx context.Context, ids []string) error {
+	if err := l.r.usable(ctx); err != nil {
 		return err
 	}
-	if _, err := r.reclaim(ctx, ids, releasedIdle); err != nil {
+	if _, err := l.reclaim(ctx, ids, releasedIdle); err != nil {
 		return fmt.Errorf("redis store: release: %w", err)
 	}
-	r.forgetMoved(ids...)
+	l.r.forgetMoved(ids...)
 	return nil
 }
 
@@ -441,10 +456,10 @@ func (r *Store) Release(ctx context.Context, ids []string) error {
 // time it is due, where any consumer's claim finds it then. Sent again
 // after it ran (a lost reply), it finds the entry listed and does nothing.
 //
-//	KEYS[1]  the stream, {p}:q
-//	KEYS[2]  the attempts hash, {p}:att
+//	KEYS[1]  the lane's stream, {p}:q[:L]
+//	KEYS[2]  the lane's attempts hash, {p}:att[:L]
 //	KEYS[3]  the location hash, {p}:loc
-//	KEYS[4]  the retries waiting, {p}:due
+//	KEYS[4]  the lane's retries waiting, {p}:due[:L]
 //	ARGV[1]  the consumer group
 //	ARGV[2]  this consumer
 //	ARGV[3]  the entry id
@@ -468,13 +483,14 @@ redis.call('ZADD', KEYS[4], ARGV[6], sid)
 return 1
 `)
 
-// Retry implements Store.
-func (r *Store) Retry(ctx context.Context, e *queue.Entry, due time.Time) error {
+// Retry implements queue.Claimer.
+func (l *lane) Retry(ctx context.Context, e *queue.Entry, due time.Time) error {
+	r := l.r
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
 	attempt := formatAttempt(e)
-	v, err := r.runScript(ctx, smallCall+len(attempt), retryScript, []string{r.stream, r.att, r.loc, r.due},
+	v, err := r.runScript(ctx, smallCall+len(attempt), retryScript, []string{l.stream, l.att, r.loc, l.due},
 		[]any{groupName, r.consumer, e.ID, parseID(e.ID), attempt, due.UnixMilli()})
 	n, _ := v.(int64)
 	if err != nil {
@@ -487,13 +503,15 @@ func (r *Store) Retry(ctx context.Context, e *queue.Entry, due time.Time) error 
 	return nil
 }
 
-// NextDue implements Store: the earliest score in {p}:due (a claim takes
-// what it hands out off the list, so nothing there is held).
-func (r *Store) NextDue(ctx context.Context) (time.Time, error) {
+// NextDue implements queue.Claimer: the earliest score in the lane's
+// {p}:due[:L] (a claim takes what it hands out off the list, so nothing
+// there is held).
+func (l *lane) NextDue(ctx context.Context) (time.Time, error) {
+	r := l.r
 	if err := r.usable(ctx); err != nil {
 		return time.Time{}, err
 	}
-	first, err := r.client.ZRangeWithScores(ctx, r.due, 0, 0).Result()
+	first, err := r.client.ZRangeWithScores(ctx, l.due, 0, 0).Result()
 	r.answered(err)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("redis store: next due retry: %w", err)
@@ -504,51 +522,54 @@ func (r *Store) NextDue(ctx context.Context) (time.Time, error) {
 	return time.UnixMilli(int64(first[0].Score)), nil
 }
 
-// ackScript removes a delivered replayed entry: XACK, XDEL, its body and its
-// bookkeeping. (Entries never replayed are acknowledged with plain
+// ackScript removes a delivered entry that was replayed, or is one of its
+// payload's several deliveries: XACK, XDEL, its bookkeeping, and its hold
+// on the body, which goes with the payload's last delivery. (The one
+// delivery of a payload, never replayed, is acknowledged with plain
 // commands: queueAcks.)
 //
-//	KEYS[1]  the stream, {p}:q
-//	KEYS[2]  the attempts hash, {p}:att
+//	KEYS[1]  the lane's stream, {p}:q[:L]
+//	KEYS[2]  the lane's attempts hash, {p}:att[:L]
 //	KEYS[3]  the location hash, {p}:loc
-//	KEYS[4]  the body key, {p}:b:<id>
+//	KEYS[4]  the references hash, {p}:rc, KEYS[5] the sizes hash, {p}:sz,
+//	KEYS[6]  the stored total, {p}:stored
 //	ARGV[1]  the consumer group
 //	ARGV[2]  the entry id
 //	ARGV[3]  the stream id parsed from it
+//	ARGV[4]  the body key prefix, {p}:b:
 //	returns  1, or 0 when the entry's stream id is unknown
-var ackScript = goredis.NewScript(resolveLua + `
+var ackScript = goredis.NewScript(resolveLua + unrefLua + `
 local sid = resolve(KEYS[3], ARGV[2], ARGV[3])
 if sid == '' then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], sid)
-redis.call('XDEL', KEYS[1], sid)
-redis.call('DEL', KEYS[4])
+if redis.call('XDEL', KEYS[1], sid) == 1 then
+  unref(KEYS[4], KEYS[5], KEYS[6], ARGV[4], ARGV[2])
+end
 redis.call('HDEL', KEYS[2], sid)
 redis.call('HDEL', KEYS[3], ARGV[2])
 return 1
 `)
 
-// Ack implements Store. Acking an id that is no longer queued is not an
-// error.
-func (r *Store) Ack(ctx context.Context, id string) error {
+// Ack implements queue.Claimer. Acking an id that is no longer queued is
+// not an error.
+func (l *lane) Ack(ctx context.Context, id string) error {
+	r := l.r
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
-	if r.isMoved(id) {
-		// a replayed entry: the script finds its stream id and drops the
-		// mapping, in one step
-		if _, err := r.runScript(ctx, smallCall, ackScript, []string{r.stream, r.att, r.loc, r.bodyPrefix + id},
-			[]any{groupName, id, parseID(id)}); err != nil {
+	if r.isMoved(id) || fannedOut(id) {
+		// a replayed entry (the script finds its stream id and drops the
+		// mapping), or one sharing its body: in one step
+		if _, err := r.runScript(ctx, smallCall, ackScript, []string{l.stream, l.att, r.loc, r.refs, r.sizes, r.stored},
+			[]any{groupName, id, parseID(id), r.bodyPrefix}); err != nil {
 			return fmt.Errorf("redis store: ack %s: %w", id, err)
 		}
 		r.forgetMoved(id)
-		if err := r.unstore(ctx, id); err != nil {
-			return err
-		}
 		return nil
 	}
 	// The common case needs no script, which costs Redis more than the
 	// commands it would run: see queueAcks.
-	call := &pipeCall{ctx: ctx, size: smallCall, ack: id}
+	call := &pipeCall{ctx: ctx, size: smallCall, ack: id, lane: l}
 	err := r.send(call)
 	if err == nil {
 		for _, c := range call.cmds {
@@ -567,30 +588,39 @@ func (r *Store) Ack(ctx context.Context, id string) error {
 // delete the entries and their bodies, acknowledge them, forget their
 // attempts. Each is a no-op for an entry another process got to first.
 // They are not atomic, so the order matters: cut off after XDEL, the
-// pending entries left behind point at nothing and the next XAUTOCLAIM
-// drops them with their bodies and attempts; the bodies go only after the
-// entries, so no queued entry is ever without one; an entry acknowledged
-// but not deleted would sit in the stream for good.
+// pending entries left behind point at nothing and the next claim of the
+// lane drops them with their bodies and attempts; the bodies go only after
+// the entries, so no queued entry is ever without one; an entry
+// acknowledged but not deleted would sit in the stream for good. A plain
+// ack is of a payload's only delivery, so its body is its own.
 //
-// The acks share one command of each kind. Deleting the stream's first
-// entry makes Redis look for the new first one, stepping over every entry
-// deleted before it in the same stream node (up to a hundred); one XDEL of
-// many ids does that once, not once per id.
+// The acks of a lane share one command of each kind. Deleting the stream's
+// first entry makes Redis look for the new first one, stepping over every
+// entry deleted before it in the same stream node (up to a hundred); one
+// XDEL of many ids does that once, not once per id.
 func (r *Store) queueAcks(pipe goredis.Pipeliner, acks []*pipeCall, eval bool) []goredis.Cmder {
 	ctx := context.Background() // the pipeline's context is the one that counts
-	sids := make([]string, len(acks))
+	var lanes []*lane
+	sids := make(map[*lane][]string)
 	bodies := make([]string, len(acks))
 	ids := make([]string, len(acks))
 	for i, call := range acks {
-		sids[i], bodies[i], ids[i] = parseID(call.ack), r.bodyPrefix+call.ack, call.ack
+		l := call.lane
+		if _, ok := sids[l]; !ok {
+			lanes = append(lanes, l)
+		}
+		sids[l] = append(sids[l], parseID(call.ack))
+		bodies[i], ids[i] = r.bodyPrefix+call.ack, call.ack
 	}
-	return []goredis.Cmder{
-		pipe.XDel(ctx, r.stream, sids...),
-		pipe.Del(ctx, bodies...),
-		pipe.XAck(ctx, r.stream, groupName, sids...),
-		pipe.HDel(ctx, r.att, sids...),
-		r.queueUnstore(pipe, eval, ids), // after the bodies: see stored.go
+	var cmds []goredis.Cmder
+	for _, l := range lanes {
+		cmds = append(cmds, pipe.XDel(ctx, l.stream, sids[l]...))
 	}
+	cmds = append(cmds, pipe.Del(ctx, bodies...))
+	for _, l := range lanes {
+		cmds = append(cmds, pipe.XAck(ctx, l.stream, groupName, sids[l]...), pipe.HDel(ctx, l.att, sids[l]...))
+	}
+	return append(cmds, r.queueUnstore(pipe, eval, ids)) // after the bodies: see stored.go
 }
 
 func (r *Store) setMoved(id, sid string) {
@@ -627,10 +657,10 @@ func (r *Store) forgetMoved(ids ...string) {
 // buryScript moves a queued entry to the dead letters with its last
 // attempt and time of death, and out of the queue, in one step. It copies
 // whatever fields the entry has, so a damaged one is buried too. The body
-// key stays: the dead letter has it.
+// key stays: the dead letter has it, and holds it as the entry did.
 //
-//	KEYS[1]  the stream, {p}:q
-//	KEYS[2]  the attempts hash, {p}:att
+//	KEYS[1]  the lane's stream, {p}:q[:L]
+//	KEYS[2]  the lane's attempts hash, {p}:att[:L]
 //	KEYS[3]  the location hash, {p}:loc
 //	KEYS[4]  the dead index, {p}:dead
 //	KEYS[5]  the dead letter's hash, {p}:dead:<id>
@@ -664,9 +694,10 @@ redis.call('HDEL', KEYS[3], ARGV[2])
 return 1
 `)
 
-// Bury implements Store. It buries the stored entry, whatever its fields,
+// Bury implements queue.Claimer. It buries the stored entry, whatever its fields,
 // with e's attempt, and sets e.Died.
-func (r *Store) Bury(ctx context.Context, e *queue.Entry) error {
+func (l *lane) Bury(ctx context.Context, e *queue.Entry) error {
+	r := l.r
 	if err := r.usable(ctx); err != nil {
 		return err
 	}
@@ -679,7 +710,7 @@ func (r *Store) Bury(ctx context.Context, e *queue.Entry) error {
 	}
 	died := r.now()
 	n, err := buryScript.Run(ctx, r.client,
-		[]string{r.stream, r.att, r.loc, r.deadIdx, r.deadPrefix + e.ID, r.deadTimes},
+		[]string{l.stream, l.att, r.loc, r.deadIdx, r.deadPrefix + e.ID, r.deadTimes},
 		groupName, e.ID, parseID(e.ID), e.Attempts, e.LastStatus, reason, stamp(died), died.UnixMilli()).Int()
 	if err != nil {
 		return fmt.Errorf("redis store: burying %s: %w", e.ID, err)

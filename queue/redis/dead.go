@@ -52,7 +52,7 @@ func (r *Store) Dead(ctx context.Context, after string, limit int) ([]*queue.Ent
 	sizes := make([]*goredis.IntCmd, len(ids))
 	for i, id := range ids {
 		cmds[i] = pipe.HMGet(ctx, r.deadPrefix+id, deadFields...)
-		sizes[i] = pipe.StrLen(ctx, r.bodyPrefix+id)
+		sizes[i] = pipe.StrLen(ctx, r.bodyPrefix+payloadOf(id))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("redis store: listing dead letters: %w", err)
@@ -84,7 +84,7 @@ func (r *Store) DeadEntry(ctx context.Context, id string) (*queue.Entry, error) 
 	if err := r.usable(ctx); err != nil {
 		return nil, err
 	}
-	key := r.bodyPrefix + id
+	key := r.bodyPrefix + payloadOf(id)
 	pipe := r.client.Pipeline()
 	hash := pipe.HGetAll(ctx, r.deadPrefix+id)
 	first := pipe.GetRange(ctx, key, 0, firstChunk-1)
@@ -112,20 +112,22 @@ func (r *Store) DeadEntry(ctx context.Context, id string) (*queue.Entry, error) 
 	return e, nil
 }
 
-// deleteDeadScript removes one dead letter and its body.
+// deleteDeadScript removes one dead letter, and its payload's body with
+// the payload's last delivery.
 //
 //	KEYS[1]  the dead index, {p}:dead
 //	KEYS[2]  the dead letter's hash, {p}:dead:<id>
 //	KEYS[3]  the died index, {p}:deadt
-//	KEYS[4]  its body key, {p}:b:<id>
+//	KEYS[4]  the references hash, {p}:rc
 //	KEYS[5]  the sizes hash, {p}:sz, KEYS[6] the stored total, {p}:stored
 //	ARGV[1]  the entry id
+//	ARGV[2]  the body key prefix, {p}:b:
 //	returns  1, or 0 when there is no such dead letter
-var deleteDeadScript = goredis.NewScript(unstoreLua + `
+var deleteDeadScript = goredis.NewScript(unrefLua + `
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('DEL', KEYS[2], KEYS[4])
-unstore(KEYS[5], KEYS[6], ARGV[1])
+redis.call('DEL', KEYS[2])
+unref(KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[1])
 return 1
 `)
 
@@ -135,7 +137,7 @@ func (r *Store) DeleteDead(ctx context.Context, id string) error {
 		return err
 	}
 	n, err := deleteDeadScript.Run(ctx, r.client,
-		[]string{r.deadIdx, r.deadPrefix + id, r.deadTimes, r.bodyPrefix + id, r.sizes, r.stored}, id).Int()
+		[]string{r.deadIdx, r.deadPrefix + id, r.deadTimes, r.refs, r.sizes, r.stored}, id, r.bodyPrefix).Int()
 	if err != nil {
 		return fmt.Errorf("redis store: deleting dead letter %s: %w", id, err)
 	}
@@ -149,23 +151,26 @@ func (r *Store) DeleteDead(ctx context.Context, id string) error {
 // everything does not hold Redis for long.
 const replayBatch = 256
 
-// replayScript puts dead letters back at the end of the queue under their
-// original ids, attempts reset, queued now. It moves only their metadata:
-// the body keys stay.
+// replayScript puts dead letters back at the end of their lanes (field t)
+// under their original ids, attempts reset, queued now. It moves only
+// their metadata: the body keys stay, and so do the holds on them. Their
+// new stream ids come from {p}:ids, as an admit's do.
 //
-//	KEYS[1]  the stream, {p}:q
+//	KEYS[1]  the lanes, {p}:lanes
 //	KEYS[2]  the dead index, {p}:dead
 //	KEYS[3]  the location hash, {p}:loc
 //	KEYS[4]  the died index, {p}:deadt
-//	KEYS[5..] one dead letter hash per id, {p}:dead:<id>, in ARGV's order
+//	KEYS[5]  the id source, {p}:ids
+//	KEYS[6..] one dead letter hash per id, {p}:dead:<id>, in ARGV's order
 //	ARGV[1]  now (stamp)
-//	ARGV[2..] the entry ids
+//	ARGV[2]  the stream key prefix, {p}:q, ARGV[3] the consumer group
+//	ARGV[4..] the entry ids
 //	returns  how many went back
-var replayScript = goredis.NewScript(`
+var replayScript = goredis.NewScript(laneLua + `
 local meta = {'k', 't', 'q', 'c', 'a', 'x', 'r', 'h', 'p', 'w'}
 local n = 0
-for i = 2, #ARGV do
-  local id, key = ARGV[i], KEYS[i+3]
+for i = 4, #ARGV do
+  local id, key = ARGV[i], KEYS[i+2]
   if redis.call('EXISTS', key) == 1 then
     local v = redis.call('HMGET', key, unpack(meta))
     local f = {}
@@ -173,7 +178,13 @@ for i = 2, #ARGV do
       if v[j] then f[#f+1] = name; f[#f+1] = v[j] end
     end
     f[#f+1] = 'u'; f[#f+1] = ARGV[1]; f[#f+1] = 'i'; f[#f+1] = id
-    local sid = redis.call('XADD', KEYS[1], '*', unpack(f))
+    local lane = v[2] or ''
+    local q = lanekey(ARGV[2], lane)
+    if redis.call('SADD', KEYS[1], lane) == 1 then
+      redis.pcall('XGROUP', 'CREATE', q, ARGV[3], '0', 'MKSTREAM')
+    end
+    local sid = redis.call('XADD', KEYS[5], 'MAXLEN', '0', '*', 'x', '')
+    redis.call('XADD', q, sid, unpack(f))
     redis.call('HSET', KEYS[3], id, sid)
     redis.call('DEL', key)
     redis.call('ZREM', KEYS[2], id)
@@ -184,7 +195,7 @@ end
 return n
 `)
 
-// Replay implements Store. Replayed entries join the back of the queue
+// Replay implements Store. Replayed entries join the back of their lanes
 // under their original ids; their bodies stay where they are.
 func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 	if err := r.usable(ctx); err != nil {
@@ -202,8 +213,8 @@ func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 	for len(ids) > 0 {
 		batch := ids[:min(len(ids), replayBatch)]
 		ids = ids[len(batch):]
-		keys := []string{r.stream, r.deadIdx, r.loc, r.deadTimes}
-		args := []any{now}
+		keys := []string{r.lanes, r.deadIdx, r.loc, r.deadTimes, r.ids}
+		args := []any{now, r.stream, groupName}
 		for _, id := range batch {
 			keys = append(keys, r.deadPrefix+id)
 			args = append(args, id)
@@ -220,12 +231,14 @@ func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 // trimDeadScript removes up to limit dead letters, oldest death first:
 // those died before the cutoff, then the oldest while more than max remain.
 // The died index has milliseconds; a letter in the cutoff's millisecond
-// goes by its exact time of death. Each letter goes with its hash, body and
-// both index entries.
+// goes by its exact time of death. Each letter goes with its hash, both
+// index entries and its hold on its payload's body (which goes with the
+// payload's last delivery).
 //
 //	KEYS[1]  the dead index, {p}:dead
 //	KEYS[2]  the died index, {p}:deadt
 //	KEYS[3]  the sizes hash, {p}:sz, KEYS[4] the stored total, {p}:stored
+//	KEYS[5]  the references hash, {p}:rc
 //	ARGV[1]  the dead letter hash prefix, {p}:dead:
 //	ARGV[2]  the body key prefix, {p}:b:
 //	ARGV[3]  max letters to keep, 0 for no bound
@@ -233,15 +246,14 @@ func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 //	ARGV[5]  the cutoff (stamp)
 //	ARGV[6]  limit: at most this many removed
 //	returns  {{id, key, died stamp, attempts, status, error, destination}...}
-var trimDeadScript = goredis.NewScript(unstoreLua + `
+var trimDeadScript = goredis.NewScript(unrefLua + `
 local limit = tonumber(ARGV[6])
 local out = {}
 local function remove(id)
   local h = ARGV[1] .. id
   local f = redis.call('HMGET', h, 'k', 'd', 'n', 's', 'e', 't')
-  redis.call('DEL', h, ARGV[2] .. id)
-  unstore(KEYS[3], KEYS[4], id)
-  redis.call('ZREM', KEYS[1], id)
+  redis.call('DEL', h)
+  if redis.call('ZREM', KEYS[1], id) == 1 then unref(KEYS[5], KEYS[3], KEYS[4], ARGV[2], id) end
   redis.call('ZREM', KEYS[2], id)
   out[#out+1] = {id, f[1] or '', f[2] or '', f[3] or '', f[4] or '', f[5] or '', f[6] or ''}
 end
@@ -280,7 +292,7 @@ func (r *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 	if !cutoff.IsZero() {
 		cutMS, cutStamp = strconv.FormatInt(cutoff.UnixMilli(), 10), stamp(cutoff)
 	}
-	res, err := trimDeadScript.Run(ctx, r.client, []string{r.deadIdx, r.deadTimes, r.sizes, r.stored},
+	res, err := trimDeadScript.Run(ctx, r.client, []string{r.deadIdx, r.deadTimes, r.sizes, r.stored, r.refs},
 		r.deadPrefix, r.bodyPrefix, max, cutMS, cutStamp, limit).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("redis store: trimming dead letters: %w", err)
@@ -295,7 +307,7 @@ func (r *Store) TrimDead(ctx context.Context, max int, cutoff time.Time, limit i
 		for i, v := range f {
 			s[i], _ = v.(string)
 		}
-		e := &queue.Entry{ID: s[0], Key: s[1], Destination: s[6], LastError: s[5], Died: unstamp(s[2])}
+		e := &queue.Entry{ID: s[0], Payload: payloadOf(s[0]), Key: s[1], Destination: s[6], LastError: s[5], Died: unstamp(s[2])}
 		e.Attempts, _ = strconv.Atoi(s[3])
 		e.LastStatus, _ = strconv.Atoi(s[4])
 		out = append(out, e)

@@ -28,37 +28,57 @@ import (
 // renewed; it is renewed every third of that.
 const DefaultLivenessTTL = 5 * time.Second
 
-// takeoverBatch bounds the entries moved from one dead consumer in a round.
+// takeoverBatch bounds the entries moved from one dead consumer in one lane
+// in a round.
 const takeoverBatch = 1000
 
 // livenessScript renews this consumer's liveness key and takes over the
-// pending entries of the listed consumers whose key has expired.
+// pending entries, in every lane, of the listed consumers whose key has
+// expired. A dead consumer leaves a lane's group once it holds nothing
+// there, and the list once it holds nothing in any.
 //
-//	KEYS[1]  the stream, {p}:q
+//	KEYS[1]  the lanes, {p}:lanes
 //	KEYS[2]  the hash of consumers that keep a liveness key, {p}:lv
 //	ARGV[1]  the consumer group
 //	ARGV[2]  this consumer
 //	ARGV[3]  the liveness key prefix, {p}:alive:
 //	ARGV[4]  the liveness TTL, ms
 //	ARGV[5]  the idle time Release gives, ms
-//	ARGV[6]  at most this many entries taken from one consumer
+//	ARGV[6]  at most this many entries taken from one consumer in one lane
+//	ARGV[7]  the stream key prefix, {p}:q
 //	returns  {entries taken over, consumers removed}
-var livenessScript = goredis.NewScript(`
+var livenessScript = goredis.NewScript(laneLua + `
 local me = ARGV[3] .. ARGV[2]
 local was = redis.call('EXISTS', me)
 redis.call('SET', me, '1', 'PX', ARGV[4])
 redis.call('HSET', KEYS[2], ARGV[2], '1')
 if was == 0 then return {0, 0} end
 local taken, removed = 0, 0
+local streams = nil
 for _, c in ipairs(redis.call('HKEYS', KEYS[2])) do
   if c ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. c) == 0 then
-    local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[6]), c)
-    for _, e in ipairs(p) do
-      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e[1], 'IDLE', ARGV[5], 'JUSTID')
-      taken = taken + 1
+    if not streams then
+      streams = {}
+      for _, l in ipairs(lanesof(KEYS[1])) do
+        local q = lanekey(ARGV[7], l)
+        -- a lane whose stream or group is gone (Redis lost its data) holds nothing
+        if not redis.pcall('XPENDING', q, ARGV[1], '-', '+', 1).err then streams[#streams+1] = q end
+      end
     end
-    if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, c) == 0 then
-      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], c)
+    local holds = false
+    for _, q in ipairs(streams) do
+      local p = redis.call('XPENDING', q, ARGV[1], '-', '+', tonumber(ARGV[6]), c)
+      for _, e in ipairs(p) do
+        redis.call('XCLAIM', q, ARGV[1], ARGV[2], 0, e[1], 'IDLE', ARGV[5], 'JUSTID')
+        taken = taken + 1
+      end
+      if #redis.call('XPENDING', q, ARGV[1], '-', '+', 1, c) == 0 then
+        redis.call('XGROUP', 'DELCONSUMER', q, ARGV[1], c)
+      else
+        holds = true
+      end
+    end
+    if not holds then
       redis.call('HDEL', KEYS[2], c)
       removed = removed + 1
     end
@@ -92,15 +112,16 @@ func (r *Store) keepAlive(ranFirst bool) {
 func (r *Store) liveness(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, r.aliveTTL/2)
 	defer cancel()
-	res, err := livenessScript.Run(ctx, r.client, []string{r.stream, r.liveSet},
-		groupName, r.consumer, r.alivePrefix, r.aliveTTL.Milliseconds(), releasedIdle.Milliseconds(), takeoverBatch).Int64Slice()
+	res, err := livenessScript.Run(ctx, r.client, []string{r.lanes, r.liveSet},
+		groupName, r.consumer, r.alivePrefix, r.aliveTTL.Milliseconds(), releasedIdle.Milliseconds(), takeoverBatch,
+		r.stream).Int64Slice()
 	r.answered(err)
 	if err != nil && r.closed.Load() {
 		return
 	}
 	if err != nil {
 		if isNoGroup(err) {
-			_ = r.ensureGroup(ctx) // Redis lost its data; the claims recreate the group too
+			_ = r.def.ensureGroup(ctx) // Redis lost its data; the claims recreate the groups too
 		}
 		r.aliveErr.Fail(r.log, "cannot renew this instance's liveness key in Redis; other instances may take over its payloads", err)
 		return

@@ -34,9 +34,10 @@ type pipeCall struct {
 	// queue adds the call's commands to pipe; with eval, scripts are sent
 	// whole (EVAL) because the server's script cache lacked one of them.
 	enqueue func(pipe goredis.Pipeliner, eval bool) []goredis.Cmder
-	// ack, instead of enqueue, is the id of an entry to acknowledge: the
-	// acks of one batch share their commands (see queueAcks).
+	// ack, instead of enqueue, is the id of an entry to acknowledge in
+	// lane: the acks of one batch share their commands (see queueAcks).
 	ack  string
+	lane *lane
 	cmds []goredis.Cmder
 	// err, when set, is why the call has no results: see runBatch.
 	err  error

@@ -90,7 +90,7 @@ func ClaimScript(r *Store, max int, token string) (*goredis.Script, []string, []
 	if r == nil {
 		return claimScript, nil, nil
 	}
-	keys, args := r.claimArgs(max, token)
+	keys, args := r.def.claimArgs(max, token)
 	return claimScript, keys, args
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,25 +29,41 @@ import (
 // group, so each instance delivers its share and takes over the entries of
 // an instance that died.
 //
+// Each destination's deliveries wait in a lane of their own (Store.Lane):
+// a stream, its attempts and its retries, so that one lane's claims never
+// look at another's entries. Lane "" has the keys below as named; lane L
+// has them with ":L" appended ({p}:q:L, {p}:att:L, {p}:due:L).
+//
 // Keys, all under the hash tag {Prefix} so scripts work on Cluster:
 //
-//	{p}:q          stream of queued entries (XDEL'd when delivered, so XLEN is the backlog)
-//	{p}:b:<id>     the body of a queued entry or dead letter, by entry id
+//	{p}:q[:L]      stream of lane L's queued deliveries (XDEL'd when delivered, so XLEN is its backlog),
+//	               read through the consumer group "relay"
+//	{p}:att[:L]    hash: stream id -> last attempt of a queued delivery of lane L
+//	{p}:due[:L]    sorted set: stream ids of lane L's deliveries waiting to be retried, by when due (Unix ms)
+//	{p}:lanes      set of the lanes that ever had a stream (takeover, Stats and the backlog bound visit them)
+//	{p}:ids        stream kept empty (MAXLEN 0), the one source of stream ids: every XADD to a lane takes
+//	               its id from an XADD here, so ids are unique and rising across lanes
+//	{p}:b:<pid>    the body of payload pid, shared by its deliveries, queued or dead
+//	{p}:rc         hash: payload id -> deliveries queued or dead, for a payload fanned out (no field: one)
 //	{p}:seen:<key> dedupe marker: its expiry time, and the token and stream id of the admit
 //	               that set it (so that an admit can run twice), with a TTL >= the window
 //	{p}:kc         hash: expiry minute -> markers set that expire in it (Stats.Keys)
 //	{p}:in:<tok>   a body over inlineBodyMax on its way in: SET just before the admit script, which renames it
 //	{p}:clm:<tok>  stream ids a claim handed out, for the visibility timeout, so that it can run twice
-//	{p}:att        hash: stream id -> last attempt of a queued entry
-//	{p}:loc        hash: entry id -> stream id, for replayed entries only
-//	{p}:due        sorted set: stream ids of entries waiting to be retried, by when they are due (Unix ms)
+//	{p}:loc        hash: delivery id -> stream id, for replayed deliveries only
 //	{p}:dead       sorted set of dead letter ids (lexical order is id order)
 //	{p}:deadt      sorted set of dead letter ids by when they died (Unix ms)
 //	{p}:dead:<id>  hash: one dead letter
+//	{p}:sz         hash: payload id -> what it counts against max_stored; {p}:stored, their total (stored.go)
 //	{p}:alive:<c>  consumer c's liveness key, with a short TTL (liveness.go)
 //	{p}:lv         hash: consumers that keep a liveness key -> 1
 //	{p}:rate:<d>   destination d's shared rate limit (ratelimit.Redis)
 //	{p}:paused     set of the paused destinations (paused.go)
+//
+// A payload's id is the entry id of its stream id (formatID), the same in
+// every lane it went to; a delivery's id is that id, or with several lanes
+// the id, "~" and the lane (queue.DeliveryID), which such entries carry in
+// their i field.
 //
 // Bodies have keys of their own so that claims, replays and listings, which
 // run as scripts or touch many entries, never carry them.
@@ -71,8 +88,10 @@ type Store struct {
 	bodies       *semaphore.Weighted // body bytes on their way to or from Redis; see takeBodyBytes
 	stop         chan struct{}       // closed by Close
 
+	// stream, att and due are lane ""'s keys, and the other lanes' prefixes
 	stream, att, loc, due, deadIdx, deadTimes, deadPrefix, seenPrefix string
 	bodyPrefix, stagedPrefix, claimPrefix, keyCount                   string
+	lanes, ids, refs                                                  string
 	alivePrefix, liveSet                                              string
 	sizes, stored                                                     string // see stored.go
 	ratePrefix                                                        string // see ratelimit.go
@@ -88,12 +107,15 @@ type Store struct {
 	aliveOnce sync.Once
 	aliveErr  faultlog.Tracker
 
-	// retryClaim is the token of a claim whose reply never came, though it
-	// may have run (Redis died after running it, a timeout): the next claim
-	// sends it again and gets what that one took, instead of it waiting
-	// out the visibility timeout.
+	// retryClaim is, by lane, the token of a claim whose reply never came,
+	// though it may have run (Redis died after running it, a timeout): the
+	// lane's next claim sends it again and gets what that one took, instead
+	// of it waiting out the visibility timeout.
 	claimMu    sync.Mutex
-	retryClaim string
+	retryClaim map[string]string
+
+	// def is lane "", whose methods the store's own Claimer methods are.
+	def *lane
 
 	// dialFailing is set by a failed dial and cleared by the next answer,
 	// which sets cameBack (Unix ns): see Admit.
@@ -212,12 +234,17 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		stored:       tag + ":stored",
 		ratePrefix:   tag + ":rate:",
 		paused:       tag + ":paused",
+		lanes:        tag + ":lanes",
+		ids:          tag + ":ids",
+		refs:         tag + ":rc",
+		retryClaim:   make(map[string]string),
 		evicted:      opts.Evicted,
 		aliveTTL:     cfg.LivenessTTL,
 		aliveStop:    make(chan struct{}),
 		replicas:     cfg.WaitReplicas,
 		replicasWait: cfg.WaitReplicasTimeout,
 	}
+	r.def = &lane{r: r, stream: r.stream, att: r.att, due: r.due}
 	r.bodies = semaphore.NewWeighted(bodyBytesInFlight)
 	r.SetLimits(opts.Window, opts.MaxBacklog)
 	r.SetMaxStored(opts.MaxStored)
@@ -225,7 +252,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		r.durable = cfg.DurableAckTimeout
 	}
 	r.calls, r.stop = make(chan *pipeCall), make(chan struct{})
-	if err := r.ensureGroup(ctx); err != nil {
+	if err := r.def.ensureGroup(ctx); err != nil {
 		if !unreachable(err) || cfg.DurableAck {
 			// durable_ack must be checked against the server before the
 			// first 200 it would qualify, so it needs Redis at start.
@@ -276,10 +303,15 @@ func unreachable(err error) bool {
 	return !errors.As(err, &reply)
 }
 
-func (r *Store) ensureGroup(ctx context.Context) error {
-	err := r.client.XGroupCreateMkStream(ctx, r.stream, groupName, "0").Err()
-	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
-		return fmt.Errorf("redis store: creating consumer group on %s: %w", r.stream, err)
+// ensureGroup creates the lane's stream and consumer group, if missing,
+// and lists the lane among the lanes.
+func (l *lane) ensureGroup(ctx context.Context) error {
+	pipe := l.r.client.Pipeline()
+	create := pipe.XGroupCreateMkStream(ctx, l.stream, groupName, "0")
+	pipe.SAdd(ctx, l.r.lanes, l.name)
+	_, _ = pipe.Exec(ctx)
+	if err := create.Err(); err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("redis store: creating consumer group on %s: %w", l.stream, err)
 	}
 	return nil
 }
@@ -336,9 +368,10 @@ func formatID(sid string) (string, error) {
 	return fmt.Sprintf("%016d-%010d", a, b), nil
 }
 
-// parseID returns the stream id an entry id was made of, or "" for an id
-// the store never made.
+// parseID returns the stream id a delivery id was made of, or "" for an
+// id the store never made.
 func parseID(id string) string {
+	id = payloadOf(id)
 	ms, seq, ok := strings.Cut(id, "-")
 	a, err1 := strconv.ParseUint(ms, 10, 64)
 	b, err2 := strconv.ParseUint(seq, 10, 64)
@@ -347,6 +380,16 @@ func parseID(id string) string {
 	}
 	return strconv.FormatUint(a, 10) + "-" + strconv.FormatUint(b, 10)
 }
+
+// payloadOf returns the id of the payload a delivery id belongs to.
+func payloadOf(id string) string {
+	payload, _, _ := strings.Cut(id, queue.DeliverySep)
+	return payload
+}
+
+// fannedOut tells the id of one of a payload's several deliveries, whose
+// body it shares with the others.
+func fannedOut(id string) bool { return strings.Contains(id, queue.DeliverySep) }
 
 // stamp writes a time as fixed-width Unix nanoseconds, which compare as
 // strings in Lua.
@@ -382,20 +425,43 @@ func (r *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	if err := r.usable(ctx); err != nil {
 		return queue.Stats{}, err
 	}
+	names, err := r.laneNames(ctx)
+	if err != nil {
+		return queue.Stats{}, fmt.Errorf("redis store: stats: %w", err)
+	}
 	pipe := r.client.Pipeline()
-	backlog := pipe.XLen(ctx, r.stream)
+	lens := make([]*goredis.IntCmd, len(names))
+	firsts := make([]*goredis.XMessageSliceCmd, len(names))
+	for i, name := range names {
+		l := r.laneOf(name)
+		lens[i] = pipe.XLen(ctx, l.stream)
+		firsts[i] = pipe.XRangeN(ctx, l.stream, "-", "+", 1)
+	}
 	dead := pipe.ZCard(ctx, r.deadIdx)
-	first := pipe.XRangeN(ctx, r.stream, "-", "+", 1)
 	counts := pipe.HGetAll(ctx, r.keyCount)
 	stored := pipe.Get(ctx, r.stored)
 	if _, err := pipe.Exec(ctx); err != nil && err != goredis.Nil {
 		return queue.Stats{}, fmt.Errorf("redis store: stats: %w", err)
 	}
-	s := queue.Stats{Backlog: int(backlog.Val()), Dead: int(dead.Val())}
+	s := queue.Stats{Dead: int(dead.Val())}
 	s.Stored, _ = stored.Int64()
-	if msgs := first.Val(); len(msgs) > 0 {
-		if u, ok := msgs[0].Values["u"].(string); ok {
-			s.OldestQueued = unstamp(u)
+	for i, name := range names {
+		n := int(lens[i].Val())
+		if n == 0 {
+			continue
+		}
+		s.Backlog += n
+		if s.Lanes == nil {
+			s.Lanes = make(map[string]int)
+		}
+		s.Lanes[name] = n
+		// a lane's first entry is its oldest: replays join the back
+		if msgs := firsts[i].Val(); len(msgs) > 0 {
+			if u, ok := msgs[0].Values["u"].(string); ok {
+				if t := unstamp(u); s.OldestQueued.IsZero() || t.Before(s.OldestQueued) {
+					s.OldestQueued = t
+				}
+			}
 		}
 	}
 	minute := r.now().UnixMilli() / 60000
@@ -408,19 +474,43 @@ func (r *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	return s, nil
 }
 
-// forgetConsumerScript deletes this process's consumer from the group, and
-// from the consumers keeping a liveness key, when it holds nothing, so
-// consumer names of past processes do not pile up. Its liveness key is left
-// to expire: what it still holds is taken over then.
+// laneNames lists the lanes that ever had a stream, lane "" first.
+func (r *Store) laneNames(ctx context.Context) ([]string, error) {
+	names, err := r.client.SMembers(ctx, r.lanes).Result()
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	if len(names) == 0 || names[0] != "" {
+		names = append([]string{""}, names...)
+	}
+	return names, nil
+}
+
+// forgetConsumerScript deletes this process's consumer from every lane's
+// group, and from the consumers keeping a liveness key, when it holds
+// nothing in any lane, so consumer names of past processes do not pile
+// up. Its liveness key is left to expire: what it still holds is taken
+// over then.
 //
-//	KEYS[1]  the stream, {p}:q
+//	KEYS[1]  the lanes, {p}:lanes
 //	KEYS[2]  the consumers keeping a liveness key, {p}:lv
 //	ARGV[1]  the consumer group
 //	ARGV[2]  this consumer
+//	ARGV[3]  the stream key prefix, {p}:q
 //	returns  1, or 0 when it still holds entries
-var forgetConsumerScript = goredis.NewScript(`
-if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
-redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+var forgetConsumerScript = goredis.NewScript(laneLua + `
+local streams = {}
+for _, l in ipairs(lanesof(KEYS[1])) do
+  local q = lanekey(ARGV[3], l)
+  -- pcall: a lane whose stream or group is gone (Redis lost its data)
+  local p = redis.pcall('XPENDING', q, ARGV[1], '-', '+', 1, ARGV[2])
+  if not p.err then
+    if #p > 0 then return 0 end
+    streams[#streams+1] = q
+  end
+end
+for _, q in ipairs(streams) do redis.call('XGROUP', 'DELCONSUMER', q, ARGV[1], ARGV[2]) end
 redis.call('HDEL', KEYS[2], ARGV[2])
 return 1
 `)
@@ -437,7 +527,7 @@ func (r *Store) Close() error {
 	r.stopAlive()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_ = forgetConsumerScript.Run(ctx, r.client, []string{r.stream, r.liveSet}, groupName, r.consumer).Err()
+	_ = forgetConsumerScript.Run(ctx, r.client, []string{r.lanes, r.liveSet}, groupName, r.consumer, r.stream).Err()
 	return r.client.Close()
 }
 
@@ -453,10 +543,11 @@ var _ queue.Store = (*Store)(nil)
 // Unix nanoseconds, which compare as strings.
 //
 // Stream entry fields: k key, q raw query, c content type, a user agent, x
-// forwarded for, r received, u queued, i the entry's original id (only on
-// replayed entries), h the kept headers, t the destination (absent when
-// the relay gave none), p and w the traceparent and tracestate (absent
-// when the request had none).
+// forwarded for, r received, u queued, i the delivery's id (only on
+// replayed entries, whose stream id is new, and on the deliveries of a
+// payload fanned out, whose id names the lane), h the kept headers, t the
+// destination, which is the lane (absent for ""), p and w the traceparent
+// and tracestate (absent when the request had none).
 // A dead letter hash has the same fields plus i, and n attempts, s last
 // status, e last error, d died.
 
@@ -480,5 +571,16 @@ local function entryid(sid)
 end
 `
 
-// Lane implements queue.Store. TODO(fan-out): one queue per destination.
-func (r *Store) Lane(destination string) queue.Claimer { return r }
+// laneLua names a lane's keys as laneOf does, and lists the lanes that
+// ever had a stream, lane "" always among them.
+const laneLua = `
+local function lanekey(base, lane)
+  if lane == '' then return base end
+  return base .. ':' .. lane
+end
+local function lanesof(set)
+  local out = redis.call('SMEMBERS', set)
+  if redis.call('SISMEMBER', set, '') == 0 then out[#out+1] = '' end
+  return out
+end
+`

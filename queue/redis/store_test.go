@@ -407,8 +407,12 @@ func TestRedisAckCutOffAfterDelete(t *testing.T) {
 	if n, err := raw.HLen(t.Context(), att).Result(); err != nil || n != 0 {
 		t.Errorf("attempts left: %d, %v; want none", n, err)
 	}
-	if st, err := b.Stats(t.Context()); err != nil || st.Backlog != 0 {
-		t.Errorf("Stats = %+v, %v; want an empty backlog", st, err)
+	// and its hold on the body: the body and its size go too
+	if st, err := b.Stats(t.Context()); err != nil || st.Backlog != 0 || st.Stored != 0 {
+		t.Errorf("Stats = %+v, %v; want an empty backlog, nothing stored", st, err)
+	}
+	if keys, err := raw.Keys(t.Context(), "{"+prefix+"}:b:*").Result(); err != nil || len(keys) != 0 {
+		t.Errorf("body keys left: %v, %v", keys, err)
 	}
 }
 

@@ -2,24 +2,24 @@ package redis
 
 import (
 	"context"
-	"fmt"
 
 	goredis "github.com/redis/go-redis/v9"
 )
 
 // The bytes kept (max_stored). Two keys in the relay's hash tag hold them:
-// the sizes hash {p}:sz (entry id -> queue.StoredSize of its payload) and
-// the total {p}:stored. The admit script adds a payload's size to both;
-// every script or pipeline that deletes a body (ack, deleting or trimming
-// a dead letter, the admit's eviction) also runs unstoreLua for its id. A
-// burial or a replay keeps the id, the body and the size. Taking the size
-// off by the id's field makes it idempotent: an ack sent twice, or by two
+// the sizes hash {p}:sz (payload id -> queue.StoredSize of the payload) and
+// the total {p}:stored. The admit script adds a payload's size to both,
+// once however many lanes it fans out to; whatever frees a payload's body
+// (the last of its deliveries acked, or its last dead letter deleted,
+// trimmed or evicted) also runs unstoreLua for the payload. A burial or a
+// replay keeps the id, the body and the size. Taking the size off by the
+// payload's field makes it idempotent: an ack sent twice, or by two
 // instances, counts once.
 //
 // One case leaves a size behind: an ack pipeline cut off between the
-// body's DEL and the sizes' removal. The total then counts a body that is
-// gone, on the safe side of the bound, until the next time the sizes are
-// reset (FLUSHDB).
+// body's DEL and the sizes' removal, when the entry had left the group
+// too. The total then counts a body that is gone, on the safe side of the
+// bound, until the next time the sizes are reset (FLUSHDB).
 
 // unstoreLua takes id's size off the total and out of the sizes hash.
 const unstoreLua = `
@@ -29,6 +29,29 @@ local function unstore(sz, total, id)
     redis.call('HDEL', sz, id)
     if redis.call('DECRBY', total, n) < 0 then redis.call('SET', total, 0) end
   end
+end
+`
+
+// unrefLua lets go of one delivery's hold on its payload's body: the
+// references hash {p}:rc holds, for a payload fanned out to several lanes,
+// how many of its deliveries are queued or dead (no field: one). The last
+// one frees the body and its size. Callers run it once per delivery they
+// actually removed (XDEL, ZREM answered 1), so that a delivery removed
+// twice counts once.
+const unrefLua = unstoreLua + `
+local function payloadof(id)
+  return string.match(id, '^([^~]*)')
+end
+local function unref(rc, sz, total, bodyprefix, id)
+  local payload = payloadof(id)
+  local n = tonumber(redis.call('HGET', rc, payload) or '1')
+  if n > 1 then
+    redis.call('HSET', rc, payload, n - 1)
+    return
+  end
+  redis.call('HDEL', rc, payload)
+  redis.call('DEL', bodyprefix .. payload)
+  unstore(sz, total, payload)
 end
 `
 
@@ -54,15 +77,6 @@ func (r *Store) queueUnstore(pipe goredis.Pipeliner, eval bool, ids []string) go
 		return unstoreScript.Eval(ctx, pipe, keys, args...)
 	}
 	return unstoreScript.EvalSha(ctx, pipe, keys, args...)
-}
-
-// unstore takes id's size off the total on its own, after an ack that ran
-// a script of its own.
-func (r *Store) unstore(ctx context.Context, id string) error {
-	if err := unstoreScript.Run(ctx, r.client, []string{r.sizes, r.stored}, id).Err(); err != nil {
-		return fmt.Errorf("redis store: counting the bytes of %s out: %w", id, err)
-	}
-	return nil
 }
 
 // reportEvicted tells Options.Evicted how many dead letters an admit

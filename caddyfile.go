@@ -59,6 +59,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_dead      <n>
 //		dead_retention <duration>
 //		max_stored    <size>
+//		history       <duration> | off
 //		destination   <name> <url> [{
 //			filter        <CEL expression>
 //			rate          <n>/s | <n>/m
@@ -216,6 +217,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.MaxStored = size
+
+		case "history":
+			if args := d.RemainingArgs(); len(args) == 1 && args[0] == "off" {
+				h.HistoryOff = true
+				break
+			} else if len(args) > 0 {
+				for range args {
+					d.Prev()
+				}
+			}
+			dur, err := caddyfilearg.Duration(d)
+			if err != nil {
+				return err
+			}
+			h.History = caddy.Duration(dur)
 
 		case "max_dead":
 			n, err := caddyfilearg.Int(d, 1)

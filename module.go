@@ -51,6 +51,7 @@ const (
 	DefaultMaxDead        = 100000
 	DefaultDeadRetention  = 720 * time.Hour
 	DefaultMaxStored      = 2 << 30
+	DefaultHistory        = 24 * time.Hour
 )
 
 // Handler receives webhooks, acknowledges them once they are stored and
@@ -221,6 +222,15 @@ type Handler struct {
 	// At least MaxBody. Default 2 GiB.
 	MaxStored int64 `json:"max_stored,omitempty"`
 
+	// History is how long each payload's record (its deliveries' states
+	// and attempts) and its body are kept after it was delivered to every
+	// destination (or died), for the events API, the console and the
+	// command line; within MaxStored, where records of delivered payloads
+	// give way first. Default 24h.
+	History caddy.Duration `json:"history,omitempty"`
+	// HistoryOff keeps no records at all.
+	HistoryOff bool `json:"history_off,omitempty"`
+
 	keyer       *dedupe.Keyer
 	auth        []authParam
 	authHeaders []authHeader
@@ -367,12 +377,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.poolConfig = &relayConfig{dests: poolDests,
 		window: time.Duration(h.Window), maxBacklog: h.MaxBacklog,
-		maxMemory: h.MaxMemory, maxBody: h.MaxBody, maxStored: h.MaxStored}
+		maxMemory: h.MaxMemory, maxBody: h.MaxBody, maxStored: h.MaxStored, history: h.history()}
 	h.poolKey = "webhook_relay:" + h.Name + ":" + store.StoreIdentity(h.Name)
 	h.relay, err = acquireRelay(h.poolKey, relayOpening{
-		name:        h.Name,
-		backend:     store,
-		opts:        queue.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog, MaxStored: h.MaxStored},
+		name:    h.Name,
+		backend: store,
+		opts: queue.Options{Window: time.Duration(h.Window), MaxBacklog: h.MaxBacklog, MaxStored: h.MaxStored,
+			History: h.history()},
 		logger:      ctx.Logger(),
 		deadDropped: h.metrics.deadDropped,
 		deadEvicted: h.metrics.deadEvicted,
@@ -385,6 +396,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.admitter = h.relay.store
 	h.relay.attach(h.poolConfig)
 	return h.subscribeEvents(ctx)
+}
+
+// history is how long the store keeps records: 0 when they are off.
+func (h *Handler) history() time.Duration {
+	if h.HistoryOff {
+		return 0
+	}
+	return time.Duration(h.History)
 }
 
 func (h *Handler) applyDefaults() {
@@ -427,6 +446,9 @@ func (h *Handler) applyDefaults() {
 	if h.DeadRetention == 0 {
 		h.DeadRetention = caddy.Duration(DefaultDeadRetention)
 	}
+	if h.History == 0 {
+		h.History = caddy.Duration(DefaultHistory)
+	}
 	if h.MaxStored == 0 {
 		h.MaxStored = DefaultMaxStored
 	}
@@ -447,6 +469,8 @@ func (h *Handler) checkSettings() error {
 			"raise max_memory or lower max_body", h.MaxBody, h.MaxMemory)
 	case h.MaxStored < 0:
 		return fmt.Errorf("max_stored must be positive")
+	case h.History < 0:
+		return fmt.Errorf("history must be a positive duration (or history off)")
 	case h.MaxBody > h.MaxStored:
 		return fmt.Errorf("max_body (%d bytes) is larger than max_stored (%d bytes): such a body could never be stored; "+
 			"raise max_stored or lower max_body", h.MaxBody, h.MaxStored)

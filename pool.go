@@ -38,6 +38,7 @@ type relayConfig struct {
 	maxMemory  int64
 	maxBody    int64
 	maxStored  int64
+	history    time.Duration
 }
 
 // destConfig is one destination of a config: what its deliveries apply.
@@ -147,6 +148,7 @@ func (r *pooledRelay) attach(cfg *relayConfig) {
 func (r *pooledRelay) apply(cfg *relayConfig) {
 	r.store.SetLimits(cfg.window, cfg.maxBacklog)
 	r.store.SetMaxStored(cfg.maxStored)
+	r.store.SetHistory(cfg.history)
 	r.memory.SetLimits(budget.RelayLimits(cfg.maxMemory, cfg.maxBody))
 	r.startLanes(cfg)
 }

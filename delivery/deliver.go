@@ -118,6 +118,7 @@ func (a *attemptRun) attempt() {
 		o.verdict = dead
 		ent.LastError = "gave up after " + a.s.GiveUpAfter.String() + "; last attempt: " + o.reason
 	}
+	a.record(o, start, took)
 	switch o.verdict {
 	case delivered:
 		a.delivered(took)
@@ -126,6 +127,30 @@ func (a *attemptRun) attempt() {
 	default:
 		a.failed(o, start, took)
 	}
+}
+
+// record keeps the attempt in the payload's history (when the store keeps
+// one), before the entry is acked, retried or buried: a crash between the
+// two leaves a record one attempt ahead, never one behind.
+func (a *attemptRun) record(o outcome, start time.Time, took time.Duration) {
+	state := queue.StateRetrying
+	switch o.verdict {
+	case delivered:
+		state = queue.StateDelivered
+	case dead:
+		state = queue.StateDead
+	}
+	at := queue.Attempt{Destination: destinationName(a.s), At: start, Status: o.status, DurationMS: took.Milliseconds()}
+	if state != queue.StateDelivered {
+		at.Error = a.h.entry.LastError
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	if err := a.e.store.Attempted(ctx, a.h.entry, at, state); err != nil {
+		a.e.recordErr.Fail(a.log, "cannot record attempts in the payloads' history; delivering on without", err)
+		return
+	}
+	a.e.recordErr.Ok(a.log, "recording attempts in the payloads' history again")
 }
 
 // send makes the attempt. A panic in it (in the transport, say) is a

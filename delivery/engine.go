@@ -127,11 +127,13 @@ type Engine struct {
 	tracer   atomic.Pointer[tracerHolder] // the attempt spans' provider (tracing.go)
 	claimErr faultlog.Tracker
 	bodyErr  faultlog.Tracker
-	trimErr  faultlog.Tracker
-	rateErr  faultlog.Tracker
-	trimming atomic.Bool    // a trim of the dead letters is running
-	trimMore atomic.Bool    // asked for while one was running: run again
-	trims    sync.WaitGroup // running trims, waited for by Stop
+	// recordErr: attempts that could not be recorded in the history
+	recordErr faultlog.Tracker
+	trimErr   faultlog.Tracker
+	rateErr   faultlog.Tracker
+	trimming  atomic.Bool    // a trim of the dead letters is running
+	trimMore  atomic.Bool    // asked for while one was running: run again
+	trims     sync.WaitGroup // running trims, waited for by Stop
 
 	ctx       context.Context // ends the claim loop
 	stop      context.CancelFunc

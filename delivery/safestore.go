@@ -52,6 +52,32 @@ func storeCallErr(s safeStore, method string, fn func() error) error {
 	return err
 }
 
+// recorder is the store's queue.Recorder, nil when it keeps no records.
+func (s safeStore) recorder() queue.Recorder {
+	r, _ := s.store.(queue.Recorder)
+	return r
+}
+
+// Attempted records an attempt in the payload's history, when the store
+// keeps one.
+func (s safeStore) Attempted(ctx context.Context, e *queue.Entry, a queue.Attempt, state string) error {
+	r := s.recorder()
+	if r == nil {
+		return nil
+	}
+	return storeCallErr(s, "Attempted", func() error { return r.Attempted(ctx, e, a, state) })
+}
+
+// TrimHistory removes the records whose history ran out, when the store
+// keeps them.
+func (s safeStore) TrimHistory(ctx context.Context, limit int) (int, error) {
+	r := s.recorder()
+	if r == nil {
+		return 0, nil
+	}
+	return storeCall(s, "TrimHistory", func() (int, error) { return r.TrimHistory(ctx, limit) })
+}
+
 // Claim implements queue.Claimer.
 func (s safeStore) Claim(ctx context.Context, max int) ([]*queue.Entry, error) {
 	return storeCall(s, "Claim", func() ([]*queue.Entry, error) { return s.store.Claim(ctx, max) })

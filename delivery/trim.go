@@ -10,6 +10,25 @@ import (
 	"github.com/hookrelay/caddy-webhook-relay/internal/guard"
 )
 
+// trimHistory removes the records whose history ran out, a batch at a
+// time.
+func (e *Engine) trimHistory(s *Settings) {
+	for e.ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(e.ctx, storeTimeout)
+		n, err := e.store.TrimHistory(ctx, trimBatch)
+		cancel()
+		if err != nil {
+			if e.ctx.Err() == nil {
+				e.trimErr.Fail(e.logger(s), "cannot remove old records of the history; trying again later", err)
+			}
+			return
+		}
+		if n < trimBatch {
+			return
+		}
+	}
+}
+
 // trimBatch bounds the dead letters one TrimDead call removes.
 const trimBatch = 256
 
@@ -18,7 +37,7 @@ const trimBatch = 256
 // makes that trim go round once more.
 func (e *Engine) trimDead() {
 	s := e.settings.Load()
-	if s.MaxDead <= 0 && s.DeadRetention <= 0 {
+	if s.MaxDead <= 0 && s.DeadRetention <= 0 && e.store.recorder() == nil {
 		return
 	}
 	e.trimMore.Store(true)
@@ -45,6 +64,10 @@ func (e *Engine) trimmer() {
 }
 
 func (e *Engine) trimOnce(s *Settings) {
+	e.trimHistory(s)
+	if s.MaxDead <= 0 && s.DeadRetention <= 0 {
+		return
+	}
 	log := e.logger(s)
 	var cutoff time.Time
 	if s.DeadRetention > 0 {

@@ -111,13 +111,36 @@ func (adminAPI) route(w http.ResponseWriter, r *http.Request) error {
 		return pauseRoute(w, r, name, "", parts[1])
 	case len(parts) == 4 && parts[1] == "destinations" && (parts[3] == "pause" || parts[3] == "resume") && r.Method == http.MethodPost:
 		return pauseRoute(w, r, name, parts[2], parts[3])
+	case len(parts) == 2 && parts[1] == "events" && r.Method == http.MethodGet:
+		s, err := ParseEventSearch(r.URL.Query())
+		if err != nil {
+			return err
+		}
+		page, err := ListEvents(r.Context(), name, s)
+		if err != nil {
+			return err
+		}
+		return WriteJSON(w, http.StatusOK, page)
+	case len(parts) == 3 && parts[1] == "events" && r.Method == http.MethodGet:
+		e, err := ShowEvent(r.Context(), name, parts[2])
+		if err != nil {
+			return err
+		}
+		return WriteJSON(w, http.StatusOK, e)
+	case len(parts) == 4 && parts[1] == "events" && parts[3] == "resend" && r.Method == http.MethodPost:
+		n, err := Resend(r.Context(), name, parts[2])
+		if err != nil {
+			return err
+		}
+		return WriteJSON(w, http.StatusOK, map[string]int{"resent": n})
 	case len(parts) == 3 && parts[1] == "dead" && r.Method == http.MethodDelete:
 		if err := Delete(r.Context(), name, parts[2]); err != nil {
 			return err
 		}
 		return WriteJSON(w, http.StatusOK, map[string]string{"deleted": parts[2]})
 	}
-	if len(parts) >= 2 && len(parts) <= 3 && parts[1] == "dead" ||
+	if len(parts) >= 2 && len(parts) <= 3 && (parts[1] == "dead" || parts[1] == "events") ||
+		len(parts) == 4 && parts[1] == "events" && parts[3] == "resend" ||
 		len(parts) == 2 && (parts[1] == "pause" || parts[1] == "resume") ||
 		len(parts) == 4 && parts[1] == "destinations" && (parts[3] == "pause" || parts[3] == "resume") {
 		return apiError(http.StatusMethodNotAllowed, "method not allowed here; see the README's admin API section")

@@ -61,6 +61,7 @@ func storeError(err error, id string) error {
 type Store interface {
 	queue.DeadLetters
 	queue.Pauses
+	queue.Histories
 	Stats(ctx context.Context) (queue.Stats, error)
 }
 

@@ -53,7 +53,7 @@ The admin endpoint is found as 'caddy reload' and 'caddy stop' find it:
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "webhook-relay",
-		Usage: "(status | dead | replay | delete | pause | resume) [<args>] [--address <admin>]",
+		Usage: "(status | events | dead | replay | delete | pause | resume) [<args>] [--address <admin>]",
 		Short: "Shows the webhook relays of a running Caddy, manages their dead letters, pauses their deliveries",
 		Long: `
 Shows the relays (webhook_relay handlers) of a running Caddy, manages
@@ -62,6 +62,10 @@ admin API (the routes under /webhook_relay/).
 
   caddy webhook-relay status [--json]
       every relay: backlog, in flight, dead letters, oldest queued, totals
+  caddy webhook-relay events <relay> [--key <substring>] [--state <state>] [--destination <name>] [--json]
+      the relay's recent payloads and what became of them, newest first
+  caddy webhook-relay events <relay> (show | resend) <id>
+      one payload with its attempts and body, or delivered again
   caddy webhook-relay dead <relay> [--json]
       the relay's dead letters: id, age, attempts, last status, last error, key
   caddy webhook-relay dead <relay> show <id> [--json | --body]
@@ -92,9 +96,9 @@ many there are.
 			cmd.Args = cobra.ArbitraryArgs
 			cmd.RunE = caddycmd.WrapCommandFuncForCobra(func(fl caddycmd.Flags) (int, error) {
 				if len(fl.Args()) == 0 {
-					return usage("", "name a subcommand: status, dead, replay, delete, pause or resume")
+					return usage("", "name a subcommand: status, events, dead, replay, delete, pause or resume")
 				}
-				return usage("", "unknown subcommand %q: want status, dead, replay, delete, pause or resume", fl.Args()[0])
+				return usage("", "unknown subcommand %q: want status, events, dead, replay, delete, pause or resume", fl.Args()[0])
 			})
 
 			status := subcommand("status [--json] [--address <admin>]",
@@ -194,7 +198,7 @@ Prints each destination of the relay and whether it is paused. A
 destination the relay does not have is an error naming the ones it has.
 `,
 				func(fl caddycmd.Flags) (int, error) { return cmdPause(fl, "resume") })
-			cmd.AddCommand(status, dead, replay, del, pause, resume)
+			cmd.AddCommand(status, eventsCommand(), dead, replay, del, pause, resume)
 		},
 	})
 }
@@ -480,10 +484,17 @@ func showDead(c *adminClient, fl caddycmd.Flags, name, id string) (int, error) {
 	if err := tw.Flush(); err != nil {
 		return exitError, err
 	}
+	return printBody(body, d.Body != nil)
+}
+
+// printBody prints a kept body, after its fields: JSON indented, other
+// text as it is, anything else (not UTF-8: text false) in base64; control
+// characters that came from the sender escaped.
+func printBody(body []byte, text bool) (int, error) {
 	w := bufio.NewWriter(stdout)
 	fmt.Fprintln(w)
 	switch {
-	case d.Body == nil && len(body) > 0:
+	case !text && len(body) > 0:
 		fmt.Fprintf(w, "(the body is not UTF-8: %d bytes in base64; --body prints them as they are)\n", len(body))
 		enc := base64.StdEncoding.EncodeToString(body)
 		for len(enc) > 76 {

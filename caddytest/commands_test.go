@@ -341,6 +341,27 @@ func TestCommands(t *testing.T) {
 		}
 	})
 
+	t.Run("events", func(t *testing.T) {
+		r := c.admin("events", main, "--key", uuid(6))
+		expect(t, r, 0, "ID", "AGE", "STATE", "DESTINATIONS", "LAST", "KEY")
+		row := rowOf(table(t, r.stdout), "STATE", "delivered")
+		if row == nil || row["DESTINATIONS"] != "upstream:delivered/1" || row["LAST"] != "200" || !strings.Contains(row["KEY"], uuid(7)) {
+			t.Fatalf("events --key: row %v, want the delivered result\n%s", row, r)
+		}
+		r = c.admin("events", main, "show", row["ID"])
+		expect(t, r, 0, "state      delivered", "DESTINATION", "ATTEMPT AT", "upstream     200", `"imageUUID": "`+uuid(7)+`"`)
+		r = c.admin("events", main, "--state", "dead")
+		expect(t, r, 0, "upstream:dead/1")
+		if n := len(table(t, r.stdout)); n != 3 {
+			t.Errorf("events --state dead: %d rows, want the 3 dead letters' payloads\n%s", n, r)
+		}
+		expect(t, c.admin("events", main, "--state", "done"), 1, "want queued, retrying, delivered or dead")
+		expect(t, c.admin("events", main, "show", "00000000000000099999"), 1, `relay `+main+` has no payload "00000000000000099999"`)
+		expect(t, c.admin("events", main), 0, row["ID"])
+		expect(t, c.admin("events", main, "resend", row["ID"]), 0, "resent "+row["ID"]+" to 1 destination")
+		app.waitFor(t, "the resent result", func(hits []*hit) bool { return len(withBody(hits, fine)) == 2 })
+	})
+
 	t.Run("usage errors exit 2", func(t *testing.T) {
 		for _, args := range [][]string{
 			{}, {"bogus"}, {"status", "extra"}, {"status", "--bogus"}, {"dead"}, {"dead", main, "show"},
@@ -350,6 +371,7 @@ func TestCommands(t *testing.T) {
 			{"replay", main, "--match-status", "4xx"}, {"replay", main, "--all", "--match-status", "422"},
 			{"delete", main, ids["image"], "--match-key", "x"}, {"delete", main, "--since", "yesterday"},
 			{"replay", main, "--match-key", "x", "--until", "2026-12-06 20:00"},
+			{"events"}, {"events", main, "show"}, {"events", main, "list"}, {"events", main, "resend", "a", "b"},
 		} {
 			r := c.admin(args...)
 			expect(t, r, 2, "--help")
@@ -360,7 +382,7 @@ func TestCommands(t *testing.T) {
 	})
 
 	t.Run("help", func(t *testing.T) {
-		for _, sub := range []string{"", "status", "dead", "replay", "delete"} {
+		for _, sub := range []string{"", "status", "events", "dead", "replay", "delete"} {
 			args := []string{"webhook-relay", sub, "--help"}
 			if sub == "" {
 				args = []string{"webhook-relay", "--help"}
@@ -423,7 +445,7 @@ func TestCommands(t *testing.T) {
 
 		r = c.admin("status")
 		row := rowOf(table(t, r.stdout), "RELAY", main)
-		if row["DEAD"] != "0" || row["BACKLOG"] != "0" || row["DELIVERED"] != total(base[main].Deliveries, "success", 3) {
+		if row["DEAD"] != "0" || row["BACKLOG"] != "0" || row["DELIVERED"] != total(base[main].Deliveries, "success", 4) { // with the resend of the events subtest
 			t.Errorf("after the replays: %v\n%s", row, r)
 		}
 		r = c.admin("dead", main)

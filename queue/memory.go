@@ -590,6 +590,9 @@ func (m *Memory) Events(ctx context.Context, q EventQuery) ([]*Record, string, e
 	if err := m.usable(ctx); err != nil {
 		return nil, "", err
 	}
+	if q.Limit <= 0 {
+		return []*Record{}, "", nil
+	}
 	scan := q.Scan
 	if scan <= 0 {
 		scan = DefaultEventScan

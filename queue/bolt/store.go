@@ -53,6 +53,7 @@ type Store struct {
 	lanes   map[string]int
 	dead    int
 	keys    int // markers in the seen bucket, expired ones not yet swept included
+	records int // payloads' records
 
 	// claims maps the ids of claimed deliveries to their lane. In each
 	// lane, every queued delivery whose queue key sorts before the lane's
@@ -95,14 +96,18 @@ type testHooks struct {
 // sequence number), a fresh sequence number when it was replayed (requeued
 // maps its ID to that key), so a lane's first key is its oldest delivery.
 // A payload's body is kept once, under the payload's ID, while any of its
-// deliveries is queued or dead; refs counts those deliveries when there
-// are more than one (no entry: one).
+// deliveries is queued or dead or its record is kept; refs counts those
+// holds (each delivery, and the record) when there are more than one (no
+// entry: one). A payload's record is kept under its ID, and indexed by
+// when it was done once it is (see history.go).
 var (
 	boltMeta     = []byte("meta")
 	boltQueue    = []byte("queue")    // lane + queue key -> delivery (no body)
 	boltRequeued = []byte("requeued") // id -> lane + queue key, for replayed deliveries
 	boltBodies   = []byte("bodies")   // payload id -> body
-	boltRefs     = []byte("refs")     // payload id -> deliveries queued or dead (uvarint), when more than one
+	boltRefs     = []byte("refs")     // payload id -> holds on its body (uvarint), when more than one
+	boltRecords  = []byte("records")  // payload id -> its record (history)
+	boltDoneAt   = []byte("doneAt")   // done (Unix ns) + payload id -> nothing, for done records, oldest first
 	boltSeen     = []byte("seen")     // marker key -> expiry
 	boltExpiry   = []byte("expiry")   // expiry + marker key -> nothing
 	boltDead     = []byte("dead")     // id -> delivery (no body)
@@ -115,7 +120,7 @@ var (
 	boltDueOf   = []byte("dueOf")   // id -> due (Unix ns), for deliveries in waiting
 
 	boltFormatKey = []byte("format")
-	boltFormat    = []byte("webhook_relay/bolt/6")
+	boltFormat    = []byte("webhook_relay/bolt/7")
 )
 
 func (b *Store) usable(ctx context.Context) error {
@@ -220,18 +225,29 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	}
 
 	size := queue.StoredSize(len(body), e.Request.Headers)
+	// with history, the payload's record: made before the transaction
+	// (its ID is set in it), charged with the payload
+	var rec *queue.Record
+	charge := size
+	if b.History() > 0 && !e.MarkerOnly {
+		re := *e
+		re.Destinations, re.Received = dests, now
+		rec = queue.NewRecord(&re)
+		charge += queue.RecordCharge
+	}
 
 	var (
 		outcome   queue.Admission
 		full      bool
 		storeFull bool
 		evicted   int
+		given     int // records that gave way
 		id        string
 		reserved  bool
 		newMarker bool
 	)
 	err := b.writeSized(len(body)+len(dests)*256, func(tx *bbolt.Tx) error {
-		outcome, full, storeFull, evicted, id = 0, false, false, 0, ""
+		outcome, full, storeFull, evicted, given, id = 0, false, false, 0, 0, ""
 		seen := tx.Bucket(boltSeen)
 		v := seen.Get(mk)
 		newMarker = v == nil
@@ -257,20 +273,21 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 			}
 			reserved = true
 		}
-		if bound := b.MaxStored(); bound > 0 && boltStored(tx)+size > bound {
-			// the oldest dead letters give way, in this transaction, and
-			// stay removed even if that is not enough
-			n, err := boltEvict(tx, boltStored(tx)+size-bound)
+		if bound := b.MaxStored(); bound > 0 && boltStored(tx)+charge > bound {
+			// done records, then the oldest dead letters give way, in
+			// this transaction, and stay removed even if that is not
+			// enough
+			var err error
+			evicted, given, err = boltEvict(tx, boltStored(tx)+charge-bound)
 			if err != nil {
 				return err
 			}
-			evicted = n
-			if boltStored(tx)+size > bound {
+			if boltStored(tx)+charge > bound {
 				storeFull = true
 				return nil
 			}
 		}
-		if err := boltAddStored(tx, size); err != nil {
+		if err := boltAddStored(tx, charge); err != nil {
 			return err
 		}
 		qb := tx.Bucket(boltQueue)
@@ -290,8 +307,22 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		if err := tx.Bucket(boltBodies).Put([]byte(id), body); err != nil {
 			return err
 		}
-		if len(dests) > 1 {
-			if err := tx.Bucket(boltRefs).Put([]byte(id), binary.AppendUvarint(nil, uint64(len(dests)))); err != nil {
+		holds := len(dests)
+		if rec != nil {
+			holds++ // the record's
+			r := *rec
+			r.ID = id
+			r.Destinations = make([]queue.DeliveryState, len(rec.Destinations))
+			for i, d := range rec.Destinations {
+				d.ID = queue.DeliveryID(id, d.Destination, len(dests) == 1)
+				r.Destinations[i] = d
+			}
+			if err := tx.Bucket(boltRecords).Put([]byte(id), boltEncodeRecord(&r)); err != nil {
+				return err
+			}
+		}
+		if holds > 1 {
+			if err := tx.Bucket(boltRefs).Put([]byte(id), binary.AppendUvarint(nil, uint64(holds))); err != nil {
 				return err
 			}
 		}
@@ -307,6 +338,9 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		if reserved {
 			b.unreserve(len(dests))
 		}
+	}
+	if err == nil && given > 0 {
+		b.countRecords(-given)
 	}
 	if err == nil && evicted > 0 {
 		b.count("", 0, -evicted)
@@ -333,6 +367,9 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		}
 		if newMarker {
 			b.keys++
+		}
+		if rec != nil {
+			b.records++
 		}
 		b.countMu.Unlock()
 	}
@@ -856,7 +893,7 @@ func (b *Store) Stats(ctx context.Context) (queue.Stats, error) {
 		return queue.Stats{}, b.storeErr(err)
 	}
 	b.countMu.Lock()
-	s.Backlog, s.Dead, s.Keys = b.backlog, b.dead, b.keys
+	s.Backlog, s.Dead, s.Keys, s.Records = b.backlog, b.dead, b.keys, b.records
 	if len(b.lanes) > 0 {
 		s.Lanes = maps.Clone(b.lanes)
 	}

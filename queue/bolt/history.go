@@ -312,6 +312,14 @@ func (b *Store) Attempted(ctx context.Context, e *queue.Entry, a queue.Attempt, 
 	if err := b.usable(ctx); err != nil {
 		return err
 	}
+	if b.History() == 0 {
+		b.countMu.Lock()
+		none := b.records == 0
+		b.countMu.Unlock()
+		if none {
+			return nil // history off and no record left: nothing to commit
+		}
+	}
 	id, payload := e.ID, e.Payload
 	if payload == "" {
 		payload = boltPayloadOf(id)

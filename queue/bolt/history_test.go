@@ -1,6 +1,7 @@
 package bolt_test
 
 import (
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -226,4 +227,49 @@ func BenchmarkBoltAdmitHistory(b *testing.B) {
 	storetest.Bench(b, func(b *testing.B) queue.Store {
 		return openBolt(b, filepath.Join(b.TempDir(), "relay.db"), queue.Options{Window: 24 * time.Hour, History: 24 * time.Hour})
 	})
+}
+
+// BenchmarkBoltAttemptAck measures the end of a delivery with history on,
+// as the engine does it: Attempted, then Ack, by 1 and 16 workers at once
+// (the payloads are admitted before the timer starts).
+func BenchmarkBoltAttemptAck(b *testing.B) {
+	for _, workers := range []int{1, 16} {
+		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
+			ctx := b.Context()
+			s := openBolt(b, filepath.Join(b.TempDir(), "relay.db"), queue.Options{Window: 24 * time.Hour, History: 24 * time.Hour})
+			var wg sync.WaitGroup
+			for w := range 32 {
+				wg.Go(func() {
+					for i := w; i < b.N; i += 32 {
+						e := &queue.Entry{Key: storetest.RunwareKey(i), Body: runwareBody, Destination: "app"}
+						if _, err := s.Admit(ctx, e); err != nil {
+							b.Error(err)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			lane := s.Lane("app")
+			got, err := lane.Claim(ctx, b.N)
+			if err != nil || len(got) != b.N {
+				b.Fatalf("claimed %d, %v", len(got), err)
+			}
+			rec := lane.(queue.Recorder)
+			b.ResetTimer()
+			for w := range workers {
+				wg.Go(func() {
+					for i := w; i < len(got); i += workers {
+						a := queue.Attempt{Destination: "app", At: time.Now(), Status: 200, DurationMS: 80}
+						if err := rec.Attempted(ctx, got[i], a, queue.StateDelivered); err != nil {
+							b.Error(err)
+						}
+						if err := lane.Ack(ctx, got[i].ID); err != nil {
+							b.Error(err)
+						}
+					}
+				})
+			}
+			wg.Wait()
+		})
+	}
 }

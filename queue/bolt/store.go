@@ -246,7 +246,7 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		reserved  bool
 		newMarker bool
 	)
-	err := b.writeSized(len(body)+len(dests)*256, func(tx *bbolt.Tx) error {
+	err := b.writeSized(len(body)+len(dests)*256+512, func(tx *bbolt.Tx) error {
 		outcome, full, storeFull, evicted, given, id = 0, false, false, 0, 0, ""
 		seen := tx.Bucket(boltSeen)
 		v := seen.Get(mk)

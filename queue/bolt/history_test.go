@@ -273,3 +273,44 @@ func BenchmarkBoltAttemptAck(b *testing.B) {
 		})
 	}
 }
+
+// Attempted does not wait for its commit, but the Ack that follows it
+// from the same goroutine commits after it: once the Ack returns, the
+// record has the attempt, however the concurrent calls were grouped.
+func TestBoltAttemptedCommitsBeforeTheAck(t *testing.T) {
+	ctx := t.Context()
+	s := openBolt(t, filepath.Join(t.TempDir(), "relay.db"), queue.Options{Window: time.Hour, History: time.Hour})
+	const n = 200
+	for i := range n {
+		if _, err := s.Admit(ctx, &queue.Entry{Key: storetest.RunwareKey(i), Body: runwareBody, Destination: "app"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lane := s.Lane("app")
+	got, err := lane.Claim(ctx, n)
+	if err != nil || len(got) != n {
+		t.Fatalf("claimed %d, %v", len(got), err)
+	}
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Go(func() {
+			for i := w; i < n; i += 16 {
+				e := got[i]
+				a := queue.Attempt{Destination: "app", At: time.Now(), Status: 200}
+				if err := lane.(queue.Recorder).Attempted(ctx, e, a, queue.StateDelivered); err != nil {
+					t.Error(err)
+				}
+				if err := lane.Ack(ctx, e.ID); err != nil {
+					t.Error(err)
+				}
+				r, err := s.Event(ctx, e.Payload)
+				if err != nil {
+					t.Errorf("Event(%s): %v", e.Payload, err)
+				} else if r.State != queue.StateDelivered || len(r.Attempts) != 1 {
+					t.Errorf("Event(%s) after the Ack: %s with %d attempts; want delivered with its attempt", e.Payload, r.State, len(r.Attempts))
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

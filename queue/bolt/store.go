@@ -203,12 +203,12 @@ func boltDestinations(e *queue.Entry) []string {
 }
 
 // Admit implements Store. The seen check, the backlog check, the max_stored
-// check with the dead letters that give way to it, the payload (its body
-// once, a delivery in each destination's lane) and the marker are one
-// transaction, committed to disk before Admit returns. The backlog is
-// checked against a count kept in memory: an accepted payload reserves its
-// deliveries' places before its commit, so concurrent admits never
-// overshoot MaxBacklog.
+// check with the done records and dead letters that give way to it, the
+// payload (its body once, a delivery in each destination's lane, its
+// record with history) and the marker are one transaction, committed to
+// disk before Admit returns. The backlog is checked against a count kept
+// in memory: an accepted payload reserves its deliveries' places before
+// its commit, so concurrent admits never overshoot MaxBacklog.
 func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, error) {
 	if err := b.usable(ctx); err != nil {
 		return 0, err
@@ -225,14 +225,10 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	}
 
 	size := queue.StoredSize(len(body), e.Request.Headers)
-	// with history, the payload's record: made before the transaction
-	// (its ID is set in it), charged with the payload
-	var rec *queue.Record
+	// with history, the payload's record is charged with it
+	history := b.History() > 0 && !e.MarkerOnly
 	charge := size
-	if b.History() > 0 && !e.MarkerOnly {
-		re := *e
-		re.Destinations, re.Received = dests, now
-		rec = queue.NewRecord(&re)
+	if history {
 		charge += queue.RecordCharge
 	}
 
@@ -308,16 +304,11 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 			return err
 		}
 		holds := len(dests)
-		if rec != nil {
+		if history {
 			holds++ // the record's
-			r := *rec
-			r.ID = id
-			r.Destinations = make([]queue.DeliveryState, len(rec.Destinations))
-			for i, d := range rec.Destinations {
-				d.ID = queue.DeliveryID(id, d.Destination, len(dests) == 1)
-				r.Destinations[i] = d
-			}
-			if err := tx.Bucket(boltRecords).Put([]byte(id), boltEncodeRecord(&r)); err != nil {
+			re := *e
+			re.Payload, re.Destinations, re.Received = id, dests, now
+			if err := tx.Bucket(boltRecords).Put([]byte(id), boltEncodeRecord(queue.NewRecord(&re))); err != nil {
 				return err
 			}
 		}
@@ -368,7 +359,7 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		if newMarker {
 			b.keys++
 		}
-		if rec != nil {
+		if history {
 			b.records++
 		}
 		b.countMu.Unlock()

@@ -1,6 +1,7 @@
 package bolt_test
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -313,4 +314,52 @@ func TestBoltAttemptedCommitsBeforeTheAck(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// Under max_stored the done record that gives way is the one done first,
+// not the one admitted first: eviction goes by the index of Done.
+func TestBoltOldestDoneGivesWay(t *testing.T) {
+	ctx := t.Context()
+	clock := storetest.NewClock()
+	const body = 1000
+	per := int64(body) + queue.RecordCharge
+	s := openBolt(t, filepath.Join(t.TempDir(), "relay.db"),
+		queue.Options{Window: time.Hour, History: time.Hour, MaxStored: 3 * per, Now: clock.Now})
+	admit := func(key string) *queue.Entry {
+		t.Helper()
+		e := &queue.Entry{Key: key, Body: make([]byte, body), Destination: "app"}
+		if a, err := s.Admit(ctx, e); err != nil || a != queue.Accepted {
+			t.Fatalf("Admit(%s) = %v, %v", key, a, err)
+		}
+		return e
+	}
+	ids := []*queue.Entry{admit("a"), admit("b"), admit("c")}
+	lane := s.Lane("app")
+	got, err := lane.Claim(ctx, 3)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("claimed %d, %v", len(got), err)
+	}
+	// done in the order c, a, b
+	for _, i := range []int{2, 0, 1} {
+		clock.Advance(time.Second)
+		a := queue.Attempt{Destination: "app", At: clock.Now(), Status: 200}
+		if err := lane.(queue.Recorder).Attempted(ctx, got[i], a, queue.StateDelivered); err != nil {
+			t.Fatal(err)
+		}
+		if err := lane.Ack(ctx, got[i].ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admit("d")
+	if _, err := s.Event(ctx, ids[2].ID); !errors.Is(err, queue.ErrNotFound) {
+		t.Errorf("c's record, done first: %v; want it gone", err)
+	}
+	for _, e := range ids[:2] {
+		if _, err := s.Event(ctx, e.ID); err != nil {
+			t.Errorf("%s's record: %v; want it kept", e.Key, err)
+		}
+	}
+	if st, err := s.Stats(ctx); err != nil || st.Records != 3 || st.Stored != 3*per {
+		t.Errorf("Stats = %+v, %v; want 3 records, stored %d", st, err, 3*per)
+	}
 }

@@ -28,18 +28,26 @@ const (
 // every run; the results of the run that committed are the ones that count.
 
 type boltCommit struct {
-	fn       func(*bbolt.Tx) error
-	size     int // bytes of values it writes, about
-	done     chan error
+	fn   func(*bbolt.Tx) error
+	size int        // bytes of values it writes, about
+	done chan error // nil: nobody waits (see failed)
+	// failed is told the error of a call nobody waits for
+	failed   func(error)
 	answered bool // the committer's: done has the result
 }
 
 // answer gives the call its result, once: a call answered already keeps
 // its answer when a panic cuts its group short afterwards.
 func (c *boltCommit) answer(err error) {
-	if !c.answered {
-		c.answered = true
+	if c.answered {
+		return
+	}
+	c.answered = true
+	switch {
+	case c.done != nil:
 		c.done <- err
+	case err != nil && c.failed != nil:
+		c.failed(err)
 	}
 }
 

@@ -261,6 +261,9 @@ func (b *Store) replay(ids []string) (int, error) {
 			if err := dead.Delete([]byte(id)); err != nil {
 				return err
 			}
+			if err := boltUpdateRecord(tx, e.Payload, func(r *queue.Record) bool { return r.Requeued(id) }); err != nil {
+				return err
+			}
 			lanes[e.Destination]++
 			n++
 		}

@@ -66,6 +66,7 @@ func open(path string, opts queue.Options, logger *zap.Logger, hooks testHooks) 
 	}
 	b.SetLimits(opts.Window, opts.MaxBacklog)
 	b.SetMaxStored(opts.MaxStored)
+	b.SetHistory(opts.History)
 	if err := b.init(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -133,7 +134,7 @@ func (b *Store) init() (err error) {
 				return err
 			}
 		}
-		for _, name := range [][]byte{boltQueue, boltRequeued, boltBodies, boltRefs, boltSeen, boltExpiry, boltDead, boltDeadAt, boltWaiting, boltDueOf} {
+		for _, name := range [][]byte{boltQueue, boltRequeued, boltBodies, boltRefs, boltSeen, boltExpiry, boltDead, boltDeadAt, boltWaiting, boltDueOf, boltRecords, boltDoneAt} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("bucket %s: %w", name, err)
 			}
@@ -146,6 +147,7 @@ func (b *Store) init() (err error) {
 		}
 		b.dead = boltCountKeys(tx.Bucket(boltDead))
 		b.keys = boltCountKeys(tx.Bucket(boltSeen))
+		b.records = boltCountKeys(tx.Bucket(boltRecords))
 		return nil
 	})
 	if err != nil {

@@ -53,6 +53,7 @@ type Store struct {
 	lanes   map[string]int
 	dead    int
 	keys    int // markers in the seen bucket, expired ones not yet swept included
+	records int // payloads' records
 
 	// claims maps the ids of claimed deliveries to their lane. In each
 	// lane, every queued delivery whose queue key sorts before the lane's
@@ -95,14 +96,18 @@ type testHooks struct {
 // sequence number), a fresh sequence number when it was replayed (requeued
 // maps its ID to that key), so a lane's first key is its oldest delivery.
 // A payload's body is kept once, under the payload's ID, while any of its
-// deliveries is queued or dead; refs counts those deliveries when there
-// are more than one (no entry: one).
+// deliveries is queued or dead or its record is kept; refs counts those
+// holds (each delivery, and the record) when there are more than one (no
+// entry: one). A payload's record is kept under its ID, and indexed by
+// when it was done once it is (see history.go).
 var (
 	boltMeta     = []byte("meta")
 	boltQueue    = []byte("queue")    // lane + queue key -> delivery (no body)
 	boltRequeued = []byte("requeued") // id -> lane + queue key, for replayed deliveries
 	boltBodies   = []byte("bodies")   // payload id -> body
-	boltRefs     = []byte("refs")     // payload id -> deliveries queued or dead (uvarint), when more than one
+	boltRefs     = []byte("refs")     // payload id -> holds on its body (uvarint), when more than one
+	boltRecords  = []byte("records")  // payload id -> its record (history)
+	boltDoneAt   = []byte("doneAt")   // done (Unix ns) + payload id -> nothing, for done records, oldest first
 	boltSeen     = []byte("seen")     // marker key -> expiry
 	boltExpiry   = []byte("expiry")   // expiry + marker key -> nothing
 	boltDead     = []byte("dead")     // id -> delivery (no body)
@@ -115,7 +120,7 @@ var (
 	boltDueOf   = []byte("dueOf")   // id -> due (Unix ns), for deliveries in waiting
 
 	boltFormatKey = []byte("format")
-	boltFormat    = []byte("webhook_relay/bolt/6")
+	boltFormat    = []byte("webhook_relay/bolt/7")
 )
 
 func (b *Store) usable(ctx context.Context) error {
@@ -198,12 +203,12 @@ func boltDestinations(e *queue.Entry) []string {
 }
 
 // Admit implements Store. The seen check, the backlog check, the max_stored
-// check with the dead letters that give way to it, the payload (its body
-// once, a delivery in each destination's lane) and the marker are one
-// transaction, committed to disk before Admit returns. The backlog is
-// checked against a count kept in memory: an accepted payload reserves its
-// deliveries' places before its commit, so concurrent admits never
-// overshoot MaxBacklog.
+// check with the done records and dead letters that give way to it, the
+// payload (its body once, a delivery in each destination's lane, its
+// record with history) and the marker are one transaction, committed to
+// disk before Admit returns. The backlog is checked against a count kept
+// in memory: an accepted payload reserves its deliveries' places before
+// its commit, so concurrent admits never overshoot MaxBacklog.
 func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, error) {
 	if err := b.usable(ctx); err != nil {
 		return 0, err
@@ -220,18 +225,25 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 	}
 
 	size := queue.StoredSize(len(body), e.Request.Headers)
+	// with history, the payload's record is charged with it
+	history := b.History() > 0 && !e.MarkerOnly
+	charge := size
+	if history {
+		charge += queue.RecordCharge
+	}
 
 	var (
 		outcome   queue.Admission
 		full      bool
 		storeFull bool
 		evicted   int
+		given     int // records that gave way
 		id        string
 		reserved  bool
 		newMarker bool
 	)
-	err := b.writeSized(len(body)+len(dests)*256, func(tx *bbolt.Tx) error {
-		outcome, full, storeFull, evicted, id = 0, false, false, 0, ""
+	err := b.writeSized(len(body)+len(dests)*256+512, func(tx *bbolt.Tx) error {
+		outcome, full, storeFull, evicted, given, id = 0, false, false, 0, 0, ""
 		seen := tx.Bucket(boltSeen)
 		v := seen.Get(mk)
 		newMarker = v == nil
@@ -257,20 +269,21 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 			}
 			reserved = true
 		}
-		if bound := b.MaxStored(); bound > 0 && boltStored(tx)+size > bound {
-			// the oldest dead letters give way, in this transaction, and
-			// stay removed even if that is not enough
-			n, err := boltEvict(tx, boltStored(tx)+size-bound)
+		if bound := b.MaxStored(); bound > 0 && boltStored(tx)+charge > bound {
+			// done records, then the oldest dead letters give way, in
+			// this transaction, and stay removed even if that is not
+			// enough
+			var err error
+			evicted, given, err = boltEvict(tx, boltStored(tx)+charge-bound)
 			if err != nil {
 				return err
 			}
-			evicted = n
-			if boltStored(tx)+size > bound {
+			if boltStored(tx)+charge > bound {
 				storeFull = true
 				return nil
 			}
 		}
-		if err := boltAddStored(tx, size); err != nil {
+		if err := boltAddStored(tx, charge); err != nil {
 			return err
 		}
 		qb := tx.Bucket(boltQueue)
@@ -290,8 +303,17 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		if err := tx.Bucket(boltBodies).Put([]byte(id), body); err != nil {
 			return err
 		}
-		if len(dests) > 1 {
-			if err := tx.Bucket(boltRefs).Put([]byte(id), binary.AppendUvarint(nil, uint64(len(dests)))); err != nil {
+		holds := len(dests)
+		if history {
+			holds++ // the record's
+			re := *e
+			re.Payload, re.Destinations, re.Received = id, dests, now
+			if err := tx.Bucket(boltRecords).Put([]byte(id), boltEncodeRecord(queue.NewRecord(&re))); err != nil {
+				return err
+			}
+		}
+		if holds > 1 {
+			if err := tx.Bucket(boltRefs).Put([]byte(id), binary.AppendUvarint(nil, uint64(holds))); err != nil {
 				return err
 			}
 		}
@@ -307,6 +329,9 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		if reserved {
 			b.unreserve(len(dests))
 		}
+	}
+	if err == nil && given > 0 {
+		b.countRecords(-given)
 	}
 	if err == nil && evicted > 0 {
 		b.count("", 0, -evicted)
@@ -333,6 +358,9 @@ func (b *Store) Admit(ctx context.Context, e *queue.Entry) (queue.Admission, err
 		}
 		if newMarker {
 			b.keys++
+		}
+		if history {
+			b.records++
 		}
 		b.countMu.Unlock()
 	}
@@ -856,7 +884,7 @@ func (b *Store) Stats(ctx context.Context) (queue.Stats, error) {
 		return queue.Stats{}, b.storeErr(err)
 	}
 	b.countMu.Lock()
-	s.Backlog, s.Dead, s.Keys = b.backlog, b.dead, b.keys
+	s.Backlog, s.Dead, s.Keys, s.Records = b.backlog, b.dead, b.keys, b.records
 	if len(b.lanes) > 0 {
 		s.Lanes = maps.Clone(b.lanes)
 	}

@@ -3,6 +3,7 @@ package bolt
 import (
 	"bytes"
 	"encoding/binary"
+	"math"
 
 	"go.etcd.io/bbolt"
 
@@ -10,8 +11,9 @@ import (
 )
 
 // The bytes kept (max_stored). The meta bucket holds, under boltStoredKey,
-// queue.StoredSize of every payload with a delivery queued or dead, once
-// however many it has, as 8 bytes big endian. Every transaction that adds
+// queue.StoredSize of every payload with a delivery queued or dead or a
+// record, once however many it has, and queue.RecordCharge per record, as
+// 8 bytes big endian. Every transaction that adds
 // or removes a body updates it, so it is exact after a crash: it commits
 // with the bodies or not at all. A burial or a replay moves a delivery
 // between queue and dead letters and leaves it as it is.
@@ -55,6 +57,13 @@ func boltSizeOf(tx *bbolt.Tx, payload []byte, rec []byte) int64 {
 // max_stored, which it returns.
 func boltUnref(tx *bbolt.Tx, id string, rec []byte) (int64, error) {
 	payload := []byte(boltPayload(id, rec))
+	return boltUnrefPayload(tx, payload, func() int64 { return boltSizeOf(tx, payload, rec) })
+}
+
+// boltUnrefPayload lets go of one hold (a delivery's or its record's) on
+// payload's body; the last one deletes it and gives back size(), which it
+// returns.
+func boltUnrefPayload(tx *bbolt.Tx, payload []byte, size func() int64) (int64, error) {
 	refs := tx.Bucket(boltRefs)
 	if v := refs.Get(payload); v != nil {
 		if n, w := binary.Uvarint(v); w > 0 && n > 2 {
@@ -66,21 +75,40 @@ func boltUnref(tx *bbolt.Tx, id string, rec []byte) (int64, error) {
 			return 0, err
 		}
 	}
-	size := boltSizeOf(tx, payload, rec)
+	n := size()
 	if err := tx.Bucket(boltBodies).Delete(payload); err != nil {
 		return 0, err
 	}
-	return size, boltAddStored(tx, -size)
+	return n, boltAddStored(tx, -n)
 }
 
-// boltEvict removes the oldest dead letters (by death) until need bytes are
-// freed or none is left, in tx, and returns how many it removed. A letter
-// frees its payload's bytes only if it held the last reference to them.
-func boltEvict(tx *bbolt.Tx, need int64) (n int, err error) {
+// boltRef adds n holds on payload's body, which is kept.
+func boltRef(tx *bbolt.Tx, payload []byte, n int) error {
+	refs := tx.Bucket(boltRefs)
+	have := uint64(1) // no entry: one
+	if v := refs.Get(payload); v != nil {
+		if c, w := binary.Uvarint(v); w > 0 {
+			have = c
+		}
+	}
+	return refs.Put(payload, binary.AppendUvarint(nil, have+uint64(n)))
+}
+
+// boltEvict frees need bytes, or as many as it can, in tx: the records of
+// done payloads give way first (oldest Done first), then the oldest dead
+// letters (by death). It returns how many letters and records it removed.
+// A letter or a record frees its payload's bytes only if it held the last
+// reference to them.
+func boltEvict(tx *bbolt.Tx, need int64) (dead, records int, err error) {
+	records, freed, err := boltTrimRecords(tx, 0, math.MaxInt, need)
+	if err != nil || freed >= need {
+		return 0, records, err
+	}
+	need -= freed
 	deadBk := tx.Bucket(boltDead)
 	c := tx.Bucket(boltDeadAt).Cursor()
 	var gone [][]byte
-	var freed int64
+	freed = 0
 	for k, _ := c.First(); k != nil && freed < need; k, _ = c.Next() {
 		gone = append(gone, bytes.Clone(k))
 		if len(k) < 8 {
@@ -93,18 +121,18 @@ func boltEvict(tx *bbolt.Tx, need int64) (n int, err error) {
 		}
 		f, err := boltUnref(tx, string(id), v)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		freed += f
 		if err := deadBk.Delete(id); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		n++
+		dead++
 	}
 	for _, k := range gone {
 		if err := c.Bucket().Delete(k); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
-	return n, nil
+	return dead, records, nil
 }

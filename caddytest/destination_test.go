@@ -154,6 +154,7 @@ func TestDestinationFilterIgnored(t *testing.T) {
 		name %s
 		auth_query token tok
 		store memory
+		history off
 		header_up X-Relay relay
 		destination images %s/images {
 			filter `+"`"+`body.taskType == "imageInference" && body.cost > 0.001`+"`"+`

@@ -45,6 +45,7 @@ func stSite(up *lbUpstream, store string) string {
 		store %s
 		max_stored %d
 		backoff 100ms 1s
+		history off # the payloads' own bytes are measured: no record keeps a body
 	}
 }`, up.URL("/hook"), stRelayName, store, stMaxStored)
 }

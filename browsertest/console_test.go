@@ -21,7 +21,7 @@ import (
 )
 
 var consoleScreenshots = flag.String("console.screenshots", "",
-	"directory to write the console's screenshots to (console.png, console-letter.png), e.g. ../docs")
+	"directory to write the console's screenshots to (console.png, console-letter.png, console-events.png, console-event.png), e.g. ../docs")
 
 // consoleUser and consolePassword guard the console in the test, as the
 // README tells users to.
@@ -239,6 +239,51 @@ func TestConsoleInBrowser(t *testing.T) {
 		b.waitFor("its body", `document.getElementById('letter-body').textContent.includes('"code": "invalidPositivePrompt"')`)
 		if n := eval[int](b, `document.querySelectorAll('#thumbs img').length`); n != 0 || !eval[bool](b, `document.getElementById('letter-images').hidden`) {
 			t.Errorf("an error result shows %d thumbnails", n)
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	t.Run("events", func(t *testing.T) {
+		evRows := `[...document.querySelectorAll('#events tbody tr')]`
+		b.do("opening the relay", chromedp.Navigate(consoleURL+"#relay="+url.QueryEscape(name)))
+		b.waitFor("its events, newest first", `!document.getElementById('events-section').hidden && `+evRows+`.length >= 6 && `+
+			evRows+`.every((r, i, a) => i === 0 || a[i-1].dataset.id > r.dataset.id)`)
+		b.waitFor("the dead ones shown dead", evRows+`.filter(r => r.dataset.state === 'dead').length === 3`)
+		b.screenshot(t, "console-events.png")
+
+		// "did task X reach the app?": search its taskUUID
+		fineTask := uuid("a1b2c3d4-0000-4e5f-8a9b", 6)
+		b.do("searching the task", chromedp.SetValue(chromedp.ID("events-key"), fineTask), chromedp.Click(chromedp.ID("events-go")))
+		b.waitFor("only it, delivered", evRows+`.length === 1 && `+evRows+`[0].dataset.state === 'delivered' && `+
+			evRows+`[0].querySelector('td.destinations').textContent === 'upstream: delivered (1 attempt)'`)
+		b.do("opening it", chromedp.Click(chromedp.CSS(`#events tbody tr td.id a`)))
+		b.waitFor("its page: delivered to the app at the first attempt", `!document.getElementById('event-section').hidden && `+
+			`document.querySelector('#event-attempts li.attempt.ok .status')?.textContent === '200' && `+
+			`document.querySelector('#event-destinations tr[data-destination=upstream] td.state')?.textContent === 'delivered'`)
+		b.waitFor("its body", `document.getElementById('event-body').textContent.includes(`+js(fineTask)+`)`)
+		b.screenshot(t, "console-event.png")
+		b.do("resending it", chromedp.Click(chromedp.ID("event-resend")))
+		b.waitFor("the confirmation", `document.getElementById('confirm').open && document.getElementById('confirm-text').textContent.includes('same Idempotency-Key')`)
+		b.do("confirming", chromedp.Click(chromedp.ID("confirm-ok")))
+		app.WaitFor(t, waitTimeout, "the resent result", func(rs []*testkit.Request) bool { return withBody(rs, fine) == 2 })
+		if keys := requestKeys(app.Requests(), fine); len(keys) != 2 || keys[0] != keys[1] {
+			t.Errorf("the resent copy came with Idempotency-Key %v, want the first one's", keys)
+		}
+		b.waitFor("two attempts on its page", `document.querySelectorAll('#event-attempts li.attempt.ok').length === 2`)
+
+		// a dead one: the refusal on its timeline, its image shown
+		b.do("back to the events", chromedp.Click(chromedp.ID("event-back")))
+		b.waitFor("the events again", `!document.getElementById('events-section').hidden`)
+		b.do("searching the dead", chromedp.Evaluate[chromedp.Void](`document.getElementById('events-key').value = ''; `+
+			`document.getElementById('events-state').value = 'dead'`), chromedp.Click(chromedp.ID("events-go")))
+		b.waitFor("the 3 dead", evRows+`.length === 3 && `+evRows+`.every(r => r.dataset.state === 'dead')`)
+		b.do("opening the base64 result", chromedp.Navigate(consoleURL+"#relay="+url.QueryEscape(name)+"&event="+url.QueryEscape(ids["base64"])))
+		b.waitFor("its 422 on the timeline and its image", `document.querySelector('#event-attempts li.attempt.failed .status')?.textContent === '422' && `+
+			`(i => i && i.complete && i.naturalWidth === 160)(document.querySelector('#event-thumbs img'))`)
+		if !eval[bool](b, `document.getElementById('event-resend').disabled`) {
+			t.Error("resend is offered for an event delivered nowhere")
 		}
 	})
 	if t.Failed() {

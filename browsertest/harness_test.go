@@ -241,3 +241,14 @@ func ptrString(p *string) string {
 	}
 	return *p
 }
+
+// requestKeys are the Idempotency-Keys of the requests whose body is body.
+func requestKeys(reqs []*testkit.Request, body []byte) []string {
+	var out []string
+	for _, r := range reqs {
+		if bytes.Equal(r.Body, body) {
+			out = append(out, r.Key)
+		}
+	}
+	return out
+}

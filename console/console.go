@@ -64,6 +64,9 @@ func init() {
 //	POST api/delete  the same
 //	POST api/pause   {"relay": <name>, "destination": <name>}, or without destination all of them
 //	POST api/resume  the same
+//	GET  api/events?relay=<name>[&key=][&state=][&destination=][&after=][&limit=]   the relay's history, newest first
+//	GET  api/event?relay=<name>&id=<id>      one event with its attempts and body
+//	POST api/resend  {"relay": <name>, "id": <id>}
 //
 // A match is the admin API's (ops.Match): every dead letter matching it.
 //
@@ -271,9 +274,9 @@ func (c *Console) serveAPI(w http.ResponseWriter, r *http.Request, endpoint stri
 func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) error {
 	var want string
 	switch endpoint {
-	case "relays", "dead", "letter":
+	case "relays", "dead", "letter", "events", "event":
 		want = http.MethodGet
-	case "replay", "delete", "pause", "resume":
+	case "replay", "delete", "pause", "resume", "resend":
 		want = http.MethodPost
 	default:
 		return apiError(http.StatusNotFound, fmt.Sprintf("the console has no api/%s", endpoint))
@@ -287,6 +290,25 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 	switch endpoint {
 	case "relays":
 		return ops.WriteJSON(w, http.StatusOK, map[string]any{"now": time.Now(), "relays": ops.List(r.Context())})
+	case "events":
+		if _, err := ops.Find(q.Get("relay")); err != nil {
+			return err
+		}
+		s, err := ops.ParseEventSearch(q)
+		if err != nil {
+			return err
+		}
+		page, err := ops.ListEvents(r.Context(), q.Get("relay"), s)
+		if err != nil {
+			return err
+		}
+		return ops.WriteJSON(w, http.StatusOK, page)
+	case "event":
+		e, err := ops.ShowEvent(r.Context(), q.Get("relay"), q.Get("id"))
+		if err != nil {
+			return err
+		}
+		return ops.WriteJSON(w, http.StatusOK, e)
 	case "letter":
 		d, err := ops.ShowDead(r.Context(), q.Get("relay"), q.Get("id"))
 		if err != nil {
@@ -316,6 +338,9 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, endpoint string) e
 	}
 	if endpoint == "pause" || endpoint == "resume" {
 		return c.pause(w, r, endpoint)
+	}
+	if endpoint == "resend" {
+		return c.resend(w, r)
 	}
 	var act consoleAction
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
@@ -387,6 +412,26 @@ func (c *Console) pause(w http.ResponseWriter, r *http.Request, endpoint string)
 	c.logger.Info(msg, zap.String("relay", req.Relay), zap.String("destination", req.Destination),
 		zap.String("user", userOf(r)), zap.String("remote_ip", remoteIP(r)))
 	return ops.WriteJSON(w, http.StatusOK, res)
+}
+
+// resend delivers an event again to the destinations that have it.
+func (c *Console) resend(w http.ResponseWriter, r *http.Request) error {
+	var req struct {
+		Relay string `json:"relay"`
+		ID    string `json:"id"`
+	}
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return apiError(http.StatusBadRequest, `want {"relay": "<name>", "id": "<event id>"}`)
+	}
+	n, err := ops.Resend(r.Context(), req.Relay, req.ID)
+	if err != nil {
+		return err
+	}
+	c.logger.Info("console: event resent", zap.String("relay", req.Relay), zap.String("id", req.ID), zap.Int("deliveries", n),
+		zap.String("user", userOf(r)), zap.String("remote_ip", remoteIP(r)))
+	return ops.WriteJSON(w, http.StatusOK, map[string]int{"resent": n})
 }
 
 func apiError(status int, msg string) error {

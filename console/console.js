@@ -1,6 +1,7 @@
 // The webhook_relay console: polls api/relays every few seconds, pauses and
-// resumes a relay's destinations, lists a relay's dead letters, shows one,
-// and replays or deletes them. Every value
+// resumes a relay's destinations, searches a relay's events (its history)
+// and shows one with its attempts, resends it, lists a relay's dead letters,
+// shows one, and replays or deletes them. Every value
 // from the server is put in the page as text, never as HTML.
 'use strict';
 
@@ -24,6 +25,10 @@
 		samples: new Map(), // relay name -> [{t, requests}]
 		relay: '', // the relay whose dead letters are shown
 		letterId: '', // the dead letter shown
+		eventId: '', // the event shown
+		events: [], // the events found, newest first
+		eventsNext: '', // where the next (older) page starts
+		eventsMore: false, // the operator asked for older pages: the refresh leaves the list alone
 		dead: [],
 		deadComplete: true,
 		selected: new Set(),
@@ -134,17 +139,18 @@
 		state.samples.set(relay.name, s);
 	}
 
-	// ---- routing: #relay=<name>[&id=<id>]
+	// ---- routing: #relay=<name>[&id=<dead letter id> | &event=<event id>]
 
 	function route() {
 		const p = new URLSearchParams(location.hash.slice(1));
-		return { relay: p.get('relay') || '', id: p.get('id') || '' };
+		return { relay: p.get('relay') || '', id: p.get('id') || '', event: p.get('event') || '' };
 	}
 
-	function href(relay, id) {
+	function href(relay, id, event) {
 		const p = new URLSearchParams();
 		if (relay) p.set('relay', relay);
 		if (id) p.set('id', id);
+		if (event) p.set('event', event);
 		return '#' + p.toString();
 	}
 
@@ -156,15 +162,25 @@
 			state.selected.clear();
 			$('filter-key').value = '';
 			$('filter-status').value = '';
+			$('events-key').value = '';
+			$('events-state').value = '';
+			$('events-destination').value = '';
+			state.events = [];
+			state.eventsMore = false;
 		}
 		state.letterId = r.id;
-		show('dead-section', !!r.relay && !r.id);
-		show('destinations-section', !!r.relay && !r.id);
+		state.eventId = r.event;
+		const relayPage = !!r.relay && !r.id && !r.event;
+		show('dead-section', relayPage);
+		show('destinations-section', relayPage);
+		show('events-section', relayPage);
 		show('letter-section', !!r.id);
+		show('event-section', !!r.event && !r.id);
 		renderRelays();
 		renderDestinations();
 		if (r.id) await loadLetter(r.relay, r.id);
-		else if (r.relay) await loadDead();
+		else if (r.event) await loadEvent(r.relay, r.event);
+		else if (r.relay) await Promise.all([loadEvents(false), loadDead()]);
 	}
 
 	// ---- relays
@@ -181,7 +197,9 @@
 			renderDestinations();
 			problem('');
 			$('updated').textContent = 'updated ' + new Date(state.now).toLocaleTimeString();
-			if (state.relay && !state.letterId && !state.busy) await loadDead();
+			if (state.relay && !state.letterId && !state.eventId && !state.busy) {
+				await Promise.all([state.eventsMore ? null : loadEvents(false), loadDead()]);
+			}
 		} catch (e) {
 			problem(e.message + '; retrying every ' + REFRESH_MS / 1000 + ' s');
 		}
@@ -229,6 +247,10 @@
 		const r = state.relays.find((x) => x.name === state.relay);
 		$('destinations-title').textContent = 'Destinations of ' + state.relay;
 		const dests = r ? r.destinations || [] : [];
+		const select = $('events-destination');
+		const chosen = select.value;
+		select.replaceChildren(el('option', { value: '' }, 'any'), ...dests.map((d) => el('option', { value: d.name }, d.name)));
+		select.value = dests.some((d) => d.name === chosen) ? chosen : '';
 		$('destinations').tBodies[0].replaceChildren(...dests.map((d) => {
 			const verb = d.paused ? 'resume' : 'pause';
 			const button = el('button', { type: 'button', className: verb, 'aria-label': verb + ' ' + d.name }, d.paused ? 'Resume' : 'Pause');
@@ -255,6 +277,127 @@
 		} catch (e) {
 			problem(verb + ': ' + e.message);
 			button.disabled = false;
+		}
+	}
+
+	// ---- events of one relay: its history, searched on the server
+
+	async function loadEvents(older) {
+		const relay = state.relay;
+		const q = new URLSearchParams({ relay, limit: '50' });
+		for (const [name, id] of [['key', 'events-key'], ['state', 'events-state'], ['destination', 'events-destination']]) {
+			const v = $(id).value.trim();
+			if (v) q.set(name, v);
+		}
+		if (older && state.eventsNext) q.set('after', state.eventsNext);
+		try {
+			const page = await call('events?' + q);
+			if (relay !== state.relay) return;
+			state.events = older ? state.events.concat(page.entries || []) : page.entries || [];
+			state.eventsNext = page.next || '';
+			renderEvents();
+		} catch (e) {
+			if (relay === state.relay) problem('events of ' + relay + ': ' + e.message);
+		}
+	}
+
+	function stateCell(s) { return el('span', { className: 'state-' + s }, s); }
+
+	function destinationsText(e) {
+		return (e.destinations || []).map((d) => d.destination + ': ' + d.state +
+			(d.attempts ? ' (' + plural(d.attempts, 'attempt', 'attempts') + ')' : '')).join(' · ');
+	}
+
+	function renderEvents() {
+		$('events-title').textContent = 'Events of ' + state.relay;
+		$('events').tBodies[0].replaceChildren(...state.events.map((e) => {
+			const last = e.attempts && e.attempts.length ? e.attempts[e.attempts.length - 1] : null;
+			const tr = el('tr', { className: 'event', 'data-id': e.id, 'data-state': e.state },
+				el('td', { className: 'id' }, el('a', { href: href(state.relay, '', e.id) }, e.id)),
+				el('td', { className: 'num age', title: e.received }, since(e.received)),
+				el('td', { className: 'state' }, stateCell(e.state)),
+				el('td', { className: 'destinations' }, destinationsText(e)),
+				el('td', { className: 'num status' }, last ? statusText(last.status) : '–'),
+				el('td', { className: 'key' }, e.key));
+			tr.addEventListener('click', (ev) => {
+				if (ev.target.tagName !== 'A') location.hash = href(state.relay, '', e.id);
+			});
+			return tr;
+		}));
+		$('events-summary').textContent = state.events.length
+			? plural(state.events.length, 'event', 'events') + ' shown, newest first'
+			: 'No event matches (the history keeps payloads for the relay\'s history setting, 24h by default).';
+		show('events-more', !!state.eventsNext);
+	}
+
+	// ---- one event: its destinations, attempts and body
+
+	async function loadEvent(relay, id) {
+		$('event-title').textContent = 'Event ' + id;
+		$('event-back').href = href(relay);
+		for (const part of ['event-fields', 'event-request', 'event-thumbs', 'event-body', 'event-attempts']) $(part).replaceChildren();
+		$('event-destinations').tBodies[0].replaceChildren();
+		$('event-raw').open = false;
+		$('event-raw').querySelector('pre').replaceChildren();
+		show('event-images', false);
+		$('event-body-note').textContent = '';
+		let d;
+		try {
+			d = await call('event?' + new URLSearchParams({ relay, id }));
+		} catch (e) {
+			problem(e.status === 404 ? 'event ' + id + ' of ' + relay + ' is not in its history (unknown, or its history ran out)' : e.message);
+			return;
+		}
+		if (state.eventId !== id) return;
+		fields($('event-fields'), [
+			['Relay', relay],
+			['Key', d.key],
+			['State', stateCell(d.state)],
+			['Received', when(d.received)],
+			['Done', d.done ? when(d.done) : '–'],
+			['Body size', bytes(d.body_size)],
+		]);
+		$('event-destinations').tBodies[0].replaceChildren(...(d.destinations || []).map((x) =>
+			el('tr', { className: 'delivery', 'data-destination': x.destination },
+				el('td', {}, x.destination),
+				el('td', { className: 'state' }, stateCell(x.state)),
+				el('td', { className: 'num' }, x.attempts),
+				el('td', {}, x.done ? when(x.done) : '–'))));
+		const items = (d.attempts || []).map((a) => {
+			const ok = a.status >= 200 && a.status < 300;
+			return el('li', { className: 'attempt ' + (ok ? 'ok' : 'failed') },
+				el('span', { className: 'when', title: a.at }, when(a.at)),
+				el('strong', {}, a.destination), ' → ', el('span', { className: 'status' }, statusText(a.status)),
+				' in ' + a.duration_ms + ' ms',
+				...(a.error ? [el('span', { className: 'error' }, a.error)] : []));
+		});
+		if (d.attempts_left_out) {
+			items.splice(1, 0, el('li', { className: 'left-out muted' }, plural(d.attempts_left_out, 'attempt', 'attempts') + ' not kept'));
+		}
+		if (!items.length) items.push(el('li', { className: 'muted' }, 'no attempt yet'));
+		$('event-attempts').replaceChildren(...items);
+		const req = d.request || {};
+		fields($('event-request'), [
+			['Content-Type', req.content_type || '–'],
+			['User-Agent', req.user_agent || '–'],
+			['X-Forwarded-For', req.forwarded_for || '–'],
+			['Query', req.query ? '?' + req.query : '–'],
+			...(req.headers || []).map((h) => [h.name, h.value]),
+		]);
+		renderBody(d, EVENT_BODY);
+		$('event-resend').disabled = !(d.destinations || []).some((x) => x.state === 'delivered');
+	}
+
+	async function resend() {
+		const relay = state.relay, id = state.eventId;
+		if (!await confirmAction('Resend event ' + id + ' of ' + relay + '? Every destination that has it delivered gets it again, ' +
+			'with the same Idempotency-Key.', 'Resend')) return;
+		try {
+			const res = await call('resend', { relay, id });
+			notice('Resent event ' + id + ' to ' + plural(res.resent, 'destination', 'destinations') + '.');
+			await loadEvent(relay, id);
+		} catch (e) {
+			problem('resend: ' + e.message);
 		}
 	}
 
@@ -391,19 +534,23 @@
 			['Query', req.query ? '?' + req.query : '–'],
 			...(req.headers || []).map((h) => [h.name, h.value]),
 		]);
-		renderBody(d);
+		renderBody(d, LETTER_BODY);
 	}
+
+	// where renderBody puts a body: the dead letter's page or the event's
+	const LETTER_BODY = { body: 'letter-body', raw: 'letter-raw', note: 'letter-body-note', images: 'letter-images', thumbs: 'thumbs' };
+	const EVENT_BODY = { body: 'event-body', raw: 'event-raw', note: 'event-body-note', images: 'event-images', thumbs: 'event-thumbs' };
 
 	function fields(dl, pairs) {
 		dl.replaceChildren(...pairs.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
 	}
 
-	function renderBody(d) {
-		const pre = $('letter-body');
-		const raw = $('letter-raw');
+	function renderBody(d, at) {
+		const pre = $(at.body);
+		const raw = $(at.raw);
 		if (d.body === undefined || d.body === null) {
 			if (d.body_base64) {
-				$('letter-body-note').textContent = '(not UTF-8: shown as base64)';
+				$(at.note).textContent = '(not UTF-8: shown as base64)';
 				pre.textContent = d.body_base64;
 			} else {
 				pre.textContent = '(empty)';
@@ -420,7 +567,7 @@
 		try {
 			doc = JSON.parse(d.body);
 		} catch (e) {
-			$('letter-body-note').textContent = '(not JSON)';
+			$(at.note).textContent = '(not JSON)';
 			pre.textContent = d.body;
 			return;
 		}
@@ -432,8 +579,8 @@
 			const n = numbered.get(v);
 			return v.slice(0, 60) + '… (' + v.length + ' characters' + (n ? ', image ' + n + ' above' : '') + ')';
 		}, 2);
-		$('letter-body-note').textContent = '(JSON, pretty-printed' + (images.length ? '; long strings cut' : '') + ')';
-		renderImages(images);
+		$(at.note).textContent = '(JSON, pretty-printed' + (images.length ? '; long strings cut' : '') + ')';
+		renderImages(images, at);
 	}
 
 	// findImages collects the strings of doc that are images: data URIs,
@@ -460,9 +607,9 @@
 		}
 	}
 
-	function renderImages(images) {
-		show('letter-images', images.length > 0);
-		$('thumbs').replaceChildren(...images.map((img, i) => {
+	function renderImages(images, at) {
+		show(at.images, images.length > 0);
+		$(at.thumbs).replaceChildren(...images.map((img, i) => {
 			const caption = el('figcaption', {}, (i + 1) + '. ' + img.path);
 			const pic = el('img', { className: 'thumb', alt: 'image ' + (i + 1) + ' of the body (' + img.path + ')', src: img.src });
 			pic.addEventListener('load', () => caption.append(' · ' + pic.naturalWidth + '×' + pic.naturalHeight));
@@ -540,6 +687,15 @@
 		$('delete-all').addEventListener('click', () => act('delete', null));
 		$('letter-replay').addEventListener('click', () => act('replay', [state.letterId]));
 		$('letter-delete').addEventListener('click', () => act('delete', [state.letterId]));
+		$('events-search').addEventListener('submit', (ev) => {
+			ev.preventDefault();
+			state.eventsMore = false;
+			loadEvents(false);
+		});
+		$('events-state').addEventListener('change', () => { state.eventsMore = false; loadEvents(false); });
+		$('events-destination').addEventListener('change', () => { state.eventsMore = false; loadEvents(false); });
+		$('events-more').addEventListener('click', () => { state.eventsMore = true; loadEvents(true); });
+		$('event-resend').addEventListener('click', resend);
 		window.addEventListener('hashchange', onRoute);
 	}
 

@@ -5,6 +5,7 @@
 //	go run ./bench -body-size 6MiB   # large bodies: also Caddy's peak RSS per target
 //	go run ./bench -before /tmp/caddy-old  # each relay also on an earlier build, in the same rounds
 //	go run ./bench -filter 'has(body.data)'  # each relay also with a destination filter
+//	go run ./bench -fanout                   # each relay also with three destinations, two filtered
 //
 // It builds ./cmd/caddy, starts a counting upstream in-process, a private
 // redis-server, and a Caddy config with one site per target (a fresh Caddy
@@ -50,6 +51,7 @@ type target struct {
 	setup    string // for the table
 	bin      string // the Caddy binary it runs on; "" for the one built from this tree
 	filter   string // the destination's filter (CEL); "" for none
+	fanout   bool   // three destinations, two of them with a filter that takes every payload
 
 	port  int
 	at    []*series // one per connection count, in the order of counts
@@ -137,9 +139,15 @@ func (t *target) site(e env) string {
 		if t.live {
 			up = "http://" + e.upstream + t.upPath()
 		}
-		if t.filter == "" {
+		switch {
+		case t.fanout:
+			// every payload to all three: the app, and two filtered ones
+			fmt.Fprintf(&b, "\twebhook_relay {\n\t\tdestination upstream %s\n", up)
+			fmt.Fprintf(&b, "\t\tdestination archive %s-archive {\n\t\t\tfilter `%s`\n\t\t}\n", up, fanoutFilters[0])
+			fmt.Fprintf(&b, "\t\tdestination analytics %s-analytics {\n\t\t\tfilter `%s`\n\t\t}\n", up, fanoutFilters[1])
+		case t.filter == "":
 			fmt.Fprintf(&b, "\twebhook_relay %s {\n", up)
-		} else {
+		default:
 			fmt.Fprintf(&b, "\twebhook_relay {\n\t\tdestination upstream %s {\n\t\t\tfilter `%s`\n\t\t}\n", up, t.filter)
 		}
 		fmt.Fprintf(&b, "\t\tname %s\n\t\tauth_query token %s\n", t.name, secret)
@@ -163,6 +171,14 @@ func (t *target) site(e env) string {
 	return b.String()
 }
 
+// fanoutFilters are the -fanout targets' two filters: both take every
+// payload the load sends (Runware image results), so each is fanned out to
+// all three destinations.
+var fanoutFilters = [2]string{
+	`has(body.data) && body.data.exists(d, d.taskType == "imageInference")`,
+	`has(body.data) && body.data.all(d, d.cost < 1.0)`,
+}
+
 func main() { os.Exit(run()) }
 
 func run() int {
@@ -178,6 +194,7 @@ func run() int {
 	bodySizeFlag := flag.String("body-size", "", "large bodies: make every body about this size (bytes, or e.g. 6MiB) with a Runware-like imageBase64Data field, and report Caddy's peak RSS per target; default: ~300-byte bodies")
 	budgetFlag := flag.String("burst-budget", "4GiB", "large bodies: a burst target (upstream down, so it keeps everything) stops taking load once this much was acknowledged; its store is emptied before each run")
 	beforeBin := flag.String("before", "", "a Caddy binary built from an earlier version (git worktree add /tmp/old <rev> && cd /tmp/old && go build -o /tmp/caddy-old ./cmd/caddy): every relay target also runs on it, as <target>-before right after the target, against the same baseline run, so before and after compare within each round")
+	fanout := flag.Bool("fanout", false, "every relay target also runs with three destinations, two of them with a filter that takes every payload, as <target>-fanout right after the target (not on -before's build), against the same baseline run")
 	filterExpr := flag.String("filter", "", "a CEL filter (without backticks) that takes every payload, e.g. 'has(body.data)': every relay target also runs with it on its destination, as <target>-filter right after the target (and its -before), against the same baseline run")
 	flag.Parse()
 	if strings.Contains(*filterExpr, "`") {
@@ -245,6 +262,17 @@ func run() int {
 			old := *t
 			old.name, old.bin, old.setup = t.name+"-before", *beforeBin, t.setup+", earlier build"
 			variants = append(variants, &old)
+		}
+		if *fanout && t.store != "" {
+			for _, v := range slices.Clone(variants) {
+				if v.bin != "" {
+					continue // an earlier build may not fan out
+				}
+				f := *v
+				f.name = t.name + "-fanout"
+				f.fanout, f.setup = true, v.setup+", 3 destinations, 2 filters"
+				variants = append(variants, &f)
+			}
 		}
 		if *filterExpr != "" && t.store != "" {
 			for _, v := range slices.Clone(variants) {

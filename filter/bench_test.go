@@ -98,3 +98,16 @@ func BenchmarkMatch(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMatchLoop is one Match of a filter with a comprehension (the
+// kind bounded by cost, see MaxCost) on a Runware batch parsed beforehand.
+func BenchmarkMatchLoop(b *testing.B) {
+	f := mustCompile(b, `has(body.data) && body.data.exists(d, d.taskType == "imageInference")`)
+	body := ParseBody([]byte(`{"data":[{"taskType":"imageInference","taskUUID":"t","imageUUID":"i","cost":0.0013}]}`))
+	b.ReportAllocs()
+	for b.Loop() {
+		if ok, err := f.Match(Input{Body: body}); !ok || err != nil {
+			b.Fatal(ok, err)
+		}
+	}
+}

@@ -231,22 +231,28 @@ else
   redis.call('SET', body, ARGV[15])
 end
 redis.call('HSET', KEYS[3], payload, size)
-redis.call('INCRBY', KEYS[4], size)
+redis.call('INCRBY', KEYS[4], size + charge)
 if lanes > 1 then redis.call('HSET', KEYS[9], payload, lanes) end
 if charge > 0 then
-  local names = {}
-  for i = 1, lanes do names[i] = ARGV[26 + i] end
-  local h = {'r', ARGV[1], 's', ARGV[26], 'l', cjson.encode(names)}
-  for _, o in ipairs({{'k', 5}, {'q', 6}, {'c', 7}, {'a', 8}, {'x', 9}, {'h', 13}, {'p', 21}, {'w', 22}}) do
-    if ARGV[o[2]] ~= '' then h[#h+1] = o[1]; h[#h+1] = ARGV[o[2]] end
+  local h = {'r', ARGV[1], 's', ARGV[26]}
+  local function opt(name, v)
+    if v ~= '' then h[#h+1] = name; h[#h+1] = v end
   end
-  for i = 1, lanes do
-    if lanes > 1 then h[#h+1] = 'd:' .. names[i] else h[#h+1] = 'd:' end
-    h[#h+1] = 'queued 0 0'
+  opt('k', ARGV[5]); opt('q', ARGV[6]); opt('c', ARGV[7]); opt('a', ARGV[8]); opt('x', ARGV[9])
+  opt('h', ARGV[13]); opt('p', ARGV[21]); opt('w', ARGV[22])
+  if lanes == 1 then
+    opt('t', ARGV[27])
+    h[#h+1] = 'd:'; h[#h+1] = 'queued 0 0'
+  else
+    local names = {}
+    for i = 1, lanes do
+      names[i] = ARGV[26 + i]
+      h[#h+1] = 'd:' .. names[i]; h[#h+1] = 'queued 0 0'
+    end
+    h[#h+1] = 'l'; h[#h+1] = cjson.encode(names)
   end
   redis.call('HSET', recordkey(ARGV[10], payload), unpack(h))
   redis.call('ZADD', KEYS[11], 0, payload)
-  redis.call('INCRBY', KEYS[4], charge)
 end
 redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. ARGV[12] .. ' ' .. sid, 'PX', ARGV[3])
 count()

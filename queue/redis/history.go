@@ -45,10 +45,10 @@ local function settle(rec, hdone, payload)
     end
   end
   if open or not last then
-    redis.call('HDEL', rec, 't')
+    redis.call('HDEL', rec, 'z')
     redis.call('ZREM', hdone, payload)
   else
-    redis.call('HSET', rec, 't', last)
+    redis.call('HSET', rec, 'z', last)
     redis.call('ZADD', hdone, tonumber(string.sub(last, 1, -7)), payload)
   end
 end
@@ -64,7 +64,7 @@ local function requeued(recprefix, hdone, id)
   local v = redis.call('HGET', rec, field)
   if not v then return end
   redis.call('HSET', rec, field, '` + queue.StateQueued + ` ' .. (string.match(v, '^%S+ (%d+)') or '0') .. ' 0')
-  redis.call('HDEL', rec, 't')
+  redis.call('HDEL', rec, 'z')
   redis.call('ZREM', hdone, payload)
 end
 `
@@ -171,18 +171,22 @@ func parseRecordAttempt(s string) (queue.Attempt, bool) {
 //
 //	k q c a x h p w  as a stream entry's (absent when empty)
 //	r  received (stamp); s the body's length
-//	l  the lanes, a JSON array, in the order of the record's destinations
+//	t  the one lane of a payload delivered to one (absent for ""), as in
+//	   a stream entry; l the lanes of one fanned out, a JSON array, in
+//	   the order of the record's destinations
 //	d:<lane>  a delivery's "state attempts done" (done a stamp, 0 while not
 //	          done); "d:" alone for a payload's one delivery
 //	n  the attempts made; a:<i> the i-th (formatRecordAttempt), the first
 //	   and the latest queue.MaxRecordAttempts-1 kept
-//	t  when the record was done (stamp), while it is (for trims)
+//	z  when the record was done (stamp), while it is (for trims)
 //
 // State and Done are worked out from the deliveries (Record.Settle).
 func recordOf(id string, f map[string]string) (*queue.Record, error) {
-	var lanes []string
-	if err := json.Unmarshal([]byte(f["l"]), &lanes); err != nil || len(lanes) == 0 {
-		return nil, fmt.Errorf("redis store: record %s: unreadable lanes %q", id, f["l"])
+	lanes := []string{f["t"]}
+	if l, ok := f["l"]; ok {
+		if err := json.Unmarshal([]byte(l), &lanes); err != nil || len(lanes) == 0 {
+			return nil, fmt.Errorf("redis store: record %s: unreadable lanes %q", id, l)
+		}
 	}
 	f["i"] = id
 	e, err := entryOf("", f)
@@ -231,7 +235,7 @@ func recordOf(id string, f map[string]string) (*queue.Record, error) {
 
 // trimHistoryScript drops up to limit records done by the cutoff. The
 // done index has milliseconds; a record done in the cutoff's millisecond
-// goes by its exact done time (t).
+// goes by its exact done time (z).
 //
 //	KEYS[1]  the records, {p}:hist, KEYS[2] the done records, {p}:hdone
 //	KEYS[3]  the references hash, {p}:rc, KEYS[4] the sizes hash, {p}:sz,
@@ -246,7 +250,7 @@ while n < limit do
   local r = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', skip, limit - n)
   if #r == 0 then break end
   for _, id in ipairs(r) do
-    local t = redis.call('HGET', recordkey(ARGV[1], id), 't')
+    local t = redis.call('HGET', recordkey(ARGV[1], id), 'z')
     if t and t > ARGV[3] then
       skip = skip + 1
     else
@@ -395,7 +399,9 @@ func (r *Store) Event(ctx context.Context, id string) (*queue.Record, error) {
 //	returns  how many went back, -1 when there is no such record
 var resendScript = goredis.NewScript(laneLua + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local lanes = cjson.decode(redis.call('HGET', KEYS[1], 'l') or '[]')
+local lanes = {redis.call('HGET', KEYS[1], 't') or ''}
+local l = redis.call('HGET', KEYS[1], 'l')
+if l then lanes = cjson.decode(l) end
 local meta = {'k', 'q', 'c', 'a', 'x', 'r', 'h', 'p', 'w'}
 local v = redis.call('HMGET', KEYS[1], unpack(meta))
 local n = 0
@@ -424,7 +430,7 @@ end
 if n > 0 then
   local held = tonumber(redis.call('HGET', KEYS[5], ARGV[4]) or '1')
   redis.call('HSET', KEYS[5], ARGV[4], held + n)
-  redis.call('HDEL', KEYS[1], 't')
+  redis.call('HDEL', KEYS[1], 'z')
   redis.call('ZREM', KEYS[6], ARGV[4])
 end
 return n

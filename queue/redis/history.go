@@ -387,7 +387,9 @@ func (r *Store) Event(ctx context.Context, id string) (*queue.Record, error) {
 // resendScript puts the delivered deliveries of a record back at the end
 // of their lanes, as a replay does: under their ids, with new stream ids
 // from {p}:ids mapped in {p}:loc, attempts reset, queued now; each one
-// holds the body again, and is queued in the record (Record.Requeued).
+// holds the body again, and is queued in the record (Record.Requeued). A
+// delivery recorded delivered but still in its lane (its ack on its way)
+// is left there.
 //
 //	KEYS[1]  the record, {p}:h:<pid>
 //	KEYS[2]  the lanes, {p}:lanes, KEYS[3] the id source, {p}:ids
@@ -395,7 +397,7 @@ func (r *Store) Event(ctx context.Context, id string) (*queue.Record, error) {
 //	KEYS[6]  the done records, {p}:hdone
 //	ARGV[1]  now (stamp)
 //	ARGV[2]  the stream key prefix, {p}:q, ARGV[3] the consumer group
-//	ARGV[4]  the payload id
+//	ARGV[4]  the payload id, ARGV[5] the stream id parsed from it
 //	returns  how many went back, -1 when there is no such record
 var resendScript = goredis.NewScript(laneLua + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
@@ -409,18 +411,19 @@ for _, lane in ipairs(lanes) do
   local field, id = 'd:', ARGV[4]
   if #lanes > 1 then field, id = 'd:' .. lane, ARGV[4] .. '~' .. lane end
   local st, att = string.match(redis.call('HGET', KEYS[1], field) or '', '^(%S+) (%d+)')
-  if st == '` + queue.StateDelivered + `' then
+  local q = lanekey(ARGV[2], lane)
+  local sid = redis.call('HGET', KEYS[4], id) or ARGV[5]
+  if st == '` + queue.StateDelivered + `' and #redis.call('XRANGE', q, sid, sid) == 0 then
     local f = {}
     for j, name in ipairs(meta) do
       if v[j] then f[#f+1] = name; f[#f+1] = v[j] end
     end
     f[#f+1] = 'u'; f[#f+1] = ARGV[1]; f[#f+1] = 'i'; f[#f+1] = id
     if lane ~= '' then f[#f+1] = 't'; f[#f+1] = lane end
-    local q = lanekey(ARGV[2], lane)
     if redis.call('SADD', KEYS[2], lane) == 1 then
       redis.pcall('XGROUP', 'CREATE', q, ARGV[3], '0', 'MKSTREAM')
     end
-    local sid = redis.call('XADD', KEYS[3], 'MAXLEN', '0', '*', 'x', '')
+    sid = redis.call('XADD', KEYS[3], 'MAXLEN', '0', '*', 'x', '')
     redis.call('XADD', q, sid, unpack(f))
     redis.call('HSET', KEYS[4], id, sid)
     redis.call('HSET', KEYS[1], field, '` + queue.StateQueued + ` ' .. att .. ' 0')
@@ -442,7 +445,7 @@ func (r *Store) Resend(ctx context.Context, id string) (int, error) {
 		return 0, err
 	}
 	n, err := resendScript.Run(ctx, r.client, []string{r.recordPrefix + id, r.lanes, r.ids, r.loc, r.refs, r.hdone},
-		stamp(r.now()), r.stream, groupName, id).Int()
+		stamp(r.now()), r.stream, groupName, id, parseID(id)).Int()
 	switch {
 	case err != nil:
 		return 0, fmt.Errorf("redis store: resending %s: %w", id, err)

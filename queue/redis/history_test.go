@@ -236,3 +236,36 @@ func indexCost(t *testing.T, raw *goredis.Client, tag string) int64 {
 	}
 	return 2 * n / 1000
 }
+
+// A delivery recorded delivered whose ack has not landed yet is still in
+// its lane: Resend leaves it there, rather than queue it twice.
+func TestRedisResendWaitsForTheAck(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	clock := storetest.NewClock()
+	s := openRedis(t, srv, uniquePrefix(), "c1", 0, historyOpts(clock))
+	ctx := t.Context()
+	for _, dests := range [][]string{{"app"}, {"app", "archive"}} {
+		e := &queue.Entry{Key: strings.Join(dests, ","), Body: []byte("{}"), Destinations: dests}
+		if got, err := s.Admit(ctx, e); err != nil || got != queue.Accepted {
+			t.Fatalf("Admit = %v, %v", got, err)
+		}
+		lane := s.Lane("app")
+		c := claimOne(t, lane)
+		a := queue.Attempt{Destination: "app", At: clock.Now(), Status: 200}
+		if err := lane.(queue.Recorder).Attempted(ctx, c, a, queue.StateDelivered); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.Resend(ctx, e.ID); err != nil || n != 0 {
+			t.Errorf("%v: Resend before the ack = %d, %v; want 0", dests, n, err)
+		}
+		if err := lane.Ack(ctx, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.Resend(ctx, e.ID); err != nil || n != 1 {
+			t.Errorf("%v: Resend after the ack = %d, %v; want 1", dests, n, err)
+		}
+		if again := claimOne(t, lane); again.ID != c.ID {
+			t.Errorf("%v: resent %s, want %s", dests, again.ID, c.ID)
+		}
+	}
+}

@@ -44,8 +44,8 @@ import (
 //	{p}:ids        stream kept empty (MAXLEN 0), the one source of stream ids: every XADD to a lane takes
 //	               its id from an XADD here, so ids are unique and rising across lanes
 //	{p}:b:<pid>    the body of payload pid, shared by its deliveries, queued or dead, and its record
-//	{p}:rc         hash: payload id -> deliveries queued or dead, for a payload fanned out (no field: one;
-//	               0: none, the record holds the body alone)
+//	{p}:rc         hash: payload id -> deliveries queued or dead, for a payload fanned out or resent (no
+//	               field: one; 0: none, its record holds the body alone)
 //	{p}:h:<pid>    hash: the record of payload pid (history; fields: recordOf)
 //	{p}:hist       sorted set of the payload ids that have a record, all scored 0 (lexical order is id order)
 //	{p}:hdone      sorted set of the payload ids whose record is done, by when (Unix ms)

@@ -79,7 +79,8 @@ const markerTTLMin = 20 * time.Second
 //	KEYS[7]  the lanes, {p}:lanes, KEYS[8] the id source, {p}:ids
 //	KEYS[9]  the references hash, {p}:rc
 //	KEYS[10] the staging key {p}:in:<token>, used only when ARGV[20] is "1"
-//	KEYS[11..] the streams of the lanes in ARGV[25..], {p}:q[:L]
+//	KEYS[11] the records, {p}:hist, KEYS[12] the done records, {p}:hdone
+//	KEYS[13..] the streams of the lanes in ARGV[27..], {p}:q[:L]
 //	ARGV[1]  now (stamp)
 //	ARGV[2]  when the marker expires: now + window (stamp)
 //	ARGV[3]  the marker's TTL, ms
@@ -102,7 +103,9 @@ const markerTTLMin = 20 * time.Second
 //	ARGV[21] the traceparent (stream field p), ARGV[22] the tracestate
 //	         (w), "" for none
 //	ARGV[23] the stream key prefix, {p}:q, ARGV[24] the consumer group
-//	ARGV[25..] the lanes (destinations; stream field t, absent for ""),
+//	ARGV[25] "1" to keep the payload's record (history on), else ""
+//	ARGV[26] the body's length (the record's s)
+//	ARGV[27..] the lanes (destinations; stream field t, absent for ""),
 //	         one delivery each
 //	returns  {0, stream id} accepted (now or by this token's earlier run),
 //	         {0, stream id, evicted} accepted after evicted dead letters
@@ -115,12 +118,19 @@ const markerTTLMin = 20 * time.Second
 // lane new to the set gets its consumer group here, before its first
 // entry. The backlog bound counts the entries of every lane.
 //
-// Over max stored bytes, the oldest dead letters (died index) give way one
-// at a time until the payload fits or none is left; each one goes with its
-// hash and index entries, and its hold on its payload's body (the body and
-// its size go with the payload's last delivery). They stay removed when
-// that was not enough and the answer is {4}: queued payloads come first.
-var admitScript = goredis.NewScript(idLua + unrefLua + laneLua + `
+// With a record (ARGV[25]), the payload's record hash {p}:h:<id> is
+// written with the rest (see recordOf for its fields), listed in {p}:hist,
+// and queue.RecordCharge added to the total: the record holds the body
+// too (unrefLua).
+//
+// Over max stored bytes, the records of done payloads give way first,
+// oldest done first ({p}:hdone), each with its charge and its hold on the
+// body; then the oldest dead letters (died index), one at a time, until
+// the payload fits or none is left; each one goes with its hash and index
+// entries, and its hold on its payload's body (the body and its size go
+// with the payload's last hold). They stay removed when that was not
+// enough and the answer is {4}: queued payloads come first.
+var admitScript = goredis.NewScript(idLua + dropRecordLua + laneLua + `
 local staged = nil
 if ARGV[20] == '1' then staged = KEYS[10] end
 local function drop()
@@ -155,7 +165,9 @@ if ARGV[19] == '1' then
   count()
   return {0, '-'}
 end
-local lanes = #ARGV - 24
+local lanes = #ARGV - 26
+local charge = 0
+if ARGV[25] == '1' then charge = recordcharge end
 local max = tonumber(ARGV[4])
 if max > 0 then
   local queued = 0
@@ -170,8 +182,15 @@ end
 if staged and redis.call('EXISTS', staged) == 0 then return {3} end
 local bound, size, evicted = tonumber(ARGV[16]), tonumber(ARGV[17]), 0
 if bound > 0 then
+  local need = size + charge
   local stored = tonumber(redis.call('GET', KEYS[4]) or '0')
-  while stored + size > bound do
+  while stored + need > bound do
+    local old = redis.call('ZRANGE', KEYS[12], 0, 0)
+    if #old == 0 then break end
+    droprecord(KEYS[11], KEYS[12], KEYS[9], KEYS[3], KEYS[4], ARGV[10], old[1])
+    stored = tonumber(redis.call('GET', KEYS[4]) or '0')
+  end
+  while stored + need > bound do
     local old = redis.call('ZRANGE', KEYS[6], 0, 0)
     if #old == 0 then break end
     local id = old[1]
@@ -181,7 +200,7 @@ if bound > 0 then
     evicted = evicted + 1
     stored = tonumber(redis.call('GET', KEYS[4]) or '0')
   end
-  if stored + size > bound then
+  if stored + need > bound then
     drop()
     return {4, evicted}
   end
@@ -195,7 +214,7 @@ local sid = redis.call('XADD', KEYS[8], 'MAXLEN', '0', '*', 'x', '')
 local payload = entryid(sid)
 local base = #f
 for i = 1, lanes do
-  local lane, q = ARGV[24 + i], KEYS[10 + i]
+  local lane, q = ARGV[26 + i], KEYS[12 + i]
   if redis.call('SADD', KEYS[7], lane) == 1 then
     redis.pcall('XGROUP', 'CREATE', q, ARGV[24], '0', 'MKSTREAM')
   end
@@ -212,8 +231,29 @@ else
   redis.call('SET', body, ARGV[15])
 end
 redis.call('HSET', KEYS[3], payload, size)
-redis.call('INCRBY', KEYS[4], size)
+redis.call('INCRBY', KEYS[4], size + charge)
 if lanes > 1 then redis.call('HSET', KEYS[9], payload, lanes) end
+if charge > 0 then
+  local h = {'r', ARGV[1], 's', ARGV[26]}
+  local function opt(name, v)
+    if v ~= '' then h[#h+1] = name; h[#h+1] = v end
+  end
+  opt('k', ARGV[5]); opt('q', ARGV[6]); opt('c', ARGV[7]); opt('a', ARGV[8]); opt('x', ARGV[9])
+  opt('h', ARGV[13]); opt('p', ARGV[21]); opt('w', ARGV[22])
+  if lanes == 1 then
+    opt('t', ARGV[27])
+    h[#h+1] = 'd:'; h[#h+1] = 'queued 0 0'
+  else
+    local names = {}
+    for i = 1, lanes do
+      names[i] = ARGV[26 + i]
+      h[#h+1] = 'd:' .. names[i]; h[#h+1] = 'queued 0 0'
+    end
+    h[#h+1] = 'l'; h[#h+1] = cjson.encode(names)
+  end
+  redis.call('HSET', recordkey(ARGV[10], payload), unpack(h))
+  redis.call('ZADD', KEYS[11], 0, payload)
+end
 redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. ARGV[12] .. ' ' .. sid, 'PX', ARGV[3])
 count()
 if evicted > 0 then return {0, sid, evicted} end
@@ -246,13 +286,13 @@ func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(gore
 	ttl := max(window, markerTTLMin).Milliseconds() + 1000 // never shorter than the window
 	lanes := lanesOf(e)
 	staged := r.stagedPrefix + token
-	keys := make([]string, 0, 10+len(lanes))
+	keys := make([]string, 0, 12+len(lanes))
 	keys = append(keys, r.seenPrefix+e.Key, r.keyCount, r.sizes, r.stored, r.deadIdx, r.deadTimes,
-		r.lanes, r.ids, r.refs, staged)
+		r.lanes, r.ids, r.refs, staged, r.hist, r.hdone)
 	for _, l := range lanes {
 		keys = append(keys, r.laneOf(l).stream)
 	}
-	args := make([]any, 0, 24+len(lanes))
+	args := make([]any, 0, 26+len(lanes))
 	args = append(args, stamp(now), stamp(expires), ttl, r.MaxBacklog(),
 		e.Key, e.Request.RawQuery, e.Request.ContentType, e.Request.UserAgent, e.Request.ForwardedFor,
 		r.bodyPrefix, expires.UnixMilli()/60000, token, headersArg(e.Request.Headers), "")
@@ -273,7 +313,8 @@ func (r *Store) admitCall(e *queue.Entry, token string, now time.Time) func(gore
 		return ""
 	}
 	args = append(args, r.MaxStored(), queue.StoredSize(len(e.Body), e.Request.Headers), r.deadPrefix,
-		flag(e.MarkerOnly), flag(isStaged), e.Request.TraceParent, e.Request.TraceState, r.stream, groupName)
+		flag(e.MarkerOnly), flag(isStaged), e.Request.TraceParent, e.Request.TraceState, r.stream, groupName,
+		flag(r.History() > 0), len(e.Body))
 	for _, l := range lanes {
 		args = append(args, l)
 	}

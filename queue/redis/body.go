@@ -132,16 +132,18 @@ func (l *lane) ReadBody(ctx context.Context, id string) ([]byte, error) {
 }
 
 // body reads the body of the lane's queued delivery id. The body is its
-// payload's, kept while any delivery of the payload is queued or dead, so
-// for a delivery that shares it the same round trip also asks the lane's
-// stream whether this one is still queued.
+// payload's, kept while any delivery of the payload is queued or dead or
+// its record is kept, so for a delivery that shares it (or with history
+// on) the same round trip also asks the lane's stream whether this one is
+// still queued.
 func (l *lane) body(ctx context.Context, id string, alloc func(int) []byte) ([]byte, error) {
 	r := l.r
 	if err := r.usable(ctx); err != nil {
 		return nil, err
 	}
 	key := r.bodyPrefix + payloadOf(id)
-	shared := fannedOut(id)
+	// a body shared with other deliveries or a record outlives the delivery
+	shared := fannedOut(id) || r.History() > 0
 	sid, moved := r.movedTo(id)
 	if !moved {
 		sid = parseID(id)

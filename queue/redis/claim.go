@@ -585,14 +585,17 @@ func (l *lane) Ack(ctx context.Context, id string) error {
 }
 
 // queueAcks adds the commands of the plain acks of one batch to pipe:
-// delete the entries and their bodies, acknowledge them, forget their
-// attempts. Each is a no-op for an entry another process got to first.
-// They are not atomic, so the order matters: cut off after XDEL, the
-// pending entries left behind point at nothing and the next claim of the
-// lane drops them with their bodies and attempts; the bodies go only after
-// the entries, so no queued entry is ever without one; an entry
-// acknowledged but not deleted would sit in the stream for good. A plain
-// ack is of a payload's only delivery, so its body is its own.
+// delete the entries, let go of their bodies, acknowledge them, forget
+// their attempts. Each is a no-op for an entry another process got to
+// first. They are not atomic, so the order matters: cut off after XDEL,
+// the pending entries left behind point at nothing and the next claim of
+// the lane drops them with their holds on the bodies and attempts; the
+// bodies go only after the entries, so no queued entry is ever without
+// one; an entry acknowledged but not deleted would sit in the stream for
+// good. A plain ack is of a payload's only delivery, so it holds the body
+// alone, or with the payload's record (releaseScript, which also takes the
+// size off; a claim that drops the entry again lets go once more, which
+// changes nothing while the count is at most one).
 //
 // The acks of a lane share one command of each kind. Deleting the stream's
 // first entry makes Redis look for the new first one, stepping over every
@@ -602,7 +605,6 @@ func (r *Store) queueAcks(pipe goredis.Pipeliner, acks []*pipeCall, eval bool) [
 	ctx := context.Background() // the pipeline's context is the one that counts
 	var lanes []*lane
 	sids := make(map[*lane][]string)
-	bodies := make([]string, len(acks))
 	ids := make([]string, len(acks))
 	for i, call := range acks {
 		l := call.lane
@@ -610,17 +612,17 @@ func (r *Store) queueAcks(pipe goredis.Pipeliner, acks []*pipeCall, eval bool) [
 			lanes = append(lanes, l)
 		}
 		sids[l] = append(sids[l], parseID(call.ack))
-		bodies[i], ids[i] = r.bodyPrefix+call.ack, call.ack
+		ids[i] = call.ack
 	}
 	var cmds []goredis.Cmder
 	for _, l := range lanes {
 		cmds = append(cmds, pipe.XDel(ctx, l.stream, sids[l]...))
 	}
-	cmds = append(cmds, pipe.Del(ctx, bodies...))
+	cmds = append(cmds, r.queueRelease(pipe, eval, ids))
 	for _, l := range lanes {
 		cmds = append(cmds, pipe.XAck(ctx, l.stream, groupName, sids[l]...), pipe.HDel(ctx, l.att, sids[l]...))
 	}
-	return append(cmds, r.queueUnstore(pipe, eval, ids)) // after the bodies: see stored.go
+	return cmds
 }
 
 func (r *Store) setMoved(id, sid string) {

@@ -154,22 +154,25 @@ const replayBatch = 256
 // replayScript puts dead letters back at the end of their lanes (field t)
 // under their original ids, attempts reset, queued now. It moves only
 // their metadata: the body keys stay, and so do the holds on them. Their
-// new stream ids come from {p}:ids, as an admit's do.
+// new stream ids come from {p}:ids, as an admit's do. Their payloads'
+// records, if any, have them queued again (requeuedLua).
 //
 //	KEYS[1]  the lanes, {p}:lanes
 //	KEYS[2]  the dead index, {p}:dead
 //	KEYS[3]  the location hash, {p}:loc
 //	KEYS[4]  the died index, {p}:deadt
 //	KEYS[5]  the id source, {p}:ids
-//	KEYS[6..] one dead letter hash per id, {p}:dead:<id>, in ARGV's order
+//	KEYS[6]  the done records, {p}:hdone
+//	KEYS[7..] one dead letter hash per id, {p}:dead:<id>, in ARGV's order
 //	ARGV[1]  now (stamp)
 //	ARGV[2]  the stream key prefix, {p}:q, ARGV[3] the consumer group
-//	ARGV[4..] the entry ids
+//	ARGV[4]  the record key prefix, {p}:h:
+//	ARGV[5..] the entry ids
 //	returns  how many went back
-var replayScript = goredis.NewScript(laneLua + `
+var replayScript = goredis.NewScript(laneLua + requeuedLua + `
 local meta = {'k', 't', 'q', 'c', 'a', 'x', 'r', 'h', 'p', 'w'}
 local n = 0
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id, key = ARGV[i], KEYS[i+2]
   if redis.call('EXISTS', key) == 1 then
     local v = redis.call('HMGET', key, unpack(meta))
@@ -189,6 +192,7 @@ for i = 4, #ARGV do
     redis.call('DEL', key)
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[4], id)
+    requeued(ARGV[4], KEYS[6], id)
     n = n + 1
   end
 end
@@ -213,8 +217,8 @@ func (r *Store) Replay(ctx context.Context, ids []string) (int, error) {
 	for len(ids) > 0 {
 		batch := ids[:min(len(ids), replayBatch)]
 		ids = ids[len(batch):]
-		keys := []string{r.lanes, r.deadIdx, r.loc, r.deadTimes, r.ids}
-		args := []any{now, r.stream, groupName}
+		keys := []string{r.lanes, r.deadIdx, r.loc, r.deadTimes, r.ids, r.hdone}
+		args := []any{now, r.stream, groupName, r.recordPrefix}
 		for _, id := range batch {
 			keys = append(keys, r.deadPrefix+id)
 			args = append(args, id)

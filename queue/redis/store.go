@@ -43,8 +43,12 @@ import (
 //	{p}:lanes      set of the lanes that ever had a stream (takeover, Stats and the backlog bound visit them)
 //	{p}:ids        stream kept empty (MAXLEN 0), the one source of stream ids: every XADD to a lane takes
 //	               its id from an XADD here, so ids are unique and rising across lanes
-//	{p}:b:<pid>    the body of payload pid, shared by its deliveries, queued or dead
-//	{p}:rc         hash: payload id -> deliveries queued or dead, for a payload fanned out (no field: one)
+//	{p}:b:<pid>    the body of payload pid, shared by its deliveries, queued or dead, and its record
+//	{p}:rc         hash: payload id -> deliveries queued or dead, for a payload fanned out or resent (no
+//	               field: one; 0: none, its record holds the body alone)
+//	{p}:h:<pid>    hash: the record of payload pid (history; fields: recordOf)
+//	{p}:hist       sorted set of the payload ids that have a record, all scored 0 (lexical order is id order)
+//	{p}:hdone      sorted set of the payload ids whose record is done, by when (Unix ms)
 //	{p}:seen:<key> dedupe marker: its expiry time, and the token and stream id of the admit
 //	               that set it (so that an admit can run twice), with a TTL >= the window
 //	{p}:kc         hash: expiry minute -> markers set that expire in it (Stats.Keys)
@@ -92,6 +96,7 @@ type Store struct {
 	stream, att, loc, due, deadIdx, deadTimes, deadPrefix, seenPrefix string
 	bodyPrefix, stagedPrefix, claimPrefix, keyCount                   string
 	lanes, ids, refs                                                  string
+	recordPrefix, hist, hdone                                         string // see history.go
 	alivePrefix, liveSet                                              string
 	sizes, stored                                                     string // see stored.go
 	ratePrefix                                                        string // see ratelimit.go
@@ -237,6 +242,9 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 		lanes:        tag + ":lanes",
 		ids:          tag + ":ids",
 		refs:         tag + ":rc",
+		recordPrefix: tag + ":h:", // unrefLua names it after bodyPrefix
+		hist:         tag + ":hist",
+		hdone:        tag + ":hdone",
 		retryClaim:   make(map[string]string),
 		evicted:      opts.Evicted,
 		aliveTTL:     cfg.LivenessTTL,
@@ -248,6 +256,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 	r.bodies = semaphore.NewWeighted(bodyBytesInFlight)
 	r.SetLimits(opts.Window, opts.MaxBacklog)
 	r.SetMaxStored(opts.MaxStored)
+	r.SetHistory(opts.History)
 	if cfg.DurableAck {
 		r.durable = cfg.DurableAckTimeout
 	}
@@ -280,7 +289,7 @@ func New(ctx context.Context, client goredis.UniversalClient, cfg Config, opts q
 	// load every script now, so the first requests need no fallback
 	for _, s := range []*goredis.Script{admitScript, claimScript, reclaimScript, retryScript,
 		ackScript, buryScript, replayScript, deleteDeadScript, trimDeadScript,
-		forgetConsumerScript, livenessScript, unstoreScript} {
+		forgetConsumerScript, livenessScript, releaseScript, attemptedScript, trimHistoryScript, resendScript} {
 		if err := s.Load(ctx, client).Err(); err != nil {
 			return nil, fmt.Errorf("redis store: loading scripts: %w", err)
 		}
@@ -440,10 +449,11 @@ func (r *Store) Stats(ctx context.Context) (queue.Stats, error) {
 	dead := pipe.ZCard(ctx, r.deadIdx)
 	counts := pipe.HGetAll(ctx, r.keyCount)
 	stored := pipe.Get(ctx, r.stored)
+	records := pipe.ZCard(ctx, r.hist)
 	if _, err := pipe.Exec(ctx); err != nil && err != goredis.Nil {
 		return queue.Stats{}, fmt.Errorf("redis store: stats: %w", err)
 	}
-	s := queue.Stats{Dead: int(dead.Val())}
+	s := queue.Stats{Dead: int(dead.Val()), Records: int(records.Val())}
 	s.Stored, _ = stored.Int64()
 	for i, name := range names {
 		n := int(lens[i].Val())

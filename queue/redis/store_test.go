@@ -67,11 +67,17 @@ func TestRedis(t *testing.T) {
 	})
 }
 
+// BenchmarkRedisAdmit: with history off, then on (a record with each
+// payload), on the same server.
 func BenchmarkRedisAdmit(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{})
-	storetest.Bench(b, func(b *testing.B) queue.Store {
-		return openRedis(b, srv, uniquePrefix(), "c1", 0, queue.Options{Window: 24 * time.Hour})
-	})
+	for _, history := range []time.Duration{0, 24 * time.Hour} {
+		b.Run("history="+map[bool]string{false: "off", true: "on"}[history > 0], func(b *testing.B) {
+			storetest.Bench(b, func(b *testing.B) queue.Store {
+				return openRedis(b, srv, uniquePrefix(), "c1", 0, queue.Options{Window: 24 * time.Hour, History: history})
+			})
+		})
+	}
 }
 
 func BenchmarkRedisAdmitAOF(b *testing.B) {

@@ -649,8 +649,8 @@ func (m *Memory) Resend(ctx context.Context, id string) (int, error) {
 	now := m.now()
 	n := 0
 	for _, d := range r.Destinations {
-		if d.State != StateDelivered {
-			continue
+		if _, still := m.queued[d.ID]; d.State != StateDelivered || still {
+			continue // not delivered, or its ack has not landed yet
 		}
 		e := Entry{ID: d.ID, Payload: id, Key: r.Key, Destination: d.Destination, Request: r.Request,
 			Received: r.Received, Queued: now}

@@ -263,6 +263,10 @@ func testHistoryResend(t *testing.T, newStore Factory) {
 	app, archive := f.s.Lane("app"), f.s.Lane("archive")
 	a := f.claimFrom(app, 1)[0]
 	f.attempted(app, a, 200, queue.StateDelivered, "")
+	// recorded delivered, not acked yet: nothing to resend until it is
+	if n, err := f.s.Resend(f.ctx, e.ID); err != nil || n != 0 {
+		t.Fatalf("Resend before the ack landed = %d, %v; want 0", n, err)
+	}
 	f.ackIn(app, a)
 	if n, err := f.s.Resend(f.ctx, e.ID); err != nil || n != 1 {
 		t.Fatalf("Resend = %d, %v; want 1 (app; archive is still queued)", n, err)

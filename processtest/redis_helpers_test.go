@@ -17,8 +17,9 @@ import (
 // the name, not the instance, identifies the shared queue.
 const redisRelayName = "shared"
 
-// redisStream is the relay's queue stream in Redis (default key prefix).
-const redisStream = "{webhook_relay:" + redisRelayName + "}:q"
+// redisStream is the queue stream of the relay's one destination
+// ("upstream", its lane) in Redis (default key prefix).
+const redisStream = "{webhook_relay:" + redisRelayName + "}:q:upstream"
 
 // redisSite is a Caddyfile site with one Redis-backed relay named "shared"
 // forwarding to upstream. The Redis timeouts are short so that a dead Redis

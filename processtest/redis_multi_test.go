@@ -120,7 +120,7 @@ func TestRedisInstanceKilledWithBacklog(t *testing.T) {
 	held := []byte(`"id":"payload-0000"`) // its attempt hangs on A until A is killed
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	rc := inspector(t, srv)
-	due := "{webhook_relay:" + redisRelayName + "}:due"
+	due := "{webhook_relay:" + redisRelayName + "}:due:upstream" // its destination's lane
 	var hold atomic.Bool
 	hold.Store(true)
 	up := &Upstream{}

@@ -111,3 +111,20 @@ func BenchmarkMatchLoop(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkTwoLoopFilters is the bench's -fanout: two filters with a
+// comprehension over a Runware batch, on one parse of the body.
+func BenchmarkTwoLoopFilters(b *testing.B) {
+	image := mustCompile(b, `has(body.data) && body.data.exists(d, d.taskType == "imageInference")`)
+	cheap := mustCompile(b, `has(body.data) && body.data.all(d, d.cost < 1.0)`)
+	body := []byte(`{"data":[{"taskType":"imageInference","taskUUID":"06899537-567b-4be1-90fa-6006f113c2bc","imageUUID":"4a62a13d-9773-4d97-b9ae-879bd3cf804d","imageURL":"https://im.runware.ai/image/ws/0.5/ii/4a62a13d.jpg","seed":7532114250969985124,"NSFWContent":false,"cost":0.0013}]}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		in := Input{Body: ParseValidBody(body)}
+		for _, f := range []*Filter{image, cheap} {
+			if ok, err := f.Match(in); !ok || err != nil {
+				b.Fatal(ok, err)
+			}
+		}
+	}
+}

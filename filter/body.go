@@ -20,7 +20,9 @@ import (
 // copied. Objects are maps, arrays lists, a number that is an integer
 // within int64 an int (an id like 7532114250969985124 keeps every digit),
 // any other number a double; of duplicate members the last wins, as in
-// encoding/json.
+// encoding/json. What a filter decodes is kept for the next filter of the
+// same payload, so the value is for one goroutine: a payload's filters run
+// one after another.
 func ParseBody(body []byte) any {
 	if !json.Valid(body) {
 		return nil
@@ -41,16 +43,28 @@ func ParseValidBody(body []byte) any {
 // rawJSON is one valid JSON value, not yet decoded.
 type rawJSON []byte
 
-// lazyAdapter turns a rawJSON into a CEL value when CEL reads it: the maps
-// and lists it makes hold rawJSON and convert each member or element with
-// it on access.
+// node is a member or element not yet decoded, and its value once one
+// filter read it: every filter of a payload reads the same parse, so a
+// member is scanned and converted once, however many filters read it. A
+// payload's filters run one after another, never at once.
+type node struct {
+	raw rawJSON
+	val ref.Val
+}
+
+// lazyAdapter turns a node into a CEL value when CEL reads it: the maps and
+// lists it makes hold nodes and convert each member or element with it on
+// first access.
 type lazyAdapter struct{}
 
 var lazy lazyAdapter
 
 func (a lazyAdapter) NativeToValue(v any) ref.Val {
-	if r, ok := v.(rawJSON); ok {
-		return a.convert(r)
+	if n, ok := v.(*node); ok {
+		if n.val == nil {
+			n.val = a.convert(n.raw)
+		}
+		return n.val
 	}
 	return types.DefaultTypeAdapter.NativeToValue(v)
 }
@@ -112,7 +126,7 @@ func members(obj []byte) map[string]any {
 		}
 		i = skipWS(obj, i+1)
 		vEnd := valueEnd(obj, i)
-		m[name] = rawJSON(obj[i:vEnd])
+		m[name] = &node{raw: rawJSON(obj[i:vEnd])}
 		i = skipWS(obj, vEnd)
 		if i >= len(obj) || obj[i] != ',' {
 			break
@@ -131,7 +145,7 @@ func elements(arr []byte) []any {
 		if vEnd <= i {
 			break
 		}
-		out = append(out, rawJSON(arr[i:vEnd]))
+		out = append(out, &node{raw: rawJSON(arr[i:vEnd])})
 		i = skipWS(arr, vEnd)
 		if i >= len(arr) || arr[i] != ',' {
 			break

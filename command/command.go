@@ -446,16 +446,9 @@ func showDead(c *adminClient, fl caddycmd.Flags, name, id string) (int, error) {
 	if err != nil {
 		return exitError, err
 	}
-	body := d.BodyBase64
-	if d.Body != nil {
-		body = []byte(*d.Body)
-	}
-	switch {
-	case fl.Bool("json"):
-		return exitStatus(printJSON(d))
-	case fl.Bool("body"):
-		_, err := stdout.Write(body)
-		return exitStatus(err)
+	body := bodyBytes(d.Body, d.BodyBase64)
+	if done, code, err := jsonOrBody(fl, d, body); done {
+		return code, err
 	}
 	// Everything below comes from the sender (the body, the key, the
 	// request's fields) or from its answers: control characters are
@@ -485,6 +478,30 @@ func showDead(c *adminClient, fl caddycmd.Flags, name, id string) (int, error) {
 		return exitError, err
 	}
 	return printBody(body, d.Body != nil)
+}
+
+// bodyBytes is a kept body as the admin API gave it: as text, or in base64
+// when it is not UTF-8.
+func bodyBytes(text *string, b64 []byte) []byte {
+	if text != nil {
+		return []byte(*text)
+	}
+	return b64
+}
+
+// jsonOrBody prints v as the admin API's JSON with --json, or body as it
+// is with --body; done tells whether it printed.
+func jsonOrBody(fl caddycmd.Flags, v any, body []byte) (done bool, code int, err error) {
+	switch {
+	case fl.Bool("json"):
+		code, err = exitStatus(printJSON(v))
+		return true, code, err
+	case fl.Bool("body"):
+		_, err = stdout.Write(body)
+		code, err = exitStatus(err)
+		return true, code, err
+	}
+	return false, 0, nil
 }
 
 // printBody prints a kept body, after its fields: JSON indented, other

@@ -126,16 +126,9 @@ func showEvent(c *adminClient, fl caddycmd.Flags, name, id string) (int, error) 
 	if err != nil {
 		return exitError, err
 	}
-	body := e.BodyBase64
-	if e.Body != nil {
-		body = []byte(*e.Body)
-	}
-	switch {
-	case fl.Bool("json"):
-		return exitStatus(printJSON(e))
-	case fl.Bool("body"):
-		_, err := stdout.Write(body)
-		return exitStatus(err)
+	body := bodyBytes(e.Body, e.BodyBase64)
+	if done, code, err := jsonOrBody(fl, e, body); done {
+		return code, err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	done := "-"

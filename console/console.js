@@ -376,14 +376,7 @@
 		}
 		if (!items.length) items.push(el('li', { className: 'muted' }, 'no attempt yet'));
 		$('event-attempts').replaceChildren(...items);
-		const req = d.request || {};
-		fields($('event-request'), [
-			['Content-Type', req.content_type || '–'],
-			['User-Agent', req.user_agent || '–'],
-			['X-Forwarded-For', req.forwarded_for || '–'],
-			['Query', req.query ? '?' + req.query : '–'],
-			...(req.headers || []).map((h) => [h.name, h.value]),
-		]);
+		fields($('event-request'), requestFields(d.request));
 		renderBody(d, EVENT_BODY);
 		$('event-resend').disabled = !(d.destinations || []).some((x) => x.state === 'delivered');
 	}
@@ -526,20 +519,25 @@
 			['Last error', d.last_error || '–'],
 			['Body size', bytes(d.body_size)],
 		]);
-		const req = d.request || {};
-		fields($('letter-request'), [
-			['Content-Type', req.content_type || '–'],
-			['User-Agent', req.user_agent || '–'],
-			['X-Forwarded-For', req.forwarded_for || '–'],
-			['Query', req.query ? '?' + req.query : '–'],
-			...(req.headers || []).map((h) => [h.name, h.value]),
-		]);
+		fields($('letter-request'), requestFields(d.request));
 		renderBody(d, LETTER_BODY);
 	}
 
 	// where renderBody puts a body: the dead letter's page or the event's
 	const LETTER_BODY = { body: 'letter-body', raw: 'letter-raw', note: 'letter-body-note', images: 'letter-images', thumbs: 'thumbs' };
 	const EVENT_BODY = { body: 'event-body', raw: 'event-raw', note: 'event-body-note', images: 'event-images', thumbs: 'event-thumbs' };
+
+	// requestFields are what a payload kept of its request, as fields.
+	function requestFields(req) {
+		req = req || {};
+		return [
+			['Content-Type', req.content_type || '–'],
+			['User-Agent', req.user_agent || '–'],
+			['X-Forwarded-For', req.forwarded_for || '–'],
+			['Query', req.query ? '?' + req.query : '–'],
+			...(req.headers || []).map((h) => [h.name, h.value]),
+		];
+	}
 
 	function fields(dl, pairs) {
 		dl.replaceChildren(...pairs.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));

@@ -216,19 +216,24 @@ func view(e *queue.Entry, withBody bool) DeadLetter {
 		LastStatus: e.LastStatus, LastError: e.LastError, BodySize: max(e.BodySize, len(e.Body)),
 	}
 	if withBody {
-		d.Request = &KeptRequest{
-			Query:        e.Request.RawQuery,
-			ContentType:  e.Request.ContentType,
-			UserAgent:    e.Request.UserAgent,
-			ForwardedFor: e.Request.ForwardedFor,
-			Headers:      e.Request.Headers,
-		}
-		if utf8.Valid(e.Body) {
-			s := string(e.Body)
-			d.Body = &s
-		} else {
-			d.BodyBase64 = e.Body
-		}
+		d.Request = keptRequest(e.Request)
+		d.Body, d.BodyBase64 = bodyView(e.Body)
 	}
 	return d
+}
+
+// keptRequest is what an operator is shown of the request a payload kept.
+func keptRequest(m queue.RequestMeta) *KeptRequest {
+	return &KeptRequest{Query: m.RawQuery, ContentType: m.ContentType, UserAgent: m.UserAgent,
+		ForwardedFor: m.ForwardedFor, Headers: m.Headers}
+}
+
+// bodyView is a body as the API shows it: as text when it is UTF-8, else
+// in base64 (the second value, which JSON encodes so).
+func bodyView(body []byte) (*string, []byte) {
+	if utf8.Valid(body) {
+		s := string(body)
+		return &s, nil
+	}
+	return nil, body
 }

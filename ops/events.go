@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/url"
 	"time"
-	"unicode/utf8"
 
 	"github.com/hookrelay/caddy-webhook-relay/queue"
 )
@@ -181,14 +180,8 @@ func eventView(rec *queue.Record, withBody bool) Event {
 		e.Attempts = []queue.Attempt{}
 	}
 	if withBody {
-		e.Request = &KeptRequest{Query: rec.Request.RawQuery, ContentType: rec.Request.ContentType,
-			UserAgent: rec.Request.UserAgent, ForwardedFor: rec.Request.ForwardedFor, Headers: rec.Request.Headers}
-		if utf8.Valid(rec.Body) {
-			s := string(rec.Body)
-			e.Body = &s
-		} else {
-			e.BodyBase64 = rec.Body
-		}
+		e.Request = keptRequest(rec.Request)
+		e.Body, e.BodyBase64 = bodyView(rec.Body)
 	}
 	return e
 }

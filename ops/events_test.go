@@ -143,3 +143,57 @@ func TestEventsShortKeyOnManyRecords(t *testing.T) {
 		t.Fatalf("key=task-10000: %d events, %v; want 1", len(page.Entries), err)
 	}
 }
+
+// scanCounter is a store that records what each Events call was asked for.
+type scanCounter struct {
+	Store
+	calls, maxScan int
+}
+
+func (s *scanCounter) Events(ctx context.Context, q queue.EventQuery) ([]*queue.Record, string, error) {
+	s.calls++
+	scan := q.Scan
+	if scan <= 0 {
+		scan = queue.DefaultEventScan
+	}
+	s.maxScan = max(s.maxScan, scan)
+	return s.Store.Events(ctx, q)
+}
+
+// TestEventsPageOver100000: a search that matches only the oldest of
+// 100,000 records answers in bounded pages, each looking at no more than
+// eventScanCalls store calls of queue.DefaultEventScan records, and paging
+// on reaches it.
+func TestEventsPageOver100000(t *testing.T) {
+	ctx := context.Background()
+	r, _, _ := eventsRelay(t, "events-100k", 100_000)
+	sc := &scanCounter{Store: r.store}
+	r.store = sc
+	s, _ := search(t, "key=task-00000&limit=10")
+	pages, found := 0, 0
+	for {
+		page, err := ListEvents(ctx, "events-100k", s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		found += len(page.Entries)
+		if page.Next == "" {
+			break
+		}
+		s.After = page.Next
+	}
+	if found != 1 {
+		t.Fatalf("found %d records with key task-00000, want 1", found)
+	}
+	// what the API documents: a page looks at 50,000 records at most, in
+	// calls of 5,000
+	if sc.maxScan > 5000 || sc.calls > pages*10 {
+		t.Errorf("%d store calls over %d pages, the largest looking at %d records; want at most 10 a page of 5000 each",
+			sc.calls, pages, sc.maxScan)
+	}
+	if pages < 2 {
+		t.Errorf("%d page(s) for 100,000 records: a page looked at more than 50,000", pages)
+	}
+	t.Logf("100,000 records: %d pages, %d store calls, at most %d records looked at per call", pages, sc.calls, sc.maxScan)
+}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"hash"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/jsonscan"
 )
 
 // The scanner below walks JSON already checked by json.Valid. It never
@@ -19,11 +21,11 @@ import (
 // it is missing, null, false, true or an empty string: a value that cannot
 // tell payloads apart must not make them duplicates.
 func lookupJSON(doc []byte, path []pathElem) []byte {
-	i := skipWS(doc, 0)
+	i := jsonscan.SkipWS(doc, 0)
 	if i >= len(doc) {
 		return nil
 	}
-	v := doc[i:valueEnd(doc, i)]
+	v := doc[i:jsonscan.ValueEnd(doc, i)]
 	for _, e := range path {
 		if len(v) == 0 {
 			return nil
@@ -33,9 +35,9 @@ func lookupJSON(doc []byte, path []pathElem) []byte {
 		case '{':
 			// The last of duplicate members wins, as in encoding/json
 			// and JavaScript.
-			it := iterate(v)
+			it := jsonscan.Iterate(v)
 			for {
-				k, val, ok := it.next()
+				k, val, ok := it.Next()
 				if !ok {
 					break
 				}
@@ -47,9 +49,9 @@ func lookupJSON(doc []byte, path []pathElem) []byte {
 			if e.index < 0 {
 				return nil
 			}
-			it := iterate(v)
+			it := jsonscan.Iterate(v)
 			for n := 0; ; n++ {
-				_, val, ok := it.next()
+				_, val, ok := it.Next()
 				if !ok {
 					break
 				}
@@ -111,134 +113,14 @@ func writeCompact(w hash.Hash, v []byte) {
 	for i := 0; i < len(v); {
 		switch v[i] {
 		case '"':
-			i = stringEnd(v, i)
+			i = jsonscan.StringEnd(v, i)
 		case ' ', '\t', '\n', '\r':
 			w.Write(v[start:i])
-			i = skipWS(v, i)
+			i = jsonscan.SkipWS(v, i)
 			start = i
 		default:
 			i++
 		}
 	}
 	w.Write(v[start:])
-}
-
-func skipWS(b []byte, i int) int {
-	for i < len(b) {
-		switch b[i] {
-		case ' ', '\t', '\n', '\r':
-			i++
-		default:
-			return i
-		}
-	}
-	return i
-}
-
-// stringEnd returns the index just past the string whose opening quote is
-// at b[i], or len(b) if it is unterminated.
-func stringEnd(b []byte, i int) int {
-	i++
-	for i < len(b) {
-		j := bytes.IndexByte(b[i:], '"')
-		if j < 0 {
-			return len(b)
-		}
-		i += j
-		// The quote is escaped when an odd number of backslashes precede
-		// it. Runs of backslashes are disjoint, so this stays linear.
-		n := 0
-		for k := i - 1; k >= 0 && b[k] == '\\'; k-- {
-			n++
-		}
-		i++
-		if n%2 == 0 {
-			return i
-		}
-	}
-	return len(b)
-}
-
-// valueEnd returns the index just past the value starting at b[i].
-func valueEnd(b []byte, i int) int {
-	if i >= len(b) {
-		return len(b)
-	}
-	switch b[i] {
-	case '"':
-		return stringEnd(b, i)
-	case '{', '[':
-		depth := 0
-		for i < len(b) {
-			switch b[i] {
-			case '"':
-				i = stringEnd(b, i)
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-			i++
-		}
-		return len(b)
-	}
-	for i < len(b) {
-		switch b[i] {
-		case ',', '}', ']', ':', ' ', '\t', '\n', '\r':
-			return i
-		}
-		i++
-	}
-	return i
-}
-
-// jsonIter walks the members of an object or the elements of an array.
-type jsonIter struct {
-	b   []byte
-	i   int
-	obj bool
-}
-
-// iterate starts walking v, which must begin with '{' or '['.
-func iterate(v []byte) jsonIter {
-	return jsonIter{b: v, i: 1, obj: len(v) > 0 && v[0] == '{'}
-}
-
-// next returns the next member's raw name (without quotes, escapes kept)
-// and value, or the next element's value; ok is false at the end.
-func (it *jsonIter) next() (key, val []byte, ok bool) {
-	b := it.b
-	i := skipWS(b, it.i)
-	if i < len(b) && b[i] == ',' {
-		i = skipWS(b, i+1)
-	}
-	if i >= len(b) || b[i] == '}' || b[i] == ']' {
-		it.i = len(b)
-		return nil, nil, false
-	}
-	if it.obj {
-		if b[i] != '"' {
-			it.i = len(b)
-			return nil, nil, false
-		}
-		e := stringEnd(b, i)
-		key = b[i+1 : max(i+1, e-1)]
-		i = skipWS(b, e)
-		if i >= len(b) || b[i] != ':' {
-			it.i = len(b)
-			return nil, nil, false
-		}
-		i = skipWS(b, i+1)
-	}
-	e := valueEnd(b, i)
-	if e <= i {
-		it.i = len(b)
-		return nil, nil, false
-	}
-	it.i = e
-	return key, b[i:e], true
 }

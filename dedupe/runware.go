@@ -1,6 +1,10 @@
 package dedupe
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/jsonscan"
+)
 
 // The runware key source. A Runware webhook body is a bare task object,
 // {"data":[item...]}, {"errors":[...]} (possibly beside an empty "data"),
@@ -89,9 +93,9 @@ func fieldOf(k []byte) field {
 // members returns the values of the fields of object v; of duplicate
 // members the last wins, as in encoding/json.
 func members(v []byte) (f [numFields][]byte) {
-	it := iterate(v)
+	it := jsonscan.Iterate(v)
 	for {
-		k, val, ok := it.next()
+		k, val, ok := it.Next()
 		if !ok {
 			return f
 		}
@@ -103,7 +107,7 @@ func members(v []byte) (f [numFields][]byte) {
 // JSON. It adds nothing when body holds no item at all (a scalar, or a
 // wrapper such as {"data":[]}), and the key falls back to other sources.
 func appendRunware(kb *keyBuf, tag string, body []byte) {
-	i := skipWS(body, 0)
+	i := jsonscan.SkipWS(body, 0)
 	if i >= len(body) {
 		return
 	}
@@ -143,9 +147,9 @@ func appendRunwareItems(kb *keyBuf, tag string, n *int, v []byte, isErr bool) {
 	case '{':
 		appendRunwareItem(kb, tag, n, v, isErr)
 	case '[':
-		it := iterate(v)
+		it := jsonscan.Iterate(v)
 		for {
-			_, item, ok := it.next()
+			_, item, ok := it.Next()
 			if !ok {
 				return
 			}
@@ -211,9 +215,9 @@ func appendFileUUIDs(kb *keyBuf, outputs []byte) bool {
 		return false
 	}
 	found := false
-	it := iterate(files)
+	it := jsonscan.Iterate(files)
 	for {
-		_, file, ok := it.next()
+		_, file, ok := it.Next()
 		if !ok {
 			return found
 		}

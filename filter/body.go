@@ -8,6 +8,8 @@ import (
 
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
+
+	"github.com/hookrelay/caddy-webhook-relay/internal/jsonscan"
 )
 
 // ParseBody prepares a body for the filters of every destination, once per
@@ -33,11 +35,11 @@ func ParseBody(body []byte) any {
 // ParseValidBody is ParseBody for a body the caller has already checked
 // with json.Valid (the dedupe keys do), which it does not check again.
 func ParseValidBody(body []byte) any {
-	i := skipWS(body, 0)
+	i := jsonscan.SkipWS(body, 0)
 	if i >= len(body) {
 		return nil
 	}
-	return lazy.convert(body[i:valueEnd(body, i)])
+	return lazy.convert(body[i:jsonscan.ValueEnd(body, i)])
 }
 
 // rawJSON is one valid JSON value, not yet decoded.
@@ -116,22 +118,22 @@ func decodeString(r []byte) string {
 // duplicate names wins.
 func members(obj []byte) map[string]any {
 	m := make(map[string]any)
-	i := skipWS(obj, 1)
+	i := jsonscan.SkipWS(obj, 1)
 	for i < len(obj) && obj[i] == '"' {
-		kEnd := stringEnd(obj, i)
+		kEnd := jsonscan.StringEnd(obj, i)
 		name := decodeString(obj[i:kEnd])
-		i = skipWS(obj, kEnd)
+		i = jsonscan.SkipWS(obj, kEnd)
 		if i >= len(obj) || obj[i] != ':' {
 			break
 		}
-		i = skipWS(obj, i+1)
-		vEnd := valueEnd(obj, i)
+		i = jsonscan.SkipWS(obj, i+1)
+		vEnd := jsonscan.ValueEnd(obj, i)
 		m[name] = &node{raw: rawJSON(obj[i:vEnd])}
-		i = skipWS(obj, vEnd)
+		i = jsonscan.SkipWS(obj, vEnd)
 		if i >= len(obj) || obj[i] != ',' {
 			break
 		}
-		i = skipWS(obj, i+1)
+		i = jsonscan.SkipWS(obj, i+1)
 	}
 	return m
 }
@@ -139,89 +141,18 @@ func members(obj []byte) map[string]any {
 // elements splits an array into its elements, undecoded.
 func elements(arr []byte) []any {
 	var out []any
-	i := skipWS(arr, 1)
+	i := jsonscan.SkipWS(arr, 1)
 	for i < len(arr) && arr[i] != ']' {
-		vEnd := valueEnd(arr, i)
+		vEnd := jsonscan.ValueEnd(arr, i)
 		if vEnd <= i {
 			break
 		}
 		out = append(out, &node{raw: rawJSON(arr[i:vEnd])})
-		i = skipWS(arr, vEnd)
+		i = jsonscan.SkipWS(arr, vEnd)
 		if i >= len(arr) || arr[i] != ',' {
 			break
 		}
-		i = skipWS(arr, i+1)
+		i = jsonscan.SkipWS(arr, i+1)
 	}
 	return out
-}
-
-// The scanning functions below expect valid JSON and stay in bounds on
-// any input.
-
-func skipWS(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// stringEnd returns the index after the string starting at b[i] ('"'). A
-// long string without quotes inside (a base64 image) is crossed by one
-// bytes.IndexByte.
-func stringEnd(b []byte, i int) int {
-	j := i + 1
-	for {
-		k := bytes.IndexByte(b[j:], '"')
-		if k < 0 {
-			return len(b)
-		}
-		j += k
-		// escaped when preceded by an odd number of backslashes
-		n := 0
-		for p := j - 1; p > i && b[p] == '\\'; p-- {
-			n++
-		}
-		j++
-		if n%2 == 0 {
-			return j
-		}
-	}
-}
-
-// valueEnd returns the index after the value starting at b[i].
-func valueEnd(b []byte, i int) int {
-	if i >= len(b) {
-		return len(b)
-	}
-	switch b[i] {
-	case '"':
-		return stringEnd(b, i)
-	case '{', '[':
-		depth := 0
-		for j := i; j < len(b); {
-			switch b[j] {
-			case '"':
-				j = stringEnd(b, j)
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return j + 1
-				}
-			}
-			j++
-		}
-		return len(b)
-	}
-	j := i
-	for j < len(b) {
-		switch b[j] {
-		case ',', '}', ']', ' ', '\t', '\n', '\r':
-			return j
-		}
-		j++
-	}
-	return j
 }

@@ -134,6 +134,10 @@ type Engine struct {
 	trimming  atomic.Bool    // a trim of the dead letters is running
 	trimMore  atomic.Bool    // asked for while one was running: run again
 	trims     sync.WaitGroup // running trims, waited for by Stop
+	// trimsMu orders a trim's start (trims.Add, from an attempt that just
+	// made a dead letter) before Stop's wait: none starts once trimsDone.
+	trimsMu   sync.Mutex
+	trimsDone bool
 
 	ctx       context.Context // ends the claim loop
 	stop      context.CancelFunc
@@ -225,6 +229,9 @@ func (e *Engine) Stop(grace time.Duration) {
 	<-e.done
 	t.Stop()
 	e.abort()
+	e.trimsMu.Lock()
+	e.trimsDone = true
+	e.trimsMu.Unlock()
 	e.trims.Wait()
 }
 

@@ -44,6 +44,12 @@ func (e *Engine) trimDead() {
 	if !e.trimming.CompareAndSwap(false, true) {
 		return
 	}
+	e.trimsMu.Lock()
+	defer e.trimsMu.Unlock()
+	if e.trimsDone { // stopped: the next start trims
+		e.trimming.Store(false)
+		return
+	}
 	e.trims.Add(1)
 	go e.trimmer()
 }
